@@ -1,0 +1,75 @@
+"""Which API endpoint a URL names, and what a request body must carry to be worth sending.
+
+Pure logic: no I/O. The endpoint decides how tokens are estimated and which fields are required, so a
+line that could never succeed is recorded as a failure instead of being paid for.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["Endpoint", "UnsupportedEndpoint", "endpoint_from_url", "missing_field_reason", "is_azure_url"]
+
+
+class UnsupportedEndpoint(ValueError):
+    """The URL names an endpoint whose token cost we cannot estimate."""
+
+
+class Endpoint(enum.Enum):
+    CHAT_COMPLETIONS = "chat/completions"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"
+
+    @property
+    def required_field(self) -> str:
+        """The body field without which the API rejects the request."""
+        return _REQUIRED_FIELD[self]
+
+
+_REQUIRED_FIELD = {
+    Endpoint.CHAT_COMPLETIONS: "messages",
+    Endpoint.COMPLETIONS: "prompt",
+    Endpoint.EMBEDDINGS: "input",
+    Endpoint.RESPONSES: "input",
+}
+
+# Longest suffix first, so ".../chat/completions" is not taken for ".../completions".
+_SUFFIXES = sorted(Endpoint, key=lambda endpoint: len(endpoint.value), reverse=True)
+
+
+def endpoint_from_url(url: str) -> Endpoint:
+    """The endpoint a request URL points at, for OpenAI, Azure and OpenAI-compatible servers alike.
+
+    >>> endpoint_from_url("https://api.openai.com/v1/chat/completions")
+    <Endpoint.CHAT_COMPLETIONS: 'chat/completions'>
+    >>> endpoint_from_url("https://x.openai.azure.com/openai/deployments/emb/embeddings?api-version=2024-10-21")
+    <Endpoint.EMBEDDINGS: 'embeddings'>
+    """
+    path = urlsplit(url).path.rstrip("/")
+    for endpoint in _SUFFIXES:
+        if path == endpoint.value or path.endswith("/" + endpoint.value):
+            return endpoint
+    supported = ", ".join(f"/{e.value}" for e in Endpoint)
+    raise UnsupportedEndpoint(f"cannot estimate token cost for {path or url!r}: the URL must end in one of {supported}")
+
+
+def is_azure_url(url: str) -> bool:
+    """Azure OpenAI wants the key in an `api-key` header rather than `Authorization: Bearer`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return host.endswith((".openai.azure.com", ".cognitiveservices.azure.com")) or "/openai/deployments/" in parts.path
+
+
+def missing_field_reason(endpoint: Endpoint, body: Mapping[str, Any]) -> str | None:
+    """Why the API would reject this body out of hand, or None when it has what the endpoint needs."""
+    field = endpoint.required_field
+    value = body.get(field)
+    if value is None:
+        return f"missing required field {field!r} for /{endpoint.value}"
+    if endpoint is Endpoint.CHAT_COMPLETIONS and not (isinstance(value, list) and value):
+        return "field 'messages' must be a non-empty list"
+    return None

@@ -1,0 +1,220 @@
+"""Rate limiting: pure bucket math, the limiter interface, and the in-process limiter.
+
+Usage::
+
+    limiter = InProcessLimiter(Limits(requests_per_minute=500, tokens_per_minute=200_000))
+    await limiter.acquire(tokens=1_200)   # returns when both buckets have room
+    await limiter.pause(1.5)              # after a rate-limit 429: nobody sends for 1.5 s
+
+`TokenBucket` and `RateBuckets` are plain arithmetic over a `now` you pass in; `InProcessLimiter` adds the
+waiting, with an injectable clock and sleep so tests never sleep for real. A shared (Redis) limiter is
+another implementation of `RateLimiter`.
+
+Why buckets hold only a little: OpenAI enforces its per-minute limits over short windows (a 60,000 RPM
+limit may be enforced as 1,000 per second), so a bucket that starts with a whole minute of capacity would
+send a burst the server rejects. Capacity is `rate x burst_seconds` (default one second), so sends are
+paced evenly from the start.
+
+Why a request bigger than the bucket still goes out: a token bucket of one second's capacity is smaller
+than many single requests. Such a request waits until the bucket is full, then takes it into debt (the
+level goes negative), so the long-run rate stays exact and nothing deadlocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Limits", "TokenBucket", "RateBuckets", "RateLimiter", "InProcessLimiter"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+#: Waits shorter than this count as "now"; float refill arithmetic never lands exactly on zero.
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-minute limits; None means unlimited."""
+
+    requests_per_minute: float | None
+    tokens_per_minute: float | None
+    #: Bucket capacity, in seconds of the rate: how large a burst may be.
+    burst_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.burst_seconds <= 0:
+            raise ValueError(f"burst_seconds must be positive, got {self.burst_seconds}")
+
+
+class TokenBucket:
+    """A continuously refilling bucket: `rate` units per second up to `capacity`.
+
+    The level may go negative after an oversize take: that debt is what keeps the long-run rate exact.
+    """
+
+    __slots__ = ("rate", "capacity", "level", "updated_at")
+
+    #: Units added per second.
+    rate: float
+    #: The most the bucket holds; also the most that can be taken at once without debt.
+    capacity: float
+    #: Units available at `updated_at` (negative while in debt).
+    level: float
+    #: The `now` of the last refill.
+    updated_at: float
+
+    def __init__(self, rate: float, capacity: float, *, now: float, level: float | None = None) -> None:
+        if rate <= 0 or capacity <= 0:
+            raise ValueError(f"rate and capacity must be positive, got rate={rate} capacity={capacity}")
+        self.rate = rate
+        self.capacity = capacity
+        self.level = capacity if level is None else level
+        self.updated_at = now
+
+    def __repr__(self) -> str:
+        return f"TokenBucket(rate={self.rate:g}/s, capacity={self.capacity:g}, level={self.level:g})"
+
+    def refill(self, now: float) -> None:
+        if now > self.updated_at:
+            self.level = min(self.capacity, self.level + (now - self.updated_at) * self.rate)
+            self.updated_at = now
+
+    def wait_time(self, amount: float, now: float) -> float:
+        """Seconds until `amount` can be taken: 0 if now. Oversize amounts wait for a full bucket."""
+        self.refill(now)
+        needed = min(amount, self.capacity)
+        not_before = max(0.0, self.updated_at - now)  # emptied for a pause that has not ended yet
+        return max(0.0, not_before + (needed - self.level) / self.rate)
+
+    def take(self, amount: float, now: float) -> None:
+        """Take `amount` (callers check `wait_time` first; taking early simply deepens the debt)."""
+        self.refill(now)
+        self.level -= amount
+
+    def empty_at(self, when: float) -> None:
+        """Make the bucket empty at `when` (a future time is fine): refilling starts from zero there."""
+        self.level = min(self.level, 0.0)
+        self.updated_at = max(self.updated_at, when)
+
+
+class RateBuckets:
+    """The request bucket and the token bucket, taken together or not at all."""
+
+    __slots__ = ("requests", "tokens")
+
+    requests: TokenBucket | None
+    tokens: TokenBucket | None
+
+    def __init__(self, limits: Limits, *, now: float) -> None:
+        self.requests = _bucket(limits.requests_per_minute, limits.burst_seconds, now)
+        self.tokens = _bucket(limits.tokens_per_minute, limits.burst_seconds, now)
+
+    def __repr__(self) -> str:
+        return f"RateBuckets(requests={self.requests!r}, tokens={self.tokens!r})"
+
+    def wait_time(self, tokens: float, now: float) -> float:
+        """Seconds until one request of `tokens` fits both buckets."""
+        waits = [0.0]
+        if self.requests is not None:
+            waits.append(self.requests.wait_time(1, now))
+        if self.tokens is not None:
+            waits.append(self.tokens.wait_time(tokens, now))
+        return max(waits)
+
+    def try_take(self, tokens: float, now: float) -> float:
+        """Take one request of `tokens` if both buckets have room and return 0; else the seconds to wait."""
+        wait = self.wait_time(tokens, now)
+        if wait > _EPSILON:
+            return wait
+        if self.requests is not None:
+            self.requests.take(1, now)
+        if self.tokens is not None:
+            self.tokens.take(tokens, now)
+        return 0.0
+
+    def empty_at(self, when: float) -> None:
+        """Both buckets start refilling from zero at `when`: resuming after a pause is paced, not a burst."""
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None:
+                bucket.empty_at(when)
+
+
+def _bucket(per_minute: float | None, burst_seconds: float, now: float) -> TokenBucket | None:
+    if per_minute is None:
+        return None
+    rate = per_minute / 60.0
+    # At least one whole request's worth, so a 30 RPM limit can still send.
+    capacity = max(rate * burst_seconds, 1.0)
+    return TokenBucket(rate, capacity, now=now)
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """What the dispatch loop needs from a limiter. In-process buckets and Redis implement it alike."""
+
+    async def acquire(self, tokens: int) -> None:
+        """Return once one request costing `tokens` may be sent, having charged it to both limits."""
+        ...
+
+    async def pause(self, seconds: float) -> None:
+        """Nobody sends for `seconds` from now (a rate-limit 429 was seen); then resume paced."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the limiter holds (connections); the in-process limiter holds nothing."""
+        ...
+
+
+class InProcessLimiter:
+    """The embedded default: `RateBuckets` in this process, waited on by sleeping exactly as long as needed.
+
+    Callers are served one at a time in arrival order (an asyncio.Lock), so a large request is not
+    starved by a stream of small ones.
+    """
+
+    __slots__ = ("limits", "_buckets", "_clock", "_sleep", "_lock", "_paused_until")
+
+    def __init__(self, limits: Limits, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._sleep = sleep
+        self._buckets = RateBuckets(limits, now=clock())
+        self._lock = asyncio.Lock()
+        self._paused_until = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"InProcessLimiter({self.limits!r})"
+
+    @property
+    def paused_until(self) -> float:
+        """Clock time before which nothing is sent (-inf when not paused)."""
+        return self._paused_until
+
+    async def acquire(self, tokens: int) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                wait = self._paused_until - now
+                if wait <= _EPSILON:
+                    wait = self._buckets.try_take(tokens, now)
+                    if wait == 0.0:
+                        return
+                await self._sleep(wait)
+
+    async def pause(self, seconds: float) -> None:
+        until = self._clock() + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+            self._buckets.empty_at(until)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,193 @@
+"""Bucket math and the in-process limiter, on a fake clock: no real sleeping anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rate_limited_processor.limiter import InProcessLimiter, Limits, RateBuckets, RateLimiter, TokenBucket
+
+
+class FakeClock:
+    """A clock that only moves when the limiter sleeps (or the test advances it)."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+# -- TokenBucket --------------------------------------------------------------------------------------
+
+
+def test_bucket_starts_full_and_refills_continuously() -> None:
+    bucket = TokenBucket(rate=10.0, capacity=5.0, now=0.0)
+    assert bucket.wait_time(5, now=0.0) == 0.0
+    bucket.take(5, now=0.0)
+    assert bucket.wait_time(1, now=0.0) == pytest.approx(0.1)
+    assert bucket.wait_time(1, now=0.05) == pytest.approx(0.05)
+    assert bucket.wait_time(3, now=0.1) == pytest.approx(0.2)  # has 1 at t=0.1, needs 2 more at 10/s
+
+
+def test_bucket_refill_is_capped_at_capacity() -> None:
+    bucket = TokenBucket(rate=10.0, capacity=5.0, now=0.0, level=0.0)
+    bucket.refill(now=1_000.0)
+    assert bucket.level == 5.0
+
+
+def test_oversize_amount_waits_for_a_full_bucket_then_goes_into_debt() -> None:
+    bucket = TokenBucket(rate=10.0, capacity=5.0, now=0.0, level=2.0)
+    assert bucket.wait_time(50, now=0.0) == pytest.approx(0.3)  # waits for full (5), not for 50
+    bucket.take(50, now=0.3)
+    assert bucket.level == pytest.approx(-45.0)
+    # The debt is paid back at the bucket's rate before the next unit: the long-run rate holds.
+    assert bucket.wait_time(1, now=0.3) == pytest.approx(4.6)
+
+
+def test_emptied_bucket_refills_from_the_given_future_time() -> None:
+    bucket = TokenBucket(rate=10.0, capacity=5.0, now=0.0)
+    bucket.empty_at(2.0)
+    assert bucket.wait_time(1, now=1.0) == pytest.approx(1.1)  # 1 s until the pause ends, then 0.1 s
+    assert bucket.wait_time(1, now=2.05) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("rate, capacity", [(0, 1), (1, 0), (-1, 1)])
+def test_bucket_rejects_non_positive_parameters(rate: float, capacity: float) -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(rate, capacity, now=0.0)
+
+
+# -- RateBuckets --------------------------------------------------------------------------------------
+
+
+def test_capacity_is_one_second_of_the_limit_not_a_minute() -> None:
+    buckets = RateBuckets(Limits(requests_per_minute=600, tokens_per_minute=60_000), now=0.0)
+    assert buckets.requests is not None and buckets.tokens is not None
+    assert buckets.requests.capacity == pytest.approx(10.0)
+    assert buckets.tokens.capacity == pytest.approx(1_000.0)
+
+
+def test_low_limits_still_hold_one_whole_request() -> None:
+    buckets = RateBuckets(Limits(requests_per_minute=6, tokens_per_minute=None), now=0.0)
+    assert buckets.requests is not None and buckets.requests.capacity == 1.0
+    assert buckets.tokens is None
+
+
+def test_both_buckets_must_have_room_and_neither_is_charged_otherwise() -> None:
+    buckets = RateBuckets(Limits(requests_per_minute=600, tokens_per_minute=6_000), now=0.0)  # 10 req/s, 100 tok/s
+    assert buckets.try_take(100, now=0.0) == 0.0  # the token bucket (100) is now empty
+    wait = buckets.try_take(50, now=0.0)
+    assert wait == pytest.approx(0.5)  # tokens bind: 50 tokens at 100/s
+    assert buckets.requests is not None and buckets.requests.level == pytest.approx(9.0)  # not charged
+    assert buckets.try_take(50, now=0.5) == 0.0
+
+
+def test_request_bucket_binds_when_requests_are_small() -> None:
+    buckets = RateBuckets(Limits(requests_per_minute=60, tokens_per_minute=1_000_000), now=0.0)  # 1 req/s
+    assert buckets.try_take(1, now=0.0) == 0.0
+    assert buckets.try_take(1, now=0.0) == pytest.approx(1.0)
+
+
+def test_unlimited_buckets_never_wait() -> None:
+    buckets = RateBuckets(Limits(None, None), now=0.0)
+    assert all(buckets.try_take(10**9, now=0.0) == 0.0 for _ in range(1_000))
+
+
+@pytest.mark.parametrize("kwargs", [{"requests_per_minute": 0, "tokens_per_minute": 1}, {"requests_per_minute": 1, "tokens_per_minute": -5}, {"requests_per_minute": 1, "tokens_per_minute": 1, "burst_seconds": 0}])
+def test_limits_reject_non_positive_values(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Limits(**kwargs)
+
+
+# -- InProcessLimiter ---------------------------------------------------------------------------------
+
+
+async def test_limiter_paces_evenly_at_the_request_rate() -> None:
+    clock = FakeClock()
+    limiter = InProcessLimiter(Limits(requests_per_minute=600, tokens_per_minute=None), clock=clock, sleep=clock.sleep)
+    start = clock.now
+    sent_at = []
+    for _ in range(110):
+        await limiter.acquire(tokens=1)
+        sent_at.append(clock.now - start)
+    # 10 go at once (one second of capacity), then one every 0.1 s: 100 more take 10 s.
+    assert sent_at[9] == 0.0
+    assert sent_at[-1] == pytest.approx(10.0)
+    gaps = [b - a for a, b in zip(sent_at[10:], sent_at[11:])]
+    assert all(gap == pytest.approx(0.1) for gap in gaps)
+
+
+async def test_limiter_paces_by_tokens_when_they_bind() -> None:
+    clock = FakeClock()
+    limiter = InProcessLimiter(Limits(requests_per_minute=60_000, tokens_per_minute=60_000), clock=clock, sleep=clock.sleep)  # 1,000 tok/s
+    start = clock.now
+    for _ in range(21):
+        await limiter.acquire(tokens=500)
+    # The first two fit the 1,000-token bucket; the other 19 x 500 tokens take 9.5 s.
+    assert clock.now - start == pytest.approx(9.5)
+
+
+async def test_limiter_lets_an_oversize_request_through_instead_of_deadlocking() -> None:
+    clock = FakeClock()
+    limiter = InProcessLimiter(Limits(requests_per_minute=None, tokens_per_minute=6_000), clock=clock, sleep=clock.sleep)  # 100 tok/s, capacity 100
+    start = clock.now
+    await limiter.acquire(tokens=1_000)  # ten times the bucket: goes at once, the bucket being full
+    await limiter.acquire(tokens=10)  # pays the 900-token debt first, then 10: 9.1 s
+    assert clock.now - start == pytest.approx(9.1)
+
+
+async def test_pause_blocks_everyone_then_resumes_paced_not_in_a_burst() -> None:
+    clock = FakeClock()
+    limiter = InProcessLimiter(Limits(requests_per_minute=600, tokens_per_minute=None), clock=clock, sleep=clock.sleep)
+    await limiter.pause(2.0)
+    start = clock.now
+    sent_at = []
+    for _ in range(5):
+        await limiter.acquire(tokens=1)
+        sent_at.append(clock.now - start)
+    # Nothing before the pause ends; then the bucket refills from empty: one every 0.1 s, no burst of 10.
+    assert sent_at == pytest.approx([2.1, 2.2, 2.3, 2.4, 2.5])
+    assert limiter.paused_until == pytest.approx(start + 2.0)
+
+
+async def test_a_shorter_pause_does_not_shorten_a_longer_one() -> None:
+    clock = FakeClock()
+    limiter = InProcessLimiter(Limits(requests_per_minute=6_000, tokens_per_minute=None), clock=clock, sleep=clock.sleep)
+    await limiter.pause(3.0)
+    await limiter.pause(1.0)
+    start = clock.now
+    await limiter.acquire(tokens=1)
+    assert clock.now - start >= 3.0
+
+
+async def test_waiting_is_computed_not_polled() -> None:
+    clock = FakeClock()
+    limiter = InProcessLimiter(Limits(requests_per_minute=60, tokens_per_minute=None), clock=clock, sleep=clock.sleep)
+    await limiter.acquire(tokens=1)
+    await limiter.acquire(tokens=1)
+    assert clock.sleeps == [pytest.approx(1.0)]  # one sleep of exactly the needed time, no 1 ms loop
+
+
+async def test_concurrent_callers_are_served_in_arrival_order() -> None:
+    clock = FakeClock()
+    limiter = InProcessLimiter(Limits(requests_per_minute=60, tokens_per_minute=None), clock=clock, sleep=clock.sleep)
+    order: list[int] = []
+
+    async def caller(number: int) -> None:
+        await limiter.acquire(tokens=1)
+        order.append(number)
+
+    await asyncio.gather(*(caller(n) for n in range(5)))
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_in_process_limiter_implements_the_interface() -> None:
+    assert isinstance(InProcessLimiter(Limits(1, 1)), RateLimiter)
