@@ -1,0 +1,190 @@
+"""The command line: the cookbook script's flags, plus a few more. A thin layer over `run_file_job`.
+
+Exit codes (also in the README):
+  0  every request succeeded
+  1  the run finished, but some requests failed or some lines were invalid (see the output file)
+  2  usage or input error: nothing was sent
+  3  stopped early (bad API key, no quota, interrupted): a rerun sends what is left
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from . import config
+from .config import Secret, Settings
+from .endpoints import UnsupportedEndpoint, endpoint_from_url
+from .job import default_save_path, run_file_job
+from .limiter import Limits
+from .retry_policy import RetryPolicy
+from .status import RunStats, format_summary
+
+__all__ = ["main", "build_parser", "settings_from_args", "exit_code", "UsageError"]
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_STOPPED = 3
+
+PROG = "rate_limited_processor"
+#: The cookbook script's default endpoint, kept so its users see no change.
+DEFAULT_REQUEST_URL = "https://api.openai.com/v1/embeddings"
+DEFAULT_LOGGING_LEVEL = "WARNING"
+
+
+class UsageError(Exception):
+    """A problem with the flags or files, found before anything was sent."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: the user sees exactly what is wrong.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"python -m {PROG}",
+        description="Send a JSONL file of OpenAI API requests as fast as your rate limits allow, and no faster.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Exit codes: 0 all succeeded; 1 some failed; 2 usage or input error; 3 stopped early (rerun to finish).",
+    )
+    add = parser.add_argument
+    add("--requests_filepath", required=True, help="JSONL file, one request body per line (optional 'metadata' field is passed through, never sent)")
+    add("--save_filepath", default=None, help="where results are appended (default: <input stem>_results.jsonl beside the input)")
+    add("--request_url", default=DEFAULT_REQUEST_URL, help="endpoint every request is POSTed to (OpenAI, Azure or OpenAI-compatible)")
+    add("--api_key", default=None, help="API key (default: $OPENAI_API_KEY; prefer the variable: flags show in process lists)")
+    add("--max_requests_per_minute", type=_positive_float, default=config.DEFAULT_REQUESTS_PER_MINUTE, help="requests-per-minute limit to stay under")
+    add("--max_tokens_per_minute", type=_positive_float, default=config.DEFAULT_TOKENS_PER_MINUTE, help="tokens-per-minute limit to stay under (estimated with tiktoken)")
+    add("--token_encoding_name", default=None, help="tiktoken encoding for every request (default: chosen from each request's model)")
+    add("--max_attempts", type=_positive_int, default=config.DEFAULT_MAX_ATTEMPTS, help="attempts per request in all, first try included")
+    add("--logging_level", type=_logging_level, default=DEFAULT_LOGGING_LEVEL, help="DEBUG, INFO (a line per request sent and done), WARNING (retries), ERROR, or a number")
+    add("--request_timeout", type=_positive_float, default=config.DEFAULT_REQUEST_TIMEOUT, help="seconds one attempt may take before it is abandoned and retried")
+    add("--max_in_flight", type=_positive_int, default=config.DEFAULT_MAX_IN_FLIGHT, help="most requests awaiting a response at once")
+    add("--burst_seconds", type=_positive_float, default=1.0, help="bucket capacity in seconds of the limit: how large a burst may be")
+    add("--no_progress", action="store_true", help="no progress bar, even on a terminal")
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
+    return value
+
+
+def _logging_level(text: str) -> int:
+    if text.lstrip("-").isdigit():
+        return int(text)
+    level = logging.getLevelName(text.upper())
+    if not isinstance(level, int):
+        raise argparse.ArgumentTypeError(f"unknown logging level {text!r}")
+    return level
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags to Settings, checking everything that can be checked before sending."""
+    try:
+        endpoint_from_url(args.request_url)
+    except UnsupportedEndpoint as error:
+        raise UsageError(f"--request_url: {error}") from None
+    if args.token_encoding_name is not None:
+        import tiktoken
+
+        if args.token_encoding_name not in tiktoken.list_encoding_names():
+            known = ", ".join(tiktoken.list_encoding_names())
+            raise UsageError(f"--token_encoding_name: unknown encoding {args.token_encoding_name!r} (known: {known})")
+    key = args.api_key or os.environ.get("OPENAI_API_KEY") or None
+    return Settings(
+        request_url=args.request_url,
+        api_key=Secret(key) if key else None,
+        limits=Limits(args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds),
+        token_encoding_name=args.token_encoding_name,
+        retry=RetryPolicy(max_attempts=args.max_attempts),
+        request_timeout=args.request_timeout,
+        max_in_flight=args.max_in_flight,
+    )
+
+
+def check_paths(requests_path: Path, save_path: Path) -> None:
+    """Fail before sending if the input cannot be read or the output cannot be appended to."""
+    if not requests_path.is_file():
+        raise UsageError(f"--requests_filepath: no such file: {requests_path}")
+    try:
+        with open(requests_path, "rb") as file:
+            file.read(1)
+    except OSError as error:
+        raise UsageError(f"--requests_filepath: cannot read {requests_path}: {error.strerror}") from None
+    if save_path.resolve() == requests_path.resolve():
+        raise UsageError("--save_filepath must differ from --requests_filepath")
+    try:
+        with open(save_path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise UsageError(f"--save_filepath: cannot write {save_path}: {error.strerror}") from None
+
+
+def exit_code(stats: RunStats) -> int:
+    if stats.stop_reason is not None:
+        return EXIT_STOPPED
+    if stats.failed or stats.invalid:
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def configure_logging(level: int) -> None:
+    logger = logging.getLogger(PROG)
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    requests_path = Path(args.requests_filepath)
+    save_path = Path(args.save_filepath) if args.save_filepath else default_save_path(requests_path)
+    try:
+        settings = settings_from_args(args)
+        check_paths(requests_path, save_path)
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.logging_level)
+    show_progress = sys.stderr.isatty() and not args.no_progress
+    stats = asyncio.run(_run(settings, requests_path, save_path, show_progress))
+    print(format_summary(stats, save_path=str(save_path)), file=sys.stderr)
+    return exit_code(stats)
+
+
+async def _run(settings: Settings, requests_path: Path, save_path: Path, show_progress: bool) -> RunStats:
+    redirect = contextlib.nullcontext()
+    if show_progress:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        redirect = logging_redirect_tqdm(loggers=[logging.getLogger(PROG)])
+    with redirect:
+        return await run_file_job(settings, requests_path, save_path, show_progress=show_progress)

@@ -1,0 +1,83 @@
+"""Settings for a run, with the defaults documented in one place.
+
+`Settings` is what the library takes; the CLI builds one from flags. The API key lives in a `Secret` whose
+repr and str never show it, so a Settings object can be logged or printed safely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .limiter import Limits
+from .retry_policy import MAX_ATTEMPTS, RetryPolicy
+
+__all__ = ["Secret", "Settings", "DEFAULT_REQUESTS_PER_MINUTE", "DEFAULT_TOKENS_PER_MINUTE"]
+
+#: The cookbook script's defaults (half of an early tier's limits), kept so its users see no change.
+DEFAULT_REQUESTS_PER_MINUTE = 1_500
+DEFAULT_TOKENS_PER_MINUTE = 125_000
+#: Attempts per request in all, first try included (the cookbook's default).
+DEFAULT_MAX_ATTEMPTS = MAX_ATTEMPTS
+#: Seconds one attempt may take before it is abandoned and retried (openai-python's default).
+DEFAULT_REQUEST_TIMEOUT = 600.0
+#: Concurrent requests at most. High enough that the rate limits bind, not this; it bounds sockets and memory.
+DEFAULT_MAX_IN_FLIGHT = 1_000
+
+
+class Secret:
+    """A string that never shows itself: repr, str and format print a placeholder."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> object:
+        raise TypeError("a Secret cannot be pickled")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a run needs besides its requests."""
+
+    #: Where every request is POSTed (OpenAI, Azure or any OpenAI-compatible server).
+    request_url: str
+    #: Sent as `Authorization: Bearer …` (or `api-key` for Azure); None sends no key.
+    api_key: Secret | None = None
+    limits: Limits = Limits(DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE)
+    #: Force one tiktoken encoding for every request; None picks it from each request's `model`.
+    token_encoding_name: str | None = None
+    retry: RetryPolicy = RetryPolicy(max_attempts=DEFAULT_MAX_ATTEMPTS)
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    #: Extra HTTP headers sent with every request (never logged: they may carry credentials).
+    extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.api_key, str):
+            object.__setattr__(self, "api_key", Secret(self.api_key) if self.api_key else None)
+        if self.request_timeout <= 0:
+            raise ValueError(f"request_timeout must be positive, got {self.request_timeout}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")

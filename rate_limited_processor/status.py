@@ -1,0 +1,177 @@
+"""What the user sees: run counters, the live progress bar, and the final summary.
+
+`RunStats` is written by the dispatch loop alone (one place); the progress bar and the summary only
+read it. The summary is pure text formatting, so it is tested without running anything.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from .limiter import Limits
+
+__all__ = ["RunStats", "RateMeter", "ProgressDisplay", "format_summary"]
+
+Clock = Callable[[], float]
+
+
+class RateMeter:
+    """Requests and tokens per minute over the last `window` seconds, for the live display."""
+
+    __slots__ = ("window", "_clock", "_events", "_tokens_in_window")
+
+    def __init__(self, window: float = 10.0, *, clock: Clock = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._events: deque[tuple[float, int]] = deque()
+        self._tokens_in_window = 0
+
+    def record(self, tokens: int) -> None:
+        now = self._clock()
+        self._events.append((now, tokens))
+        self._tokens_in_window += tokens
+        self._prune(now)
+
+    def per_minute(self) -> tuple[float, float]:
+        """(requests, tokens) per minute over the window."""
+        now = self._clock()
+        self._prune(now)
+        scale = 60.0 / self.window
+        return len(self._events) * scale, self._tokens_in_window * scale
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.window
+        while self._events and self._events[0][0] < horizon:
+            _, tokens = self._events.popleft()
+            self._tokens_in_window -= tokens
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Counters for one run. Written by the dispatch loop; read by the display and the summary."""
+
+    limits: Limits
+    started_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+    #: Requests in the input, when known (the file job counts lines first).
+    total: int | None = None
+    succeeded: int = 0
+    #: Requests recorded as failed after their last attempt (API errors, retries exhausted).
+    failed: int = 0
+    #: Lines recorded as failed without sending: not JSON, not an object, missing a required field.
+    invalid: int = 0
+    #: HTTP attempts sent, first tries and retries alike.
+    attempts: int = 0
+    #: Attempts that were retries.
+    retries: int = 0
+    #: Rate-limit 429s received.
+    rate_limit_errors: int = 0
+    #: Tokens charged against the TPM limit, over all attempts.
+    tokens_charged: int = 0
+    #: For succeeded requests: our estimate vs. what the API's `usage` reported.
+    estimated_tokens_succeeded: int = 0
+    reported_prompt_tokens: int = 0
+    reported_total_tokens: int = 0
+    #: Requests that had been read but had no final result when the run stopped early.
+    unfinished: int = 0
+    #: Why dispatch stopped before the input was exhausted (None when it ran to the end).
+    stop_reason: str | None = None
+    meter: RateMeter = field(default_factory=RateMeter, repr=False)
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed + self.invalid
+
+    @property
+    def elapsed(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        return max(end - self.started_at, 1e-9)
+
+    def record_attempt(self, tokens: int, *, is_retry: bool) -> None:
+        self.attempts += 1
+        self.retries += is_retry
+        self.tokens_charged += tokens
+        self.meter.record(tokens)
+
+    def record_usage(self, estimated_tokens: int, response: dict[str, Any]) -> None:
+        usage = response.get("usage")
+        self.estimated_tokens_succeeded += estimated_tokens
+        if isinstance(usage, dict):
+            prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+            total = usage.get("total_tokens", 0)
+            self.reported_prompt_tokens += prompt if isinstance(prompt, int) else 0
+            self.reported_total_tokens += total if isinstance(total, int) else 0
+
+
+class ProgressDisplay:
+    """A tqdm bar (requests done/total, current RPM and TPM, 429s), or nothing when disabled."""
+
+    def __init__(self, stats: RunStats, *, enabled: bool, stream: TextIO | None = None) -> None:
+        self._stats = stats
+        self._bar: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            stream = stream if stream is not None else sys.stderr
+            self._bar = tqdm(total=stats.total, unit="req", file=stream, dynamic_ncols=True, smoothing=0.1)
+
+    def update(self) -> None:
+        if self._bar is None:
+            return
+        rpm, tpm = self._stats.meter.per_minute()
+        self._bar.set_postfix_str(f"{rpm:,.0f} RPM, {tpm:,.0f} TPM, 429s {self._stats.rate_limit_errors}", refresh=False)
+        self._bar.update(self._stats.done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self.update()
+            self._bar.close()
+
+
+def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
+    """The end-of-run report: what happened, how fast against the limits, and where the results are."""
+    minutes = stats.elapsed / 60.0
+    rpm = stats.attempts / minutes
+    tpm = stats.tokens_charged / minutes
+    lines = ["", "rate_limited_processor summary"]
+    if stats.stop_reason:
+        lines.append(f"  STOPPED EARLY: {stats.stop_reason}")
+    of_total = f" of {stats.total:,}" if stats.total is not None else ""
+    lines.append(f"  requests done    {stats.done:,}{of_total}")
+    lines.append(f"    succeeded      {stats.succeeded:,}")
+    lines.append(f"    failed         {stats.failed:,} after their last attempt")
+    lines.append(f"    invalid input  {stats.invalid:,} (recorded, not sent)")
+    if stats.stop_reason:
+        not_done = f"{stats.total - stats.done:,}" if stats.total is not None else "the rest"
+        lines.append(f"    not finished   {not_done} ({stats.unfinished:,} had been started); rerun to send them")
+    lines.append(f"  attempts         {stats.attempts:,} ({stats.retries:,} retries, {stats.rate_limit_errors:,} rate-limit 429s)")
+    lines.append(f"  elapsed          {_duration(stats.elapsed)}")
+    lines.append(f"  throughput       {rpm:,.0f} requests/min{_of_limit(rpm, stats.limits.requests_per_minute)}")
+    lines.append(f"                   {tpm:,.0f} tokens/min{_of_limit(tpm, stats.limits.tokens_per_minute)}")
+    if stats.succeeded:
+        lines.append(
+            f"  tokens           estimated {stats.estimated_tokens_succeeded:,} (prompt + completion budget); "
+            f"reported by the API {stats.reported_total_tokens:,} ({stats.reported_prompt_tokens:,} prompt)"
+        )
+    if save_path:
+        lines.append(f"  results          {save_path}")
+    return "\n".join(lines)
+
+
+def _of_limit(value: float, limit: float | None) -> str:
+    if limit is None:
+        return " (no limit set)"
+    return f" ({value / limit:.0%} of the {limit:,.0f} limit)"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
