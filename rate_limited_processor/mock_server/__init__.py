@@ -1,0 +1,46 @@
+"""An OpenAI-like API on loopback: rate limits, latency and failures on demand, and a record of what it served.
+
+The project's tests, demo and benchmarks run against it, and users run it (`python -m
+rate_limited_processor.mock_server --help`) to rehearse a job against their tier's limits before paying.
+
+Usage::
+
+    async with MockServer(MockConfig(requests_per_minute=500, tokens_per_minute=200_000)) as server:
+        ...  # send requests to server.url("chat/completions")
+    assert server.record.served_ok_keys() == Counter(request_key(body) for body in bodies)
+    assert echo_of("chat/completions", response) == expected_echo("chat/completions", body)
+
+Modules, one concern each: `config` (MockConfig), `responses` (success bodies and the echo helpers),
+`errors` (error bodies), `faults` (seeded fault draws), `rate_limits` (the 429 gate), `counting` (TPM
+token counts), `record` (what was served), `app` (the aiohttp handler), `server` (MockServer), `__main__`
+(the command line).
+"""
+
+from .config import DEFAULT_MODEL, ORGANIZATION, MockConfig
+from .durations import go_duration
+from .errors import mask_key
+from .faults import FaultKind, FaultPlan
+from .record import DISCONNECTED, HANG, RESET, Served, ServedLog, request_key
+from .responses import echo_of, embedding_for, expected_echo, response_matches
+from .server import MockServer
+
+__all__ = [
+    "MockConfig",
+    "MockServer",
+    "FaultKind",
+    "FaultPlan",
+    "Served",
+    "ServedLog",
+    "request_key",
+    "expected_echo",
+    "echo_of",
+    "response_matches",
+    "embedding_for",
+    "go_duration",
+    "mask_key",
+    "DEFAULT_MODEL",
+    "ORGANIZATION",
+    "RESET",
+    "HANG",
+    "DISCONNECTED",
+]

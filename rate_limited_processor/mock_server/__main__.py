@@ -1,0 +1,151 @@
+"""Rehearse a job against your tier's limits on loopback, before paying for it.
+
+Usage::
+
+    python -m rate_limited_processor.mock_server --port 8000 \\
+        --requests_per_minute 500 --tokens_per_minute 200000 --token_counting chars \\
+        --latency 0.2 --fault 500=0.02 --fault reset=0.01 --seed 1
+
+then point the processor at the printed base URL (e.g. --request_url http://127.0.0.1:8000/v1/chat/completions).
+Ctrl-C stops the server and prints what it served, by status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from .config import DEFAULT_MODEL, MockConfig
+from .faults import FaultKind, parse_fault
+from .record import ServedLog
+from .server import MockServer
+
+__all__ = ["main", "build_parser", "config_from_args", "describe"]
+
+DEFAULT_PORT = 8000
+DEFAULT_HOST = "127.0.0.1"
+
+
+def _fault(text: str) -> tuple[FaultKind, float]:
+    try:
+        return parse_fault(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rate_limited_processor.mock_server",
+        description="An OpenAI-like API on loopback with your tier's rate limits, latency and injected faults. "
+        "Prints its base URL, serves until Ctrl-C, then prints how many requests it answered with each status.",
+    )
+    add = parser.add_argument
+    add("--host", default=DEFAULT_HOST, help=f"interface to listen on (default: {DEFAULT_HOST})")
+    add("--port", type=int, default=DEFAULT_PORT, help=f"port; 0 picks a free one (default: {DEFAULT_PORT})")
+    add("--requests_per_minute", type=float, default=None, help="RPM limit (default: unlimited)")
+    add("--tokens_per_minute", type=float, default=None, help="TPM limit (default: unlimited)")
+    add(
+        "--burst_seconds",
+        type=float,
+        default=1.0,
+        help="bucket capacity in seconds of each limit: 60 admits a whole minute's worth at once, 1 (like "
+        "OpenAI) one second's (default: 1)",
+    )
+    add(
+        "--token_counting",
+        choices=("tiktoken", "chars"),
+        default="tiktoken",
+        help="how a request is charged against TPM: 'tiktoken' counts tokens as the client's estimator does, "
+        "'chars' counts characters / 4 as OpenAI's limiter does; both add the completion budget "
+        "(default: tiktoken)",
+    )
+    add("--token_encoding_name", default=None, help="force one tiktoken encoding (default: chosen by model)")
+    add("--latency", type=float, default=0.0, help="seconds before each successful answer (default: 0)")
+    add("--latency_jitter", type=float, default=0.0, help="up to this many extra seconds at random (default: 0)")
+    add(
+        "--fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="KIND=P",
+        help="inject a fault into each request with probability P; repeat for several kinds (default: none). "
+        "Kinds: " + ", ".join(kind.value for kind in FaultKind),
+    )
+    add("--faults_after", type=int, default=0, help="never fault the first N requests (default: 0)")
+    add("--seed", type=int, default=0, help="seed for faults and latency jitter, to replay a run (default: 0)")
+    add(
+        "--api_key",
+        default=None,
+        help="require this key as 'Authorization: Bearer KEY' or 'api-key: KEY' (default: no key required)",
+    )
+    add(
+        "--retry_after_header",
+        action="store_true",
+        help="send retry-after and retry-after-ms headers with rate-limit 429s (default: off; OpenAI often omits them)",
+    )
+    add("--model", default=DEFAULT_MODEL, help=f"model named when a request names none (default: {DEFAULT_MODEL})")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> MockConfig:
+    faults: dict[str, float] = {}
+    for kind, probability in args.fault:
+        faults[kind.value] = probability
+    return MockConfig(
+        requests_per_minute=args.requests_per_minute,
+        tokens_per_minute=args.tokens_per_minute,
+        burst_seconds=args.burst_seconds,
+        token_counting=args.token_counting,
+        token_encoding_name=args.token_encoding_name,
+        latency=args.latency,
+        latency_jitter=args.latency_jitter,
+        faults=faults,
+        faults_after=args.faults_after,
+        seed=args.seed,
+        api_key=args.api_key,
+        retry_after_header=args.retry_after_header,
+        model=args.model,
+    )
+
+
+async def _serve_until_stopped(server: MockServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C arrives as KeyboardInterrupt instead
+            loop.add_signal_handler(signum, stop.set)
+    async with server:
+        print(f"Mock OpenAI API at {server.base_url}  (stats: {server.stats_url}; Ctrl-C to stop)", flush=True)
+        await stop.wait()
+
+
+def describe(record: ServedLog) -> str:
+    """E.g. "Served 1200 requests: 200 x 1150, 429 x 40, reset x 10"."""
+    summary = record.summary()
+    parts = ", ".join(f"{status} x {count}" for status, count in summary["by_status"].items())
+    return f"Served {summary['total']} requests" + (f": {parts}" if parts else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        server = MockServer(config_from_args(args), host=args.host, port=args.port)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve_until_stopped(server))
+    except OSError as error:  # the port is taken, the host is not ours...
+        print(f"error: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 1
+    print(describe(server.record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

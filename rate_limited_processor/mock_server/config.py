@@ -1,0 +1,73 @@
+"""What the mock API should behave like: its limits, speed, failures and key, in one frozen value."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from ..limiter import Limits
+from .faults import validate_faults
+
+__all__ = ["MockConfig", "TokenCounting", "DEFAULT_MODEL", "ORGANIZATION"]
+
+TokenCounting = Literal["tiktoken", "chars"]
+
+#: Named in responses and rate-limit messages when a request carries no "model".
+DEFAULT_MODEL = "gpt-4o-mini"
+#: The organization rate-limit messages name, as OpenAI names yours.
+ORGANIZATION = "org-mock"
+_TOKEN_COUNTING_MODES: tuple[TokenCounting, ...] = ("tiktoken", "chars")
+
+
+@dataclass(frozen=True, slots=True)
+class MockConfig:
+    """How the mock behaves. The defaults are a perfect, unlimited, instant API with no key."""
+
+    #: Requests per minute; None means unlimited.
+    requests_per_minute: float | None = None
+    #: Tokens per minute (prompt + completion budget, as OpenAI counts); None means unlimited.
+    tokens_per_minute: float | None = None
+    #: Bucket capacity in seconds of the limit: 60 allows a whole minute at once, 1 (OpenAI-like) one second.
+    burst_seconds: float = 1.0
+    #: "tiktoken" counts tokens with the tokenizer; "chars" counts characters / 4 as OpenAI's limiter does.
+    token_counting: TokenCounting = "tiktoken"
+    #: Force one tiktoken encoding; None lets the estimator pick it from each request's model.
+    token_encoding_name: str | None = None
+    #: Seconds before a successful answer is sent.
+    latency: float = 0.0
+    #: Up to this many extra seconds (uniformly drawn) on top of `latency`.
+    latency_jitter: float = 0.0
+    #: Fault kind ("500", "503", "reset", "hang", "html_502", "insufficient_quota", "too_large", "401",
+    #: "azure_429") -> probability per request. Applied before the rate limiter: faults cost no budget.
+    faults: Mapping[str, float] = field(default_factory=dict)
+    #: The first this many requests are never faulted (so a run can get going before trouble starts).
+    faults_after: int = 0
+    #: Seeds the fault draws and the latency jitter, so a run can be replayed.
+    seed: int = 0
+    #: When set, requests must carry `Authorization: Bearer <key>` or `api-key: <key>`.
+    api_key: str | None = field(default=None, repr=False)
+    #: Add `retry-after` and `retry-after-ms` to rate-limit 429s (OpenAI sends them only sometimes).
+    retry_after_header: bool = False
+    #: The model named when a request names none.
+    model: str = DEFAULT_MODEL
+
+    def __post_init__(self) -> None:
+        _ = self.limits  # Limits checks the rates and burst_seconds
+        if self.token_counting not in _TOKEN_COUNTING_MODES:
+            raise ValueError(f"token_counting must be one of {_TOKEN_COUNTING_MODES}, got {self.token_counting!r}")
+        if self.latency < 0 or self.latency_jitter < 0:
+            raise ValueError(
+                f"latency and latency_jitter must not be negative, got {self.latency} and {self.latency_jitter}"
+            )
+        if self.faults_after < 0:
+            raise ValueError(f"faults_after must not be negative, got {self.faults_after}")
+        checked = validate_faults(self.faults)
+        # Frozen all the way down: a shared default config must not be changed by one test for the next.
+        object.__setattr__(self, "faults", MappingProxyType({kind.value: p for kind, p in checked.items()}))
+
+    @property
+    def limits(self) -> Limits:
+        """The limits as the project's bucket code takes them."""
+        return Limits(self.requests_per_minute, self.tokens_per_minute, self.burst_seconds)
