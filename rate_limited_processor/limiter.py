@@ -10,10 +10,12 @@ Usage::
 waiting, with an injectable clock and sleep so tests never sleep for real. A shared (Redis) limiter is
 another implementation of `RateLimiter`.
 
-Why buckets hold only a little: OpenAI enforces its per-minute limits over short windows (a 60,000 RPM
-limit may be enforced as 1,000 per second), so a bucket that starts with a whole minute of capacity would
-send a burst the server rejects. Capacity is `rate x burst_seconds` (default one second), so sends are
-paced evenly from the start.
+Why buckets hold only a little, and start empty: OpenAI enforces its per-minute limits over short windows
+(a 60,000 RPM limit may be enforced as 1,000 per second), so a bucket that starts with a whole minute of
+capacity would send a burst the server rejects. Capacity is `rate x burst_seconds` (default one second),
+and the buckets start empty, so sends are paced evenly from the first request. Starting empty also leaves
+the server's own burst allowance untouched: it absorbs the jitter of the network (requests sent evenly
+do not arrive evenly), which is what keeps 429s near zero when we run at exactly the limit.
 
 Why a request bigger than the bucket still goes out: a token bucket of one second's capacity is smaller
 than many single requests. Such a request waits until the bucket is full, then takes it into debt (the
@@ -114,9 +116,10 @@ class RateBuckets:
     requests: TokenBucket | None
     tokens: TokenBucket | None
 
-    def __init__(self, limits: Limits, *, now: float) -> None:
-        self.requests = _bucket(limits.requests_per_minute, limits.burst_seconds, now)
-        self.tokens = _bucket(limits.tokens_per_minute, limits.burst_seconds, now)
+    def __init__(self, limits: Limits, *, now: float, start_full: bool = False) -> None:
+        """Clients start empty (see the module docstring); a server enforcing limits starts full."""
+        self.requests = _bucket(limits.requests_per_minute, limits.burst_seconds, now, start_full)
+        self.tokens = _bucket(limits.tokens_per_minute, limits.burst_seconds, now, start_full)
 
     def __repr__(self) -> str:
         return f"RateBuckets(requests={self.requests!r}, tokens={self.tokens!r})"
@@ -148,13 +151,13 @@ class RateBuckets:
                 bucket.empty_at(when)
 
 
-def _bucket(per_minute: float | None, burst_seconds: float, now: float) -> TokenBucket | None:
+def _bucket(per_minute: float | None, burst_seconds: float, now: float, start_full: bool) -> TokenBucket | None:
     if per_minute is None:
         return None
     rate = per_minute / 60.0
     # At least one whole request's worth, so a 30 RPM limit can still send.
     capacity = max(rate * burst_seconds, 1.0)
-    return TokenBucket(rate, capacity, now=now)
+    return TokenBucket(rate, capacity, now=now, level=None if start_full else 0.0)
 
 
 @runtime_checkable

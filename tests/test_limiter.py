@@ -68,11 +68,14 @@ def test_bucket_rejects_non_positive_parameters(rate: float, capacity: float) ->
 # -- RateBuckets --------------------------------------------------------------------------------------
 
 
-def test_capacity_is_one_second_of_the_limit_not_a_minute() -> None:
+def test_capacity_is_one_second_of_the_limit_not_a_minute_and_clients_start_empty() -> None:
     buckets = RateBuckets(Limits(requests_per_minute=600, tokens_per_minute=60_000), now=0.0)
     assert buckets.requests is not None and buckets.tokens is not None
     assert buckets.requests.capacity == pytest.approx(10.0)
     assert buckets.tokens.capacity == pytest.approx(1_000.0)
+    assert buckets.requests.level == buckets.tokens.level == 0.0
+    server = RateBuckets(Limits(requests_per_minute=600, tokens_per_minute=60_000), now=0.0, start_full=True)
+    assert server.requests is not None and server.requests.level == pytest.approx(10.0)
 
 
 def test_low_limits_still_hold_one_whole_request() -> None:
@@ -82,7 +85,7 @@ def test_low_limits_still_hold_one_whole_request() -> None:
 
 
 def test_both_buckets_must_have_room_and_neither_is_charged_otherwise() -> None:
-    buckets = RateBuckets(Limits(requests_per_minute=600, tokens_per_minute=6_000), now=0.0)  # 10 req/s, 100 tok/s
+    buckets = RateBuckets(Limits(requests_per_minute=600, tokens_per_minute=6_000), now=0.0, start_full=True)  # 10 req/s, 100 tok/s
     assert buckets.try_take(100, now=0.0) == 0.0  # the token bucket (100) is now empty
     wait = buckets.try_take(50, now=0.0)
     assert wait == pytest.approx(0.5)  # tokens bind: 50 tokens at 100/s
@@ -91,7 +94,7 @@ def test_both_buckets_must_have_room_and_neither_is_charged_otherwise() -> None:
 
 
 def test_request_bucket_binds_when_requests_are_small() -> None:
-    buckets = RateBuckets(Limits(requests_per_minute=60, tokens_per_minute=1_000_000), now=0.0)  # 1 req/s
+    buckets = RateBuckets(Limits(requests_per_minute=60, tokens_per_minute=1_000_000), now=0.0, start_full=True)  # 1 req/s
     assert buckets.try_take(1, now=0.0) == 0.0
     assert buckets.try_take(1, now=0.0) == pytest.approx(1.0)
 
@@ -118,10 +121,10 @@ async def test_limiter_paces_evenly_at_the_request_rate() -> None:
     for _ in range(110):
         await limiter.acquire(tokens=1)
         sent_at.append(clock.now - start)
-    # 10 go at once (one second of capacity), then one every 0.1 s: 100 more take 10 s.
-    assert sent_at[9] == 0.0
-    assert sent_at[-1] == pytest.approx(10.0)
-    gaps = [b - a for a, b in zip(sent_at[10:], sent_at[11:])]
+    # The bucket starts empty: no burst at all, one every 0.1 s from the first request on.
+    assert sent_at[0] == pytest.approx(0.1)
+    assert sent_at[-1] == pytest.approx(11.0)
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
     assert all(gap == pytest.approx(0.1) for gap in gaps)
 
 
@@ -129,19 +132,20 @@ async def test_limiter_paces_by_tokens_when_they_bind() -> None:
     clock = FakeClock()
     limiter = InProcessLimiter(Limits(requests_per_minute=60_000, tokens_per_minute=60_000), clock=clock, sleep=clock.sleep)  # 1,000 tok/s
     start = clock.now
-    for _ in range(21):
+    for _ in range(20):
         await limiter.acquire(tokens=500)
-    # The first two fit the 1,000-token bucket; the other 19 x 500 tokens take 9.5 s.
-    assert clock.now - start == pytest.approx(9.5)
+    # 20 x 500 tokens at 1,000 tokens/s, from an empty bucket: 10 s.
+    assert clock.now - start == pytest.approx(10.0)
 
 
 async def test_limiter_lets_an_oversize_request_through_instead_of_deadlocking() -> None:
     clock = FakeClock()
     limiter = InProcessLimiter(Limits(requests_per_minute=None, tokens_per_minute=6_000), clock=clock, sleep=clock.sleep)  # 100 tok/s, capacity 100
     start = clock.now
-    await limiter.acquire(tokens=1_000)  # ten times the bucket: goes at once, the bucket being full
-    await limiter.acquire(tokens=10)  # pays the 900-token debt first, then 10: 9.1 s
-    assert clock.now - start == pytest.approx(9.1)
+    await limiter.acquire(tokens=1_000)  # ten times the bucket: goes as soon as the bucket is full (1 s)
+    assert clock.now - start == pytest.approx(1.0)
+    await limiter.acquire(tokens=10)  # pays the 900-token debt first, then 10: 9.1 s more
+    assert clock.now - start == pytest.approx(10.1)
 
 
 async def test_pause_blocks_everyone_then_resumes_paced_not_in_a_burst() -> None:
@@ -173,7 +177,7 @@ async def test_waiting_is_computed_not_polled() -> None:
     limiter = InProcessLimiter(Limits(requests_per_minute=60, tokens_per_minute=None), clock=clock, sleep=clock.sleep)
     await limiter.acquire(tokens=1)
     await limiter.acquire(tokens=1)
-    assert clock.sleeps == [pytest.approx(1.0)]  # one sleep of exactly the needed time, no 1 ms loop
+    assert clock.sleeps == [pytest.approx(1.0), pytest.approx(1.0)]  # one sleep of exactly the needed time each, no 1 ms loop
 
 
 async def test_concurrent_callers_are_served_in_arrival_order() -> None:

@@ -1,0 +1,37 @@
+"""Shared test helpers: request files, fast retry settings, and reading results back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rate_limited_processor.retry_policy import RetryPolicy
+
+#: Retries as the product does them, minus the waiting: loopback tests should take seconds.
+FAST_RETRY = RetryPolicy(max_attempts=5, initial_delay=0.01, max_delay=0.05, rate_limit_cooldown=0.2)
+
+
+def chat_request(i: int, *, max_tokens: int = 8) -> dict[str, Any]:
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": f"Question number {i}: what is {i} + {i}?"}],
+        "max_tokens": max_tokens,
+        "metadata": {"id": i},
+    }
+
+
+def embedding_request(i: int) -> dict[str, Any]:
+    return {"model": "text-embedding-3-small", "input": f"document {i}: the quick brown fox {i}", "metadata": {"id": i}}
+
+
+def write_jsonl(path: Path, lines: Iterable[Any]) -> Path:
+    with open(path, "w", encoding="utf-8") as file:
+        for line in lines:
+            file.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    return path
+
+
+def read_rows(path: Path) -> list[list[Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
