@@ -248,8 +248,11 @@ async def test_api_key_is_required_when_configured_and_never_echoed(session: aio
         missing = await post(session, server.url(), chat())
         wrong_answer = await post(session, server.url(), chat(), headers={"Authorization": f"Bearer {wrong}"})
         bearer = await post(session, server.url(), chat(), headers={"Authorization": f"Bearer {KEY}"})
-        azure_style = await post(session, server.url(), chat(), headers={"api-key": KEY})
-    assert (missing.status, wrong_answer.status, bearer.status, azure_style.status) == (401, 401, 200, 200)
+        azure_header_on_openai_path = await post(session, server.url(), chat(), headers={"api-key": KEY})
+        azure_style = await post(session, server.azure_url(), chat(), headers={"api-key": KEY})
+        bearer_on_azure_path = await post(session, server.azure_url(), chat(), headers={"Authorization": f"Bearer {KEY}"})
+    statuses = (missing.status, wrong_answer.status, bearer.status, azure_header_on_openai_path.status, azure_style.status, bearer_on_azure_path.status)
+    assert statuses == (401, 401, 200, 401, 200, 401)
     for answer in (missing, wrong_answer):
         assert answer.error["type"] == "invalid_request_error"
         assert answer.error["code"] == "invalid_api_key"

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--api_key",
         default=None,
-        help="require this key as 'Authorization: Bearer KEY' or 'api-key: KEY' (default: no key required)",
+        help="require this key as 'Authorization: Bearer KEY' ('api-key: KEY' on Azure paths) (default: no key required)",
     )
     add(
         "--retry_after_header",

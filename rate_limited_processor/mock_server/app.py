@@ -66,15 +66,15 @@ def _parse_body(raw: bytes) -> Any:
 
 
 def _presented_keys(request: web.Request) -> list[str]:
-    """The keys a request carries: `Authorization: Bearer …` (OpenAI) and `api-key` (Azure)."""
-    keys = []
+    """The key a request carries where its API looks for it: `api-key` on Azure paths (as Azure's key
+    auth does), `Authorization: Bearer …` elsewhere, so a client sending the wrong header is caught."""
+    if request.path.startswith(AZURE_PREFIX):
+        api_key = request.headers.get("api-key")
+        return [] if api_key is None else [api_key.strip()]
     authorization = request.headers.get("Authorization", "")
     if authorization[: len(_BEARER)].lower() == _BEARER:
-        keys.append(authorization[len(_BEARER) :].strip())
-    api_key = request.headers.get("api-key")
-    if api_key is not None:
-        keys.append(api_key.strip())
-    return keys
+        return [authorization[len(_BEARER) :].strip()]
+    return []
 
 
 def _to_response(reply: Reply) -> web.Response:

@@ -46,7 +46,7 @@ class MockConfig:
     faults_after: int = 0
     #: Seeds the fault draws and the latency jitter, so a run can be replayed.
     seed: int = 0
-    #: When set, requests must carry `Authorization: Bearer <key>` or `api-key: <key>`.
+    #: When set, requests must carry `Authorization: Bearer <key>` (or `api-key: <key>` on Azure paths).
     api_key: str | None = field(default=None, repr=False)
     #: Add `retry-after` and `retry-after-ms` to rate-limit 429s (OpenAI sends them only sometimes).
     retry_after_header: bool = False
