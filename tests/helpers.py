@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -35,3 +37,13 @@ def write_jsonl(path: Path, lines: Iterable[Any]) -> Path:
 
 def read_rows(path: Path) -> list[list[Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run the command as a user would, without blocking the event loop the mock serves on."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rate_limited_processor", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    return process.returncode or 0, stdout.decode(), stderr.decode()

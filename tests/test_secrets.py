@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from rate_limited_processor import Limits, Processor, RetryPolicy, Secret, Settings, run_file_job
 from rate_limited_processor.http_call import Scrubber
 from rate_limited_processor.mock_server import MockConfig, MockServer
-from tests.helpers import chat_request, write_jsonl
+from tests.helpers import chat_request, run_cli, write_jsonl
 
 KEY = "sk-proj-DISTINCTIVE0123456789abcdefSECRETvalue"
 
@@ -34,15 +32,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rate_limited_processor", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await process.communicate()
-    return process.returncode or 0, stdout.decode(), stderr.decode()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,65 @@
+"""The command as users run it (a subprocess), and the shipped examples, against the mock API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from rate_limited_processor.mock_server import MockConfig, MockServer
+from tests.helpers import chat_request, read_rows, run_cli, write_jsonl
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+async def test_cookbook_command_line_processes_a_file_and_prints_a_summary(tmp_path: Path) -> None:
+    input_path = write_jsonl(tmp_path / "questions.jsonl", [chat_request(i) for i in range(200)])
+    async with MockServer(MockConfig(requests_per_minute=12_000, tokens_per_minute=2_000_000)) as server:
+        code, stdout, stderr = await run_cli(
+            "--requests_filepath", str(input_path),
+            "--request_url", server.url("chat/completions"),
+            "--max_requests_per_minute", "12000", "--max_tokens_per_minute", "2000000",
+            "--token_encoding_name", "cl100k_base", "--max_attempts", "5", "--logging_level", "20",
+        )
+    assert code == 0, stderr
+    rows = read_rows(tmp_path / "questions_results.jsonl")  # the cookbook's default save path
+    assert sorted(row[2]["id"] for row in rows) == list(range(200))
+    assert stderr.count("sending, attempt 1/5") == 200  # INFO: one line per send...
+    assert stderr.count("succeeded on attempt 1") == 200  # ...and one per success
+    assert "succeeded      200" in stderr and "of the 12,000 limit" in stderr
+    assert stdout == ""
+
+
+async def test_command_exit_code_3_when_the_run_is_stopped(tmp_path: Path) -> None:
+    input_path = write_jsonl(tmp_path / "questions.jsonl", [chat_request(i) for i in range(20)])
+    async with MockServer(MockConfig(faults={"insufficient_quota": 1.0})) as server:
+        code, _, stderr = await run_cli(
+            "--requests_filepath", str(input_path), "--request_url", server.url("chat/completions"),
+        )
+    assert code == 3
+    assert "STOPPED EARLY" in stderr and "insufficient_quota" in stderr and "rerun" in stderr
+
+
+def test_library_example_runs() -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLES / "library_usage.py")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("-> 8 numbers") == 4
+    assert "4 succeeded" in result.stdout
+
+
+def test_sample_request_files_are_valid_requests() -> None:
+    for name, field in (("chat_requests.jsonl", "messages"), ("embedding_requests.jsonl", "input")):
+        lines = (EXAMPLES / name).read_text().splitlines()
+        assert lines and all(field in json.loads(line) for line in lines)
+
+
+async def test_command_runs_the_sample_file_against_the_mock(tmp_path: Path) -> None:
+    save_path = tmp_path / "out.jsonl"
+    async with MockServer() as server:
+        code, _, stderr = await run_cli(
+            "--requests_filepath", str(EXAMPLES / "embedding_requests.jsonl"), "--save_filepath", str(save_path),
+            "--request_url", server.url("embeddings"),
+        )
+    assert code == 0, stderr
+    assert len(read_rows(save_path)) == 3
