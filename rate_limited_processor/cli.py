@@ -44,6 +44,15 @@ class UsageError(Exception):
     """A problem with the flags or files, found before anything was sent."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it has none worth printing (its help then says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block: the user sees exactly what is wrong.
@@ -54,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=f"python -m {PROG}",
         description="Send a JSONL file of OpenAI API requests as fast as your rate limits allow, and no faster.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
         epilog="Exit codes: 0 all succeeded; 1 some failed; 2 usage or input error; 3 stopped early (rerun to finish).",
     )
     add = parser.add_argument
