@@ -4,7 +4,7 @@ Exit codes (also in the README):
   0  every request succeeded
   1  the run finished, but some requests failed or some lines were invalid (see the output file)
   2  usage or input error: nothing was sent
-  3  stopped early (bad API key, no quota, interrupted): a rerun sends what is left
+  3  stopped early (bad API key, no quota, interrupted, output unwritable): a rerun sends what is left
 """
 
 from __future__ import annotations
@@ -12,18 +12,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from . import config
 from .config import Secret, Settings
-from .endpoints import UnsupportedEndpoint, endpoint_from_url
-from .job import default_save_path, run_file_job
-from .limiter import Limits
+from .endpoints import Endpoint, UnsupportedEndpoint, endpoint_from_url, missing_field_reason
+from .http_call import scrubber_for
+from .job import DEFAULT_SHUTDOWN_GRACE, default_save_path, run_file_job
+from .limiter import DEFAULT_BURST_SECONDS, Limits
+from .models import RejectedLine
+from .request_io import read_requests
+from .resume import ResumeError
 from .retry_policy import RetryPolicy
 from .status import RunStats, format_summary
 
@@ -38,6 +44,8 @@ PROG = "rate_limited_processor"
 #: The cookbook script's default endpoint, kept so its users see no change.
 DEFAULT_REQUEST_URL = "https://api.openai.com/v1/embeddings"
 DEFAULT_LOGGING_LEVEL = "WARNING"
+#: How many lines are checked before sending: if none of them is usable, the file is refused whole.
+INPUT_CHECK_LINES = 100
 
 
 class UsageError(Exception):
@@ -78,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--logging_level", type=_logging_level, default=DEFAULT_LOGGING_LEVEL, help="DEBUG, INFO (a line per request sent and done), WARNING (retries), ERROR, or a number")
     add("--request_timeout", type=_positive_float, default=config.DEFAULT_REQUEST_TIMEOUT, help="seconds one attempt may take before it is abandoned and retried")
     add("--max_in_flight", type=_positive_int, default=config.DEFAULT_MAX_IN_FLIGHT, help="most requests awaiting a response at once")
-    add("--burst_seconds", type=_positive_float, default=1.0, help="bucket capacity in seconds of the limit: how large a burst may be")
+    add("--burst_seconds", type=_positive_float, default=DEFAULT_BURST_SECONDS, help="bucket capacity in seconds of the limit: how large a burst may be")
     add("--no_progress", action="store_true", help="no progress bar, even on a terminal")
+    add("--retry_failed", action="store_true", help="on a rerun, send again the requests whose rows in the results file are failures (they are removed from it first)")
+    add("--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE, help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)")
     return parser
 
 
@@ -125,15 +135,31 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             known = ", ".join(tiktoken.list_encoding_names())
             raise UsageError(f"--token_encoding_name: unknown encoding {args.token_encoding_name!r} (known: {known})")
     key = args.api_key or os.environ.get("OPENAI_API_KEY") or None
-    return Settings(
-        request_url=args.request_url,
-        api_key=Secret(key) if key else None,
-        limits=Limits(args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds),
-        token_encoding_name=args.token_encoding_name,
-        retry=RetryPolicy(max_attempts=args.max_attempts),
-        request_timeout=args.request_timeout,
-        max_in_flight=args.max_in_flight,
-    )
+    try:
+        return Settings(
+            request_url=args.request_url,
+            api_key=Secret(key) if key else None,
+            limits=Limits(args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds),
+            token_encoding_name=args.token_encoding_name,
+            retry=RetryPolicy(max_attempts=args.max_attempts),
+            request_timeout=args.request_timeout,
+            max_in_flight=args.max_in_flight,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def check_input(requests_path: Path, endpoint: Endpoint) -> None:
+    """Fail before sending if the file holds no requests, or none of its first lines is usable."""
+    first_problem = None
+    for checked, item in enumerate(itertools.islice(read_requests(requests_path), INPUT_CHECK_LINES), start=1):
+        problem = item.reason if isinstance(item, RejectedLine) else missing_field_reason(endpoint, item.body)
+        if problem is None:
+            return
+        first_problem = first_problem or problem
+    if first_problem is None:
+        raise UsageError(f"--requests_filepath: {requests_path} holds no requests (it is empty or blank)")
+    raise UsageError(f"--requests_filepath: none of the first {checked} lines is a usable request for this endpoint; the first problem: {first_problem}")
 
 
 def check_paths(requests_path: Path, save_path: Path) -> None:
@@ -179,21 +205,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         check_paths(requests_path, save_path)
+        check_input(requests_path, endpoint_from_url(settings.request_url))
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.logging_level)
     show_progress = sys.stderr.isatty() and not args.no_progress
-    stats = asyncio.run(_run(settings, requests_path, save_path, show_progress))
+    try:
+        stats = asyncio.run(_run(settings, args, requests_path, save_path, show_progress))
+    except ResumeError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_STOPPED
+    except Exception as error:
+        # A bug: report it without the key, which an exception's text could carry.
+        scrub = scrubber_for(settings)
+        print(scrub("".join(traceback.format_exception(error))), file=sys.stderr)
+        print(f"{PROG}: internal error: {scrub(str(error))} (please report it; a rerun resumes)", file=sys.stderr)
+        return EXIT_STOPPED
     print(format_summary(stats, save_path=str(save_path)), file=sys.stderr)
     return exit_code(stats)
 
 
-async def _run(settings: Settings, requests_path: Path, save_path: Path, show_progress: bool) -> RunStats:
+async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path, save_path: Path, show_progress: bool) -> RunStats:
     redirect = contextlib.nullcontext()
     if show_progress:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         redirect = logging_redirect_tqdm(loggers=[logging.getLogger(PROG)])
     with redirect:
-        return await run_file_job(settings, requests_path, save_path, show_progress=show_progress)
+        return await run_file_job(
+            settings, requests_path, save_path,
+            show_progress=show_progress, retry_failed=args.retry_failed,
+            handle_signals=True, shutdown_grace=args.shutdown_grace,
+        )

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from .limiter import Limits
 from .retry_policy import MAX_ATTEMPTS, RetryPolicy
 
-__all__ = ["Secret", "Settings", "DEFAULT_REQUESTS_PER_MINUTE", "DEFAULT_TOKENS_PER_MINUTE"]
+__all__ = [
+    "Secret",
+    "Settings",
+    "DEFAULT_REQUESTS_PER_MINUTE",
+    "DEFAULT_TOKENS_PER_MINUTE",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_MAX_IN_FLIGHT",
+]
 
 #: The cookbook script's defaults (half of an early tier's limits), kept so its users see no change.
 DEFAULT_REQUESTS_PER_MINUTE = 1_500
@@ -63,8 +71,8 @@ class Settings:
 
     #: Where every request is POSTed (OpenAI, Azure or any OpenAI-compatible server).
     request_url: str
-    #: Sent as `Authorization: Bearer …` (or `api-key` for Azure); None sends no key.
-    api_key: Secret | None = None
+    #: Sent as `Authorization: Bearer …` (or `api-key` for Azure); None sends no key. A str is wrapped.
+    api_key: Secret | str | None = None
     limits: Limits = Limits(DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE)
     #: Force one tiktoken encoding for every request; None picks it from each request's `model`.
     token_encoding_name: str | None = None
@@ -75,8 +83,17 @@ class Settings:
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.api_key, str):
-            object.__setattr__(self, "api_key", Secret(self.api_key) if self.api_key else None)
+        key = self.api_key.reveal() if isinstance(self.api_key, Secret) else self.api_key
+        if key is not None:
+            # Keys read from files often end in a newline; anything else unprintable cannot be a key
+            # and would fail every request inside the HTTP client instead of here.
+            key = key.strip()
+            if not key.isprintable() or " " in key:
+                raise ValueError("api_key contains spaces or control characters (the key itself is not shown)")
+            object.__setattr__(self, "api_key", Secret(key) if key else None)
+        for name, value in self.extra_headers.items():
+            if not (name.isprintable() and value.isprintable()) or ":" in name:
+                raise ValueError(f"header {name!r} has a name or value that cannot be sent")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be positive, got {self.request_timeout}")
         if self.max_in_flight < 1:

@@ -13,6 +13,10 @@ a final failure becomes a result; a retryable failure goes back on the retry hea
 rate-limit 429 also pauses the limiter for everybody; an error that would fail every request (bad key,
 no quota) stops the run. Requests are pulled from the input only when they are about to be sent, and
 finished results wait in a bounded queue, so memory stays flat however long the input is.
+
+Stopping. `stop()` takes no more requests and lets those in flight finish; `abort()` also abandons
+those in flight. Either way, a request without a final result is not yielded (a rerun sends it), and
+`process()` raises `RunStopped` after the last result.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+import traceback
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,11 +38,11 @@ from .endpoints import endpoint_from_url, missing_field_reason
 from .http_call import auth_headers, new_session, post_json, scrubber_for
 from .limiter import InProcessLimiter, RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
-from .retry_policy import Verdict, classify
+from .retry_policy import Decision, Verdict, classify
 from .status import RunStats
 from .token_estimation import EstimationError, TokenEstimator
 
-__all__ = ["Processor", "RunStopped", "process_requests", "RequestSource"]
+__all__ = ["Processor", "RunStopped", "process_requests", "RequestItem", "RequestSource", "request_name"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -47,6 +52,7 @@ RequestItem = Mapping[str, Any] | APIRequest | RejectedLine
 RequestSource = Iterable[RequestItem] | AsyncIterable[RequestItem]
 
 _END: Any = object()
+_PENDING: Any = object()
 
 
 class RunStopped(RuntimeError):
@@ -79,6 +85,61 @@ class _Job:
         )
 
 
+class _Lookahead:
+    """The next input item, fetched without blocking the feeder.
+
+    A plain iterable is read directly. An async one is read in a task, so a slow source (a pipeline
+    waiting on its own consumer) never holds up retries that are due. At most one item is read ahead.
+    """
+
+    __slots__ = ("_iterator", "_async_iterator", "_fetch", "exhausted")
+
+    def __init__(self, requests: RequestSource) -> None:
+        self._iterator: Iterator[RequestItem] | None = None
+        self._async_iterator: AsyncIterator[RequestItem] | None = None
+        if isinstance(requests, AsyncIterable):
+            self._async_iterator = aiter(requests)
+        else:
+            self._iterator = iter(requests)
+        self._fetch: asyncio.Future[Any] | None = None
+        self.exhausted = False
+
+    @property
+    def fetching(self) -> asyncio.Future[Any] | None:
+        """The read in progress, to wait on; None when nothing is being read."""
+        return self._fetch
+
+    def poll(self) -> Any:
+        """The next item, `_PENDING` while an async read is in progress, or `_END`."""
+        if self._iterator is not None:
+            item = next(self._iterator, _END)
+        else:
+            if self._fetch is None:
+                assert self._async_iterator is not None
+                self._fetch = asyncio.ensure_future(anext(self._async_iterator, _END))
+            if not self._fetch.done():
+                return _PENDING
+            fetch, self._fetch = self._fetch, None
+            item = fetch.result()
+        if item is _END:
+            self.exhausted = True
+        return item
+
+    async def aclose(self) -> None:
+        """Close the source (the input file, the user's generator) when the run ends, however it ends."""
+        if self._fetch is not None:
+            self._fetch.cancel()
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+        aclose = getattr(self._async_iterator, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except RuntimeError:  # still running inside the cancelled fetch: it is being closed already
+                pass
+
+
 class Processor:
     """One run: feed it requests, iterate its results. Read `stats` during or after the run."""
 
@@ -94,9 +155,9 @@ class Processor:
         self.settings = settings
         #: Raises UnsupportedEndpoint now, before anything is read or sent.
         self.endpoint = endpoint_from_url(settings.request_url)
-        self.limiter: RateLimiter = limiter if limiter is not None else InProcessLimiter(settings.limits)
+        self.limiter: RateLimiter = limiter if limiter is not None else InProcessLimiter(settings.limits, clock=clock)
         self.estimator = estimator if estimator is not None else TokenEstimator(settings.token_encoding_name)
-        self.stats = RunStats(settings.limits)
+        self.stats = RunStats(settings.limits, started_at=clock())
         self._session = session
         self._clock = clock
         self._headers = auth_headers(settings)
@@ -107,22 +168,33 @@ class Processor:
         self._changed = asyncio.Event()
         self._feeder: asyncio.Task[None] | None = None
         self._positions = itertools.count(1)
-        self._exhausted = False
+        self._failure: BaseException | None = None
         self._started = False
 
     def __repr__(self) -> str:
         return f"Processor({self.settings.request_url!r}, limiter={self.limiter!r})"
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str = "stopped") -> None:
         """Take no more requests; those in flight finish and are still yielded. The first reason wins."""
         if self.stats.stop_reason is None:
             self.stats.stop_reason = reason
-        if self._feeder is not None and not self._feeder.done():
+        if self._feeder is not None and not self._feeder.done() and self._feeder is not asyncio.current_task():
             self._feeder.cancel()
 
+    def abort(self, reason: str = "aborted") -> None:
+        """Stop at once: requests in flight are abandoned too (a rerun sends them again)."""
+        self.stop(reason)
+        for task in list(self._in_flight):
+            task.cancel()
+
     async def process(self, requests: RequestSource) -> AsyncIterator[RequestResult]:
-        """Yield one result per request, in completion order. Raises RunStopped after the last result
-        if the run was stopped early (bad key, no quota, or `stop()`)."""
+        """Yield one result per request, in completion order.
+
+        Raises RunStopped after the last result if the run was stopped early (bad key, no quota,
+        `stop()`, a failing source or limiter). A result counts in `stats` once the consumer has taken
+        it and asks for the next, so a result the consumer could not store is not reported as done.
+        Close the generator (`contextlib.aclosing`) if you stop iterating early, or the run goes on.
+        """
         if self._started:
             raise RuntimeError("a Processor runs once; make a new one for another run")
         self._started = True
@@ -131,65 +203,90 @@ class Processor:
         results: asyncio.Queue[Any] = asyncio.Queue(maxsize=settings.max_in_flight)
         slots = asyncio.Semaphore(settings.max_in_flight)
         self.stats.started_at = self._clock()
-        self._feeder = asyncio.create_task(self._feed(_aiter(requests), session, slots, results))
+        self._feeder = asyncio.create_task(self._feed(_Lookahead(requests), session, slots, results))
+        if self.stats.stop_reason is not None:  # stopped before it started
+            self._feeder.cancel()
         finisher = asyncio.create_task(self._finish(results))
+        taken: RequestResult | None = None  # yielded, but the consumer has not come back for more yet
         try:
-            while (result := await results.get()) is not _END:
-                yield result
-            await finisher
+            while (taken := await results.get()) is not _END:
+                yield taken
+                self.stats.record_result(taken)
+            taken = None
         finally:
+            if taken is not None:  # the consumer stopped (say, it could not write this one): not done
+                self.stats.unfinished += 1
             pending = [self._feeder, finisher, *self._in_flight]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            while not results.empty():  # finished, but never taken by the consumer: not done
+                self.stats.unfinished += results.get_nowait() is not _END
             if self._session is None:
                 await session.close()
             self.stats.finished_at = self._clock()
         if self.stats.stop_reason is not None:
-            raise RunStopped(self.stats.stop_reason, self.stats)
+            raise RunStopped(self.stats.stop_reason, self.stats) from self._failure
 
     # -- the feeder -------------------------------------------------------------------------------
 
-    async def _feed(
-        self,
-        source: AsyncIterator[RequestItem],
-        session: aiohttp.ClientSession,
-        slots: asyncio.Semaphore,
-        results: asyncio.Queue[Any],
-    ) -> None:
-        while True:
-            await slots.acquire()
-            job = await self._next_job(source, results)
-            if job is None:
-                return
-            await self.limiter.acquire(job.tokens)
-            task = asyncio.create_task(self._attempt(job, session, slots, results))
-            self._in_flight.add(task)
+    async def _feed(self, source: _Lookahead, session: aiohttp.ClientSession, slots: asyncio.Semaphore, results: asyncio.Queue[Any]) -> None:
+        job: _Job | None = None  # a job taken but not yet launched: if the run stops, it is unfinished
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    job = await self._next_job(source, results)
+                except Exception as error:
+                    self._fail_run(f"reading the requests failed: {type(error).__name__}: {error}", error)
+                    return
+                if job is None:
+                    return
+                try:
+                    await self.limiter.acquire(job.tokens)
+                except Exception as error:
+                    self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+                    return
+                task = asyncio.create_task(self._attempt(job, session, slots, results))
+                self._in_flight.add(task)
+                job = None
+        finally:
+            if job is not None:
+                self.stats.unfinished += 1
+            await source.aclose()
 
-    async def _next_job(self, source: AsyncIterator[RequestItem], results: asyncio.Queue[Any]) -> _Job | None:
+    async def _next_job(self, source: _Lookahead, results: asyncio.Queue[Any]) -> _Job | None:
         """A retry that is due, else a new request; waits while only future retries remain."""
         while True:
             self._changed.clear()
             now = self._clock()
             if self._retry_heap and self._retry_heap[0][0] <= now:
                 return heapq.heappop(self._retry_heap)[2]
-            if not self._exhausted:
-                item = await anext(source, _END)
+            # New requests wait while many retries are pending (a server failing everything), so memory
+            # stays bounded: at most max_in_flight jobs in flight and as many awaiting a retry.
+            if not source.exhausted and len(self._retry_heap) < self.settings.max_in_flight:
+                item = source.poll()
                 if item is _END:
-                    self._exhausted = True
                     continue
-                job = self._admit(item)
-                if isinstance(job, _Job):
-                    return job
-                await results.put(job)
-                continue
-            if not self._retry_heap and not self._in_flight:
+                if item is not _PENDING:
+                    admitted = self._admit(item)
+                    if isinstance(admitted, _Job):
+                        return admitted
+                    await results.put(admitted)
+                    continue
+            elif source.exhausted and not self._retry_heap and not self._in_flight:
                 return None
             timeout = self._retry_heap[0][0] - now if self._retry_heap else None
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
-            except TimeoutError:
-                pass
+            await self._wait_for_change(timeout, source.fetching)
+
+    async def _wait_for_change(self, timeout: float | None, fetching: asyncio.Future[Any] | None) -> None:
+        """Until an attempt finishes, the next input item arrives, or `timeout` passes."""
+        changed = asyncio.ensure_future(self._changed.wait())
+        waiters: list[asyncio.Future[Any]] = [changed] if fetching is None else [changed, fetching]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
 
     def _admit(self, item: RequestItem) -> _Job | RequestResult:
         """Validate and estimate a request; a line that cannot be sent becomes its failure result."""
@@ -206,15 +303,26 @@ class Processor:
         return self._reject(request.index, request.body, request.metadata, f"{name}: {reason}")
 
     def _reject(self, index: int, content: Any, metadata: Any, reason: str) -> RequestResult:
-        self.stats.invalid += 1
         logger.error("%s (not sent)", reason)
         return RequestResult(index, content, metadata, response=None, errors=(reason,), attempts=0)
+
+    def _fail_run(self, reason: str, error: BaseException) -> None:
+        """Something every request depends on failed: stop, and say why (the cause goes with RunStopped)."""
+        logger.error("%s; stopping the run", self._scrub(reason))
+        self._failure = error
+        self.stop(self._scrub(reason))
 
     # -- one attempt --------------------------------------------------------------------------------
 
     async def _attempt(self, job: _Job, session: aiohttp.ClientSession, slots: asyncio.Semaphore, results: asyncio.Queue[Any]) -> None:
         try:
-            result = await self._try_once(job, session)
+            try:
+                result = await self._try_once(job, session)
+            except asyncio.CancelledError:  # aborted: a rerun sends it again
+                self.stats.unfinished += 1
+                raise
+            except Exception as error:  # a bug of ours must not lose the request silently
+                result = self._internal_error(job, error)
             if result is not None:
                 await results.put(result)
         finally:
@@ -230,37 +338,25 @@ class Processor:
         self.stats.record_attempt(job.tokens, is_retry=job.attempts > 1)
         logger.info("%s: sending, attempt %d/%d, ~%d tokens", job.name, job.attempts, max_attempts, job.tokens)
         started = self._clock()
-        try:
-            outcome = await post_json(
-                session, settings.request_url, job.request.body,
-                headers=self._headers, timeout=settings.request_timeout, scrub=self._scrub,
-            )
-            decision = classify(outcome)
-        except Exception as error:  # a bug of ours must not lose the request silently
-            logger.exception("%s: internal error", job.name)
-            job.errors.append(self._scrub(f"internal error: {type(error).__name__}: {error}"))
-            return self._fail(job)
-        latency = self._clock() - started
+        outcome = await post_json(
+            session, settings.request_url, job.request.body,
+            headers=self._headers, timeout=settings.request_timeout, scrub=self._scrub,
+        )
+        decision = classify(outcome)
         reason = self._scrub(decision.reason)
 
         if decision.verdict is Verdict.SUCCESS:
-            logger.info("%s: succeeded on attempt %d in %.2fs", job.name, job.attempts, latency)
-            self.stats.succeeded += 1
-            self.stats.record_usage(job.tokens, outcome.body)
+            logger.info("%s: succeeded on attempt %d in %.2fs", job.name, job.attempts, self._clock() - started)
             return job.result(outcome.body)
         if decision.verdict is Verdict.STOP_RUN:
-            self.stats.unfinished += 1
-            self.stop(f"{reason} (every remaining request would fail the same way)")
-            logger.error("%s: %s; stopping the run", job.name, reason)
-            return None
-
-        job.errors.append(reason)
+            return self._unfinished(job, f"{reason} (every remaining request would fail the same way)")
         if decision.rate_limited:
             self.stats.rate_limit_errors += 1
-            pause = settings.retry.pause_for(decision)
-            if pause is not None:
-                logger.warning("%s: rate limited; all sending paused for %.2fs", job.name, pause)
-                await self.limiter.pause(pause)
+        if settings.retry.waits_too_long(decision):
+            return self._unfinished(job, f"{reason} (the API asks to wait longer than {settings.retry.max_server_wait:g}s; rerun later)")
+        job.errors.append(reason)
+        if decision.rate_limited and not await self._pause_everyone(job, decision):
+            return None
         if decision.verdict is Verdict.RETRY and job.attempts < max_attempts:
             if self.stats.stop_reason is not None:
                 self.stats.unfinished += 1
@@ -269,11 +365,34 @@ class Processor:
             logger.warning("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.name, job.attempts, max_attempts, reason, delay)
             heapq.heappush(self._retry_heap, (self._clock() + delay, next(self._sequence), job))
             return None
-        return self._fail(job)
+        logger.error("%s: failed after %d attempt(s): %s", job.name, job.attempts, reason)
+        return job.result(None)
 
-    def _fail(self, job: _Job) -> RequestResult:
-        self.stats.failed += 1
-        logger.error("%s: failed after %d attempt(s): %s", job.name, job.attempts, job.errors[-1] if job.errors else "")
+    async def _pause_everyone(self, job: _Job, decision: Decision) -> bool:
+        """After a rate-limit 429, nobody sends until the server's hint has passed. False if the limiter failed."""
+        pause = self.settings.retry.pause_for(decision)
+        if pause is None:
+            return True
+        logger.warning("%s: rate limited; all sending paused for %.2fs", job.name, pause)
+        try:
+            await self.limiter.pause(pause)
+        except Exception as error:
+            self.stats.unfinished += 1
+            self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+            return False
+        return True
+
+    def _unfinished(self, job: _Job, reason: str) -> None:
+        """This request cannot finish now, and neither can the rest: stop, leaving it for a rerun."""
+        logger.error("%s: %s; stopping the run", job.name, reason)
+        self.stats.unfinished += 1
+        self.stop(reason)
+        return None
+
+    def _internal_error(self, job: _Job, error: Exception) -> RequestResult:
+        details = self._scrub("".join(traceback.format_exception(error)))
+        logger.error("%s: internal error (a bug; please report it):\n%s", job.name, details)
+        job.errors.append(self._scrub(f"internal error: {type(error).__name__}: {error}"))
         return job.result(None)
 
     # -- the end ------------------------------------------------------------------------------------
@@ -288,8 +407,6 @@ class Processor:
             self.stats.unfinished += len(self._retry_heap)
             self._retry_heap.clear()
         await results.put(_END)
-        if not self._feeder.cancelled() and self._feeder.exception() is not None:
-            raise self._feeder.exception()  # type: ignore[misc]
 
 
 def request_name(request: APIRequest) -> str:
@@ -301,15 +418,6 @@ def _from_mapping(item: Mapping[str, Any], position: int) -> APIRequest:
     body = dict(item)
     metadata = body.pop("metadata", None)
     return APIRequest(index=position, body=body, metadata=metadata)
-
-
-async def _aiter(requests: RequestSource) -> AsyncIterator[RequestItem]:
-    if isinstance(requests, AsyncIterable):
-        async for item in requests:
-            yield item
-    else:
-        for item in requests:
-            yield item
 
 
 async def process_requests(

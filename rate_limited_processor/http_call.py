@@ -18,7 +18,7 @@ from .config import Settings
 from .endpoints import is_azure_url
 from .retry_policy import HTTPOutcome
 
-__all__ = ["auth_headers", "new_session", "post_json", "Scrubber"]
+__all__ = ["Headers", "Scrubber", "auth_headers", "new_session", "post_json", "scrubber_for"]
 
 #: Error bodies are kept for messages only; a gateway's HTML page need not be kept whole.
 MAX_ERROR_TEXT = 2_000
@@ -44,11 +44,18 @@ class Scrubber:
         return f"Scrubber({len(self._secrets)} secrets)"
 
 
-def auth_headers(settings: Settings) -> dict[str, str]:
+class Headers(dict[str, str]):
+    """Request headers whose repr names the headers but never shows their values (they hold the key)."""
+
+    def __repr__(self) -> str:
+        return f"Headers({', '.join(self)})"
+
+
+def auth_headers(settings: Settings) -> Headers:
     """The headers every request carries: the key in the form the server expects, plus the user's extras."""
-    headers: dict[str, str] = {}
+    headers = Headers()
     if settings.api_key:
-        key = settings.api_key.reveal()
+        key = settings.api_key.reveal()  # type: ignore[union-attr]
         if is_azure_url(settings.request_url):
             headers["api-key"] = key
         else:
@@ -58,7 +65,7 @@ def auth_headers(settings: Settings) -> dict[str, str]:
 
 
 def scrubber_for(settings: Settings) -> Scrubber:
-    secrets = [settings.api_key.reveal()] if settings.api_key else []
+    secrets = [settings.api_key.reveal()] if settings.api_key else []  # type: ignore[union-attr]
     secrets.extend(settings.extra_headers.values())
     return Scrubber(secrets)
 
@@ -78,7 +85,8 @@ async def post_json(
     timeout: float,
     scrub: Scrubber,
 ) -> HTTPOutcome:
-    """POST `body` once; whatever happens comes back as an outcome, never an exception."""
+    """POST `body` once. What the network or the server does comes back as an outcome; only a local
+    mistake (say, a body that cannot be encoded) raises."""
     try:
         async with session.post(url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             raw = await response.read()
@@ -91,10 +99,17 @@ async def post_json(
     except OSError as error:  # sockets can fail below aiohttp's own exception types
         return HTTPOutcome(status=None, exception=scrub(f"{type(error).__name__}: {error}"))
     text = raw.decode("utf-8", errors="replace")
-    try:
-        parsed: Any = json.loads(text)
-    except ValueError:
-        parsed = None
+    parsed = _json_or_none(text)
     if 200 <= status < 300 and isinstance(parsed, dict):
-        text = ""  # the parsed body is all anyone needs; don't hold the text twice
-    return HTTPOutcome(status=status, headers=response_headers, body=parsed, text=scrub(text[:MAX_ERROR_TEXT]))
+        return HTTPOutcome(status=status, headers=response_headers, body=parsed)
+    # Anything else ends up in messages. Scrub before parsing or cutting: a page that echoes a request
+    # header must not leak the key, whole or in part.
+    text = scrub(text)
+    return HTTPOutcome(status=status, headers=response_headers, body=_json_or_none(text), text=text[:MAX_ERROR_TEXT])
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

@@ -1,18 +1,34 @@
-"""The file job: the JSONL reader feeding the dispatch loop, drained into the JSONL writer."""
+"""The file job: the JSONL reader feeding the dispatch loop, drained into the JSONL writer.
+
+Rerunning the same job resumes it: lines whose final row is already in the results file are skipped
+(see `resume.py`). What a crash can cost: the requests in flight at that moment, which are sent again
+on the rerun. Rows are appended and flushed one at a time, so nothing already written is lost.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .config import Settings
 from .dispatcher import Processor, RunStopped
 from .limiter import RateLimiter
+from .models import APIRequest, RejectedLine
 from .request_io import ResultWriter, count_lines, read_requests
+from .resume import DoneIndex, identity_of_item, prepare_results_file
 from .status import ProgressDisplay, RunStats
 
-__all__ = ["run_file_job", "default_save_path"]
+__all__ = ["run_file_job", "default_save_path", "DEFAULT_SHUTDOWN_GRACE"]
+
+logger = logging.getLogger("rate_limited_processor")
+
+#: Seconds the requests in flight get to finish after Ctrl-C / SIGTERM before they are abandoned.
+DEFAULT_SHUTDOWN_GRACE = 30.0
 
 
 def default_save_path(requests_path: str | Path) -> Path:
@@ -28,25 +44,92 @@ async def run_file_job(
     *,
     show_progress: bool | None = None,
     limiter: RateLimiter | None = None,
+    retry_failed: bool = False,
+    handle_signals: bool = False,
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
 ) -> RunStats:
-    """Process every line of `requests_path`, appending one result line per request to `save_path`.
+    """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
-    Returns the run's stats; `stats.stop_reason` is set when the run stopped early. The progress bar
-    shows when stderr is a terminal, unless `show_progress` says otherwise.
+    Returns the run's stats; `stats.stop_reason` is set when the run stopped early. Raises
+    `resume.ResumeError` (before sending anything) if the results file is damaged. With
+    `handle_signals`, a first SIGINT/SIGTERM stops taking requests and gives those in flight
+    `shutdown_grace` seconds; a second abandons them at once.
     """
+    done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+    if report.repaired_torn_line:
+        logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
+    if report.failures_removed:
+        logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
     processor = Processor(settings, limiter=limiter)
+    stats = processor.stats
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     if show_progress:
-        processor.stats.total = count_lines(requests_path)
-    display = ProgressDisplay(processor.stats, enabled=show_progress)
+        stats.total = count_lines(requests_path)
+    display = ProgressDisplay(stats, enabled=show_progress)
+    remove_handlers = _handle_signals(processor, shutdown_grace) if handle_signals else _nothing
     try:
         with ResultWriter(save_path) as writer:
-            with contextlib.suppress(RunStopped):
-                async for result in processor.process(read_requests(requests_path)):
-                    writer.write(result)
-                    display.update()
+            results = processor.process(_not_yet_done(read_requests(requests_path), done, stats))
+            async with contextlib.aclosing(results):
+                with contextlib.suppress(RunStopped):
+                    async for result in results:
+                        try:
+                            writer.write(result)
+                        except OSError as error:
+                            processor.abort(f"cannot write to {save_path}: {error.strerror or error}; a rerun resumes")
+                            break
+                        display.update()
     finally:
+        remove_handlers()
         display.close()
         await processor.limiter.aclose()
-    return processor.stats
+    if stats.stop_reason is None and done.unclaimed:
+        stats.orphan_rows = done.unclaimed
+        logger.warning(
+            "%s: %d rows match no line of %s (was the input edited since the earlier run?)",
+            save_path, done.unclaimed, requests_path,
+        )
+    return stats
+
+
+def _not_yet_done(items: Iterator[APIRequest | RejectedLine], done: DoneIndex, stats: RunStats) -> Iterator[APIRequest | RejectedLine]:
+    """The input minus the lines that already have a final row."""
+    if not done:
+        yield from items
+        return
+    for item in items:
+        if done.claim(identity_of_item(item)):
+            stats.already_done += 1
+        else:
+            yield item
+
+
+def _handle_signals(processor: Processor, grace: float) -> Callable[[], None]:
+    """First signal: finish what is in flight (up to `grace` seconds). Second: stop at once."""
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    def on_signal(name: str) -> None:
+        received.append(name)
+        if len(received) == 1:
+            logger.warning("%s: taking no more requests; those in flight get %gs to finish (press Ctrl-C again to stop now)", name, grace)
+            processor.stop(f"interrupted by {name}")
+            loop.call_later(grace, processor.abort)
+        else:
+            logger.warning("%s again: abandoning the requests in flight", name)
+            processor.abort()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+    def remove() -> None:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+def _nothing() -> None:
+    return None

@@ -30,11 +30,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Limits", "TokenBucket", "RateBuckets", "RateLimiter", "InProcessLimiter"]
+__all__ = ["DEFAULT_BURST_SECONDS", "Limits", "TokenBucket", "RateBuckets", "RateLimiter", "InProcessLimiter"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
+#: Bucket capacity in seconds of the rate: one second, as OpenAI enforces short windows.
+DEFAULT_BURST_SECONDS = 1.0
 #: Waits shorter than this count as "now"; float refill arithmetic never lands exactly on zero.
 _EPSILON = 1e-9
 
@@ -46,7 +48,7 @@ class Limits:
     requests_per_minute: float | None
     tokens_per_minute: float | None
     #: Bucket capacity, in seconds of the rate: how large a burst may be.
-    burst_seconds: float = 1.0
+    burst_seconds: float = DEFAULT_BURST_SECONDS
 
     def __post_init__(self) -> None:
         for name in ("requests_per_minute", "tokens_per_minute"):
@@ -102,8 +104,12 @@ class TokenBucket:
         self.refill(now)
         self.level -= amount
 
-    def empty_at(self, when: float) -> None:
-        """Make the bucket empty at `when` (a future time is fine): refilling starts from zero there."""
+    def empty_at(self, when: float, now: float) -> None:
+        """Make the bucket empty at `when` (a future time is fine): refilling starts from zero there.
+
+        What has refilled up to `now` is counted first, so an old debt is not carried through the pause.
+        """
+        self.refill(now)
         self.level = min(self.level, 0.0)
         self.updated_at = max(self.updated_at, when)
 
@@ -144,11 +150,11 @@ class RateBuckets:
             self.tokens.take(tokens, now)
         return 0.0
 
-    def empty_at(self, when: float) -> None:
+    def empty_at(self, when: float, now: float) -> None:
         """Both buckets start refilling from zero at `when`: resuming after a pause is paced, not a burst."""
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
-                bucket.empty_at(when)
+                bucket.empty_at(when, now)
 
 
 def _bucket(per_minute: float | None, burst_seconds: float, now: float, start_full: bool) -> TokenBucket | None:
@@ -214,10 +220,11 @@ class InProcessLimiter:
                 await self._sleep(wait)
 
     async def pause(self, seconds: float) -> None:
-        until = self._clock() + seconds
+        now = self._clock()
+        until = now + seconds
         if until > self._paused_until:
             self._paused_until = until
-            self._buckets.empty_at(until)
+            self._buckets.empty_at(until, now)
 
     async def aclose(self) -> None:
         return None

@@ -20,6 +20,7 @@ __all__ = ["read_requests", "parse_request_line", "count_lines", "ResultWriter"]
 
 #: How much of an unparseable line is kept in the output row, so one huge bad line cannot bloat it.
 MAX_REJECTED_TEXT = 1_000
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def read_requests(path: str | Path) -> Iterator[APIRequest | RejectedLine]:
@@ -33,13 +34,17 @@ def read_requests(path: str | Path) -> Iterator[APIRequest | RejectedLine]:
 def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | RejectedLine:
     """Turn one line into a request, or say precisely why it cannot be one."""
     if isinstance(raw, bytes):
+        if line_number == 1:
+            raw = raw.removeprefix(UTF8_BOM)  # files saved by some Windows editors start with one
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as error:
             text = raw.decode("utf-8", errors="replace")
             return RejectedLine(line_number, f"line {line_number}: not valid UTF-8 ({error.reason} at byte {error.start})", _clip(text))
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except _NotStrictJSON as error:
+        return RejectedLine(line_number, f"line {line_number}: {error} is not valid JSON (it can be neither sent nor written back)", _clip(raw.strip()))
     except json.JSONDecodeError as error:
         return RejectedLine(line_number, f"line {line_number}: not valid JSON ({error.msg} at column {error.colno})", _clip(raw.strip()))
     if not isinstance(value, dict):
@@ -47,6 +52,14 @@ def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | Rejec
         return RejectedLine(line_number, f"line {line_number}: expected a JSON object, got {kind}", value)
     metadata = value.pop("metadata", None)
     return APIRequest(index=line_number, body=value, metadata=metadata, label=f"line {line_number}")
+
+
+class _NotStrictJSON(ValueError):
+    """NaN, Infinity or -Infinity: Python's json reads them, but they are not JSON and cannot be written back as JSON."""
+
+
+def _refuse_constant(name: str) -> None:
+    raise _NotStrictJSON(name)
 
 
 def _clip(text: str) -> str:
@@ -64,18 +77,33 @@ def count_lines(path: str | Path) -> int:
 
 
 class ResultWriter:
-    """Appends one JSON line per result and flushes it, so what is written survives a crash."""
+    """Appends one JSON line per result and flushes it, so what is written survives a crash.
+
+    After a failed write (disk full, file too large) the writer refuses further rows: a partial row may
+    be on disk, and only a rerun's check of the file (which cuts a torn last line) can repair it.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file: IO[str] = open(self.path, "a", encoding="utf-8")
+        self._failed = False
 
     def write(self, result: RequestResult) -> None:
-        self._file.write(_dumps(result.to_row()) + "\n")
-        self._file.flush()
+        if self._failed:
+            raise OSError(f"an earlier write to {self.path} failed")
+        try:
+            self._file.write(_dumps(result.to_row()) + "\n")
+            self._file.flush()
+        except OSError:
+            self._failed = True
+            raise
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            if not self._failed:
+                raise
 
     def __enter__(self) -> ResultWriter:
         return self

@@ -42,6 +42,7 @@ __all__ = [
     "INITIAL_RETRY_DELAY",
     "MAX_RETRY_DELAY",
     "RATE_LIMIT_COOLDOWN",
+    "MAX_SERVER_WAIT",
     "STOP_RUN_ERROR_CODES",
 ]
 
@@ -53,6 +54,9 @@ INITIAL_RETRY_DELAY = 1.0
 MAX_RETRY_DELAY = 60.0
 #: Seconds every sender pauses after a rate-limit 429 that said nothing about how long (the cookbook's 15 s).
 RATE_LIMIT_COOLDOWN = 15.0
+#: The longest server-requested wait honoured (seconds). A longer one (Azure's "retry after 86400
+#: seconds" for a daily quota) stops the run instead: a rerun later resumes, and nothing sits idle for a day.
+MAX_SERVER_WAIT = 900.0
 #: Jittered backoff is the exponential delay times a factor in [JITTER_FLOOR, 1).
 JITTER_FLOOR = 0.5
 
@@ -253,11 +257,13 @@ class RetryPolicy:
     max_delay: float = MAX_RETRY_DELAY
     #: Pause after a rate-limit 429 that gave no hint (seconds).
     rate_limit_cooldown: float = RATE_LIMIT_COOLDOWN
+    #: The longest server-requested wait honoured; see `waits_too_long`.
+    max_server_wait: float = MAX_SERVER_WAIT
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        for name in ("initial_delay", "max_delay", "rate_limit_cooldown"):
+        for name in ("initial_delay", "max_delay", "rate_limit_cooldown", "max_server_wait"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -282,6 +288,10 @@ class RetryPolicy:
         if decision.rate_limited:
             return self.rate_limit_cooldown
         return self.backoff(attempt, random=random)
+
+    def waits_too_long(self, decision: Decision) -> bool:
+        """The server asks for a wait longer than `max_server_wait`: stop the run rather than sit idle."""
+        return decision.retry_after is not None and decision.retry_after > self.max_server_wait
 
     def pause_for(self, decision: Decision) -> float | None:
         """Seconds every sender pauses after this decision: a rate limit's hint, else the cooldown.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .limiter import Limits
+from .models import RequestResult
 
 __all__ = ["RunStats", "RateMeter", "ProgressDisplay", "format_summary"]
 
@@ -79,6 +80,10 @@ class RunStats:
     reported_total_tokens: int = 0
     #: Requests that had been read but had no final result when the run stopped early.
     unfinished: int = 0
+    #: Requests skipped because the results file already had their final row (a resumed run).
+    already_done: int = 0
+    #: Rows of an earlier run that matched no input line (the input was edited since?).
+    orphan_rows: int = 0
     #: Why dispatch stopped before the input was exhausted (None when it ran to the end).
     stop_reason: str | None = None
     meter: RateMeter = field(default_factory=RateMeter, repr=False)
@@ -97,6 +102,16 @@ class RunStats:
         self.retries += is_retry
         self.tokens_charged += tokens
         self.meter.record(tokens)
+
+    def record_result(self, result: RequestResult) -> None:
+        """Count a result the consumer has taken (so one that could not be written is not counted)."""
+        if result.response is not None:
+            self.succeeded += 1
+            self.record_usage(result.estimated_tokens, result.response)
+        elif result.attempts == 0:
+            self.invalid += 1
+        else:
+            self.failed += 1
 
     def record_usage(self, estimated_tokens: int, response: dict[str, Any]) -> None:
         usage = response.get("usage")
@@ -125,7 +140,7 @@ class ProgressDisplay:
             return
         rpm, tpm = self._stats.meter.per_minute()
         self._bar.set_postfix_str(f"{rpm:,.0f} RPM, {tpm:,.0f} TPM, 429s {self._stats.rate_limit_errors}", refresh=False)
-        self._bar.update(self._stats.done - self._bar.n)
+        self._bar.update(self._stats.already_done + self._stats.done - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -142,12 +157,16 @@ def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
     if stats.stop_reason:
         lines.append(f"  STOPPED EARLY: {stats.stop_reason}")
     of_total = f" of {stats.total:,}" if stats.total is not None else ""
-    lines.append(f"  requests done    {stats.done:,}{of_total}")
+    lines.append(f"  requests done    {stats.already_done + stats.done:,}{of_total}")
+    if stats.already_done:
+        lines.append(f"    already done   {stats.already_done:,} (results of an earlier run; not sent again)")
     lines.append(f"    succeeded      {stats.succeeded:,}")
     lines.append(f"    failed         {stats.failed:,} after their last attempt")
     lines.append(f"    invalid input  {stats.invalid:,} (recorded, not sent)")
+    if stats.orphan_rows:
+        lines.append(f"  note             {stats.orphan_rows:,} rows of an earlier run match no input line (input edited since?)")
     if stats.stop_reason:
-        not_done = f"{stats.total - stats.done:,}" if stats.total is not None else "the rest"
+        not_done = f"{stats.total - stats.done - stats.already_done:,}" if stats.total is not None else "the rest"
         lines.append(f"    not finished   {not_done} ({stats.unfinished:,} had been started); rerun to send them")
     lines.append(f"  attempts         {stats.attempts:,} ({stats.retries:,} retries, {stats.rate_limit_errors:,} rate-limit 429s)")
     lines.append(f"  elapsed          {_duration(stats.elapsed)}")
