@@ -54,9 +54,16 @@ def test_oversize_amount_waits_for_a_full_bucket_then_goes_into_debt() -> None:
 
 def test_emptied_bucket_refills_from_the_given_future_time() -> None:
     bucket = TokenBucket(rate=10.0, capacity=5.0, now=0.0)
-    bucket.empty_at(2.0)
+    bucket.empty_at(2.0, now=1.0)
     assert bucket.wait_time(1, now=1.0) == pytest.approx(1.1)  # 1 s until the pause ends, then 0.1 s
     assert bucket.wait_time(1, now=2.05) == pytest.approx(0.05)
+
+
+def test_a_pause_does_not_carry_an_old_debt_that_has_since_been_repaid() -> None:
+    bucket = TokenBucket(rate=1_000.0, capacity=1_000.0, now=0.0)
+    bucket.take(4_000, now=0.0)  # an oversize request: 3,000 in debt, repaid by t=3.0
+    bucket.empty_at(4.9, now=3.9)  # a 429 at 3.9 s pauses everyone for 1 s
+    assert bucket.wait_time(1_000, now=4.9) == pytest.approx(1.0)  # from empty at 4.9, not from the old debt
 
 
 @pytest.mark.parametrize("rate, capacity", [(0, 1), (1, 0), (-1, 1)])
