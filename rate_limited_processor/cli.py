@@ -23,11 +23,11 @@ from typing import NoReturn
 
 from . import config
 from .config import Secret, Settings
-from .endpoints import Endpoint, UnsupportedEndpoint, endpoint_from_url, missing_field_reason
+from .endpoints import UnsupportedEndpoint, endpoint_from_url, missing_field_reason, resolve_url
 from .http_call import scrubber_for
 from .job import DEFAULT_SHUTDOWN_GRACE, default_save_path, run_file_job
 from .limiter import DEFAULT_BURST_SECONDS, Limits
-from .models import RejectedLine
+from .models import APIRequest, RejectedLine
 from .request_io import read_requests
 from .resume import ResumeError
 from .retry_policy import RetryPolicy
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--requests_filepath", required=True, help="JSONL file, one request body per line (optional 'metadata' field is passed through, never sent)")
     add("--save_filepath", default=None, help="where results are appended (default: <input stem>_results.jsonl beside the input)")
-    add("--request_url", default=DEFAULT_REQUEST_URL, help="endpoint every request is POSTed to (OpenAI, Azure or OpenAI-compatible)")
+    add("--request_url", default=DEFAULT_REQUEST_URL, help="endpoint every request is POSTed to (OpenAI, Azure or OpenAI-compatible); for Batch input, lines' own urls replace its endpoint part, and an API root such as https://api.openai.com/v1 will do")
     add("--api_key", default=None, help="API key (default: $OPENAI_API_KEY; prefer the variable: flags show in process lists)")
     add("--max_requests_per_minute", type=_positive_float, default=config.DEFAULT_REQUESTS_PER_MINUTE, help="requests-per-minute limit to stay under")
     add("--max_tokens_per_minute", type=_positive_float, default=config.DEFAULT_TOKENS_PER_MINUTE, help="tokens-per-minute limit to stay under (estimated with tiktoken)")
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_in_flight", type=_positive_int, default=config.DEFAULT_MAX_IN_FLIGHT, help="most requests awaiting a response at once")
     add("--burst_seconds", type=_positive_float, default=DEFAULT_BURST_SECONDS, help="bucket capacity in seconds of the limit: how large a burst may be")
     add("--no_progress", action="store_true", help="no progress bar, even on a terminal")
+    add("--output_format", choices=["auto", "cookbook", "batch"], default="auto", help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input")
     add("--retry_failed", action="store_true", help="on a rerun, send again the requests whose rows in the results file are failures (they are removed from it first)")
     add("--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE, help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)")
     return parser
@@ -124,10 +125,6 @@ def _logging_level(text: str) -> int:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Flags to Settings, checking everything that can be checked before sending."""
-    try:
-        endpoint_from_url(args.request_url)
-    except UnsupportedEndpoint as error:
-        raise UsageError(f"--request_url: {error}") from None
     if args.token_encoding_name is not None:
         import tiktoken
 
@@ -149,17 +146,26 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise UsageError(str(error)) from None
 
 
-def check_input(requests_path: Path, endpoint: Endpoint) -> None:
+def check_input(requests_path: Path, request_url: str) -> None:
     """Fail before sending if the file holds no requests, or none of its first lines is usable."""
     first_problem = None
     for checked, item in enumerate(itertools.islice(read_requests(requests_path), INPUT_CHECK_LINES), start=1):
-        problem = item.reason if isinstance(item, RejectedLine) else missing_field_reason(endpoint, item.body)
+        problem = item.reason if isinstance(item, RejectedLine) else _problem_with(item, request_url)
         if problem is None:
             return
         first_problem = first_problem or problem
     if first_problem is None:
         raise UsageError(f"--requests_filepath: {requests_path} holds no requests (it is empty or blank)")
     raise UsageError(f"--requests_filepath: none of the first {checked} lines is a usable request for this endpoint; the first problem: {first_problem}")
+
+
+def _problem_with(request: APIRequest, request_url: str) -> str | None:
+    try:
+        endpoint = endpoint_from_url(resolve_url(request_url, request.url))
+    except UnsupportedEndpoint as error:
+        where = "--request_url" if request.url is None else f"line {request.index}'s url"
+        return f"{where}: {error}"
+    return missing_field_reason(endpoint, request.body)
 
 
 def check_paths(requests_path: Path, save_path: Path) -> None:
@@ -205,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         check_paths(requests_path, save_path)
-        check_input(requests_path, endpoint_from_url(settings.request_url))
+        check_input(requests_path, settings.request_url)
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -239,5 +245,5 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
         return await run_file_job(
             settings, requests_path, save_path,
             show_progress=show_progress, retry_failed=args.retry_failed,
-            handle_signals=True, shutdown_grace=args.shutdown_grace,
+            handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
         )

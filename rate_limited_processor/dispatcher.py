@@ -22,6 +22,7 @@ those in flight. Either way, a request without a final result is not yielded (a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -34,11 +35,11 @@ from typing import Any
 import aiohttp
 
 from .config import Settings
-from .endpoints import endpoint_from_url, missing_field_reason
+from .endpoints import Endpoint, UnsupportedEndpoint, endpoint_from_url, missing_field_reason, resolve_url
 from .http_call import auth_headers, new_session, post_json, scrubber_for
 from .limiter import InProcessLimiter, RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
-from .retry_policy import Decision, Verdict, classify
+from .retry_policy import Decision, HTTPOutcome, Verdict, classify
 from .status import RunStats
 from .token_estimation import EstimationError, TokenEstimator
 
@@ -65,23 +66,28 @@ class RunStopped(RuntimeError):
 
 @dataclass(slots=True)
 class _Job:
-    """A request on its way: how often it was tried and what went wrong each time."""
+    """A request on its way: where it goes, how often it was tried and what went wrong each time."""
 
     request: APIRequest
     name: str
+    url: str
     tokens: int
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
 
-    def result(self, response: dict[str, Any] | None) -> RequestResult:
+    def result(self, outcome: HTTPOutcome | None, *, succeeded: bool) -> RequestResult:
         return RequestResult(
             index=self.request.index,
             request=self.request.body,
             metadata=self.request.metadata,
-            response=response,
+            response=outcome.body if succeeded and outcome is not None else None,
             errors=tuple(self.errors),
             attempts=self.attempts,
             estimated_tokens=self.tokens,
+            custom_id=self.request.custom_id,
+            status=outcome.status if outcome is not None else None,
+            request_id=outcome.headers.get("x-request-id") if outcome is not None else None,
+            error_body=outcome.body if not succeeded and outcome is not None else None,
         )
 
 
@@ -153,8 +159,9 @@ class Processor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        #: Raises UnsupportedEndpoint now, before anything is read or sent.
-        self.endpoint = endpoint_from_url(settings.request_url)
+        #: The run's endpoint. None when `request_url` is only an API root ("https://api.openai.com/v1"),
+        #: for Batch input whose lines name their own; then lines without a url are rejected.
+        self.endpoint = _endpoint_or_none(settings.request_url)
         self.limiter: RateLimiter = limiter if limiter is not None else InProcessLimiter(settings.limits, clock=clock)
         self.estimator = estimator if estimator is not None else TokenEstimator(settings.token_encoding_name)
         self.stats = RunStats(settings.limits, started_at=clock())
@@ -291,20 +298,23 @@ class Processor:
     def _admit(self, item: RequestItem) -> _Job | RequestResult:
         """Validate and estimate a request; a line that cannot be sent becomes its failure result."""
         if isinstance(item, RejectedLine):
-            return self._reject(item.index, item.content, None, item.reason)
+            metadata = {"custom_id": item.custom_id} if item.custom_id is not None else None
+            return self._reject(item.index, item.content, metadata, item.reason, item.custom_id)
         request = item if isinstance(item, APIRequest) else _from_mapping(item, next(self._positions))
         name = request_name(request)
-        reason = missing_field_reason(self.endpoint, request.body)
-        if reason is None:
-            try:
-                return _Job(request, name, self.estimator.estimate(self.endpoint, request.body))
-            except EstimationError as error:
-                reason = str(error)
-        return self._reject(request.index, request.body, request.metadata, f"{name}: {reason}")
+        url = resolve_url(self.settings.request_url, request.url)
+        try:
+            endpoint = _endpoint(url)
+            reason = missing_field_reason(endpoint, request.body)
+            if reason is None:
+                return _Job(request, name, url, self.estimator.estimate(endpoint, request.body))
+        except (UnsupportedEndpoint, EstimationError) as error:
+            reason = str(error)
+        return self._reject(request.index, request.body, request.metadata, f"{name}: {reason}", request.custom_id)
 
-    def _reject(self, index: int, content: Any, metadata: Any, reason: str) -> RequestResult:
+    def _reject(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None) -> RequestResult:
         logger.error("%s (not sent)", reason)
-        return RequestResult(index, content, metadata, response=None, errors=(reason,), attempts=0)
+        return RequestResult(index, content, metadata, response=None, errors=(reason,), attempts=0, custom_id=custom_id)
 
     def _fail_run(self, reason: str, error: BaseException) -> None:
         """Something every request depends on failed: stop, and say why (the cause goes with RunStopped)."""
@@ -339,7 +349,7 @@ class Processor:
         logger.info("%s: sending, attempt %d/%d, ~%d tokens", job.name, job.attempts, max_attempts, job.tokens)
         started = self._clock()
         outcome = await post_json(
-            session, settings.request_url, job.request.body,
+            session, job.url, job.request.body,
             headers=self._headers, timeout=settings.request_timeout, scrub=self._scrub,
         )
         decision = classify(outcome)
@@ -347,7 +357,7 @@ class Processor:
 
         if decision.verdict is Verdict.SUCCESS:
             logger.info("%s: succeeded on attempt %d in %.2fs", job.name, job.attempts, self._clock() - started)
-            return job.result(outcome.body)
+            return job.result(outcome, succeeded=True)
         if decision.verdict is Verdict.STOP_RUN:
             return self._unfinished(job, f"{reason} (every remaining request would fail the same way)")
         if decision.rate_limited:
@@ -366,7 +376,7 @@ class Processor:
             heapq.heappush(self._retry_heap, (self._clock() + delay, next(self._sequence), job))
             return None
         logger.error("%s: failed after %d attempt(s): %s", job.name, job.attempts, reason)
-        return job.result(None)
+        return job.result(outcome, succeeded=False)
 
     async def _pause_everyone(self, job: _Job, decision: Decision) -> bool:
         """After a rate-limit 429, nobody sends until the server's hint has passed. False if the limiter failed."""
@@ -393,7 +403,7 @@ class Processor:
         details = self._scrub("".join(traceback.format_exception(error)))
         logger.error("%s: internal error (a bug; please report it):\n%s", job.name, details)
         job.errors.append(self._scrub(f"internal error: {type(error).__name__}: {error}"))
-        return job.result(None)
+        return job.result(None, succeeded=False)
 
     # -- the end ------------------------------------------------------------------------------------
 
@@ -407,6 +417,18 @@ class Processor:
             self.stats.unfinished += len(self._retry_heap)
             self._retry_heap.clear()
         await results.put(_END)
+
+
+@functools.lru_cache(maxsize=64)
+def _endpoint(url: str) -> Endpoint:
+    return endpoint_from_url(url)
+
+
+def _endpoint_or_none(url: str) -> Endpoint | None:
+    try:
+        return _endpoint(url)
+    except UnsupportedEndpoint:
+        return None
 
 
 def request_name(request: APIRequest) -> str:

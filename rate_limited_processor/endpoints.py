@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Endpoint", "UnsupportedEndpoint", "endpoint_from_url", "missing_field_reason", "is_azure_url"]
+__all__ = ["Endpoint", "UnsupportedEndpoint", "endpoint_from_url", "missing_field_reason", "is_azure_url", "resolve_url"]
 
 
 class UnsupportedEndpoint(ValueError):
@@ -55,6 +55,35 @@ def endpoint_from_url(url: str) -> Endpoint:
             return endpoint
     supported = ", ".join(f"/{e.value}" for e in Endpoint)
     raise UnsupportedEndpoint(f"cannot estimate token cost for {path or url!r}: the URL must end in one of {supported}")
+
+
+def resolve_url(request_url: str, url: str | None) -> str:
+    """The URL to POST to: `request_url`, or a Batch line's own `url` ("/v1/embeddings") on its host.
+
+    A Batch line's url is relative to the API's root, so it replaces the endpoint part of `request_url`
+    (which may also be just the root, "https://api.openai.com/v1"); its query string is kept when the
+    line has none (Azure's api-version).
+
+    >>> resolve_url("https://api.openai.com/v1/chat/completions", "/v1/embeddings")
+    'https://api.openai.com/v1/embeddings'
+    >>> resolve_url("http://127.0.0.1:8000/v1", "/v1/chat/completions")
+    'http://127.0.0.1:8000/v1/chat/completions'
+    """
+    if url is None:
+        return request_url
+    base = urlsplit(request_url)
+    line = urlsplit(url)
+    if line.scheme:  # an absolute URL: taken as it is
+        return url
+    root = base.path.rstrip("/")
+    for endpoint in _SUFFIXES:
+        if root == endpoint.value or root.endswith("/" + endpoint.value):
+            root = root[: -len(endpoint.value)].rstrip("/")
+            break
+    path = "/" + line.path.lstrip("/")
+    if root.endswith("/v1") and path.startswith("/v1/"):
+        path = path[len("/v1") :]
+    return urlunsplit((base.scheme, base.netloc, root + path, line.query or base.query, ""))
 
 
 def is_azure_url(url: str) -> bool:

@@ -14,12 +14,13 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 from .config import Settings
 from .dispatcher import Processor, RunStopped
 from .limiter import RateLimiter
 from .models import APIRequest, RejectedLine
-from .request_io import ResultWriter, count_lines, read_requests
+from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
 from .resume import DoneIndex, identity_of_item, prepare_results_file
 from .status import ProgressDisplay, RunStats
 
@@ -47,14 +48,18 @@ async def run_file_job(
     retry_failed: bool = False,
     handle_signals: bool = False,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    output_format: OutputFormat | Literal["auto"] = "auto",
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
     Returns the run's stats; `stats.stop_reason` is set when the run stopped early. Raises
     `resume.ResumeError` (before sending anything) if the results file is damaged. With
     `handle_signals`, a first SIGINT/SIGTERM stops taking requests and gives those in flight
-    `shutdown_grace` seconds; a second abandons them at once.
+    `shutdown_grace` seconds; a second abandons them at once. `output_format` "auto" writes Batch
+    output for Batch input and the cookbook's rows otherwise.
     """
+    if output_format == "auto":
+        output_format = detect_output_format(requests_path)
     done, report = prepare_results_file(save_path, retry_failed=retry_failed)
     if report.repaired_torn_line:
         logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
@@ -69,7 +74,7 @@ async def run_file_job(
     display = ProgressDisplay(stats, enabled=show_progress)
     remove_handlers = _handle_signals(processor, shutdown_grace) if handle_signals else _nothing
     try:
-        with ResultWriter(save_path) as writer:
+        with ResultWriter(save_path, output_format) as writer:
             results = processor.process(_not_yet_done(read_requests(requests_path), done, stats))
             async with contextlib.aclosing(results):
                 with contextlib.suppress(RunStopped):

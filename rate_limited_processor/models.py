@@ -19,16 +19,22 @@ class APIRequest:
     metadata: Any = None
     #: How messages name it, e.g. "line 17"; empty means "request <index>".
     label: str = ""
+    #: The request's own endpoint (a Batch line's "url", e.g. "/v1/embeddings"); None: the run's URL.
+    url: str | None = None
+    #: The id the input gave it (a Batch line's custom_id, or metadata.custom_id); unique in a file.
+    custom_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RejectedLine:
-    """An input line that cannot become a request (not JSON, not an object): recorded, never sent."""
+    """An input line that cannot become a request (not JSON, not an object, a duplicate id): recorded, never sent."""
 
     index: int
     reason: str
     #: What the line held: the parsed value when it was JSON, else its text.
     content: Any
+    #: The line's id, when it had a readable one.
+    custom_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +53,14 @@ class RequestResult:
     attempts: int
     #: Tokens charged against the TPM limit per attempt (0 for a rejected line).
     estimated_tokens: int = 0
+    custom_id: str | None = None
+    #: HTTP status of the last attempt (None if it got no response or was never sent).
+    status: int | None = None
+    #: The server's x-request-id for the last attempt, when it sent one.
+    request_id: str | None = None
+    #: The last attempt's JSON error body, when it failed with one.
+    error_body: Any = None
 
     @property
     def succeeded(self) -> bool:
         return self.response is not None
-
-    def to_row(self) -> list[Any]:
-        """The cookbook's output shape: [request, response, metadata] or [request, [errors...], metadata]."""
-        outcome: Any = self.response if self.response is not None else list(self.errors)
-        if self.metadata is None:
-            return [self.request, outcome]
-        return [self.request, outcome, self.metadata]

@@ -4,19 +4,27 @@ The reader is lazy (memory stays flat however large the file) and never raises f
 yields a `RejectedLine` naming the line number and the reason, so the run goes on and the line is
 recorded. The writer appends and flushes each result as it arrives, so a crash loses at most the
 requests still in flight.
+
+Two input shapes are recognised line by line: the cookbook's (the API body, plus an optional
+"metadata" that is never sent) and the OpenAI Batch API's ({"custom_id", "method", "url", "body"},
+where "url" picks the line's endpoint). Two output shapes are written: the cookbook's rows
+`[request, response-or-errors, metadata]` and Batch-output lines
+`{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from .models import APIRequest, RejectedLine, RequestResult
+from .resume import batch_row_id, identity_of_result
 
-__all__ = ["read_requests", "parse_request_line", "count_lines", "ResultWriter"]
+__all__ = ["OutputFormat", "read_requests", "parse_request_line", "is_batch_line", "count_lines", "detect_output_format", "ResultWriter", "cookbook_row", "batch_row"]
 
 #: How much of an unparseable line is kept in the output row, so one huge bad line cannot bloat it.
 MAX_REJECTED_TEXT = 1_000
@@ -24,11 +32,23 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def read_requests(path: str | Path) -> Iterator[APIRequest | RejectedLine]:
-    """Yield one item per non-blank line of a JSONL file, numbered from 1 as an editor would."""
+    """Yield one item per non-blank line of a JSONL file, numbered from 1 as an editor would.
+
+    Ids must be unique: a line repeating an earlier line's custom_id is rejected, naming both lines.
+    (The ids seen are kept in memory: about 100 bytes each, and only when the input gives ids.)
+    """
+    first_line_of: dict[str, int] = {}
     with open(path, "rb") as file:
         for line_number, raw in enumerate(file, start=1):
-            if raw.strip():
-                yield parse_request_line(raw, line_number)
+            if not raw.strip():
+                continue
+            item = parse_request_line(raw, line_number)
+            if isinstance(item, APIRequest) and item.custom_id is not None:
+                first = first_line_of.setdefault(item.custom_id, line_number)
+                if first != line_number:
+                    content = {"custom_id": item.custom_id, "url": item.url, "body": item.body} if item.url else {**item.body, "metadata": item.metadata}
+                    item = RejectedLine(line_number, f"line {line_number}: duplicate custom_id {item.custom_id!r} (first on line {first})", content)
+            yield item
 
 
 def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | RejectedLine:
@@ -50,8 +70,39 @@ def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | Rejec
     if not isinstance(value, dict):
         kind = type(value).__name__ if value is not None else "null"
         return RejectedLine(line_number, f"line {line_number}: expected a JSON object, got {kind}", value)
+    if is_batch_line(value):
+        return _batch_request(value, line_number)
     metadata = value.pop("metadata", None)
-    return APIRequest(index=line_number, body=value, metadata=metadata, label=f"line {line_number}")
+    custom_id = metadata.get("custom_id") if isinstance(metadata, dict) else None
+    return APIRequest(
+        index=line_number, body=value, metadata=metadata, label=f"line {line_number}",
+        custom_id=custom_id if isinstance(custom_id, str) else None,
+    )
+
+
+def is_batch_line(value: dict[str, Any]) -> bool:
+    """A Batch API input line; an API body never has these two top-level fields."""
+    return "custom_id" in value and "body" in value
+
+
+def _batch_request(value: dict[str, Any], line_number: int) -> APIRequest | RejectedLine:
+    custom_id, url, body = value.get("custom_id"), value.get("url"), value.get("body")
+    problem = None
+    if not isinstance(custom_id, str) or not custom_id:
+        problem = "its custom_id must be a non-empty string"
+    elif not isinstance(url, str):
+        problem = "its url must be a string such as \"/v1/chat/completions\""
+    elif not isinstance(body, dict):
+        problem = "its body must be a JSON object"
+    elif value.get("method", "POST") != "POST":
+        problem = f"method {value.get('method')!r} is not supported (only POST)"
+    if problem is not None:
+        known_id = custom_id if isinstance(custom_id, str) and custom_id else None
+        return RejectedLine(line_number, f"line {line_number}: Batch line, but {problem}", value, custom_id=known_id)
+    return APIRequest(
+        index=line_number, body=body, metadata={"custom_id": custom_id},
+        label=f"line {line_number} ({custom_id})", url=url, custom_id=custom_id,
+    )
 
 
 class _NotStrictJSON(ValueError):
@@ -66,6 +117,14 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_REJECTED_TEXT else text[:MAX_REJECTED_TEXT] + "…"
 
 
+def detect_output_format(path: str | Path, *, lines: int = 100) -> OutputFormat:
+    """Batch output for a Batch input, the cookbook's rows otherwise (judged by the first readable line)."""
+    for item in itertools.islice(read_requests(path), lines):
+        if isinstance(item, APIRequest):
+            return "batch" if item.url is not None else "cookbook"
+    return "cookbook"
+
+
 def count_lines(path: str | Path) -> int:
     """Non-blank lines (as `read_requests` sees them), for the progress bar's total: one fast pass, no parsing."""
     count = 0
@@ -76,6 +135,36 @@ def count_lines(path: str | Path) -> int:
     return count
 
 
+OutputFormat = Literal["cookbook", "batch"]
+
+
+def cookbook_row(result: RequestResult) -> list[Any]:
+    """[request, response, metadata] on success, [request, [errors...], metadata] after the last failure.
+    Metadata is left out when the input had none, as the cookbook does."""
+    outcome: Any = result.response if result.response is not None else list(result.errors)
+    if result.metadata is None:
+        return [result.request, outcome]
+    return [result.request, outcome, result.metadata]
+
+
+def batch_row(result: RequestResult) -> dict[str, Any]:
+    """A Batch-output line, so results from this tool and from the Batch API are read by the same code.
+
+    The "id" carries the request's resume identity, which is how a rerun recognises the row.
+    """
+    response = None
+    error = None
+    if result.response is not None:
+        response = {"status_code": result.status or 200, "request_id": result.request_id or "", "body": result.response}
+    elif result.status is not None:
+        body = result.error_body if result.error_body is not None else {"error": {"message": result.errors[-1]}}
+        response = {"status_code": result.status, "request_id": result.request_id or "", "body": body}
+    else:
+        code = "invalid_request" if result.attempts == 0 else "request_failed"
+        error = {"code": code, "message": result.errors[-1] if result.errors else ""}
+    return {"id": batch_row_id(identity_of_result(result)), "custom_id": result.custom_id, "response": response, "error": error}
+
+
 class ResultWriter:
     """Appends one JSON line per result and flushes it, so what is written survives a crash.
 
@@ -83,8 +172,9 @@ class ResultWriter:
     be on disk, and only a rerun's check of the file (which cuts a torn last line) can repair it.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, output_format: OutputFormat = "cookbook") -> None:
         self.path = Path(path)
+        self._format_row = batch_row if output_format == "batch" else cookbook_row
         self._file: IO[str] = open(self.path, "a", encoding="utf-8")
         self._failed = False
 
@@ -92,7 +182,7 @@ class ResultWriter:
         if self._failed:
             raise OSError(f"an earlier write to {self.path} failed")
         try:
-            self._file.write(_dumps(result.to_row()) + "\n")
+            self._file.write(_dumps(self._format_row(result)) + "\n")
             self._file.flush()
         except OSError:
             self._failed = True
@@ -112,7 +202,7 @@ class ResultWriter:
         self.close()
 
 
-def _dumps(row: list[Any]) -> str:
+def _dumps(row: Any) -> str:
     # ensure_ascii=False keeps non-English text readable; default=str turns anything odd into text
     # rather than losing the line.
     return json.dumps(row, ensure_ascii=False, default=str)

@@ -1,14 +1,16 @@
 """Resuming a job: which input lines already have a final row in the results file.
 
 A rerun of the same command must not pay twice for a request that already has its result. Rows are
-matched to input lines by content: the identity of a request is a 64-bit hash of its body and metadata,
-computed the same way from an input line and from an output row. Matching by content means a reordered
-input resumes correctly (nothing can be matched to the wrong line), identical lines are counted as many
-times as they occur, and an edited line is simply a new request; the row of its old version matches no
-input line and is reported.
+matched to input lines by a 64-bit identity computed the same way from an input line and from an output
+row: the hash of the request's id when the input gives one (a Batch line's custom_id, or
+metadata.custom_id), else of its body and metadata. Matching by content means a reordered input resumes
+correctly (nothing can be matched to the wrong line), identical lines are counted as many times as they
+occur, and an edited line is simply a new request; the row of its old version matches no input line
+and is reported. Batch-output rows carry the identity in their "id".
 
 The index is a sorted array of 8-byte hashes plus one claim flag per row: about 9 bytes per finished
-request (90 MB for a 10-million-row file), never the rows themselves.
+request while the run goes on, never the rows themselves. Building it needs about 70 bytes per row for
+a moment (the hashes are sorted as a Python list): some 700 MB for a 10-million-row results file.
 
 The results file is checked before anything is sent. A torn last line (the process died mid-write) is cut
 off, never parsed as a result. Any other unreadable row stops the run before sending, naming the row.
@@ -26,9 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .models import APIRequest, RejectedLine
+from .models import APIRequest, RejectedLine, RequestResult
 
-__all__ = ["ResumeError", "ResumeReport", "DoneIndex", "identity", "identity_of_item", "prepare_results_file"]
+__all__ = [
+    "ResumeError",
+    "ResumeReport",
+    "DoneIndex",
+    "batch_row_id",
+    "identity",
+    "identity_of_id",
+    "identity_of_item",
+    "identity_of_result",
+    "prepare_results_file",
+]
+
+_BATCH_ID_PREFIX = "batch_req_"
 
 
 class ResumeError(Exception):
@@ -41,11 +55,30 @@ def identity(request: Any, metadata: Any) -> int:
     return int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
 
 
+def identity_of_id(custom_id: str) -> int:
+    """The identity of a request the input gave an id."""
+    return identity("custom_id", custom_id)
+
+
 def identity_of_item(item: APIRequest | RejectedLine) -> int:
-    """The identity of an input item, equal to `identity` of the row the run writes for it."""
+    """The identity of an input item, equal to that of the row the run writes for it."""
+    if item.custom_id is not None:
+        return identity_of_id(item.custom_id)
     if isinstance(item, RejectedLine):
         return identity(item.content, None)
     return identity(item.body, item.metadata)
+
+
+def identity_of_result(result: RequestResult) -> int:
+    """The identity of a result: that of the input item it came from."""
+    if result.custom_id is not None:
+        return identity_of_id(result.custom_id)
+    return identity(result.request, result.metadata)
+
+
+def batch_row_id(identity_: int) -> str:
+    """A Batch-output row's "id", which carries its identity for a rerun."""
+    return f"{_BATCH_ID_PREFIX}{identity_:016x}"
 
 
 class DoneIndex:
@@ -114,11 +147,11 @@ def prepare_results_file(path: str | Path, *, retry_failed: bool = False) -> tup
                 torn = True
                 break
             good_end += len(raw)
-            request, outcome, metadata = row
-            if retry_failed and isinstance(outcome, list):
+            row_identity, failed = row
+            if retry_failed and failed:
                 failures += 1
                 continue
-            identities.append(identity(request, metadata))
+            identities.append(row_identity)
     if torn:
         with open(path, "r+b") as file:
             file.truncate(good_end)
@@ -127,15 +160,27 @@ def prepare_results_file(path: str | Path, *, retry_failed: bool = False) -> tup
     return DoneIndex(identities), ResumeReport(len(identities), failures, torn)
 
 
-def _parse_row(raw: bytes) -> tuple[Any, Any, Any] | None:
-    """A row as (request, response-or-errors, metadata), or None if it is not one."""
+def _parse_row(raw: bytes) -> tuple[int, bool] | None:
+    """A row's (identity, is it a failure), for either output shape; None if it is not a result row."""
     try:
         row = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(row, list) or len(row) not in (2, 3) or not isinstance(row[1], (dict, list)):
-        return None
-    return row[0], row[1], row[2] if len(row) == 3 else None
+    if isinstance(row, list) and len(row) in (2, 3) and isinstance(row[1], (dict, list)):
+        request, outcome = row[0], row[1]
+        metadata = row[2] if len(row) == 3 else None
+        custom_id = metadata.get("custom_id") if isinstance(metadata, dict) else None
+        row_identity = identity_of_id(custom_id) if isinstance(custom_id, str) else identity(request, metadata)
+        return row_identity, isinstance(outcome, list)
+    if isinstance(row, dict) and isinstance(row.get("id"), str) and row["id"].startswith(_BATCH_ID_PREFIX):
+        try:
+            row_identity = int(row["id"][len(_BATCH_ID_PREFIX) :], 16)
+        except ValueError:
+            return None
+        response = row.get("response")
+        succeeded = isinstance(response, dict) and 200 <= response.get("status_code", 0) < 300
+        return row_identity, not succeeded
+    return None
 
 
 def _rewrite_without_failures(path: Path) -> None:
@@ -144,7 +189,7 @@ def _rewrite_without_failures(path: Path) -> None:
         try:
             for raw in source:
                 row = _parse_row(raw)
-                if row is not None and isinstance(row[1], dict):
+                if row is not None and not row[1]:
                     target.write(raw)
             target.flush()
             os.fsync(target.fileno())
