@@ -25,13 +25,15 @@ from . import config
 from .config import Secret, Settings
 from .endpoints import UnsupportedEndpoint, endpoint_from_url, missing_field_reason, resolve_url
 from .http_call import scrubber_for
-from .job import DEFAULT_SHUTDOWN_GRACE, default_save_path, run_file_job
+from .job import DEFAULT_SHUTDOWN_GRACE, default_save_path, run_file_job, skip_done
 from .limiter import DEFAULT_BURST_SECONDS, Limits
 from .models import APIRequest, RejectedLine
 from .request_io import read_requests
-from .resume import ResumeError
+from .planning import format_plan, plan_requests
+from .resume import ResumeError, prepare_results_file
 from .retry_policy import RetryPolicy
 from .status import RunStats, format_summary
+from .token_estimation import TokenEstimator
 
 __all__ = ["main", "build_parser", "settings_from_args", "exit_code", "UsageError"]
 
@@ -89,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--burst_seconds", type=_positive_float, default=DEFAULT_BURST_SECONDS, help="bucket capacity in seconds of the limit: how large a burst may be")
     add("--no_progress", action="store_true", help="no progress bar, even on a terminal")
     add("--output_format", choices=["auto", "cookbook", "batch"], default="auto", help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input")
+    add("--header", action="append", default=[], metavar="'NAME: VALUE'", help="an extra HTTP header for every request, repeatable (e.g. for a gateway); values are never logged")
+    add("--dry_run", action="store_true", help="read and check every line, estimate tokens, and print the count, which limit binds and the expected duration; send nothing")
     add("--retry_failed", action="store_true", help="on a rerun, send again the requests whose rows in the results file are failures (they are removed from it first)")
     add("--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE, help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)")
     return parser
@@ -132,6 +136,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             known = ", ".join(tiktoken.list_encoding_names())
             raise UsageError(f"--token_encoding_name: unknown encoding {args.token_encoding_name!r} (known: {known})")
     key = args.api_key or os.environ.get("OPENAI_API_KEY") or None
+    headers = dict(_parse_header(text) for text in args.header)
     try:
         return Settings(
             request_url=args.request_url,
@@ -141,9 +146,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             retry=RetryPolicy(max_attempts=args.max_attempts),
             request_timeout=args.request_timeout,
             max_in_flight=args.max_in_flight,
+            extra_headers=headers,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def _parse_header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise UsageError(f"--header: expected 'Name: value', got {name.strip() or text!r}")  # never echo a value
+    return name.strip(), value.strip()
 
 
 def check_input(requests_path: Path, request_url: str) -> None:
@@ -168,8 +181,7 @@ def _problem_with(request: APIRequest, request_url: str) -> str | None:
     return missing_field_reason(endpoint, request.body)
 
 
-def check_paths(requests_path: Path, save_path: Path) -> None:
-    """Fail before sending if the input cannot be read or the output cannot be appended to."""
+def check_readable(requests_path: Path) -> None:
     if not requests_path.is_file():
         raise UsageError(f"--requests_filepath: no such file: {requests_path}")
     try:
@@ -177,6 +189,11 @@ def check_paths(requests_path: Path, save_path: Path) -> None:
             file.read(1)
     except OSError as error:
         raise UsageError(f"--requests_filepath: cannot read {requests_path}: {error.strerror}") from None
+
+
+def check_paths(requests_path: Path, save_path: Path) -> None:
+    """Fail before sending if the input cannot be read or the output cannot be appended to."""
+    check_readable(requests_path)
     if save_path.resolve() == requests_path.resolve():
         raise UsageError("--save_filepath must differ from --requests_filepath")
     try:
@@ -210,12 +227,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_path = Path(args.save_filepath) if args.save_filepath else default_save_path(requests_path)
     try:
         settings = settings_from_args(args)
-        check_paths(requests_path, save_path)
+        if args.dry_run:
+            check_readable(requests_path)
+        else:
+            check_paths(requests_path, save_path)
         check_input(requests_path, settings.request_url)
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.logging_level)
+    if args.dry_run:
+        return dry_run(settings, requests_path, save_path, retry_failed=args.retry_failed)
     show_progress = sys.stderr.isatty() and not args.no_progress
     try:
         stats = asyncio.run(_run(settings, args, requests_path, save_path, show_progress))
@@ -233,6 +255,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STOPPED
     print(format_summary(stats, save_path=str(save_path)), file=sys.stderr)
     return exit_code(stats)
+
+
+def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool) -> int:
+    """Plan the job as it would run now (lines with a row in the results file are skipped); send nothing."""
+    try:
+        done, _ = prepare_results_file(save_path, retry_failed=retry_failed, repair=False)
+    except ResumeError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    estimator = TokenEstimator(settings.token_encoding_name)
+    plan = plan_requests(skip_done(read_requests(requests_path), done), settings.request_url, estimator)
+    plan.already_done = done.claimed
+    print(format_plan(plan, settings.limits))
+    return EXIT_OK
 
 
 async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path, save_path: Path, show_progress: bool) -> RunStats:

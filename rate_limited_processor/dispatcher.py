@@ -43,7 +43,7 @@ from .retry_policy import Decision, HTTPOutcome, Verdict, classify
 from .status import RunStats
 from .token_estimation import EstimationError, TokenEstimator
 
-__all__ = ["Processor", "RunStopped", "process_requests", "RequestItem", "RequestSource", "request_name"]
+__all__ = ["InvalidRequest", "Processor", "RunStopped", "check_request", "process_requests", "RequestItem", "RequestSource", "request_name"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -302,15 +302,11 @@ class Processor:
             return self._reject(item.index, item.content, metadata, item.reason, item.custom_id)
         request = item if isinstance(item, APIRequest) else _from_mapping(item, next(self._positions))
         name = request_name(request)
-        url = resolve_url(self.settings.request_url, request.url)
         try:
-            endpoint = _endpoint(url)
-            reason = missing_field_reason(endpoint, request.body)
-            if reason is None:
-                return _Job(request, name, url, self.estimator.estimate(endpoint, request.body))
-        except (UnsupportedEndpoint, EstimationError) as error:
-            reason = str(error)
-        return self._reject(request.index, request.body, request.metadata, f"{name}: {reason}", request.custom_id)
+            url, _, tokens = check_request(request, self.settings.request_url, self.estimator)
+        except InvalidRequest as error:
+            return self._reject(request.index, request.body, request.metadata, f"{name}: {error}", request.custom_id)
+        return _Job(request, name, url, tokens)
 
     def _reject(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None) -> RequestResult:
         logger.error("%s (not sent)", reason)
@@ -417,6 +413,23 @@ class Processor:
             self.stats.unfinished += len(self._retry_heap)
             self._retry_heap.clear()
         await results.put(_END)
+
+
+class InvalidRequest(ValueError):
+    """A request that must not be sent: the reason says why (no endpoint, a missing field, an unreadable shape)."""
+
+
+def check_request(request: APIRequest, request_url: str, estimator: TokenEstimator) -> tuple[str, Endpoint, int]:
+    """Where a request goes, its endpoint and its estimated token cost; or InvalidRequest saying why not."""
+    url = resolve_url(request_url, request.url)
+    try:
+        endpoint = _endpoint(url)
+        reason = missing_field_reason(endpoint, request.body)
+        if reason is None:
+            return url, endpoint, estimator.estimate(endpoint, request.body)
+    except (UnsupportedEndpoint, EstimationError) as error:
+        reason = str(error)
+    raise InvalidRequest(reason)
 
 
 @functools.lru_cache(maxsize=64)

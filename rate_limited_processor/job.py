@@ -24,7 +24,7 @@ from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_f
 from .resume import DoneIndex, identity_of_item, prepare_results_file
 from .status import ProgressDisplay, RunStats
 
-__all__ = ["run_file_job", "default_save_path", "DEFAULT_SHUTDOWN_GRACE"]
+__all__ = ["run_file_job", "skip_done", "default_save_path", "DEFAULT_SHUTDOWN_GRACE"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -75,7 +75,7 @@ async def run_file_job(
     remove_handlers = _handle_signals(processor, shutdown_grace) if handle_signals else _nothing
     try:
         with ResultWriter(save_path, output_format) as writer:
-            results = processor.process(_not_yet_done(read_requests(requests_path), done, stats))
+            results = processor.process(skip_done(read_requests(requests_path), done))
             async with contextlib.aclosing(results):
                 with contextlib.suppress(RunStopped):
                     async for result in results:
@@ -84,8 +84,10 @@ async def run_file_job(
                         except OSError as error:
                             processor.abort(f"cannot write to {save_path}: {error.strerror or error}; a rerun resumes")
                             break
+                        stats.already_done = done.claimed
                         display.update()
     finally:
+        stats.already_done = done.claimed
         remove_handlers()
         display.close()
         await processor.limiter.aclose()
@@ -98,15 +100,13 @@ async def run_file_job(
     return stats
 
 
-def _not_yet_done(items: Iterator[APIRequest | RejectedLine], done: DoneIndex, stats: RunStats) -> Iterator[APIRequest | RejectedLine]:
-    """The input minus the lines that already have a final row."""
+def skip_done(items: Iterator[APIRequest | RejectedLine], done: DoneIndex) -> Iterator[APIRequest | RejectedLine]:
+    """The input minus the lines that already have a final row (`done.claimed` counts them)."""
     if not done:
         yield from items
         return
     for item in items:
-        if done.claim(identity_of_item(item)):
-            stats.already_done += 1
-        else:
+        if not done.claim(identity_of_item(item)):
             yield item
 
 

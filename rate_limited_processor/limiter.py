@@ -25,6 +25,7 @@ level goes negative), so the long-run rate stays exact and nothing deadlocks.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -107,11 +108,14 @@ class TokenBucket:
     def empty_at(self, when: float, now: float) -> None:
         """Make the bucket empty at `when` (a future time is fine): refilling starts from zero there.
 
-        What has refilled up to `now` is counted first, so an old debt is not carried through the pause.
+        A debt keeps being repaid during the pause (the pause overlaps it rather than adding to it);
+        whatever would have accumulated beyond zero is dropped, so the resumption is paced.
         """
         self.refill(now)
+        if when > self.updated_at:
+            self.level = min(self.capacity, self.level + (when - self.updated_at) * self.rate)
+            self.updated_at = when
         self.level = min(self.level, 0.0)
-        self.updated_at = max(self.updated_at, when)
 
 
 class RateBuckets:
@@ -142,7 +146,8 @@ class RateBuckets:
     def try_take(self, tokens: float, now: float) -> float:
         """Take one request of `tokens` if both buckets have room and return 0; else the seconds to wait."""
         wait = self.wait_time(tokens, now)
-        if wait > _EPSILON:
+        # A wait below the clock's own resolution is "now": sleeping it would not move the clock.
+        if wait > max(_EPSILON, 4 * math.ulp(now)):
             return wait
         if self.requests is not None:
             self.requests.take(1, now)
@@ -209,11 +214,13 @@ class InProcessLimiter:
         return self._paused_until
 
     async def acquire(self, tokens: int) -> None:
+        if tokens < 0:
+            raise ValueError(f"tokens must not be negative, got {tokens}")
         async with self._lock:
             while True:
                 now = self._clock()
                 wait = self._paused_until - now
-                if wait <= _EPSILON:
+                if wait <= max(_EPSILON, 4 * math.ulp(now)):
                     wait = self._buckets.try_take(tokens, now)
                     if wait == 0.0:
                         return

@@ -84,11 +84,15 @@ def batch_row_id(identity_: int) -> str:
 class DoneIndex:
     """The identities of requests that already have a final row; each row can be claimed once."""
 
-    __slots__ = ("_hashes", "_claimed")
+    __slots__ = ("_hashes", "_claimed", "claimed")
+
+    #: Rows claimed so far: requests skipped because they already have their final row.
+    claimed: int
 
     def __init__(self, identities: list[int] | None = None) -> None:
         self._hashes = array("Q", sorted(identities or ()))
         self._claimed = bytearray(len(self._hashes))
+        self.claimed = 0
 
     def __len__(self) -> int:
         return len(self._hashes)
@@ -102,13 +106,10 @@ class DoneIndex:
         while position < len(self._hashes) and self._hashes[position] == identity_:
             if not self._claimed[position]:
                 self._claimed[position] = 1
+                self.claimed += 1
                 return True
             position += 1
         return False
-
-    @property
-    def claimed(self) -> int:
-        return sum(self._claimed)
 
     @property
     def unclaimed(self) -> int:
@@ -128,8 +129,11 @@ class ResumeReport:
     repaired_torn_line: bool
 
 
-def prepare_results_file(path: str | Path, *, retry_failed: bool = False) -> tuple[DoneIndex, ResumeReport]:
-    """Check the results file, repair a torn last line, drop failure rows if retrying them, and index it."""
+def prepare_results_file(path: str | Path, *, retry_failed: bool = False, repair: bool = True) -> tuple[DoneIndex, ResumeReport]:
+    """Check the results file, repair a torn last line, drop failure rows if retrying them, and index it.
+
+    With `repair=False` (a dry run) the file is only read: the index is the same, nothing is changed.
+    """
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return DoneIndex(), ResumeReport(0, 0, False)
@@ -152,10 +156,10 @@ def prepare_results_file(path: str | Path, *, retry_failed: bool = False) -> tup
                 failures += 1
                 continue
             identities.append(row_identity)
-    if torn:
+    if torn and repair:
         with open(path, "r+b") as file:
             file.truncate(good_end)
-    if failures:
+    if failures and repair:
         _rewrite_without_failures(path)
     return DoneIndex(identities), ResumeReport(len(identities), failures, torn)
 

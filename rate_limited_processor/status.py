@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from .limiter import Limits
 from .models import RequestResult
 
-__all__ = ["RunStats", "RateMeter", "ProgressDisplay", "format_summary"]
+__all__ = ["RunStats", "RateMeter", "ProgressDisplay", "format_duration", "format_summary"]
 
 Clock = Callable[[], float]
 
@@ -169,7 +169,7 @@ def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
         not_done = f"{stats.total - stats.done - stats.already_done:,}" if stats.total is not None else "the rest"
         lines.append(f"    not finished   {not_done} ({stats.unfinished:,} had been started); rerun to send them")
     lines.append(f"  attempts         {stats.attempts:,} ({stats.retries:,} retries, {stats.rate_limit_errors:,} rate-limit 429s)")
-    lines.append(f"  elapsed          {_duration(stats.elapsed)}")
+    lines.append(f"  elapsed          {format_duration(stats.elapsed)}")
     lines.append(f"  throughput       {rpm:,.0f} requests/min{_of_limit(rpm, stats.limits.requests_per_minute)}")
     lines.append(f"                   {tpm:,.0f} tokens/min{_of_limit(tpm, stats.limits.tokens_per_minute)}")
     if stats.succeeded:
@@ -188,7 +188,8 @@ def _of_limit(value: float, limit: float | None) -> str:
     return f" ({value / limit:.0%} of the {limit:,.0f} limit)"
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """1.5s, 12m05s, 3h04m10s."""
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(round(seconds)), 60)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from tests.helpers import chat_request, read_rows, run_cli, write_jsonl
 
@@ -63,3 +65,51 @@ async def test_command_runs_the_sample_file_against_the_mock(tmp_path: Path) -> 
         )
     assert code == 0, stderr
     assert len(read_rows(save_path)) == 3
+
+
+async def test_dry_run_plans_without_sending_or_writing(tmp_path: Path) -> None:
+    requests = [chat_request(i, max_tokens=100) for i in range(120)] + ["not json"]
+    input_path = write_jsonl(tmp_path / "questions.jsonl", requests)
+    async with MockServer() as server:
+        code, stdout, _ = await run_cli(
+            "--requests_filepath", str(input_path), "--request_url", server.url("chat/completions"), "--dry_run",
+            "--max_requests_per_minute", "60", "--max_tokens_per_minute", "1000000", "--token_encoding_name", "cl100k_base",
+        )
+        assert len(server.record) == 0
+    assert code == 0
+    assert not (tmp_path / "questions_results.jsonl").exists()
+    assert "120 to send (120 /chat/completions)" in stdout
+    assert "invalid lines    1" in stdout and "line 121: not valid JSON" in stdout
+    assert "binding limit    requests" in stdout and "expected time    2m00s" in stdout  # 120 requests at 60/min
+
+
+async def test_extra_headers_are_sent_and_no_key_is_needed_for_a_server_that_wants_none(tmp_path: Path) -> None:
+    seen: list[str] = []
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(f"{request.headers.get('X-Gateway-Token')}|{request.headers.get('Authorization')}")
+        return web.json_response({"object": "list", "data": [{"embedding": [0.0], "index": 0}], "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        code, _, stderr = await run_cli(
+            "--requests_filepath", str(EXAMPLES / "embedding_requests.jsonl"), "--save_filepath", str(tmp_path / "out.jsonl"),
+            "--request_url", f"http://127.0.0.1:{port}/v1/embeddings", "--header", "X-Gateway-Token: tok-123",
+        )
+    finally:
+        await runner.cleanup()
+    assert code == 0, stderr
+    assert seen == ["tok-123|None"] * 3
+
+
+def test_a_header_without_a_colon_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from rate_limited_processor.cli import main
+
+    code = main(["--requests_filepath", str(EXAMPLES / "embedding_requests.jsonl"), "--header", "NoColonHere"])
+    assert code == 2 and "expected 'Name: value'" in capsys.readouterr().err

@@ -202,3 +202,24 @@ async def test_concurrent_callers_are_served_in_arrival_order() -> None:
 
 def test_in_process_limiter_implements_the_interface() -> None:
     assert isinstance(InProcessLimiter(Limits(1, 1)), RateLimiter)
+
+
+def test_a_pause_overlaps_repaying_a_debt_instead_of_adding_to_it() -> None:
+    bucket = TokenBucket(rate=100.0, capacity=100.0, now=0.0)
+    bucket.take(1_000, now=0.0)  # 900 in debt: repaid by t=9
+    bucket.empty_at(5.0, now=0.0)  # a 5 s pause right away
+    assert bucket.wait_time(10, now=5.0) == pytest.approx(4.1)  # the other 400 of debt, then 10: t=9.1, not 14.1
+
+
+async def test_waits_below_the_clocks_resolution_do_not_spin_on_a_large_clock() -> None:
+    clock = FakeClock(now=1.7e9)  # time.time()-sized values: float spacing ~2.4e-7 s
+    limiter = InProcessLimiter(Limits(requests_per_minute=600, tokens_per_minute=None), clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        await asyncio.wait_for(limiter.acquire(tokens=1), timeout=1)
+    assert len(clock.sleeps) < 20
+
+
+async def test_negative_token_counts_are_refused() -> None:
+    limiter = InProcessLimiter(Limits(requests_per_minute=None, tokens_per_minute=6_000))
+    with pytest.raises(ValueError):
+        await limiter.acquire(tokens=-1_000)

@@ -1,0 +1,104 @@
+"""Planning a job without sending it (`--dry_run`): how many requests, how many tokens, which limit binds,
+and how long the job will take at the given limits.
+
+The expected duration is the bucket math: a job of N requests and T estimated tokens takes at least
+max(N / RPM, T / TPM) minutes, and with even pacing it takes about that (see the benchmarks).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .dispatcher import InvalidRequest, check_request, request_name
+from .endpoints import Endpoint
+from .limiter import Limits
+from .models import APIRequest, RejectedLine
+from .status import format_duration
+from .token_estimation import TokenEstimator
+
+__all__ = ["JobPlan", "plan_requests", "format_plan"]
+
+#: How many invalid lines a plan names; the rest are counted.
+MAX_PROBLEMS_SHOWN = 5
+
+
+@dataclass(slots=True)
+class JobPlan:
+    """What a run of these requests would send."""
+
+    requests: int = 0
+    tokens: int = 0
+    largest_request: int = 0
+    by_endpoint: Counter[Endpoint] = field(default_factory=Counter)
+    invalid: int = 0
+    #: The first few invalid lines' reasons (each names its line).
+    problems: list[str] = field(default_factory=list)
+    #: Lines skipped because the results file already has their row.
+    already_done: int = 0
+
+    def minutes(self, limits: Limits) -> tuple[float | None, float | None]:
+        """(minutes the request limit alone needs, minutes the token limit alone needs); None if unlimited."""
+        by_requests = self.requests / limits.requests_per_minute if limits.requests_per_minute else None
+        by_tokens = self.tokens / limits.tokens_per_minute if limits.tokens_per_minute else None
+        return by_requests, by_tokens
+
+
+def plan_requests(items: Iterable[APIRequest | RejectedLine], request_url: str, estimator: TokenEstimator) -> JobPlan:
+    """Validate and estimate every request, exactly as a run would, without sending any."""
+    plan = JobPlan()
+    for item in items:
+        if isinstance(item, RejectedLine):
+            _count_problem(plan, item.reason)
+            continue
+        try:
+            _, endpoint, tokens = check_request(item, request_url, estimator)
+        except InvalidRequest as error:
+            _count_problem(plan, f"{request_name(item)}: {error}")
+            continue
+        plan.requests += 1
+        plan.tokens += tokens
+        plan.largest_request = max(plan.largest_request, tokens)
+        plan.by_endpoint[endpoint] += 1
+    return plan
+
+
+def _count_problem(plan: JobPlan, reason: str) -> None:
+    plan.invalid += 1
+    if len(plan.problems) < MAX_PROBLEMS_SHOWN:
+        plan.problems.append(reason)
+
+
+def format_plan(plan: JobPlan, limits: Limits) -> str:
+    """The dry run's report."""
+    lines = ["", "rate_limited_processor dry run: nothing was sent"]
+    endpoints = ", ".join(f"{count:,} /{endpoint.value}" for endpoint, count in plan.by_endpoint.most_common())
+    lines.append(f"  requests         {plan.requests:,} to send" + (f" ({endpoints})" if endpoints else ""))
+    if plan.already_done:
+        lines.append(f"  already done     {plan.already_done:,} (rows of an earlier run; a rerun skips them)")
+    if plan.invalid:
+        lines.append(f"  invalid lines    {plan.invalid:,} (would be recorded as failures, not sent)")
+        lines.extend(f"                   {problem}" for problem in plan.problems)
+        if plan.invalid > len(plan.problems):
+            lines.append(f"                   … and {plan.invalid - len(plan.problems):,} more")
+    average = plan.tokens / plan.requests if plan.requests else 0
+    lines.append(f"  tokens           {plan.tokens:,} estimated (prompt + completion budget); {average:,.0f} per request, largest {plan.largest_request:,}")
+    by_requests, by_tokens = plan.minutes(limits)
+    rpm = f"{limits.requests_per_minute:,.0f} requests/min" if limits.requests_per_minute else "no request limit"
+    tpm = f"{limits.tokens_per_minute:,.0f} tokens/min" if limits.tokens_per_minute else "no token limit"
+    lines.append(f"  limits           {rpm}, {tpm}")
+    if by_requests is None and by_tokens is None:
+        lines.append("  expected time    no limit set: as fast as the server answers")
+        return "\n".join(lines)
+    binding = "tokens" if (by_tokens or 0) > (by_requests or 0) else "requests"
+    minutes = max(by_requests or 0, by_tokens or 0)
+    lines.append(
+        f"  binding limit    {binding} (the request limit alone needs {_minutes(by_requests)}, the token limit alone {_minutes(by_tokens)})"
+    )
+    lines.append(f"  expected time    {format_duration(minutes * 60)} at these limits, plus the last answers' latency")
+    return "\n".join(lines)
+
+
+def _minutes(minutes: float | None) -> str:
+    return "no time (unlimited)" if minutes is None else format_duration(minutes * 60)
