@@ -1,6 +1,6 @@
 """Overhead: how much slower is the processor than the simplest correct client, when nothing limits either?
 
-What it measures. Requests per second through `Processor` (Limits(None, None), so the limiter never
+What it measures. Requests per second through `Processor` (`UNLIMITED`, so the limiter never
 waits) against the mock with no limits and no latency, divided by requests per second of a bare aiohttp
 loop (one ClientSession, a semaphore of the same concurrency, POST each body, read its JSON) against the
 same mock in the same run. The difference is what the processor adds per request: validation, token
@@ -39,7 +39,7 @@ from typing import Any
 
 import aiohttp
 
-from rate_limited_processor import Limits, Processor, Settings, TokenEstimator
+from rate_limited_processor import UNLIMITED, Processor, Settings, TokenEstimator
 from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.limiter import InProcessLimiter
 from rate_limited_processor.retry_policy import HTTPOutcome, classify
@@ -71,7 +71,7 @@ async def bare_loop(url: str, requests: list[dict[str, Any]], concurrency: int) 
 
 async def processor(url: str, requests: list[dict[str, Any]], concurrency: int) -> int:
     """The product, consumed as a library user would: iterate the results. Returns the successes."""
-    settings = Settings(request_url=url, limits=Limits(None, None), max_in_flight=concurrency)
+    settings = Settings(request_url=url, limits=UNLIMITED, max_in_flight=concurrency)
     succeeded = 0
     async for result in Processor(settings).process(requests):
         succeeded += result.succeeded
@@ -123,8 +123,8 @@ def micro_timings() -> list[tuple[str, float]]:
     reply = {"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo: hi"}}],
              "usage": {"prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33}}
     outcome = HTTPOutcome(status=200, headers={}, body=reply, text="")
-    stats = RunStats(Limits(None, None))
-    limiter = InProcessLimiter(Limits(None, None))
+    stats = RunStats(UNLIMITED)
+    limiter = InProcessLimiter(UNLIMITED)
 
     async def acquire_many(n: int) -> None:
         for _ in range(n):

@@ -16,13 +16,14 @@ from .config import Secret, Settings
 from .dispatcher import Processor, RunStopped, process_requests
 from .endpoints import Endpoint, UnsupportedEndpoint
 from .job import run_file_job
-from .limiter import InProcessLimiter, Limits, RateLimiter
+from .limiter import UNLIMITED, InProcessLimiter, Limits, RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
 from .retry_policy import RetryPolicy
 from .status import RunStats, format_summary
 from .token_estimation import TokenEstimator
 
 __all__ = [
+    "UNLIMITED",
     "APIRequest",
     "Endpoint",
     "InProcessLimiter",

@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--save_filepath", default=None, help="where results are appended (default: <input stem>_results.jsonl beside the input)")
     add("--request_url", default=DEFAULT_REQUEST_URL, help="endpoint every request is POSTed to (OpenAI, Azure or OpenAI-compatible); for Batch input, lines' own urls replace its endpoint part, and an API root such as https://api.openai.com/v1 will do")
     add("--api_key", default=None, help="API key (default: $OPENAI_API_KEY; prefer the variable: flags show in process lists)")
-    add("--max_requests_per_minute", type=_positive_float, default=config.DEFAULT_REQUESTS_PER_MINUTE, help="requests-per-minute limit to stay under")
-    add("--max_tokens_per_minute", type=_positive_float, default=config.DEFAULT_TOKENS_PER_MINUTE, help="tokens-per-minute limit to stay under (estimated with tiktoken)")
+    add("--max_requests_per_minute", type=_limit, default="auto", help="requests-per-minute limit to stay under; auto: learned from the API's x-ratelimit headers (a given number is lowered to what the API reports)")
+    add("--max_tokens_per_minute", type=_limit, default="auto", help="tokens-per-minute limit to stay under (estimated with tiktoken); auto: learned as above")
+    add("--headroom", type=_fraction, default=1.0, help="send at this fraction of the limits, leaving the rest for other traffic on the same key (e.g. 0.9)")
     add("--token_encoding_name", default=None, help="tiktoken encoding for every request (default: chosen from each request's model)")
     add("--max_attempts", type=_positive_int, default=config.DEFAULT_MAX_ATTEMPTS, help="attempts per request in all, first try included")
     add("--logging_level", type=_logging_level, default=DEFAULT_LOGGING_LEVEL, help="DEBUG, INFO (a line per request sent and done), WARNING (retries), ERROR, or a number")
@@ -105,6 +106,18 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _limit(text: str) -> float | None:
+    """A per-minute limit, or None for "auto"."""
+    return None if text.strip().lower() == "auto" else _positive_float(text)
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
     return value
 
 
@@ -141,7 +154,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         return Settings(
             request_url=args.request_url,
             api_key=Secret(key) if key else None,
-            limits=Limits(args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds),
+            limits=Limits(_given(args.max_requests_per_minute), _given(args.max_tokens_per_minute), burst_seconds=args.burst_seconds),
+            headroom=args.headroom,
             token_encoding_name=args.token_encoding_name,
             retry=RetryPolicy(max_attempts=args.max_attempts),
             request_timeout=args.request_timeout,
@@ -150,6 +164,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def _given(value: float | str | None) -> float | None:
+    return None if value == "auto" else value  # type: ignore[return-value]
 
 
 def _parse_header(text: str) -> tuple[str, str]:

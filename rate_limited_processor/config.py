@@ -15,16 +15,11 @@ from .retry_policy import MAX_ATTEMPTS, RetryPolicy
 __all__ = [
     "Secret",
     "Settings",
-    "DEFAULT_REQUESTS_PER_MINUTE",
-    "DEFAULT_TOKENS_PER_MINUTE",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_MAX_IN_FLIGHT",
 ]
 
-#: The cookbook script's defaults (half of an early tier's limits), kept so its users see no change.
-DEFAULT_REQUESTS_PER_MINUTE = 1_500
-DEFAULT_TOKENS_PER_MINUTE = 125_000
 #: Attempts per request in all, first try included (the cookbook's default).
 DEFAULT_MAX_ATTEMPTS = MAX_ATTEMPTS
 #: Seconds one attempt may take before it is abandoned and retried (openai-python's default).
@@ -73,7 +68,12 @@ class Settings:
     request_url: str
     #: Sent as `Authorization: Bearer …` (or `api-key` for Azure); None sends no key. A str is wrapped.
     api_key: Secret | str | None = None
-    limits: Limits = Limits(DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE)
+    #: The limits to stay under. A field left None is learned from the API's x-ratelimit-* headers
+    #: (starting conservatively until the first answer); a given one is lowered to what the API reports.
+    #: `UNLIMITED` (math.inf) sends as fast as the server answers.
+    limits: Limits = Limits(None, None)
+    #: Send at this fraction of the limits, leaving the rest to other traffic on the same account.
+    headroom: float = 1.0
     #: Force one tiktoken encoding for every request; None picks it from each request's `model`.
     token_encoding_name: str | None = None
     retry: RetryPolicy = RetryPolicy(max_attempts=DEFAULT_MAX_ATTEMPTS)
@@ -94,6 +94,8 @@ class Settings:
         for name, value in self.extra_headers.items():
             if not (name.isprintable() and value.isprintable()) or ":" in name:
                 raise ValueError(f"header {name!r} has a name or value that cannot be sent")
+        if not 0 < self.headroom <= 1:
+            raise ValueError(f"headroom must be a fraction in (0, 1], got {self.headroom}")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be positive, got {self.request_timeout}")
         if self.max_in_flight < 1:

@@ -37,7 +37,8 @@ import aiohttp
 from .config import Settings
 from .endpoints import Endpoint, UnsupportedEndpoint, endpoint_from_url, missing_field_reason, resolve_url
 from .http_call import auth_headers, new_session, post_json, scrubber_for
-from .limiter import InProcessLimiter, RateLimiter
+from .learned_limits import LimitTuner, SendMark, parse_rate_limit_headers
+from .limiter import InProcessLimiter, Limits, RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
 from .retry_policy import Decision, HTTPOutcome, Verdict, classify
 from .status import RunStats
@@ -74,6 +75,8 @@ class _Job:
     tokens: int
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
+    #: When the current attempt was sent, and what we had sent by then: for learning the server's view.
+    mark: SendMark | None = None
 
     def result(self, outcome: HTTPOutcome | None, *, succeeded: bool) -> RequestResult:
         return RequestResult(
@@ -162,9 +165,14 @@ class Processor:
         #: The run's endpoint. None when `request_url` is only an API root ("https://api.openai.com/v1"),
         #: for Batch input whose lines name their own; then lines without a url are rejected.
         self.endpoint = _endpoint_or_none(settings.request_url)
-        self.limiter: RateLimiter = limiter if limiter is not None else InProcessLimiter(settings.limits, clock=clock)
+        #: Learns the limits from the API's answers; the limiter is kept at what it asks for.
+        self.tuner = LimitTuner(settings.limits, headroom=settings.headroom, now=clock())
+        self._applied_limits = self.tuner.limits()
+        self.limiter: RateLimiter = limiter if limiter is not None else InProcessLimiter(self._applied_limits, clock=clock)
         self.estimator = estimator if estimator is not None else TokenEstimator(settings.token_encoding_name)
-        self.stats = RunStats(settings.limits, started_at=clock())
+        self.stats = RunStats(self.tuner.server_limits(), started_at=clock())
+        self._sent_requests = 0
+        self._sent_tokens = 0
         self._session = session
         self._clock = clock
         self._headers = auth_headers(settings)
@@ -240,8 +248,16 @@ class Processor:
     async def _feed(self, source: _Lookahead, session: aiohttp.ClientSession, slots: asyncio.Semaphore, results: asyncio.Queue[Any]) -> None:
         job: _Job | None = None  # a job taken but not yet launched: if the run stops, it is unfinished
         try:
+            try:
+                await self.limiter.set_limits(self._applied_limits)
+            except Exception as error:
+                self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+                return
             while True:
                 await slots.acquire()
+                while self.tuner.awaiting_first_answer and self._in_flight:  # the first request goes alone
+                    self._changed.clear()
+                    await self._wait_for_change(None, None)
                 try:
                     job = await self._next_job(source, results)
                 except Exception as error:
@@ -254,6 +270,9 @@ class Processor:
                 except Exception as error:
                     self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
                     return
+                self._sent_requests += 1
+                self._sent_tokens += job.tokens
+                job.mark = SendMark(self._clock(), self._sent_requests, self._sent_tokens)
                 task = asyncio.create_task(self._attempt(job, session, slots, results))
                 self._in_flight.add(task)
                 job = None
@@ -350,6 +369,8 @@ class Processor:
         )
         decision = classify(outcome)
         reason = self._scrub(decision.reason)
+        if not await self._learn(job, outcome, decision):
+            return None
 
         if decision.verdict is Verdict.SUCCESS:
             logger.info("%s: succeeded on attempt %d in %.2fs", job.name, job.attempts, self._clock() - started)
@@ -373,6 +394,28 @@ class Processor:
             return None
         logger.error("%s: failed after %d attempt(s): %s", job.name, job.attempts, reason)
         return job.result(outcome, succeeded=False)
+
+    async def _learn(self, job: _Job, outcome: HTTPOutcome, decision: Decision) -> bool:
+        """Let the tuner learn from this answer, and move the limiter to what it asks. False if the limiter failed."""
+        now = self._clock()
+        report = parse_rate_limit_headers(outcome.headers)
+        if job.mark is not None:
+            self.tuner.observe(job.mark, report, now)
+        if decision.rate_limited:
+            self.tuner.rate_limited(report, now)
+        limits = self.tuner.limits()
+        if not _close(limits, self._applied_limits):
+            self._applied_limits = limits
+            self.stats.limits = self.tuner.server_limits()
+            self.stats.server_token_ratio = self.tuner.tokens.ratio
+            logger.debug("sending at %s (server-side ratios %.2f requests, %.2f tokens)", limits, self.tuner.requests.ratio, self.tuner.tokens.ratio)
+            try:
+                await self.limiter.set_limits(limits)
+            except Exception as error:
+                self.stats.unfinished += 1
+                self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+                return False
+        return True
 
     async def _pause_everyone(self, job: _Job, decision: Decision) -> bool:
         """After a rate-limit 429, nobody sends until the server's hint has passed. False if the limiter failed."""
@@ -413,6 +456,12 @@ class Processor:
             self.stats.unfinished += len(self._retry_heap)
             self._retry_heap.clear()
         await results.put(_END)
+
+
+def _close(a: Limits, b: Limits, tolerance: float = 0.01) -> bool:
+    """Limits within 1% of each other: not worth rebuilding the buckets for."""
+    pairs = ((a.requests_per_minute, b.requests_per_minute), (a.tokens_per_minute, b.tokens_per_minute))
+    return all(x == y or (x is not None and y is not None and abs(x - y) <= tolerance * max(x, y)) for x, y in pairs)
 
 
 class InvalidRequest(ValueError):

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["DEFAULT_BURST_SECONDS", "Limits", "TokenBucket", "RateBuckets", "RateLimiter", "InProcessLimiter"]
+__all__ = ["DEFAULT_BURST_SECONDS", "UNLIMITED", "Limits", "TokenBucket", "RateBuckets", "RateLimiter", "InProcessLimiter"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -44,7 +44,8 @@ _EPSILON = 1e-9
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-minute limits; None means unlimited."""
+    """Per-minute limits. `math.inf` means unlimited; None means not given (learned from the API
+    where the run learns limits, otherwise unlimited, as a bucket without a rate)."""
 
     requests_per_minute: float | None
     tokens_per_minute: float | None
@@ -58,6 +59,10 @@ class Limits:
                 raise ValueError(f"{name} must be positive, got {value}")
         if self.burst_seconds <= 0:
             raise ValueError(f"burst_seconds must be positive, got {self.burst_seconds}")
+
+
+#: No limit at all: the library's way to say so (None means "not given": learned where the run learns).
+UNLIMITED = Limits(math.inf, math.inf)
 
 
 class TokenBucket:
@@ -163,7 +168,7 @@ class RateBuckets:
 
 
 def _bucket(per_minute: float | None, burst_seconds: float, now: float, start_full: bool) -> TokenBucket | None:
-    if per_minute is None:
+    if per_minute is None or math.isinf(per_minute):
         return None
     rate = per_minute / 60.0
     # At least one whole request's worth, so a 30 RPM limit can still send.
@@ -181,6 +186,10 @@ class RateLimiter(Protocol):
 
     async def pause(self, seconds: float) -> None:
         """Nobody sends for `seconds` from now (a rate-limit 429 was seen); then resume paced."""
+        ...
+
+    async def set_limits(self, limits: Limits) -> None:
+        """Send at these limits from now on (learned from the API, or backed off)."""
         ...
 
     async def aclose(self) -> None:
@@ -232,6 +241,19 @@ class InProcessLimiter:
         if until > self._paused_until:
             self._paused_until = until
             self._buckets.empty_at(until, now)
+
+    async def set_limits(self, limits: Limits) -> None:
+        """New rates from now on. What the buckets hold carries over (up to their new capacity), and so
+        does a pause. An acquire already sleeping finishes its sleep at the old rate, then uses the new."""
+        now = self._clock()
+        old = self._buckets
+        self._buckets = RateBuckets(limits, now=now)
+        for before, after in ((old.requests, self._buckets.requests), (old.tokens, self._buckets.tokens)):
+            if before is not None and after is not None:
+                before.refill(now)
+                after.level = min(before.level, after.capacity)
+                after.updated_at = max(before.updated_at, now)
+        self.limits = limits
 
     async def aclose(self) -> None:
         return None

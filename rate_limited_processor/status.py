@@ -6,6 +6,7 @@ read it. The summary is pure text formatting, so it is tested without running an
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import deque
@@ -84,6 +85,8 @@ class RunStats:
     already_done: int = 0
     #: Rows of an earlier run that matched no input line (the input was edited since?).
     orphan_rows: int = 0
+    #: How the server counted our tokens, as learned from its headers: 1.2 = 20% more than we estimated.
+    server_token_ratio: float = 1.0
     #: Why dispatch stopped before the input was exhausted (None when it ran to the end).
     stop_reason: str | None = None
     meter: RateMeter = field(default_factory=RateMeter, repr=False)
@@ -177,6 +180,8 @@ def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
             f"  tokens           estimated {stats.estimated_tokens_succeeded:,} (prompt + completion budget); "
             f"reported by the API {stats.reported_total_tokens:,} ({stats.reported_prompt_tokens:,} prompt)"
         )
+    if abs(stats.server_token_ratio - 1) >= 0.02:
+        lines.append(f"                   the API's rate limiter charged about {stats.server_token_ratio:.2f}x our estimates (paced to match)")
     if save_path:
         lines.append(f"  results          {save_path}")
     return "\n".join(lines)
@@ -184,6 +189,8 @@ def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
 
 def _of_limit(value: float, limit: float | None) -> str:
     if limit is None:
+        return " (limit not known: the API sent no x-ratelimit headers)"
+    if math.isinf(limit):
         return " (no limit set)"
     return f" ({value / limit:.0%} of the {limit:,.0f} limit)"
 

@@ -21,7 +21,7 @@ def test_help_documents_every_flag_with_its_default() -> None:
     text = " ".join(result.stdout.split())  # argparse wraps lines to the terminal width
     for flag in [*COOKBOOK_FLAGS, "--request_timeout", "--max_in_flight"]:
         assert flag in text
-    assert "(default: 1500)" in text and "(default: 125000)" in text and "(default: 600.0)" in text
+    assert text.count("(default: auto)") == 3 and "(default: 600.0)" in text and "(default: 1.0)" in text
     assert "Exit codes" in text
 
 
@@ -34,6 +34,8 @@ def test_cookbook_command_line_parses_to_settings(tmp_path: Path, monkeypatch: p
     ])
     settings = settings_from_args(args)
     assert settings.limits.requests_per_minute == 500 and settings.limits.tokens_per_minute == 200_000
+    auto = settings_from_args(build_parser().parse_args(["--requests_filepath", "r.jsonl", "--max_tokens_per_minute", "auto"]))
+    assert auto.limits.requests_per_minute is None and auto.limits.tokens_per_minute is None
     assert settings.retry.max_attempts == 3
     assert settings.api_key is not None and settings.api_key.reveal() == "sk-from-env"
     assert args.logging_level == 20

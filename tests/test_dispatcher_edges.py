@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import asyncio
 import contextlib
 import time
@@ -11,11 +12,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from rate_limited_processor import InProcessLimiter, Limits, Processor, RetryPolicy, RunStopped, Settings
+from rate_limited_processor import UNLIMITED, InProcessLimiter, Limits, Processor, RetryPolicy, RunStopped, Settings
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from tests.helpers import FAST_RETRY, embedding_request
 
-UNLIMITED = Limits(None, None)
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:
@@ -55,7 +55,7 @@ class PauseFails(InProcessLimiter):
 
 async def test_a_limiter_that_fails_stops_the_run_and_leaves_the_request_unfinished_not_lost() -> None:
     async with MockServer(MockConfig(requests_per_minute=60)) as server:  # 1 per second: the 2nd gets a 429
-        settings = Settings(request_url=server.url("embeddings"), limits=Limits(6_000, None), retry=FAST_RETRY)
+        settings = Settings(request_url=server.url("embeddings"), limits=Limits(6_000, math.inf), retry=FAST_RETRY)
         processor = Processor(settings, limiter=PauseFails(settings.limits))
         results, stopped = await collect(processor, [embedding_request(i) for i in range(5)])
         sent = len({entry.key for entry in server.record})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import logging
 from collections import Counter
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from rate_limited_processor import Limits, Processor, RunStopped, Settings, run_file_job
+from rate_limited_processor import UNLIMITED, Limits, Processor, RunStopped, Settings, run_file_job
 from rate_limited_processor.endpoints import endpoint_from_url
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from rate_limited_processor.mock_server.record import request_key
@@ -75,7 +76,7 @@ async def test_injected_faults_are_retried_until_every_request_succeeds(tmp_path
     async with MockServer(MockConfig(faults=faults, seed=7)) as server:
         settings = Settings(
             request_url=server.url("chat/completions"),
-            limits=Limits(None, None),
+            limits=UNLIMITED,
             retry=RetryPolicy(max_attempts=8, initial_delay=0.01, max_delay=0.05),
             request_timeout=0.5,  # a hung connection costs half a second, not the run
         )
@@ -95,7 +96,7 @@ async def test_injected_faults_are_retried_until_every_request_succeeds(tmp_path
 async def test_a_400_is_recorded_after_one_attempt(tmp_path: Path) -> None:
     bad = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "n": 500, "max_tokens": 1}
     async with MockServer() as server:
-        settings = Settings(request_url=server.url("chat/completions"), limits=Limits(None, None), retry=FAST_RETRY)
+        settings = Settings(request_url=server.url("chat/completions"), limits=UNLIMITED, retry=FAST_RETRY)
         results = [result async for result in Processor(settings).process([bad, chat_request(1)])]
         assert server.record.count(400) == 1
     by_index = {result.index: result for result in results}
@@ -117,7 +118,7 @@ async def test_errors_that_fail_every_request_stop_the_run(tmp_path: Path, mock:
     output_path = tmp_path / "results.jsonl"
     async with MockServer(mock) as server:
         settings = Settings(
-            request_url=server.url("chat/completions"), api_key="sk-a-wrong-key", limits=Limits(6_000, None),
+            request_url=server.url("chat/completions"), api_key="sk-a-wrong-key", limits=Limits(6_000, math.inf),
             retry=FAST_RETRY, max_in_flight=5,
         )
         stats = await run_file_job(settings, input_path, output_path, show_progress=False)
@@ -139,7 +140,7 @@ async def test_after_a_429_the_mock_admits_nothing_during_the_pause() -> None:
     # The mock allows 1 request per second; the client is told 100 per second, so it will be rate limited.
     async with MockServer(MockConfig(requests_per_minute=60, burst_seconds=1.0)) as server:
         settings = Settings(
-            request_url=server.url("embeddings"), limits=Limits(requests_per_minute=6_000, tokens_per_minute=None),
+            request_url=server.url("embeddings"), limits=Limits(requests_per_minute=6_000, tokens_per_minute=math.inf),
             retry=RetryPolicy(max_attempts=20, initial_delay=0.01, max_delay=0.05), max_in_flight=50,
         )
         results = [result async for result in Processor(settings).process([embedding_request(i) for i in range(4)])]
@@ -176,7 +177,7 @@ async def test_malformed_lines_are_recorded_with_their_line_numbers_and_the_rest
     input_path = write_jsonl(tmp_path / "requests.jsonl", lines)
     output_path = tmp_path / "results.jsonl"
     async with MockServer() as server:
-        settings = Settings(request_url=server.url("chat/completions"), limits=Limits(None, None), retry=FAST_RETRY)
+        settings = Settings(request_url=server.url("chat/completions"), limits=UNLIMITED, retry=FAST_RETRY)
         with caplog.at_level(logging.ERROR, logger="rate_limited_processor"):
             stats = await run_file_job(settings, input_path, output_path, show_progress=False)
         assert len(server.record) == 3  # only the good lines were sent
@@ -200,7 +201,7 @@ async def test_library_takes_an_async_iterable_and_yields_results_without_files(
             yield embedding_request(i)
 
     async with MockServer() as server:
-        settings = Settings(request_url=server.url("embeddings"), limits=Limits(None, None))
+        settings = Settings(request_url=server.url("embeddings"), limits=UNLIMITED)
         results = [result async for result in Processor(settings).process(generate())]
     assert sorted(result.metadata["id"] for result in results) == list(range(50))
     assert all(result.attempts == 1 and result.response and result.response["data"] for result in results)
@@ -209,7 +210,7 @@ async def test_library_takes_an_async_iterable_and_yields_results_without_files(
 
 async def test_run_stopped_is_raised_to_library_users_after_the_last_result() -> None:
     async with MockServer(MockConfig(api_key="sk-right")) as server:
-        settings = Settings(request_url=server.url("embeddings"), api_key="sk-wrong", limits=Limits(None, None))
+        settings = Settings(request_url=server.url("embeddings"), api_key="sk-wrong", limits=UNLIMITED)
         processor = Processor(settings)
         with pytest.raises(RunStopped, match="401"):
             async for _ in processor.process([embedding_request(i) for i in range(10)]):

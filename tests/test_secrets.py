@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rate_limited_processor import Limits, Processor, RetryPolicy, Secret, Settings, run_file_job
+from rate_limited_processor import UNLIMITED, Processor, RetryPolicy, Secret, Settings, run_file_job
 from rate_limited_processor.http_call import Scrubber
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from tests.helpers import chat_request, run_cli, write_jsonl
@@ -66,7 +66,7 @@ async def test_key_appears_nowhere_when_the_server_cannot_be_reached(tmp_path: P
     input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(3)])
     output_path = tmp_path / "results.jsonl"
     settings = Settings(
-        request_url=f"http://127.0.0.1:{closed_port()}/v1/chat/completions", api_key=KEY, limits=Limits(None, None),
+        request_url=f"http://127.0.0.1:{closed_port()}/v1/chat/completions", api_key=KEY, limits=UNLIMITED,
         retry=RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.01), extra_headers={"X-Extra-Auth": "header-secret-value"},
     )
     with caplog.at_level(logging.DEBUG, logger="rate_limited_processor"):
@@ -79,7 +79,7 @@ async def test_key_appears_nowhere_when_the_server_cannot_be_reached(tmp_path: P
 
 async def test_azure_urls_send_the_key_as_api_key_header() -> None:
     async with MockServer(MockConfig(api_key=KEY)) as server:
-        settings = Settings(request_url=server.azure_url("chat/completions"), api_key=KEY, limits=Limits(None, None))
+        settings = Settings(request_url=server.azure_url("chat/completions"), api_key=KEY, limits=UNLIMITED)
         results = [result async for result in Processor(settings).process([chat_request(1)])]
     assert results[0].succeeded, results[0].errors
 

