@@ -26,6 +26,7 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import time
 import traceback
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -399,8 +400,15 @@ class Processor:
         """Let the tuner learn from this answer, and move the limiter to what it asks. False if the limiter failed."""
         now = self._clock()
         report = parse_rate_limit_headers(outcome.headers)
+        if decision.verdict is not Verdict.SUCCESS:
+            # The server charges only what it admits: a refused request is not part of our consumption.
+            self._sent_requests -= 1
+            self._sent_tokens -= job.tokens
         if job.mark is not None:
-            self.tuner.observe(job.mark, report, now)
+            mark = job.mark
+            if decision.verdict is not Verdict.SUCCESS:
+                mark = SendMark(mark.sent_at, mark.requests - 1, mark.tokens - job.tokens)
+            self.tuner.observe(mark, report, now)
         if decision.rate_limited:
             self.tuner.rate_limited(report, now)
         limits = self.tuner.limits()
@@ -459,9 +467,9 @@ class Processor:
 
 
 def _close(a: Limits, b: Limits, tolerance: float = 0.01) -> bool:
-    """Limits within 1% of each other: not worth rebuilding the buckets for."""
+    """Limits within 1% of each other: not worth rebuilding the buckets for. (Unlimited is close only to itself.)"""
     pairs = ((a.requests_per_minute, b.requests_per_minute), (a.tokens_per_minute, b.tokens_per_minute))
-    return all(x == y or (x is not None and y is not None and abs(x - y) <= tolerance * max(x, y)) for x, y in pairs)
+    return all(x == y or (x is not None and y is not None and math.isfinite(x) and math.isfinite(y) and abs(x - y) <= tolerance * max(x, y)) for x, y in pairs)
 
 
 class InvalidRequest(ValueError):

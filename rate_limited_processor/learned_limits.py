@@ -13,7 +13,9 @@ asks for. Three things are learned:
    (smoothed over a few seconds) is > 1 when another program spends the same account, or when the
    server counts tokens its own way (OpenAI's limiter counts characters, not tiktoken tokens). We
    then send at `limit / k`, in our own units, which is exactly the limit in the server's. This uses
-   only `reset`, never `remaining`, so it does not depend on how large the server's bucket is.
+   only `reset`, never `remaining`, so it does not depend on how large the server's bucket is. A pair
+   of observations counts only if the server's bucket cannot have filled up between them (its deficit
+   exceeded the refill); otherwise the server had slack, and `k` relaxes towards 1.
 3. **Nothing at all** (a gateway that sends no headers, say, with an HTML 429). A server that states
    no limit and answers no 429 is not limited. On a rate-limit 429 without headers, the rate is backed
    off: a limit that is known (given) is multiplied by 0.7 (at most once a second) and recovers by 5%
@@ -37,6 +39,8 @@ __all__ = ["RateLimitReport", "SendMark", "LimitTuner", "parse_rate_limit_header
 
 #: Seconds over which the server-consumption ratio is smoothed.
 RATIO_TIME_CONSTANT = 3.0
+#: Resets come in whole milliseconds: a deficit is known to about this many seconds of refill.
+RESET_RESOLUTION = 0.002
 #: The ratio is kept within these bounds: measurement noise must not stall or unleash the run.
 MIN_RATIO, MAX_RATIO = 0.5, 20.0
 #: Backing off behind a header-less gateway: x this on a rate-limit 429, at most once per second...
@@ -132,11 +136,17 @@ class _Dimension:
             return  # the server's bucket was full: what refilled is not visible, nothing to measure
         then, our_then, deficit_then = reference
         elapsed = sent_at - then
-        consumed = deficit - deficit_then + per_minute / 60.0 * elapsed
-        ours = our_total - our_then
+        refill = per_minute / 60.0 * elapsed
         decay = math.exp(-elapsed / RATIO_TIME_CONSTANT)
-        self._consumed = self._consumed * decay + consumed
-        self._ours = self._ours * decay + ours
+        self._consumed *= decay
+        self._ours *= decay
+        if deficit_then <= refill + per_minute / 60.0 * RESET_RESOLUTION:
+            # The server's bucket may have filled up in between, and what it then did not refill is
+            # invisible: no measurement. It had slack, though, so the ratio relaxes towards 1.
+            self.ratio = 1.0 + (self.ratio - 1.0) * decay
+            return
+        self._consumed += deficit - deficit_then + refill
+        self._ours += our_total - our_then
         if self._ours > 0 and self._consumed > 0:
             self.ratio = min(MAX_RATIO, max(MIN_RATIO, self._consumed / self._ours))
 

@@ -137,8 +137,9 @@ async def test_errors_that_fail_every_request_stop_the_run(tmp_path: Path, mock:
 
 
 async def test_after_a_429_the_mock_admits_nothing_during_the_pause() -> None:
-    # The mock allows 1 request per second; the client is told 100 per second, so it will be rate limited.
-    async with MockServer(MockConfig(requests_per_minute=60, burst_seconds=1.0)) as server:
+    # The mock allows 1 request per second; the client is told 100 per second, and (no x-ratelimit
+    # headers, as behind a gateway) cannot learn better: it will be rate limited.
+    async with MockServer(MockConfig(requests_per_minute=60, burst_seconds=1.0, ratelimit_headers=False)) as server:
         settings = Settings(
             request_url=server.url("embeddings"), limits=Limits(requests_per_minute=6_000, tokens_per_minute=math.inf),
             retry=RetryPolicy(max_attempts=20, initial_delay=0.01, max_delay=0.05), max_in_flight=50,

@@ -1,0 +1,201 @@
+"""Limits learned from the API: header parsing and the tuner (pure), then whole runs against the mock."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from rate_limited_processor import UNLIMITED, Limits, Processor, RetryPolicy, Settings, run_file_job
+from rate_limited_processor.learned_limits import (
+    BACKOFF_FACTOR,
+    LimitTuner,
+    RateLimitReport,
+    SendMark,
+    parse_rate_limit_headers,
+)
+from rate_limited_processor.limiter import TokenBucket
+from rate_limited_processor.mock_server import MockConfig, MockServer
+from tests.helpers import chat_request, write_jsonl
+
+RETRY = RetryPolicy(max_attempts=10, initial_delay=0.05, max_delay=0.5, rate_limit_cooldown=1.0)
+NO_HEADERS = RateLimitReport()
+
+# -- headers ------------------------------------------------------------------------------------------
+
+
+def test_openai_headers_with_go_durations() -> None:
+    report = parse_rate_limit_headers({
+        "x-ratelimit-limit-requests": "5000", "x-ratelimit-limit-tokens": "2000000",
+        "x-ratelimit-remaining-requests": "4999", "x-ratelimit-reset-requests": "12ms", "x-ratelimit-reset-tokens": "6m0s",
+    })
+    assert report == RateLimitReport(limit_requests=5000, limit_tokens=2_000_000, reset_requests=0.012, reset_tokens=360.0)
+
+
+def test_azure_headers_with_bare_seconds_and_nonsense_ignored() -> None:
+    report = parse_rate_limit_headers({"x-ratelimit-reset-requests": "10", "x-ratelimit-limit-tokens": "lots", "x-ratelimit-limit-requests": "-3"})
+    assert report == RateLimitReport(reset_requests=10.0)
+    assert parse_rate_limit_headers({}).empty
+
+
+# -- the tuner ----------------------------------------------------------------------------------------
+
+
+def test_learned_limits_are_adopted_the_lower_wins_and_headroom_applies() -> None:
+    tuner = LimitTuner(Limits(requests_per_minute=1_000, tokens_per_minute=None), headroom=0.9, now=0.0)
+    assert tuner.awaiting_first_answer  # the token limit is unknown: the first request goes alone
+    tuner.observe(SendMark(0.0, 1, 100), RateLimitReport(limit_requests=5_000, limit_tokens=200_000), now=0.1)
+    assert not tuner.awaiting_first_answer
+    assert tuner.server_limits() == Limits(1_000, 200_000)
+    assert (tuner.limits().requests_per_minute, tuner.limits().tokens_per_minute) == (pytest.approx(900), pytest.approx(180_000))
+
+
+def test_given_limits_need_no_first_answer_and_unknown_ones_are_unlimited_without_headers() -> None:
+    assert not LimitTuner(Limits(100, 1_000), now=0.0).awaiting_first_answer
+    tuner = LimitTuner(Limits(None, None), now=0.0)
+    tuner.observe(SendMark(0.0, 1, 10), NO_HEADERS, now=0.1)  # a server that states no limit
+    assert tuner.limits() == UNLIMITED
+
+
+def feed(tuner: LimitTuner, *, ours_per_second: float, server_per_second: float, others_per_second: float, factor: float, seconds: float, capacity: float, step: float = 0.02, start: float = 0.0) -> None:
+    """Open loop: we send `ours_per_second` tokens; the server charges factor x that plus other traffic
+    against a bucket refilling at `server_per_second`, and reports its reset after each of our requests."""
+    bucket = TokenBucket(server_per_second, capacity, now=start)
+    ours = 0.0
+    t = start
+    while t < start + seconds:
+        t += step
+        ours += ours_per_second * step
+        bucket.take((ours_per_second * factor + others_per_second) * step, now=t)
+        bucket.refill(t)
+        reset = max(0.0, bucket.capacity - bucket.level) / bucket.rate
+        tuner.observe(SendMark(t, int(t / step), int(ours)), RateLimitReport(limit_tokens=server_per_second * 60, reset_tokens=round(reset, 3)), now=t)
+
+
+def test_the_ratio_learns_a_server_that_counts_more_than_we_estimate() -> None:
+    tuner = LimitTuner(Limits(None, None), now=0.0)
+    feed(tuner, ours_per_second=1_000, server_per_second=1_000, others_per_second=0, factor=1.5, seconds=10, capacity=1_000)
+    assert tuner.tokens.ratio == pytest.approx(1.5, rel=0.03)
+    assert tuner.limits().tokens_per_minute == pytest.approx(60_000 / 1.5, rel=0.03)
+
+
+def test_the_ratio_learns_another_program_spending_the_same_account() -> None:
+    tuner = LimitTuner(Limits(None, None), now=0.0)
+    feed(tuner, ours_per_second=800, server_per_second=1_000, others_per_second=400, factor=1.0, seconds=10, capacity=1_000)
+    assert tuner.tokens.ratio == pytest.approx(1.5, rel=0.03)  # (800 + 400) / 800
+
+
+def test_a_server_with_slack_teaches_nothing_false_and_an_old_ratio_relaxes() -> None:
+    # Consumption below the refill: the server's bucket sits near full, where refill is clipped and a
+    # naive difference would read consumption as far higher than it is.
+    tuner = LimitTuner(Limits(None, None), now=0.0)
+    feed(tuner, ours_per_second=500, server_per_second=1_000, others_per_second=0, factor=1.2, seconds=10, capacity=1_000)
+    assert tuner.tokens.ratio == pytest.approx(1.0, abs=0.01)
+    tuner.tokens.ratio = 2.0  # as after a competitor that has since stopped
+    feed(tuner, ours_per_second=500, server_per_second=1_000, others_per_second=0, factor=1.0, seconds=20, capacity=1_000, start=10.0)
+    assert tuner.tokens.ratio < 1.01
+
+
+def test_without_headers_a_given_limit_backs_off_once_per_second_and_recovers() -> None:
+    tuner = LimitTuner(Limits(6_000, math.inf), now=0.0)
+    tuner.rate_limited(NO_HEADERS, now=1.0)
+    tuner.rate_limited(NO_HEADERS, now=1.5)  # the same storm: not twice
+    assert tuner.limits().requests_per_minute == pytest.approx(6_000 * BACKOFF_FACTOR)
+    tuner.rate_limited(NO_HEADERS, now=2.1)
+    assert tuner.limits().requests_per_minute == pytest.approx(6_000 * BACKOFF_FACTOR**2)
+    tuner.observe(SendMark(10.0, 1, 1), NO_HEADERS, now=12.1)  # 10 s later, no 429 since
+    assert tuner.limits().requests_per_minute == pytest.approx(6_000)
+
+
+def test_without_headers_an_unknown_limit_is_guessed_from_what_we_sent_then_probed_upwards() -> None:
+    tuner = LimitTuner(Limits(None, None), now=0.0)
+    for i in range(50):  # 10 requests per second for 5 s
+        tuner.observe(SendMark(i * 0.1, i + 1, (i + 1) * 100), NO_HEADERS, now=i * 0.1)
+    tuner.rate_limited(NO_HEADERS, now=5.0)
+    assert tuner.limits().requests_per_minute == pytest.approx(600 * BACKOFF_FACTOR, rel=0.05)
+    guess = tuner.limits().requests_per_minute
+    tuner.observe(SendMark(6.0, 60, 6_000), NO_HEADERS, now=15.0)
+    assert tuner.limits().requests_per_minute > guess * 1.15  # +2% a second without a 429
+
+
+def test_a_429_with_headers_leaves_the_rate_to_the_headers() -> None:
+    tuner = LimitTuner(Limits(6_000, None), now=0.0)
+    tuner.rate_limited(RateLimitReport(limit_requests=3_000), now=1.0)
+    assert tuner.limits().requests_per_minute == 6_000  # (the report itself is applied by observe())
+
+
+# -- whole runs ------------------------------------------------------------------------------------------
+
+
+def padded_request(i: int) -> dict[str, Any]:
+    """Whitespace-heavy text: characters / 4 (the mock's count, like OpenAI's) is far above tiktoken's."""
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"row {i}:" + " " * 120 + "end"}], "max_tokens": 20, "metadata": {"id": i}}
+
+
+async def timed_run(server: MockServer, settings: Settings, requests: list[dict[str, Any]], tmp_path: Path) -> tuple[float, Any]:
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    started = time.monotonic()
+    stats = await run_file_job(settings, input_path, tmp_path / "results.jsonl", show_progress=False)
+    return time.monotonic() - started, stats
+
+
+async def test_untold_limits_and_a_server_counting_characters_finish_near_the_ideal(tmp_path: Path) -> None:
+    mock = MockConfig(requests_per_minute=6_000, tokens_per_minute=120_000, token_counting="chars")
+    n = 600
+    async with MockServer(mock) as server:
+        settings = Settings(request_url=server.url("chat/completions"), retry=RETRY)  # limits: auto
+        elapsed, stats = await timed_run(server, settings, [padded_request(i) for i in range(n)], tmp_path)
+        charged = sum(entry.tokens for entry in server.record if entry.outcome == 200)
+        rejected = server.record.count(429)
+    assert stats.succeeded == n
+    ideal = max(n / 100, charged / 2_000)  # seconds at 6,000 RPM and 120,000 TPM, in the server's count
+    assert charged > 1.3 * stats.estimated_tokens_succeeded, "the test needs a server counting more than we do"
+    assert elapsed <= 1.10 * ideal, f"{elapsed:.1f}s against an ideal of {ideal:.1f}s"
+    assert rejected <= 0.02 * n
+    assert stats.server_token_ratio > 1.3
+
+
+async def test_another_program_on_the_same_account_slows_this_one_instead_of_causing_429s(tmp_path: Path) -> None:
+    mock = MockConfig(requests_per_minute=3_000, tokens_per_minute=10_000_000)
+    async with MockServer(mock) as server:
+        stop = asyncio.Event()
+
+        async def other_program() -> None:  # 900 RPM of the account's 3,000, not under our control
+            async with aiohttp.ClientSession() as session:
+                i = 0
+                while not stop.is_set():
+                    async with session.post(server.url("chat/completions"), json={**chat_request(10**6 + i), "metadata": None}) as response:
+                        await response.read()
+                    i += 1
+                    await asyncio.sleep(60 / 900)
+
+        other = asyncio.create_task(other_program())
+        await asyncio.sleep(1.0)
+        try:
+            settings = Settings(request_url=server.url("chat/completions"), retry=RETRY)
+            elapsed, stats = await timed_run(server, settings, [chat_request(i) for i in range(600)], tmp_path)
+        finally:
+            stop.set()
+            await other
+        rejected = server.record.count(429)
+    assert stats.succeeded == 600
+    assert rejected <= 0.02 * 600, f"{rejected} 429s"
+    # The account's budget is used: our 600 took about as long as the 2,100 RPM left to us allows.
+    assert elapsed <= 1.15 * 600 / (2_100 / 60)
+    assert stats.limits.requests_per_minute == 3_000
+
+
+async def test_behind_a_gateway_without_headers_a_wrong_given_limit_costs_little(tmp_path: Path) -> None:
+    mock = MockConfig(requests_per_minute=3_000, tokens_per_minute=10_000_000, ratelimit_headers=False)
+    async with MockServer(mock) as server:
+        settings = Settings(request_url=server.url("chat/completions"), limits=Limits(6_000, math.inf), retry=RETRY)  # twice too high
+        elapsed, stats = await timed_run(server, settings, [chat_request(i) for i in range(600)], tmp_path)
+        rejected = server.record.count(429)
+    assert stats.succeeded == 600 and stats.failed == 0
+    assert rejected <= 0.05 * 600, f"{rejected} 429s"
+    assert elapsed <= 1.25 * 600 / 50  # 3,000 RPM is 50 a second
