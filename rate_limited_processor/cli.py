@@ -25,7 +25,7 @@ from . import config
 from .config import Secret, Settings
 from .endpoints import UnsupportedEndpoint, endpoint_from_url, missing_field_reason, resolve_url
 from .http_call import scrubber_for
-from .job import DEFAULT_SHUTDOWN_GRACE, default_save_path, run_file_job, skip_done
+from .job import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, default_save_path, run_file_job, skip_done
 from .limiter import DEFAULT_BURST_SECONDS, Limits
 from .models import APIRequest, RejectedLine
 from .request_io import read_requests
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output_format", choices=["auto", "cookbook", "batch"], default="auto", help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input")
     add("--header", action="append", default=[], metavar="'NAME: VALUE'", help="an extra HTTP header for every request, repeatable (e.g. for a gateway); values are never logged")
     add("--dry_run", action="store_true", help="read and check every line, estimate tokens, and print the count, which limit binds and the expected duration; send nothing")
+    add("--ordered", action="store_true", help="write results in input order instead of completion order (finished results wait for earlier ones, up to --ordered_window of them)")
+    add("--ordered_window", type=_positive_int, default=DEFAULT_ORDERED_WINDOW, help="with --ordered, the most finished results held back; a request slower than the rest holds up at most this many")
     add("--retry_failed", action="store_true", help="on a rerun, send again the requests whose rows in the results file are failures (they are removed from it first)")
     add("--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE, help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)")
     return parser
@@ -300,4 +302,5 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
             settings, requests_path, save_path,
             show_progress=show_progress, retry_failed=args.retry_failed,
             handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
+            ordered=args.ordered, ordered_window=args.ordered_window,
         )

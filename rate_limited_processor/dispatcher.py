@@ -29,6 +29,7 @@ import logging
 import math
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,7 @@ class _Job:
     errors: list[str] = field(default_factory=list)
     #: When the current attempt was sent, and what we had sent by then: for learning the server's view.
     mark: SendMark | None = None
+    position: int = -1
 
     def result(self, outcome: HTTPOutcome | None, *, succeeded: bool) -> RequestResult:
         return RequestResult(
@@ -92,6 +94,7 @@ class _Job:
             status=outcome.status if outcome is not None else None,
             request_id=outcome.headers.get("x-request-id") if outcome is not None else None,
             error_body=outcome.body if not succeeded and outcome is not None else None,
+            position=self.position,
         )
 
 
@@ -161,8 +164,14 @@ class Processor:
         estimator: TokenEstimator | None = None,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_ahead: int | None = None,
     ) -> None:
+        """`max_ahead` bounds how far past the oldest unfinished request the run may read, for a consumer
+        that restores input order: it then buffers at most `max_ahead` results."""
+        if max_ahead is not None and max_ahead < 1:
+            raise ValueError(f"max_ahead must be at least 1, got {max_ahead}")
         self.settings = settings
+        self.max_ahead = max_ahead
         #: The run's endpoint. None when `request_url` is only an API root ("https://api.openai.com/v1"),
         #: for Batch input whose lines name their own; then lines without a url are rejected.
         self.endpoint = _endpoint_or_none(settings.request_url)
@@ -183,7 +192,9 @@ class Processor:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._feeder: asyncio.Task[None] | None = None
-        self._positions = itertools.count(1)
+        self._positions = itertools.count(1)  # 1-based index of plain dicts, for messages
+        self._next_position = 0  # 0-based place of each item read, for ordering
+        self._open: OrderedDict[int, None] = OrderedDict()  # positions read but not yet taken by the consumer
         self._failure: BaseException | None = None
         self._started = False
 
@@ -228,6 +239,8 @@ class Processor:
             while (taken := await results.get()) is not _END:
                 yield taken
                 self.stats.record_result(taken)
+                self._open.pop(taken.position, None)
+                self._changed.set()
             taken = None
         finally:
             if taken is not None:  # the consumer stopped (say, it could not write this one): not done
@@ -291,7 +304,7 @@ class Processor:
                 return heapq.heappop(self._retry_heap)[2]
             # New requests wait while many retries are pending (a server failing everything), so memory
             # stays bounded: at most max_in_flight jobs in flight and as many awaiting a retry.
-            if not source.exhausted and len(self._retry_heap) < self.settings.max_in_flight:
+            if not source.exhausted and len(self._retry_heap) < self.settings.max_in_flight and self._may_read_ahead():
                 item = source.poll()
                 if item is _END:
                     continue
@@ -306,6 +319,12 @@ class Processor:
             timeout = self._retry_heap[0][0] - now if self._retry_heap else None
             await self._wait_for_change(timeout, source.fetching)
 
+    def _may_read_ahead(self) -> bool:
+        """With `max_ahead`, the next item may be read only that far past the oldest one not yet taken."""
+        if self.max_ahead is None or not self._open:
+            return True
+        return self._next_position - next(iter(self._open)) < self.max_ahead
+
     async def _wait_for_change(self, timeout: float | None, fetching: asyncio.Future[Any] | None) -> None:
         """Until an attempt finishes, the next input item arrives, or `timeout` passes."""
         changed = asyncio.ensure_future(self._changed.wait())
@@ -317,20 +336,23 @@ class Processor:
 
     def _admit(self, item: RequestItem) -> _Job | RequestResult:
         """Validate and estimate a request; a line that cannot be sent becomes its failure result."""
+        position = self._next_position
+        self._next_position += 1
+        self._open[position] = None
         if isinstance(item, RejectedLine):
             metadata = {"custom_id": item.custom_id} if item.custom_id is not None else None
-            return self._reject(item.index, item.content, metadata, item.reason, item.custom_id)
+            return self._reject(item.index, item.content, metadata, item.reason, item.custom_id, position)
         request = item if isinstance(item, APIRequest) else _from_mapping(item, next(self._positions))
         name = request_name(request)
         try:
             url, _, tokens = check_request(request, self.settings.request_url, self.estimator)
         except InvalidRequest as error:
-            return self._reject(request.index, request.body, request.metadata, f"{name}: {error}", request.custom_id)
-        return _Job(request, name, url, tokens)
+            return self._reject(request.index, request.body, request.metadata, f"{name}: {error}", request.custom_id, position)
+        return _Job(request, name, url, tokens, position=position)
 
-    def _reject(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None) -> RequestResult:
+    def _reject(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None, position: int) -> RequestResult:
         logger.error("%s (not sent)", reason)
-        return RequestResult(index, content, metadata, response=None, errors=(reason,), attempts=0, custom_id=custom_id)
+        return RequestResult(index, content, metadata, response=None, errors=(reason,), attempts=0, custom_id=custom_id, position=position)
 
     def _fail_run(self, reason: str, error: BaseException) -> None:
         """Something every request depends on failed: stop, and say why (the cause goes with RunStopped)."""

@@ -12,24 +12,26 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from .config import Settings
 from .dispatcher import Processor, RunStopped
 from .limiter import RateLimiter
-from .models import APIRequest, RejectedLine
+from .models import APIRequest, RejectedLine, RequestResult
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
 from .resume import DoneIndex, identity_of_item, prepare_results_file
 from .status import ProgressDisplay, RunStats
 
-__all__ = ["run_file_job", "skip_done", "default_save_path", "DEFAULT_SHUTDOWN_GRACE"]
+__all__ = ["run_file_job", "skip_done", "default_save_path", "Reorder", "DEFAULT_SHUTDOWN_GRACE", "DEFAULT_ORDERED_WINDOW"]
 
 logger = logging.getLogger("rate_limited_processor")
 
 #: Seconds the requests in flight get to finish after Ctrl-C / SIGTERM before they are abandoned.
 DEFAULT_SHUTDOWN_GRACE = 30.0
+#: With --ordered, how many finished results may wait for an earlier one: the reorder buffer's size.
+DEFAULT_ORDERED_WINDOW = 10_000
 
 
 def default_save_path(requests_path: str | Path) -> Path:
@@ -49,6 +51,8 @@ async def run_file_job(
     handle_signals: bool = False,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     output_format: OutputFormat | Literal["auto"] = "auto",
+    ordered: bool = False,
+    ordered_window: int = DEFAULT_ORDERED_WINDOW,
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
@@ -56,7 +60,8 @@ async def run_file_job(
     `resume.ResumeError` (before sending anything) if the results file is damaged. With
     `handle_signals`, a first SIGINT/SIGTERM stops taking requests and gives those in flight
     `shutdown_grace` seconds; a second abandons them at once. `output_format` "auto" writes Batch
-    output for Batch input and the cookbook's rows otherwise.
+    output for Batch input and the cookbook's rows otherwise. `ordered` writes rows in input order,
+    holding at most `ordered_window` finished results until the ones before them are done.
     """
     if output_format == "auto":
         output_format = detect_output_format(requests_path)
@@ -65,7 +70,7 @@ async def run_file_job(
         logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
     if report.failures_removed:
         logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
-    processor = Processor(settings, limiter=limiter)
+    processor = Processor(settings, limiter=limiter, max_ahead=ordered_window if ordered else None)
     stats = processor.stats
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -75,17 +80,27 @@ async def run_file_job(
     remove_handlers = _handle_signals(processor, shutdown_grace) if handle_signals else _nothing
     try:
         with ResultWriter(save_path, output_format) as writer:
+            reorder = Reorder() if ordered else None
+
+            def write(batch: Iterable[RequestResult]) -> bool:
+                try:
+                    for result in batch:
+                        writer.write(result)
+                except OSError as error:
+                    processor.abort(f"cannot write to {save_path}: {error.strerror or error}; a rerun resumes")
+                    return False
+                return True
+
             results = processor.process(skip_done(read_requests(requests_path), done))
             async with contextlib.aclosing(results):
                 with contextlib.suppress(RunStopped):
                     async for result in results:
-                        try:
-                            writer.write(result)
-                        except OSError as error:
-                            processor.abort(f"cannot write to {save_path}: {error.strerror or error}; a rerun resumes")
+                        if not write(reorder.add(result) if reorder is not None else (result,)):
                             break
                         stats.already_done = done.claimed
                         display.update()
+            if reorder is not None:
+                write(reorder.drain())  # after a stop: what finished beyond a gap, still in order
     finally:
         stats.already_done = done.claimed
         remove_handlers()
@@ -108,6 +123,35 @@ def skip_done(items: Iterator[APIRequest | RejectedLine], done: DoneIndex) -> It
     for item in items:
         if not done.claim(identity_of_item(item)):
             yield item
+
+
+class Reorder:
+    """Releases results in the order the run read them (their `position`), holding the ones that
+    finished early. The dispatcher's `max_ahead` bounds how many it holds."""
+
+    __slots__ = ("_waiting", "_next")
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, RequestResult] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, result: RequestResult) -> list[RequestResult]:
+        """The results now ready to write, in order (often just this one)."""
+        self._waiting[result.position] = result
+        ready = []
+        while self._next in self._waiting:
+            ready.append(self._waiting.pop(self._next))
+            self._next += 1
+        return ready
+
+    def drain(self) -> list[RequestResult]:
+        """Whatever is still held (a stopped run leaves gaps), in order."""
+        ready = [self._waiting[position] for position in sorted(self._waiting)]
+        self._waiting.clear()
+        return ready
 
 
 def _handle_signals(processor: Processor, grace: float) -> Callable[[], None]:

@@ -60,6 +60,8 @@ class RequestResult:
     request_id: str | None = None
     #: The last attempt's JSON error body, when it failed with one.
     error_body: Any = None
+    #: 0-based place in the stream of requests the run read (results arrive in completion order).
+    position: int = -1
 
     @property
     def succeeded(self) -> bool:
