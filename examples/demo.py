@@ -8,16 +8,17 @@ and leaves the results in demo_output/. Nothing leaves this machine and no key i
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+from _mock import mock_api
+
 REQUESTS = 500
 OUTPUT_DIR = Path("demo_output")
 MOCK_FLAGS = [
-    "--port", "0", "--requests_per_minute", "3000", "--tokens_per_minute", "250000",
+    "--requests_per_minute", "3000", "--tokens_per_minute", "250000",
     "--latency", "0.05", "--latency_jitter", "0.2",
     "--fault", "500=0.01", "--fault", "reset=0.005", "--fault", "html_502=0.005", "--seed", "1",
 ]
@@ -40,27 +41,13 @@ def write_requests(path: Path) -> None:
         file.write("this line is not JSON, to show how bad input is recorded\n")
 
 
-def start_mock() -> tuple[subprocess.Popen[str], str]:
-    mock = subprocess.Popen(
-        [sys.executable, "-m", "rate_limited_processor.mock_server", *MOCK_FLAGS],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert mock.stdout is not None
-    for line in mock.stdout:
-        match = re.search(r"(http://\S+/v1)", line)
-        if match:
-            return mock, match.group(1)
-    raise SystemExit("the mock API did not start")
-
-
 def main() -> int:
     OUTPUT_DIR.mkdir(exist_ok=True)
     requests_path = OUTPUT_DIR / "requests.jsonl"
     save_path = OUTPUT_DIR / "results.jsonl"
     save_path.unlink(missing_ok=True)
     write_requests(requests_path)
-    mock, base_url = start_mock()
-    try:
+    with mock_api(*MOCK_FLAGS) as base_url:
         command = [
             sys.executable, "-m", "rate_limited_processor",
             "--requests_filepath", str(requests_path), "--save_filepath", str(save_path),
@@ -71,9 +58,6 @@ def main() -> int:
         print(f"{REQUESTS} chat requests and one bad line in {requests_path}; running:\n")
         print("  " + shlex.join(["python", *command[1:]]) + "\n", flush=True)
         code = subprocess.call(command)
-    finally:
-        mock.terminate()
-        mock.wait(timeout=10)
     first = json.loads(save_path.read_text(encoding="utf-8").splitlines()[0])
     print(f"\nFirst result row ([request, response, metadata]):\n  {json.dumps(first)[:300]}…")
     print(f"\nExit code {code}: 1 means some lines failed (here, the deliberate bad line). See README.md for more.")

@@ -113,3 +113,14 @@ def test_a_header_without_a_colon_is_a_usage_error(capsys: pytest.CaptureFixture
 
     code = main(["--requests_filepath", str(EXAMPLES / "embedding_requests.jsonl"), "--header", "NoColonHere"])
     assert code == 2 and "expected 'Name: value'" in capsys.readouterr().err
+
+
+def test_the_tour_of_features_runs() -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLES / "tour.py")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("(exit code 0)") == 5
+    assert "binding limit    tokens" in out
+    assert "charged about" in out  # learned that the server counts differently
+    assert '"custom_id": "q-1"' in out
+    assert "rows in the output, in order: [1, 2, 3]" in out
