@@ -181,8 +181,6 @@ class Processor:
         self.limiter: RateLimiter = limiter if limiter is not None else InProcessLimiter(self._applied_limits, clock=clock)
         self.estimator = estimator if estimator is not None else TokenEstimator(settings.token_encoding_name)
         self.stats = RunStats(self.tuner.server_limits(), started_at=clock())
-        self._sent_requests = 0
-        self._sent_tokens = 0
         self._session = session
         self._clock = clock
         self._headers = auth_headers(settings)
@@ -280,13 +278,11 @@ class Processor:
                 if job is None:
                     return
                 try:
-                    await self.limiter.acquire(job.tokens)
+                    admitted = await self.limiter.acquire(job.tokens)
                 except Exception as error:
                     self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
                     return
-                self._sent_requests += 1
-                self._sent_tokens += job.tokens
-                job.mark = SendMark(self._clock(), self._sent_requests, self._sent_tokens)
+                job.mark = SendMark(self._clock(), admitted.requests, admitted.tokens)
                 task = asyncio.create_task(self._attempt(job, session, slots, results))
                 self._in_flight.add(task)
                 job = None
@@ -422,29 +418,27 @@ class Processor:
         """Let the tuner learn from this answer, and move the limiter to what it asks. False if the limiter failed."""
         now = self._clock()
         report = parse_rate_limit_headers(outcome.headers)
-        if decision.verdict is not Verdict.SUCCESS:
-            # The server charges only what it admits: a refused request is not part of our consumption.
-            self._sent_requests -= 1
-            self._sent_tokens -= job.tokens
-        if job.mark is not None:
-            mark = job.mark
-            if decision.verdict is not Verdict.SUCCESS:
+        mark = job.mark
+        try:
+            if decision.verdict is not Verdict.SUCCESS and mark is not None:
+                # The server charges only what it admits: a refused request is not part of what was spent.
+                await self.limiter.refused(job.tokens)
                 mark = SendMark(mark.sent_at, mark.requests - 1, mark.tokens - job.tokens)
-            self.tuner.observe(mark, report, now)
-        if decision.rate_limited:
-            self.tuner.rate_limited(report, now)
-        limits = self.tuner.limits()
-        if not _close(limits, self._applied_limits):
-            self._applied_limits = limits
-            self.stats.limits = self.tuner.server_limits()
-            self.stats.server_token_ratio = self.tuner.tokens.ratio
-            logger.debug("sending at %s (server-side ratios %.2f requests, %.2f tokens)", limits, self.tuner.requests.ratio, self.tuner.tokens.ratio)
-            try:
+            if mark is not None:
+                self.tuner.observe(mark, report, now)
+            if decision.rate_limited:
+                self.tuner.rate_limited(report, now)
+            limits = self.tuner.limits()
+            if not _close(limits, self._applied_limits):
+                self._applied_limits = limits
+                self.stats.limits = self.tuner.server_limits()
+                self.stats.server_token_ratio = self.tuner.tokens.ratio
+                logger.debug("sending at %s (server-side ratios %.2f requests, %.2f tokens)", limits, self.tuner.requests.ratio, self.tuner.tokens.ratio)
                 await self.limiter.set_limits(limits)
-            except Exception as error:
-                self.stats.unfinished += 1
-                self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
-                return False
+        except Exception as error:
+            self.stats.unfinished += 1
+            self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+            return False
         return True
 
     async def _pause_everyone(self, job: _Job, decision: Decision) -> bool:

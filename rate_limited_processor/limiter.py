@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["DEFAULT_BURST_SECONDS", "UNLIMITED", "Limits", "TokenBucket", "RateBuckets", "RateLimiter", "InProcessLimiter"]
+__all__ = ["DEFAULT_BURST_SECONDS", "UNLIMITED", "Admission", "Limits", "TokenBucket", "RateBuckets", "RateLimiter", "InProcessLimiter"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -176,12 +176,28 @@ def _bucket(per_minute: float | None, burst_seconds: float, now: float, start_fu
     return TokenBucket(rate, capacity, now=now, level=None if start_full else 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a limiter has admitted in all, this request included: every process sharing it together.
+
+    The dispatch loop compares these totals with the server's own view of what was spent, so a shared
+    limiter must count everyone it admits, or each process would take the others for a competitor.
+    """
+
+    requests: int
+    tokens: int
+
+
 @runtime_checkable
 class RateLimiter(Protocol):
     """What the dispatch loop needs from a limiter. In-process buckets and Redis implement it alike."""
 
-    async def acquire(self, tokens: int) -> None:
+    async def acquire(self, tokens: int) -> Admission:
         """Return once one request costing `tokens` may be sent, having charged it to both limits."""
+        ...
+
+    async def refused(self, tokens: int) -> None:
+        """The server refused a request admitted here: it was not spent. (Only the totals change.)"""
         ...
 
     async def pause(self, seconds: float) -> None:
@@ -204,7 +220,7 @@ class InProcessLimiter:
     starved by a stream of small ones.
     """
 
-    __slots__ = ("limits", "_buckets", "_clock", "_sleep", "_lock", "_paused_until")
+    __slots__ = ("limits", "_buckets", "_clock", "_sleep", "_lock", "_paused_until", "_admitted_requests", "_admitted_tokens")
 
     def __init__(self, limits: Limits, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
         self.limits = limits
@@ -213,6 +229,8 @@ class InProcessLimiter:
         self._buckets = RateBuckets(limits, now=clock())
         self._lock = asyncio.Lock()
         self._paused_until = float("-inf")
+        self._admitted_requests = 0
+        self._admitted_tokens = 0
 
     def __repr__(self) -> str:
         return f"InProcessLimiter({self.limits!r})"
@@ -222,7 +240,7 @@ class InProcessLimiter:
         """Clock time before which nothing is sent (-inf when not paused)."""
         return self._paused_until
 
-    async def acquire(self, tokens: int) -> None:
+    async def acquire(self, tokens: int) -> Admission:
         if tokens < 0:
             raise ValueError(f"tokens must not be negative, got {tokens}")
         async with self._lock:
@@ -232,8 +250,14 @@ class InProcessLimiter:
                 if wait <= max(_EPSILON, 4 * math.ulp(now)):
                     wait = self._buckets.try_take(tokens, now)
                     if wait == 0.0:
-                        return
+                        self._admitted_requests += 1
+                        self._admitted_tokens += tokens
+                        return Admission(self._admitted_requests, self._admitted_tokens)
                 await self._sleep(wait)
+
+    async def refused(self, tokens: int) -> None:
+        self._admitted_requests -= 1
+        self._admitted_tokens -= tokens
 
     async def pause(self, seconds: float) -> None:
         now = self._clock()
