@@ -26,7 +26,7 @@ from .config import Secret, Settings
 from .endpoints import UnsupportedEndpoint, endpoint_from_url, missing_field_reason, resolve_url
 from .http_call import scrubber_for
 from .job import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, default_save_path, run_file_job, skip_done
-from .limiter import DEFAULT_BURST_SECONDS, Limits
+from .limiter import DEFAULT_BURST_SECONDS, Limits, RateLimiter
 from .models import APIRequest, RejectedLine
 from .request_io import read_requests
 from .planning import format_plan, plan_requests
@@ -48,6 +48,7 @@ DEFAULT_REQUEST_URL = "https://api.openai.com/v1/embeddings"
 DEFAULT_LOGGING_LEVEL = "WARNING"
 #: How many lines are checked before sending: if none of them is usable, the file is refused whole.
 INPUT_CHECK_LINES = 100
+REDIS_URL_VARIABLE = "RATE_LIMITED_PROCESSOR_REDIS_URL"
 
 
 class UsageError(Exception):
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dry_run", action="store_true", help="read and check every line, estimate tokens, and print the count, which limit binds and the expected duration; send nothing")
     add("--ordered", action="store_true", help="write results in input order instead of completion order (finished results wait for earlier ones, up to --ordered_window of them)")
     add("--ordered_window", type=_positive_int, default=DEFAULT_ORDERED_WINDOW, help="with --ordered, the most finished results held back; a request slower than the rest holds up at most this many")
+    add("--redis_url", default=None, help=f"share the limits with every process using the same Redis and limit key, e.g. redis://host:6379/0 (default: ${REDIS_URL_VARIABLE}; needs the 'redis' extra)")
+    add("--limit_key", default=None, help="the name processes share limits under (default: the API's host, the first request's model and a hash of the API key)")
     add("--retry_failed", action="store_true", help="on a rerun, send again the requests whose rows in the results file are failures (they are removed from it first)")
     add("--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE, help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)")
     return parser
@@ -261,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_progress = sys.stderr.isatty() and not args.no_progress
     try:
         stats = asyncio.run(_run(settings, args, requests_path, save_path, show_progress))
-    except ResumeError as error:
+    except (ResumeError, SharedLimiterSetupError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
@@ -291,15 +294,45 @@ def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_f
     return EXIT_OK
 
 
+class SharedLimiterSetupError(Exception):
+    """The shared limiter could not be set up (Redis unreachable, the extra not installed)."""
+
+
+async def shared_limiter(settings: Settings, args: argparse.Namespace, requests_path: Path) -> RateLimiter | None:
+    """The Redis limiter when --redis_url is given, checked before anything is sent."""
+    url = args.redis_url or os.environ.get(REDIS_URL_VARIABLE)
+    if not url:
+        return None
+    try:
+        from .shared_limiter import RedisLimiter, SharedLimiterUnavailable, default_limit_key
+    except ImportError:
+        raise SharedLimiterSetupError("--redis_url needs the redis extra: pip install 'rate_limited_processor[redis]'") from None
+    key = args.limit_key or default_limit_key(settings.request_url, _first_model(requests_path), settings.api_key.reveal() if settings.api_key else None)  # type: ignore[union-attr]
+    try:
+        limiter = await RedisLimiter.connect(url, key, settings.limits)
+    except SharedLimiterUnavailable as error:
+        raise SharedLimiterSetupError(f"--redis_url: {error}") from None
+    logging.getLogger(PROG).info("sharing limits through Redis under the key %r", key)
+    return limiter
+
+
+def _first_model(requests_path: Path) -> str | None:
+    for item in itertools.islice(read_requests(requests_path), INPUT_CHECK_LINES):
+        if isinstance(item, APIRequest) and isinstance(item.body.get("model"), str):
+            return item.body["model"]
+    return None
+
+
 async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path, save_path: Path, show_progress: bool) -> RunStats:
     redirect = contextlib.nullcontext()
     if show_progress:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         redirect = logging_redirect_tqdm(loggers=[logging.getLogger(PROG)])
+    limiter = await shared_limiter(settings, args, requests_path)
     with redirect:
         return await run_file_job(
-            settings, requests_path, save_path,
+            settings, requests_path, save_path, limiter=limiter,
             show_progress=show_progress, retry_failed=args.retry_failed,
             handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
             ordered=args.ordered, ordered_window=args.ordered_window,

@@ -1,0 +1,61 @@
+"""A real redis-server on a free loopback port, for the tests that share limits through Redis.
+
+Tests that need one are skipped, with the reason shown, only when no redis-server binary exists; CI
+sets RLP_REQUIRE_REDIS=1 (and installs the server), which turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+REQUIRE_VARIABLE = "RLP_REQUIRE_REDIS"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "no redis-server binary (install Debian's redis-server package)"
+        if os.environ.get(REQUIRE_VARIABLE) == "1":
+            pytest.fail(f"{message}, but {REQUIRE_VARIABLE}=1 requires the Redis tests to run")
+        pytest.skip(message)
+    return binary
+
+
+@contextmanager
+def running_redis(port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start redis-server (no persistence), yield (url, process); stop it afterwards."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
