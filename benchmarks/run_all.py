@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import memory
 import overhead
 import pacing
+import shared_limiter
 from _common import Figure
 
 Benchmark = Callable[[Sequence[str]], list[Figure]]
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("pacing", pacing.main, ["--seconds", "10"] if args.quick else []),
         ("overhead", overhead.main, ["--requests", "5000", "--rounds", "2"] if args.quick else []),
         ("memory", memory.main, ["--small", "5000", "--large", "50000"] if args.quick else []),
+        ("shared limiter", shared_limiter.main, ["--acquires", "1000", "--requests", "2000", "--rounds", "1"] if args.quick else []),
     ]
     figures: list[Figure] = []
     failed: list[str] = []
