@@ -263,7 +263,7 @@ class Processor:
             try:
                 await self.limiter.set_limits(self._applied_limits)
             except Exception as error:
-                self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+                self._limiter_failed(error)
                 return
             while True:
                 await slots.acquire()
@@ -280,7 +280,7 @@ class Processor:
                 try:
                     admitted = await self.limiter.acquire(job.tokens)
                 except Exception as error:
-                    self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+                    self._limiter_failed(error)
                     return
                 job.mark = SendMark(self._clock(), admitted.requests, admitted.tokens)
                 task = asyncio.create_task(self._attempt(job, session, slots, results))
@@ -349,6 +349,10 @@ class Processor:
     def _reject(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None, position: int) -> RequestResult:
         logger.error("%s (not sent)", reason)
         return RequestResult(index, content, metadata, response=None, errors=(reason,), attempts=0, custom_id=custom_id, position=position)
+
+    def _limiter_failed(self, error: Exception) -> None:
+        """The limiter (say, a shared one whose Redis went away) failed: stop rather than send unlimited."""
+        self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
 
     def _fail_run(self, reason: str, error: BaseException) -> None:
         """Something every request depends on failed: stop, and say why (the cause goes with RunStopped)."""
@@ -437,7 +441,7 @@ class Processor:
                 await self.limiter.set_limits(limits)
         except Exception as error:
             self.stats.unfinished += 1
-            self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+            self._limiter_failed(error)
             return False
         return True
 
@@ -451,7 +455,7 @@ class Processor:
             await self.limiter.pause(pause)
         except Exception as error:
             self.stats.unfinished += 1
-            self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+            self._limiter_failed(error)
             return False
         return True
 
