@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from . import config
 from .config import Secret, Settings
-from .endpoints import UnsupportedEndpoint, endpoint_from_url, missing_field_reason, resolve_url
+from .endpoints import endpoint_from_url, missing_field_reason, resolve_url
 from .http_call import scrubber_for
 from .job import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, default_save_path, run_file_job, skip_done
 from .limiter import DEFAULT_BURST_SECONDS, Limits, RateLimiter
@@ -198,7 +198,7 @@ def check_input(requests_path: Path, request_url: str) -> None:
 def _problem_with(request: APIRequest, request_url: str) -> str | None:
     try:
         endpoint = endpoint_from_url(resolve_url(request_url, request.url))
-    except UnsupportedEndpoint as error:
+    except ValueError as error:  # UnsupportedEndpoint, or a malformed or foreign url
         where = "--request_url" if request.url is None else f"line {request.index}'s url"
         return f"{where}: {error}"
     return missing_field_reason(endpoint, request.body)
@@ -290,7 +290,7 @@ def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_f
     estimator = TokenEstimator(settings.token_encoding_name)
     plan = plan_requests(skip_done(read_requests(requests_path), done), settings.request_url, estimator)
     plan.already_done = done.claimed
-    print(format_plan(plan, settings.limits))
+    print(format_plan(plan, settings.limits, headroom=settings.headroom))
     return EXIT_OK
 
 

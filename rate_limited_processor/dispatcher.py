@@ -392,7 +392,8 @@ class Processor:
         )
         decision = classify(outcome)
         reason = self._scrub(decision.reason)
-        if not await self._learn(job, outcome, decision):
+        if not await self._learn(job, outcome, decision) and decision.verdict is not Verdict.SUCCESS:
+            self.stats.unfinished += 1  # the limiter failed and the run stops; a success is still kept
             return None
 
         if decision.verdict is Verdict.SUCCESS:
@@ -429,7 +430,8 @@ class Processor:
                 await self.limiter.refused(job.tokens)
                 mark = SendMark(mark.sent_at, mark.requests - 1, mark.tokens - job.tokens)
             if mark is not None:
-                self.tuner.observe(mark, report, now)
+                from_the_api = outcome.status is not None and outcome.status < 500
+                self.tuner.observe(mark, report, now, from_the_api=from_the_api)
             if decision.rate_limited:
                 self.tuner.rate_limited(report, now)
             limits = self.tuner.limits()
@@ -440,7 +442,6 @@ class Processor:
                 logger.debug("sending at %s (server-side ratios %.2f requests, %.2f tokens)", limits, self.tuner.requests.ratio, self.tuner.tokens.ratio)
                 await self.limiter.set_limits(limits)
         except Exception as error:
-            self.stats.unfinished += 1
             self._limiter_failed(error)
             return False
         return True
@@ -498,13 +499,13 @@ class InvalidRequest(ValueError):
 
 def check_request(request: APIRequest, request_url: str, estimator: TokenEstimator) -> tuple[str, Endpoint, int]:
     """Where a request goes, its endpoint and its estimated token cost; or InvalidRequest saying why not."""
-    url = resolve_url(request_url, request.url)
     try:
+        url = resolve_url(request_url, request.url)
         endpoint = _endpoint(url)
         reason = missing_field_reason(endpoint, request.body)
         if reason is None:
             return url, endpoint, estimator.estimate(endpoint, request.body)
-    except (UnsupportedEndpoint, EstimationError) as error:
+    except ValueError as error:  # a malformed or foreign url, an endpoint we cannot estimate, an unreadable body
         reason = str(error)
     raise InvalidRequest(reason)
 

@@ -72,8 +72,11 @@ def resolve_url(request_url: str, url: str | None) -> str:
     if url is None:
         return request_url
     base = urlsplit(request_url)
-    line = urlsplit(url)
-    if line.scheme:  # an absolute URL: taken as it is
+    line = urlsplit(url)  # ValueError for a malformed one
+    if line.scheme or line.netloc:
+        # The key goes wherever the request goes: a line may not send it to another server.
+        if (line.scheme, line.netloc) != (base.scheme, base.netloc):
+            raise ValueError(f"url {url!r} points at another server than --request_url; a line's url must be relative, like \"/v1/chat/completions\"")
         return url
     root = base.path.rstrip("/")
     for endpoint in _SUFFIXES:

@@ -63,6 +63,8 @@ class RateLimitReport:
     limit_tokens: float | None = None
     reset_requests: float | None = None
     reset_tokens: float | None = None
+    #: How finely the resets are given: OpenAI's Go durations to the millisecond, Azure's bare seconds.
+    reset_resolution: float = 0.001
 
     @property
     def empty(self) -> bool:
@@ -71,11 +73,14 @@ class RateLimitReport:
 
 def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitReport:
     """OpenAI's `x-ratelimit-*` headers (resets as Go durations, "12ms", "6m0s"), or Azure's (bare seconds)."""
+    resets = [headers.get("x-ratelimit-reset-requests"), headers.get("x-ratelimit-reset-tokens")]
+    bare_seconds = any(text is not None and _positive_number(text) is not None for text in resets)
     return RateLimitReport(
         limit_requests=_positive_number(headers.get("x-ratelimit-limit-requests")),
         limit_tokens=_positive_number(headers.get("x-ratelimit-limit-tokens")),
-        reset_requests=_duration(headers.get("x-ratelimit-reset-requests")),
-        reset_tokens=_duration(headers.get("x-ratelimit-reset-tokens")),
+        reset_requests=_duration(resets[0]),
+        reset_tokens=_duration(resets[1]),
+        reset_resolution=1.0 if bare_seconds else 0.001,
     )
 
 
@@ -121,30 +126,35 @@ class _Dimension:
         known = [value for value in (self.given, self.learned) if value is not None]
         return min(known) if known else self.guessed
 
-    def observe(self, sent_at: float, our_total: int, limit: float | None, reset: float | None) -> None:
+    def observe(self, sent_at: float, our_total: int, limit: float | None, reset: float | None, resolution: float) -> None:
         if limit is not None:
             self.learned = limit
-        per_minute = self.base()
-        if reset is None or per_minute is None or math.isinf(per_minute):
+        # The server refills at its own limit, whatever lower one we were given: only it turns a reset
+        # into a deficit. Without it, nothing can be measured.
+        server_rate = self.learned / 60.0 if self.learned is not None else None
+        if reset is None or server_rate is None:
             return
-        deficit = reset * per_minute / 60.0
+        deficit = reset * server_rate
         reference = self._reference
         if reference is not None and sent_at <= reference[0]:
             return  # an older request's view, overtaken by a newer one
         self._reference = (sent_at, our_total, deficit)
-        if reference is None or deficit <= 0 or reference[2] <= 0:
-            return  # the server's bucket was full: what refilled is not visible, nothing to measure
+        if reference is None:
+            return
         then, our_then, deficit_then = reference
         elapsed = sent_at - then
-        refill = per_minute / 60.0 * elapsed
+        refill = server_rate * elapsed
         decay = math.exp(-elapsed / RATIO_TIME_CONSTANT)
         self._consumed *= decay
         self._ours *= decay
-        if deficit_then <= refill + per_minute / 60.0 * RESET_RESOLUTION:
-            # The server's bucket may have filled up in between, and what it then did not refill is
-            # invisible: no measurement. It had slack, though, so the ratio relaxes towards 1.
+        uncertain = server_rate * max(RESET_RESOLUTION, 2 * resolution)
+        if deficit_then <= refill + uncertain or deficit <= uncertain:
+            # The server's bucket may have filled up in between (or was full), and what it then did not
+            # refill is invisible: no measurement. It had slack, though, so the ratio relaxes towards 1.
             self.ratio = 1.0 + (self.ratio - 1.0) * decay
             return
+        if abs(deficit - deficit_then) > self.learned:  # type: ignore[operator]
+            return  # more than a whole minute's limit between two of our requests: a garbled header
         self._consumed += deficit - deficit_then + refill
         self._ours += our_total - our_then
         if self._ours > 0 and self._consumed > 0:
@@ -194,17 +204,22 @@ class LimitTuner:
         guessed = dimension.given is None and dimension.learned is None  # a guess has its own backoff
         return base * self.headroom * (1.0 if guessed else self._factor) / dimension.ratio
 
-    def observe(self, mark: SendMark, report: RateLimitReport, now: float) -> None:
-        """An answer arrived: learn from its headers, and recover from any backoff."""
-        self._answered = True
+    def observe(self, mark: SendMark, report: RateLimitReport, now: float, *, from_the_api: bool = True) -> None:
+        """An answer arrived: learn from its headers, and recover from any backoff.
+
+        `from_the_api` is False for no answer at all, or a gateway's 5xx: those do not end the wait for
+        the first real answer, which is what tells the limits.
+        """
+        if from_the_api or not report.empty:
+            self._answered = True
         self._recover(now)
         self._recent.append(mark)
         while self._recent and self._recent[0].sent_at < mark.sent_at - SEND_RATE_WINDOW:
             self._recent.popleft()
         if report.empty:
             return
-        self.requests.observe(mark.sent_at, mark.requests, report.limit_requests, report.reset_requests)
-        self.tokens.observe(mark.sent_at, mark.tokens, report.limit_tokens, report.reset_tokens)
+        self.requests.observe(mark.sent_at, mark.requests, report.limit_requests, report.reset_requests, report.reset_resolution)
+        self.tokens.observe(mark.sent_at, mark.tokens, report.limit_tokens, report.reset_tokens, report.reset_resolution)
 
     def rate_limited(self, report: RateLimitReport, now: float) -> None:
         """A rate-limit 429. With headers, they already tell us where we stand; without, back off."""

@@ -7,6 +7,7 @@ max(N / RPM, T / TPM) minutes, and with even pacing it takes about that (see the
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ class JobPlan:
     already_done: int = 0
 
     def minutes(self, limits: Limits) -> tuple[float | None, float | None]:
-        """(minutes the request limit alone needs, minutes the token limit alone needs); None if unlimited."""
+        """(minutes the request limit alone needs, minutes the token limit alone needs); None if not known."""
         by_requests = self.requests / limits.requests_per_minute if limits.requests_per_minute else None
         by_tokens = self.tokens / limits.tokens_per_minute if limits.tokens_per_minute else None
         return by_requests, by_tokens
@@ -70,8 +71,8 @@ def _count_problem(plan: JobPlan, reason: str) -> None:
         plan.problems.append(reason)
 
 
-def format_plan(plan: JobPlan, limits: Limits) -> str:
-    """The dry run's report."""
+def format_plan(plan: JobPlan, limits: Limits, *, headroom: float = 1.0) -> str:
+    """The dry run's report. Limits left to `auto` are not known before the API answers."""
     lines = ["", "rate_limited_processor dry run: nothing was sent"]
     endpoints = ", ".join(f"{count:,} /{endpoint.value}" for endpoint, count in plan.by_endpoint.most_common())
     lines.append(f"  requests         {plan.requests:,} to send" + (f" ({endpoints})" if endpoints else ""))
@@ -84,12 +85,12 @@ def format_plan(plan: JobPlan, limits: Limits) -> str:
             lines.append(f"                   … and {plan.invalid - len(plan.problems):,} more")
     average = plan.tokens / plan.requests if plan.requests else 0
     lines.append(f"  tokens           {plan.tokens:,} estimated (prompt + completion budget); {average:,.0f} per request, largest {plan.largest_request:,}")
-    by_requests, by_tokens = plan.minutes(limits)
-    rpm = f"{limits.requests_per_minute:,.0f} requests/min" if limits.requests_per_minute else "no request limit"
-    tpm = f"{limits.tokens_per_minute:,.0f} tokens/min" if limits.tokens_per_minute else "no token limit"
-    lines.append(f"  limits           {rpm}, {tpm}")
+    effective = Limits(_scaled(limits.requests_per_minute, headroom), _scaled(limits.tokens_per_minute, headroom), limits.burst_seconds)
+    by_requests, by_tokens = plan.minutes(effective)
+    at = f" (with {headroom:.0%} headroom)" if headroom < 1 else ""
+    lines.append(f"  limits           {_limit(effective.requests_per_minute, 'requests')}, {_limit(effective.tokens_per_minute, 'tokens')}{at}")
     if by_requests is None and by_tokens is None:
-        lines.append("  expected time    no limit set: as fast as the server answers")
+        lines.append("  expected time    not known: give --max_requests_per_minute / --max_tokens_per_minute to plan with your limits")
         return "\n".join(lines)
     binding = "tokens" if (by_tokens or 0) > (by_requests or 0) else "requests"
     minutes = max(by_requests or 0, by_tokens or 0)
@@ -101,4 +102,14 @@ def format_plan(plan: JobPlan, limits: Limits) -> str:
 
 
 def _minutes(minutes: float | None) -> str:
-    return "no time (unlimited)" if minutes is None else format_duration(minutes * 60)
+    return "? (auto: learned when the run starts)" if minutes is None else format_duration(minutes * 60)
+
+
+def _scaled(limit: float | None, headroom: float) -> float | None:
+    return None if limit is None else limit * headroom
+
+
+def _limit(limit: float | None, unit: str) -> str:
+    if limit is None:
+        return f"{unit}/min auto (learned from the API)"
+    return f"no {unit} limit" if math.isinf(limit) else f"{limit:,.0f} {unit}/min"

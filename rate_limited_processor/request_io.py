@@ -43,12 +43,22 @@ def read_requests(path: str | Path) -> Iterator[APIRequest | RejectedLine]:
             if not raw.strip():
                 continue
             item = parse_request_line(raw, line_number)
-            if isinstance(item, APIRequest) and item.custom_id is not None:
+            if item.custom_id is not None:  # rejected lines with an id count too: ids identify rows
                 first = first_line_of.setdefault(item.custom_id, line_number)
                 if first != line_number:
-                    content = {"custom_id": item.custom_id, "url": item.url, "body": item.body} if item.url else {**item.body, "metadata": item.metadata}
-                    item = RejectedLine(line_number, f"line {line_number}: duplicate custom_id {item.custom_id!r} (first on line {first})", content)
+                    item = _duplicate(item, first)
             yield item
+
+
+def _duplicate(item: APIRequest | RejectedLine, first: int) -> RejectedLine:
+    """A line repeating an earlier line's id: rejected, and identified by its content, not the id."""
+    if isinstance(item, RejectedLine):
+        content = item.content
+    elif item.url is not None:
+        content = {"custom_id": item.custom_id, "url": item.url, "body": item.body}
+    else:
+        content = {**item.body, "metadata": item.metadata}
+    return RejectedLine(item.index, f"line {item.index}: duplicate custom_id {item.custom_id!r} (first on line {first})", content)
 
 
 def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | RejectedLine:
@@ -67,6 +77,8 @@ def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | Rejec
         return RejectedLine(line_number, f"line {line_number}: {error} is not valid JSON (it can be neither sent nor written back)", _clip(raw.strip()))
     except json.JSONDecodeError as error:
         return RejectedLine(line_number, f"line {line_number}: not valid JSON ({error.msg} at column {error.colno})", _clip(raw.strip()))
+    if "\\u" in raw and _has_lone_surrogate(value):
+        return RejectedLine(line_number, f"line {line_number}: holds an unpaired UTF-16 surrogate escape (like \\ud800), which cannot be sent or written as UTF-8", _clip(raw.strip()))
     if not isinstance(value, dict):
         kind = type(value).__name__ if value is not None else "null"
         return RejectedLine(line_number, f"line {line_number}: expected a JSON object, got {kind}", value)
@@ -103,6 +115,15 @@ def _batch_request(value: dict[str, Any], line_number: int) -> APIRequest | Reje
         index=line_number, body=body, metadata={"custom_id": custom_id},
         label=f"line {line_number} ({custom_id})", url=url, custom_id=custom_id,
     )
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """JSON may escape half a UTF-16 pair ("\\ud800"); Python reads it, but no UTF-8 can carry it."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class _NotStrictJSON(ValueError):

@@ -102,8 +102,9 @@ if op == 'acquire' then
   if wait > 1e-6 then
     result[1] = string.format('%.6f', wait)
   else
-    rl = rl - 1
-    tl = tl - amount
+    -- An unlimited dimension keeps no level: a debt built there would stall everyone once it got a limit.
+    if rpm >= 0 then rl = rl - 1 else rl = 0 end
+    if tpm >= 0 then tl = tl - amount else tl = 0 end
     nr = nr + 1
     nt = nt + amount
   end
@@ -182,7 +183,10 @@ class RedisLimiter:
         """Connect and check that Redis answers; SharedLimiterUnavailable if it does not."""
         import redis.asyncio as redis
 
-        client = redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+        try:
+            client = redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+        except ValueError as error:
+            raise SharedLimiterUnavailable(f"not a Redis URL ({error}); expected redis://host:6379/0") from None
         try:
             await client.ping()
         except (redis.RedisError, OSError) as error:

@@ -165,3 +165,34 @@ async def test_metadata_custom_id_identifies_cookbook_lines_and_must_be_unique(t
         code, _, stderr = await run_cli("--requests_filepath", str(input_path), "--request_url", server.url("embeddings"))
         assert len(server.record) == 3
     assert code == 1 and "line 4: duplicate custom_id 'doc-0' (first on line 1)" in stderr
+
+
+async def test_a_batch_line_cannot_send_the_key_to_another_server_or_break_the_run(tmp_path: Path) -> None:
+    body = {"model": "m", "input": "x"}
+    lines = [
+        batch_line("elsewhere", "http://127.0.0.2:9/v1/embeddings", body),  # would carry the key away
+        batch_line("malformed", "http://[oops/v1/embeddings", body),
+        batch_line("fine", "/v1/embeddings", body),
+    ]
+    input_path = write_jsonl(tmp_path / "batch.jsonl", lines)
+    async with MockServer() as server:
+        code, _, stderr = await run_cli("--requests_filepath", str(input_path), "--save_filepath", str(tmp_path / "out.jsonl"),
+                                        "--request_url", server.base_url, "--api_key", "sk-must-stay-home")
+        assert len(server.record) == 1
+    assert code == 1, stderr
+    rows = {row["custom_id"]: row for row in read_rows(tmp_path / "out.jsonl")}
+    assert "points at another server" in rows["elsewhere"]["error"]["message"]
+    assert rows["malformed"]["error"]["code"] == "invalid_request"
+    assert rows["fine"]["response"]["status_code"] == 200
+
+
+def test_a_rejected_batch_line_reusing_an_id_is_a_duplicate_too(tmp_path: Path) -> None:
+    from rate_limited_processor.request_io import read_requests
+
+    path = write_jsonl(tmp_path / "batch.jsonl", [
+        batch_line("a", "/v1/embeddings", {"model": "m", "input": "x"}),
+        {"custom_id": "a", "method": "GET", "url": "/v1/embeddings", "body": {}},
+    ])
+    first, second = list(read_requests(path))
+    assert isinstance(first, APIRequest) and first.custom_id == "a"
+    assert isinstance(second, RejectedLine) and second.custom_id is None and "duplicate custom_id 'a'" in second.reason

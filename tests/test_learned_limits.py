@@ -39,7 +39,7 @@ def test_openai_headers_with_go_durations() -> None:
 
 def test_azure_headers_with_bare_seconds_and_nonsense_ignored() -> None:
     report = parse_rate_limit_headers({"x-ratelimit-reset-requests": "10", "x-ratelimit-limit-tokens": "lots", "x-ratelimit-limit-requests": "-3"})
-    assert report == RateLimitReport(reset_requests=10.0)
+    assert report == RateLimitReport(reset_requests=10.0, reset_resolution=1.0)  # whole seconds: coarse
     assert parse_rate_limit_headers({}).empty
 
 
@@ -199,3 +199,28 @@ async def test_behind_a_gateway_without_headers_a_wrong_given_limit_costs_little
     assert stats.succeeded == 600 and stats.failed == 0
     assert rejected <= 0.05 * 600, f"{rejected} 429s"
     assert elapsed <= 1.25 * 600 / 50  # 3,000 RPM is 50 a second
+
+
+def test_a_given_limit_below_the_servers_is_measured_against_the_servers_refill() -> None:
+    # Given 30,000 TPM on a 60,000 TPM account: the server refills at 60,000, and measuring at 30,000
+    # would read the ratio as half of what it is and send at twice the given limit.
+    tuner = LimitTuner(Limits(None, 30_000), now=0.0)
+    feed(tuner, ours_per_second=500, server_per_second=1_000, others_per_second=700, factor=1.0, seconds=10, capacity=1_000)
+    assert tuner.tokens.ratio == pytest.approx(2.4, rel=0.05)  # (500 + 700) / 500
+    assert tuner.limits().tokens_per_minute <= 30_000
+
+
+def test_an_error_without_headers_does_not_open_the_first_request_gate() -> None:
+    tuner = LimitTuner(Limits(None, None), now=0.0)
+    tuner.observe(SendMark(0.0, 1, 10), NO_HEADERS, now=0.1, from_the_api=False)  # a gateway's 502
+    assert tuner.awaiting_first_answer
+    tuner.observe(SendMark(0.2, 2, 20), NO_HEADERS, now=0.3)  # the API's own answer, even without limits
+    assert not tuner.awaiting_first_answer
+
+
+def test_a_server_that_reports_a_full_bucket_lets_a_high_ratio_relax() -> None:
+    tuner = LimitTuner(Limits(None, None), now=0.0)
+    tuner.tokens.ratio = 2.5
+    for i in range(1, 200):  # 0s resets, as Azure sends for a full bucket
+        tuner.observe(SendMark(i * 0.1, i, i * 10), RateLimitReport(limit_tokens=60_000, reset_tokens=0.0, reset_resolution=1.0), now=i * 0.1)
+    assert tuner.tokens.ratio < 1.01

@@ -91,3 +91,10 @@ def test_writer_keeps_non_ascii_text_readable(tmp_path: Path) -> None:
     with ResultWriter(path) as writer:
         writer.write(RequestResult(1, {"input": "héllo 世界"}, None, {"ok": True}, (), attempts=1))
     assert "héllo 世界" in path.read_text(encoding="utf-8")
+
+
+def test_a_lone_surrogate_escape_is_rejected_not_paid_for_and_then_unwritable() -> None:
+    rejected = parse_request_line(b'{"input": "a\\ud800b"}', 3)
+    assert isinstance(rejected, RejectedLine) and "unpaired UTF-16 surrogate" in rejected.reason
+    paired = parse_request_line(b'{"input": "\\ud83d\\ude00"}', 4)  # a proper pair is an emoji: fine
+    assert isinstance(paired, APIRequest) and paired.body["input"] == "\U0001f600"
