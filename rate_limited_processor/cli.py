@@ -115,7 +115,7 @@ def _positive_float(text: str) -> float:
 
 
 def _limit(text: str) -> float | None:
-    """A per-minute limit, or None for "auto"."""
+    """A per-minute limit, or None for "auto" (argparse applies this to the "auto" default too)."""
     return None if text.strip().lower() == "auto" else _positive_float(text)
 
 
@@ -159,7 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         return Settings(
             request_url=args.request_url,
             api_key=Secret(key) if key else None,
-            limits=Limits(_given(args.max_requests_per_minute), _given(args.max_tokens_per_minute), burst_seconds=args.burst_seconds),
+            limits=Limits(args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds),
             headroom=args.headroom,
             token_encoding_name=args.token_encoding_name,
             retry=RetryPolicy(max_attempts=args.max_attempts),
@@ -169,10 +169,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
-
-
-def _given(value: float | str | None) -> float | None:
-    return None if value == "auto" else value  # type: ignore[return-value]
 
 
 def _parse_header(text: str) -> tuple[str, str]:
