@@ -1,4 +1,4 @@
-"""What the benchmarks share: request generators, a mock API in its own process, and the figures they report.
+"""What the benchmarks share: request generators and the figures they report.
 
 Kept apart from `tests/` on purpose: benchmarks must not import test code, and these generators differ
 from the test helpers in one way that matters here: the chat model is "gpt-4", whose encoding
@@ -8,12 +8,7 @@ from the test helpers in one way that matters here: the chat model is "gpt-4", w
 from __future__ import annotations
 
 import json
-import os
 import random
-import re
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +17,6 @@ from typing import Any
 __all__ = [
     "CHAT_MODEL",
     "Figure",
-    "MockProcess",
     "chat_request",
     "embedding_request",
     "format_table",
@@ -66,56 +60,6 @@ def write_jsonl(path: Path, lines: Iterable[dict[str, Any]]) -> Path:
         for line in lines:
             file.write(json.dumps(line) + "\n")
     return path
-
-
-class MockProcess:
-    """The mock API in a child process, so its CPU is not charged to the client being measured.
-
-    Usage::
-
-        with MockProcess() as mock:
-            url = mock.url("chat/completions")
-            ...
-            print(mock.stats())        # {"total": ..., "by_status": {"200": ...}}
-    """
-
-    def __init__(self, *extra_args: str) -> None:
-        command = [sys.executable, "-m", "rate_limited_processor.mock_server", "--port", "0", *extra_args]
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self._process.stdout is not None
-        banner = self._process.stdout.readline()  # "Mock OpenAI API at http://127.0.0.1:PORT/v1  (stats: …)"
-        match = re.search(r"(http://\S+)/v1\b", banner)
-        if match is None:
-            self.close()
-            raise RuntimeError(f"the mock did not print its URL; it printed {banner!r}")
-        self.origin = match.group(1)
-
-    def url(self, endpoint: str) -> str:
-        return f"{self.origin}/v1/{endpoint}"
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU the mock has used so far (Linux: /proc/<pid>/stat), to tell whether it was the bottleneck."""
-        fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.origin}/mock/stats", timeout=10) as response:
-            return json.load(response)
-
-    def close(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.communicate()
-
-    def __enter__(self) -> MockProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 @dataclass(frozen=True, slots=True)

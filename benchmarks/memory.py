@@ -35,7 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import Figure, MockProcess, chat_request, format_table, write_jsonl
+from _common import Figure, chat_request, format_table, write_jsonl
+
+from rate_limited_processor.mock_server.child import MockProcess
 
 TARGET_GROWTH_MB = 20.0
 #: Limits so high that the limiter never waits: this measures memory, not pacing.

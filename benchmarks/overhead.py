@@ -42,10 +42,11 @@ import aiohttp
 from rate_limited_processor import UNLIMITED, Processor, Settings, TokenEstimator
 from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.limiter import InProcessLimiter
+from rate_limited_processor.mock_server.child import MockProcess
 from rate_limited_processor.retry_policy import HTTPOutcome, classify
 from rate_limited_processor.status import RunStats
 
-from _common import Figure, MockProcess, chat_request, format_table, without_metadata
+from _common import Figure, chat_request, format_table, without_metadata
 
 TARGET_RATIO = 0.4
 WARM_UP_REQUESTS = 500

@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Figure, MockProcess, chat_request, format_table, without_metadata  # noqa: E402
+from _common import Figure, chat_request, format_table, without_metadata  # noqa: E402
 
 from rate_limited_processor import UNLIMITED, InProcessLimiter, Limits, Processor, Settings  # noqa: E402
+from rate_limited_processor.mock_server.child import MockProcess  # noqa: E402
 
 HUGE = Limits(10**9, 10**12)  # finite, so the Redis script does the whole bucket arithmetic
 

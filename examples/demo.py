@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _mock import mock_api
+from rate_limited_processor.mock_server.child import MockProcess
 
 REQUESTS = 500
 OUTPUT_DIR = Path("demo_output")
@@ -47,7 +47,8 @@ def main() -> int:
     save_path = OUTPUT_DIR / "results.jsonl"
     save_path.unlink(missing_ok=True)
     write_requests(requests_path)
-    with mock_api(*MOCK_FLAGS) as base_url:
+    with MockProcess(*MOCK_FLAGS) as mock:
+        base_url = mock.base_url
         command = [
             sys.executable, "-m", "rate_limited_processor",
             "--requests_filepath", str(requests_path), "--save_filepath", str(save_path),

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _mock import mock_api
+from rate_limited_processor.mock_server.child import MockProcess
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,7 +45,8 @@ def chat_file(path: Path, n: int) -> Path:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rlp_tour_"))
     questions = chat_file(work / "questions.jsonl", 150)
-    with mock_api("--requests_per_minute", "1200", "--tokens_per_minute", "40000", "--token_counting", "chars", "--api_key", "sk-tour") as base:
+    with MockProcess("--requests_per_minute", "1200", "--tokens_per_minute", "40000", "--token_counting", "chars", "--api_key", "sk-tour") as mock:
+        base = mock.base_url
         chat_url = f"{base}/chat/completions"
         run("1. Plan a job without sending it", "--requests_filepath", str(questions), "--request_url", chat_url,
             "--dry_run", "--max_requests_per_minute", "1200", "--max_tokens_per_minute", "40000")
