@@ -3,44 +3,80 @@ account's rate limits allow, and no faster.
 
 From Python::
 
-    from rate_limited_processor import Settings, process_requests
+    from rate_limited_processor import Settings, process_requests_sync
 
-    settings = Settings(request_url="https://api.openai.com/v1/embeddings", api_key=os.environ["OPENAI_API_KEY"])
-    async for result in process_requests(({"model": "text-embedding-3-small", "input": t} for t in texts), settings):
+    settings = Settings(request_url="https://api.openai.com/v1/embeddings")   # the key from $OPENAI_API_KEY
+    for result in process_requests_sync(({"model": "text-embedding-3-small", "input": t} for t in texts), settings):
         ...
 
-From the shell: `python -m rate_limited_processor --help`.
+`process_requests` is the same as an async generator, and `Processor(settings).run(requests)` the same
+as an async context manager that also exposes the run's `stats`. From the shell:
+`python -m rate_limited_processor --help`.
 """
 
-from .config import Secret, Settings
-from .dispatcher import Processor, RunStopped, process_requests
-from .endpoints import Endpoint, UnsupportedEndpoint
+from .clock import LOOP_CLOCK, Clock
+from .config import FROM_ENVIRONMENT, Secret, Settings
+from .endpoints import Endpoint
+from .errors import (
+    EstimationError,
+    InvalidRequest,
+    LimiterUnavailable,
+    NoAnswer,
+    ProcessorError,
+    ResumeError,
+    RunStopped,
+    TransportError,
+    UnsupportedEndpoint,
+    UsageError,
+)
 from .job import run_file_job
 from .limiter import UNLIMITED, InProcessLimiter, Limits, RateLimiter
-from .models import APIRequest, RejectedLine, RequestResult
+from .models import APIRequest, RejectedLine, RequestResult, ResultKind
 from .retry_policy import RetryPolicy
+from .runner import Processor, Results, process_requests, process_requests_sync
 from .status import RunStats, format_summary
 from .token_estimation import TokenEstimator
+from .transport import AiohttpTransport, FunctionTransport, Transport, TransportRequest, TransportResponse, json_response
 
 __all__ = [
+    "FROM_ENVIRONMENT",
+    "LOOP_CLOCK",
     "UNLIMITED",
     "APIRequest",
+    "AiohttpTransport",
+    "Clock",
     "Endpoint",
+    "EstimationError",
+    "FunctionTransport",
     "InProcessLimiter",
+    "InvalidRequest",
+    "LimiterUnavailable",
     "Limits",
+    "NoAnswer",
     "Processor",
+    "ProcessorError",
     "RateLimiter",
     "RejectedLine",
     "RequestResult",
+    "Results",
+    "ResultKind",
+    "ResumeError",
     "RetryPolicy",
     "RunStats",
     "RunStopped",
     "Secret",
     "Settings",
     "TokenEstimator",
+    "Transport",
+    "TransportError",
+    "TransportRequest",
+    "TransportResponse",
     "UnsupportedEndpoint",
+    "UsageError",
     "format_summary",
+    "json_response",
     "process_requests",
+    "process_requests_sync",
     "run_file_job",
 ]
 

@@ -22,15 +22,24 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import config
-from .config import Secret, Settings
+from .config import (
+    DEFAULT_LOGGING_LEVEL,
+    DEFAULT_ORDERED_WINDOW,
+    DEFAULT_REQUEST_URL,
+    DEFAULT_SHUTDOWN_GRACE,
+    FROM_ENVIRONMENT,
+    REDIS_URL_VARIABLE,
+    Settings,
+)
+from .credentials import scrubber_for
 from .endpoints import endpoint_from_url, missing_field_reason, resolve_url
-from .http_call import scrubber_for
-from .job import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, default_save_path, run_file_job, skip_done
+from .errors import LimiterUnavailable, ResumeError, UsageError
+from .job import default_save_path, run_file_job, skip_done
 from .limiter import DEFAULT_BURST_SECONDS, Limits, RateLimiter
 from .models import APIRequest, RejectedLine
-from .request_io import read_requests
 from .planning import format_plan, plan_requests
-from .resume import ResumeError, prepare_results_file
+from .request_io import read_requests
+from .resume import prepare_results_file
 from .retry_policy import RetryPolicy
 from .status import RunStats, format_summary
 from .token_estimation import TokenEstimator
@@ -43,16 +52,8 @@ EXIT_USAGE = 2
 EXIT_STOPPED = 3
 
 PROG = "rate_limited_processor"
-#: The cookbook script's default endpoint, kept so its users see no change.
-DEFAULT_REQUEST_URL = "https://api.openai.com/v1/embeddings"
-DEFAULT_LOGGING_LEVEL = "WARNING"
 #: How many lines are checked before sending: if none of them is usable, the file is refused whole.
 INPUT_CHECK_LINES = 100
-REDIS_URL_VARIABLE = "RATE_LIMITED_PROCESSOR_REDIS_URL"
-
-
-class UsageError(Exception):
-    """A problem with the flags or files, found before anything was sent."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -153,12 +154,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if args.token_encoding_name not in tiktoken.list_encoding_names():
             known = ", ".join(tiktoken.list_encoding_names())
             raise UsageError(f"--token_encoding_name: unknown encoding {args.token_encoding_name!r} (known: {known})")
-    key = args.api_key or os.environ.get("OPENAI_API_KEY") or None
     headers = dict(_parse_header(text) for text in args.header)
     try:
         return Settings(
             request_url=args.request_url,
-            api_key=Secret(key) if key else None,
+            api_key=args.api_key or FROM_ENVIRONMENT,
             limits=Limits(args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds),
             headroom=args.headroom,
             token_encoding_name=args.token_encoding_name,
@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_progress = sys.stderr.isatty() and not args.no_progress
     try:
         stats = asyncio.run(_run(settings, args, requests_path, save_path, show_progress))
-    except (ResumeError, SharedLimiterSetupError) as error:
+    except (ResumeError, LimiterUnavailable) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
@@ -303,24 +303,20 @@ def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_f
     return EXIT_OK
 
 
-class SharedLimiterSetupError(Exception):
-    """The shared limiter could not be set up (Redis unreachable, the extra not installed)."""
-
-
-async def shared_limiter(settings: Settings, args: argparse.Namespace, requests_path: Path) -> RateLimiter | None:
-    """The Redis limiter when --redis_url is given, checked before anything is sent."""
-    url = args.redis_url or os.environ.get(REDIS_URL_VARIABLE)
+async def shared_limiter(settings: Settings, redis_url: str | None, limit_key: str | None, requests_path: Path) -> RateLimiter | None:
+    """The Redis limiter when a Redis URL is given, checked before anything is sent."""
+    url = redis_url or os.environ.get(REDIS_URL_VARIABLE)
     if not url:
         return None
     try:
-        from .shared_limiter import RedisLimiter, SharedLimiterUnavailable, default_limit_key
+        from .shared_limiter import RedisLimiter, default_limit_key
     except ImportError:
-        raise SharedLimiterSetupError("--redis_url needs the redis extra: pip install 'rate_limited_processor[redis]'") from None
-    key = args.limit_key or default_limit_key(settings.request_url, _first_model(requests_path), settings.api_key.reveal() if settings.api_key else None)  # type: ignore[union-attr]
+        raise LimiterUnavailable("--redis_url needs the redis extra: pip install 'rate_limited_processor[redis]'") from None
+    key = limit_key or default_limit_key(settings.request_url, _first_model(requests_path), settings.key.reveal() if settings.key else None)
     try:
         limiter = await RedisLimiter.connect(url, key, settings.limits)
-    except SharedLimiterUnavailable as error:
-        raise SharedLimiterSetupError(f"--redis_url: {error}") from None
+    except LimiterUnavailable as error:
+        raise LimiterUnavailable(f"--redis_url: {error}") from None
     logging.getLogger(PROG).info("sharing limits through Redis under the key %r", key)
     return limiter
 
@@ -338,7 +334,7 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         redirect = logging_redirect_tqdm(loggers=[logging.getLogger(PROG)])
-    limiter = await shared_limiter(settings, args, requests_path)
+    limiter = await shared_limiter(settings, args.redis_url, args.limit_key, requests_path)
     with redirect:
         return await run_file_job(
             settings, requests_path, save_path, limiter=limiter,

@@ -1,31 +1,54 @@
-"""Settings for a run, with the defaults documented in one place.
+"""Settings for a run, and every default, in one place.
 
-`Settings` is what the library takes; the CLI builds one from flags. The API key lives in a `Secret` whose
-repr and str never show it, so a Settings object can be logged or printed safely.
+`Settings` is what the library takes; the CLI builds one from flags, and the file job's own options
+(resume, ordering, shutdown) have their defaults here too. The API key lives in a `Secret` whose repr and
+str never show it, so a Settings object can be logged or printed safely.
 """
 
 from __future__ import annotations
 
+import enum
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .limiter import Limits
+from .limiter import DEFAULT_BURST_SECONDS, Limits
 from .retry_policy import MAX_ATTEMPTS, RetryPolicy
 
 __all__ = [
     "Secret",
     "Settings",
+    "FROM_ENVIRONMENT",
+    "API_KEY_VARIABLE",
+    "DEFAULT_REQUEST_URL",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_BURST_SECONDS",
+    "DEFAULT_SHUTDOWN_GRACE",
+    "DEFAULT_ORDERED_WINDOW",
+    "DEFAULT_LOGGING_LEVEL",
+    "REDIS_URL_VARIABLE",
 ]
 
+#: The cookbook script's default endpoint, kept so its users see no change.
+DEFAULT_REQUEST_URL = "https://api.openai.com/v1/embeddings"
+#: Where the key is read from when none is given, by the command and the library alike.
+API_KEY_VARIABLE = "OPENAI_API_KEY"
 #: Attempts per request in all, first try included (the cookbook's default).
 DEFAULT_MAX_ATTEMPTS = MAX_ATTEMPTS
 #: Seconds one attempt may take before it is abandoned and retried (openai-python's default).
 DEFAULT_REQUEST_TIMEOUT = 600.0
 #: Concurrent requests at most. High enough that the rate limits bind, not this; it bounds sockets and memory.
 DEFAULT_MAX_IN_FLIGHT = 1_000
+#: Seconds the requests in flight get to finish after Ctrl-C / SIGTERM before they are abandoned.
+DEFAULT_SHUTDOWN_GRACE = 30.0
+#: With --ordered, how many finished results may wait for an earlier one: the reorder buffer's size.
+DEFAULT_ORDERED_WINDOW = 10_000
+#: WARNING, not the cookbook's INFO: at INFO a 10-million-line job writes 20 million lines.
+DEFAULT_LOGGING_LEVEL = "WARNING"
+#: Where the command looks for a Redis URL when --redis_url is not given.
+REDIS_URL_VARIABLE = "RATE_LIMITED_PROCESSOR_REDIS_URL"
 
 
 class Secret:
@@ -60,14 +83,28 @@ class Secret:
         raise TypeError("a Secret cannot be pickled")
 
 
+class _FromEnvironment(enum.Enum):
+    """The default key: read from $OPENAI_API_KEY when the settings are made."""
+
+    FROM_ENVIRONMENT = "from the environment"
+
+    def __repr__(self) -> str:
+        return "FROM_ENVIRONMENT"
+
+
+#: `Settings.api_key`'s default: the key in $OPENAI_API_KEY, if set. Pass None to send no key at all.
+FROM_ENVIRONMENT = _FromEnvironment.FROM_ENVIRONMENT
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a run needs besides its requests."""
 
     #: Where every request is POSTed (OpenAI, Azure or any OpenAI-compatible server).
     request_url: str
-    #: Sent as `Authorization: Bearer …` (or `api-key` for Azure); None sends no key. A str is wrapped.
-    api_key: Secret | str | None = None
+    #: Sent as `Authorization: Bearer …` (or `api-key` for Azure). By default the key in $OPENAI_API_KEY,
+    #: as the command does; None sends no key (a local server). A str is wrapped in a `Secret`.
+    api_key: Secret | str | None | _FromEnvironment = FROM_ENVIRONMENT
     #: The limits to stay under. A field left None is learned from the API's x-ratelimit-* headers
     #: (starting conservatively until the first answer); a given one is lowered to what the API reports.
     #: `UNLIMITED` (math.inf) sends as fast as the server answers.
@@ -83,14 +120,18 @@ class Settings:
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        key = self.api_key.reveal() if isinstance(self.api_key, Secret) else self.api_key
+        key = self.api_key
+        if key is FROM_ENVIRONMENT:
+            key = os.environ.get(API_KEY_VARIABLE) or None
+        if isinstance(key, Secret):
+            key = key.reveal()
         if key is not None:
             # Keys read from files often end in a newline; anything else unprintable cannot be a key
             # and would fail every request inside the HTTP client instead of here.
             key = key.strip()
             if not key.isprintable() or " " in key:
                 raise ValueError("api_key contains spaces or control characters (the key itself is not shown)")
-            object.__setattr__(self, "api_key", Secret(key) if key else None)
+        object.__setattr__(self, "api_key", Secret(key) if key else None)
         for name, value in self.extra_headers.items():
             if not (name.isprintable() and value.isprintable()) or ":" in name:
                 raise ValueError(f"header {name!r} has a name or value that cannot be sent")
@@ -100,3 +141,9 @@ class Settings:
             raise ValueError(f"request_timeout must be positive, got {self.request_timeout}")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+
+    @property
+    def key(self) -> Secret | None:
+        """The key to send, as resolved when the settings were made (None: send none)."""
+        key = self.api_key
+        return key if isinstance(key, Secret) else None

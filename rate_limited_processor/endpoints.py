@@ -7,15 +7,25 @@ line that could never succeed is recorded as a failure instead of being paid for
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Endpoint", "UnsupportedEndpoint", "endpoint_from_url", "missing_field_reason", "is_azure_url", "resolve_url"]
+from .errors import InvalidRequest, UnsupportedEndpoint
 
+if TYPE_CHECKING:
+    from .models import APIRequest
 
-class UnsupportedEndpoint(ValueError):
-    """The URL names an endpoint whose token cost we cannot estimate."""
+__all__ = [
+    "Endpoint",
+    "UnsupportedEndpoint",
+    "endpoint_from_url",
+    "missing_field_reason",
+    "is_azure_url",
+    "resolve_url",
+    "check_request",
+]
 
 
 class Endpoint(enum.Enum):
@@ -105,3 +115,29 @@ def missing_field_reason(endpoint: Endpoint, body: Mapping[str, Any]) -> str | N
     if endpoint is Endpoint.CHAT_COMPLETIONS and not (isinstance(value, list) and value):
         return "field 'messages' must be a non-empty list"
     return None
+
+
+#: How a request's token cost is estimated: `TokenEstimator.estimate`.
+Estimate = Callable[[Endpoint, Mapping[str, Any]], int]
+
+
+def check_request(request: APIRequest, request_url: str, estimate: Estimate) -> tuple[str, Endpoint, int]:
+    """Where a request goes, its endpoint and its estimated token cost; or InvalidRequest saying why not.
+
+    The one check every request passes before it is sent (and before a dry run counts it).
+    """
+    try:
+        url = resolve_url(request_url, request.url)
+        endpoint = cached_endpoint(url)
+        reason = missing_field_reason(endpoint, request.body)
+        if reason is None:
+            return url, endpoint, estimate(endpoint, request.body)
+    except ValueError as error:  # a malformed or foreign url, an endpoint we cannot estimate, an unreadable body
+        reason = str(error)
+    raise InvalidRequest(reason)
+
+
+@functools.lru_cache(maxsize=64)
+def cached_endpoint(url: str) -> Endpoint:
+    """`endpoint_from_url`, remembered: a run asks the same question once per request."""
+    return endpoint_from_url(url)

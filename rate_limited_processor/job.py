@@ -16,22 +16,20 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from .config import Settings
-from .dispatcher import Processor, RunStopped
+from .clock import LOOP_CLOCK, Clock
+from .config import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, Settings
+from .errors import RunStopped
 from .limiter import RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
 from .resume import DoneIndex, identity_of_item, prepare_results_file
+from .runner import Processor
 from .status import ProgressDisplay, RunStats
+from .transport import SendFunction, Transport
 
-__all__ = ["run_file_job", "skip_done", "default_save_path", "Reorder", "DEFAULT_SHUTDOWN_GRACE", "DEFAULT_ORDERED_WINDOW"]
+__all__ = ["run_file_job", "skip_done", "default_save_path", "Reorder"]
 
 logger = logging.getLogger("rate_limited_processor")
-
-#: Seconds the requests in flight get to finish after Ctrl-C / SIGTERM before they are abandoned.
-DEFAULT_SHUTDOWN_GRACE = 30.0
-#: With --ordered, how many finished results may wait for an earlier one: the reorder buffer's size.
-DEFAULT_ORDERED_WINDOW = 10_000
 
 
 def default_save_path(requests_path: str | Path) -> Path:
@@ -47,6 +45,8 @@ async def run_file_job(
     *,
     show_progress: bool | None = None,
     limiter: RateLimiter | None = None,
+    transport: Transport | SendFunction | None = None,
+    clock: Clock = LOOP_CLOCK,
     retry_failed: bool = False,
     handle_signals: bool = False,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
@@ -70,7 +70,7 @@ async def run_file_job(
         logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
     if report.failures_removed:
         logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
-    processor = Processor(settings, limiter=limiter, max_ahead=ordered_window if ordered else None)
+    processor = Processor(settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None)
     stats = processor.stats
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -91,9 +91,8 @@ async def run_file_job(
                     return False
                 return True
 
-            results = processor.process(skip_done(read_requests(requests_path), done))
-            async with contextlib.aclosing(results):
-                with contextlib.suppress(RunStopped):
+            with contextlib.suppress(RunStopped):
+                async with processor.run(skip_done(read_requests(requests_path), done)) as results:
                     async for result in results:
                         if not write(reorder.add(result) if reorder is not None else (result,)):
                             break
@@ -127,7 +126,7 @@ def skip_done(items: Iterator[APIRequest | RejectedLine], done: DoneIndex) -> It
 
 class Reorder:
     """Releases results in the order the run read them (their `position`), holding the ones that
-    finished early. The dispatcher's `max_ahead` bounds how many it holds."""
+    finished early. The runner's `max_ahead` bounds how many it holds."""
 
     __slots__ = ("_waiting", "_next")
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["APIRequest", "RejectedLine", "RequestResult"]
+__all__ = ["APIRequest", "RejectedLine", "RequestResult", "ResultKind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,11 @@ class APIRequest:
     #: The id the input gave it (a Batch line's custom_id, or metadata.custom_id); unique in a file.
     custom_id: str | None = None
 
+    @property
+    def name(self) -> str:
+        """How messages name it: by its input line when it came from a file."""
+        return self.label or f"request {self.index}"
+
 
 @dataclass(frozen=True, slots=True)
 class RejectedLine:
@@ -35,6 +41,17 @@ class RejectedLine:
     content: Any
     #: The line's id, when it had a readable one.
     custom_id: str | None = None
+
+
+class ResultKind(enum.Enum):
+    """How a request ended."""
+
+    #: The API answered it: `response` holds the answer.
+    SUCCEEDED = "succeeded"
+    #: Sent, and failed after its last attempt: `errors` says what went wrong each time.
+    FAILED = "failed"
+    #: Never sent: the line could not be a request (`errors` holds the one reason).
+    INVALID = "invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +68,7 @@ class RequestResult:
     errors: tuple[str, ...]
     #: HTTP attempts made (0 for a line rejected before sending).
     attempts: int
+    kind: ResultKind
     #: Tokens charged against the TPM limit per attempt (0 for a rejected line).
     estimated_tokens: int = 0
     custom_id: str | None = None
@@ -60,9 +78,10 @@ class RequestResult:
     request_id: str | None = None
     #: The last attempt's JSON error body, when it failed with one.
     error_body: Any = None
-    #: 0-based place in the stream of requests the run read (results arrive in completion order).
-    position: int = -1
+    #: 0-based place in the stream of requests the run read (results arrive in completion order);
+    #: None for a result made outside a run.
+    position: int | None = None
 
     @property
     def succeeded(self) -> bool:
-        return self.response is not None
+        return self.kind is ResultKind.SUCCEEDED

@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .dispatcher import InvalidRequest, check_request, request_name
-from .endpoints import Endpoint
+from .endpoints import Endpoint, check_request
+from .errors import InvalidRequest
 from .limiter import Limits
 from .models import APIRequest, RejectedLine
 from .status import format_duration
@@ -54,9 +54,9 @@ def plan_requests(items: Iterable[APIRequest | RejectedLine], request_url: str, 
             _count_problem(plan, item.reason)
             continue
         try:
-            _, endpoint, tokens = check_request(item, request_url, estimator)
+            _, endpoint, tokens = check_request(item, request_url, estimator.estimate)
         except InvalidRequest as error:
-            _count_problem(plan, f"{request_name(item)}: {error}")
+            _count_problem(plan, f"{item.name}: {error}")
             continue
         plan.requests += 1
         plan.tokens += tokens

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
 
-from .models import APIRequest, RejectedLine, RequestResult
+from .models import APIRequest, RejectedLine, RequestResult, ResultKind
 from .resume import batch_row_id, identity_of_result
 
 __all__ = ["OutputFormat", "read_requests", "parse_request_line", "is_batch_line", "count_lines", "detect_output_format", "ResultWriter", "cookbook_row", "batch_row"]
@@ -162,7 +162,7 @@ OutputFormat = Literal["cookbook", "batch"]
 def cookbook_row(result: RequestResult) -> list[Any]:
     """[request, response, metadata] on success, [request, [errors...], metadata] after the last failure.
     Metadata is left out when the input had none, as the cookbook does."""
-    outcome: Any = result.response if result.response is not None else list(result.errors)
+    outcome: Any = result.response if result.kind is ResultKind.SUCCEEDED else list(result.errors)
     if result.metadata is None:
         return [result.request, outcome]
     return [result.request, outcome, result.metadata]
@@ -175,13 +175,13 @@ def batch_row(result: RequestResult) -> dict[str, Any]:
     """
     response = None
     error = None
-    if result.response is not None:
+    if result.kind is ResultKind.SUCCEEDED:
         response = {"status_code": result.status or 200, "request_id": result.request_id or "", "body": result.response}
     elif result.status is not None:
         body = result.error_body if result.error_body is not None else {"error": {"message": result.errors[-1]}}
         response = {"status_code": result.status, "request_id": result.request_id or "", "body": body}
     else:
-        code = "invalid_request" if result.attempts == 0 else "request_failed"
+        code = "invalid_request" if result.kind is ResultKind.INVALID else "request_failed"
         error = {"code": code, "message": result.errors[-1] if result.errors else ""}
     return {"id": batch_row_id(identity_of_result(result)), "custom_id": result.custom_id, "response": response, "error": error}
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ResumeError
 from .models import APIRequest, RejectedLine, RequestResult
 
 __all__ = [
@@ -43,10 +44,6 @@ __all__ = [
 ]
 
 _BATCH_ID_PREFIX = "batch_req_"
-
-
-class ResumeError(Exception):
-    """The results file cannot be resumed safely; nothing has been sent."""
 
 
 def identity(request: Any, metadata: Any) -> int:

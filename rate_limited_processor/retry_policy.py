@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Any
 
+from .errors import NoAnswer
+
 __all__ = [
     "Verdict",
     "HTTPOutcome",
@@ -108,7 +110,7 @@ class Verdict(enum.Enum):
 
     #: 2xx with a JSON object body.
     SUCCESS = "success"
-    #: Try again later (the dispatcher checks attempts left).
+    #: Try again later (`decisions.next_step` checks the attempts left).
     RETRY = "retry"
     #: Record as failed now, no more attempts.
     FAIL = "fail"
@@ -129,6 +131,8 @@ class HTTPOutcome:
     text: str = ""
     #: E.g. "TimeoutError: no response within 30s" (already scrubbed of secrets).
     exception: str | None = None
+    #: Why no answer came, when none did.
+    no_answer: NoAnswer | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from .errors import LimiterUnavailable
 from .limiter import Admission, Limits
 
 __all__ = ["RedisLimiter", "SharedLimiterUnavailable", "default_limit_key", "redis_location"]
@@ -130,7 +131,7 @@ return result
 """
 
 
-class SharedLimiterUnavailable(ConnectionError):
+class SharedLimiterUnavailable(LimiterUnavailable):
     """Redis could not be reached (the message names the server, never its password)."""
 
 

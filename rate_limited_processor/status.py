@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .limiter import Limits
-from .models import RequestResult
+from .models import RequestResult, ResultKind
 
 __all__ = ["RunStats", "RateMeter", "ProgressDisplay", "format_duration", "format_summary"]
 
@@ -60,6 +60,8 @@ class RunStats:
     limits: Limits
     started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
+    #: Where `elapsed` and the rate meter read the time: the run's clock.
+    clock: Clock = field(default=time.monotonic, repr=False)
     #: Requests in the input, when known (the file job counts lines first).
     total: int | None = None
     succeeded: int = 0
@@ -89,7 +91,10 @@ class RunStats:
     server_token_ratio: float = 1.0
     #: Why dispatch stopped before the input was exhausted (None when it ran to the end).
     stop_reason: str | None = None
-    meter: RateMeter = field(default_factory=RateMeter, repr=False)
+    meter: RateMeter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.meter = RateMeter(clock=self.clock)
 
     @property
     def done(self) -> int:
@@ -97,7 +102,7 @@ class RunStats:
 
     @property
     def elapsed(self) -> float:
-        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        end = self.finished_at if self.finished_at is not None else self.clock()
         return max(end - self.started_at, 1e-9)
 
     def record_attempt(self, tokens: int, *, is_retry: bool) -> None:
@@ -108,10 +113,11 @@ class RunStats:
 
     def record_result(self, result: RequestResult) -> None:
         """Count a result the consumer has taken (so one that could not be written is not counted)."""
-        if result.response is not None:
+        if result.kind is ResultKind.SUCCEEDED:
             self.succeeded += 1
-            self.record_usage(result.estimated_tokens, result.response)
-        elif result.attempts == 0:
+            if result.response is not None:
+                self.record_usage(result.estimated_tokens, result.response)
+        elif result.kind is ResultKind.INVALID:
             self.invalid += 1
         else:
             self.failed += 1

@@ -28,6 +28,7 @@ from typing import Any
 import tiktoken
 
 from .endpoints import Endpoint
+from .errors import EstimationError
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
@@ -104,10 +105,6 @@ _TOKEN_INPUT_SHAPES = "a string, a list of strings, a list of token ids or a lis
 #: A prompt flattened for counting: text still to be tokenized, or a number of tokens already known.
 _Piece = str | int
 _TextCounter = Callable[[str], int]
-
-
-class EstimationError(ValueError):
-    """The body's shape is not one the API accepts, so its cost cannot be estimated (nor the request sent)."""
 
 
 class TokenEstimator:

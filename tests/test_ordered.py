@@ -7,12 +7,12 @@ from pathlib import Path
 from rate_limited_processor import UNLIMITED, Processor, RetryPolicy, Settings, run_file_job
 from rate_limited_processor.job import Reorder
 from rate_limited_processor.mock_server import MockConfig, MockServer
-from rate_limited_processor.models import RequestResult
+from rate_limited_processor.models import RequestResult, ResultKind
 from tests.helpers import embedding_request, read_rows, run_cli, write_jsonl
 
 
 def result_at(position: int) -> RequestResult:
-    return RequestResult(position + 1, {}, None, {"ok": True}, (), attempts=1, position=position)
+    return RequestResult(position + 1, {}, None, {"ok": True}, (), attempts=1, kind=ResultKind.SUCCEEDED, position=position)
 
 
 def test_reorder_releases_consecutive_results_and_drains_the_rest_in_order() -> None:

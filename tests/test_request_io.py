@@ -6,7 +6,7 @@ import json
 import tracemalloc
 from pathlib import Path
 
-from rate_limited_processor.models import APIRequest, RejectedLine, RequestResult
+from rate_limited_processor.models import APIRequest, RejectedLine, RequestResult, ResultKind
 from rate_limited_processor.request_io import ResultWriter, count_lines, parse_request_line, read_requests
 
 
@@ -71,8 +71,8 @@ def test_reader_is_lazy_memory_does_not_grow_with_the_file(tmp_path: Path) -> No
 def test_writer_appends_cookbook_rows_and_flushes_each_one(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     path.write_text('["earlier run"]\n')
-    ok = RequestResult(1, {"input": "a"}, None, {"data": []}, (), attempts=1)
-    failed = RequestResult(2, {"input": "b"}, {"id": 2}, None, ("HTTP 500: boom", "HTTP 400: bad"), attempts=2)
+    ok = RequestResult(1, {"input": "a"}, None, {"data": []}, (), attempts=1, kind=ResultKind.SUCCEEDED)
+    failed = RequestResult(2, {"input": "b"}, {"id": 2}, None, ("HTTP 500: boom", "HTTP 400: bad"), attempts=2, kind=ResultKind.FAILED)
     with ResultWriter(path) as writer:
         writer.write(ok)
         # Flushed: visible to another reader before the writer is closed.
@@ -89,7 +89,7 @@ def test_writer_appends_cookbook_rows_and_flushes_each_one(tmp_path: Path) -> No
 def test_writer_keeps_non_ascii_text_readable(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     with ResultWriter(path) as writer:
-        writer.write(RequestResult(1, {"input": "héllo 世界"}, None, {"ok": True}, (), attempts=1))
+        writer.write(RequestResult(1, {"input": "héllo 世界"}, None, {"ok": True}, (), attempts=1, kind=ResultKind.SUCCEEDED))
     assert "héllo 世界" in path.read_text(encoding="utf-8")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rate_limited_processor.models import RequestResult
+from rate_limited_processor.models import RequestResult, ResultKind
 from rate_limited_processor.request_io import ResultWriter, parse_request_line
 from rate_limited_processor.resume import DoneIndex, ResumeError, identity, identity_of_item, prepare_results_file
 
@@ -19,11 +19,11 @@ def write_results(path: Path, results: list[RequestResult]) -> None:
 
 
 def success(body: dict, metadata: object = None) -> RequestResult:
-    return RequestResult(1, body, metadata, {"ok": True}, (), attempts=1)
+    return RequestResult(1, body, metadata, {"ok": True}, (), attempts=1, kind=ResultKind.SUCCEEDED)
 
 
 def failure(body: dict, metadata: object = None) -> RequestResult:
-    return RequestResult(1, body, metadata, None, ("HTTP 400: bad",), attempts=1)
+    return RequestResult(1, body, metadata, None, ("HTTP 400: bad",), attempts=1, kind=ResultKind.FAILED)
 
 
 def test_an_input_line_and_the_row_written_for_it_have_the_same_identity(tmp_path: Path) -> None:

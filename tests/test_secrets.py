@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rate_limited_processor import UNLIMITED, Processor, RetryPolicy, Secret, Settings, run_file_job
-from rate_limited_processor.http_call import Scrubber
+from rate_limited_processor.credentials import Scrubber
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from tests.helpers import chat_request, run_cli, write_jsonl
 

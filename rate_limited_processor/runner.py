@@ -1,0 +1,591 @@
+"""The runner: requests in, one result per request out, as fast as the limiter allows.
+
+Usage::
+
+    processor = Processor(settings)
+    async with processor.run(requests) as results:       # the run's tasks live inside this block
+        async for result in results:
+            print(result.index, result.response or result.errors)
+            if enough:
+                break                                     # leaving the block stops the run: nothing outlives it
+    print(processor.stats.succeeded)
+
+    async for result in process_requests(requests, settings): ...     # the same, as a plain generator
+    for result in process_requests_sync(requests, settings): ...      # the same, blocking (scripts, notebooks)
+
+How it works. Every task of a run lives in one `asyncio.TaskGroup`, scoped by `run()`. A feeder takes a
+concurrency slot, picks the next job from the `Scheduler` (a retry that has come due before anything new),
+waits for the limiter to admit its estimated tokens, and starts the attempt as a task. An attempt sends
+through the transport, `classify` reads the answer, and `next_step` (pure) says what to do: succeed, fail,
+retry after a delay (a rate-limit 429 also pauses every sender), or stop the run. The loop carries it out
+and decides nothing itself. Requests are read from the input only when they are about to be sent, and
+results wait in a bounded queue, so memory stays flat however long the input is.
+
+Stopping. `stop()` takes no more requests and lets those in flight finish; `abort()` also abandons those
+in flight. Either way a request without a final result is not yielded (a rerun sends it), and iterating
+the results raises `RunStopped` after the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import queue
+import threading
+import traceback
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import LOOP_CLOCK, Clock
+from .config import Settings
+from .credentials import auth_headers, scrubber_for
+from .decisions import Fail, JobState, Retry, RunState, StopRun, Succeed, next_step
+from .endpoints import Endpoint, UnsupportedEndpoint, cached_endpoint, check_request
+from .errors import InvalidRequest, RunStopped, TransportError
+from .learned_limits import LimitTuner, SendMark, parse_rate_limit_headers
+from .limiter import InProcessLimiter, Limits, RateLimiter
+from .models import APIRequest, RejectedLine, RequestResult, ResultKind
+from .retry_policy import Decision, HTTPOutcome, Verdict, classify
+from .scheduler import Scheduler
+from .status import RunStats
+from .token_estimation import TokenEstimator
+from .transport import AiohttpTransport, SendFunction, Transport, TransportRequest, as_transport, outcome_of, outcome_of_error
+
+__all__ = ["Processor", "Results", "process_requests", "process_requests_sync", "RequestItem", "RequestSource"]
+
+logger = logging.getLogger("rate_limited_processor")
+
+#: What a run accepts: request bodies (an optional "metadata" key rides along unsent), prepared
+#: requests, or lines the reader already rejected; from a plain or an async iterable.
+RequestItem = Mapping[str, Any] | APIRequest | RejectedLine
+RequestSource = Iterable[RequestItem] | AsyncIterable[RequestItem]
+
+_END: Any = object()
+_PENDING: Any = object()
+
+
+@dataclass(slots=True)
+class _Job:
+    """A request on its way: where it goes, its place in the run, and what went wrong on each attempt."""
+
+    request: APIRequest
+    url: str
+    tokens: int
+    position: int
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+    #: When the current attempt was sent, and what we had sent by then: for learning the server's view.
+    mark: SendMark | None = None
+
+    def result(self, outcome: HTTPOutcome | None, kind: ResultKind) -> RequestResult:
+        succeeded = kind is ResultKind.SUCCEEDED
+        return RequestResult(
+            index=self.request.index,
+            request=self.request.body,
+            metadata=self.request.metadata,
+            response=outcome.body if succeeded and outcome is not None else None,
+            errors=tuple(self.errors),
+            attempts=self.attempts,
+            kind=kind,
+            estimated_tokens=self.tokens,
+            custom_id=self.request.custom_id,
+            status=outcome.status if outcome is not None else None,
+            request_id=outcome.headers.get("x-request-id") if outcome is not None else None,
+            error_body=outcome.body if not succeeded and outcome is not None else None,
+            position=self.position,
+        )
+
+
+class _Source:
+    """The next input item, fetched without blocking the feeder.
+
+    A plain iterable is read directly. An async one is read in a task, so a slow source (a pipeline
+    waiting on its own consumer) never holds up retries that are due. At most one item is read ahead.
+    """
+
+    __slots__ = ("_iterator", "_async_iterator", "_fetch", "exhausted")
+
+    def __init__(self, requests: RequestSource) -> None:
+        self._iterator: Iterator[RequestItem] | None = None
+        self._async_iterator: AsyncIterator[RequestItem] | None = None
+        if isinstance(requests, AsyncIterable):
+            self._async_iterator = aiter(requests)
+        else:
+            self._iterator = iter(requests)
+        self._fetch: asyncio.Future[Any] | None = None
+        self.exhausted = False
+
+    @property
+    def fetching(self) -> asyncio.Future[Any] | None:
+        """The read in progress, to wait on; None when nothing is being read."""
+        return self._fetch
+
+    def poll(self) -> Any:
+        """The next item, `_PENDING` while an async read is in progress, or `_END`."""
+        if self._iterator is not None:
+            item = next(self._iterator, _END)
+        else:
+            if self._fetch is None:
+                assert self._async_iterator is not None
+                self._fetch = asyncio.ensure_future(anext(self._async_iterator, _END))
+            if not self._fetch.done():
+                return _PENDING
+            fetch, self._fetch = self._fetch, None
+            item = fetch.result()
+        if item is _END:
+            self.exhausted = True
+        return item
+
+    async def aclose(self) -> None:
+        """Close the source (the input file, the user's generator) when the run ends, however it ends."""
+        if self._fetch is not None:
+            self._fetch.cancel()
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+        aclose = getattr(self._async_iterator, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(RuntimeError):  # still running inside the cancelled fetch: closing already
+                await aclose()
+
+
+class Results:
+    """The results of a run as they finish, in completion order (an async iterator).
+
+    A result counts as done (in `stats`, and for the run's end) once the consumer comes back for the next
+    one, so a result the consumer could not store (it broke out of the loop) is left for a rerun.
+    Raises `RunStopped` after the last result if the run stopped early.
+    """
+
+    __slots__ = ("_processor", "_queue", "_taken", "_ended")
+
+    def __init__(self, processor: Processor, results: asyncio.Queue[Any]) -> None:
+        self._processor = processor
+        self._queue = results
+        self._taken: RequestResult | None = None
+        self._ended = False
+
+    def __aiter__(self) -> Results:
+        return self
+
+    async def __anext__(self) -> RequestResult:
+        if self._taken is not None:
+            self._processor._done(self._taken)
+            self._taken = None
+        if self._ended:
+            raise StopAsyncIteration
+        result = await self._queue.get()
+        if result is _END:
+            self._ended = True
+            stop_reason = self._processor.stats.stop_reason
+            if stop_reason is not None:
+                raise RunStopped(stop_reason, self._processor.stats) from self._processor._failure
+            raise StopAsyncIteration
+        self._taken = result
+        return result
+
+
+class Processor:
+    """One run: give it requests, iterate its results. Read `stats` during or after the run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        limiter: RateLimiter | None = None,
+        estimator: TokenEstimator | None = None,
+        transport: Transport | SendFunction | None = None,
+        clock: Clock = LOOP_CLOCK,
+        max_ahead: int | None = None,
+    ) -> None:
+        """`transport` replaces the network (real HTTP through aiohttp by default); the run never closes one
+        it was given. `clock` is where every wait and deadline is read from. `max_ahead` bounds how far past
+        the oldest unfinished request the run may read, for a consumer that restores input order."""
+        self.settings = settings
+        self.clock = clock
+        #: The run's endpoint. None when `request_url` is only an API root ("https://api.openai.com/v1"),
+        #: for Batch input whose lines name their own; then lines without a url are rejected.
+        self.endpoint = _endpoint_or_none(settings.request_url)
+        #: Learns the limits from the API's answers; the limiter is kept at what it asks for.
+        self.tuner = LimitTuner(settings.limits, headroom=settings.headroom, now=clock.now())
+        self._applied_limits = self.tuner.limits()
+        self.limiter: RateLimiter = limiter if limiter is not None else InProcessLimiter(self._applied_limits, clock=clock.now, sleep=clock.sleep)
+        self.estimator = estimator if estimator is not None else TokenEstimator(settings.token_encoding_name)
+        self.stats = RunStats(self.tuner.server_limits(), started_at=clock.now(), clock=clock.now)
+        self._transport = as_transport(transport) if transport is not None else None
+        self._scheduler: Scheduler[_Job] = Scheduler(max_waiting_retries=settings.max_in_flight, max_ahead=max_ahead)
+        self._headers = auth_headers(settings)
+        self._scrub = scrubber_for(settings)
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._changed = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=settings.max_in_flight)
+        self._tasks: asyncio.TaskGroup | None = None
+        self._feeder: asyncio.Task[None] | None = None
+        self._positions = 0  # 1-based index given to plain dicts, for messages
+        self._failure: BaseException | None = None
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"Processor({self.settings.request_url!r}, limiter={self.limiter!r})"
+
+    @property
+    def stopping(self) -> bool:
+        """The run takes no new requests and retries nothing (it was stopped, or something failed for all)."""
+        return self.stats.stop_reason is not None
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Take no more requests; those in flight finish and are still yielded. The first reason wins."""
+        if self.stats.stop_reason is None:
+            self.stats.stop_reason = reason
+        feeder = self._feeder
+        if feeder is not None and not feeder.done() and feeder is not asyncio.current_task():
+            feeder.cancel()
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Stop at once: requests in flight are abandoned too (a rerun sends them again)."""
+        self.stop(reason)
+        for task in list(self._in_flight):
+            task.cancel()
+
+    @contextlib.asynccontextmanager
+    async def run(self, requests: RequestSource) -> AsyncIterator[Results]:
+        """The run, scoped: its tasks start on entry and none outlives the block. Leaving early aborts it."""
+        if self._started:
+            raise RuntimeError("a Processor runs once; make a new one for another run")
+        self._started = True
+        transport = self._transport if self._transport is not None else AiohttpTransport(self.settings.max_in_flight)
+        self.stats.started_at = self.clock.now()
+        raised: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                self._feeder = tasks.create_task(self._feed(_Source(requests), transport))
+                if self.stopping:  # stopped before it started
+                    self._feeder.cancel()
+                finisher = tasks.create_task(self._finish())
+                try:
+                    yield Results(self, self._results)
+                except BaseException as error:  # raised again below, so the TaskGroup does not wrap it in a group
+                    raised = error
+                finally:
+                    if not finisher.done():  # the consumer left before the end: nothing may outlive the block
+                        self.abort("the caller stopped reading results")
+                        finisher.cancel()
+            if raised is not None:
+                raise raised
+        finally:
+            self.stats.unfinished = self._scheduler.open_count
+            self.stats.finished_at = self.clock.now()
+            if self._transport is None:
+                await transport.aclose()
+
+    async def process(self, requests: RequestSource) -> AsyncIterator[RequestResult]:
+        """`run()` as a plain async generator: one result per request, in completion order.
+
+        Raises RunStopped after the last result if the run stopped early. Close the generator
+        (`contextlib.aclosing`) if you stop iterating early; or use `run()`, where a `break` is enough.
+        """
+        async with self.run(requests) as results:
+            async for result in results:
+                yield result
+
+    def _done(self, result: RequestResult) -> None:
+        """The consumer took this result and came back for more: it is done."""
+        self.stats.record_result(result)
+        if result.position is not None:
+            self._scheduler.close(result.position)
+        self._changed.set()
+
+    # -- the feeder -------------------------------------------------------------------------------
+
+    async def _feed(self, source: _Source, transport: Transport) -> None:
+        try:
+            if not await self._apply_limits(self._applied_limits):
+                return
+            while True:
+                await self._slots.acquire()
+                while self.tuner.awaiting_first_answer and self._in_flight:  # the first request goes alone
+                    await self._wait_for_change()
+                try:
+                    job = await self._next_job(source)
+                except Exception as error:
+                    self._fail_run(f"reading the requests failed: {type(error).__name__}: {error}", error)
+                    return
+                if job is None:
+                    return
+                try:
+                    admitted = await self.limiter.acquire(job.tokens)
+                except Exception as error:
+                    self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+                    return
+                job.mark = SendMark(self.clock.now(), admitted.requests, admitted.tokens)
+                assert self._tasks is not None
+                task = self._tasks.create_task(self._attempt(job, transport))
+                self._in_flight.add(task)
+        except Exception as error:  # a bug of ours: stop, and say so, rather than leave the consumer waiting
+            self._fail_run(f"internal error: {type(error).__name__}: {error}", error)
+        finally:
+            await source.aclose()
+
+    async def _next_job(self, source: _Source) -> _Job | None:
+        """A retry that is due, else a new request; waits while only future retries remain."""
+        while True:
+            self._changed.clear()
+            job = self._scheduler.due_retry(self.clock.now())
+            if job is not None:
+                return job
+            if not source.exhausted and self._scheduler.may_read():
+                item = source.poll()
+                if item is _END:
+                    continue
+                if item is not _PENDING:
+                    admitted = self._admit(item)
+                    if isinstance(admitted, _Job):
+                        return admitted
+                    await self._results.put(admitted)
+                    continue
+            elif source.exhausted and not self._scheduler.retries_waiting and not self._in_flight:
+                return None
+            await self._wait_for_change(self._scheduler.next_retry_at(), source.fetching)
+
+    async def _wait_for_change(self, until: float | None = None, fetching: asyncio.Future[Any] | None = None) -> None:
+        """Until an attempt or a result changes something, the next input item arrives, or the clock reaches `until`."""
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._changed.wait())]
+        if until is not None:
+            waiters.append(asyncio.ensure_future(self.clock.sleep(max(0.0, until - self.clock.now()))))
+        try:
+            await asyncio.wait([*waiters, fetching] if fetching is not None else waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _admit(self, item: RequestItem) -> _Job | RequestResult:
+        """Validate and estimate a request; a line that cannot be sent becomes its failure result."""
+        position = self._scheduler.open()
+        if isinstance(item, RejectedLine):
+            metadata = {"custom_id": item.custom_id} if item.custom_id is not None else None
+            return self._invalid(item.index, item.content, metadata, item.reason, item.custom_id, position)
+        if not isinstance(item, APIRequest):
+            self._positions += 1
+            item = _from_mapping(item, self._positions)
+        try:
+            url, _, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
+        except InvalidRequest as error:
+            return self._invalid(item.index, item.body, item.metadata, f"{item.name}: {error}", item.custom_id, position)
+        return _Job(item, url, tokens, position)
+
+    def _invalid(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None, position: int) -> RequestResult:
+        logger.error("%s (not sent)", reason)
+        return RequestResult(
+            index, content, metadata, response=None, errors=(reason,), attempts=0,
+            kind=ResultKind.INVALID, custom_id=custom_id, position=position,
+        )
+
+    def _fail_run(self, reason: str, error: BaseException) -> None:
+        """Something every request depends on failed: stop, and say why (the cause goes with RunStopped)."""
+        reason = self._scrub(reason)
+        logger.error("%s; stopping the run", reason)
+        self._failure = error
+        self.stop(reason)
+
+    async def _apply_limits(self, limits: Limits) -> bool:
+        """Move the limiter to these limits. False (and the run stops) if the limiter failed."""
+        try:
+            await self.limiter.set_limits(limits)
+        except Exception as error:
+            self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+            return False
+        return True
+
+    # -- one attempt --------------------------------------------------------------------------------
+
+    async def _attempt(self, job: _Job, transport: Transport) -> None:
+        try:
+            await self._try_once(job, transport)
+        except Exception as error:  # a bug of ours must not lose the request silently
+            await self._results.put(self._internal_error(job, error))
+        finally:
+            self._slots.release()
+            self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._changed.set()
+
+    async def _try_once(self, job: _Job, transport: Transport) -> None:
+        """Send once, classify the answer, and carry out the step `next_step` chooses."""
+        settings = self.settings
+        job.attempts += 1
+        self.stats.record_attempt(job.tokens, is_retry=job.attempts > 1)
+        logger.info("%s: sending, attempt %d/%d, ~%d tokens", job.request.name, job.attempts, settings.retry.max_attempts, job.tokens)
+        started = self.clock.now()
+        request = TransportRequest(job.url, job.request.body, self._headers, settings.request_timeout)
+        try:
+            outcome = outcome_of(await transport.send(request), self._scrub)
+        except TransportError as error:
+            outcome = outcome_of_error(error, self._scrub)
+        decision = classify(outcome)
+        if decision.rate_limited:
+            self.stats.rate_limit_errors += 1
+        if not await self._learn(job, outcome, decision) and decision.verdict is not Verdict.SUCCESS:
+            return  # the limiter failed and the run stops; a success is still kept
+        step = next_step(decision, job=JobState(job.attempts), run=RunState(stopping=self.stopping), policy=settings.retry)
+        reason = self._scrub(decision.reason)
+        match step:
+            case Succeed():
+                logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self.clock.now() - started)
+                await self._results.put(job.result(outcome, ResultKind.SUCCEEDED))
+            case Fail():
+                job.errors.append(reason)
+                logger.error("%s: failed after %d attempt(s): %s", job.request.name, job.attempts, reason)
+                await self._results.put(job.result(outcome, ResultKind.FAILED))
+            case Retry(delay=delay, pause_everyone=pause):
+                job.errors.append(reason)
+                if pause is not None and not await self._pause_everyone(job, pause):
+                    return
+                logger.warning("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, job.attempts, settings.retry.max_attempts, reason, delay)
+                self._scheduler.add_retry(job, self.clock.now() + delay)
+            case StopRun(reason=why):
+                logger.error("%s: %s; stopping the run", job.request.name, self._scrub(why))
+                self.stop(self._scrub(why))
+
+    async def _learn(self, job: _Job, outcome: HTTPOutcome, decision: Decision) -> bool:
+        """Let the tuner learn from this answer, and move the limiter to what it asks. False if the limiter failed."""
+        now = self.clock.now()
+        report = parse_rate_limit_headers(outcome.headers)
+        mark = job.mark
+        try:
+            if decision.verdict is not Verdict.SUCCESS and mark is not None:
+                # The server charges only what it admits: a refused request is not part of what was spent.
+                await self.limiter.refused(job.tokens)
+                mark = SendMark(mark.sent_at, mark.requests - 1, mark.tokens - job.tokens)
+        except Exception as error:
+            self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+            return False
+        if mark is not None:
+            from_the_api = outcome.status is not None and outcome.status < 500
+            self.tuner.observe(mark, report, now, from_the_api=from_the_api)
+        if decision.rate_limited:
+            self.tuner.rate_limited(report, now)
+        limits = self.tuner.limits()
+        if _close(limits, self._applied_limits):
+            return True
+        self._applied_limits = limits
+        self.stats.limits = self.tuner.server_limits()
+        self.stats.server_token_ratio = self.tuner.tokens.ratio
+        logger.debug("sending at %s (server-side ratios %.2f requests, %.2f tokens)", limits, self.tuner.requests.ratio, self.tuner.tokens.ratio)
+        return await self._apply_limits(limits)
+
+    async def _pause_everyone(self, job: _Job, pause: float) -> bool:
+        """After a rate-limit 429, nobody sends until the server's hint has passed. False if the limiter failed."""
+        logger.warning("%s: rate limited; all sending paused for %.2fs", job.request.name, pause)
+        try:
+            await self.limiter.pause(pause)
+        except Exception as error:
+            self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
+            return False
+        return True
+
+    def _internal_error(self, job: _Job, error: Exception) -> RequestResult:
+        details = self._scrub("".join(traceback.format_exception(error)))
+        logger.error("%s: internal error (a bug; please report it):\n%s", job.request.name, details)
+        job.errors.append(self._scrub(f"internal error: {type(error).__name__}: {error}"))
+        return job.result(None, ResultKind.FAILED)
+
+    # -- the end ------------------------------------------------------------------------------------
+
+    async def _finish(self) -> None:
+        """Once the feeder is done (or stopped), let the attempts in flight finish, then end the results."""
+        assert self._feeder is not None
+        await asyncio.wait([self._feeder])
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+        await self._results.put(_END)
+
+
+def _close(a: Limits, b: Limits, tolerance: float = 0.01) -> bool:
+    """Limits within 1% of each other: not worth rebuilding the buckets for. (Unlimited is close only to itself.)"""
+    pairs = ((a.requests_per_minute, b.requests_per_minute), (a.tokens_per_minute, b.tokens_per_minute))
+    return all(x == y or (x is not None and y is not None and math.isfinite(x) and math.isfinite(y) and abs(x - y) <= tolerance * max(x, y)) for x, y in pairs)
+
+
+def _endpoint_or_none(url: str) -> Endpoint | None:
+    try:
+        return cached_endpoint(url)
+    except UnsupportedEndpoint:
+        return None
+
+
+def _from_mapping(item: Mapping[str, Any], index: int) -> APIRequest:
+    body = dict(item)
+    metadata = body.pop("metadata", None)
+    return APIRequest(index=index, body=body, metadata=metadata)
+
+
+async def process_requests(
+    requests: RequestSource,
+    settings: Settings,
+    *,
+    limiter: RateLimiter | None = None,
+    transport: Transport | SendFunction | None = None,
+) -> AsyncIterator[RequestResult]:
+    """Send every request within the limits; yield one `RequestResult` per request as each completes."""
+    async for result in Processor(settings, limiter=limiter, transport=transport).process(requests):
+        yield result
+
+
+def process_requests_sync(
+    requests: Iterable[RequestItem],
+    settings: Settings,
+    *,
+    limiter: RateLimiter | None = None,
+    transport: Transport | SendFunction | None = None,
+) -> Iterator[RequestResult]:
+    """`process_requests` for code that is not async: a plain iterator of results, in completion order.
+
+    The run has an event loop of its own in a helper thread, so this works in a script and equally where
+    a loop is already running (a Jupyter notebook). The thread produces at most `max_in_flight` results
+    ahead of the caller. Leaving the loop early (or Ctrl-C) stops the run; `RunStopped` is raised after
+    the last result if the run stopped itself.
+    """
+    if isinstance(requests, AsyncIterable):
+        raise TypeError("process_requests_sync takes a plain iterable; use process_requests for an async one")
+    handoff: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    loop = asyncio.new_event_loop()
+    credit = asyncio.Semaphore(settings.max_in_flight)
+
+    async def pump() -> None:
+        try:
+            async with Processor(settings, limiter=limiter, transport=transport).run(requests) as results:
+                async for result in results:
+                    await credit.acquire()
+                    handoff.put(result)
+        except BaseException as error:  # RunStopped, or anything else: raised again in the caller's thread
+            handoff.put(_Raised(error))
+            if not isinstance(error, Exception):
+                raise
+        else:
+            handoff.put(_END)
+
+    task = loop.create_task(pump())
+    thread = threading.Thread(target=loop.run_until_complete, args=(task,), name="rate_limited_processor", daemon=True)
+    thread.start()
+    try:
+        while (item := handoff.get()) is not _END:
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+            loop.call_soon_threadsafe(credit.release)
+    finally:
+        if not task.done():
+            loop.call_soon_threadsafe(task.cancel)
+        thread.join()
+        loop.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Raised:
+    """An exception crossing from the run's thread to the caller's."""
+
+    error: BaseException
