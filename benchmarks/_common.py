@@ -27,7 +27,7 @@ __all__ = [
 #: Chat model used throughout: tokenized with cl100k_base, which is bundled, so offline runs are exact.
 CHAT_MODEL = "gpt-4"
 EMBEDDING_MODEL = "text-embedding-3-small"
-_WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly box jolly zebras".split()
+_WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "quietly", "box", "jolly", "zebras"]
 
 
 def chat_request(i: int, *, max_tokens: int = 8) -> dict[str, Any]:
@@ -88,6 +88,6 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     """A plain fixed-width table: right-aligned columns, one header line."""
     cells = [list(map(str, header)), *([str(cell) for cell in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in cells]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)

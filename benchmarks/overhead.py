@@ -33,11 +33,12 @@ import statistics
 import sys
 import time
 import timeit
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from _common import Figure, chat_request, format_table, without_metadata
 
 from rate_limited_processor import UNLIMITED, Processor, Settings, TokenEstimator
 from rate_limited_processor.endpoints import Endpoint
@@ -46,12 +47,10 @@ from rate_limited_processor.mock_server.child import MockProcess
 from rate_limited_processor.retry_policy import HTTPOutcome, classify
 from rate_limited_processor.status import RunStats
 
-from _common import Figure, chat_request, format_table, without_metadata
-
 TARGET_RATIO = 0.4
 WARM_UP_REQUESTS = 500
 
-Client = Callable[[str, list[dict[str, Any]], int], Awaitable[int]]
+Client = Callable[[str, list[dict[str, Any]], int], Coroutine[Any, Any, int]]
 
 
 async def bare_loop(url: str, requests: list[dict[str, Any]], concurrency: int) -> int:
@@ -62,10 +61,9 @@ async def bare_loop(url: str, requests: list[dict[str, Any]], concurrency: int) 
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def post(body: dict[str, Any]) -> int:
-            async with slots:
-                async with session.post(url, json=body) as response:
-                    await response.json()
-                    return response.status == 200
+            async with slots, session.post(url, json=body) as response:
+                await response.json()
+                return response.status == 200
 
         return sum(await asyncio.gather(*(post(body) for body in bodies)))
 
@@ -109,11 +107,16 @@ def _cpu() -> float:
 
 def timed_run(name: str, client: Client, mock: MockProcess, requests: list[dict[str, Any]], concurrency: int) -> Run:
     cpu, mock_cpu, started = _cpu(), mock.cpu_seconds(), time.perf_counter()
-    ok = asyncio.run(client(mock.url("chat/completions"), requests, concurrency))
+    ok: int = asyncio.run(client(mock.url("chat/completions"), requests, concurrency))
     seconds, cpu, mock_cpu = time.perf_counter() - started, _cpu() - cpu, mock.cpu_seconds() - mock_cpu
     if ok != len(requests):
         raise RuntimeError(f"{name}: only {ok} of {len(requests)} requests succeeded")
     return Run(name, seconds, cpu, mock_cpu, len(requests))
+
+
+def record_both(stats: RunStats, reply: dict[str, Any]) -> None:
+    stats.record_attempt(40, is_retry=False)
+    stats.record_usage(40, reply)
 
 
 def micro_timings() -> list[tuple[str, float]]:
@@ -144,7 +147,7 @@ def micro_timings() -> list[tuple[str, float]]:
         ("TokenEstimator.estimate (chat)", per_call(lambda: estimator.estimate(Endpoint.CHAT_COMPLETIONS, body))),
         ("json.dumps(body)", per_call(lambda: json.dumps(body))),
         ("classify(200 outcome)", per_call(lambda: classify(outcome))),
-        ("RunStats.record_attempt + record_usage", per_call(lambda: (stats.record_attempt(40, is_retry=False), stats.record_usage(40, reply)))),
+        ("RunStats.record_attempt + record_usage", per_call(lambda: record_both(stats, reply))),
         ("InProcessLimiter.acquire (no limits)", limiter_acquire()),
     ]
 

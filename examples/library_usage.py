@@ -22,7 +22,7 @@ async def main() -> None:
         # in completion order. "metadata" rides along unsent, so each result can be matched to its input.
         requests = ({"model": "text-embedding-3-small", "input": text, "metadata": {"text": text}} for text in TEXTS)
         async for result in process_requests(requests, settings):
-            if result.succeeded:
+            if result.response is not None:  # it succeeded
                 vector = result.response["data"][0]["embedding"]
                 print(f"{result.metadata['text']!r:32} -> {len(vector)} numbers, first {vector[0]:+.3f}")
             else:

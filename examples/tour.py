@@ -37,7 +37,8 @@ def chat_file(path: Path, n: int) -> Path:
     with open(path, "w") as file:
         for i in range(n):
             padding = " " * 40  # characters the server counts, tiktoken barely does
-            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Question {i}:{padding}what is {i} squared?"}], "max_tokens": 30, "metadata": {"row": i}}
+            content = f"Question {i}:{padding}what is {i} squared?"
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], "max_tokens": 30, "metadata": {"row": i}}
             file.write(json.dumps(body) + "\n")
     return path
 

@@ -81,27 +81,71 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--requests_filepath", required=True, help="JSONL file, one request body per line (optional 'metadata' field is passed through, never sent)")
     add("--save_filepath", default=None, help="where results are appended (default: <input stem>_results.jsonl beside the input)")
-    add("--request_url", default=DEFAULT_REQUEST_URL, help="endpoint every request is POSTed to (OpenAI, Azure or OpenAI-compatible); for Batch input, lines' own urls replace its endpoint part, and an API root such as https://api.openai.com/v1 will do")
+    add(
+        "--request_url", default=DEFAULT_REQUEST_URL,
+        help="endpoint every request is POSTed to (OpenAI, Azure or OpenAI-compatible); for Batch input, lines' own urls replace its "
+        "endpoint part, and an API root such as https://api.openai.com/v1 will do",
+    )
     add("--api_key", default=None, help="API key (default: $OPENAI_API_KEY; prefer the variable: flags show in process lists)")
-    add("--max_requests_per_minute", type=_limit, default="auto", help="requests-per-minute limit to stay under; auto: learned from the API's x-ratelimit headers (a given number is lowered to what the API reports)")
+    add(
+        "--max_requests_per_minute", type=_limit, default="auto",
+        help="requests-per-minute limit to stay under; auto: learned from the API's x-ratelimit headers (a given number is lowered to "
+        "what the API reports)",
+    )
     add("--max_tokens_per_minute", type=_limit, default="auto", help="tokens-per-minute limit to stay under (estimated with tiktoken); auto: learned as above")
     add("--headroom", type=_fraction, default=1.0, help="send at this fraction of the limits, leaving the rest for other traffic on the same key (e.g. 0.9)")
     add("--token_encoding_name", default=None, help="tiktoken encoding for every request (default: chosen from each request's model)")
     add("--max_attempts", type=_positive_int, default=config.DEFAULT_MAX_ATTEMPTS, help="attempts per request in all, first try included")
-    add("--logging_level", type=_logging_level, default=DEFAULT_LOGGING_LEVEL, help="DEBUG, INFO (a line per request sent and done), WARNING (retries), ERROR, or a number")
-    add("--request_timeout", type=_positive_float, default=config.DEFAULT_REQUEST_TIMEOUT, help="seconds one attempt may take before it is abandoned and retried")
+    add(
+        "--logging_level", type=_logging_level, default=DEFAULT_LOGGING_LEVEL,
+        help="DEBUG, INFO (a line per request sent and done), WARNING (retries), ERROR, or a number",
+    )
+    add(
+        "--request_timeout", type=_positive_float, default=config.DEFAULT_REQUEST_TIMEOUT,
+        help="seconds one attempt may take before it is abandoned and retried",
+    )
     add("--max_in_flight", type=_positive_int, default=config.DEFAULT_MAX_IN_FLIGHT, help="most requests awaiting a response at once")
     add("--burst_seconds", type=_positive_float, default=DEFAULT_BURST_SECONDS, help="bucket capacity in seconds of the limit: how large a burst may be")
     add("--no_progress", action="store_true", help="no progress bar, even on a terminal")
-    add("--output_format", choices=["auto", "cookbook", "batch"], default="auto", help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input")
-    add("--header", action="append", default=[], metavar="'NAME: VALUE'", help="an extra HTTP header for every request, repeatable (e.g. for a gateway); values are never logged")
-    add("--dry_run", action="store_true", help="read and check every line, estimate tokens, and print the count, which limit binds and the expected duration; send nothing")
-    add("--ordered", action="store_true", help="write results in input order instead of completion order (finished results wait for earlier ones, up to --ordered_window of them)")
-    add("--ordered_window", type=_positive_int, default=DEFAULT_ORDERED_WINDOW, help="with --ordered, the most finished results held back; a request slower than the rest holds up at most this many")
-    add("--redis_url", default=None, help=f"share the limits with every process using the same Redis and limit key, e.g. redis://host:6379/0 (default: ${REDIS_URL_VARIABLE}; needs the 'redis' extra)")
-    add("--limit_key", default=None, help="the name processes share limits under (default: the API's host, the first request's model and a hash of the API key)")
-    add("--retry_failed", action="store_true", help="on a rerun, send again the requests whose rows in the results file are failures (they are removed from it first)")
-    add("--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE, help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)")
+    add(
+        "--output_format", choices=["auto", "cookbook", "batch"], default="auto",
+        help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input",
+    )
+    add(
+        "--header", action="append", default=[], metavar="'NAME: VALUE'",
+        help="an extra HTTP header for every request, repeatable (e.g. for a gateway); values are never logged",
+    )
+    add(
+        "--dry_run", action="store_true",
+        help="read and check every line, estimate tokens, and print the count, which limit binds and the expected duration; send "
+        "nothing",
+    )
+    add(
+        "--ordered", action="store_true",
+        help="write results in input order instead of completion order (finished results wait for earlier ones, up to --ordered_window"
+        " of them)",
+    )
+    add(
+        "--ordered_window", type=_positive_int, default=DEFAULT_ORDERED_WINDOW,
+        help="with --ordered, the most finished results held back; a request slower than the rest holds up at most this many",
+    )
+    add(
+        "--redis_url", default=None,
+        help=f"share the limits with every process using the same Redis and limit key, e.g. redis://host:6379/0 (default: "
+        f"${REDIS_URL_VARIABLE}; needs the 'redis' extra)",
+    )
+    add(
+        "--limit_key", default=None,
+        help="the name processes share limits under (default: the API's host, the first request's model and a hash of the API key)",
+    )
+    add(
+        "--retry_failed", action="store_true",
+        help="on a rerun, send again the requests whose rows in the results file are failures (they are removed from it first)",
+    )
+    add(
+        "--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE,
+        help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)",
+    )
     return parser
 
 
@@ -181,7 +225,9 @@ def _parse_header(text: str) -> tuple[str, str]:
 def check_input(requests_path: Path, request_url: str) -> None:
     """Fail before sending if the file holds no requests, or none of its first lines is usable."""
     first_problem = None
-    for checked, item in enumerate(itertools.islice(read_requests(requests_path), INPUT_CHECK_LINES), start=1):
+    checked = 0
+    for item in itertools.islice(read_requests(requests_path), INPUT_CHECK_LINES):
+        checked += 1
         problem = item.reason if isinstance(item, RejectedLine) else _problem_with(item, request_url)
         if problem is None:
             return
@@ -234,7 +280,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to the current sys.stderr, not the one there was when logging was set up (tqdm and test
     runners swap it, and a closed old one would swallow every line)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -323,8 +369,9 @@ async def shared_limiter(settings: Settings, redis_url: str | None, limit_key: s
 
 def _first_model(requests_path: Path) -> str | None:
     for item in itertools.islice(read_requests(requests_path), INPUT_CHECK_LINES):
-        if isinstance(item, APIRequest) and isinstance(item.body.get("model"), str):
-            return item.body["model"]
+        model = item.body.get("model") if isinstance(item, APIRequest) else None
+        if isinstance(model, str):
+            return model
     return None
 
 

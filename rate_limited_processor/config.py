@@ -11,6 +11,7 @@ import enum
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .limiter import DEFAULT_BURST_SECONDS, Limits
 from .retry_policy import MAX_ATTEMPTS, RetryPolicy
@@ -79,7 +80,7 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("a Secret cannot be pickled")
 
 

@@ -139,6 +139,8 @@ class Reorder:
 
     def add(self, result: RequestResult) -> list[RequestResult]:
         """The results now ready to write, in order (often just this one)."""
+        if result.position is None:
+            raise ValueError("only results of a run, which carry their position, can be put back in order")
         self._waiting[result.position] = result
         ready = []
         while self._next in self._waiting:

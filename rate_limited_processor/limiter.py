@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from .clock import Now, Sleep, loop_time
+
 __all__ = ["DEFAULT_BURST_SECONDS", "UNLIMITED", "Admission", "Limits", "TokenBucket", "RateBuckets", "RateLimiter", "InProcessLimiter"]
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 #: Bucket capacity in seconds of the rate: one second, as OpenAI enforces short windows.
 DEFAULT_BURST_SECONDS = 1.0
@@ -222,7 +220,7 @@ class InProcessLimiter:
 
     __slots__ = ("limits", "_buckets", "_clock", "_sleep", "_lock", "_paused_until", "_admitted_requests", "_admitted_tokens")
 
-    def __init__(self, limits: Limits, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(self, limits: Limits, *, clock: Now = loop_time, sleep: Sleep = asyncio.sleep) -> None:
         self.limits = limits
         self._clock = clock
         self._sleep = sleep

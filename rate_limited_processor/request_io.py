@@ -24,7 +24,17 @@ from typing import IO, Any, Literal
 from .models import APIRequest, RejectedLine, RequestResult, ResultKind
 from .resume import batch_row_id, identity_of_result
 
-__all__ = ["OutputFormat", "read_requests", "parse_request_line", "is_batch_line", "count_lines", "detect_output_format", "ResultWriter", "cookbook_row", "batch_row"]
+__all__ = [
+    "OutputFormat",
+    "read_requests",
+    "parse_request_line",
+    "is_batch_line",
+    "count_lines",
+    "detect_output_format",
+    "ResultWriter",
+    "cookbook_row",
+    "batch_row",
+]
 
 #: How much of an unparseable line is kept in the output row, so one huge bad line cannot bloat it.
 MAX_REJECTED_TEXT = 1_000
@@ -69,7 +79,7 @@ def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | Rejec
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            text = raw.decode("utf-8", errors="replace")
+            text = error.object.decode("utf-8", errors="replace")
             return RejectedLine(line_number, f"line {line_number}: not valid UTF-8 ({error.reason} at byte {error.start})", _clip(text))
     try:
         value = json.loads(raw, parse_constant=_refuse_constant)
@@ -78,7 +88,8 @@ def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | Rejec
     except json.JSONDecodeError as error:
         return RejectedLine(line_number, f"line {line_number}: not valid JSON ({error.msg} at column {error.colno})", _clip(raw.strip()))
     if "\\u" in raw and _has_lone_surrogate(value):
-        return RejectedLine(line_number, f"line {line_number}: holds an unpaired UTF-16 surrogate escape (like \\ud800), which cannot be sent or written as UTF-8", _clip(raw.strip()))
+        reason = f"line {line_number}: holds an unpaired UTF-16 surrogate escape (like \\ud800), which cannot be sent or written as UTF-8"
+        return RejectedLine(line_number, reason, _clip(raw.strip()))
     if not isinstance(value, dict):
         kind = type(value).__name__ if value is not None else "null"
         return RejectedLine(line_number, f"line {line_number}: expected a JSON object, got {kind}", value)
@@ -99,7 +110,7 @@ def is_batch_line(value: dict[str, Any]) -> bool:
 
 def _batch_request(value: dict[str, Any], line_number: int) -> APIRequest | RejectedLine:
     custom_id, url, body = value.get("custom_id"), value.get("url"), value.get("body")
-    problem = None
+    problem: str | None = None
     if not isinstance(custom_id, str) or not custom_id:
         problem = "its custom_id must be a non-empty string"
     elif not isinstance(url, str):
@@ -108,7 +119,7 @@ def _batch_request(value: dict[str, Any], line_number: int) -> APIRequest | Reje
         problem = "its body must be a JSON object"
     elif value.get("method", "POST") != "POST":
         problem = f"method {value.get('method')!r} is not supported (only POST)"
-    if problem is not None:
+    if problem is not None or not isinstance(custom_id, str) or not isinstance(url, str) or not isinstance(body, dict):
         known_id = custom_id if isinstance(custom_id, str) and custom_id else None
         return RejectedLine(line_number, f"line {line_number}: Batch line, but {problem}", value, custom_id=known_id)
     return APIRequest(
@@ -196,7 +207,7 @@ class ResultWriter:
     def __init__(self, path: str | Path, output_format: OutputFormat = "cookbook") -> None:
         self.path = Path(path)
         self._format_row = batch_row if output_format == "batch" else cookbook_row
-        self._file: IO[str] = open(self.path, "a", encoding="utf-8")
+        self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close(), for the whole run)
         self._failed = False
 
     def write(self, result: RequestResult) -> None:

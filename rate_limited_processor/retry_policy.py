@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 from .errors import NoAnswer
@@ -210,8 +210,6 @@ def parse_duration(text: str) -> float | None:
 
     OpenAI writes `x-ratelimit-reset-*` headers and "try again in ..." messages this way.
     """
-    if not isinstance(text, str):
-        return None
     text = text.strip()
     if _NUMBER_RE.fullmatch(text):
         return _finite(float(text))
@@ -412,7 +410,7 @@ def _http_date(text: str | None) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
+        at = at.replace(tzinfo=UTC)
     return at.timestamp()
 
 

@@ -37,7 +37,7 @@ import threading
 import traceback
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .clock import LOOP_CLOCK, Clock
 from .config import Settings
@@ -185,7 +185,7 @@ class Results:
                 raise RunStopped(stop_reason, self._processor.stats) from self._processor._failure
             raise StopAsyncIteration
         self._taken = result
-        return result
+        return cast(RequestResult, result)
 
 
 class Processor:
@@ -410,7 +410,9 @@ class Processor:
             await self._results.put(self._internal_error(job, error))
         finally:
             self._slots.release()
-            self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type]
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.discard(task)
             self._changed.set()
 
     async def _try_once(self, job: _Job, transport: Transport) -> None:
@@ -561,10 +563,10 @@ def process_requests_sync(
                 async for result in results:
                     await credit.acquire()
                     handoff.put(result)
+        except asyncio.CancelledError:  # the caller left early; leaving the block above stopped the run
+            pass
         except BaseException as error:  # RunStopped, or anything else: raised again in the caller's thread
             handoff.put(_Raised(error))
-            if not isinstance(error, Exception):
-                raise
         else:
             handoff.put(_END)
 

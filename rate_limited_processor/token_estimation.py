@@ -147,7 +147,7 @@ class TokenEstimator:
         count_text = self._counter(self._encoding_name or _model_encoding(body))
         total = 0
         for piece in _checked_pieces(endpoint, body):
-            total += count_text(piece) if piece.__class__ is str else piece
+            total += count_text(piece) if isinstance(piece, str) else piece
         return total
 
     def _counter(self, encoding_name: str) -> _TextCounter:
@@ -219,7 +219,7 @@ def estimate_from_characters(endpoint: Endpoint, body: Mapping[str, Any]) -> int
     characters = 0
     tokens = 0
     for piece in _checked_pieces(endpoint, body):
-        if piece.__class__ is str:
+        if isinstance(piece, str):
             characters += len(piece)
         else:
             tokens += piece
@@ -229,7 +229,7 @@ def estimate_from_characters(endpoint: Endpoint, body: Mapping[str, Any]) -> int
 # --- Encodings -------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_encoding(encoding_name: str) -> tiktoken.Encoding | Exception:
     """The encoding, or why it could not be loaded. Failures are cached too: a hung network is tried once."""
     try:

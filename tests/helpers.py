@@ -35,7 +35,7 @@ def write_jsonl(path: Path, lines: Iterable[Any]) -> Path:
     return path
 
 
-def read_rows(path: Path) -> list[list[Any]]:
+def read_rows(path: Path) -> list[Any]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
@@ -47,3 +47,11 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     )
     stdout, stderr = await process.communicate()
     return process.returncode or 0, stdout.decode(), stderr.decode()
+
+
+#: The URL virtual-time runs use: only the path matters to `MockTransport`.
+MOCK_ORIGIN = "http://mock.invalid"
+
+
+def mock_url(endpoint: str = "chat/completions") -> str:
+    return f"{MOCK_ORIGIN}/v1/{endpoint}"

@@ -129,14 +129,15 @@ async def test_batch_output_resumes_and_retries_failures_by_custom_id(tmp_path: 
     input_path = write_jsonl(tmp_path / "batch.jsonl", lines)
     output_path = tmp_path / "out.jsonl"
     async with MockServer(MockConfig(faults={"500": 0.25}, seed=9)) as flaky:
-        code, _, _ = await run_cli("--requests_filepath", str(input_path), "--save_filepath", str(output_path), "--request_url", flaky.base_url, "--max_attempts", "1")
+        paths = ("--requests_filepath", str(input_path), "--save_filepath", str(output_path))
+        code, _, _ = await run_cli(*paths, "--request_url", flaky.base_url, "--max_attempts", "1")
     assert code == 1
     failed = [row for row in read_rows(output_path) if row["response"]["status_code"] != 200]
     assert failed and all(row["response"]["body"]["error"]["type"] == "server_error" for row in failed)
     async with MockServer() as healthy:
         code, _, _ = await run_cli("--requests_filepath", str(input_path), "--save_filepath", str(output_path), "--request_url", healthy.base_url)
         assert code == 0 and len(healthy.record) == 0
-        code, _, _ = await run_cli("--requests_filepath", str(input_path), "--save_filepath", str(output_path), "--request_url", healthy.base_url, "--retry_failed")
+        code, _, _ = await run_cli(*paths, "--request_url", healthy.base_url, "--retry_failed")
         assert code == 0 and len(healthy.record) == len(failed)
     rows = read_rows(output_path)
     assert Counter(row["custom_id"] for row in rows) == Counter(line["custom_id"] for line in lines)
@@ -147,9 +148,11 @@ async def test_batch_input_can_be_written_in_the_cookbook_shape_and_cookbook_inp
     batch_input = write_jsonl(tmp_path / "batch.jsonl", mixed_batch(4))
     cookbook_input = write_jsonl(tmp_path / "cookbook.jsonl", [embedding_request(i) for i in range(3)])
     async with MockServer() as server:
-        code, _, _ = await run_cli("--requests_filepath", str(batch_input), "--save_filepath", str(tmp_path / "a.jsonl"), "--request_url", server.base_url, "--output_format", "cookbook")
+        paths = ("--requests_filepath", str(batch_input), "--save_filepath", str(tmp_path / "a.jsonl"))
+        code, _, _ = await run_cli(*paths, "--request_url", server.base_url, "--output_format", "cookbook")
         assert code == 0
-        code, _, _ = await run_cli("--requests_filepath", str(cookbook_input), "--save_filepath", str(tmp_path / "b.jsonl"), "--request_url", server.url("embeddings"), "--output_format", "batch")
+        paths = ("--requests_filepath", str(cookbook_input), "--save_filepath", str(tmp_path / "b.jsonl"))
+        code, _, _ = await run_cli(*paths, "--request_url", server.url("embeddings"), "--output_format", "batch")
         assert code == 0
     cookbook_rows = read_rows(tmp_path / "a.jsonl")
     assert sorted(row[2]["custom_id"] for row in cookbook_rows) == ["chat-1", "chat-3", "emb-0", "emb-2"]

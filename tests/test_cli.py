@@ -37,7 +37,7 @@ def test_cookbook_command_line_parses_to_settings(tmp_path: Path, monkeypatch: p
     auto = settings_from_args(build_parser().parse_args(["--requests_filepath", "r.jsonl", "--max_tokens_per_minute", "auto"]))
     assert auto.limits.requests_per_minute is None and auto.limits.tokens_per_minute is None
     assert settings.retry.max_attempts == 3
-    assert settings.api_key is not None and settings.api_key.reveal() == "sk-from-env"
+    assert settings.key is not None and settings.key.reveal() == "sk-from-env"
     assert args.logging_level == 20
     assert "sk-from-env" not in repr(settings)
 

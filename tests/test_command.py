@@ -50,6 +50,23 @@ def test_library_example_runs() -> None:
     assert "4 succeeded" in result.stdout
 
 
+def test_the_sync_and_custom_transport_examples_run() -> None:
+    sync = subprocess.run([sys.executable, str(EXAMPLES / "sync_usage.py")], capture_output=True, text=True, timeout=60)
+    assert sync.returncode == 0, sync.stderr
+    assert sync.stdout.count("-> 8 numbers") == 4
+    custom = subprocess.run([sys.executable, str(EXAMPLES / "custom_transport.py")], capture_output=True, text=True, timeout=60)
+    assert custom.returncode == 0, custom.stderr
+    assert "60 of 60 answered" in custom.stdout and "'7 noitseuq'" in custom.stdout
+
+
+@pytest.mark.e2e
+def test_every_example_runs_to_exit_0() -> None:
+    """The README promises it: every examples/*.py of a fresh clone runs as it is."""
+    for example in sorted(EXAMPLES.glob("*.py")):
+        result = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=180, cwd=EXAMPLES.parent)
+        assert result.returncode == 0, f"{example.name}: {result.stderr[-2000:]}"
+
+
 def test_sample_request_files_are_valid_requests() -> None:
     for name, field in (("chat_requests.jsonl", "messages"), ("embedding_requests.jsonl", "input")):
         lines = (EXAMPLES / name).read_text().splitlines()
@@ -115,6 +132,7 @@ def test_a_header_without_a_colon_is_a_usage_error(capsys: pytest.CaptureFixture
     assert code == 2 and "expected 'Name: value'" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_the_tour_of_features_runs() -> None:
     result = subprocess.run([sys.executable, str(EXAMPLES / "tour.py")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

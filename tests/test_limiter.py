@@ -111,7 +111,14 @@ def test_unlimited_buckets_never_wait() -> None:
     assert all(buckets.try_take(10**9, now=0.0) == 0.0 for _ in range(1_000))
 
 
-@pytest.mark.parametrize("kwargs", [{"requests_per_minute": 0, "tokens_per_minute": 1}, {"requests_per_minute": 1, "tokens_per_minute": -5}, {"requests_per_minute": 1, "tokens_per_minute": 1, "burst_seconds": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"requests_per_minute": 0, "tokens_per_minute": 1},
+        {"requests_per_minute": 1, "tokens_per_minute": -5},
+        {"requests_per_minute": 1, "tokens_per_minute": 1, "burst_seconds": 0},
+    ],
+)
 def test_limits_reject_non_positive_values(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Limits(**kwargs)
@@ -131,7 +138,7 @@ async def test_limiter_paces_evenly_at_the_request_rate() -> None:
     # The bucket starts empty: no burst at all, one every 0.1 s from the first request on.
     assert sent_at[0] == pytest.approx(0.1)
     assert sent_at[-1] == pytest.approx(11.0)
-    gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
     assert all(gap == pytest.approx(0.1) for gap in gaps)
 
 

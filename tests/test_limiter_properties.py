@@ -187,9 +187,8 @@ def check_window_bound(times: Sequence[float], sizes: Sequence[int], shape: Shap
     assert list(times) == sorted(times), "admissions went back in time"
     n = len(times)
     for i in range(n):
-        requests = tokens = 0
-        for j in range(i, n):
-            requests += 1
+        tokens = 0
+        for requests, j in enumerate(range(i, n), start=1):
             tokens += sizes[j]
             span = times[j] - times[i] + SLACK
             if shape.req_rate is not None and shape.req_cap is not None:
@@ -212,7 +211,7 @@ def check_window_bound(times: Sequence[float], sizes: Sequence[int], shape: Shap
                 assert fits(tokens, shape.tok_rate * (width + SLACK) + shape.tok_cap + max_excess), (width, start, tokens)
 
 
-def check_paced_from_empty(times: Sequence[float], sizes: Sequence[int], shape: Shape, since: float) -> None:
+def check_paced_from_empty(times: Sequence[float], sizes: Sequence[float], shape: Shape, since: float) -> None:
     """Admissions made while both buckets count from EMPTY at `since` (creation, or the end of a pause) are never
     ahead of the rate: the m-th one, at s_m, has
         m <= r_req x (s_m - since)                       i.e. s_m >= since + m / r_req
@@ -223,7 +222,7 @@ def check_paced_from_empty(times: Sequence[float], sizes: Sequence[int], shape: 
     min(a_m, C) <= r x (s_m - since) - (a_1 + ... + a_{m-1}). For the request bucket every a is 1 <= C.
     No admission at all before `since`, even with no limits.
     """
-    tokens = 0
+    tokens = 0.0
     for m, (at, size) in enumerate(zip(times, sizes, strict=True), start=1):
         tokens += size
         elapsed = at - since + SLACK
@@ -452,7 +451,7 @@ def test_a_backlog_of_concurrent_callers_finishes_within_the_summed_steps(limits
 
     elapsed = asyncio.run(scenario())
     assert order == list(range(len(sizes)))
-    steps = sum(shape.step(previous, size) for previous, size in zip([0, *sizes], sizes))
+    steps = sum(shape.step(previous, size) for previous, size in zip([0, *sizes], sizes, strict=False))
     assert fits(elapsed, steps + SLACK), (elapsed, steps)
 
 
@@ -510,7 +509,7 @@ def test_a_full_token_bucket_does_not_bank_refill_for_later_requests() -> None:
     assert times[100] - START == pytest.approx(10.1)  # the token bucket is full: the request bucket binds
     assert times[-1] - START == pytest.approx(19.1)
     shape = Shape.of(limits)
-    summed_steps = sum(shape.step(previous, size) for previous, size in zip([0, *sizes], sizes))
+    summed_steps = sum(shape.step(previous, size) for previous, size in zip([0, *sizes], sizes, strict=False))
     assert summed_steps == pytest.approx(20.0)  # 100 x 0.1 s + 10 x 1 s: the bound holds, with 0.9 s to spare
 
 
@@ -521,7 +520,7 @@ def test_a_full_token_bucket_does_not_bank_refill_for_later_requests() -> None:
 def paused_traffic_st(draw: st.DrawFn) -> tuple[Limits, list[float], list[int], list[tuple[float, float]]]:
     limits, arrivals, sizes = draw(traffic_st(max_requests=20, allow_unlimited=True))
     shape = Shape.of(limits)
-    busy = max(arrivals[-1] - START, sum(shape.step(p, s) for p, s in zip([0, *sizes], sizes)), shape.fill_time)
+    busy = max(arrivals[-1] - START, sum(shape.step(p, s) for p, s in zip([0, *sizes], sizes, strict=False)), shape.fill_time)
     pause = st.tuples(
         st.one_of(st.just(0.0), st.floats(0.0, 1.2)).map(lambda f: START + f * busy),
         st.one_of(st.just(0.0), st.floats(0.0, 2.0)).map(lambda f: f * shape.fill_time),

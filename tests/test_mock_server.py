@@ -46,6 +46,13 @@ _GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _TRY_AGAIN = re.compile(r"Please try again in (\S+)\. ")
 
 
+def try_again_in(message: str) -> str:
+    """The duration in "Please try again in 1.574s"."""
+    found = _TRY_AGAIN.search(message)
+    assert found is not None, message
+    return found.group(1)
+
+
 def parse_go_duration(text: str) -> float:
     """Seconds in a Go duration string, as a client would parse OpenAI's headers."""
     assert _GO_DURATION.fullmatch(text), text
@@ -287,7 +294,7 @@ async def test_rpm_burst_admits_the_bucket_and_rejects_the_rest_like_openai(sess
             "Limit 60, Used 60, Requested 1. Please try again in "
         )
         assert error["message"].endswith("Visit https://platform.openai.com/account/rate-limits to learn more.")
-        wait = parse_go_duration(_TRY_AGAIN.search(error["message"]).group(1))
+        wait = parse_go_duration(try_again_in(error["message"]))
         assert 0 < wait <= 1.0  # one request's worth refills in a second
         assert answer.headers["x-ratelimit-limit-requests"] == "60"
         assert answer.headers["x-ratelimit-remaining-requests"] == "0"
@@ -307,7 +314,7 @@ async def test_waiting_as_long_as_the_429_says_is_enough(session: aiohttp.Client
     async with MockServer(config) as server:
         first = await post(session, server.url(), chat("a"))
         second = await post(session, server.url(), chat("b"))
-        wait = parse_go_duration(_TRY_AGAIN.search(second.error["message"]).group(1))
+        wait = parse_go_duration(try_again_in(second.error["message"]))
         await asyncio.sleep(wait)
         third = await post(session, server.url(), chat("b"))
     assert (first.status, second.status, third.status) == (200, 429, 200)
@@ -315,7 +322,7 @@ async def test_waiting_as_long_as_the_429_says_is_enough(session: aiohttp.Client
 
 
 async def test_retry_after_headers_only_when_asked_for(session: aiohttp.ClientSession) -> None:
-    limits = {"requests_per_minute": 60, "burst_seconds": 1}
+    limits: dict[str, Any] = {"requests_per_minute": 60, "burst_seconds": 1}
     async with MockServer(MockConfig(**limits, retry_after_header=True)) as server:
         await post(session, server.url(), chat())
         with_headers = await post(session, server.url(), chat())
@@ -345,7 +352,7 @@ async def test_tpm_limit_in_chars_mode_charges_what_openai_limiter_counts(sessio
     error = second.error
     assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
     assert f"on tokens per min (TPM): Limit 600, Used {600 - (100 - tokens)}, Requested {tokens}." in error["message"]
-    wait = parse_go_duration(_TRY_AGAIN.search(error["message"]).group(1))
+    wait = parse_go_duration(try_again_in(error["message"]))
     assert (2 * tokens - 100) / 10 - 0.5 < wait <= (2 * tokens - 100) / 10  # refilling what is missing at 10/s
     assert [entry.tokens for entry in server.record] == [tokens, 0]  # the rejected request was not charged
 
@@ -510,7 +517,7 @@ async def test_html_502_fault_is_not_json(session: aiohttp.ClientSession) -> Non
     assert answer.content_type == "text/html"
     assert answer.raw.startswith(b"<html>") and b"<title>502 Bad Gateway</title>" in answer.raw
     with pytest.raises(ValueError):
-        answer.json
+        _ = answer.json
 
 
 async def test_reset_fault_drops_the_connection(session: aiohttp.ClientSession) -> None:
@@ -638,7 +645,7 @@ async def test_serves_thousands_of_requests_quickly() -> None:
 async def test_server_reports_its_urls_and_refuses_use_before_start() -> None:
     server = MockServer()
     with pytest.raises(RuntimeError):
-        server.base_url
+        _ = server.base_url
     async with server:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", server.base_url)
         assert server.port > 0
@@ -669,8 +676,11 @@ async def test_cli_serves_until_interrupted_then_prints_the_summary(session: aio
         stderr=asyncio.subprocess.PIPE,
     )
     try:
+        assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode()
-        base_url = re.search(r"http://\S+/v1", line).group(0)
+        found = re.search(r"http://\S+/v1", line)
+        assert found is not None, line
+        base_url = found.group(0)
         answer = await post(session, base_url + "/chat/completions", chat(), headers={"Authorization": f"Bearer {KEY}"})
         assert answer.status == 200
         assert answer.headers["x-ratelimit-limit-requests"] == "60"

@@ -425,7 +425,7 @@ def test_one_attempt_is_allowed() -> None:
 @pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
 def test_delays_must_be_finite_and_non_negative(name: str, value: float) -> None:
     with pytest.raises(ValueError, match=name):
-        RetryPolicy(**{name: value})
+        RetryPolicy(**{name: value})  # type: ignore[arg-type]
 
 
 def test_zero_delays_are_allowed_for_tests() -> None:

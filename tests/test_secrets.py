@@ -97,3 +97,23 @@ def test_a_crash_is_reported_without_the_key(tmp_path: Path, monkeypatch: pytest
     assert code == 3
     assert "Traceback" in err and "a bug that formats its headers" in err  # the report is useful...
     assert KEY not in err  # ...and safe
+
+
+@pytest.mark.parametrize("key", ["sk-with\x00nul", "sk-with space", "sk-line\nbreak-inside"])
+def test_keys_that_cannot_be_sent_are_refused_up_front_without_showing_them(key: str) -> None:
+    with pytest.raises(ValueError) as error:
+        Settings(request_url="https://api.openai.com/v1/embeddings", api_key=key)
+    assert key not in str(error.value)
+
+
+def test_a_key_read_from_a_file_loses_its_trailing_newline() -> None:
+    settings = Settings(request_url="https://api.openai.com/v1/embeddings", api_key="sk-from-a-file\n")
+    assert settings.key is not None and settings.key.reveal() == "sk-from-a-file"
+
+
+def test_the_library_reads_the_key_from_the_environment_unless_told_to_send_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    assert Settings(request_url="https://api.openai.com/v1/embeddings").key == Secret(KEY)
+    assert Settings(request_url="http://localhost:8000/v1/embeddings", api_key=None).key is None
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert Settings(request_url="https://api.openai.com/v1/embeddings").key is None

@@ -126,7 +126,7 @@ async def test_keys_expire_when_idle_and_hold_no_api_key(redis_url: str) -> None
     client = redis.from_url(redis_url)
     try:
         await shared.acquire(1)
-        names = [name.decode() for name in await client.keys("*")]
+        names = [name.decode() if isinstance(name, bytes) else name for name in await client.keys("*")]
         assert len(names) == 2 and all("sk-secret" not in name for name in names)
         for name in names:
             assert 0 < await client.pttl(name) <= 600_000
@@ -181,11 +181,13 @@ async def three_processes(tmp_path: Path, server: MockServer, *extra: str) -> tu
     codes = []
     for proc in procs:
         await proc.communicate()
+        assert proc.returncode is not None
         codes.append(proc.returncode)
     rows = [row for part in range(3) for row in read_rows(tmp_path / f"out{part}.jsonl")]
     return codes, rows
 
 
+@pytest.mark.e2e
 async def test_three_processes_share_one_account(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mock = MockConfig(requests_per_minute=6_000, tokens_per_minute=10_000_000, ratelimit_headers=False)
     figures = {}

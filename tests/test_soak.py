@@ -1,16 +1,21 @@
-"""A soak: 20,000 requests through 10% injected faults and a 429 storm, memory flat, every line once."""
+"""A soak: 20,000 requests through 10% injected faults and a 429 storm, memory flat, every line once.
+
+In virtual time (the mock as the transport): the storm, the hangs and the backoffs cost no wall-clock time,
+so what the test measures is the run's own work and memory.
+"""
 
 from __future__ import annotations
 
-import math
 import asyncio
+import math
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rate_limited_processor import Limits, RetryPolicy, Settings, run_file_job
-from rate_limited_processor.mock_server import MockConfig, MockServer
-from tests.helpers import embedding_request, read_rows, write_jsonl
+from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
+from tests.helpers import embedding_request, mock_url, read_rows, write_jsonl
+from tests.virtual_time import run_virtual
 
 REQUESTS = 20_000
 #: 10% of requests faulted, across every kind a flaky network or gateway produces.
@@ -22,16 +27,15 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * 4096
 
 
-async def test_soak_with_faults_and_a_429_storm(tmp_path: Path) -> None:
+def test_soak_with_faults_and_a_429_storm(tmp_path: Path) -> None:
     input_path = write_jsonl(tmp_path / "requests.jsonl", (embedding_request(i) for i in range(REQUESTS)))
     output_path = tmp_path / "results.jsonl"
     # The client is told twice the mock's request limit, and the mock (a gateway hiding the limits)
     # sends no x-ratelimit headers to correct it: 429 storms until the client has backed off.
-    # (500 a second: well under what the client sends even on a loaded 2-core machine, so the storm comes.)
-    mock = MockConfig(requests_per_minute=30_000, faults=FAULTS, seed=11, ratelimit_headers=False)
+    api = MockApi(MockConfig(requests_per_minute=30_000, faults=FAULTS, seed=11, ratelimit_headers=False, latency=0.05))
     settings = Settings(
-        request_url="http://placeholder/v1/embeddings", limits=Limits(requests_per_minute=60_000, tokens_per_minute=math.inf),
-        retry=RetryPolicy(max_attempts=12, initial_delay=0.01, max_delay=0.2), request_timeout=0.5, max_in_flight=200,
+        request_url=mock_url("embeddings"), limits=Limits(requests_per_minute=60_000, tokens_per_minute=math.inf),
+        retry=RetryPolicy(max_attempts=12, initial_delay=0.01, max_delay=0.2, rate_limit_cooldown=0.2), request_timeout=0.5, max_in_flight=200,
     )
     samples: list[tuple[int, int]] = []  # (rows written, RSS)
 
@@ -41,13 +45,15 @@ async def test_soak_with_faults_and_a_429_storm(tmp_path: Path) -> None:
             samples.append((rows, rss_bytes()))
             await asyncio.sleep(0.2)
 
-    async with MockServer(mock) as server:
+    async def main() -> Any:
         sampler = asyncio.create_task(sample_memory())
         try:
-            stats = await run_file_job(replace(settings, request_url=server.url("embeddings")), input_path, output_path, show_progress=False)
+            return await run_file_job(settings, input_path, output_path, show_progress=False, transport=MockTransport(api))
         finally:
             sampler.cancel()
-        counts = server.record.counts()
+
+    stats = run_virtual(main())
+    counts = api.record.counts()
 
     rows = read_rows(output_path)
     assert Counter(row[2]["id"] for row in rows) == Counter(range(REQUESTS))
@@ -57,7 +63,7 @@ async def test_soak_with_faults_and_a_429_storm(tmp_path: Path) -> None:
         assert counts[kind] > 0, f"{kind} never happened: {counts}"
     assert counts[429] > 20, "the storm happened"
     # Memory flat: after the first quarter, RSS grows by less than 25 MB over the remaining three quarters
-    # (the in-process mock's own record accounts for a few MB of that).
+    # (the mock's own record, in this process, accounts for a few MB of that).
     after_first_quarter = [rss for written, rss in samples if written >= REQUESTS // 4]
     assert after_first_quarter, "the run finished before memory could be sampled"
     assert max(after_first_quarter) - after_first_quarter[0] < 25 * 2**20, [rss // 2**20 for _, rss in samples]

@@ -30,15 +30,10 @@ import tiktoken
 from rate_limited_processor import token_estimation
 from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.token_estimation import (
-    AUDIO_TOKENS,
     DEFAULT_COMPLETION_TOKENS,
-    FILE_TOKENS,
-    IMAGE_TOKENS,
-    LOW_DETAIL_IMAGE_TOKENS,
     REPLY_PRIMING_TOKENS,
     TOKENS_PER_MESSAGE,
     TOKENS_PER_NAME,
-    TOOLS_OVERHEAD_TOKENS,
     EstimationError,
     TokenEstimator,
     completion_budget,
@@ -162,7 +157,7 @@ def test_chat_list_of_parts(exact: TokenEstimator) -> None:
             }
         ]
     }
-    media = LOW_DETAIL_IMAGE_TOKENS + IMAGE_TOKENS + AUDIO_TOKENS + FILE_TOKENS  # 85 + 765 + 600 + 1000
+    media = 85 + 765 + 600 + 1000  # low-detail image (as documented), other image, audio, file: never the constants under test
     assert exact.prompt_tokens(CHAT, body) == (3 + 1 + 2 + media + 3) + 3
 
 
@@ -200,10 +195,10 @@ def test_chat_tools_count_their_compact_json(exact: TokenEstimator) -> None:
     without = exact.prompt_tokens(CHAT, {"messages": messages})
     assert without == (3 + 1 + 2) + 3
     with_tools = exact.prompt_tokens(CHAT, {"messages": messages, "tools": [tool, tool]})
-    assert with_tools == without + TOOLS_OVERHEAD_TOKENS + 2 * _tokens(exact, tool_json)
+    assert with_tools == without + 12 + 2 * _tokens(exact, tool_json)  # 12 for the tools preamble
     legacy = exact.prompt_tokens(CHAT, {"messages": messages, "functions": [tool["function"]]})
     function_json = json.dumps(tool["function"], separators=(",", ":"))
-    assert legacy == without + TOOLS_OVERHEAD_TOKENS + _tokens(exact, function_json)
+    assert legacy == without + 12 + _tokens(exact, function_json)
     assert exact.prompt_tokens(CHAT, {"messages": messages, "tools": []}) == without
 
 
@@ -294,7 +289,7 @@ def test_responses_item_list(exact: TokenEstimator) -> None:
     expected = (
         (3 + 1 + 7)  # user message
         + (3 + 1 + 3)  # assistant message
-        + (3 + LOW_DETAIL_IMAGE_TOKENS)  # a bare image item
+        + (3 + 85)  # a bare image item, at low detail
         + (3 + 2 + 5)  # function call: name + arguments
         + (3 + 2)  # its output
         + 3  # reply priming
@@ -305,8 +300,8 @@ def test_responses_item_list(exact: TokenEstimator) -> None:
 def test_responses_image_part_detail_sits_on_the_part(exact: TokenEstimator) -> None:
     low = {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u", "detail": "low"}]}]}
     auto = {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]}
-    assert exact.prompt_tokens(RESPONSES, low) == (3 + 1 + LOW_DETAIL_IMAGE_TOKENS) + 3
-    assert exact.prompt_tokens(RESPONSES, auto) == (3 + 1 + IMAGE_TOKENS) + 3
+    assert exact.prompt_tokens(RESPONSES, low) == (3 + 1 + 85) + 3
+    assert exact.prompt_tokens(RESPONSES, auto) == (3 + 1 + 765) + 3
 
 
 # --- Bodies we cannot read ----------------------------------------------------------------------------
@@ -486,6 +481,6 @@ def test_estimate_from_characters(monkeypatch: pytest.MonkeyPatch) -> None:
     assert estimate_from_characters(COMPLETIONS, {"prompt": "abcdefgh"}) == 2 + 16
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 40_000, "detail": "low"}}
     vision = {"messages": [{"role": "user", "content": [image]}], "max_tokens": 1}
-    assert estimate_from_characters(CHAT, vision) == 1 + (3 + LOW_DETAIL_IMAGE_TOKENS + 3) + 1  # "user" -> 1
+    assert estimate_from_characters(CHAT, vision) == 1 + (3 + 85 + 3) + 1  # "user" -> 1
     with pytest.raises(EstimationError):
         estimate_from_characters(CHAT, {"messages": "x"})

@@ -12,10 +12,12 @@ Usage::
 
 Modules, one concern each: `config` (MockConfig), `responses` (success bodies and the echo helpers),
 `errors` (error bodies), `faults` (seeded fault draws), `rate_limits` (the 429 gate), `counting` (TPM
-token counts), `record` (what was served), `app` (the aiohttp handler), `server` (MockServer), `__main__`
-(the command line).
+token counts), `record` (what was served), `api` (MockApi: a request in, an answer out, no socket), `app`
+(MockApi on an aiohttp socket), `server` (MockServer), `transport` (MockTransport: MockApi as the runner's
+transport, for runs in virtual time), `child` (MockProcess), `__main__` (the command line).
 """
 
+from .api import MockApi, MockRequest
 from .config import DEFAULT_MODEL, ORGANIZATION, MockConfig
 from .durations import go_duration
 from .errors import mask_key
@@ -23,10 +25,14 @@ from .faults import FaultKind, FaultPlan
 from .record import DISCONNECTED, HANG, RESET, Served, ServedLog, request_key
 from .responses import echo_of, embedding_for, expected_echo, response_matches
 from .server import MockServer
+from .transport import MockTransport
 
 __all__ = [
+    "MockApi",
     "MockConfig",
+    "MockRequest",
     "MockServer",
+    "MockTransport",
     "FaultKind",
     "FaultPlan",
     "Served",

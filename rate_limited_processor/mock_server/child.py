@@ -55,7 +55,8 @@ class MockProcess:
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.origin}/mock/stats", timeout=10) as response:
-            return json.load(response)
+            stats: dict[str, Any] = json.load(response)
+            return stats
 
     def close(self) -> None:
         if self._process.poll() is None:

@@ -42,7 +42,7 @@ class FaultKind(enum.Enum):
     AZURE_429 = "azure_429"
 
 
-def validate_faults(faults: Mapping[str | FaultKind, float]) -> dict[FaultKind, float]:
+def validate_faults(faults: Mapping[str, float] | Mapping[FaultKind, float]) -> dict[FaultKind, float]:
     """The fault mapping with its kinds checked and parsed; raises ValueError on a typo or bad probability."""
     parsed: dict[FaultKind, float] = {}
     for name, probability in faults.items():
@@ -90,7 +90,7 @@ class FaultPlan:
     #: Requests seen so far.
     _seen: int
 
-    def __init__(self, faults: Mapping[str | FaultKind, float], *, seed: int = 0, after: int = 0) -> None:
+    def __init__(self, faults: Mapping[str, float] | Mapping[FaultKind, float], *, seed: int = 0, after: int = 0) -> None:
         if after < 0:
             raise ValueError(f"after must not be negative, got {after}")
         probabilities = validate_faults(faults)

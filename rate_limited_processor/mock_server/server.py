@@ -11,12 +11,13 @@ It listens on a free loopback port unless told otherwise, and stops promptly eve
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
 
-from .app import AZURE_PREFIX, OPENAI_PREFIX, STATS_PATH, Clock, MockApi, create_app
+from ..clock import Now, loop_time
+from .api import AZURE_PREFIX, OPENAI_PREFIX, MockApi
+from .app import STATS_PATH, create_app
 from .config import MockConfig
 from .errors import DEFAULT_AZURE_API_VERSION
 from .record import ServedLog
@@ -48,7 +49,7 @@ class MockServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        clock: Clock = time.monotonic,
+        clock: Now = loop_time,
     ) -> None:
         self.config = config if config is not None else MockConfig()
         self.host = host

@@ -1,0 +1,293 @@
+"""The mock API itself, without sockets: a request in, an answer out, everything recorded.
+
+For each request, in order: route it by its path, draw a fault (faults cost no budget, like an outage in
+front of the API), check the key, check the body, count its tokens, ask the rate-limit gate, wait out the
+configured latency, answer. Everything it does is appended to `MockApi.record`.
+
+Two adapters serve it: `app.py` on a real socket (aiohttp), and `transport.py` in process, as the
+runner's transport, so a whole run can be rehearsed against the same strict mock in virtual time.
+
+Paths:
+    POST /v1/{chat/completions, completions, embeddings, responses}
+    POST /openai/deployments/{deployment}/{endpoint}?api-version=...   (Azure's form)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..clock import Now, loop_time
+from ..endpoints import Endpoint
+from . import errors
+from .config import MockConfig
+from .counting import CountingError, TokenCounter
+from .faults import FaultKind, FaultPlan
+from .rate_limits import RateLimitGate
+from .record import DISCONNECTED, HANG, RESET, Served, ServedLog, raw_request_key, request_key
+from .reply import JSON, Reply, json_reply
+from .responses import body_problem, success_payload
+
+__all__ = ["MockApi", "MockRequest", "Drop", "Answer", "route", "OPENAI_PREFIX", "AZURE_PREFIX", "HANG_SECONDS"]
+
+OPENAI_PREFIX = "/v1"
+AZURE_PREFIX = "/openai/deployments"
+#: How long a "hang" lasts: far beyond any sensible client timeout. The client's disconnect (or the
+#: server's shutdown) cancels it long before.
+HANG_SECONDS = 3_600.0
+#: The TPM limit quoted by an injected "too_large" when the mock has no TPM limit of its own.
+FAULT_TOO_LARGE_LIMIT = 30_000
+_BEARER = "bearer "
+_NOT_JSON = object()
+
+
+@dataclass(frozen=True, slots=True)
+class MockRequest:
+    """What the mock reads of a request: its path, query, headers (names in lower case) and body bytes."""
+
+    path: str
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """No answer at all: the connection is reset, as a crashing proxy does."""
+
+
+Answer = Reply | Drop
+
+
+def route(path: str) -> tuple[Endpoint, str | None] | None:
+    """The endpoint a path names, and the Azure deployment when it has one; None for a path not served."""
+    if path.startswith(OPENAI_PREFIX + "/"):
+        deployment, rest = None, path[len(OPENAI_PREFIX) + 1 :]
+    elif path.startswith(AZURE_PREFIX + "/"):
+        deployment, _, rest = path[len(AZURE_PREFIX) + 1 :].partition("/")
+        if not deployment:
+            return None
+    else:
+        return None
+    try:
+        return Endpoint(rest.strip("/")), deployment
+    except ValueError:
+        return None
+
+
+def _parse_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _NOT_JSON
+
+
+def _presented_keys(request: MockRequest) -> list[str]:
+    """The key a request carries where its API looks for it: `api-key` on Azure paths (as Azure's key
+    auth does), `Authorization: Bearer …` elsewhere, so a client sending the wrong header is caught."""
+    if request.path.startswith(AZURE_PREFIX):
+        api_key = request.headers.get("api-key")
+        return [] if api_key is None else [api_key.strip()]
+    authorization = request.headers.get("authorization", "")
+    if authorization[: len(_BEARER)].lower() == _BEARER:
+        return [authorization[len(_BEARER) :].strip()]
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """The answer to a request that met no fault, and what the record keeps about it."""
+
+    reply: Reply
+    #: Tokens charged against TPM (only an admitted request is charged).
+    tokens: int = 0
+    #: The wait a rate-limit 429 announced.
+    retry_after: float | None = None
+
+
+class MockApi:
+    """The mock's state (the config, the fault plan, the rate-limit gate and the record) and its answers.
+
+    `clock` defaults to the running event loop's time, so on a test's virtual-time loop the gate's buckets
+    and the latency both run on virtual time.
+    """
+
+    __slots__ = ("config", "record", "_clock", "_faults", "_gate", "_counter", "_latency_rng", "_in_flight")
+
+    config: MockConfig
+    #: Every request that reached the handler, and what it was answered.
+    record: ServedLog
+
+    def __init__(self, config: MockConfig | None = None, *, record: ServedLog | None = None, clock: Now = loop_time) -> None:
+        config = config if config is not None else MockConfig()
+        self.config = config
+        self.record = record if record is not None else ServedLog()
+        self._clock = clock
+        self._faults = FaultPlan(config.faults, seed=config.seed, after=config.faults_after)
+        self._gate = RateLimitGate(config.limits, now=clock())
+        self._counter = TokenCounter(config.token_counting, config.token_encoding_name)
+        # Its own generator, so the latency drawn never shifts the fault sequence.
+        self._latency_rng = random.Random(f"latency-{config.seed}")
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"MockApi({self.config!r}, {self.record!r})"
+
+    def warm_up(self) -> None:
+        """Load the tokenizer now rather than during the first request, when token counting is needed."""
+        if self._gate.counts_tokens:
+            sample = {"model": self.config.model, "messages": [{"role": "user", "content": "warm up"}]}
+            self._counter.count(Endpoint.CHAT_COMPLETIONS, sample)
+
+    def cancel_in_flight(self) -> None:
+        """Cancel every answer still being prepared (hangs, latency sleeps) so the server can stop at once."""
+        for task in list(self._in_flight):
+            task.cancel()
+
+    async def answer(self, request: MockRequest) -> Answer:
+        """The answer to one POST: a reply, or `Drop` for a reset. A hang waits until it is cancelled."""
+        routed = route(request.path)
+        if routed is None:
+            return errors.not_found(request.path)
+        endpoint, deployment = routed
+        api_version = request.query.get("api-version") if deployment is not None else None
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            arrived_at = self._clock()
+            # Drawn on arrival, before any await, so the n-th request to arrive gets the n-th draw.
+            fault = self._faults.next()
+            body = _parse_body(request.body)
+            key = raw_request_key(request.body) if body is _NOT_JSON else request_key(body)
+            model = deployment
+            if isinstance(body, Mapping) and isinstance(body.get("model"), str):
+                model = body["model"]
+            model = model or self.config.model
+            if fault is not None:
+                return await self._inject(fault, request, endpoint, arrived_at, key, model, api_version)
+            decision = self._decide(request, endpoint, body, key, model)
+            if decision.reply.status == 200:
+                await self._delay(endpoint, arrived_at, key, decision.tokens)
+            self.record.append(Served(arrived_at, endpoint, decision.reply.status, key, decision.tokens, decision.retry_after))
+            return decision.reply
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    # --- The request, step by step ---------------------------------------------------------------------
+
+    def _rate_limit_headers(self) -> dict[str, str]:
+        """The x-ratelimit-* headers as they stand now; none when playing a gateway that sends none."""
+        return self._gate.headers(self._clock()) if self.config.ratelimit_headers else {}
+
+    def _decide(self, request: MockRequest, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
+        """401, 400, 429 or 200, with the rate-limit headers as they stand after the decision."""
+        decision = self._check(request, endpoint, body, key, model)
+        reply = decision.reply.with_headers(self._rate_limit_headers())
+        return _Decision(reply, decision.tokens, decision.retry_after)
+
+    def _check(self, request: MockRequest, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
+        auth_failure = self._auth_failure(request)
+        if auth_failure is not None:
+            return _Decision(auth_failure)
+        if body is _NOT_JSON:
+            return _Decision(errors.invalid_json())
+        problem = body_problem(endpoint, body)
+        if problem is not None:
+            return _Decision(errors.invalid_request(problem))
+        tokens = 0
+        if self._gate.counts_tokens:
+            try:
+                tokens = self._counter.count(endpoint, body)
+            except CountingError as error:
+                return _Decision(errors.invalid_request(str(error)))
+            if self._gate.too_large(tokens):
+                limit = self.config.tokens_per_minute or 0
+                return _Decision(errors.request_too_large(model=model, limit=limit, requested=tokens))
+        rejection = self._gate.admit(tokens, self._clock())
+        if rejection is not None:
+            reply = errors.rate_limited(
+                rejection.limit_name,
+                model=model,
+                limit=rejection.limit,
+                used=rejection.used,
+                requested=rejection.requested,
+                wait=rejection.wait,
+                retry_after_header=self.config.retry_after_header,
+            )
+            return _Decision(reply, retry_after=rejection.wait)
+        return _Decision(json_reply(200, success_payload(endpoint, body, model=model, key=key)), tokens)
+
+    def _auth_failure(self, request: MockRequest) -> Reply | None:
+        expected = self.config.api_key
+        if expected is None:
+            return None
+        presented = _presented_keys(request)
+        if not presented:
+            return errors.missing_api_key()
+        if any(hmac.compare_digest(key.encode(), expected.encode()) for key in presented):
+            return None
+        return errors.invalid_api_key(presented[0])
+
+    async def _delay(self, endpoint: Endpoint, arrived_at: float, key: str, tokens: int) -> None:
+        """Wait out the configured latency; a client that leaves meanwhile is recorded as DISCONNECTED."""
+        delay = self.config.latency
+        if self.config.latency_jitter:
+            delay += self._latency_rng.uniform(0.0, self.config.latency_jitter)
+        if delay <= 0:
+            return
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self.record.append(Served(arrived_at, endpoint, DISCONNECTED, key, tokens))
+            raise
+
+    async def _inject(
+        self,
+        fault: FaultKind,
+        request: MockRequest,
+        endpoint: Endpoint,
+        arrived_at: float,
+        key: str,
+        model: str,
+        api_version: str | None,
+    ) -> Answer:
+        """Answer with the fault instead of the API; nothing is charged to the rate limits."""
+        if fault is FaultKind.RESET:
+            self.record.append(Served(arrived_at, endpoint, RESET, key))
+            return Drop()
+        if fault is FaultKind.HANG:
+            self.record.append(Served(arrived_at, endpoint, HANG, key))
+            await asyncio.sleep(HANG_SECONDS)
+            return errors.server_error()
+        reply = self._fault_reply(fault, request, endpoint, model, api_version)
+        if reply.content_type == JSON:
+            reply = reply.with_headers(self._rate_limit_headers())
+        retry_after = float(errors.AZURE_RETRY_AFTER_SECONDS) if fault is FaultKind.AZURE_429 else None
+        self.record.append(Served(arrived_at, endpoint, reply.status, key, retry_after=retry_after))
+        return reply
+
+    def _fault_reply(self, fault: FaultKind, request: MockRequest, endpoint: Endpoint, model: str, api_version: str | None) -> Reply:
+        if fault is FaultKind.SERVER_ERROR:
+            return errors.server_error()
+        if fault is FaultKind.OVERLOADED:
+            return errors.overloaded()
+        if fault is FaultKind.HTML_502:
+            return errors.html_bad_gateway()
+        if fault is FaultKind.INSUFFICIENT_QUOTA:
+            return errors.insufficient_quota()
+        if fault is FaultKind.TOO_LARGE:
+            limit = self.config.tokens_per_minute or FAULT_TOO_LARGE_LIMIT
+            return errors.request_too_large(model=model, limit=limit, requested=int(limit) + 1)
+        if fault is FaultKind.INVALID_KEY:
+            presented = _presented_keys(request)
+            return errors.invalid_api_key(presented[0]) if presented else errors.missing_api_key()
+        if fault is FaultKind.AZURE_429:
+            return errors.azure_rate_limited(endpoint, api_version or errors.DEFAULT_AZURE_API_VERSION)
+        raise AssertionError(f"fault {fault} has no reply")  # RESET and HANG are handled by the caller

@@ -1,0 +1,53 @@
+"""The mock as the runner's transport: the same strict API, in process, with no socket.
+
+Usage::
+
+    api = MockApi(MockConfig(requests_per_minute=600, ratelimit_headers=False))
+    processor = Processor(Settings(request_url="http://mock/v1/chat/completions"), transport=MockTransport(api))
+
+Only the URL's path and query matter. A reset is a `TransportError`; a hang lasts until the request's
+timeout. On a virtual-time event loop (see `tests/virtual_time.py`) the mock's buckets, its latency and
+the client's waits all run on the same virtual clock, so minutes of rate limiting take milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import parse_qsl, urlsplit
+
+from ..errors import NoAnswer, TransportError
+from ..transport import TransportRequest, TransportResponse
+from .api import Drop, MockApi, MockRequest
+
+__all__ = ["MockTransport"]
+
+
+class MockTransport:
+    """A `Transport` that hands every request to a `MockApi`."""
+
+    __slots__ = ("api",)
+
+    def __init__(self, api: MockApi) -> None:
+        self.api = api
+
+    def __repr__(self) -> str:
+        return f"MockTransport({self.api!r})"
+
+    async def send(self, request: TransportRequest) -> TransportResponse:
+        url = urlsplit(request.url)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        mock_request = MockRequest(url.path, json.dumps(request.body).encode(), headers, dict(parse_qsl(url.query)))
+        try:
+            async with asyncio.timeout(request.timeout):
+                answer = await self.api.answer(mock_request)
+        except TimeoutError:
+            raise TransportError(NoAnswer.TIMEOUT, f"TimeoutError: no complete response within {request.timeout:g}s") from None
+        if isinstance(answer, Drop):
+            raise TransportError(NoAnswer.BROKEN, "ClientOSError: [Errno 104] Connection reset by peer")
+        response_headers = {name.lower(): value for name, value in answer.headers.items()}
+        response_headers["content-type"] = answer.content_type
+        return TransportResponse(answer.status, response_headers, answer.body)
+
+    async def aclose(self) -> None:
+        return None
