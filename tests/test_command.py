@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,24 @@ def test_the_sync_and_custom_transport_examples_run() -> None:
     custom = subprocess.run([sys.executable, str(EXAMPLES / "custom_transport.py")], capture_output=True, text=True, timeout=60)
     assert custom.returncode == 0, custom.stderr
     assert "60 of 60 answered" in custom.stdout and "'7 noitseuq'" in custom.stdout
+
+
+def readme_python_snippets() -> list[str]:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Use from Python", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_readme_python_snippets_run_as_pasted(tmp_path: Path) -> None:
+    snippets = readme_python_snippets()
+    assert len(snippets) == 3
+    for number, snippet in enumerate(snippets, start=1):
+        script = tmp_path / f"snippet_{number}.py"
+        script.write_text(snippet, encoding="utf-8")
+        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert result.returncode == 0, f"snippet {number}:\n{snippet}\n{result.stderr[-2000:]}"
+        assert result.stdout.strip(), f"snippet {number} printed nothing"
+    assert "desserts" in result.stdout
 
 
 @pytest.mark.e2e
