@@ -271,7 +271,7 @@ def check_paths(requests_path: Path, save_path: Path) -> None:
 def exit_code(stats: RunStats) -> int:
     if stats.stop_reason is not None:
         return EXIT_STOPPED
-    if stats.failed or stats.invalid:
+    if stats.failed or stats.invalid or stats.failed_earlier:
         return EXIT_SOME_FAILED
     return EXIT_OK
 

@@ -8,8 +8,22 @@ Usage::
         case Succeed(): ...   case Fail(): ...   case Retry(delay, pause): ...   case StopRun(reason): ...
 
 `classify` (in `retry_policy`) reads one answer; `next_step` adds what only the run knows: how many
-attempts this request has had, and whether the run is stopping. The loop carries the step out and
-decides nothing itself. Pure: no I/O, no clock; the jitter's random source can be passed in.
+attempts this request has had and how long it has waited on rate limits, whether anything has succeeded
+yet, how long a hint-less pause should be, and whether the run is stopping. The loop carries the step
+out and decides nothing itself. Three rules matter most:
+
+* **A rate-limit 429 costs no attempt.** It is the server saying "not now", not a failed request: the
+  request waits out the pause and goes again, however often, bounded by time instead
+  (`RetryPolicy.max_rate_limited_wait`, 15 minutes): past that the run stops for a rerun.
+* **A failure about the endpoint stops the run while nothing has succeeded.** Connection refused, a name
+  that does not resolve, a TLS failure, a 404 or 405 on the path: if no request has succeeded yet, such a
+  failure is retried with the usual backoff (a server that comes up a few seconds late is not a reason to
+  stop), and when its attempts are used up the run stops with exit 3, naming the URL and the cause, and
+  records nothing for the request, so a rerun at the right URL sends every line. Once anything has
+  succeeded, the same failure is about the line and is recorded as usual.
+* **Stopping means no retries**: whatever would be retried is left for the rerun.
+
+Pure: no I/O, no clock; the jitter's random source can be passed in.
 """
 
 from __future__ import annotations
@@ -40,6 +54,8 @@ class Retry:
     delay: float
     #: Every sender pauses this long first (a rate-limit 429); None when only this request waits.
     pause_everyone: float | None = None
+    #: A rate-limit 429: it used no attempt, and is not an error of the request's.
+    rate_limited: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +75,12 @@ Step = Succeed | Fail | Retry | StopRun
 class JobState:
     """What the run knows about one request after an attempt."""
 
-    #: Attempts made, this one included.
+    #: Attempts that count against `max_attempts`, this one included: every attempt but rate-limit 429s.
     attempts: int
+    #: Seconds since this request's first rate-limit 429 (0 when it has had none).
+    rate_limited_for: float = 0.0
+    #: Where it was sent, for a message about the endpoint.
+    url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +89,10 @@ class RunState:
 
     #: Stopping: take nothing new, retry nothing, finish what is in flight.
     stopping: bool = False
+    #: Some request has succeeded: the endpoint works, and a failure is about its line.
+    any_succeeded: bool = True
+    #: How long everyone pauses after a rate-limit 429 without a hint (from `rate_control`).
+    hintless_pause: float = 1.0
 
 
 def next_step(
@@ -89,10 +113,24 @@ def next_step(
     # A wait of hours (a daily quota) is a reason to come back later, not to sit idle.
     if policy.waits_too_long(decision):
         return StopRun(f"{decision.reason} (the API asks to wait longer than {policy.max_server_wait:g}s; rerun later)")
-    retryable = decision.verdict is Verdict.RETRY and job.attempts < policy.max_attempts
-    # Stopping: whatever would be retried is left for the rerun.
-    if retryable and run.stopping:
+    # Stopping: whatever would be tried again is left for the rerun.
+    if run.stopping and (decision.verdict is Verdict.RETRY or decision.about_the_endpoint):
         return StopRun("the run is stopping")
-    if retryable:
-        return Retry(policy.retry_delay(decision, job.attempts, random=random), policy.pause_for(decision))
+    # Rate limited: no attempt used; wait out the pause (the server's hint, else about a round trip).
+    if decision.rate_limited:
+        if job.rate_limited_for > policy.max_rate_limited_wait:
+            return StopRun(f"{decision.reason} (a request has waited over {policy.max_rate_limited_wait:g}s on rate limits; rerun later)")
+        pause = policy.pause_for(decision, run.hintless_pause) or 0.0
+        return Retry(pause, pause_everyone=pause, rate_limited=True)
+    attempts_left = job.attempts < policy.max_attempts
+    # Nothing has worked yet and the failure is about the URL: retry with backoff, then stop the run.
+    if decision.about_the_endpoint and not run.any_succeeded:
+        if attempts_left:
+            return Retry(policy.backoff(job.attempts, random=random))
+        return StopRun(
+            f"{decision.reason}: every request to {job.url} so far failed like this and none succeeded, so the "
+            "run stopped without recording them; fix the URL or the server and rerun"
+        )
+    if decision.verdict is Verdict.RETRY and attempts_left:
+        return Retry(policy.retry_delay(decision, job.attempts, random=random))
     return Fail()

@@ -72,6 +72,7 @@ async def run_file_job(
         logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
     processor = Processor(settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None)
     stats = processor.stats
+    stats.failed_earlier = report.failure_rows
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     if show_progress:

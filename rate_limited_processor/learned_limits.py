@@ -1,7 +1,7 @@
-"""Limits learned from the API: what its `x-ratelimit-*` headers say, and how it reacts to our pace.
+"""Limits learned from the API: what its `x-ratelimit-*` headers say.
 
-Pure logic, no I/O: the dispatch loop reports each response to a `LimitTuner` and applies the limits it
-asks for. Three things are learned:
+Pure logic, no I/O: the runner reports each response to a `LimitTuner`, whose limits are the ceiling the
+rate controller (`rate_control`) sends under. Two things are learned:
 
 1. **The limits themselves.** `x-ratelimit-limit-requests` / `-tokens` are adopted. When the user gave a
    limit too, the lower wins. An unknown limit starts conservatively: the first request goes alone,
@@ -16,19 +16,14 @@ asks for. Three things are learned:
    only `reset`, never `remaining`, so it does not depend on how large the server's bucket is. A pair
    of observations counts only if the server's bucket cannot have filled up between them (its deficit
    exceeded the refill); otherwise the server had slack, and `k` relaxes towards 1.
-3. **Nothing at all** (a gateway that sends no headers, say, with an HTML 429). A server that states
-   no limit and answers no 429 is not limited. On a rate-limit 429 without headers, the rate is backed
-   off: a limit that is known (given) is multiplied by 0.7 (at most once a second) and recovers by 5%
-   of itself per second; an unknown one is first set to 0.7 x the rate we were actually sending at,
-   and then grows by 2% per second until the next 429. So a wrong given limit costs little.
-
-`--headroom` multiplies whatever limit results, to leave room for other traffic.
+What the headers do not say (a gateway that sends none, a given limit that is wrong) is found from the
+server's 429s by `rate_control`, below the ceiling this module computes. `--headroom` multiplies the
+ceiling, to leave room for other traffic.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,16 +38,6 @@ RATIO_TIME_CONSTANT = 3.0
 RESET_RESOLUTION = 0.002
 #: The ratio is kept within these bounds: measurement noise must not stall or unleash the run.
 MIN_RATIO, MAX_RATIO = 0.5, 20.0
-#: Backing off behind a header-less gateway: x this on a rate-limit 429, at most once per second...
-BACKOFF_FACTOR = 0.7
-BACKOFF_INTERVAL = 1.0
-#: ...recovering by this fraction of the limit per second without one, never below this floor.
-RECOVERY_PER_SECOND = 0.05
-MIN_FACTOR = 0.02
-#: A limit guessed from a header-less 429 grows this much per second until the next 429.
-GUESS_GROWTH_PER_SECOND = 0.02
-#: How far back the rate we actually sent at is measured, for that guess.
-SEND_RATE_WINDOW = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,25 +91,23 @@ class SendMark:
 
 
 class _Dimension:
-    """One limit (requests or tokens): given, learned, guessed, and the server-consumption ratio."""
+    """One limit (requests or tokens): given, learned, and the server-consumption ratio."""
 
-    __slots__ = ("given", "learned", "guessed", "ratio", "_consumed", "_ours", "_reference")
+    __slots__ = ("given", "learned", "ratio", "_consumed", "_ours", "_reference")
 
     def __init__(self, given: float | None) -> None:
         self.given = given
         #: From the x-ratelimit-limit-* header.
         self.learned: float | None = None
-        #: From a header-less 429, when nothing else is known.
-        self.guessed: float | None = None
         self.ratio = 1.0
         self._consumed = 0.0
         self._ours = 0.0
         self._reference: tuple[float, int, float] | None = None  # (sent_at, our total, server deficit)
 
     def base(self) -> float | None:
-        """The limit in the server's units: the lower of the given and the learned one (else the guess)."""
+        """The limit in the server's units: the lower of the given and the learned one."""
         known = [value for value in (self.given, self.learned) if value is not None]
-        return min(known) if known else self.guessed
+        return min(known) if known else None
 
     def observe(self, sent_at: float, our_total: int, limit: float | None, reset: float | None, resolution: float) -> None:
         if limit is not None:
@@ -162,11 +145,11 @@ class _Dimension:
 
 
 class LimitTuner:
-    """Turns what the API reports into the limits to send at (in our own units)."""
+    """Turns what the API's headers report into the ceiling to send under (in our own units)."""
 
-    __slots__ = ("requests", "tokens", "headroom", "burst_seconds", "_factor", "_answered", "_last_backoff", "_last_update", "_recent")
+    __slots__ = ("requests", "tokens", "headroom", "burst_seconds", "_answered")
 
-    def __init__(self, given: Limits | None, *, headroom: float = 1.0, now: float) -> None:
+    def __init__(self, given: Limits | None, *, headroom: float = 1.0) -> None:
         """`given` limits may have None fields: those are learned ("auto")."""
         if not 0 < headroom <= 1:
             raise ValueError(f"headroom must be in (0, 1], got {headroom}")
@@ -175,14 +158,10 @@ class LimitTuner:
         self.tokens = _Dimension(given.tokens_per_minute)
         self.headroom = headroom
         self.burst_seconds = given.burst_seconds
-        self._factor = 1.0  # the backoff of a known limit behind a header-less gateway
         self._answered = False
-        self._last_backoff = -math.inf
-        self._last_update = now
-        self._recent: deque[SendMark] = deque()  # the marks of recent answers, to measure our send rate
 
     def __repr__(self) -> str:
-        return f"LimitTuner({self.limits()}, ratios={self.requests.ratio:.2f}/{self.tokens.ratio:.2f}, factor={self._factor:.2f})"
+        return f"LimitTuner({self.limits()}, ratios={self.requests.ratio:.2f}/{self.tokens.ratio:.2f})"
 
     @property
     def awaiting_first_answer(self) -> bool:
@@ -194,61 +173,24 @@ class LimitTuner:
         return Limits(self.requests.base(), self.tokens.base(), burst_seconds=self.burst_seconds)
 
     def limits(self) -> Limits:
-        """The limits to send at now, in our units (math.inf where none is known)."""
+        """The ceiling to send under now, in our units (math.inf where none is known)."""
         return Limits(self._rate(self.requests), self._rate(self.tokens), burst_seconds=self.burst_seconds)
 
     def _rate(self, dimension: _Dimension) -> float:
         base = dimension.base()
         if base is None:
             return math.inf
-        guessed = dimension.given is None and dimension.learned is None  # a guess has its own backoff
-        return base * self.headroom * (1.0 if guessed else self._factor) / dimension.ratio
+        return base * self.headroom / dimension.ratio
 
-    def observe(self, mark: SendMark, report: RateLimitReport, now: float, *, from_the_api: bool = True) -> None:
-        """An answer arrived: learn from its headers, and recover from any backoff.
+    def observe(self, mark: SendMark, report: RateLimitReport, *, from_the_api: bool = True) -> None:
+        """An answer arrived: learn from its headers.
 
         `from_the_api` is False for no answer at all, or a gateway's 5xx: those do not end the wait for
         the first real answer, which is what tells the limits.
         """
         if from_the_api or not report.empty:
             self._answered = True
-        self._recover(now)
-        self._recent.append(mark)
-        while self._recent and self._recent[0].sent_at < mark.sent_at - SEND_RATE_WINDOW:
-            self._recent.popleft()
         if report.empty:
             return
         self.requests.observe(mark.sent_at, mark.requests, report.limit_requests, report.reset_requests, report.reset_resolution)
         self.tokens.observe(mark.sent_at, mark.tokens, report.limit_tokens, report.reset_tokens, report.reset_resolution)
-
-    def rate_limited(self, report: RateLimitReport, now: float) -> None:
-        """A rate-limit 429. With headers, they already tell us where we stand; without, back off."""
-        if not report.empty or now - self._last_backoff < BACKOFF_INTERVAL:
-            return
-        self._last_backoff = now
-        requests_rate, tokens_rate = self._send_rates()
-        for dimension, rate in ((self.requests, requests_rate), (self.tokens, tokens_rate)):
-            if dimension.given is None and dimension.learned is None:
-                current = dimension.guessed if dimension.guessed is not None else rate
-                if current is not None:
-                    dimension.guessed = max(current * BACKOFF_FACTOR, 1.0)
-        if self.requests.given is not None or self.tokens.given is not None:
-            self._factor = max(MIN_FACTOR, self._factor * BACKOFF_FACTOR)
-
-    def _send_rates(self) -> tuple[float | None, float | None]:
-        """Requests and tokens per minute we actually sent lately (None when too little to tell)."""
-        if len(self._recent) < 2:
-            return None, None
-        first, last = self._recent[0], self._recent[-1]
-        elapsed = last.sent_at - first.sent_at
-        if elapsed <= 0:
-            return None, None
-        return (last.requests - first.requests) * 60 / elapsed, (last.tokens - first.tokens) * 60 / elapsed
-
-    def _recover(self, now: float) -> None:
-        elapsed = max(0.0, now - self._last_update)
-        self._last_update = now
-        self._factor = min(1.0, self._factor + RECOVERY_PER_SECOND * elapsed)
-        for dimension in (self.requests, self.tokens):
-            if dimension.guessed is not None:
-                dimension.guessed *= (1 + GUESS_GROWTH_PER_SECOND) ** elapsed

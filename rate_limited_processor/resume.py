@@ -124,6 +124,8 @@ class ResumeReport:
     failures_removed: int
     #: True when a torn last line was cut off.
     repaired_torn_line: bool
+    #: Failure rows kept (they count as done, and --retry_failed would send them again).
+    failure_rows: int = 0
 
 
 def prepare_results_file(path: str | Path, *, retry_failed: bool = False, repair: bool = True) -> tuple[DoneIndex, ResumeReport]:
@@ -136,6 +138,7 @@ def prepare_results_file(path: str | Path, *, retry_failed: bool = False, repair
         return DoneIndex(), ResumeReport(0, 0, False)
     identities: list[int] = []
     failures = 0
+    failures_kept = 0
     good_end = 0  # byte offset just past the last complete, valid row
     torn = False
     with open(path, "rb") as file:
@@ -152,13 +155,14 @@ def prepare_results_file(path: str | Path, *, retry_failed: bool = False, repair
             if retry_failed and failed:
                 failures += 1
                 continue
+            failures_kept += failed
             identities.append(row_identity)
     if torn and repair:
         with open(path, "r+b") as file:
             file.truncate(good_end)
     if failures and repair:
         _rewrite_without_failures(path)
-    return DoneIndex(identities), ResumeReport(len(identities), failures, torn)
+    return DoneIndex(identities), ResumeReport(len(identities), failures, torn, failures_kept)
 
 
 def _parse_row(raw: bytes) -> tuple[int, bool] | None:

@@ -44,6 +44,7 @@ __all__ = [
     "INITIAL_RETRY_DELAY",
     "MAX_RETRY_DELAY",
     "RATE_LIMIT_COOLDOWN",
+    "MAX_RATE_LIMITED_WAIT",
     "MAX_SERVER_WAIT",
     "STOP_RUN_ERROR_CODES",
 ]
@@ -54,8 +55,13 @@ MAX_ATTEMPTS = 5
 INITIAL_RETRY_DELAY = 1.0
 #: Backoff never grows past this many seconds.
 MAX_RETRY_DELAY = 60.0
-#: Seconds every sender pauses after a rate-limit 429 that said nothing about how long (the cookbook's 15 s).
+#: The longest pause of every sender after rate-limit 429s that say nothing about how long (seconds). The pause
+#: itself starts at about a round trip and doubles with each round of 429s in a row (`rate_control`); the
+#: cookbook paused a fixed 15 s every time, which cost a gateway most of its capacity.
 RATE_LIMIT_COOLDOWN = 15.0
+#: How long one request may wait on rate limits in all before the run stops for a rerun (seconds): a 429 costs
+#: no attempt, only time, and this bounds the time.
+MAX_RATE_LIMITED_WAIT = 900.0
 #: The longest server-requested wait honoured (seconds). A longer one (Azure's "retry after 86400
 #: seconds" for a daily quota) stops the run instead: a rerun later resumes, and nothing sits idle for a day.
 MAX_SERVER_WAIT = 900.0
@@ -146,6 +152,11 @@ class Decision:
     retry_after: float | None = None
     #: A rate-limit 429 (not "request too large", not quota): every sender pauses.
     rate_limited: bool = False
+    #: That 429 names the token limit (OpenAI's type "tokens", "... tokens per min (TPM)"), not the request limit.
+    on_tokens: bool = False
+    #: The failure is about the URL, not the line: nothing listens there, the name does not resolve, TLS
+    #: fails, or the path does not exist (a 404 or 405 that names no model). Every request would fail alike.
+    about_the_endpoint: bool = False
 
 
 def classify(outcome: HTTPOutcome, *, now: float | None = None) -> Decision:
@@ -159,7 +170,8 @@ def classify(outcome: HTTPOutcome, *, now: float | None = None) -> Decision:
     status = outcome.status
     # No response (connection refused or reset, timeout) or the body broke off: transient.
     if status is None or outcome.exception is not None:
-        return Decision(Verdict.RETRY, _exception_reason(outcome))
+        endpoint_failed = outcome.no_answer is not None and outcome.no_answer.about_the_endpoint
+        return Decision(Verdict.RETRY, _exception_reason(outcome), about_the_endpoint=endpoint_failed)
     # 2xx with a JSON object: the API answered.
     if 200 <= status < 300 and isinstance(outcome.body, dict):
         return Decision(Verdict.SUCCESS, f"HTTP {status}")
@@ -177,9 +189,10 @@ def classify(outcome: HTTPOutcome, *, now: float | None = None) -> Decision:
     # No quota, billing off, access terminated: every request will fail the same way.
     if 400 <= status < 500 and _is_stop_run_code(code, type_):
         return Decision(Verdict.STOP_RUN, reason)
+    on_tokens = status == 429 and _names_the_token_limit(type_, message)
     # The server's own word beats the status rules below; a 429 it says to retry still pauses everyone.
     if server_says is True:
-        return Decision(Verdict.RETRY, reason, hint, rate_limited=status == 429 and not too_large)
+        return Decision(Verdict.RETRY, reason, hint, rate_limited=status == 429 and not too_large, on_tokens=on_tokens)
     if server_says is False:
         return Decision(Verdict.FAIL, reason)
     # 2xx without a JSON object (cut off, or a proxy's page): transient.
@@ -190,13 +203,16 @@ def classify(outcome: HTTPOutcome, *, now: float | None = None) -> Decision:
         return Decision(Verdict.FAIL, reason)
     # Rate limited: retry this one, and every sender pauses.
     if status == 429:
-        return Decision(Verdict.RETRY, reason, hint, rate_limited=True)
+        return Decision(Verdict.RETRY, reason, hint, rate_limited=True, on_tokens=on_tokens)
     # Request timeout, or conflict (a lock timed out): transient.
     if status in (408, 409):
         return Decision(Verdict.RETRY, reason, hint)
     # Server error or overloaded gateway: transient.
     if 500 <= status < 600:
         return Decision(Verdict.RETRY, reason, hint)
+    # No such path (a 404 or 405 that is not about the line's model): every request would get the same.
+    if status in (404, 405) and not _names_a_model(code, type_, message):
+        return Decision(Verdict.FAIL, reason, about_the_endpoint=True)
     # Any other client error (400, 403, 404, 422, content filter, ...): the same request fails the same way.
     if 400 <= status < 500:
         return Decision(Verdict.FAIL, reason)
@@ -257,15 +273,17 @@ class RetryPolicy:
     initial_delay: float = INITIAL_RETRY_DELAY
     #: Backoff cap (seconds).
     max_delay: float = MAX_RETRY_DELAY
-    #: Pause after a rate-limit 429 that gave no hint (seconds).
+    #: The longest pause after rate-limit 429s that gave no hint (seconds).
     rate_limit_cooldown: float = RATE_LIMIT_COOLDOWN
     #: The longest server-requested wait honoured; see `waits_too_long`.
     max_server_wait: float = MAX_SERVER_WAIT
+    #: How long one request may wait on rate limits in all (seconds) before the run stops for a rerun.
+    max_rate_limited_wait: float = MAX_RATE_LIMITED_WAIT
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        for name in ("initial_delay", "max_delay", "rate_limit_cooldown", "max_server_wait"):
+        for name in ("initial_delay", "max_delay", "rate_limit_cooldown", "max_server_wait", "max_rate_limited_wait"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -280,27 +298,25 @@ class RetryPolicy:
         return delay * (JITTER_FLOOR + (1.0 - JITTER_FLOOR) * random())
 
     def retry_delay(self, decision: Decision, attempt: int, *, random: Callable[[], float] = random.random) -> float:
-        """Seconds this request waits before its next attempt, after `attempt` failed attempts.
-
-        The server's hint is used as given (never shortened); a rate limit without a hint waits the
-        cooldown; anything else backs off exponentially.
-        """
+        """Seconds this request waits before its next attempt, after `attempt` failed attempts: the server's
+        hint as given (never shortened), else exponential backoff. (A rate limit waits out the pause instead:
+        see `pause_for`.)"""
         if decision.retry_after is not None:
             return max(0.0, decision.retry_after)
-        if decision.rate_limited:
-            return self.rate_limit_cooldown
         return self.backoff(attempt, random=random)
 
     def waits_too_long(self, decision: Decision) -> bool:
         """The server asks for a wait longer than `max_server_wait`: stop the run rather than sit idle."""
         return decision.retry_after is not None and decision.retry_after > self.max_server_wait
 
-    def pause_for(self, decision: Decision) -> float | None:
-        """Seconds every sender pauses after this decision: a rate limit's hint, else the cooldown.
-        None when the decision is not a rate limit."""
+    def pause_for(self, decision: Decision, hintless: float) -> float | None:
+        """Seconds every sender pauses after this decision: a rate limit's hint, else `hintless` (about a
+        round trip, from the rate controller) up to `rate_limit_cooldown`. None when it is not a rate limit."""
         if not decision.rate_limited:
             return None
-        return self.rate_limit_cooldown if decision.retry_after is None else max(0.0, decision.retry_after)
+        if decision.retry_after is not None:
+            return max(0.0, decision.retry_after)
+        return min(self.rate_limit_cooldown, max(0.0, hintless))
 
 
 def _error_fields(body: Any) -> tuple[str, str, str]:
@@ -377,6 +393,17 @@ def _should_retry_header(headers: Mapping[str, str]) -> bool | None:
 
 def _is_stop_run_code(code: str, type_: str) -> bool:
     return code.lower() in STOP_RUN_ERROR_CODES or type_.lower() in STOP_RUN_ERROR_CODES
+
+
+def _names_the_token_limit(type_: str, message: str) -> bool:
+    """OpenAI's 429 says which limit: type "tokens" and "on tokens per min (TPM)", or "requests" and "(RPM)"."""
+    text = message.lower()
+    return type_.lower() == "tokens" or "tokens per min" in text or "(tpm)" in text or "token rate limit" in text
+
+
+def _names_a_model(code: str, type_: str, message: str) -> bool:
+    """A 404 about the line's model ("model_not_found", "The model `x` does not exist"), not about the path."""
+    return "model" in f"{code} {type_}".lower() or "model" in message.lower()
 
 
 def _is_request_too_large(code: str, type_: str, message: str) -> bool:

@@ -48,6 +48,7 @@ from .errors import InvalidRequest, RunStopped, TransportError
 from .learned_limits import LimitTuner, SendMark, parse_rate_limit_headers
 from .limiter import InProcessLimiter, Limits, RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult, ResultKind
+from .rate_control import Answer, RateController
 from .retry_policy import Decision, HTTPOutcome, Verdict, classify
 from .scheduler import Scheduler
 from .status import RunStats
@@ -75,10 +76,19 @@ class _Job:
     url: str
     tokens: int
     position: int
+    #: HTTP attempts made, rate-limit 429s included...
     attempts: int = 0
+    #: ...of which this many were rate-limit 429s, which use no attempt: only time, since the first of them.
+    rate_limited: int = 0
+    first_rate_limited_at: float | None = None
     errors: list[str] = field(default_factory=list)
     #: When the current attempt was sent, and what we had sent by then: for learning the server's view.
     mark: SendMark | None = None
+
+    def state(self, now: float) -> JobState:
+        """What the decision step needs to know of this request."""
+        waited = now - self.first_rate_limited_at if self.first_rate_limited_at is not None else 0.0
+        return JobState(attempts=self.attempts - self.rate_limited, rate_limited_for=waited, url=self.url)
 
     def result(self, outcome: HTTPOutcome | None, kind: ResultKind) -> RequestResult:
         succeeded = kind is ResultKind.SUCCEEDED
@@ -209,9 +219,11 @@ class Processor:
         #: The run's endpoint. None when `request_url` is only an API root ("https://api.openai.com/v1"),
         #: for Batch input whose lines name their own; then lines without a url are rejected.
         self.endpoint = _endpoint_or_none(settings.request_url)
-        #: Learns the limits from the API's answers; the limiter is kept at what it asks for.
-        self.tuner = LimitTuner(settings.limits, headroom=settings.headroom, now=clock.now())
-        self._applied_limits = self.tuner.limits()
+        #: The ceiling: the limits given, lowered to what the API's x-ratelimit headers state.
+        self.tuner = LimitTuner(settings.limits, headroom=settings.headroom)
+        #: Below the ceiling, the rate the server's answers allow (closed-loop control).
+        self.control = RateController(requests_ceiling_known=settings.limits.requests_per_minute is not None, now=clock.now())
+        self._applied_limits = self.control.limits(self.tuner.limits(), clock.now())
         self.limiter: RateLimiter = limiter if limiter is not None else InProcessLimiter(self._applied_limits, clock=clock.now, sleep=clock.sleep)
         self.estimator = estimator if estimator is not None else TokenEstimator(settings.token_encoding_name)
         self.stats = RunStats(self.tuner.server_limits(), started_at=clock.now(), clock=clock.now)
@@ -226,6 +238,10 @@ class Processor:
         self._tasks: asyncio.TaskGroup | None = None
         self._feeder: asyncio.Task[None] | None = None
         self._positions = 0  # 1-based index given to plain dicts, for messages
+        #: Something has succeeded: the endpoint works. Until then, a failure about the endpoint makes the run
+        #: probe with one request at a time, and stops it once that request's attempts are used up.
+        self._any_succeeded = False
+        self._endpoint_failing = False
         self._failure: BaseException | None = None
         self._started = False
 
@@ -280,6 +296,7 @@ class Processor:
         finally:
             self.stats.unfinished = self._scheduler.open_count
             self.stats.finished_at = self.clock.now()
+            self.stats.control = self.control.report()
             if self._transport is None:
                 await transport.aclose()
 
@@ -308,7 +325,7 @@ class Processor:
                 return
             while True:
                 await self._slots.acquire()
-                while self.tuner.awaiting_first_answer and self._in_flight:  # the first request goes alone
+                while self._one_at_a_time and self._in_flight:
                     await self._wait_for_change()
                 try:
                     job = await self._next_job(source)
@@ -323,6 +340,7 @@ class Processor:
                     self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
                     return
                 job.mark = SendMark(self.clock.now(), admitted.requests, admitted.tokens)
+                self.control.sent(job.mark.sent_at)
                 assert self._tasks is not None
                 task = self._tasks.create_task(self._attempt(job, transport))
                 self._in_flight.add(task)
@@ -330,6 +348,12 @@ class Processor:
             self._fail_run(f"internal error: {type(error).__name__}: {error}", error)
         finally:
             await source.aclose()
+
+    @property
+    def _one_at_a_time(self) -> bool:
+        """The first request goes alone while the limits are unknown; and so does each one while the endpoint
+        has failed and nothing has succeeded (a wrong URL costs one request at a time, not the whole file)."""
+        return self.tuner.awaiting_first_answer or (self._endpoint_failing and not self._any_succeeded)
 
     async def _next_job(self, source: _Source) -> _Job | None:
         """A retry that is due, else a new request; waits while only future retries remain."""
@@ -428,11 +452,18 @@ class Processor:
         except TransportError as error:
             outcome = outcome_of_error(error, self._scrub)
         decision = classify(outcome)
+        now = self.clock.now()
         if decision.rate_limited:
             self.stats.rate_limit_errors += 1
+            job.rate_limited += 1
+            if job.first_rate_limited_at is None:
+                job.first_rate_limited_at = now
+        self._any_succeeded |= decision.verdict is Verdict.SUCCESS
+        self._endpoint_failing |= decision.about_the_endpoint
         if not await self._learn(job, outcome, decision) and decision.verdict is not Verdict.SUCCESS:
             return  # the limiter failed and the run stops; a success is still kept
-        step = next_step(decision, job=JobState(job.attempts), run=RunState(stopping=self.stopping), policy=settings.retry)
+        run = RunState(stopping=self.stopping, any_succeeded=self._any_succeeded, hintless_pause=self.control.hintless_pause())
+        step = next_step(decision, job=job.state(now), run=run, policy=settings.retry)
         reason = self._scrub(decision.reason)
         match step:
             case Succeed():
@@ -442,11 +473,15 @@ class Processor:
                 job.errors.append(reason)
                 logger.error("%s: failed after %d attempt(s): %s", job.request.name, job.attempts, reason)
                 await self._results.put(job.result(outcome, ResultKind.FAILED))
-            case Retry(delay=delay, pause_everyone=pause):
-                job.errors.append(reason)
+            case Retry(delay=delay, pause_everyone=pause, rate_limited=True):
                 if pause is not None and not await self._pause_everyone(job, pause):
                     return
-                logger.warning("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, job.attempts, settings.retry.max_attempts, reason, delay)
+                logger.info("%s: rate limited (%s); retrying in %.2fs", job.request.name, reason, delay)
+                self._scheduler.add_retry(job, self.clock.now() + delay)
+            case Retry(delay=delay):
+                job.errors.append(reason)
+                attempts = job.attempts - job.rate_limited
+                logger.warning("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, attempts, settings.retry.max_attempts, reason, delay)
                 self._scheduler.add_retry(job, self.clock.now() + delay)
             case StopRun(reason=why):
                 logger.error("%s: %s; stopping the run", job.request.name, self._scrub(why))
@@ -465,12 +500,14 @@ class Processor:
         except Exception as error:
             self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
             return False
+        from_the_api = outcome.status is not None and outcome.status < 500
         if mark is not None:
-            from_the_api = outcome.status is not None and outcome.status < 500
-            self.tuner.observe(mark, report, now, from_the_api=from_the_api)
-        if decision.rate_limited:
-            self.tuner.rate_limited(report, now)
-        limits = self.tuner.limits()
+            self.tuner.observe(mark, report, from_the_api=from_the_api)
+            if from_the_api:
+                self.control.answered(Answer(mark.sent_at, job.tokens, decision.rate_limited, decision.on_tokens), now)
+            else:  # a 5xx or no answer says nothing about the server's rate limiter
+                self.control.lost(mark.sent_at)
+        limits = self.control.limits(self.tuner.limits(), now)
         if _close(limits, self._applied_limits):
             return True
         self._applied_limits = limits
@@ -480,8 +517,10 @@ class Processor:
         return await self._apply_limits(limits)
 
     async def _pause_everyone(self, job: _Job, pause: float) -> bool:
-        """After a rate-limit 429, nobody sends until the server's hint has passed. False if the limiter failed."""
-        logger.warning("%s: rate limited; all sending paused for %.2fs", job.request.name, pause)
+        """After a rate-limit 429, nobody sends until the pause has passed. False if the limiter failed."""
+        logger.debug("%s: rate limited; all sending paused for %.3fs", job.request.name, pause)
+        now = self.clock.now()
+        self.control.paused(now, now + pause)
         try:
             await self.limiter.pause(pause)
         except Exception as error:

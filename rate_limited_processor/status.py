@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from .limiter import Limits
 from .models import RequestResult, ResultKind
+from .rate_control import ControlReport
 
 __all__ = ["RunStats", "RateMeter", "ProgressDisplay", "format_duration", "format_summary"]
 
@@ -91,6 +92,10 @@ class RunStats:
     server_token_ratio: float = 1.0
     #: Why dispatch stopped before the input was exhausted (None when it ran to the end).
     stop_reason: str | None = None
+    #: Failure rows an earlier run left in the results file (not sent again without --retry_failed).
+    failed_earlier: int = 0
+    #: What the closed-loop rate control found (set at the end of a run).
+    control: ControlReport | None = None
     meter: RateMeter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -172,6 +177,11 @@ def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
     lines.append(f"    succeeded      {stats.succeeded:,}")
     lines.append(f"    failed         {stats.failed:,} after their last attempt")
     lines.append(f"    invalid input  {stats.invalid:,} (recorded, not sent)")
+    if stats.failed_earlier:
+        lines.append(
+            f"    failed before  {stats.failed_earlier:,} rows of earlier runs are failures, not sent again; "
+            "--retry_failed sends them again"
+        )
     if stats.orphan_rows:
         lines.append(f"  note             {stats.orphan_rows:,} rows of an earlier run match no input line (input edited since?)")
     if stats.stop_reason:
@@ -188,9 +198,36 @@ def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
         )
     if abs(stats.server_token_ratio - 1) >= 0.02:
         lines.append(f"                   the API's rate limiter charged about {stats.server_token_ratio:.2f}x our estimates (paced to match)")
+    lines.extend(_control_lines(stats, minutes))
     if save_path:
         lines.append(f"  results          {save_path}")
     return "\n".join(lines)
+
+
+def _control_lines(stats: RunStats, minutes: float) -> list[str]:
+    """What the closed-loop rate control found, when the server's 429s made it act: a limit for next time."""
+    control = stats.control
+    if control is None or control.cuts == 0:
+        return []
+    admitted = (stats.attempts - stats.rate_limit_errors) / minutes
+    found = []
+    if control.found_requests_per_minute is not None:
+        rpm = _round_figure(control.found_requests_per_minute)
+        found.append(f"about {rpm:,.0f} RPM (next time: --max_requests_per_minute {rpm:.0f})")
+    if control.found_tokens_per_minute is not None:
+        tpm = _round_figure(control.found_tokens_per_minute)
+        found.append(f"about {tpm:,.0f} TPM (next time: --max_tokens_per_minute {tpm:.0f})")
+    line = f"  rate control     sent at about {admitted:,.0f} RPM after {stats.rate_limit_errors:,} rate-limit 429s"
+    if found:
+        line += "; the server's limit appears to be " + " and ".join(found)
+    return [line]
+
+
+def _round_figure(value: float) -> float:
+    """Three significant figures: a measured limit is not known to the request."""
+    if value <= 0 or not math.isfinite(value):
+        return value
+    return float(f"{value:.3g}")
 
 
 def _of_limit(value: float, limit: float | None) -> str:

@@ -135,8 +135,9 @@ async def test_batch_output_resumes_and_retries_failures_by_custom_id(tmp_path: 
     failed = [row for row in read_rows(output_path) if row["response"]["status_code"] != 200]
     assert failed and all(row["response"]["body"]["error"]["type"] == "server_error" for row in failed)
     async with MockServer() as healthy:
-        code, _, _ = await run_cli("--requests_filepath", str(input_path), "--save_filepath", str(output_path), "--request_url", healthy.base_url)
-        assert code == 0 and len(healthy.record) == 0
+        code, _, stderr = await run_cli(*paths, "--request_url", healthy.base_url)
+        # A plain rerun sends nothing, but tells the truth: failures remain, and --retry_failed sends them.
+        assert code == 1 and len(healthy.record) == 0 and "--retry_failed" in stderr
         code, _, _ = await run_cli(*paths, "--request_url", healthy.base_url, "--retry_failed")
         assert code == 0 and len(healthy.record) == len(failed)
     rows = read_rows(output_path)

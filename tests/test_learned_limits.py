@@ -13,7 +13,6 @@ import pytest
 
 from rate_limited_processor import UNLIMITED, Limits, RetryPolicy, Settings, run_file_job
 from rate_limited_processor.learned_limits import (
-    BACKOFF_FACTOR,
     LimitTuner,
     RateLimitReport,
     SendMark,
@@ -53,9 +52,9 @@ def test_azure_headers_with_bare_seconds_and_nonsense_ignored() -> None:
 
 
 def test_learned_limits_are_adopted_the_lower_wins_and_headroom_applies() -> None:
-    tuner = LimitTuner(Limits(requests_per_minute=1_000, tokens_per_minute=None), headroom=0.9, now=0.0)
+    tuner = LimitTuner(Limits(requests_per_minute=1_000, tokens_per_minute=None), headroom=0.9)
     assert waiting(tuner)  # the token limit is unknown: the first request goes alone
-    tuner.observe(SendMark(0.0, 1, 100), RateLimitReport(limit_requests=5_000, limit_tokens=200_000), now=0.1)
+    tuner.observe(SendMark(0.0, 1, 100), RateLimitReport(limit_requests=5_000, limit_tokens=200_000))
     assert not tuner.awaiting_first_answer
     assert tuner.server_limits() == Limits(1_000, 200_000)
     assert tuner.limits().requests_per_minute == pytest.approx(900)
@@ -63,9 +62,9 @@ def test_learned_limits_are_adopted_the_lower_wins_and_headroom_applies() -> Non
 
 
 def test_given_limits_need_no_first_answer_and_unknown_ones_are_unlimited_without_headers() -> None:
-    assert not LimitTuner(Limits(100, 1_000), now=0.0).awaiting_first_answer
-    tuner = LimitTuner(Limits(None, None), now=0.0)
-    tuner.observe(SendMark(0.0, 1, 10), NO_HEADERS, now=0.1)  # a server that states no limit
+    assert not LimitTuner(Limits(100, 1_000)).awaiting_first_answer
+    tuner = LimitTuner(Limits(None, None))
+    tuner.observe(SendMark(0.0, 1, 10), NO_HEADERS)  # a server that states no limit
     assert tuner.limits() == UNLIMITED
 
 
@@ -92,18 +91,18 @@ def feed(
         bucket.take((ours_per_second * factor + others_per_second) * step, now=t)
         bucket.refill(t)
         reset = max(0.0, bucket.capacity - bucket.level) / bucket.rate
-        tuner.observe(SendMark(t, int(t / step), int(ours)), RateLimitReport(limit_tokens=server_per_second * 60, reset_tokens=round(reset, 3)), now=t)
+        tuner.observe(SendMark(t, int(t / step), int(ours)), RateLimitReport(limit_tokens=server_per_second * 60, reset_tokens=round(reset, 3)))
 
 
 def test_the_ratio_learns_a_server_that_counts_more_than_we_estimate() -> None:
-    tuner = LimitTuner(Limits(None, None), now=0.0)
+    tuner = LimitTuner(Limits(None, None))
     feed(tuner, ours_per_second=1_000, server_per_second=1_000, others_per_second=0, factor=1.5, seconds=10, capacity=1_000)
     assert tuner.tokens.ratio == pytest.approx(1.5, rel=0.03)
     assert tuner.limits().tokens_per_minute == pytest.approx(60_000 / 1.5, rel=0.03)
 
 
 def test_the_ratio_learns_another_program_spending_the_same_account() -> None:
-    tuner = LimitTuner(Limits(None, None), now=0.0)
+    tuner = LimitTuner(Limits(None, None))
     feed(tuner, ours_per_second=800, server_per_second=1_000, others_per_second=400, factor=1.0, seconds=10, capacity=1_000)
     assert tuner.tokens.ratio == pytest.approx(1.5, rel=0.03)  # (800 + 400) / 800
 
@@ -111,44 +110,12 @@ def test_the_ratio_learns_another_program_spending_the_same_account() -> None:
 def test_a_server_with_slack_teaches_nothing_false_and_an_old_ratio_relaxes() -> None:
     # Consumption below the refill: the server's bucket sits near full, where refill is clipped and a
     # naive difference would read consumption as far higher than it is.
-    tuner = LimitTuner(Limits(None, None), now=0.0)
+    tuner = LimitTuner(Limits(None, None))
     feed(tuner, ours_per_second=500, server_per_second=1_000, others_per_second=0, factor=1.2, seconds=10, capacity=1_000)
     assert tuner.tokens.ratio == pytest.approx(1.0, abs=0.01)
     tuner.tokens.ratio = 2.0  # as after a competitor that has since stopped
     feed(tuner, ours_per_second=500, server_per_second=1_000, others_per_second=0, factor=1.0, seconds=20, capacity=1_000, start=10.0)
     assert tuner.tokens.ratio < 1.01
-
-
-def test_without_headers_a_given_limit_backs_off_once_per_second_and_recovers() -> None:
-    tuner = LimitTuner(Limits(6_000, math.inf), now=0.0)
-    tuner.rate_limited(NO_HEADERS, now=1.0)
-    tuner.rate_limited(NO_HEADERS, now=1.5)  # the same storm: not twice
-    assert tuner.limits().requests_per_minute == pytest.approx(6_000 * BACKOFF_FACTOR)
-    tuner.rate_limited(NO_HEADERS, now=2.1)
-    assert tuner.limits().requests_per_minute == pytest.approx(6_000 * BACKOFF_FACTOR**2)
-    tuner.observe(SendMark(10.0, 1, 1), NO_HEADERS, now=12.1)  # 10 s later, no 429 since
-    assert tuner.limits().requests_per_minute == pytest.approx(6_000)
-
-
-def test_without_headers_an_unknown_limit_is_guessed_from_what_we_sent_then_probed_upwards() -> None:
-    tuner = LimitTuner(Limits(None, None), now=0.0)
-    for i in range(50):  # 10 requests per second for 5 s
-        tuner.observe(SendMark(i * 0.1, i + 1, (i + 1) * 100), NO_HEADERS, now=i * 0.1)
-    tuner.rate_limited(NO_HEADERS, now=5.0)
-    assert tuner.limits().requests_per_minute == pytest.approx(600 * BACKOFF_FACTOR, rel=0.05)
-    guess = tuner.limits().requests_per_minute
-    assert guess is not None
-    tuner.observe(SendMark(6.0, 60, 6_000), NO_HEADERS, now=15.0)
-    assert (tuner.limits().requests_per_minute or 0) > guess * 1.15  # +2% a second without a 429
-
-
-def test_a_429_with_headers_leaves_the_rate_to_the_headers() -> None:
-    tuner = LimitTuner(Limits(6_000, None), now=0.0)
-    tuner.rate_limited(RateLimitReport(limit_requests=3_000), now=1.0)
-    assert tuner.limits().requests_per_minute == 6_000  # (the report itself is applied by observe())
-
-
-# -- whole runs ------------------------------------------------------------------------------------------
 
 
 def padded_request(i: int) -> dict[str, Any]:
@@ -221,23 +188,23 @@ def test_behind_a_gateway_without_headers_a_wrong_given_limit_costs_little(tmp_p
 def test_a_given_limit_below_the_servers_is_measured_against_the_servers_refill() -> None:
     # Given 30,000 TPM on a 60,000 TPM account: the server refills at 60,000, and measuring at 30,000
     # would read the ratio as half of what it is and send at twice the given limit.
-    tuner = LimitTuner(Limits(None, 30_000), now=0.0)
+    tuner = LimitTuner(Limits(None, 30_000))
     feed(tuner, ours_per_second=500, server_per_second=1_000, others_per_second=700, factor=1.0, seconds=10, capacity=1_000)
     assert tuner.tokens.ratio == pytest.approx(2.4, rel=0.05)  # (500 + 700) / 500
     assert (tuner.limits().tokens_per_minute or math.inf) <= 30_000
 
 
 def test_an_error_without_headers_does_not_open_the_first_request_gate() -> None:
-    tuner = LimitTuner(Limits(None, None), now=0.0)
-    tuner.observe(SendMark(0.0, 1, 10), NO_HEADERS, now=0.1, from_the_api=False)  # a gateway's 502
+    tuner = LimitTuner(Limits(None, None))
+    tuner.observe(SendMark(0.0, 1, 10), NO_HEADERS, from_the_api=False)  # a gateway's 502
     assert waiting(tuner)
-    tuner.observe(SendMark(0.2, 2, 20), NO_HEADERS, now=0.3)  # the API's own answer, even without limits
+    tuner.observe(SendMark(0.2, 2, 20), NO_HEADERS)  # the API's own answer, even without limits
     assert not tuner.awaiting_first_answer
 
 
 def test_a_server_that_reports_a_full_bucket_lets_a_high_ratio_relax() -> None:
-    tuner = LimitTuner(Limits(None, None), now=0.0)
+    tuner = LimitTuner(Limits(None, None))
     tuner.tokens.ratio = 2.5
     for i in range(1, 200):  # 0s resets, as Azure sends for a full bucket
-        tuner.observe(SendMark(i * 0.1, i, i * 10), RateLimitReport(limit_tokens=60_000, reset_tokens=0.0, reset_resolution=1.0), now=i * 0.1)
+        tuner.observe(SendMark(i * 0.1, i, i * 10), RateLimitReport(limit_tokens=60_000, reset_tokens=0.0, reset_resolution=1.0))
     assert tuner.tokens.ratio < 1.01

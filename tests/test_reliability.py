@@ -213,7 +213,9 @@ async def test_retry_failed_resends_only_the_failures_and_leaves_each_line_once(
     assert failed > 0
     async with MockServer() as healthy:
         code, _, stderr = await run_cli(*command(input_path, output_path, healthy.url("chat/completions"))[3:])
-        assert code == 0 and len(healthy.record) == 0  # a plain rerun: failures are final, nothing is sent
+        # A plain rerun: failures are final, nothing is sent, and it says so (exit 1, naming --retry_failed).
+        assert code == 1 and len(healthy.record) == 0
+        assert f"{failed:,} rows of earlier runs are failures" in stderr and "--retry_failed" in stderr
         code, _, stderr = await run_cli(*command(input_path, output_path, healthy.url("chat/completions"), "--retry_failed")[3:])
         assert code == 0, stderr
         assert len(healthy.record) == failed  # only the failures were sent again

@@ -490,9 +490,8 @@ SERVER_ERROR_NO_HINT = Decision(Verdict.RETRY, "HTTP 500")
         (SERVER_ERROR_WITH_HINT, 6, 0.25),
         (Decision(Verdict.RETRY, "HTTP 503", retry_after=120.0), 1, 120.0),  # beyond max_delay: still honoured
         (Decision(Verdict.RETRY, "HTTP 503", retry_after=0.0), 3, 0.0),
-        # A rate limit without a hint: the cooldown, whatever the attempt.
-        (RATE_LIMITED_NO_HINT, 1, 15.0),
-        (RATE_LIMITED_NO_HINT, 5, 15.0),
+        # A rate limit without a hint backs off like anything else (the pause, not this, is what it waits: see pause_for).
+        (RATE_LIMITED_NO_HINT, 1, 0.5),
         # Otherwise exponential backoff (random() == 0 here, so the low end of the jitter).
         (SERVER_ERROR_NO_HINT, 1, 0.5),
         (SERVER_ERROR_NO_HINT, 3, 2.0),
@@ -503,10 +502,6 @@ def test_retry_delay(decision: Decision, attempt: int, expected: float) -> None:
     assert RetryPolicy().retry_delay(decision, attempt, random=always(0.0)) == pytest.approx(expected)
 
 
-def test_retry_delay_uses_configured_cooldown() -> None:
-    assert RetryPolicy(rate_limit_cooldown=3.0).retry_delay(RATE_LIMITED_NO_HINT, 1) == 3.0
-
-
 def test_retry_delay_passes_random_to_backoff() -> None:
     policy = RetryPolicy()
     assert policy.retry_delay(SERVER_ERROR_NO_HINT, 2, random=always(0.5)) == pytest.approx(2.0 * 0.75)
@@ -515,8 +510,8 @@ def test_retry_delay_passes_random_to_backoff() -> None:
 @pytest.mark.parametrize(
     ("decision", "expected"),
     [
-        (RATE_LIMITED_WITH_HINT, 2.5),
-        (RATE_LIMITED_NO_HINT, 15.0),
+        (RATE_LIMITED_WITH_HINT, 2.5),  # the server's hint, whatever the hint-less pause would be
+        (RATE_LIMITED_NO_HINT, 0.3),  # no hint: the pause the rate controller asks for
         (Decision(Verdict.RETRY, "HTTP 429", retry_after=0.0, rate_limited=True), 0.0),
         (SERVER_ERROR_WITH_HINT, None),
         (SERVER_ERROR_NO_HINT, None),
@@ -525,11 +520,12 @@ def test_retry_delay_passes_random_to_backoff() -> None:
     ],
 )
 def test_pause_for(decision: Decision, expected: float | None) -> None:
-    assert RetryPolicy().pause_for(decision) == expected
+    assert RetryPolicy().pause_for(decision, hintless=0.3) == expected
 
 
-def test_pause_for_uses_configured_cooldown() -> None:
-    assert RetryPolicy(rate_limit_cooldown=7.0).pause_for(RATE_LIMITED_NO_HINT) == 7.0
+def test_a_hintless_pause_never_exceeds_the_configured_cooldown() -> None:
+    assert RetryPolicy(rate_limit_cooldown=7.0).pause_for(RATE_LIMITED_NO_HINT, hintless=60.0) == 7.0
+    assert RetryPolicy(rate_limit_cooldown=7.0).pause_for(RATE_LIMITED_NO_HINT, hintless=0.2) == 0.2
 
 
 # ---------------------------------------------------------------------------------------- end to end, values
@@ -539,15 +535,16 @@ def test_azure_429_end_to_end() -> None:
     outcome = HTTPOutcome(429, {}, {"error": {"code": "429", "message": AZURE_429_MESSAGE}})
     decision = classify(outcome)
     policy = RetryPolicy()
-    assert policy.pause_for(decision) == 6.0
+    assert policy.pause_for(decision, hintless=0.1) == 6.0
     assert policy.retry_delay(decision, 1, random=always(0.0)) == 6.0
+    assert decision.on_tokens  # "exceeded token rate limit"
 
 
 def test_openai_429_without_hint_end_to_end() -> None:
     decision = classify(HTTPOutcome(429, {}, error_body("Rate limit reached", "requests", "rate_limit_exceeded")))
     policy = RetryPolicy(rate_limit_cooldown=15.0)
-    assert policy.pause_for(decision) == 15.0
-    assert policy.retry_delay(decision, 2) == 15.0
+    assert policy.pause_for(decision, hintless=0.25) == 0.25
+    assert decision.rate_limited and not decision.on_tokens
 
 
 @pytest.mark.parametrize("cls", [HTTPOutcome, Decision, RetryPolicy])

@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="send retry-after and retry-after-ms headers with rate-limit 429s (default: off; OpenAI often omits them)",
     )
     add(
+        "--rate_limit_style",
+        choices=("openai", "silent", "html"),
+        default="openai",
+        help="how a rate-limit 429 reads: 'openai' (OpenAI's body, with the exact wait), 'silent' (no hint at all), "
+        "'html' (a gateway's HTML page, as nginx sends); the last two send no x-ratelimit headers (default: openai)",
+    )
+    add("--rate_limit_hint", type=float, default=None, help="with openai-style 429s, hint this many seconds instead of the exact wait")
+    add(
         "--no_ratelimit_headers",
         action="store_true",
         help="send no x-ratelimit-* headers, like a gateway that hides the limits (default: send them)",
@@ -114,6 +122,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         api_key=args.api_key,
         retry_after_header=args.retry_after_header,
         ratelimit_headers=not args.no_ratelimit_headers,
+        rate_limit_style=args.rate_limit_style,
+        rate_limit_hint=args.rate_limit_hint,
         model=args.model,
     )
 

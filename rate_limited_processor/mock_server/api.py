@@ -28,7 +28,7 @@ from . import errors
 from .config import MockConfig
 from .counting import CountingError, TokenCounter
 from .faults import FaultKind, FaultPlan
-from .rate_limits import RateLimitGate
+from .rate_limits import RateLimitGate, Rejection
 from .record import DISCONNECTED, HANG, RESET, Served, ServedLog, raw_request_key, request_key
 from .reply import JSON, Reply, json_reply
 from .responses import body_problem, success_payload
@@ -184,7 +184,8 @@ class MockApi:
 
     def _rate_limit_headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers as they stand now; none when playing a gateway that sends none."""
-        return self._gate.headers(self._clock()) if self.config.ratelimit_headers else {}
+        states_limits = self.config.ratelimit_headers and self.config.rate_limit_style == "openai"
+        return self._gate.headers(self._clock()) if states_limits else {}
 
     def _decide(self, request: MockRequest, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
         """401, 400, 429 or 200, with the rate-limit headers as they stand after the decision."""
@@ -212,17 +213,24 @@ class MockApi:
                 return _Decision(errors.request_too_large(model=model, limit=limit, requested=tokens))
         rejection = self._gate.admit(tokens, self._clock())
         if rejection is not None:
-            reply = errors.rate_limited(
-                rejection.limit_name,
-                model=model,
-                limit=rejection.limit,
-                used=rejection.used,
-                requested=rejection.requested,
-                wait=rejection.wait,
-                retry_after_header=self.config.retry_after_header,
-            )
-            return _Decision(reply, retry_after=rejection.wait)
+            return _Decision(self._rate_limited(rejection, model), retry_after=rejection.wait)
         return _Decision(json_reply(200, success_payload(endpoint, body, model=model, key=key)), tokens)
+
+    def _rate_limited(self, rejection: Rejection, model: str) -> Reply:
+        """The 429 for a request the gate turned away, in the configured style."""
+        style = self.config.rate_limit_style
+        if style == "html":
+            return errors.html_too_many_requests()
+        hint = rejection.wait if self.config.rate_limit_hint is None else self.config.rate_limit_hint
+        return errors.rate_limited(
+            rejection.limit_name,
+            model=model,
+            limit=rejection.limit,
+            used=rejection.used,
+            requested=rejection.requested,
+            wait=hint if style == "openai" else None,
+            retry_after_header=self.config.retry_after_header,
+        )
 
     def _auth_failure(self, request: MockRequest) -> Reply | None:
         expected = self.config.api_key

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 
 from ..limiter import Limits
 from .faults import validate_faults
 
-__all__ = ["MockConfig", "TokenCounting", "DEFAULT_MODEL", "ORGANIZATION"]
+__all__ = ["MockConfig", "TokenCounting", "RateLimitStyle", "DEFAULT_MODEL", "ORGANIZATION"]
 
 TokenCounting = Literal["tiktoken", "chars"]
+#: How a rate-limit 429 reads: "openai" (OpenAI's JSON body, "Please try again in <the exact wait>"),
+#: "silent" (the same JSON error with no hint at all), "html" (a gateway's HTML page, as nginx limit_req sends).
+RateLimitStyle = Literal["openai", "silent", "html"]
 
 #: Named in responses and rate-limit messages when a request carries no "model".
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -52,11 +55,19 @@ class MockConfig:
     retry_after_header: bool = False
     #: Send `x-ratelimit-*` headers; off plays a gateway that hides the limits from the client.
     ratelimit_headers: bool = True
+    #: How a rate-limit 429 reads (see `RateLimitStyle`); "silent" and "html" also send no x-ratelimit headers.
+    rate_limit_style: RateLimitStyle = "openai"
+    #: With "openai" 429s, hint this many seconds instead of the exact wait (a server whose hints are no help).
+    rate_limit_hint: float | None = None
     #: The model named when a request names none.
     model: str = DEFAULT_MODEL
 
     def __post_init__(self) -> None:
         _ = self.limits  # Limits checks the rates and burst_seconds
+        if self.rate_limit_style not in get_args(RateLimitStyle):
+            raise ValueError(f"rate_limit_style must be one of {get_args(RateLimitStyle)}, got {self.rate_limit_style!r}")
+        if self.rate_limit_hint is not None and not self.rate_limit_hint >= 0:
+            raise ValueError(f"rate_limit_hint must be a number of seconds >= 0, got {self.rate_limit_hint}")
         if self.token_counting not in _TOKEN_COUNTING_MODES:
             raise ValueError(f"token_counting must be one of {_TOKEN_COUNTING_MODES}, got {self.token_counting!r}")
         if self.latency < 0 or self.latency_jitter < 0:

@@ -29,6 +29,7 @@ __all__ = [
     "server_error",
     "overloaded",
     "html_bad_gateway",
+    "html_too_many_requests",
     "azure_rate_limited",
     "not_found",
     "DEFAULT_AZURE_API_VERSION",
@@ -59,6 +60,10 @@ DEFAULT_AZURE_API_VERSION = "2024-10-21"
 #: The seconds Azure's token-limit 429 asks clients to wait.
 AZURE_RETRY_AFTER_SECONDS = 1
 
+_TOO_MANY_REQUESTS_HTML = (
+    b"<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n"
+    b"<center><h1>429 Too Many Requests</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
 _BAD_GATEWAY_HTML = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n"
@@ -123,17 +128,19 @@ def rate_limited(
     limit: float,
     used: float,
     requested: float,
-    wait: float,
+    wait: float | None,
     retry_after_header: bool = False,
 ) -> Reply:
-    """429 for a request that would overrun the RPM or TPM limit now, and fits after `wait` seconds."""
+    """429 for a request that would overrun the RPM or TPM limit now, and fits after `wait` seconds
+    (None: a server that says nothing about when)."""
+    hint = f"Please try again in {go_duration(wait)}. " if wait is not None else ""
     message = (
         f"Rate limit reached for {model} in organization {ORGANIZATION} on {_LIMIT_WORDING[limit_name]}: "
         f"Limit {format_limit(limit)}, Used {format_limit(used)}, Requested {format_limit(requested)}. "
-        f"Please try again in {go_duration(wait)}. Visit {_RATE_LIMITS_URL} to learn more."
+        f"{hint}Visit {_RATE_LIMITS_URL} to learn more."
     )
     reply = _error(429, message, limit_name, "rate_limit_exceeded")
-    if retry_after_header:
+    if retry_after_header and wait is not None:
         reply = reply.with_headers(
             {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(ceil_milliseconds(wait))}
         )
@@ -174,6 +181,11 @@ def server_error() -> Reply:
 def overloaded() -> Reply:
     """503, OpenAI's "try again later"."""
     return _error(503, "The engine is currently overloaded, please try again later.", "server_error", None)
+
+
+def html_too_many_requests() -> Reply:
+    """429 with an HTML page and nothing else: what nginx's limit_req (and many gateways) answer."""
+    return Reply(429, _TOO_MANY_REQUESTS_HTML, HTML, {})
 
 
 def html_bad_gateway() -> Reply:

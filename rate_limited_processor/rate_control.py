@@ -1,0 +1,440 @@
+"""Closed-loop control of the sending rate: what the server's 429s say about its limit, whatever it states.
+
+Usage::
+
+    control = RateController(requests_ceiling_known=False, now=clock())
+    control.sent(now)                                     # each request as it goes out
+    control.answered(Answer(sent_at, tokens, ...), now)   # each answer from the server...
+    control.lost(sent_at)                                 # ...or an attempt that told nothing (no answer, a 5xx)
+    limits = control.limits(ceiling, now)                 # what to send at: never above the ceiling
+
+The limits a user gives and the ones the API's x-ratelimit headers state are ceilings, not the truth: a
+gateway may hide them, a given number may be ten times too high. Below the ceiling, the controller sets the
+rate from how the server actually answers, the way TCP finds a path's capacity (slow start, additive
+increase, multiplicative decrease at most once per round trip), and the way Google's client-side adaptive
+throttling reads a backend's capacity off the rate it accepts:
+
+* **Slow start.** When no ceiling is known for requests, the rate starts at four requests per round trip
+  and doubles every round trip of sending (between `SLOW_START_DOUBLING` bounds), until the first rate-limit 429, which halves
+  it (it has just doubled past the limit).
+* **Decrease to what the server admitted.** A server that limits its rate admits, while we send faster
+  than its limit, exactly its limit, and refuses the rest. So among the requests sent since the refusals
+  began, the rate of those it admitted *is* its limit. On a rate-limit 429 the rate is cut to `TARGET`
+  (97%) of that measurement, in the dimension the 429 names (tokens when its body says so, else
+  requests). Only requests whose answers are all in are measured (those sent before the oldest one still
+  in flight: refusals come back at once, admitted answers only after the server's latency), at least
+  `MIN_SAMPLES` of them (the last `2 x MIN_SAMPLES`, or a second's worth at a fast rate: an older window
+  would count the server's burst allowance, spent at the start of a storm, as rate), over the time we were
+  sending (not paused: a pause would make the rate look lower than it was). A cut
+  is always at least to `LONE_CUT` (90%) of what we were sending: a 429 says we were too fast, whatever the
+  measurement says. Until a storm can be measured, the cut is a classic multiplicative one: to `LONE_CUT`
+  of what we were sending for a first refusal, to `FALLBACK_CUT` (50%) when requests sent after the pause
+  are refused again with nothing admitted in between, or when nothing has been admitted yet (far too fast). A lone 429 after a calm spell
+  (`CALM_ANSWERS` admitted answers in a row) means we crept just over the limit: what we were sending is
+  taken as the limit found. Only a 429 to a request
+  sent after the previous cut cuts again (at most once per round trip, as TCP does), so a storm already on
+  the wire is not counted twice.
+* **Additive increase, counted in answers.** Each admitted answer raises the rate by `PROBE` (0.1%) of the
+  limit found, and faster the longer no 429 has come: it finds a limit underestimated or raised, uses the
+  server's burst allowance, and the next 429 cuts it back. Counting answers rather than seconds keeps the
+  share of 429s the same at 60 RPM and at 60,000: about one per few hundred requests. Where no limit has
+  been found yet (only unmeasured cuts so far), each admitted answer raises the rate by `RECOVERY` (1%).
+  Paused time brings no answers, so it grows nothing and does not count as time without 429s.
+* **Application-limited**: the rate does not grow while we send at less than half of it (a slow source, the
+  concurrency cap), so a rate is never "proven" by traffic that did not use it.
+* **A 429 without a hint** pauses every sender for about one request's interval at the cut rate (the time
+  the server's bucket needs to refill one request; a round trip when no rate is set), doubling with each
+  round of refusals in a row (requests sent after the last pause refused again, nothing admitted in
+  between), up to the policy's cap: long enough for the server's bucket to refill a little, short enough
+  not to idle. (The cookbook's fixed 15 s cost a gateway most of its capacity.) A server's own hint is
+  obeyed as it is: see `decisions.next_step`.
+
+Pure: no I/O and no clock; every method takes `now`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from .limiter import Limits
+
+__all__ = ["Answer", "ControlReport", "RateController"]
+
+#: A measured cut goes to this fraction of the rate the server admitted: just below its limit.
+TARGET = 0.97
+#: One measured cut never goes below this fraction of what we were sending.
+MIN_CUT = 0.25
+#: A lone 429 after a calm spell (we crept just over the limit) cuts to this fraction of what we were sending...
+LONE_CUT = 0.9
+#: ...and a 429 in a storm too young to measure, or the first of a slow start, to this fraction.
+FALLBACK_CUT = 0.5
+#: Each admitted answer raises the rate by this fraction of the limit found, times 1 + (answers since the last
+#: cut) / ACCELERATION: a limit underestimated, or raised, is found again.
+PROBE = 0.001
+ACCELERATION = 300
+#: With no limit found yet, each admitted answer raises the rate by this fraction of itself.
+RECOVERY = 0.01
+#: In slow start the rate doubles every round trip of sending, but at most every 0.1 s and at least every 0.5 s.
+SLOW_START_DOUBLING = (0.1, 0.5)
+#: However many answers come per round trip, the rate grows by at most this fraction per round trip: the
+#: feedback of a 429 takes that long, and a fast rate must not overshoot further in the meantime.
+MAX_GROWTH_PER_ROUND_TRIP = 0.1
+#: Slow start begins at this many requests per round trip.
+INITIAL_REQUESTS_PER_ROUND_TRIP = 4.0
+#: What the server admitted is measured from at least this many answers.
+MIN_SAMPLES = 8
+#: This many admitted answers without a 429, and this many requests' worth of sending time since the last
+#: refused request, make a calm spell: the next 429 is a lone one.
+CALM_ANSWERS = 20
+#: The most answers remembered, and for how long at most.
+HISTORY_ANSWERS = 2_000
+HISTORY_SECONDS = 60.0
+#: The round trip assumed before one has been measured; the least a hint-less pause lasts.
+DEFAULT_ROUND_TRIP = 0.1
+MIN_HINTLESS_PAUSE = 0.05
+#: Smoothing of the round-trip estimate (the weight of each new sample).
+ROUND_TRIP_WEIGHT = 0.125
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the controller needs to know of one answer from the server."""
+
+    #: When its request was sent.
+    sent_at: float
+    #: The request's estimated tokens.
+    tokens: int
+    #: The server refused it for its rate limit (a rate-limit 429).
+    rate_limited: bool = False
+    #: That refusal names the token limit (else the request limit, or none).
+    on_tokens: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReport:
+    """What the control loop found, for the summary."""
+
+    #: Rate-limit 429s that cut the rate (at most one per round trip).
+    cuts: int
+    #: Per minute, where the server's limit appears to be (None: not found).
+    found_requests_per_minute: float | None
+    found_tokens_per_minute: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    sent_at: float
+    tokens: int
+    admitted: bool
+
+
+@dataclass(slots=True)
+class _Cap:
+    """Our own cap on one dimension (requests or tokens per second), and the limit found there."""
+
+    #: math.inf: no cap of ours, the ceiling alone applies.
+    per_second: float = math.inf
+    #: Where the server's limit appears to be, per second (None until a cut could tell).
+    found: float | None = None
+    #: The ceiling on this dimension, per second, as the last `limits()` call gave it.
+    ceiling: float = math.inf
+
+    def grow(self, acceleration: float, answers_per_round_trip: float) -> None:
+        """One admitted answer's worth of increase."""
+        if math.isinf(self.per_second):
+            return
+        most = MAX_GROWTH_PER_ROUND_TRIP / max(1.0, answers_per_round_trip)
+        if self.found is None:
+            self.per_second *= 1 + min(RECOVERY, most)
+        else:
+            self.per_second += min(PROBE * acceleration, most) * self.found
+        if self.per_second >= self.ceiling:
+            self.per_second = math.inf  # back at the ceiling: it alone applies again
+
+    def cut_to(self, rate: float) -> None:
+        bounded = min(rate, self.per_second, self.ceiling)
+        if math.isfinite(bounded) and bounded > 0:
+            self.per_second = bounded
+
+
+class RateController:
+    """The rate the server's answers allow, in requests and tokens per second, below a ceiling."""
+
+    __slots__ = (
+        "_requests",
+        "_tokens",
+        "_slow_start",
+        "_round_trip",
+        "_answers",
+        "_sends",
+        "_in_flight",
+        "_in_flight_heap",
+        "_last_cut",
+        "_pauses",
+        "_paused_until",
+        "_last_refusal_sent",
+        "_storm_since",
+        "_admitted_since_refusal",
+        "_admitted_since_cut",
+        "_rounds",
+        "_updated_at",
+        "cuts",
+    )
+
+    def __init__(self, *, requests_ceiling_known: bool, now: float) -> None:
+        self._requests = _Cap()
+        self._tokens = _Cap()
+        #: Slow start runs until the first cut, and only where nothing bounds the request rate.
+        self._slow_start = not requests_ceiling_known
+        #: Smoothed seconds from sending to an admitted answer.
+        self._round_trip: float | None = None
+        #: Recent answers (to measure what the server admitted), and the sends of the last second.
+        self._answers: deque[_Sample] = deque(maxlen=HISTORY_ANSWERS)
+        self._sends: deque[float] = deque()
+        #: Send times of the requests in flight: a count per time, and a heap to find the oldest.
+        self._in_flight: Counter[float] = Counter()
+        self._in_flight_heap: list[float] = []
+        #: When the last cut happened: only a 429 to a request sent after it cuts again.
+        self._last_cut = -math.inf
+        #: Recent pauses, (from, until), oldest first: not sending time.
+        self._pauses: deque[tuple[float, float]] = deque()
+        self._paused_until = -math.inf
+        #: The send time of the last refused request, and the admitted answers since the last refusal.
+        self._last_refusal_sent = -math.inf
+        #: The send time of the first refused request of the current storm (refusals closer than a calm spell).
+        self._storm_since = -math.inf
+        self._admitted_since_refusal = 0
+        self._admitted_since_cut = 0
+        #: Rounds of refusals in a row: a 429 to a request sent after the last pause ended starts a new one.
+        self._rounds = 0
+        self._updated_at = now
+        #: Rate-limit 429s that cut the rate.
+        self.cuts = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"RateController(requests={self._requests.per_second:.3g}/s, tokens={self._tokens.per_second:.3g}/s, "
+            f"cuts={self.cuts}, slow_start={self._slow_start})"
+        )
+
+    # -- what to send at ----------------------------------------------------------------------------
+
+    def limits(self, ceiling: Limits, now: float) -> Limits:
+        """The limits to send at: the ceiling, lowered to what the server's answers allow."""
+        if self._slow_start and ceiling.requests_per_minute is not None and math.isfinite(ceiling.requests_per_minute):
+            self._slow_start = False  # a limit became known (the API's headers): it bounds the rate now
+            self._requests.per_second = math.inf
+        self._requests.ceiling = _per_second(ceiling.requests_per_minute)
+        self._tokens.ceiling = _per_second(ceiling.tokens_per_minute)
+        self._slow_start_growth(now)
+        return Limits(
+            _lower(ceiling.requests_per_minute, self._requests.per_second * 60),
+            _lower(ceiling.tokens_per_minute, self._tokens.per_second * 60),
+            burst_seconds=ceiling.burst_seconds,
+        )
+
+    def hintless_pause(self) -> float:
+        """How long every sender pauses after a rate-limit 429 that says nothing about waiting."""
+        cap = self._requests.per_second
+        interval = 1.0 / cap if math.isfinite(cap) and cap > 0 else self._round_trip_or_default()
+        return max(MIN_HINTLESS_PAUSE, interval) * 2.0 ** max(0, self._rounds - 1)
+
+    def report(self) -> ControlReport:
+        found_requests = self._requests.found * 60 if self._requests.found is not None else None
+        found_tokens = self._tokens.found * 60 if self._tokens.found is not None else None
+        return ControlReport(self.cuts, found_requests, found_tokens)
+
+    # -- what happened ------------------------------------------------------------------------------
+
+    def sent(self, now: float) -> None:
+        """A request went out."""
+        self._sends.append(now)
+        self._forget_sends(now)
+        self._in_flight[now] += 1
+        heapq.heappush(self._in_flight_heap, now)
+
+    def lost(self, sent_at: float) -> None:
+        """An attempt ended with nothing to learn from (no answer, a 5xx): it is no longer in flight."""
+        self._landed(sent_at)
+
+    def paused(self, now: float, until: float) -> None:
+        """Nobody sends from `now` until `until` (a 429's pause): that time grows nothing and measures nothing."""
+        if until <= now:
+            return
+        if self._pauses and now <= self._pauses[-1][1]:
+            start, end = self._pauses.pop()
+            self._pauses.append((start, max(end, until)))
+        else:
+            self._pauses.append((now, until))
+        while self._pauses and self._pauses[0][1] < now - HISTORY_SECONDS:
+            self._pauses.popleft()
+        self._paused_until = max(self._paused_until, until)
+
+    def answered(self, answer: Answer, now: float) -> None:
+        """An answer from the server arrived. (No answer at all, or a 5xx, tells nothing: report it as `lost`.)"""
+        self._landed(answer.sent_at)
+        self._slow_start_growth(now)
+        after_the_pause = answer.sent_at > self._paused_until
+        self._answers.append(_Sample(answer.sent_at, answer.tokens, admitted=not answer.rate_limited))
+        while self._answers and self._answers[0].sent_at < now - HISTORY_SECONDS:
+            self._answers.popleft()
+        if not answer.rate_limited:
+            self._round_trip = _smoothed(self._round_trip, now - answer.sent_at)
+            self._slow_start_growth(now)
+            if answer.sent_at > self._last_refusal_sent:  # admitted, though sent after a refusal: the storm is over
+                self._rounds = 0
+            self._admitted_since_refusal += 1
+            self._admitted_since_cut += 1
+            if not self._slow_start and self._using_the_rate(now):
+                acceleration = 1 + self._admitted_since_cut / ACCELERATION
+                self._requests.grow(acceleration, self._answers_per_round_trip())
+                self._tokens.grow(acceleration, self._answers_per_round_trip())
+            return
+        if after_the_pause or self._rounds == 0:
+            self._rounds += 1
+        # Lone: no other request of the last `CALM_ANSWERS` sent (at the current rate) was refused. (Counted
+        # by send time: admitted answers lag refusals by the server's latency, and keep coming during a pause.)
+        cap = self._requests.per_second
+        calm = CALM_ANSWERS / cap if math.isfinite(cap) and cap > 0 else math.inf
+        after_calm = answer.sent_at - self._last_refusal_sent >= calm
+        if after_calm:
+            self._storm_since = answer.sent_at
+        lone = after_calm and self._admitted_since_refusal >= CALM_ANSWERS
+        self._last_refusal_sent = max(self._last_refusal_sent, answer.sent_at)
+        self._admitted_since_refusal = 0
+        if answer.sent_at > self._last_cut:
+            self._cut(answer.on_tokens, lone, now)
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def _cut(self, on_tokens: bool, lone: bool, now: float) -> None:
+        """Send at just below what the server admitted since the refusals began (in the 429's dimension)."""
+        cap = self._tokens if on_tokens else self._requests
+        # Requests sent before the oldest one in flight have all their answers in: only they are counted,
+        # since refusals come back at once and admitted answers only after the server's latency.
+        until = self._in_flight_heap[0] if self._in_flight_heap else now
+        # Only since the storm began: before it, the server's burst allowance admitted more than its rate.
+        resolved = sorted(
+            (sample for sample in self._answers if self._storm_since <= sample.sent_at < until), key=lambda sample: sample.sent_at
+        )
+        recent = resolved[-2 * MIN_SAMPLES :]
+        if resolved and len(resolved) > len(recent):  # at a fast rate, a second's worth rather than a handful
+            last_second = [sample for sample in resolved if sample.sent_at >= resolved[-1].sent_at - 1.0]
+            recent = last_second if len(last_second) > len(recent) else recent
+        sending = self._sending(recent, cap, on_tokens)
+        admitted = _rate_of([sample for sample in recent if sample.admitted], self._pauses, on_tokens, span_of=recent)
+        refusals = sum(not sample.admitted for sample in recent)
+        if self._slow_start:  # the rate has just doubled past the limit: back to where it was (answers in are older)
+            cap.cut_to(FALLBACK_CUT * min(cap.per_second, cap.ceiling))
+        elif len(recent) >= MIN_SAMPLES and refusals and admitted:  # a storm we can measure
+            cap.found = admitted
+            cap.cut_to(min(LONE_CUT * sending, max(MIN_CUT * sending, TARGET * admitted)))
+        elif self._rounds >= 2 or self._round_trip is None:  # refused again after the pause, or before any admission: far too fast
+            cap.cut_to(FALLBACK_CUT * sending)
+        else:  # one refusal, nothing to measure yet: a little too fast
+            if lone and math.isfinite(sending):
+                cap.found = sending
+            cap.cut_to(LONE_CUT * sending)
+        self._slow_start = False
+        self._last_cut = now
+        self._admitted_since_cut = 0
+        self.cuts += 1
+
+    def _sending(self, recent: list[_Sample], cap: _Cap, on_tokens: bool) -> float:
+        """The rate we are sending at, per second: from the latest sends (answers in tell of older rates, after
+        a long latency), else from the answers, else the cap itself."""
+        samples = [_Sample(at, 0, True) for at in self._sends]
+        measured = _rate_of(samples, self._pauses, tokens=False) if len(samples) >= MIN_SAMPLES else None
+        if measured is not None and on_tokens:
+            mean_tokens = sum(sample.tokens for sample in self._answers) / len(self._answers) if self._answers else 0.0
+            measured *= mean_tokens
+        if measured is None and len(recent) >= MIN_SAMPLES:
+            measured = _rate_of(recent, self._pauses, on_tokens)
+        if measured is None:
+            measured = min(cap.per_second, cap.ceiling)
+        return min(measured, cap.per_second, cap.ceiling)
+
+    def _slow_start_growth(self, now: float) -> None:
+        """In slow start, double the rate every `SLOW_START_DOUBLING` seconds of sending."""
+        sending = max(0.0, now - max(self._updated_at, min(now, self._paused_until)))
+        self._updated_at = now
+        if not self._slow_start:
+            return
+        if math.isinf(self._requests.per_second):
+            if self._round_trip is not None:  # the first answer is in: start from a round trip's worth
+                self._requests.per_second = INITIAL_REQUESTS_PER_ROUND_TRIP / max(self._round_trip, 1e-3)
+            return
+        if sending <= 0 or not self._using_the_rate(now):
+            return
+        # At most one doubling per update: answers can come in bunches after a long latency.
+        fastest, slowest = SLOW_START_DOUBLING
+        doubling = min(slowest, max(fastest, self._round_trip_or_default()))
+        self._requests.per_second *= 2.0 ** min(1.0, sending / doubling)
+
+    def _using_the_rate(self, now: float) -> bool:
+        """We send at half our request cap or more (an uncapped rate is used by definition)."""
+        if math.isinf(self._requests.per_second):
+            return True
+        self._forget_sends(now)
+        last_second = sum(1 for at in reversed(self._sends) if at >= now - 1.0)
+        return last_second >= 0.5 * self._requests.per_second
+
+    def _forget_sends(self, now: float) -> None:
+        """Keep the sends of the last second, and at least the last `2 x MIN_SAMPLES` (from the last minute)."""
+        sends = self._sends
+        while sends and sends[0] < now - 1.0 and (len(sends) > 2 * MIN_SAMPLES or sends[0] < now - HISTORY_SECONDS):
+            sends.popleft()
+
+    def _answers_per_round_trip(self) -> float:
+        cap = self._requests.per_second
+        return cap * self._round_trip_or_default() if math.isfinite(cap) else 0.0
+
+    def _round_trip_or_default(self) -> float:
+        return self._round_trip if self._round_trip is not None else DEFAULT_ROUND_TRIP
+
+    def _landed(self, sent_at: float) -> None:
+        """The request sent at `sent_at` is no longer in flight."""
+        remaining = self._in_flight[sent_at] - 1
+        if remaining > 0:
+            self._in_flight[sent_at] = remaining
+        else:
+            self._in_flight.pop(sent_at, None)
+        heap = self._in_flight_heap
+        while heap and heap[0] not in self._in_flight:
+            heapq.heappop(heap)
+
+
+def _rate_of(samples: list[_Sample], pauses: deque[tuple[float, float]], tokens: bool, *, span_of: list[_Sample] | None = None) -> float | None:
+    """Requests (or tokens) per second in these samples, over the sending time of `span_of` (default: the
+    samples themselves), less the time paused in it. None when there is no span to measure."""
+    spanned = span_of if span_of is not None else samples
+    if len(spanned) < 2:
+        return None
+    first = min(sample.sent_at for sample in spanned)
+    last = max(sample.sent_at for sample in spanned)
+    paused = sum(max(0.0, min(end, last) - max(start, first)) for start, end in pauses)
+    span = last - first - paused
+    if span <= 0:
+        return None
+    # n sends spread over a span make n - 1 gaps: the rate is (n - 1) / span for the whole, scaled for a part.
+    scale = (len(spanned) - 1) / len(spanned) / span
+    return sum(sample.tokens if tokens else 1 for sample in samples) * scale
+
+
+def _per_second(per_minute: float | None) -> float:
+    return math.inf if per_minute is None else per_minute / 60
+
+
+def _lower(ceiling: float | None, own: float) -> float | None:
+    if math.isinf(own):
+        return ceiling
+    return own if ceiling is None else min(ceiling, own)
+
+
+def _smoothed(previous: float | None, sample: float) -> float:
+    if previous is None:
+        return max(sample, 0.0)
+    return previous + ROUND_TRIP_WEIGHT * (sample - previous)
