@@ -428,8 +428,7 @@ class Processor:
         except TransportError as error:
             outcome = outcome_of_error(error, self._scrub)
         decision = classify(outcome)
-        if decision.rate_limited:
-            self.stats.rate_limit_errors += 1
+        self.stats.record_answer(self.clock.now(), rate_limited=decision.rate_limited)
         if not await self._learn(job, outcome, decision) and decision.verdict is not Verdict.SUCCESS:
             return  # the limiter failed and the run stops; a success is still kept
         step = next_step(decision, job=JobState(job.attempts), run=RunState(stopping=self.stopping), policy=settings.retry)
@@ -446,7 +445,7 @@ class Processor:
                 job.errors.append(reason)
                 if pause is not None and not await self._pause_everyone(job, pause):
                     return
-                logger.warning("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, job.attempts, settings.retry.max_attempts, reason, delay)
+                logger.info("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, job.attempts, settings.retry.max_attempts, reason, delay)
                 self._scheduler.add_retry(job, self.clock.now() + delay)
             case StopRun(reason=why):
                 logger.error("%s: %s; stopping the run", job.request.name, self._scrub(why))
@@ -481,7 +480,7 @@ class Processor:
 
     async def _pause_everyone(self, job: _Job, pause: float) -> bool:
         """After a rate-limit 429, nobody sends until the server's hint has passed. False if the limiter failed."""
-        logger.warning("%s: rate limited; all sending paused for %.2fs", job.request.name, pause)
+        logger.log(logging.INFO if pause >= 0.01 else logging.DEBUG, "%s: rate limited; all sending paused for %.2fs", job.request.name, pause)
         try:
             await self.limiter.pause(pause)
         except Exception as error:
