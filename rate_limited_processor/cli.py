@@ -353,14 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.requests_filepath is None and not args.show_limits:
         parser.error("--requests_filepath is required: the JSONL file of requests to send")
-    command = _Command(args)
-    return command.run()
+    return _Command(args).run()
 
 
 class _Command:
     """One invocation: the checks, then the run (or the dry run, or --show_limits), then the exit code.
 
-    Kept together so that every way out writes --summary_json when it was asked for.
+    Kept together so that every way out of a run, a refusal included, writes --summary_json when asked.
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -374,12 +373,12 @@ class _Command:
 
     def run(self) -> int:
         args = self.args
-        try:
-            if self.summary_path is not None:
+        if self.summary_path is not None:
+            try:
                 check_writable(self.summary_path, "--summary_json")
-        except UsageError as error:
-            self.summary_path = None  # it cannot be written, so it is not
-            return self.refuse(error)
+            except UsageError as error:
+                self.summary_path = None  # it cannot be written, so it is not
+                return self.refuse(error)
         try:
             self.settings = settings = settings_from_args(args)
             if args.show_limits:
@@ -427,7 +426,7 @@ class _Command:
         return self.finish(EXIT_USAGE, None, error=str(error))
 
     def finish(self, code: int, stats: RunStats | None, *, error: str | None = None) -> int:
-        if self.summary_path is not None:
+        if self.summary_path is not None and not (self.args.dry_run or self.args.show_limits):  # those run no job
             settings = self.settings
             record = summary_record(
                 stats, exit_code=code, exit_meaning=EXIT_MEANINGS[code], error=error,

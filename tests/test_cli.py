@@ -271,7 +271,7 @@ def test_redis_url_without_the_redis_extra_says_which_extra_to_install(
 
 @pytest.fixture(scope="module")
 def mock() -> Iterator[MockProcess]:
-    with MockProcess("--requests_per_minute", "600", "--tokens_per_minute", "100000", "--latency", "0.3") as process:
+    with MockProcess("--requests_per_minute", "1200", "--tokens_per_minute", "100000", "--latency", "0.1") as process:
         yield process
 
 
@@ -290,9 +290,9 @@ def test_a_run_writes_its_summary_as_json_and_prints_status_lines_when_stderr_is
     assert (summary["exit_code"], summary["succeeded"], summary["failed"], summary["invalid"], summary["attempts"]) == (1, 12, 0, 1, 12)
     assert "some requests failed or some lines were invalid" in summary["exit_meaning"]
     assert summary["limits"]["given"] == {"requests_per_minute": None, "tokens_per_minute": None}
-    assert summary["limits"]["learned"] == {"requests_per_minute": 600, "tokens_per_minute": 100_000}  # from the mock's headers
+    assert summary["limits"]["learned"] == {"requests_per_minute": 1_200, "tokens_per_minute": 100_000}  # from the mock's headers
     assert summary["rate_limit_429s"] == 0 and summary["stop_reason"] is None and summary["total"] == 13
-    assert 0.3 < summary["elapsed_s"] < 30
+    assert 0.1 < summary["elapsed_s"] < 30
     assert f"succeeded      {summary['succeeded']}" in err and f"{summary['attempts']} (0 retries, 0 rate-limit 429s)" in err
     assert re.search(r"\d+/13 done \(\d+%\); last 0\.\ds: 0 retries", err)  # the one-line status, with no terminal
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporary file left
@@ -317,7 +317,7 @@ def test_show_limits_prints_the_rate_limit_headers_in_plain_words_and_writes_not
     out = capsys.readouterr().out
     assert code == 0
     assert f"rate limits for gpt-4.1-nano at {mock.url('chat/completions')}" in out  # the file's model: limits are per model
-    assert re.search(r"requests +600 per minute; \d+ left now; (full again in \d+ms|full now)", out)
+    assert re.search(r"requests +1,200 per minute; \d+ left now; (full again in \d+ms|full now)", out)
     assert re.search(r"tokens +100,000 per minute; [\d,]+ left now", out)
     assert mock.stats()["total"] == served_before + 1  # one request
     assert sorted(path.name for path in tmp_path.iterdir()) == ["chat.jsonl"]  # no results file
@@ -334,3 +334,12 @@ def test_show_limits_against_a_server_that_sends_no_headers(capsys: pytest.Captu
 def test_show_limits_when_nothing_answers_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["--show_limits", "--request_url", "http://127.0.0.1:9/v1/chat/completions"])
     assert code == 3 and "no answer from http://127.0.0.1:9/v1/chat/completions" in capsys.readouterr().err
+
+
+def test_the_readme_flag_table_lists_every_flag() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### Flags\n", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"^\| `(--[a-z_]+)` \|", table, flags=re.MULTILINE))
+    flags = {option for action in build_parser()._actions for option in action.option_strings if option.startswith("--") and option != "--help"}
+    assert documented == flags
+    assert "rate-limited-processor" in readme  # the console script
