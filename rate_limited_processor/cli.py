@@ -5,6 +5,9 @@ Exit codes (also in the README):
   1  the run finished, but some requests failed or some lines were invalid (see the output file)
   2  usage or input error: nothing was sent
   3  stopped early (bad API key, no quota, interrupted, output unwritable): a rerun sends what is left
+
+Every flag may also be spelled with dashes (`--requests-filepath`). The checks before sending (the URL,
+the input, the paths) are in `preflight.py`; `--show_limits` is in `probe.py`.
 """
 
 from __future__ import annotations
@@ -12,48 +15,69 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
+import difflib
+import json
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
 from . import config
 from .config import (
+    API_KEY_VARIABLE,
     DEFAULT_LOGGING_LEVEL,
     DEFAULT_ORDERED_WINDOW,
     DEFAULT_REQUEST_URL,
     DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_STATUS_INTERVAL,
     FROM_ENVIRONMENT,
     REDIS_URL_VARIABLE,
     Settings,
 )
 from .credentials import scrubber_for
-from .endpoints import endpoint_from_url, missing_field_reason, resolve_url
+from .endpoints import endpoint_from_url
 from .errors import LimiterUnavailable, ResumeError, UsageError
 from .job import default_save_path, run_file_job, skip_done
 from .limiter import DEFAULT_BURST_SECONDS, Limits, RateLimiter
-from .models import APIRequest, RejectedLine
 from .planning import format_plan, plan_requests
+from .preflight import check_input, check_readable, check_request_url, check_writable, first_model
+from .probe import format_limits, probe_body, probe_limits
 from .request_io import read_requests
 from .resume import prepare_results_file
 from .retry_policy import RetryPolicy
-from .status import RunStats, format_summary
+from .status import RunStats, format_summary, summary_record
 from .token_estimation import TokenEstimator
+from .transport import AiohttpTransport
 
-__all__ = ["main", "build_parser", "settings_from_args", "exit_code", "UsageError"]
+__all__ = ["main", "build_parser", "settings_from_args", "exit_code", "EXIT_MEANINGS", "UsageError"]
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
+#: What each exit code means, for --help, the README and --summary_json.
+EXIT_MEANINGS = {
+    EXIT_OK: "every request succeeded",
+    EXIT_SOME_FAILED: "the run finished, but some requests failed or some lines were invalid (the output file says which and why)",
+    EXIT_USAGE: "usage or input error, found before anything was sent",
+    EXIT_STOPPED: "stopped early (bad key, no quota, interrupted, output unwritable); a rerun sends what is left",
+}
 
 PROG = "rate_limited_processor"
-#: How many lines are checked before sending: if none of them is usable, the file is refused whole.
-INPUT_CHECK_LINES = 100
+#: How alike a mistyped flag must be to a real one to be suggested ("--max_request_per_minute").
+_FLAG_SIMILARITY = 0.68
+
+
+def _version() -> str:
+    try:
+        return metadata.version("rate_limited_processor")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -66,6 +90,46 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse, kinder to a newcomer: a dashed spelling of every flag (`--requests-filepath`), "did you mean"
+    for a mistyped flag, and errors as one line."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        given = list(sys.argv[1:] if args is None else args)
+        self._spelled: dict[str, str] = {}  # the underscored form of a flag -> as the user typed it
+        canonical = []
+        for position, token in enumerate(given):
+            if token == "--":  # everything after it is a value
+                canonical.extend(given[position:])
+                break
+            canonical.append(self._underscored(token))
+        return super().parse_known_args(canonical, namespace)
+
+    def _underscored(self, token: str) -> str:
+        if not token.startswith("--") or len(token) == 2:
+            return token
+        name, equals, value = token.partition("=")
+        underscored = "--" + name[2:].replace("-", "_")
+        self._spelled[underscored] = name
+        return underscored + equals + value
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self._unknown(extras))
+        return parsed
+
+    def _unknown(self, extras: list[str]) -> str:
+        flags = [token for token in extras if token.startswith("-")]
+        if not flags:
+            return f"unexpected argument {extras[0]!r} (each value follows its flag, as in --requests_filepath FILE)"
+        name = flags[0].partition("=")[0]
+        known = [option for action in self._actions for option in action.option_strings if option.startswith("--")]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=_FLAG_SIMILARITY)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"unknown flag {self._spelled.get(name, name)}{hint}"
+
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block: the user sees exactly what is wrong.
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -74,19 +138,26 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=f"python -m {PROG}",
-        description="Send a JSONL file of OpenAI API requests as fast as your rate limits allow, and no faster.",
+        description="Send a JSONL file of OpenAI API requests as fast as your rate limits allow, and no faster. "
+        "Every flag may also be written with dashes (--requests-filepath).",
         formatter_class=_HelpFormatter,
         epilog="Exit codes: 0 all succeeded; 1 some failed; 2 usage or input error; 3 stopped early (rerun to finish).",
     )
     add = parser.add_argument
-    add("--requests_filepath", required=True, help="JSONL file, one request body per line (optional 'metadata' field is passed through, never sent)")
-    add("--save_filepath", default=None, help="where results are appended (default: <input stem>_results.jsonl beside the input)")
+    add("--version", action="version", version=f"{PROG} {_version()}")
     add(
-        "--request_url", default=DEFAULT_REQUEST_URL,
-        help="endpoint every request is POSTed to (OpenAI, Azure or OpenAI-compatible); for Batch input, lines' own urls replace its "
-        "endpoint part, and an API root such as https://api.openai.com/v1 will do",
+        "--requests_filepath", metavar="FILE",
+        help="required (except with --show_limits): JSONL file, one request body per line (an optional 'metadata' field is passed "
+        "through, never sent)",
     )
-    add("--api_key", default=None, help="API key (default: $OPENAI_API_KEY; prefer the variable: flags show in process lists)")
+    add("--save_filepath", metavar="FILE", default=None, help="where results are appended (default: <input stem>_results.jsonl beside the input)")
+    add(
+        "--request_url", default=None, metavar="URL",
+        help=f"endpoint every request is POSTed to (OpenAI, Azure or OpenAI-compatible) (default: {DEFAULT_REQUEST_URL}, the cookbook's: "
+        "the embeddings endpoint); for Batch input, lines' own urls replace its endpoint part, and an API root such as "
+        "https://api.openai.com/v1 will do",
+    )
+    add("--api_key", default=None, help=f"API key (default: ${API_KEY_VARIABLE}; prefer the variable: flags show in process lists)")
     add(
         "--max_requests_per_minute", type=_limit, default="auto",
         help="requests-per-minute limit to stay under; auto: learned from the API's x-ratelimit headers (a given number is lowered to "
@@ -98,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_attempts", type=_positive_int, default=config.DEFAULT_MAX_ATTEMPTS, help="attempts per request in all, first try included")
     add(
         "--logging_level", type=_logging_level, default=DEFAULT_LOGGING_LEVEL,
-        help="DEBUG, INFO (a line per request sent and done), WARNING (retries), ERROR, or a number",
+        help="DEBUG, INFO (a line per request sent, retried and done), WARNING (only what needs you), ERROR, or a number",
     )
     add(
         "--request_timeout", type=_positive_float, default=config.DEFAULT_REQUEST_TIMEOUT,
@@ -106,7 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--max_in_flight", type=_positive_int, default=config.DEFAULT_MAX_IN_FLIGHT, help="most requests awaiting a response at once")
     add("--burst_seconds", type=_positive_float, default=DEFAULT_BURST_SECONDS, help="bucket capacity in seconds of the limit: how large a burst may be")
-    add("--no_progress", action="store_true", help="no progress bar, even on a terminal")
+    add("--no_progress", action="store_true", help="no progress bar, even on a terminal (status lines follow --status_interval)")
+    add(
+        "--status_interval", type=_non_negative_float, default=DEFAULT_STATUS_INTERVAL, metavar="SECONDS",
+        help="without a progress bar (stderr not a terminal, or --no_progress), print a one-line status this often; with one, only "
+        "after an interval with retries, 429s or failures; 0: never",
+    )
+    add(
+        "--summary_json", metavar="FILE", default=None,
+        help="also write the summary as JSON to FILE (replaced atomically; written for exit code 2 too, with the error)",
+    )
+    add(
+        "--show_limits", action="store_true",
+        help="send one small request to --request_url, print the rate limits its answer's headers state, and exit; nothing is written",
+    )
     add(
         "--output_format", choices=["auto", "cookbook", "batch"], default="auto",
         help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input",
@@ -190,8 +274,16 @@ def _logging_level(text: str) -> int:
     return level
 
 
+def _non_negative_float(text: str) -> float:
+    if text.strip() == "0":
+        return 0.0
+    return _positive_float(text)
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Flags to Settings, checking everything that can be checked before sending."""
+    """Flags to Settings, checking everything that can be checked before sending (the URL first)."""
+    request_url = args.request_url if args.request_url is not None else DEFAULT_REQUEST_URL
+    check_request_url(request_url)
     if args.token_encoding_name is not None:
         import tiktoken
 
@@ -201,7 +293,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     headers = dict(_parse_header(text) for text in args.header)
     try:
         return Settings(
-            request_url=args.request_url,
+            request_url=request_url,
             api_key=args.api_key or FROM_ENVIRONMENT,
             limits=Limits(args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds),
             headroom=args.headroom,
@@ -212,7 +304,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             extra_headers=headers,
         )
     except ValueError as error:
-        raise UsageError(str(error)) from None
+        message = str(error)
+        if message.startswith("api_key "):  # say where the key came from: the flag, or the variable
+            message = ("--api_key" if args.api_key else f"${API_KEY_VARIABLE}") + message.removeprefix("api_key")
+        raise UsageError(message) from None
 
 
 def _parse_header(text: str) -> tuple[str, str]:
@@ -220,52 +315,6 @@ def _parse_header(text: str) -> tuple[str, str]:
     if not colon or not name.strip():
         raise UsageError(f"--header: expected 'Name: value', got {name.strip() or text!r}")  # never echo a value
     return name.strip(), value.strip()
-
-
-def check_input(requests_path: Path, request_url: str) -> None:
-    """Fail before sending if the file holds no requests, or none of its first lines is usable."""
-    first_problem = None
-    checked = 0
-    for item in itertools.islice(read_requests(requests_path), INPUT_CHECK_LINES):
-        checked += 1
-        problem = item.reason if isinstance(item, RejectedLine) else _problem_with(item, request_url)
-        if problem is None:
-            return
-        first_problem = first_problem or problem
-    if first_problem is None:
-        raise UsageError(f"--requests_filepath: {requests_path} holds no requests (it is empty or blank)")
-    raise UsageError(f"--requests_filepath: none of the first {checked} lines is a usable request for this endpoint; the first problem: {first_problem}")
-
-
-def _problem_with(request: APIRequest, request_url: str) -> str | None:
-    try:
-        endpoint = endpoint_from_url(resolve_url(request_url, request.url))
-    except ValueError as error:  # UnsupportedEndpoint, or a malformed or foreign url
-        where = "--request_url" if request.url is None else f"line {request.index}'s url"
-        return f"{where}: {error}"
-    return missing_field_reason(endpoint, request.body)
-
-
-def check_readable(requests_path: Path) -> None:
-    if not requests_path.is_file():
-        raise UsageError(f"--requests_filepath: no such file: {requests_path}")
-    try:
-        with open(requests_path, "rb") as file:
-            file.read(1)
-    except OSError as error:
-        raise UsageError(f"--requests_filepath: cannot read {requests_path}: {error.strerror}") from None
-
-
-def check_paths(requests_path: Path, save_path: Path) -> None:
-    """Fail before sending if the input cannot be read or the output cannot be appended to."""
-    check_readable(requests_path)
-    if save_path.resolve() == requests_path.resolve():
-        raise UsageError("--save_filepath must differ from --requests_filepath")
-    try:
-        with open(save_path, "a", encoding="utf-8"):
-            pass
-    except OSError as error:
-        raise UsageError(f"--save_filepath: cannot write {save_path}: {error.strerror}") from None
 
 
 def exit_code(stats: RunStats) -> int:
@@ -300,39 +349,151 @@ def configure_logging(level: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    requests_path = Path(args.requests_filepath)
-    save_path = Path(args.save_filepath) if args.save_filepath else default_save_path(requests_path)
-    try:
-        settings = settings_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.requests_filepath is None and not args.show_limits:
+        parser.error("--requests_filepath is required: the JSONL file of requests to send")
+    return _Command(args).run()
+
+
+class _Command:
+    """One invocation: the checks, then the run (or the dry run, or --show_limits), then the exit code.
+
+    Kept together so that every way out of a run, a refusal included, writes --summary_json when asked.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.requests_path = Path(args.requests_filepath) if args.requests_filepath is not None else None
+        self.save_path: Path | None = None
+        if self.requests_path is not None:
+            self.save_path = Path(args.save_filepath) if args.save_filepath else default_save_path(self.requests_path)
+        self.summary_path = Path(args.summary_json) if args.summary_json else None
+        self.settings: Settings | None = None
+
+    def run(self) -> int:
+        args = self.args
+        if self.summary_path is not None:
+            try:
+                check_writable(self.summary_path, "--summary_json")
+            except UsageError as error:
+                self.summary_path = None  # it cannot be written, so it is not
+                return self.refuse(error)
+        try:
+            self.settings = settings = settings_from_args(args)
+            if args.show_limits:
+                return self.show_limits(settings)
+            assert self.requests_path is not None and self.save_path is not None
+            self.check_paths(self.requests_path, self.save_path)
+            check_input(self.requests_path, settings.request_url, url_given=args.request_url is not None)
+            if not args.dry_run:
+                _check_redis_extra(args.redis_url)
+        except UsageError as error:
+            return self.refuse(error)
+        configure_logging(args.logging_level)
         if args.dry_run:
-            check_readable(requests_path)
-        else:
-            check_paths(requests_path, save_path)
-        check_input(requests_path, settings.request_url)
-    except UsageError as error:
+            return dry_run(settings, self.requests_path, self.save_path, retry_failed=args.retry_failed)
+        show_progress = sys.stderr.isatty() and not args.no_progress
+        try:
+            stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress))
+        except (ResumeError, LimiterUnavailable) as error:
+            return self.refuse(error)
+        except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return self.finish(EXIT_STOPPED, None, error="interrupted before the run started or after it ended")
+        except Exception as error:
+            # A bug: report it without the key, which an exception's text could carry.
+            scrub = scrubber_for(settings)
+            print(scrub("".join(traceback.format_exception(error))), file=sys.stderr)
+            print(f"{PROG}: internal error: {scrub(str(error))} (please report it; a rerun resumes)", file=sys.stderr)
+            return self.finish(EXIT_STOPPED, None, error=f"internal error: {scrub(str(error))}")
+        print(format_summary(stats, save_path=str(self.save_path)), file=sys.stderr)
+        return self.finish(exit_code(stats), stats)
+
+    def check_paths(self, requests_path: Path, save_path: Path) -> None:
+        """The input can be read, and the outputs can be written (checked without creating them)."""
+        check_readable(requests_path)
+        if self.args.dry_run:
+            return
+        if save_path.resolve() == requests_path.resolve():
+            raise UsageError("--save_filepath must differ from --requests_filepath")
+        check_writable(save_path, "--save_filepath")
+        if self.summary_path is not None and self.summary_path.resolve() in (requests_path.resolve(), save_path.resolve()):
+            raise UsageError("--summary_json must differ from --requests_filepath and --save_filepath")
+
+    def refuse(self, error: Exception) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    configure_logging(args.logging_level)
-    if args.dry_run:
-        return dry_run(settings, requests_path, save_path, retry_failed=args.retry_failed)
-    show_progress = sys.stderr.isatty() and not args.no_progress
+        return self.finish(EXIT_USAGE, None, error=str(error))
+
+    def finish(self, code: int, stats: RunStats | None, *, error: str | None = None) -> int:
+        if self.summary_path is not None and not (self.args.dry_run or self.args.show_limits):  # those run no job
+            settings = self.settings
+            record = summary_record(
+                stats, exit_code=code, exit_meaning=EXIT_MEANINGS[code], error=error,
+                given=settings.limits if settings is not None else Limits(None, None),
+                headroom=settings.headroom if settings is not None else 1.0,
+                requests_path=str(self.requests_path) if self.requests_path is not None else None,
+                save_path=str(self.save_path) if self.save_path is not None and stats is not None else None,
+            )
+            try:
+                write_json_atomically(self.summary_path, record)
+            except OSError as write_error:
+                print(f"{PROG}: error: --summary_json: cannot write {self.summary_path}: {write_error.strerror or write_error}", file=sys.stderr)
+        return code
+
+    def show_limits(self, settings: Settings) -> int:
+        """One small request; its rate-limit headers in plain words. Exit 0 when the answer said something."""
+        try:
+            endpoint = endpoint_from_url(settings.request_url)
+        except ValueError as error:
+            raise UsageError(f"--show_limits: --request_url must name an endpoint: {error}") from None
+        model = None
+        if self.requests_path is not None:
+            check_readable(self.requests_path)
+            model = first_model(self.requests_path)
+        body = probe_body(endpoint, model)
+
+        async def probe() -> Any:
+            transport = AiohttpTransport(max_connections=1)
+            try:
+                return await probe_limits(settings, body, transport)
+            finally:
+                await transport.aclose()
+
+        seen = asyncio.run(probe())
+        text = format_limits(seen, url=settings.request_url, model=body.get("model"), default_model=model is None)
+        if seen.succeeded or seen.any_header:
+            print(text)
+            return EXIT_OK
+        print(f"{PROG}: error: {text}", file=sys.stderr)  # no answer, or a refusal that says nothing about limits (a bad key)
+        return EXIT_STOPPED
+
+
+def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
+    """Replace `path` with `record` as JSON in one step: a reader sees the old file or the new, never half of one."""
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as file:
+        try:
+            json.dump(record, file, indent=2)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        except BaseException:
+            os.unlink(file.name)
+            raise
+    os.replace(file.name, path)
+
+
+def _check_redis_extra(redis_url: str | None) -> None:
+    """Limits shared through Redis need the redis extra: say which, before anything starts."""
+    source = "--redis_url" if redis_url else f"${REDIS_URL_VARIABLE}" if os.environ.get(REDIS_URL_VARIABLE) else None
+    if source is None:
+        return
     try:
-        stats = asyncio.run(_run(settings, args, requests_path, save_path, show_progress))
-    except (ResumeError, LimiterUnavailable) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_STOPPED
-    except Exception as error:
-        # A bug: report it without the key, which an exception's text could carry.
-        scrub = scrubber_for(settings)
-        print(scrub("".join(traceback.format_exception(error))), file=sys.stderr)
-        print(f"{PROG}: internal error: {scrub(str(error))} (please report it; a rerun resumes)", file=sys.stderr)
-        return EXIT_STOPPED
-    print(format_summary(stats, save_path=str(save_path)), file=sys.stderr)
-    return exit_code(stats)
+        import redis.asyncio  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            f"{source} shares the limits through Redis, which needs the redis extra: pip install 'rate_limited_processor[redis]'"
+        ) from None
 
 
 def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool) -> int:
@@ -354,25 +515,15 @@ async def shared_limiter(settings: Settings, redis_url: str | None, limit_key: s
     url = redis_url or os.environ.get(REDIS_URL_VARIABLE)
     if not url:
         return None
-    try:
-        from .shared_limiter import RedisLimiter, default_limit_key
-    except ImportError:
-        raise LimiterUnavailable("--redis_url needs the redis extra: pip install 'rate_limited_processor[redis]'") from None
-    key = limit_key or default_limit_key(settings.request_url, _first_model(requests_path), settings.key.reveal() if settings.key else None)
+    from .shared_limiter import RedisLimiter, default_limit_key
+
+    key = limit_key or default_limit_key(settings.request_url, first_model(requests_path), settings.key.reveal() if settings.key else None)
     try:
         limiter = await RedisLimiter.connect(url, key, settings.limits)
     except LimiterUnavailable as error:
         raise LimiterUnavailable(f"--redis_url: {error}") from None
     logging.getLogger(PROG).info("sharing limits through Redis under the key %r", key)
     return limiter
-
-
-def _first_model(requests_path: Path) -> str | None:
-    for item in itertools.islice(read_requests(requests_path), INPUT_CHECK_LINES):
-        model = item.body.get("model") if isinstance(item, APIRequest) else None
-        if isinstance(model, str):
-            return model
-    return None
 
 
 async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path, save_path: Path, show_progress: bool) -> RunStats:
@@ -385,7 +536,7 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
     with redirect:
         return await run_file_job(
             settings, requests_path, save_path, limiter=limiter,
-            show_progress=show_progress, retry_failed=args.retry_failed,
+            show_progress=show_progress, status_interval=args.status_interval or None, retry_failed=args.retry_failed,
             handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
             ordered=args.ordered, ordered_window=args.ordered_window,
         )

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_SHUTDOWN_GRACE",
     "DEFAULT_ORDERED_WINDOW",
     "DEFAULT_LOGGING_LEVEL",
+    "DEFAULT_STATUS_INTERVAL",
     "REDIS_URL_VARIABLE",
 ]
 
@@ -48,6 +49,8 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_ORDERED_WINDOW = 10_000
 #: WARNING, not the cookbook's INFO: at INFO a 10-million-line job writes 20 million lines.
 DEFAULT_LOGGING_LEVEL = "WARNING"
+#: Seconds between the command's one-line status lines when it draws no progress bar (cron, nohup, a pipe).
+DEFAULT_STATUS_INTERVAL = 30.0
 #: Where the command looks for a Redis URL when --redis_url is not given.
 REDIS_URL_VARIABLE = "RATE_LIMITED_PROCESSOR_REDIS_URL"
 
@@ -130,6 +133,11 @@ class Settings:
             # Keys read from files often end in a newline; anything else unprintable cannot be a key
             # and would fail every request inside the HTTP client instead of here.
             key = key.strip()
+            # The two ways a key copied from a header or a shell snippet usually arrives; neither is the key.
+            if key[:7].lower() == "bearer ":
+                raise ValueError("api_key starts with 'Bearer ': give the key alone, drop 'Bearer ' (the key itself is not shown)")
+            if len(key) >= 2 and key[0] == key[-1] and key[0] in "'\"":
+                raise ValueError("api_key is wrapped in quotes: give the key alone, without them (the key itself is not shown)")
             if not key.isprintable() or " " in key:
                 raise ValueError("api_key contains spaces or control characters (the key itself is not shown)")
         object.__setattr__(self, "api_key", Secret(key) if key else None)

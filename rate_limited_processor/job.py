@@ -31,6 +31,9 @@ __all__ = ["run_file_job", "skip_done", "default_save_path", "Reorder"]
 
 logger = logging.getLogger("rate_limited_processor")
 
+#: Seconds between redraws of the display when no result arrives (or the status interval, if shorter).
+TICK_SECONDS = 1.0
+
 
 def default_save_path(requests_path: str | Path) -> Path:
     """The cookbook's default: `<input stem>_results.jsonl` beside the input."""
@@ -53,6 +56,7 @@ async def run_file_job(
     output_format: OutputFormat | Literal["auto"] = "auto",
     ordered: bool = False,
     ordered_window: int = DEFAULT_ORDERED_WINDOW,
+    status_interval: float | None = None,
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
@@ -62,6 +66,8 @@ async def run_file_job(
     `shutdown_grace` seconds; a second abandons them at once. `output_format` "auto" writes Batch
     output for Batch input and the cookbook's rows otherwise. `ordered` writes rows in input order,
     holding at most `ordered_window` finished results until the ones before them are done.
+    `show_progress` (default: stderr is a terminal) draws a bar; without one, a status line is printed
+    every `status_interval` seconds (None: never), and with one, only for an interval with trouble.
     """
     if output_format == "auto":
         output_format = detect_output_format(requests_path)
@@ -73,12 +79,17 @@ async def run_file_job(
     processor = Processor(settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None)
     stats = processor.stats
     stats.failed_earlier = report.failure_rows
+    stats.earlier_rows = len(done)
     if show_progress is None:
         show_progress = sys.stderr.isatty()
-    if show_progress:
+    if show_progress or status_interval:
         stats.total = count_lines(requests_path)
-    display = ProgressDisplay(stats, enabled=show_progress)
+    display = ProgressDisplay(stats, enabled=show_progress, status_interval=status_interval, given=settings.limits)
+    if stats.earlier_rows:
+        display.note(f"resuming: {save_path} already holds {stats.earlier_rows:,} results; those requests are not sent again")
     remove_handlers = _handle_signals(processor, shutdown_grace) if handle_signals else _nothing
+    every = min(TICK_SECONDS, status_interval) if status_interval else TICK_SECONDS
+    ticker = asyncio.ensure_future(_tick(display, clock, every)) if display.active else None
     try:
         with ResultWriter(save_path, output_format) as writer:
             reorder = Reorder() if ordered else None
@@ -104,6 +115,8 @@ async def run_file_job(
     finally:
         stats.already_done = done.claimed
         remove_handlers()
+        if ticker is not None:
+            ticker.cancel()
         display.close()
         await processor.limiter.aclose()
     if stats.stop_reason is None and done.unclaimed:
@@ -156,6 +169,13 @@ class Reorder:
         return ready
 
 
+async def _tick(display: ProgressDisplay, clock: Clock, every: float) -> None:
+    """Keep the display moving when no result arrives (an outage, a long pause): it says it waits."""
+    while True:
+        await clock.sleep(every)
+        display.tick()
+
+
 def _handle_signals(processor: Processor, grace: float) -> Callable[[], None]:
     """First signal: finish what is in flight (up to `grace` seconds). Second: stop at once."""
     loop = asyncio.get_running_loop()
@@ -163,12 +183,17 @@ def _handle_signals(processor: Processor, grace: float) -> Callable[[], None]:
 
     def on_signal(name: str) -> None:
         received.append(name)
+        in_flight = processor.stats.in_flight
+        again = "Ctrl-C" if name == "SIGINT" else name
         if len(received) == 1:
-            logger.warning("%s: taking no more requests; those in flight get %gs to finish (press Ctrl-C again to stop now)", name, grace)
+            if in_flight:
+                logger.warning("%s: taking no more requests; finishing %d in flight (up to %gs); %s again to abandon them", name, in_flight, grace, again)
+            else:
+                logger.warning("%s: taking no more requests; nothing is in flight", name)
             processor.stop(f"interrupted by {name}")
             loop.call_later(grace, processor.abort)
         else:
-            logger.warning("%s again: abandoning the requests in flight", name)
+            logger.warning("%s again: abandoning the %d in flight (a rerun sends them)", name, in_flight)
             processor.abort()
 
     signals = (signal.SIGINT, signal.SIGTERM)

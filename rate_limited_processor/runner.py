@@ -453,8 +453,8 @@ class Processor:
             outcome = outcome_of_error(error, self._scrub)
         decision = classify(outcome)
         now = self.clock.now()
+        self.stats.record_answer(now, rate_limited=decision.rate_limited)
         if decision.rate_limited:
-            self.stats.rate_limit_errors += 1
             job.rate_limited += 1
             if job.first_rate_limited_at is None:
                 job.first_rate_limited_at = now
@@ -481,7 +481,7 @@ class Processor:
             case Retry(delay=delay):
                 job.errors.append(reason)
                 attempts = job.attempts - job.rate_limited
-                logger.warning("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, attempts, settings.retry.max_attempts, reason, delay)
+                logger.info("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, attempts, settings.retry.max_attempts, reason, delay)
                 self._scheduler.add_retry(job, self.clock.now() + delay)
             case StopRun(reason=why):
                 logger.error("%s: %s; stopping the run", job.request.name, self._scrub(why))

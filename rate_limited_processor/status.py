@@ -1,7 +1,10 @@
-"""What the user sees: run counters, the live progress bar, and the final summary.
+"""What the user sees: run counters, the live progress display, the status line, and the final summary.
 
-`RunStats` is written by the dispatch loop alone (one place); the progress bar and the summary only
-read it. The summary is pure text formatting, so it is tested without running anything.
+`RunStats` is written by the dispatch loop alone (one place); the display, the status line and the summary
+only read it. The status line (`StatusDigest`), the summary and its JSON record are pure: they take the
+stats and `now`, so they are tested without running anything. At the default log level nothing is logged
+per request: retries, 429s and failures are counted here and shown on the bar and in the status line,
+and each is logged one by one at INFO.
 """
 
 from __future__ import annotations
@@ -18,9 +21,21 @@ from .limiter import Limits
 from .models import RequestResult, ResultKind
 from .rate_control import ControlReport
 
-__all__ = ["RunStats", "RateMeter", "ProgressDisplay", "format_duration", "format_summary"]
+__all__ = [
+    "RunStats",
+    "RateMeter",
+    "StatusDigest",
+    "ProgressDisplay",
+    "format_duration",
+    "format_summary",
+    "summary_record",
+    "waiting_note",
+]
 
 Clock = Callable[[], float]
+
+#: Seconds without an answer after which the display says it is waiting, rather than look frozen.
+WAITING_AFTER = 5.0
 
 
 class RateMeter:
@@ -76,6 +91,10 @@ class RunStats:
     retries: int = 0
     #: Rate-limit 429s received.
     rate_limit_errors: int = 0
+    #: Attempts that have ended: an answer came, or none will (a reset, a timeout).
+    answers: int = 0
+    #: When the last attempt ended (the run's clock); None before the first.
+    last_answer_at: float | None = None
     #: Tokens charged against the TPM limit, over all attempts.
     tokens_charged: int = 0
     #: For succeeded requests: our estimate vs. what the API's `usage` reported.
@@ -84,8 +103,11 @@ class RunStats:
     reported_total_tokens: int = 0
     #: Requests that had been read but had no final result when the run stopped early.
     unfinished: int = 0
-    #: Requests skipped because the results file already had their final row (a resumed run).
+    #: Requests skipped because the results file already had their final row (a resumed run). Counted as
+    #: the input is read, so it grows during the run.
     already_done: int = 0
+    #: Final rows the results file held when the run started: about how many requests it will skip.
+    earlier_rows: int = 0
     #: Rows of an earlier run that matched no input line (the input was edited since?).
     orphan_rows: int = 0
     #: How the server counted our tokens, as learned from its headers: 1.2 = 20% more than we estimated.
@@ -106,6 +128,16 @@ class RunStats:
         return self.succeeded + self.failed + self.invalid
 
     @property
+    def in_flight(self) -> int:
+        """Attempts sent and not yet ended."""
+        return self.attempts - self.answers
+
+    @property
+    def skipped(self) -> int:
+        """Requests an earlier run finished: as far as the input has been read, or as the results file promises."""
+        return max(self.already_done, self.earlier_rows)
+
+    @property
     def elapsed(self) -> float:
         end = self.finished_at if self.finished_at is not None else self.clock()
         return max(end - self.started_at, 1e-9)
@@ -115,6 +147,12 @@ class RunStats:
         self.retries += is_retry
         self.tokens_charged += tokens
         self.meter.record(tokens)
+
+    def record_answer(self, now: float, *, rate_limited: bool) -> None:
+        """An attempt ended (answered, or given up on)."""
+        self.answers += 1
+        self.last_answer_at = now
+        self.rate_limit_errors += rate_limited
 
     def record_result(self, result: RequestResult) -> None:
         """Count a result the consumer has taken (so one that could not be written is not counted)."""
@@ -137,28 +175,228 @@ class RunStats:
             self.reported_total_tokens += total if isinstance(total, int) else 0
 
 
-class ProgressDisplay:
-    """A tqdm bar (requests done/total, current RPM and TPM, 429s), or nothing when disabled."""
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """The counters at one moment, to tell what an interval added."""
 
-    def __init__(self, stats: RunStats, *, enabled: bool, stream: TextIO | None = None) -> None:
+    at: float
+    attempts: int
+    tokens: int
+    retries: int
+    rate_limit_errors: int
+    failed: int
+
+    @classmethod
+    def of(cls, stats: RunStats, now: float) -> _Mark:
+        return cls(now, stats.attempts, stats.tokens_charged, stats.retries, stats.rate_limit_errors, stats.failed)
+
+
+class StatusDigest:
+    """The one-line status, every `interval` seconds: how far the run is, what went wrong in the last interval
+    (retries, rate-limit 429s, failures), the pace against the limits, the time left, and whether it waits.
+
+    It stands in for the per-request log lines of the default level: a 10-million-line job prints one line
+    every 30 s instead of one per retry. Pure: it reads the stats and the `now` it is given.
+    """
+
+    __slots__ = ("interval", "given", "_last")
+
+    def __init__(self, stats: RunStats, interval: float, *, now: float, given: Limits | None = None) -> None:
+        self.interval = interval
+        #: The limits the user gave, to tell them from the ones learned from the API.
+        self.given = given
+        self._last = _Mark.of(stats, now)
+
+    def due(self, now: float) -> bool:
+        return self.interval > 0 and now - self._last.at >= self.interval
+
+    def had_trouble(self, stats: RunStats) -> bool:
+        """Retries, 429s or failures since the last line."""
+        last = self._last
+        return (stats.retries, stats.rate_limit_errors, stats.failed) != (last.retries, last.rate_limit_errors, last.failed)
+
+    def line(self, stats: RunStats, now: float) -> str:
+        """The status now, covering the time since the last line (and starting the next interval)."""
+        last, mark = self._last, _Mark.of(stats, now)
+        self._last = mark
+        span = max(mark.at - last.at, 1e-9)
+        parts = [
+            _progress(stats),
+            f"last {format_duration(span)}: {_plural(mark.retries - last.retries, 'retry', 'retries')}, "
+            f"{mark.rate_limit_errors - last.rate_limit_errors:,} rate-limit 429s, {mark.failed - last.failed:,} failed",
+            describe_pace((mark.attempts - last.attempts) * 60 / span, (mark.tokens - last.tokens) * 60 / span, stats.limits, self.given),
+        ]
+        eta = eta_seconds(stats, now)
+        if eta is not None:
+            parts.append(f"ETA {format_duration(eta)}")
+        waiting = waiting_note(stats, now)
+        if waiting is not None:
+            parts.append(waiting)
+        return "; ".join(parts)
+
+
+def _progress(stats: RunStats) -> str:
+    done = stats.skipped + stats.done
+    text = f"{done:,}/{stats.total:,} done ({done / stats.total:.0%})" if stats.total else f"{done:,} done"
+    if stats.skipped:
+        text += f", {stats.skipped:,} of them by an earlier run"
+    return text
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count:,} {one if count == 1 else many}"
+
+
+def describe_pace(rpm: float, tpm: float, known: Limits, given: Limits | None) -> str:
+    """"580 of 600 RPM, 42,000 of 60,000 TPM (limits learned)": the pace, what it is held to, and where each limit came from."""
+    given = given if given is not None else Limits(None, None)
+    parts, sources = [], {}
+    for unit, rate, limit, stated in (
+        ("RPM", rpm, known.requests_per_minute, given.requests_per_minute),
+        ("TPM", tpm, known.tokens_per_minute, given.tokens_per_minute),
+    ):
+        if limit is None:
+            parts.append(f"{rate:,.0f} {unit} (limit not known)")
+        elif math.isinf(limit):
+            parts.append(f"{rate:,.0f} {unit} (no limit)")
+        else:
+            parts.append(f"{rate:,.0f} of {limit:,.0f} {unit}")
+            sources[unit] = "given" if stated == limit else "learned"
+    text = ", ".join(parts)
+    if len(sources) == 2 and len(set(sources.values())) == 1:
+        return f"{text} (limits {sources['RPM']})"
+    if sources:
+        return f"{text} ({', '.join(f'{unit} limit {source}' for unit, source in sources.items())})"
+    return text
+
+
+def eta_seconds(stats: RunStats, now: float) -> float | None:
+    """Seconds left at this run's own average pace (requests an earlier run finished are not part of it)."""
+    elapsed = now - stats.started_at
+    if stats.total is None or stats.done == 0 or elapsed <= 0:
+        return None
+    remaining = max(0, stats.total - stats.skipped - stats.done)
+    return remaining * elapsed / stats.done
+
+
+def waiting_note(stats: RunStats, now: float) -> str | None:
+    """"waiting: no answer for 12.0s, 40 in flight" when the API has gone quiet, so a stalled run does not look frozen."""
+    if stats.finished_at is not None:
+        return None
+    quiet = now - (stats.last_answer_at if stats.last_answer_at is not None else stats.started_at)
+    if quiet < WAITING_AFTER:
+        return None
+    if stats.in_flight:
+        return f"waiting: no answer for {format_duration(quiet)}, {stats.in_flight:,} in flight"
+    return f"waiting: no answer for {format_duration(quiet)}, nothing in flight (paced, paused after a 429, or backing off)"
+
+
+def _short(value: float | None) -> str:
+    """A rate in a few characters, for the bar: 580, 42k, 1.5M; ? when not known."""
+    if value is None:
+        return "?"
+    if math.isinf(value):
+        return "∞"
+    if value >= 10_000_000:
+        return f"{value / 1e6:.0f}M"
+    if value >= 1_000_000:
+        return f"{value / 1e6:.1f}M"
+    if value >= 10_000:
+        return f"{value / 1e3:.0f}k"
+    return f"{value:,.0f}"
+
+
+def bar_postfix(stats: RunStats, now: float, given: Limits | None = None) -> str:
+    """The bar's right-hand side: the pace against the limits, what went wrong so far, and any wait."""
+    rpm, tpm = stats.meter.per_minute()
+    limits = stats.limits
+    learned = given is not None and (limits.requests_per_minute, limits.tokens_per_minute) != (given.requests_per_minute, given.tokens_per_minute)
+    text = (
+        f"{_short(rpm)}/{_short(limits.requests_per_minute)} RPM, {_short(tpm)}/{_short(limits.tokens_per_minute)} TPM"
+        f"{' (learned)' if learned else ''}, {_plural(stats.retries, 'retry', 'retries')}, {stats.rate_limit_errors:,} 429s, {stats.failed:,} failed"
+    )
+    waiting = waiting_note(stats, now)
+    return f"{text}; {waiting}" if waiting is not None else text
+
+
+class ProgressDisplay:
+    """What a person watching the run sees.
+
+    - On a terminal, a tqdm bar: done/total, starting at what an earlier run finished (and saying so); the
+      rate and ETA of this run's own work; the pace against the limits; retries, 429s and failures; and
+      "waiting" when the API goes quiet. A status line is printed above it for an interval that had
+      retries, 429s or failures, so the scrollback keeps a record.
+    - Elsewhere (cron, nohup, a pipe, or --no_progress), a one-line status every `status_interval` seconds.
+
+    `tick()` is called every second or so, and `update()` after each result.
+    """
+
+    def __init__(
+        self,
+        stats: RunStats,
+        *,
+        enabled: bool,
+        status_interval: float | None = None,
+        given: Limits | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
         self._stats = stats
+        self._given = given
+        self._stream = stream
         self._bar: Any = None
+        now = stats.clock()
+        self._digest = StatusDigest(stats, status_interval, now=now, given=given) if status_interval else None
         if enabled:
             from tqdm import tqdm
 
-            stream = stream if stream is not None else sys.stderr
-            self._bar = tqdm(total=stats.total, unit="req", file=stream, dynamic_ncols=True, smoothing=0.1)
+            skipped = stats.skipped
+            self._bar = tqdm(
+                total=stats.total, initial=skipped, unit="req", file=self._out(), dynamic_ncols=True,
+                smoothing=0,  # the rate is this run's average: skipped lines are in `initial`, not in the rate
+                desc=f"resumed, {skipped:,} done before" if skipped else None,
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is shown while the run goes on (and so whether `tick` needs calling)."""
+        return self._bar is not None or self._digest is not None
+
+    def _out(self) -> TextIO:
+        return self._stream if self._stream is not None else sys.stderr
+
+    def note(self, text: str) -> None:
+        """A line for the person watching (above the bar on a terminal)."""
+        if self._bar is not None:
+            self._bar.write(text, file=self._out())
+        elif self.active:
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", file=self._out(), flush=True)
 
     def update(self) -> None:
+        """A result arrived: move the bar (tqdm redraws at most ten times a second)."""
         if self._bar is None:
             return
-        rpm, tpm = self._stats.meter.per_minute()
-        self._bar.set_postfix_str(f"{rpm:,.0f} RPM, {tpm:,.0f} TPM, 429s {self._stats.rate_limit_errors}", refresh=False)
-        self._bar.update(self._stats.already_done + self._stats.done - self._bar.n)
+        skipped = self._stats.skipped
+        self._bar.initial = skipped
+        self._bar.update(skipped + self._stats.done - self._bar.n)
+
+    def tick(self) -> None:
+        """Redraw the bar (so an outage shows as waiting, not as a frozen bar), and print a status line when one is due."""
+        now = self._stats.clock()
+        if self._bar is not None:
+            self.update()
+            self._bar.set_postfix_str(bar_postfix(self._stats, now, self._given), refresh=False)
+            self._bar.refresh()
+        digest = self._digest
+        if digest is not None and digest.due(now):
+            trouble = digest.had_trouble(self._stats)
+            line = digest.line(self._stats, now)
+            if self._bar is None or trouble:
+                self.note(line)
 
     def close(self) -> None:
         if self._bar is not None:
             self.update()
+            self._bar.set_postfix_str(bar_postfix(self._stats, self._stats.clock(), self._given), refresh=False)
             self._bar.close()
 
 
@@ -245,3 +483,84 @@ def format_duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def summary_record(
+    stats: RunStats | None,
+    *,
+    exit_code: int,
+    exit_meaning: str,
+    given: Limits,
+    headroom: float = 1.0,
+    error: str | None = None,
+    requests_path: str | None = None,
+    save_path: str | None = None,
+) -> dict[str, Any]:
+    """The summary as data, for `--summary_json`: the same facts as `format_summary`, plus the exit code.
+
+    `stats` is None for a run refused before it started (exit code 2): the counts are then zero and
+    `error` says why. Limits are requests and tokens per minute; null where not known.
+    """
+    if stats is None:
+        stats = RunStats(given, started_at=0.0, finished_at=0.0)
+    not_finished = max(0, stats.total - stats.done - stats.already_done) if stats.total is not None else None
+    return {
+        "exit_code": exit_code,
+        "exit_meaning": exit_meaning,
+        "stop_reason": stats.stop_reason,
+        "error": error,
+        "total": stats.total,
+        "already_done": stats.already_done,
+        "succeeded": stats.succeeded,
+        "failed": stats.failed,
+        "invalid": stats.invalid,
+        "not_finished": not_finished,
+        "attempts": stats.attempts,
+        "retries": stats.retries,
+        "rate_limit_429s": stats.rate_limit_errors,
+        "elapsed_s": round(stats.elapsed, 3),
+        "tokens_charged": stats.tokens_charged,
+        "tokens_estimated_succeeded": stats.estimated_tokens_succeeded,
+        "tokens_reported_total": stats.reported_total_tokens,
+        "tokens_reported_prompt": stats.reported_prompt_tokens,
+        "limits": {
+            "given": _limits_record(given),
+            "used": _limits_record(stats.limits),
+            "learned": _limits_record(_learned(stats.limits, given)),
+            "headroom": headroom,
+        },
+        "server_token_ratio": round(stats.server_token_ratio, 3),
+        "rate_control": _control_record(stats.control),
+        "failed_earlier": stats.failed_earlier,
+        "orphan_rows": stats.orphan_rows,
+        "requests_file": requests_path,
+        "results_file": save_path,
+    }
+
+
+def _control_record(control: ControlReport | None) -> dict[str, Any] | None:
+    """What the closed-loop rate control found: its cuts, and where the server's limit appears to be."""
+    if control is None:
+        return None
+    return {
+        "cuts": control.cuts,
+        "found_requests_per_minute": None if control.found_requests_per_minute is None else round(control.found_requests_per_minute, 1),
+        "found_tokens_per_minute": None if control.found_tokens_per_minute is None else round(control.found_tokens_per_minute, 1),
+    }
+
+
+def _learned(known: Limits, given: Limits) -> Limits:
+    """The limits that did not come from the user: learned from the API's headers or its 429s."""
+    def learned(value: float | None, stated: float | None) -> float | None:
+        return value if value is not None and value != stated else None
+
+    return Limits(learned(known.requests_per_minute, given.requests_per_minute), learned(known.tokens_per_minute, given.tokens_per_minute))
+
+
+def _limits_record(limits: Limits) -> dict[str, float | str | None]:
+    def value(rate: float | None) -> float | str | None:
+        if rate is None:
+            return None
+        return "unlimited" if math.isinf(rate) else round(rate, 3)
+
+    return {"requests_per_minute": value(limits.requests_per_minute), "tokens_per_minute": value(limits.tokens_per_minute)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -17,3 +18,14 @@ def no_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Iterato
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     yield
+
+
+@pytest.fixture(autouse=True)
+def restore_the_package_logger() -> Iterator[None]:
+    """`cli.main` sets up the package's logger (level, handler, no propagation): undo it after each test."""
+    logger = logging.getLogger("rate_limited_processor")
+    state = (logger.level, list(logger.handlers), logger.propagate)
+    yield
+    logger.setLevel(state[0])
+    logger.handlers[:] = state[1]
+    logger.propagate = state[2]

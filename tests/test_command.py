@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rate_limited_processor.mock_server import MockConfig, MockServer
+from rate_limited_processor.mock_server.child import MockProcess
 from tests.helpers import chat_request, read_rows, run_cli, write_jsonl
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -161,3 +162,46 @@ def test_the_tour_of_features_runs() -> None:
     assert "charged about" in out  # learned that the server counts differently
     assert '"custom_id": "q-1"' in out
     assert "rows in the output, in order: [1, 2, 3]" in out
+
+
+def run_on_a_terminal(argv: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run the command with a pseudo-terminal as its stderr (and stdout), as a person at a shell would."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    main_fd, terminal_fd = pty.openpty()
+    fcntl.ioctl(terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))  # 200 columns: the whole bar
+    process = subprocess.Popen([sys.executable, "-m", "rate_limited_processor", *argv], stdin=subprocess.DEVNULL, stdout=terminal_fd, stderr=terminal_fd)
+    os.close(terminal_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main_fd)
+    return process.wait(timeout=timeout), b"".join(chunks).decode(errors="replace")
+
+
+def test_on_a_terminal_a_resumed_run_starts_its_bar_at_what_was_done_and_rates_only_this_runs_work(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(30)]
+    input_path = write_jsonl(tmp_path / "questions.jsonl", requests)
+    done_rows = [[{k: v for k, v in body.items() if k != "metadata"}, {"choices": []}, body["metadata"]] for body in requests[:20]]
+    save_path = write_jsonl(tmp_path / "results.jsonl", done_rows)
+    with MockProcess("--requests_per_minute", "600", "--tokens_per_minute", "100000") as mock:
+        code, out = run_on_a_terminal([
+            "--requests_filepath", str(input_path), "--save_filepath", str(save_path), "--request_url", mock.url("chat/completions"),
+            "--token_encoding_name", "cl100k_base",
+        ])
+    assert code == 0, out
+    assert "resumed, 20 done before" in out and "20/30" in out and "30/30" in out
+    assert "/600 RPM" in out and "(learned)" in out  # the limits learned from the API are on the bar
+    rates = [float(rate) for rate in re.findall(r"(\d+\.\d+)req/s", out)]
+    assert rates and max(rates) <= 12  # this run's 10 requests at 600 RPM (10/s); counting the 20 skipped would say ~30/s
+    assert "already done   20" in out and "succeeded      10" in out

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import resource
 import signal
 import sys
@@ -77,6 +78,7 @@ async def test_kill_9_then_rerun_every_line_once_and_nothing_finished_is_sent_ag
 
     assert sent_again == [], f"{len(sent_again)} requests with a final row were sent again"
     assert "cut off a torn last line" in stderr.decode()
+    assert f"resuming: {output_path} already holds {len(finished_before):,} results" in stderr.decode()
     assert f"already done   {len(finished_before):,}" in stderr.decode()
     assert_exactly_once(read_rows(output_path), n)
 
@@ -95,6 +97,7 @@ async def test_ctrl_c_finishes_in_flight_requests_writes_them_and_exits_3_then_a
         text = stderr.decode()
         assert first.returncode == 3, text
         assert "STOPPED EARLY: interrupted by SIGINT" in text and "Traceback" not in text
+        assert re.search(r"SIGINT: taking no more requests; finishing \d+ in flight \(up to 30s\); Ctrl-C again to abandon them", text), text
         rows = read_rows(output_path)  # every line complete
         # The ~30 requests in flight (0.3 s latency at 100/s) were finished and written, not abandoned...
         answered = [entry for entry in server.record if entry.outcome == 200]
@@ -125,6 +128,7 @@ async def test_a_second_ctrl_c_stops_at_once_without_corrupting_the_output(tmp_p
     assert time.monotonic() - started < 5
     assert process.returncode == 3, stderr.decode()
     assert "STOPPED EARLY" in stderr.decode()
+    assert re.search(r"SIGINT again: abandoning the \d+ in flight \(a rerun sends them\)", stderr.decode())
     read_rows(output_path)  # parses: no torn or partial row
 
 

@@ -1,13 +1,24 @@
-"""Counters, the rate meter and the summary text: pure, on a fake clock."""
+"""Counters, the rate meter, the status line, the progress display and the summary: pure, on a fake clock."""
 
 from __future__ import annotations
 
 import io
+import json
+import math
 
 import pytest
 
 from rate_limited_processor.limiter import Limits
-from rate_limited_processor.status import ProgressDisplay, RateMeter, RunStats, format_summary
+from rate_limited_processor.status import (
+    ProgressDisplay,
+    RateMeter,
+    RunStats,
+    StatusDigest,
+    describe_pace,
+    format_summary,
+    summary_record,
+    waiting_note,
+)
 
 
 class Clock:
@@ -75,17 +86,18 @@ def test_record_usage_reads_chat_and_responses_usage_shapes() -> None:
     assert (stats.estimated_tokens_succeeded, stats.reported_prompt_tokens, stats.reported_total_tokens) == (120, 17, 25)
 
 
-def test_progress_display_shows_done_over_total_with_rates() -> None:
+def test_progress_display_shows_done_over_total_with_rates_retries_and_failures() -> None:
     stream = io.StringIO()
     stats = finished_stats()
     stats.total = 4
     display = ProgressDisplay(stats, enabled=True, stream=stream)
-    stats.succeeded = 3
-    stats.rate_limit_errors = 2
+    stats.succeeded, stats.failed = 2, 1
+    stats.retries, stats.rate_limit_errors = 5, 2
     display.update()
     display.close()
     out = stream.getvalue()
-    assert "3/4" in out and "429s 2" in out
+    assert "3/4" in out and "5 retries, 2 429s, 1 failed" in out
+    assert "/600 RPM" in out and "/60k TPM" in out  # the limits the run paces to are on the bar
 
 
 def test_disabled_progress_display_writes_nothing() -> None:
@@ -94,3 +106,128 @@ def test_disabled_progress_display_writes_nothing() -> None:
     display.update()
     display.close()
     assert stream.getvalue() == ""
+
+
+def test_status_line_says_what_the_last_interval_added_the_pace_and_the_time_left() -> None:
+    stats = RunStats(Limits(600, 60_000), started_at=0.0, clock=Clock())
+    stats.total = 2_000
+    digest = StatusDigest(stats, 30.0, now=0.0, given=Limits(None, 60_000))
+    assert not digest.due(29.9)
+    stats.succeeded, stats.failed = 290, 10
+    stats.attempts, stats.retries, stats.rate_limit_errors, stats.tokens_charged = 312, 12, 4, 15_000
+    stats.answers, stats.last_answer_at = 310, 29.5
+    assert digest.due(30.0) and digest.had_trouble(stats)
+    assert digest.line(stats, 30.0) == (
+        "300/2,000 done (15%); last 30.0s: 12 retries, 4 rate-limit 429s, 10 failed; "
+        "624 of 600 RPM, 30,000 of 60,000 TPM (RPM limit learned, TPM limit given); ETA 2m50s"  # 1,700 left at 10/s
+    )
+    # A quiet interval: nothing new, and the API has not answered for 30 s.
+    assert not digest.had_trouble(stats)
+    assert digest.line(stats, 60.0) == (
+        "300/2,000 done (15%); last 30.0s: 0 retries, 0 rate-limit 429s, 0 failed; "
+        "0 of 600 RPM, 0 of 60,000 TPM (RPM limit learned, TPM limit given); ETA 5m40s; waiting: no answer for 30.5s, 2 in flight"
+    )
+
+
+def test_status_line_of_a_resumed_run_counts_the_earlier_work_as_done_but_not_in_the_pace() -> None:
+    stats = RunStats(Limits(None, None), started_at=0.0, clock=Clock())
+    stats.total, stats.earlier_rows, stats.already_done = 10_000, 8_000, 7_990  # the reader has not reached the last 10 yet
+    digest = StatusDigest(stats, 10.0, now=0.0)
+    stats.succeeded = stats.attempts = stats.answers = 100
+    stats.last_answer_at = 10.0
+    line = digest.line(stats, 10.0)
+    assert line.startswith("8,100/10,000 done (81%), 8,000 of them by an earlier run;")
+    assert "600 RPM (limit not known), 0 TPM (limit not known)" in line
+    assert line.endswith("ETA 3m10s")  # 1,900 left at this run's 10/s, not at (8,100 / 10 s)
+
+
+def test_the_display_says_it_is_waiting_when_the_api_goes_quiet() -> None:
+    clock = Clock()
+    stats = RunStats(Limits(600, 60_000), started_at=0.0, clock=clock)
+    stats.attempts = 40
+    assert waiting_note(stats, 4.9) is None  # a few seconds without an answer is normal
+    assert waiting_note(stats, 12.0) == "waiting: no answer for 12.0s, 40 in flight"
+    stats.answers, stats.last_answer_at = 40, 20.0
+    assert waiting_note(stats, 27.0) == "waiting: no answer for 7.0s, nothing in flight (paced, paused after a 429, or backing off)"
+    stats.finished_at = 27.0
+    assert waiting_note(stats, 40.0) is None
+    stream = io.StringIO()
+    stats.finished_at, stats.answers, stats.last_answer_at = None, 0, None  # an outage from the start
+    display = ProgressDisplay(stats, enabled=True, stream=stream)
+    clock.now = 60.0
+    display.tick()
+    assert "waiting: no answer for 1m00s, 40 in flight" in stream.getvalue()
+    display.close()
+
+
+def test_a_resumed_bar_starts_at_what_was_done_and_its_rate_and_eta_count_only_this_runs_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm.std
+
+    wall, run_clock = Clock(), Clock()
+    monkeypatch.setattr(tqdm.std, "time", wall)  # tqdm's own clock, for its elapsed time and rate
+    stats = RunStats(Limits(600, 60_000), started_at=0.0, clock=run_clock)
+    stats.total, stats.earlier_rows = 10_000, 8_000
+    stream = io.StringIO()
+    display = ProgressDisplay(stats, enabled=True, stream=stream)
+    assert "resumed, 8,000 done before" in stream.getvalue() and "8000/10000" in stream.getvalue()
+    wall.now = run_clock.now = 100.0
+    stats.already_done, stats.succeeded = 8_000, 1_000
+    display.tick()
+    last = stream.getvalue().rsplit("\r", 1)[-1]
+    assert "9000/10000" in last
+    assert "10.00req/s" in last  # 1,000 sent by this run in 100 s (counting the 9,000 would say 90/s)
+    assert "01:40<01:40" in last  # and 1,000 left at 10/s
+    display.close()
+
+
+def test_without_a_bar_the_display_prints_a_status_line_each_interval_and_on_a_terminal_only_after_trouble() -> None:
+    clock = Clock()
+    stats = RunStats(Limits(600, 60_000), started_at=0.0, clock=clock)
+    lines_out = io.StringIO()
+    lines = ProgressDisplay(stats, enabled=False, status_interval=30.0, stream=lines_out)
+    bar_out = io.StringIO()
+    bar = ProgressDisplay(stats, enabled=True, status_interval=30.0, stream=bar_out)
+    for now in (10.0, 20.0, 30.0):  # a calm interval
+        clock.now = now
+        stats.succeeded = stats.attempts = stats.answers = int(now * 10)
+        stats.last_answer_at = now
+        lines.tick()
+        bar.tick()
+    assert lines_out.getvalue().count("done") == 1 and "300 done;" in lines_out.getvalue()
+    assert "last 30.0s" not in bar_out.getvalue()
+    clock.now, stats.retries = 60.0, 3
+    lines.tick()
+    bar.tick()
+    assert lines_out.getvalue().count("done") == 2
+    assert "last 30.0s: 3 retries" in bar_out.getvalue()
+    lines.close()
+    bar.close()
+
+
+def test_describe_pace_names_where_each_limit_came_from() -> None:
+    assert describe_pace(580, 42_000, Limits(600, 60_000), Limits(600, 60_000)) == "580 of 600 RPM, 42,000 of 60,000 TPM (limits given)"
+    assert describe_pace(580, 42_000, Limits(600, 60_000), Limits(None, None)) == "580 of 600 RPM, 42,000 of 60,000 TPM (limits learned)"
+    assert describe_pace(580, 42_000, Limits(500, math.inf), Limits(900, None)) == "580 of 500 RPM, 42,000 TPM (no limit) (RPM limit learned)"
+
+
+def test_summary_record_holds_the_summary_as_data_with_the_exit_code() -> None:
+    stats = finished_stats(succeeded=900, failed=7, invalid=3, attempts=1_000, retries=93, rate_limit_errors=5, tokens_charged=100_000)
+    stats.total, stats.already_done = 1_000, 90
+    stats.limits = Limits(500, 60_000)  # the API said 500 RPM; 60,000 TPM was given
+    record = summary_record(stats, exit_code=1, exit_meaning="some failed", given=Limits(600, 60_000), headroom=0.9, save_path="out.jsonl")
+    assert json.loads(json.dumps(record, allow_nan=False)) == record  # plain JSON, no NaN or Infinity
+    expected = {
+        "exit_code": 1, "exit_meaning": "some failed", "stop_reason": None, "error": None, "total": 1_000, "already_done": 90,
+        "succeeded": 900, "failed": 7, "invalid": 3, "not_finished": 0, "attempts": 1_000, "retries": 93, "rate_limit_429s": 5,
+        "elapsed_s": 120.0, "results_file": "out.jsonl",
+    }
+    assert {key: record[key] for key in expected} == expected
+    assert record["limits"] == {
+        "given": {"requests_per_minute": 600, "tokens_per_minute": 60_000},
+        "used": {"requests_per_minute": 500, "tokens_per_minute": 60_000},
+        "learned": {"requests_per_minute": 500, "tokens_per_minute": None},
+        "headroom": 0.9,
+    }
+    refused = summary_record(None, exit_code=2, exit_meaning="usage error", given=Limits(None, None), error="--request_url: no scheme")
+    assert (refused["exit_code"], refused["error"], refused["succeeded"], refused["attempts"]) == (2, "--request_url: no scheme", 0, 0)
+    assert refused["elapsed_s"] == 0.0
