@@ -297,8 +297,8 @@ class RateController:
             self._rounds += 1
         # Lone: no other request of the last `CALM_ANSWERS` sent (at the current rate) was refused. (Counted
         # by send time: admitted answers lag refusals by the server's latency, and keep coming during a pause.)
-        cap = self._requests.per_second
-        calm = CALM_ANSWERS / cap if math.isfinite(cap) and cap > 0 else math.inf
+        cap = min(self._requests.per_second, self._requests.ceiling)
+        calm = CALM_ANSWERS / cap if math.isfinite(cap) and cap > 0 else 0.0
         after_calm = answer.sent_at - self._last_refusal_sent >= calm
         if after_calm:
             self._storm_since = answer.sent_at

@@ -362,7 +362,9 @@ class Processor:
             job = self._scheduler.due_retry(self.clock.now())
             if job is not None:
                 return job
-            if not source.exhausted and self._scheduler.may_read():
+            # While the run goes one request at a time, a request waiting for its retry is that one request.
+            held_back = self._one_at_a_time and self._scheduler.retries_waiting > 0
+            if not source.exhausted and self._scheduler.may_read() and not held_back:
                 item = source.poll()
                 if item is _END:
                     continue

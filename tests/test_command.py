@@ -52,6 +52,7 @@ def test_library_example_runs() -> None:
     assert "4 succeeded" in result.stdout
 
 
+@pytest.mark.e2e
 def test_the_sync_and_custom_transport_examples_run() -> None:
     sync = subprocess.run([sys.executable, str(EXAMPLES / "sync_usage.py")], capture_output=True, text=True, timeout=60)
     assert sync.returncode == 0, sync.stderr
@@ -67,6 +68,7 @@ def readme_python_snippets() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
 
 
+@pytest.mark.e2e
 def test_the_readme_python_snippets_run_as_pasted(tmp_path: Path) -> None:
     snippets = readme_python_snippets()
     assert len(snippets) == 3

@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rate_limited_processor import Limits, RetryPolicy, Settings, run_file_job
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from tests.helpers import embedding_request, mock_url, read_rows, write_jsonl
@@ -27,6 +29,7 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * 4096
 
 
+@pytest.mark.e2e
 def test_soak_with_faults_and_a_429_storm(tmp_path: Path) -> None:
     input_path = write_jsonl(tmp_path / "requests.jsonl", (embedding_request(i) for i in range(REQUESTS)))
     output_path = tmp_path / "results.jsonl"
