@@ -89,6 +89,8 @@ MIN_SAMPLES = 8
 #: This many admitted answers without a 429, and this many requests' worth of sending time since the last
 #: refused request, make a calm spell: the next 429 is a lone one.
 CALM_ANSWERS = 20
+#: The limit reported in the summary is what the server admitted over at least this many seconds.
+LONG_RUN_SECONDS = 10.0
 #: The most answers remembered, and for how long at most.
 HISTORY_ANSWERS = 2_000
 HISTORY_SECONDS = 60.0
@@ -141,6 +143,8 @@ class _Cap:
     found: float | None = None
     #: The ceiling on this dimension, per second, as the last `limits()` call gave it.
     ceiling: float = math.inf
+    #: What the server admitted over the whole remembered history at the last cut (when that spans enough).
+    long_run: float | None = None
 
     def grow(self, acceleration: float, answers_per_round_trip: float) -> None:
         """One admitted answer's worth of increase."""
@@ -243,9 +247,15 @@ class RateController:
         return max(MIN_HINTLESS_PAUSE, interval) * 2.0 ** max(0, self._rounds - 1)
 
     def report(self) -> ControlReport:
-        found_requests = self._requests.found * 60 if self._requests.found is not None else None
-        found_tokens = self._tokens.found * 60 if self._tokens.found is not None else None
-        return ControlReport(self.cuts, found_requests, found_tokens)
+        """Where the limits appear to be: what the server admitted over the long run at the last cut (a long
+        window averages out its burst allowance and our probing above it), else the last measurement."""
+        found_requests = self._requests.long_run if self._requests.long_run is not None else self._requests.found
+        found_tokens = self._tokens.long_run if self._tokens.long_run is not None else self._tokens.found
+        return ControlReport(
+            self.cuts,
+            found_requests * 60 if found_requests is not None else None,
+            found_tokens * 60 if found_tokens is not None else None,
+        )
 
     # -- what happened ------------------------------------------------------------------------------
 
@@ -342,6 +352,9 @@ class RateController:
         self._last_cut = now
         self._admitted_since_cut = 0
         self.cuts += 1
+        history = [sample for sample in self._answers if sample.sent_at < until]
+        if history and until - history[0].sent_at >= LONG_RUN_SECONDS:
+            cap.long_run = sum(sample.tokens if on_tokens else 1 for sample in history if sample.admitted) / (until - history[0].sent_at)
 
     def _sending(self, recent: list[_Sample], cap: _Cap, on_tokens: bool) -> float:
         """The rate we are sending at, per second: from the latest sends (answers in tell of older rates, after

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,41 @@ def test_on_a_terminal_a_resumed_run_starts_its_bar_at_what_was_done_and_rates_o
     rates = [float(rate) for rate in re.findall(r"(\d+\.\d+)req/s", out)]
     assert rates and max(rates) <= 12  # this run's 10 requests at 600 RPM (10/s); counting the 20 skipped would say ~30/s
     assert "already done   20" in out and "succeeded      10" in out
+
+
+@pytest.mark.e2e
+async def test_nothing_listening_exits_3_within_20_seconds_and_writes_no_row(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    input_path = write_jsonl(tmp_path / "questions.jsonl", [chat_request(i) for i in range(3_000)])
+    output_path = tmp_path / "out.jsonl"
+    started = time.monotonic()
+    code, _, stderr = await run_cli(
+        "--requests_filepath", str(input_path), "--save_filepath", str(output_path), "--request_url", f"http://127.0.0.1:{port}/v1/chat/completions"
+    )
+    assert code == 3, stderr
+    assert time.monotonic() - started < 20 + 5  # 20 s, plus the interpreter's start-up on a loaded machine
+    assert f"127.0.0.1:{port}/v1/chat/completions" in stderr and "none succeeded" in stderr
+    assert not output_path.exists() or output_path.read_text() == ""
+
+
+@pytest.mark.e2e
+async def test_a_path_that_404s_exits_3_and_the_rerun_at_the_right_url_writes_every_line_once(tmp_path: Path) -> None:
+    input_path = write_jsonl(tmp_path / "questions.jsonl", [chat_request(i) for i in range(3_000)])
+    output_path = tmp_path / "out.jsonl"
+    paths = ("--requests_filepath", str(input_path), "--save_filepath", str(output_path))
+    async with MockServer() as server:
+        wrong = server.origin + "/chat/completions"  # the /v1 left out: the server has no such path
+        started = time.monotonic()
+        code, _, stderr = await run_cli(*paths, "--request_url", wrong, "--max_requests_per_minute", "60000")
+        assert code == 3, stderr
+        assert time.monotonic() - started < 20 + 5 and "HTTP 404" in stderr
+        assert len(server.record) < 100  # one request at a time while nothing works
+        assert output_path.read_text() == ""
+        code, _, stderr = await run_cli(*paths, "--request_url", server.url("chat/completions"), "--max_requests_per_minute", "60000")
+    assert code == 0, stderr
+    rows = read_rows(output_path)
+    assert sorted(row[2]["id"] for row in rows) == list(range(3_000)) and all(isinstance(row[1], dict) for row in rows)
