@@ -21,6 +21,7 @@ import memory
 import overhead
 import pacing
 import shared_limiter
+import wrong_limits
 from _common import Figure
 
 Benchmark = Callable[[Sequence[str]], list[Figure]]
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("pacing", pacing.main, ["--seconds", "10"] if args.quick else []),
         ("overhead", overhead.main, ["--requests", "5000", "--rounds", "2"] if args.quick else []),
         ("memory", memory.main, ["--small", "5000", "--large", "50000"] if args.quick else []),
+        ("wrong limits", wrong_limits.main, ["--seconds", "20"] if args.quick else []),
         ("shared limiter", shared_limiter.main, ["--acquires", "1000", "--requests", "2000", "--rounds", "1"] if args.quick else []),
     ]
     figures: list[Figure] = []

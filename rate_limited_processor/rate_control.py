@@ -40,6 +40,12 @@ throttling reads a backend's capacity off the rate it accepts:
   share of 429s the same at 60 RPM and at 60,000: about one per few hundred requests. Where no limit has
   been found yet (only unmeasured cuts so far), each admitted answer raises the rate by `RECOVERY` (1%).
   Paused time brings no answers, so it grows nothing and does not count as time without 429s.
+* **A window before the rate is known.** However high the ceiling (a limit told 1e9), at most
+  `INITIAL_WINDOW` requests are in flight until answers come; the window grows by one per admitted answer
+  (doubling every round trip, as TCP's does) while it is in use, and halves at each cut (keeping room for
+  twice the requests the new rate has in flight over a round trip). Told the truth, it
+  stops binding within a few round trips; told nonsense, the first round of refusals costs a window, not
+  the whole file.
 * **Application-limited**: the rate does not grow while we send at less than half of it (a slow source, the
   concurrency cap), so a rate is never "proven" by traffic that did not use it.
 * **A 429 without a hint** pauses every sender for about one request's interval at the cut rate (the time
@@ -84,6 +90,10 @@ SLOW_START_DOUBLING = (0.1, 0.5)
 MAX_GROWTH_PER_ROUND_TRIP = 0.1
 #: Slow start begins at this many requests per round trip.
 INITIAL_REQUESTS_PER_ROUND_TRIP = 4.0
+#: This many admitted answers in a row end a storm (refusals come back at once, admissions after the latency).
+STORM_OVER_ANSWERS = 4
+#: Requests in flight at most before any answer, growing by one per admitted answer, halved at a cut.
+INITIAL_WINDOW = 16
 #: What the server admitted is measured from at least this many answers.
 MIN_SAMPLES = 8
 #: This many admitted answers without a 429, and this many requests' worth of sending time since the last
@@ -176,6 +186,8 @@ class RateController:
         "_sends",
         "_in_flight",
         "_in_flight_heap",
+        "_in_flight_count",
+        "_window",
         "_last_cut",
         "_pauses",
         "_paused_until",
@@ -201,6 +213,8 @@ class RateController:
         #: Send times of the requests in flight: a count per time, and a heap to find the oldest.
         self._in_flight: Counter[float] = Counter()
         self._in_flight_heap: list[float] = []
+        self._in_flight_count = 0
+        self._window = float(INITIAL_WINDOW)
         #: When the last cut happened: only a 429 to a request sent after it cuts again.
         self._last_cut = -math.inf
         #: Recent pauses, (from, until), oldest first: not sending time.
@@ -240,6 +254,10 @@ class RateController:
             burst_seconds=ceiling.burst_seconds,
         )
 
+    def window(self) -> float:
+        """The most requests to have in flight now."""
+        return self._window
+
     def hintless_pause(self) -> float:
         """How long every sender pauses after a rate-limit 429 that says nothing about waiting."""
         cap = self._requests.per_second
@@ -264,6 +282,7 @@ class RateController:
         self._sends.append(now)
         self._forget_sends(now)
         self._in_flight[now] += 1
+        self._in_flight_count += 1
         heapq.heappush(self._in_flight_heap, now)
 
     def lost(self, sent_at: float) -> None:
@@ -294,10 +313,13 @@ class RateController:
         if not answer.rate_limited:
             self._round_trip = _smoothed(self._round_trip, now - answer.sent_at)
             self._slow_start_growth(now)
-            if answer.sent_at > self._last_refusal_sent:  # admitted, though sent after a refusal: the storm is over
+            # Admitted though sent after a refusal, or admitted several times in a row: the storm is over.
+            if answer.sent_at > self._last_refusal_sent or self._admitted_since_refusal >= STORM_OVER_ANSWERS:
                 self._rounds = 0
             self._admitted_since_refusal += 1
             self._admitted_since_cut += 1
+            if self._in_flight_count + 1 >= self._window / 2:  # the window is in use: it may grow
+                self._window += 1
             if not self._slow_start and self._using_the_rate(now):
                 acceleration = 1 + self._admitted_since_cut / ACCELERATION
                 self._requests.grow(acceleration, self._answers_per_round_trip())
@@ -351,6 +373,9 @@ class RateController:
         self._slow_start = False
         self._last_cut = now
         self._admitted_since_cut = 0
+        # Halve the window, but leave room for the rate just set: at a long latency, many are in flight at once.
+        sustain = 2 * self._requests.per_second * self._round_trip_or_default() if math.isfinite(self._requests.per_second) else 0.0
+        self._window = max(1.0, min(self._window, self._in_flight_count + 1) / 2, sustain)
         self.cuts += 1
         history = [sample for sample in self._answers if sample.sent_at < until]
         if history and until - history[0].sent_at >= LONG_RUN_SECONDS:
@@ -410,6 +435,8 @@ class RateController:
 
     def _landed(self, sent_at: float) -> None:
         """The request sent at `sent_at` is no longer in flight."""
+        if sent_at in self._in_flight:
+            self._in_flight_count -= 1
         remaining = self._in_flight[sent_at] - 1
         if remaining > 0:
             self._in_flight[sent_at] = remaining

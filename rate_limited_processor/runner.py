@@ -325,7 +325,8 @@ class Processor:
                 return
             while True:
                 await self._slots.acquire()
-                while self._one_at_a_time and self._in_flight:
+                while self._in_flight and (self._one_at_a_time or len(self._in_flight) >= self.control.window()):
+                    self._changed.clear()
                     await self._wait_for_change()
                 try:
                     job = await self._next_job(source)

@@ -15,7 +15,7 @@ from rate_limited_processor import Limits, RetryPolicy, Settings, run_file_job
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from rate_limited_processor.status import format_summary
 from tests.helpers import chat_request, read_rows, write_jsonl
-from tests.nginx_gateway import nginx_gateway
+from tests.nginx_gateway import nginx_gateway, require_nginx
 
 pytestmark = pytest.mark.e2e
 
@@ -27,6 +27,7 @@ IDEAL = REQUESTS / TRUE_PER_SECOND
 
 @pytest.mark.parametrize(("told", "most_time"), [(3, 1.15), (10, 1.20)])
 async def test_behind_nginx_limit_req_a_limit_told_too_high_costs_little_and_loses_nothing(tmp_path: Path, told: int, most_time: float) -> None:
+    require_nginx()
     input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(REQUESTS)])
     output_path = tmp_path / "results.jsonl"
     async with MockServer(MockConfig(latency=0.1, latency_jitter=0.2)) as upstream:
