@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import strict_json
 from .errors import ResumeError
 from .models import APIRequest, RejectedLine, RequestResult
 
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 _BATCH_ID_PREFIX = "batch_req_"
+#: Levels a row adds around what it holds: a Batch row's body sits two levels down.
+ROW_NESTING = 2
 
 
 def identity(request: Any, metadata: Any) -> int:
@@ -164,8 +167,8 @@ def prepare_results_file(path: str | Path, *, retry_failed: bool = False, repair
 def _parse_row(raw: bytes) -> tuple[int, bool] | None:
     """A row's (identity, is it a failure), for either output shape; None if it is not a result row."""
     try:
-        row = json.loads(raw)
-    except ValueError:
+        row = strict_json.loads(raw.decode("utf-8"), max_depth=strict_json.MAX_DEPTH + ROW_NESTING)
+    except (UnicodeDecodeError, strict_json.InvalidJSON):
         return None
     if isinstance(row, list) and len(row) in (2, 3) and isinstance(row[1], (dict, list)):
         request, outcome = row[0], row[1]
