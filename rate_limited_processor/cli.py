@@ -34,7 +34,7 @@ from .config import (
 from .credentials import scrubber_for
 from .endpoints import endpoint_from_url, missing_field_reason, resolve_url
 from .errors import LimiterUnavailable, ResumeError, UsageError
-from .job import default_save_path, run_file_job, skip_done
+from .job import check_output_path, default_save_path, run_file_job, skip_done
 from .limiter import DEFAULT_BURST_SECONDS, Limits, RateLimiter
 from .models import APIRequest, RejectedLine
 from .planning import format_plan, plan_requests
@@ -247,8 +247,10 @@ def _problem_with(request: APIRequest, request_url: str) -> str | None:
 
 
 def check_readable(requests_path: Path) -> None:
-    if not requests_path.is_file():
+    if not requests_path.exists():
         raise UsageError(f"--requests_filepath: no such file: {requests_path}")
+    if not requests_path.is_file():
+        raise UsageError(f"--requests_filepath: {requests_path} is not a regular file (it is read more than once)")
     try:
         with open(requests_path, "rb") as file:
             file.read(1)
@@ -256,11 +258,15 @@ def check_readable(requests_path: Path) -> None:
         raise UsageError(f"--requests_filepath: cannot read {requests_path}: {error.strerror}") from None
 
 
-def check_paths(requests_path: Path, save_path: Path) -> None:
-    """Fail before sending if the input cannot be read or the output cannot be appended to."""
+def check_paths(requests_path: Path, save_path: Path, *, writing: bool = True) -> None:
+    """Fail before sending if the input cannot be read, or the output is the input or (`writing`) cannot be appended to."""
     check_readable(requests_path)
-    if save_path.resolve() == requests_path.resolve():
-        raise UsageError("--save_filepath must differ from --requests_filepath")
+    try:
+        check_output_path(requests_path, save_path)
+    except UsageError as error:
+        raise UsageError(f"--save_filepath: {error}") from None
+    if not writing:
+        return
     try:
         with open(save_path, "a", encoding="utf-8"):
             pass
@@ -305,10 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_path = Path(args.save_filepath) if args.save_filepath else default_save_path(requests_path)
     try:
         settings = settings_from_args(args)
-        if args.dry_run:
-            check_readable(requests_path)
-        else:
-            check_paths(requests_path, save_path)
+        check_paths(requests_path, save_path, writing=not args.dry_run)
         check_input(requests_path, settings.request_url)
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -319,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_progress = sys.stderr.isatty() and not args.no_progress
     try:
         stats = asyncio.run(_run(settings, args, requests_path, save_path, show_progress))
-    except (ResumeError, LimiterUnavailable) as error:
+    except (UsageError, LimiterUnavailable) as error:  # the output refused (in use, not a results file), Redis down
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
