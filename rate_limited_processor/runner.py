@@ -73,6 +73,8 @@ class _Job:
 
     request: APIRequest
     url: str
+    #: What its answer must hold to be a success (`retry_policy.answer_problem`).
+    endpoint: Endpoint
     tokens: int
     position: int
     attempts: int = 0
@@ -373,10 +375,10 @@ class Processor:
             self._positions += 1
             item = _from_mapping(item, self._positions)
         try:
-            url, _, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
+            url, endpoint, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
         except InvalidRequest as error:
             return self._invalid(item.index, item.body, item.metadata, f"{item.name}: {error}", item.custom_id, position)
-        return _Job(item, url, tokens, position)
+        return _Job(item, url, endpoint, tokens, position)
 
     def _invalid(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None, position: int) -> RequestResult:
         logger.error("%s (not sent)", reason)
@@ -427,7 +429,7 @@ class Processor:
             outcome = outcome_of(await transport.send(request), self._scrub)
         except TransportError as error:
             outcome = outcome_of_error(error, self._scrub)
-        decision = classify(outcome)
+        decision = classify(outcome, endpoint=job.endpoint)
         if decision.rate_limited:
             self.stats.rate_limit_errors += 1
         if not await self._learn(job, outcome, decision) and decision.verdict is not Verdict.SUCCESS:

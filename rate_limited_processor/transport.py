@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,7 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 
+from . import strict_json
 from .credentials import Scrubber
 from .errors import NoAnswer, TransportError
 from .retry_policy import HTTPOutcome
@@ -48,6 +53,10 @@ __all__ = [
 
 #: Error bodies are kept for messages only; a gateway's HTML page need not be kept whole.
 MAX_ERROR_TEXT = 2_000
+#: The largest response read. The largest real answers (2,048 embeddings of 3,072 floats) are about 80 MB.
+MAX_RESPONSE_BYTES = 256 * 1024**2
+
+logger = logging.getLogger("rate_limited_processor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +142,9 @@ class FunctionTransport:
 class AiohttpTransport:
     """Real HTTP through one aiohttp session: one connection per request in flight, no per-host cap.
 
-    The session is made on the first send, inside the running loop, as aiohttp wants.
+    The session is made on the first send, inside the running loop, as aiohttp wants. A session of its own
+    never reuses a connection the server has sent unasked-for bytes on (see `_StrictConnector`); a
+    session passed in is used as it is.
     """
 
     __slots__ = ("max_connections", "_session")
@@ -147,7 +158,7 @@ class AiohttpTransport:
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+            connector = _StrictConnector(limit=self.max_connections, limit_per_host=0)
             self._session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
         return self._session
 
@@ -156,7 +167,7 @@ class AiohttpTransport:
         timeout = aiohttp.ClientTimeout(total=request.timeout)
         try:
             async with session.post(request.url, json=request.body, headers=request.headers, timeout=timeout) as response:
-                body = await response.read()
+                body = await _read_body(response)
                 headers = {name.lower(): value for name, value in response.headers.items()}
                 return TransportResponse(response.status, headers, body)
         except TimeoutError:
@@ -167,6 +178,48 @@ class AiohttpTransport:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class _StrictConnector(aiohttp.TCPConnector):
+    """A connector that never reuses a kept-alive connection on which the server sent what nobody asked for.
+
+    An HTTP/1.1 server answers each request once, in order. A response it pushes unasked onto an idle
+    connection would be read as the answer to the next request sent on that connection, and that request's
+    row would hold another request's answer. aiohttp drops a connection whose surplus bytes came with the
+    response; this drops one whose surplus came while it sat idle, when it is taken for reuse. (A surplus
+    racing the next request onto the wire cannot be told from its answer by any HTTP/1.1 client.)
+    """
+
+    _warned = False
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        while True:
+            connection = await super()._get(key, traces)
+            protocol = connection.protocol if connection is not None else None
+            if connection is None or protocol is None or not protocol.should_close:
+                return connection
+            if not self._warned:
+                self._warned = True
+                logger.warning("%s:%s sent a response nobody asked for on an idle connection; dropping such connections", key.host, key.port)
+            connection.close()
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, up to MAX_RESPONSE_BYTES: a server streaming without end (or a compressed bomb) is
+    no answer, not an exhausted memory."""
+    length = response.content_length
+    if length is not None and length > MAX_RESPONSE_BYTES:
+        raise TransportError(NoAnswer.BROKEN, f"the response is {length:,} bytes, more than the {MAX_RESPONSE_BYTES:,} read")
+    if length is not None and "content-encoding" not in response.headers:
+        return await response.read()  # framed by its length: it cannot grow
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise TransportError(NoAnswer.BROKEN, f"the response is more than the {MAX_RESPONSE_BYTES:,} bytes read")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _why_no_answer(error: BaseException) -> NoAnswer:
@@ -192,14 +245,18 @@ def as_transport(transport: Transport | SendFunction) -> Transport:
 
 
 def outcome_of(response: TransportResponse, scrub: Scrubber) -> HTTPOutcome:
-    """The outcome `classify` judges: a 2xx JSON body parsed as is; anything else scrubbed before it is read,
-    since an error page that echoes a request header must not leak the key, whole or in part."""
+    """The outcome `classify` judges: the body read as strict JSON, and its text for messages.
+
+    Error pages are scrubbed before they are read, since one that echoes a request header must not leak
+    the key, whole or in part.
+    """
     text = response.body.decode("utf-8", errors="replace")
-    parsed = _json_or_none(text)
-    if 200 <= response.status < 300 and isinstance(parsed, dict):
-        return HTTPOutcome(status=response.status, headers=response.headers, body=parsed)
+    body, unreadable = _read_json(text)
+    if 200 <= response.status < 300 and isinstance(body, dict):
+        return HTTPOutcome(status=response.status, headers=response.headers, body=body, text=scrub(text[:MAX_ERROR_TEXT]))
     text = scrub(text)
-    return HTTPOutcome(status=response.status, headers=response.headers, body=_json_or_none(text), text=text[:MAX_ERROR_TEXT])
+    body, unreadable = _read_json(text)
+    return HTTPOutcome(status=response.status, headers=response.headers, body=body, text=text[:MAX_ERROR_TEXT], unreadable=unreadable)
 
 
 def outcome_of_error(error: TransportError, scrub: Scrubber) -> HTTPOutcome:
@@ -207,8 +264,9 @@ def outcome_of_error(error: TransportError, scrub: Scrubber) -> HTTPOutcome:
     return HTTPOutcome(status=None, exception=scrub(str(error)), no_answer=error.kind)
 
 
-def _json_or_none(text: str) -> Any:
+def _read_json(text: str) -> tuple[Any, str | None]:
+    """The body's value (None if it has none), and why it could not be read when it looked like JSON."""
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, or nested too deep to read: not an answer either way
-        return None
+        return strict_json.loads(text), None
+    except strict_json.InvalidJSON as error:  # not JSON, or JSON too deep or too large to carry: not an answer
+        return None, None if error.syntax else error.reason
