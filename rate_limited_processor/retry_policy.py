@@ -417,7 +417,10 @@ def _reason(outcome: HTTPOutcome, code: str, type_: str, message: str, *, relaye
     if label:
         head = f"{head} {label}"
     snippet = _snippet(outcome.text)
-    if not_the_answer is not None:
+    location = outcome.headers.get("location") if outcome.status is not None and 300 <= outcome.status < 400 else None
+    if location:
+        detail = f"redirected to {location}, not followed (a POST follows only 307 and 308, to http or https, a few in a row)"
+    elif not_the_answer is not None:
         detail = f"{not_the_answer}: {snippet}" if snippet else not_the_answer
     elif message:
         detail = message

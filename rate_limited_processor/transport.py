@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
-from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.connector import Connection
-from aiohttp.tracing import Trace
+from yarl import URL
 
 from . import strict_json
 from .credentials import Scrubber
@@ -55,6 +54,11 @@ __all__ = [
 MAX_ERROR_TEXT = 2_000
 #: The largest response read. The largest real answers (2,048 embeddings of 3,072 floats) are about 80 MB.
 MAX_RESPONSE_BYTES = 256 * 1024**2
+
+#: Redirects followed in a row before the last one is taken as the answer.
+MAX_REDIRECTS = 5
+#: The redirects that keep a POST a POST, with its body; 301, 302 and 303 would turn it into a GET.
+_FOLLOWED_REDIRECTS = frozenset({307, 308})
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -145,13 +149,20 @@ class AiohttpTransport:
     The session is made on the first send, inside the running loop, as aiohttp wants. A session of its own
     never reuses a connection the server has sent unasked-for bytes on (see `_StrictConnector`); a
     session passed in is used as it is.
+
+    Redirects are followed here, not by aiohttp, so that credentials never reach another origin: a POST
+    follows a 307 or 308 (which keep it a POST, with its body), at most `MAX_REDIRECTS` in a row, to http
+    or https. On a hop to another origin (scheme, host or port) none of the request's own headers go along:
+    they are the key (`Authorization`, Azure's `api-key`) and the user's `--header` values. Any other
+    redirect comes back as the answer, and fails with its status.
     """
 
-    __slots__ = ("max_connections", "_session")
+    __slots__ = ("max_connections", "_session", "_warned")
 
     def __init__(self, max_connections: int = 1_000, *, session: aiohttp.ClientSession | None = None) -> None:
         self.max_connections = max_connections
         self._session = session
+        self._warned: set[tuple[Origin, Origin]] = set()
 
     def __repr__(self) -> str:
         return f"AiohttpTransport(max_connections={self.max_connections})"
@@ -164,20 +175,67 @@ class AiohttpTransport:
 
     async def send(self, request: TransportRequest) -> TransportResponse:
         session = self._session_now()
-        timeout = aiohttp.ClientTimeout(total=request.timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout
+        url = URL(request.url)
+        headers: Mapping[str, str] = request.headers
         try:
-            async with session.post(request.url, json=request.body, headers=request.headers, timeout=timeout) as response:
-                body = await _read_body(response)
-                headers = {name.lower(): value for name, value in response.headers.items()}
-                return TransportResponse(response.status, headers, body)
+            for hop in range(MAX_REDIRECTS + 1):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError
+                timeout = aiohttp.ClientTimeout(total=remaining)
+                async with session.post(url, json=request.body, headers=headers, timeout=timeout, allow_redirects=False) as response:
+                    answer = TransportResponse(response.status, {name.lower(): value for name, value in response.headers.items()}, await _read_body(response))
+                target = redirect_target(url, answer) if hop < MAX_REDIRECTS else None
+                if target is None:
+                    return answer
+                if origin(target) != origin(url):
+                    self._note_cross_origin(url, target)
+                    headers = {}  # credentials stay with the origin they were given for
+                url = target
         except TimeoutError:
             raise TransportError(NoAnswer.TIMEOUT, f"TimeoutError: no complete response within {request.timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as error:  # sockets can fail below aiohttp's own exception types
             raise TransportError(_why_no_answer(error), f"{type(error).__name__}: {error}") from None
+        raise AssertionError("unreachable: the last hop returns its answer")
+
+    def _note_cross_origin(self, source: URL, target: URL) -> None:
+        pair = (origin(source), origin(target))
+        if pair not in self._warned:
+            self._warned.add(pair)
+            logger.warning("%s redirects to another origin, %s: following it without the key or the --header values", _show(source), _show(target))
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+#: An origin as browsers define it: scheme, host, port (the default port when none is given).
+Origin = tuple[str, str | None, int | None]
+
+
+def origin(url: URL) -> Origin:
+    return (url.scheme, url.host, url.port)
+
+
+def redirect_target(url: URL, response: TransportResponse) -> URL | None:
+    """Where a redirect that a POST may follow points (307, 308; to http or https), else None."""
+    if response.status not in _FOLLOWED_REDIRECTS:
+        return None
+    location = response.headers.get("location")
+    if not location:
+        return None
+    try:
+        target = url.join(URL(location))
+    except ValueError:
+        return None
+    return target if target.scheme in ("http", "https") and target.host else None
+
+
+def _show(url: URL) -> str:
+    """An origin for a message: never the path or query, which may carry anything."""
+    return f"{url.scheme}://{url.host}:{url.port}"
 
 
 class _StrictConnector(aiohttp.TCPConnector):
@@ -192,15 +250,16 @@ class _StrictConnector(aiohttp.TCPConnector):
 
     _warned = False
 
-    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+    async def _get(self, *args: Any, **kwargs: Any) -> Any:
+        # A private hook of aiohttp's (since 3.11: `_get(key, traces) -> Connection | None`); on a version
+        # where it returns something else, connections are reused as aiohttp decides.
         while True:
-            connection = await super()._get(key, traces)
-            protocol = connection.protocol if connection is not None else None
-            if connection is None or protocol is None or not protocol.should_close:
+            connection = await super()._get(*args, **kwargs)
+            if not isinstance(connection, Connection) or connection.protocol is None or not connection.protocol.should_close:
                 return connection
             if not self._warned:
                 self._warned = True
-                logger.warning("%s:%s sent a response nobody asked for on an idle connection; dropping such connections", key.host, key.port)
+                logger.warning("a server sent a response nobody asked for on an idle connection; such connections are dropped, not reused")
             connection.close()
 
 
