@@ -304,18 +304,24 @@ def as_transport(transport: Transport | SendFunction) -> Transport:
 
 
 def outcome_of(response: TransportResponse, scrub: Scrubber) -> HTTPOutcome:
-    """The outcome `classify` judges: the body read as strict JSON, and its text for messages.
+    """The outcome `classify` judges: the body read as strict JSON, and the start of its text for messages.
 
-    Error pages are scrubbed before they are read, since one that echoes a request header must not leak
-    the key, whole or in part.
+    Whatever of it may be written or logged is scrubbed first: every string of the decoded body (a server
+    echoing the request's headers must not leak the key, even escaped as `\\/` or `\\u0073`), the text, and
+    the header values. When neither a secret nor an escape that could spell one is in the body (almost
+    always), that costs a few substring searches.
     """
     text = response.body.decode("utf-8", errors="replace")
     body, unreadable = _read_json(text)
-    if 200 <= response.status < 300 and isinstance(body, dict):
-        return HTTPOutcome(status=response.status, headers=response.headers, body=body, text=scrub(text[:MAX_ERROR_TEXT]))
-    text = scrub(text)
-    body, unreadable = _read_json(text)
-    return HTTPOutcome(status=response.status, headers=response.headers, body=body, text=text[:MAX_ERROR_TEXT], unreadable=unreadable)
+    headers = response.headers
+    if any(scrub.may_hide_a_secret(value) for value in headers.values()):
+        headers = {name: scrub(value) for name, value in headers.items()}
+    if not scrub.may_hide_a_secret(text):
+        return HTTPOutcome(status=response.status, headers=headers, body=body, text=text[:MAX_ERROR_TEXT], unreadable=unreadable)
+    return HTTPOutcome(
+        status=response.status, headers=headers, body=scrub.scrub_decoded(body, text), text=scrub.scrub_json_text(text, MAX_ERROR_TEXT),
+        unreadable=unreadable,
+    )
 
 
 def outcome_of_error(error: TransportError, scrub: Scrubber) -> HTTPOutcome:
