@@ -3,6 +3,10 @@
 Rerunning the same job resumes it: lines whose final row is already in the results file are skipped
 (see `resume.py`). What a crash can cost: the requests in flight at that moment, which are sent again
 on the rerun. Rows are appended and flushed one at a time, so nothing already written is lost.
+
+The output is checked before anything is sent (`check_output_path`: never the input under another name,
+always a regular file; `resume.prepare_results_file`: a results file of this tool, or empty) and held for
+the whole run (`OutputLock`), so two runs never write, and pay for, the same file.
 """
 
 from __future__ import annotations
