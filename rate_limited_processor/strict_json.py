@@ -67,7 +67,7 @@ def loads(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
         raise InvalidJSON(f"holds an integer of more than {sys.get_int_max_str_digits()} digits, more than Python reads") from None
     if _may_nest_deeper(text, max_depth) and _deeper_than(value, max_depth):
         raise InvalidJSON(f"nested deeper than {max_depth} levels")
-    if _SURROGATE_ESCAPE.search(text) is not None and _has_lone_surrogate(value):
+    if ("\\ud" in text or "\\uD" in text) and _SURROGATE_ESCAPE.search(text) is not None and _has_lone_surrogate(value):
         raise InvalidJSON("holds an unpaired UTF-16 surrogate escape (like \\ud800), which cannot be sent or written as UTF-8")
     return value
 

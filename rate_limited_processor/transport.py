@@ -314,7 +314,7 @@ def outcome_of(response: TransportResponse, scrub: Scrubber) -> HTTPOutcome:
     text = response.body.decode("utf-8", errors="replace")
     body, unreadable = _read_json(text)
     headers = response.headers
-    if any(scrub.may_hide_a_secret(value) for value in headers.values()):
+    if scrub.may_hide_a_secret(f"{headers.get('x-request-id', '')}\n{headers.get('location', '')}"):  # the ones rows and messages show
         headers = {name: scrub(value) for name, value in headers.items()}
     if not scrub.may_hide_a_secret(text):
         return HTTPOutcome(status=response.status, headers=headers, body=body, text=text[:MAX_ERROR_TEXT], unreadable=unreadable)
