@@ -23,6 +23,9 @@ asks for. Three things are learned:
    and then grows by 2% per second until the next 429. So a wrong given limit costs little.
 
 `--headroom` multiplies whatever limit results, to leave room for other traffic.
+
+A stated limit that no account has (below one request or a hundred tokens a minute, zero, negative, not a
+number) is ignored, with one warning per header: adopting it would stall the run in silence.
 """
 
 from __future__ import annotations

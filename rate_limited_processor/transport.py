@@ -162,7 +162,7 @@ class AiohttpTransport:
     def __init__(self, max_connections: int = 1_000, *, session: aiohttp.ClientSession | None = None) -> None:
         self.max_connections = max_connections
         self._session = session
-        self._warned: set[tuple[Origin, Origin]] = set()
+        self._warned: set[tuple[_Origin, _Origin]] = set()
 
     def __repr__(self) -> str:
         return f"AiohttpTransport(max_connections={self.max_connections})"
@@ -187,10 +187,10 @@ class AiohttpTransport:
                 timeout = aiohttp.ClientTimeout(total=remaining)
                 async with session.post(url, json=request.body, headers=headers, timeout=timeout, allow_redirects=False) as response:
                     answer = TransportResponse(response.status, {name.lower(): value for name, value in response.headers.items()}, await _read_body(response))
-                target = redirect_target(url, answer) if hop < MAX_REDIRECTS else None
+                target = _redirect_target(url, answer) if hop < MAX_REDIRECTS else None
                 if target is None:
                     return answer
-                if origin(target) != origin(url):
+                if _origin(target) != _origin(url):
                     self._note_cross_origin(url, target)
                     headers = {}  # credentials stay with the origin they were given for
                 url = target
@@ -201,7 +201,7 @@ class AiohttpTransport:
         raise AssertionError("unreachable: the last hop returns its answer")
 
     def _note_cross_origin(self, source: URL, target: URL) -> None:
-        pair = (origin(source), origin(target))
+        pair = (_origin(source), _origin(target))
         if pair not in self._warned:
             self._warned.add(pair)
             logger.warning("%s redirects to another origin, %s: following it without the key or the --header values", _show(source), _show(target))
@@ -212,14 +212,14 @@ class AiohttpTransport:
 
 
 #: An origin as browsers define it: scheme, host, port (the default port when none is given).
-Origin = tuple[str, str | None, int | None]
+_Origin = tuple[str, str | None, int | None]
 
 
-def origin(url: URL) -> Origin:
+def _origin(url: URL) -> _Origin:
     return (url.scheme, url.host, url.port)
 
 
-def redirect_target(url: URL, response: TransportResponse) -> URL | None:
+def _redirect_target(url: URL, response: TransportResponse) -> URL | None:
     """Where a redirect that a POST may follow points (307, 308; to http or https), else None."""
     if response.status not in _FOLLOWED_REDIRECTS:
         return None
