@@ -180,3 +180,11 @@ def test_the_mock_answers_a_hostile_body_with_a_400_as_the_api_would(body: bytes
 
     reply = run_virtual(answer())
     assert reply.status == 400 and b"parse the JSON body" in reply.body
+
+
+def test_a_batch_row_whose_status_is_not_a_number_is_a_failure_row_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    row = {"id": "batch_req_" + "0" * 16, "custom_id": "a", "response": {"status_code": "200", "body": {}}, "error": None}
+    path.write_text(json.dumps(row) + "\n")
+    index, report = prepare_results_file(path, retry_failed=True)
+    assert (report.rows, report.failures_removed) == (0, 1)  # not a success: a rerun with --retry_failed sends it again
