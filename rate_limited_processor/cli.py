@@ -42,7 +42,7 @@ from .config import (
 from .credentials import scrubber_for
 from .endpoints import endpoint_from_url
 from .errors import LimiterUnavailable, ResumeError, UsageError
-from .job import default_save_path, run_file_job, skip_done
+from .job import check_output_path, default_save_path, run_file_job, skip_done
 from .limiter import DEFAULT_BURST_SECONDS, Limits, RateLimiter
 from .planning import format_plan, plan_requests
 from .preflight import check_input, check_readable, check_request_url, check_writable, first_model
@@ -396,7 +396,7 @@ class _Command:
         show_progress = sys.stderr.isatty() and not args.no_progress
         try:
             stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress))
-        except (ResumeError, LimiterUnavailable) as error:
+        except (UsageError, LimiterUnavailable) as error:  # the output refused (in use, not a results file), Redis down
             return self.refuse(error)
         except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
             print(f"{PROG}: interrupted", file=sys.stderr)
@@ -413,10 +413,12 @@ class _Command:
     def check_paths(self, requests_path: Path, save_path: Path) -> None:
         """The input can be read, and the outputs can be written (checked without creating them)."""
         check_readable(requests_path)
+        try:  # a dry run writes nothing, but reads the results file: it must still be one
+            check_output_path(requests_path, save_path)
+        except UsageError as error:
+            raise UsageError(f"--save_filepath: {error}") from None
         if self.args.dry_run:
             return
-        if save_path.resolve() == requests_path.resolve():
-            raise UsageError("--save_filepath must differ from --requests_filepath")
         check_writable(save_path, "--save_filepath")
         if self.summary_path is not None and self.summary_path.resolve() in (requests_path.resolve(), save_path.resolve()):
             raise UsageError("--summary_json must differ from --requests_filepath and --save_filepath")

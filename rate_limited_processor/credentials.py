@@ -7,7 +7,9 @@ credential it was given with ***. `Headers` prints the names of the headers it h
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from typing import Any
 
 from .config import Settings
 from .endpoints import is_azure_url
@@ -20,13 +22,18 @@ MIN_SECRET_LENGTH = 4
 
 
 class Scrubber:
-    """Replaces known secret strings with *** in any text."""
+    """Replaces known secret strings with *** in any text, and in every string of a decoded JSON value."""
 
-    __slots__ = ("_secrets",)
+    __slots__ = ("_secrets", "_needles", "_longest")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         # Longest first, so a secret containing another is replaced whole.
         self._secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        # What betrays a secret in JSON text: the secret itself, or an escape that could spell part of one
+        # (\uXXXX any character, the others only their own). None at all when there is no secret.
+        escapes = ("\\u", *(escape for char, escape in _JSON_ESCAPES.items() if any(char in secret for secret in self._secrets)))
+        self._needles = (*self._secrets, *escapes) if self._secrets else ()
+        self._longest = len(self._secrets[0]) if self._secrets else 0
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
@@ -35,6 +42,54 @@ class Scrubber:
 
     def __repr__(self) -> str:
         return f"Scrubber({len(self._secrets)} secrets)"
+
+    def may_hide_a_secret(self, json_text: str) -> bool:
+        """Could a secret be in this JSON text, spelled out or behind escapes ("sk-\\/...", "\\u0073k-...")?
+
+        A few substring searches, so a body with neither a secret nor such an escape costs next to nothing.
+        """
+        for needle in self._needles:  # noqa: SIM110 (a plain loop: this runs for every answer, and any() costs a generator)
+            if needle in json_text:
+                return True
+        return False
+
+    def scrub_decoded(self, value: Any, json_text: str) -> Any:
+        """`value` (decoded from `json_text`) with every secret replaced in every string, dict keys too.
+
+        A server that echoes the request's headers with escapes (`\\/`, `\\u0073`) hides the key from a
+        scrub of the raw text; once decoded it is plain. The value is walked only when `json_text` may hide a
+        secret, so an ordinary answer is returned as it is. Everything a run writes of a body goes through here.
+        """
+        if not self.may_hide_a_secret(json_text):
+            return value
+        return self._walk(value)
+
+    def scrub_json_text(self, json_text: str, limit: int) -> str:
+        """The start of a JSON text, for messages: at most `limit` characters, its escapes decoded, secrets replaced."""
+        # Decode a little more than `limit`: an escaped secret is up to six times longer, and must not be cut in two.
+        head = _JSON_ESCAPE.sub(_unescape, json_text[: limit + 6 * self._longest])
+        return self(head)[:limit]
+
+    def _walk(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self(key) if isinstance(key, str) else key: self._walk(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._walk(item) for item in value]
+        return value
+
+
+_JSON_ESCAPES = {"/": "\\/", '"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_UNESCAPED = {escape[1]: char for char, escape in _JSON_ESCAPES.items()}
+_JSON_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|([\"\\/bfnrt]))")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    if match[1] is None:
+        return _UNESCAPED[match[2]]
+    code = int(match[1], 16)
+    return match[0] if 0xD800 <= code <= 0xDFFF else chr(code)  # half a surrogate pair stays escaped: it cannot be printed
 
 
 class Headers(dict[str, str]):

@@ -3,31 +3,43 @@
 Rerunning the same job resumes it: lines whose final row is already in the results file are skipped
 (see `resume.py`). What a crash can cost: the requests in flight at that moment, which are sent again
 on the rerun. Rows are appended and flushed one at a time, so nothing already written is lost.
+
+The output is checked before anything is sent (`check_output_path`: never the input under another name,
+always a regular file; `resume.prepare_results_file`: a results file of this tool, or empty) and held for
+the whole run (`OutputLock`), so two runs never write, and pay for, the same file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import logging
+import os
+import re
 import signal
+import socket
+import stat
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Literal
 
 from .clock import LOOP_CLOCK, Clock
 from .config import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, Settings
-from .errors import RunStopped
+from .errors import RunStopped, UsageError
 from .limiter import RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
-from .resume import DoneIndex, identity_of_item, prepare_results_file
+from .resume import DoneIndex, identity_of_item, prepare_results_file, sidecar_path
 from .runner import Processor
 from .status import ProgressDisplay, RunStats
 from .transport import SendFunction, Transport
 
-__all__ = ["run_file_job", "skip_done", "default_save_path", "Reorder"]
+__all__ = ["run_file_job", "skip_done", "default_save_path", "check_output_path", "OutputLock", "Reorder"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -60,8 +72,9 @@ async def run_file_job(
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
-    Returns the run's stats; `stats.stop_reason` is set when the run stopped early. Raises
-    `resume.ResumeError` (before sending anything) if the results file is damaged. With
+    Returns the run's stats; `stats.stop_reason` is set when the run stopped early. Raises `UsageError`
+    before sending anything if the output is the input (under any name) or not a regular file, or another
+    run holds it (see `OutputLock`), and `resume.ResumeError` if it is not a results file or is damaged. With
     `handle_signals`, a first SIGINT/SIGTERM stops taking requests and gives those in flight
     `shutdown_grace` seconds; a second abandons them at once. `output_format` "auto" writes Batch
     output for Batch input and the cookbook's rows otherwise. `ordered` writes rows in input order,
@@ -69,63 +82,211 @@ async def run_file_job(
     `show_progress` (default: stderr is a terminal) draws a bar; without one, a status line is printed
     every `status_interval` seconds (None: never), and with one, only for an interval with trouble.
     """
-    if output_format == "auto":
-        output_format = detect_output_format(requests_path)
-    done, report = prepare_results_file(save_path, retry_failed=retry_failed)
-    if report.repaired_torn_line:
-        logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
-    if report.failures_removed:
-        logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
-    processor = Processor(settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None)
-    stats = processor.stats
-    stats.failed_earlier = report.failure_rows
-    stats.earlier_rows = len(done)
-    if show_progress is None:
-        show_progress = sys.stderr.isatty()
-    if show_progress or status_interval:
-        stats.total = count_lines(requests_path)
-    display = ProgressDisplay(stats, enabled=show_progress, status_interval=status_interval, given=settings.limits)
-    if stats.earlier_rows:
-        display.note(f"resuming: {save_path} already holds {stats.earlier_rows:,} results; those requests are not sent again")
-    remove_handlers = _handle_signals(processor, shutdown_grace) if handle_signals else _nothing
-    every = min(TICK_SECONDS, status_interval) if status_interval else TICK_SECONDS
-    ticker = asyncio.ensure_future(_tick(display, clock, every)) if display.active else None
+    check_output_path(requests_path, save_path)
+    with OutputLock(save_path) as lock:
+        if output_format == "auto":
+            output_format = detect_output_format(requests_path)
+        done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+        lock.follow()  # dropping failure rows replaced the file: the new one is locked too
+        if report.repaired_torn_line:
+            logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
+        if report.failures_removed:
+            logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
+        processor = Processor(settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None)
+        stats = processor.stats
+        stats.failed_earlier = report.failure_rows
+        stats.earlier_rows = len(done)
+        if show_progress is None:
+            show_progress = sys.stderr.isatty()
+        if show_progress or status_interval:
+            stats.total = count_lines(requests_path)
+        display = ProgressDisplay(stats, enabled=show_progress, status_interval=status_interval, given=settings.limits)
+        if stats.earlier_rows:
+            display.note(f"resuming: {save_path} already holds {stats.earlier_rows:,} results; those requests are not sent again")
+        remove_handlers = _handle_signals(processor, shutdown_grace) if handle_signals else _nothing
+        every = min(TICK_SECONDS, status_interval) if status_interval else TICK_SECONDS
+        ticker = asyncio.ensure_future(_tick(display, clock, every)) if display.active else None
+        try:
+            with ResultWriter(save_path, output_format) as writer:
+                reorder = Reorder() if ordered else None
+
+                def write(batch: Iterable[RequestResult]) -> bool:
+                    try:
+                        for result in batch:
+                            writer.write(result)
+                    except OSError as error:
+                        processor.abort(f"cannot write to {save_path}: {error.strerror or error}; a rerun resumes")
+                        return False
+                    return True
+
+                with contextlib.suppress(RunStopped):
+                    async with processor.run(skip_done(read_requests(requests_path), done)) as results:
+                        async for result in results:
+                            if not write(reorder.add(result) if reorder is not None else (result,)):
+                                break
+                            stats.already_done = done.claimed
+                            display.update()
+                if reorder is not None:
+                    write(reorder.drain())  # after a stop: what finished beyond a gap, still in order
+        finally:
+            stats.already_done = done.claimed
+            remove_handlers()
+            if ticker is not None:
+                ticker.cancel()
+            display.close()
+            await processor.limiter.aclose()
+        if stats.stop_reason is None and done.unclaimed:
+            stats.orphan_rows = done.unclaimed
+            logger.warning(
+                "%s: %d rows match no line of %s (was the input edited since the earlier run?)",
+                save_path, done.unclaimed, requests_path,
+            )
+        return stats
+
+
+def check_output_path(requests_path: str | Path, save_path: str | Path) -> None:
+    """Refuse, before anything is read or sent, an output the run must never write to: the input itself
+    under any name (the same device and inode, so a hard link or a symlink counts), or anything but a
+    regular file (a FIFO would block, a device cannot be read back to resume)."""
+    save = Path(save_path)
     try:
-        with ResultWriter(save_path, output_format) as writer:
-            reorder = Reorder() if ordered else None
+        output = save.stat()
+    except FileNotFoundError:
+        return  # a new file (or a symlink to one): created by the writer
+    except OSError as error:
+        raise UsageError(f"cannot use {save} as the output: {error.strerror}") from None
+    if stat.S_ISDIR(output.st_mode):
+        raise UsageError(f"{save} is a directory; give the path of a results file (it is created if missing)")
+    if not stat.S_ISREG(output.st_mode):
+        raise UsageError(f"{save} is not a regular file; the output must be one (it is read back to resume)")
+    try:
+        given = Path(requests_path).stat()
+    except OSError:
+        return  # no input: reported where it is read
+    if (output.st_dev, output.st_ino) == (given.st_dev, given.st_ino):
+        raise UsageError(f"the output {save} is the same file as the input {requests_path} (a hard link or a symlink counts); results need a file of their own")
 
-            def write(batch: Iterable[RequestResult]) -> bool:
-                try:
-                    for result in batch:
-                        writer.write(result)
-                except OSError as error:
-                    processor.abort(f"cannot write to {save_path}: {error.strerror or error}; a rerun resumes")
-                    return False
-                return True
 
-            with contextlib.suppress(RunStopped):
-                async with processor.run(skip_done(read_requests(requests_path), done)) as results:
-                    async for result in results:
-                        if not write(reorder.add(result) if reorder is not None else (result,)):
-                            break
-                        stats.already_done = done.claimed
-                        display.update()
-            if reorder is not None:
-                write(reorder.drain())  # after a stop: what finished beyond a gap, still in order
-    finally:
-        stats.already_done = done.claimed
-        remove_handlers()
-        if ticker is not None:
-            ticker.cancel()
-        display.close()
-        await processor.limiter.aclose()
-    if stats.stop_reason is None and done.unclaimed:
-        stats.orphan_rows = done.unclaimed
-        logger.warning(
-            "%s: %d rows match no line of %s (was the input edited since the earlier run?)",
-            save_path, done.unclaimed, requests_path,
-        )
-    return stats
+#: What the lock file holds: who holds the lock, for the message a second run prints.
+_LOCK_LINE = "rate_limited_processor lock: pid {pid} on {host} since {since}\n"
+_LOCK_LINE_RE = re.compile(r"rate_limited_processor lock: pid (\d+) on (\S+) since (\S+)\n?")
+
+
+class OutputLock:
+    """One run at a time per results file, for the whole run: a second run exits before sending anything.
+
+    Two non-blocking `flock`s. One on the sidecar `<results>.lock`, which says who holds it ("pid 4242 on
+    host build-7") and is removed at the end. One on the results file itself, so a second name for the same
+    file (a hard link) is caught too. A lock file with anything else in it is not ours: refused, untouched.
+    """
+
+    __slots__ = ("path", "lock_path", "_sidecar", "_results", "_results_id")
+
+    def __init__(self, save_path: str | Path) -> None:
+        self.path = Path(save_path)
+        self.lock_path = sidecar_path(save_path, "lock")
+        self._sidecar: int | None = None
+        self._results: int | None = None
+        self._results_id: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"OutputLock({str(self.lock_path)!r}, held={self._sidecar is not None})"
+
+    def __enter__(self) -> OutputLock:
+        self._sidecar = self._lock_sidecar()
+        try:
+            self.follow()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+    def follow(self) -> None:
+        """Lock the results file as its path names it now (again after a rewrite replaced it)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise UsageError(f"cannot write {self.path}: {error.strerror}") from None
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) == self._results_id:
+            os.close(fd)
+            return
+        if not _try_lock(fd, self.path):
+            os.close(fd)
+            raise UsageError(
+                f"{self.path} is being written by another run under another name (a hard link to it?); "
+                "wait for that run to finish, or give this one another output file"
+            )
+        if self._results is not None:
+            os.close(self._results)
+        self._results, self._results_id = fd, (info.st_dev, info.st_ino)
+
+    def release(self) -> None:
+        if self._sidecar is not None:
+            with contextlib.suppress(OSError):
+                if _same_file(self._sidecar, self.lock_path):
+                    os.unlink(self.lock_path)  # before unlocking: whoever locks next finds the path gone and makes a new one
+            os.close(self._sidecar)
+            self._sidecar = None
+        if self._results is not None:
+            os.close(self._results)
+            self._results = self._results_id = None
+
+    def _lock_sidecar(self) -> int:
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as error:
+                raise UsageError(f"cannot create the lock file {self.lock_path}: {error.strerror}") from None
+            try:
+                if not _try_lock(fd, self.lock_path):
+                    raise UsageError(f"{self.path} is in use by another run ({_holder(fd)}); wait for it to finish, or stop it")
+                if _same_file(fd, self.lock_path):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # the holder removed it between our open and our lock: lock the one there now
+        held_by = os.pread(fd, 4096, 0).decode("utf-8", errors="replace")
+        if held_by and _LOCK_LINE_RE.fullmatch(held_by) is None:
+            os.close(fd)
+            raise UsageError(f"{self.lock_path} exists and is not a lock file of this tool; it is left untouched (move it aside if it is not needed)")
+        line = _LOCK_LINE.format(pid=os.getpid(), host=socket.gethostname() or "?", since=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, line.encode(), 0)
+        return fd
+
+
+def _try_lock(fd: int, path: Path) -> bool:
+    """Take an exclusive flock without waiting: False when someone else holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as error:
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        logger.warning("%s: cannot be locked on this file system (%s); a second run on the same output would not be stopped", path, error.strerror)
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _holder(fd: int) -> str:
+    match = _LOCK_LINE_RE.fullmatch(os.pread(fd, 4096, 0).decode("utf-8", errors="replace"))
+    if match is None:
+        return "it is starting, or is not this tool"
+    return f"pid {match[1]} on host {match[2]}, since {match[3]}"
 
 
 def skip_done(items: Iterator[APIRequest | RejectedLine], done: DoneIndex) -> Iterator[APIRequest | RejectedLine]:

@@ -19,12 +19,16 @@ rate controller (`rate_control`) sends under. Two things are learned:
 What the headers do not say (a gateway that sends none, a given limit that is wrong) is found from the
 server's 429s by `rate_control`, below the ceiling this module computes. `--headroom` multiplies the
 ceiling, to leave room for other traffic.
+
+A stated limit that no account has (below one request or a hundred tokens a minute, zero, negative, not a
+number) is ignored, with one warning per header: adopting it would stall the run in silence.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .limiter import Limits
@@ -38,6 +42,12 @@ RATIO_TIME_CONSTANT = 3.0
 RESET_RESOLUTION = 0.002
 #: The ratio is kept within these bounds: measurement noise must not stall or unleash the run.
 MIN_RATIO, MAX_RATIO = 0.5, 20.0
+#: Stated limits below these are no account's limits (a garbled header, or a server that lies): one
+#: request per minute, a hundred tokens per minute. Adopting `x-ratelimit-limit-requests: 0.001` would
+#: send one request every 17 hours, in silence; such a limit is ignored, with one warning.
+MIN_STATED_REQUESTS_PER_MINUTE = 1.0
+MIN_STATED_TOKENS_PER_MINUTE = 100.0
+_LIMIT_HEADERS = (("x-ratelimit-limit-requests", MIN_STATED_REQUESTS_PER_MINUTE), ("x-ratelimit-limit-tokens", MIN_STATED_TOKENS_PER_MINUTE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +60,8 @@ class RateLimitReport:
     reset_tokens: float | None = None
     #: How finely the resets are given: OpenAI's Go durations to the millisecond, Azure's bare seconds.
     reset_resolution: float = 0.001
+    #: Limit headers that were present but ignored, as ("header", "value"): not a number, or below any real limit.
+    ignored: tuple[tuple[str, str], ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -57,15 +69,28 @@ class RateLimitReport:
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitReport:
-    """OpenAI's `x-ratelimit-*` headers (resets as Go durations, "12ms", "6m0s"), or Azure's (bare seconds)."""
+    """OpenAI's `x-ratelimit-*` headers (resets as Go durations, "12ms", "6m0s"), or Azure's (bare seconds).
+
+    A stated limit that is not a finite number at least `MIN_STATED_*` is left out, and listed in `ignored`.
+    """
     resets = [headers.get("x-ratelimit-reset-requests"), headers.get("x-ratelimit-reset-tokens")]
     bare_seconds = any(text is not None and _positive_number(text) is not None for text in resets)
+    limits: list[float | None] = []
+    ignored: list[tuple[str, str]] = []
+    for name, floor in _LIMIT_HEADERS:
+        text = headers.get(name)
+        value = _positive_number(text)
+        if text is not None and (value is None or value < floor):
+            ignored.append((name, text))
+            value = None
+        limits.append(value)
     return RateLimitReport(
-        limit_requests=_positive_number(headers.get("x-ratelimit-limit-requests")),
-        limit_tokens=_positive_number(headers.get("x-ratelimit-limit-tokens")),
+        limit_requests=limits[0],
+        limit_tokens=limits[1],
         reset_requests=_duration(resets[0]),
         reset_tokens=_duration(resets[1]),
         reset_resolution=1.0 if bare_seconds else 0.001,
+        ignored=tuple(ignored),
     )
 
 
@@ -147,10 +172,11 @@ class _Dimension:
 class LimitTuner:
     """Turns what the API's headers report into the ceiling to send under (in our own units)."""
 
-    __slots__ = ("requests", "tokens", "headroom", "burst_seconds", "_answered")
+    __slots__ = ("requests", "tokens", "headroom", "burst_seconds", "_answered", "_warn", "_warned")
 
-    def __init__(self, given: Limits | None, *, headroom: float = 1.0) -> None:
-        """`given` limits may have None fields: those are learned ("auto")."""
+    def __init__(self, given: Limits | None, *, headroom: float = 1.0, warn: Callable[[str], None] | None = None) -> None:
+        """`given` limits may have None fields: those are learned ("auto"). `warn` hears, once per header,
+        that a stated limit was ignored (default: the package's logger)."""
         if not 0 < headroom <= 1:
             raise ValueError(f"headroom must be in (0, 1], got {headroom}")
         given = given if given is not None else Limits(None, None)
@@ -159,6 +185,8 @@ class LimitTuner:
         self.headroom = headroom
         self.burst_seconds = given.burst_seconds
         self._answered = False
+        self._warn = warn if warn is not None else logging.getLogger("rate_limited_processor").warning
+        self._warned: set[str] = set()
 
     def __repr__(self) -> str:
         return f"LimitTuner({self.limits()}, ratios={self.requests.ratio:.2f}/{self.tokens.ratio:.2f})"
@@ -190,6 +218,11 @@ class LimitTuner:
         """
         if from_the_api or not report.empty:
             self._answered = True
+        for name, text in report.ignored:
+            if name not in self._warned:
+                self._warned.add(name)
+                self._warn(f"ignoring the API's {name}: {text[:40]!r}, which is no account's limit (not a number, or below "
+                           f"{dict(_LIMIT_HEADERS)[name]:g} a minute); the pace follows the other limits and any 429s")
         if report.empty:
             return
         self.requests.observe(mark.sent_at, mark.requests, report.limit_requests, report.reset_requests, report.reset_resolution)

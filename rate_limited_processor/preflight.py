@@ -213,6 +213,10 @@ def _not_json_lines(requests_path: Path, item: RejectedLine, none_usable: str) -
     source = shlex.quote(str(requests_path))
     target = shlex.quote(str(requests_path.with_suffix(".jsonl")) if requests_path.suffix != ".jsonl" else f"{requests_path.stem}.fixed.jsonl")
     must = "the input must be JSON Lines: one request object per line"
+    # The file's shape explains a line that does not parse, or is not an object; not one built to break the
+    # parser (too deep, too long a number), which is reported as itself.
+    if "not valid JSON (" not in item.reason and "expected a JSON object" not in item.reason:
+        return f"--requests_filepath: {none_usable}: {must}, such as {_JSONL_EXAMPLE}; the first problem: {item.reason}"
     if start.startswith("["):
         return f"--requests_filepath: {requests_path} holds a JSON array, but {must}; convert it with: jq -c '.[]' {source} > {target}"
     if start.startswith("{"):

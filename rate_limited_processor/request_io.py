@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
 
+from . import strict_json
 from .models import APIRequest, RejectedLine, RequestResult, ResultKind
 from .resume import batch_row_id, identity_of_result
 
@@ -82,14 +83,9 @@ def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | Rejec
             text = error.object.decode("utf-8", errors="replace")
             return RejectedLine(line_number, f"line {line_number}: not valid UTF-8 ({error.reason} at byte {error.start})", _clip(text))
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
-    except _NotStrictJSON as error:
-        return RejectedLine(line_number, f"line {line_number}: {error} is not valid JSON (it can be neither sent nor written back)", _clip(raw.strip()))
-    except json.JSONDecodeError as error:
-        return RejectedLine(line_number, f"line {line_number}: not valid JSON ({error.msg} at column {error.colno})", _clip(raw.strip()))
-    if "\\u" in raw and _has_lone_surrogate(value):
-        reason = f"line {line_number}: holds an unpaired UTF-16 surrogate escape (like \\ud800), which cannot be sent or written as UTF-8"
-        return RejectedLine(line_number, reason, _clip(raw.strip()))
+        value = strict_json.loads(raw)
+    except strict_json.InvalidJSON as error:
+        return RejectedLine(line_number, f"line {line_number}: {error.reason}", _clip(raw.strip()))
     if not isinstance(value, dict):
         kind = type(value).__name__ if value is not None else "null"
         return RejectedLine(line_number, f"line {line_number}: expected a JSON object, got {kind}", value)
@@ -126,23 +122,6 @@ def _batch_request(value: dict[str, Any], line_number: int) -> APIRequest | Reje
         index=line_number, body=body, metadata={"custom_id": custom_id},
         label=f"line {line_number} ({custom_id})", url=url, custom_id=custom_id,
     )
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    """JSON may escape half a UTF-16 pair ("\\ud800"); Python reads it, but no UTF-8 can carry it."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-class _NotStrictJSON(ValueError):
-    """NaN, Infinity or -Infinity: Python's json reads them, but they are not JSON and cannot be written back as JSON."""
-
-
-def _refuse_constant(name: str) -> None:
-    raise _NotStrictJSON(name)
 
 
 def _clip(text: str) -> str:

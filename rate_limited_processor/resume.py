@@ -12,8 +12,11 @@ The index is a sorted array of 8-byte hashes plus one claim flag per row: about 
 request while the run goes on, never the rows themselves. Building it needs about 70 bytes per row for
 a moment (the hashes are sorted as a Python list): some 700 MB for a 10-million-row results file.
 
-The results file is checked before anything is sent. A torn last line (the process died mid-write) is cut
-off, never parsed as a result. Any other unreadable row stops the run before sending, naming the row.
+The results file is checked before anything is sent, and it must be one: every complete line one of the
+two row shapes the writer writes (see `_parse_row`). A file that is not (someone else's, the input under
+another name) is refused and never changed. Only a last line without its newline that starts like a row
+can be a write cut short: that one is cut off and its request sent again. Any other line that is not a
+row stops the run before sending, naming the row.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from array import array
 from bisect import bisect_left
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import strict_json
 from .errors import ResumeError
 from .models import APIRequest, RejectedLine, RequestResult
 
@@ -41,9 +47,16 @@ __all__ = [
     "identity_of_item",
     "identity_of_result",
     "prepare_results_file",
+    "sidecar_path",
 ]
 
 _BATCH_ID_PREFIX = "batch_req_"
+_BATCH_ID = re.compile(re.escape(_BATCH_ID_PREFIX) + "([0-9a-f]{16})")
+#: How a Batch-output row starts, as the writer writes it (json.dumps' default separators).
+_BATCH_ROW_START = b'{"id": "' + _BATCH_ID_PREFIX.encode()
+_BATCH_ROW_KEYS = frozenset({"id", "custom_id", "response", "error"})
+#: Levels a row adds around what it holds: a Batch row's body sits two levels down.
+ROW_NESTING = 2
 
 
 def identity(request: Any, metadata: Any) -> int:
@@ -131,7 +144,10 @@ class ResumeReport:
 def prepare_results_file(path: str | Path, *, retry_failed: bool = False, repair: bool = True) -> tuple[DoneIndex, ResumeReport]:
     """Check the results file, repair a torn last line, drop failure rows if retrying them, and index it.
 
-    With `repair=False` (a dry run) the file is only read: the index is the same, nothing is changed.
+    A file that is absent or empty is a fresh start. Any other file must be a results file: every
+    complete line one of the two row shapes this tool writes. Else ResumeError, and nothing is changed:
+    a file that is not a results file is not ours to cut. With `repair=False` (a dry run) the file is
+    only read: the index is the same, nothing is changed.
     """
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
@@ -143,13 +159,15 @@ def prepare_results_file(path: str | Path, *, retry_failed: bool = False, repair
     torn = False
     with open(path, "rb") as file:
         for row_number, raw in enumerate(file, start=1):
-            complete = raw.endswith(b"\n")
-            row = _parse_row(raw)
-            if row is None or not complete:
-                if file.read(1):  # not the last line: a damaged row in the middle is not ours to guess about
-                    raise ResumeError(f"{path}: row {row_number} is not a result row; cannot resume safely (move the file aside to start over)")
+            if not raw.endswith(b"\n"):
+                # Only the last line can lack its newline; it is torn if it is the start of a row we write.
+                if not _could_be_a_torn_row(raw):
+                    raise ResumeError(_not_a_row(path, row_number, rows_before=row_number - 1))
                 torn = True
                 break
+            row = _parse_row(raw)
+            if row is None:  # a complete line that is not a row is damage, never a torn write
+                raise ResumeError(_not_a_row(path, row_number, rows_before=row_number - 1))
             good_end += len(raw)
             row_identity, failed = row
             if retry_failed and failed:
@@ -165,32 +183,68 @@ def prepare_results_file(path: str | Path, *, retry_failed: bool = False, repair
     return DoneIndex(identities), ResumeReport(len(identities), failures, torn, failures_kept)
 
 
+def sidecar_path(results_path: str | Path, kind: str) -> Path:
+    """Where the tool keeps a file about a results file: `<results file>.<kind>` ("lock") beside it.
+
+    Symlinks are resolved, so every path to one results file names the same sidecar.
+    """
+    real = Path(results_path).resolve()
+    return real.with_name(f"{real.name}.{kind}")
+
+
+def _not_a_row(path: Path, row_number: int, *, rows_before: int) -> str:
+    if rows_before == 0:
+        return (
+            f"{path} is not a results file of this tool (its line {row_number} is not a result row); it is left untouched: "
+            "choose another output file, or move this one aside"
+        )
+    return f"{path}: row {row_number} is not a result row; cannot resume safely (move the file aside to start over)"
+
+
+def _could_be_a_torn_row(raw: bytes) -> bool:
+    """The start of a row as the writer writes it: a cookbook row, or a Batch-output line."""
+    return raw.startswith((b"[", _BATCH_ROW_START)) or _BATCH_ROW_START.startswith(raw)
+
+
 def _parse_row(raw: bytes) -> tuple[int, bool] | None:
-    """A row's (identity, is it a failure), for either output shape; None if it is not a result row."""
+    """A row's (identity, is it a failure), for either output shape; None if it is not a result row.
+
+    A cookbook row is `[request, response-object or list of error strings(, metadata)]`; a Batch-output
+    row is an object with "id" ("batch_req_" and 16 hex digits), "custom_id", "response" and "error".
+    """
     try:
-        row = json.loads(raw)
-    except ValueError:
+        row = strict_json.loads(raw.decode("utf-8"), max_depth=strict_json.MAX_DEPTH + ROW_NESTING)
+    except (UnicodeDecodeError, strict_json.InvalidJSON):
         return None
-    if isinstance(row, list) and len(row) in (2, 3) and isinstance(row[1], (dict, list)):
+    if isinstance(row, list) and len(row) in (2, 3) and _is_outcome(row[1]):
         request, outcome = row[0], row[1]
         metadata = row[2] if len(row) == 3 else None
         custom_id = metadata.get("custom_id") if isinstance(metadata, dict) else None
         row_identity = identity_of_id(custom_id) if isinstance(custom_id, str) else identity(request, metadata)
         return row_identity, isinstance(outcome, list)
-    if isinstance(row, dict) and isinstance(row.get("id"), str) and row["id"].startswith(_BATCH_ID_PREFIX):
-        try:
-            row_identity = int(row["id"][len(_BATCH_ID_PREFIX) :], 16)
-        except ValueError:
+    if isinstance(row, dict) and row.keys() >= _BATCH_ROW_KEYS and isinstance(row["id"], str):
+        match = _BATCH_ID.fullmatch(row["id"])
+        if match is None:
             return None
-        response = row.get("response")
-        succeeded = isinstance(response, dict) and 200 <= response.get("status_code", 0) < 300
-        return row_identity, not succeeded
+        response = row["response"]
+        status = response.get("status_code") if isinstance(response, dict) else None
+        succeeded = isinstance(status, int) and 200 <= status < 300
+        return int(match[1], 16), not succeeded
     return None
 
 
+def _is_outcome(value: Any) -> bool:
+    """A response object, or the errors of a failure: a non-empty list of strings."""
+    return isinstance(value, dict) or (isinstance(value, list) and bool(value) and all(isinstance(error, str) for error in value))
+
+
 def _rewrite_without_failures(path: Path) -> None:
-    """Keep only success rows, replacing the file atomically so a crash here loses nothing."""
-    with open(path, "rb") as source, tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as target:
+    """Keep only success rows, replacing the file atomically so a crash here loses nothing.
+
+    The real file is replaced (a symlink to it stays a symlink), with its permissions kept.
+    """
+    real = path.resolve()
+    with open(real, "rb") as source, tempfile.NamedTemporaryFile("wb", dir=real.parent, prefix=f".{real.name}.", delete=False) as target:
         try:
             for raw in source:
                 row = _parse_row(raw)
@@ -198,7 +252,8 @@ def _rewrite_without_failures(path: Path) -> None:
                     target.write(raw)
             target.flush()
             os.fsync(target.fileno())
+            shutil.copymode(real, target.name)
         except BaseException:
             os.unlink(target.name)
             raise
-    os.replace(target.name, path)
+    os.replace(target.name, real)

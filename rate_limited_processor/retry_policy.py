@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
+from .endpoints import Endpoint
 from .errors import NoAnswer
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Decision",
     "RetryPolicy",
     "classify",
+    "answer_problem",
     "parse_duration",
     "retry_after_seconds",
     "MAX_ATTEMPTS",
@@ -111,10 +113,22 @@ _MESSAGE_HINT_RE = re.compile(
 _WHITESPACE_RE = re.compile(r"\s+")
 
 
+#: What every successful answer of an endpoint carries: a field, and its JSON type.
+_ANSWER_FIELDS: Mapping[Endpoint, tuple[tuple[str, type], ...]] = {
+    Endpoint.CHAT_COMPLETIONS: (("choices", list),),
+    Endpoint.COMPLETIONS: (("choices", list),),
+    Endpoint.EMBEDDINGS: (("data", list),),
+    # A finished response has its output; one still running in the background has only its status.
+    Endpoint.RESPONSES: (("output", list), ("status", str)),
+}
+#: Error codes and types a 2xx's error body may carry in place of a status, and the status they stand for.
+_RELAYED_STATUS = {"invalid_api_key": 401, "rate_limit_exceeded": 429, "invalid_request_error": 400, "requests": 429, "tokens": 429}
+
+
 class Verdict(enum.Enum):
     """What to do with a request after one attempt."""
 
-    #: 2xx with a JSON object body.
+    #: 2xx with the endpoint's answer (see `answer_problem`).
     SUCCESS = "success"
     #: Try again later (`decisions.next_step` checks the attempts left).
     RETRY = "retry"
@@ -139,6 +153,8 @@ class HTTPOutcome:
     exception: str | None = None
     #: Why no answer came, when none did.
     no_answer: NoAnswer | None = None
+    #: Why a body that looked like JSON could not be read ("nested deeper than 200 levels"), when so.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,26 +175,35 @@ class Decision:
     about_the_endpoint: bool = False
 
 
-def classify(outcome: HTTPOutcome, *, now: float | None = None) -> Decision:
+def classify(outcome: HTTPOutcome, *, endpoint: Endpoint | None = None, now: float | None = None) -> Decision:
     """Turn one attempt's outcome into a decision.
 
     Precedence, top to bottom: no response, success, the two run-stopping errors, the server's
     `x-should-retry`, then status rules. Run-stopping errors beat `x-should-retry: true` because a bad key
-    or an empty account fails every request however often we retry; 2xx with a JSON object is a success
-    whatever the header says. `now` (epoch seconds) is only for an HTTP-date `retry-after`.
+    or an empty account fails every request however often we retry; a 2xx with the endpoint's answer is a
+    success whatever the header says. A 2xx is a success only with the answer `endpoint` promises (see
+    `answer_problem`; any JSON object when no endpoint is given) and no error in it: a 2xx whose body is an
+    error is judged as the status that error stands for. `now` (epoch seconds) is only for an HTTP-date
+    `retry-after`.
     """
     status = outcome.status
     # No response (connection refused or reset, timeout) or the body broke off: transient.
     if status is None or outcome.exception is not None:
         endpoint_failed = outcome.no_answer is not None and outcome.no_answer.about_the_endpoint
         return Decision(Verdict.RETRY, _exception_reason(outcome), about_the_endpoint=endpoint_failed)
-    # 2xx with a JSON object: the API answered.
-    if 200 <= status < 300 and isinstance(outcome.body, dict):
+    body = outcome.body
+    succeeded = 200 <= status < 300
+    relayed_error = succeeded and _carries_error(body)
+    not_the_answer = answer_problem(endpoint, body) if succeeded and isinstance(body, dict) and not relayed_error else None
+    # 2xx with the endpoint's answer: the API answered.
+    if succeeded and isinstance(body, dict) and not relayed_error and not_the_answer is None:
         return Decision(Verdict.SUCCESS, f"HTTP {status}")
 
     # Everything below is a response we did not want; read what it says.
-    code, type_, message = _error_fields(outcome.body)
-    reason = _reason(outcome, code, type_, message)
+    code, type_, message = _error_fields(body)
+    reason = _reason(outcome, code, type_, message, relayed=relayed_error, not_the_answer=not_the_answer)
+    if relayed_error:  # a proxy relaying an error inside a 2xx: judged by the error, not the 2xx
+        status = _status_of_relayed_error(body, code, type_)
     hint = retry_after_seconds(outcome.headers, message or outcome.text, now=now)
     server_says = _should_retry_header(outcome.headers)
     too_large = status == 429 and _is_request_too_large(code, type_, message)
@@ -195,7 +220,7 @@ def classify(outcome: HTTPOutcome, *, now: float | None = None) -> Decision:
         return Decision(Verdict.RETRY, reason, hint, rate_limited=status == 429 and not too_large, on_tokens=on_tokens)
     if server_says is False:
         return Decision(Verdict.FAIL, reason)
-    # 2xx without a JSON object (cut off, or a proxy's page): transient.
+    # 2xx without the answer (cut off, a proxy's page, an unreadable or wrong-shaped body): transient.
     if 200 <= status < 300:
         return Decision(Verdict.RETRY, reason, hint)
     # One request larger than the whole tokens-per-minute limit can never pass.
@@ -218,6 +243,55 @@ def classify(outcome: HTTPOutcome, *, now: float | None = None) -> Decision:
         return Decision(Verdict.FAIL, reason)
     # 1xx, 3xx or out of range: not an answer we can use.
     return Decision(Verdict.FAIL, reason)
+
+
+def answer_problem(endpoint: Endpoint | None, body: Mapping[str, Any]) -> str | None:
+    """Why a 2xx JSON object is not `endpoint`'s answer, or None when it is one.
+
+    A success carries what its endpoint promises: a `choices` list (chat/completions, completions), a
+    `data` list (embeddings), an `output` list or a `status` (responses). Without an endpoint any object
+    will do (a transport of the caller's own may answer in its own shape).
+    """
+    if endpoint is None:
+        return None
+    fields = _ANSWER_FIELDS[endpoint]
+    for name, kind in fields:  # a plain loop: this runs for every answer
+        if isinstance(body.get(name), kind):
+            return None
+    wanted = " or ".join(f"{'a list' if kind is list else 'a string'} {name!r}" for name, kind in fields)
+    return f"not a /{endpoint.value} answer (it has no {wanted})"
+
+
+def _carries_error(body: Any) -> bool:
+    """An error object in a 2xx body: {"error": {...}} as OpenAI writes errors, or vLLM's {"object": "error", ...}."""
+    if not isinstance(body, dict):
+        return False
+    return body.get("error") not in (None, False, "", {}, []) or body.get("object") == "error"
+
+
+def _status_of_relayed_error(body: dict[str, Any], code: str, type_: str) -> int:
+    """The status an error relayed in a 2xx stands for: the one it states, else what its code or type
+    says (400 for a run-stopping code, so that rule applies), else 500 (a server's error: retried)."""
+    error = body.get("error")
+    stated = [error.get("status"), error.get("code")] if isinstance(error, dict) else []
+    for value in (*stated, body.get("status"), body.get("statusCode"), body.get("code")):
+        status = _error_status(value)
+        if status is not None:
+            return status
+    if _is_stop_run_code(code, type_):
+        return 400
+    return _RELAYED_STATUS.get(code.lower()) or _RELAYED_STATUS.get(type_.lower()) or 500
+
+
+def _error_status(value: Any) -> int | None:
+    """An HTTP error status given as a number or a numeric string (Azure's "code": "429")."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if 400 <= number < 600 else None
 
 
 def parse_duration(text: str) -> float | None:
@@ -352,18 +426,25 @@ def _exception_reason(outcome: HTTPOutcome) -> str:
     return _clip(text if outcome.status is None else f"HTTP {outcome.status}: {text}")
 
 
-def _reason(outcome: HTTPOutcome, code: str, type_: str, message: str) -> str:
+def _reason(outcome: HTTPOutcome, code: str, type_: str, message: str, *, relayed: bool = False, not_the_answer: str | None = None) -> str:
     """One line: 'HTTP 429 rate_limit_exceeded: Rate limit reached ...', at most MAX_REASON_CHARS."""
-    head = f"HTTP {outcome.status}"
+    head = f"HTTP {outcome.status}" + (" (an error body)" if relayed else "")
     # The code, else the type; a code that repeats the status (Azure's "429", vLLM's 400) says nothing new.
     label = next((text for text in (code, type_) if text and text != str(outcome.status)), "")
     if label:
         head = f"{head} {label}"
     snippet = _snippet(outcome.text)
-    if message:
+    location = outcome.headers.get("location") if outcome.status is not None and 300 <= outcome.status < 400 else None
+    if location:
+        detail = f"redirected to {location}, not followed (a POST follows only 307 and 308, to http or https, a few in a row)"
+    elif not_the_answer is not None:
+        detail = f"{not_the_answer}: {snippet}" if snippet else not_the_answer
+    elif message:
         detail = message
     elif isinstance(outcome.body, dict):  # a JSON error without a message: show what there is
         detail = snippet
+    elif outcome.body is None and outcome.unreadable is not None:
+        detail = f"unreadable JSON body ({outcome.unreadable}): {snippet}"
     elif outcome.body is None:
         detail = f"non-JSON body: {snippet}" if snippet else "empty body"
     else:

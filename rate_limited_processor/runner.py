@@ -74,6 +74,8 @@ class _Job:
 
     request: APIRequest
     url: str
+    #: What its answer must hold to be a success (`retry_policy.answer_problem`).
+    endpoint: Endpoint
     tokens: int
     position: int
     #: HTTP attempts made, rate-limit 429s included...
@@ -400,10 +402,10 @@ class Processor:
             self._positions += 1
             item = _from_mapping(item, self._positions)
         try:
-            url, _, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
+            url, endpoint, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
         except InvalidRequest as error:
             return self._invalid(item.index, item.body, item.metadata, f"{item.name}: {error}", item.custom_id, position)
-        return _Job(item, url, tokens, position)
+        return _Job(item, url, endpoint, tokens, position)
 
     def _invalid(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None, position: int) -> RequestResult:
         logger.error("%s (not sent)", reason)
@@ -454,7 +456,7 @@ class Processor:
             outcome = outcome_of(await transport.send(request), self._scrub)
         except TransportError as error:
             outcome = outcome_of_error(error, self._scrub)
-        decision = classify(outcome)
+        decision = classify(outcome, endpoint=job.endpoint)
         now = self.clock.now()
         self.stats.record_answer(now, rate_limited=decision.rate_limited)
         if decision.rate_limited:

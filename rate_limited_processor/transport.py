@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,7 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
+from aiohttp.connector import Connection
+from yarl import URL
 
+from . import strict_json
 from .credentials import Scrubber
 from .errors import NoAnswer, TransportError
 from .retry_policy import HTTPOutcome
@@ -48,6 +52,15 @@ __all__ = [
 
 #: Error bodies are kept for messages only; a gateway's HTML page need not be kept whole.
 MAX_ERROR_TEXT = 2_000
+#: The largest response read. The largest real answers (2,048 embeddings of 3,072 floats) are about 80 MB.
+MAX_RESPONSE_BYTES = 256 * 1024**2
+
+#: Redirects followed in a row before the last one is taken as the answer.
+MAX_REDIRECTS = 5
+#: The redirects that keep a POST a POST, with its body; 301, 302 and 303 would turn it into a GET.
+_FOLLOWED_REDIRECTS = frozenset({307, 308})
+
+logger = logging.getLogger("rate_limited_processor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,40 +146,139 @@ class FunctionTransport:
 class AiohttpTransport:
     """Real HTTP through one aiohttp session: one connection per request in flight, no per-host cap.
 
-    The session is made on the first send, inside the running loop, as aiohttp wants.
+    The session is made on the first send, inside the running loop, as aiohttp wants. A session of its own
+    never reuses a connection the server has sent unasked-for bytes on (see `_StrictConnector`); a
+    session passed in is used as it is.
+
+    Redirects are followed here, not by aiohttp, so that credentials never reach another origin: a POST
+    follows a 307 or 308 (which keep it a POST, with its body), at most `MAX_REDIRECTS` in a row, to http
+    or https. On a hop to another origin (scheme, host or port) none of the request's own headers go along:
+    they are the key (`Authorization`, Azure's `api-key`) and the user's `--header` values. Any other
+    redirect comes back as the answer, and fails with its status.
     """
 
-    __slots__ = ("max_connections", "_session")
+    __slots__ = ("max_connections", "_session", "_warned")
 
     def __init__(self, max_connections: int = 1_000, *, session: aiohttp.ClientSession | None = None) -> None:
         self.max_connections = max_connections
         self._session = session
+        self._warned: set[tuple[_Origin, _Origin]] = set()
 
     def __repr__(self) -> str:
         return f"AiohttpTransport(max_connections={self.max_connections})"
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+            connector = _StrictConnector(limit=self.max_connections, limit_per_host=0)
             self._session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
         return self._session
 
     async def send(self, request: TransportRequest) -> TransportResponse:
         session = self._session_now()
-        timeout = aiohttp.ClientTimeout(total=request.timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout
+        url = URL(request.url)
+        headers: Mapping[str, str] = request.headers
         try:
-            async with session.post(request.url, json=request.body, headers=request.headers, timeout=timeout) as response:
-                body = await response.read()
-                headers = {name.lower(): value for name, value in response.headers.items()}
-                return TransportResponse(response.status, headers, body)
+            for hop in range(MAX_REDIRECTS + 1):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError
+                timeout = aiohttp.ClientTimeout(total=remaining)
+                async with session.post(url, json=request.body, headers=headers, timeout=timeout, allow_redirects=False) as response:
+                    answer = TransportResponse(response.status, {name.lower(): value for name, value in response.headers.items()}, await _read_body(response))
+                target = _redirect_target(url, answer) if hop < MAX_REDIRECTS else None
+                if target is None:
+                    return answer
+                if _origin(target) != _origin(url):
+                    self._note_cross_origin(url, target)
+                    headers = {}  # credentials stay with the origin they were given for
+                url = target
         except TimeoutError:
             raise TransportError(NoAnswer.TIMEOUT, f"TimeoutError: no complete response within {request.timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as error:  # sockets can fail below aiohttp's own exception types
             raise TransportError(_why_no_answer(error), f"{type(error).__name__}: {error}") from None
+        raise AssertionError("unreachable: the last hop returns its answer")
+
+    def _note_cross_origin(self, source: URL, target: URL) -> None:
+        pair = (_origin(source), _origin(target))
+        if pair not in self._warned:
+            self._warned.add(pair)
+            logger.warning("%s redirects to another origin, %s: following it without the key or the --header values", _show(source), _show(target))
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+#: An origin as browsers define it: scheme, host, port (the default port when none is given).
+_Origin = tuple[str, str | None, int | None]
+
+
+def _origin(url: URL) -> _Origin:
+    return (url.scheme, url.host, url.port)
+
+
+def _redirect_target(url: URL, response: TransportResponse) -> URL | None:
+    """Where a redirect that a POST may follow points (307, 308; to http or https), else None."""
+    if response.status not in _FOLLOWED_REDIRECTS:
+        return None
+    location = response.headers.get("location")
+    if not location:
+        return None
+    try:
+        target = url.join(URL(location))
+    except ValueError:
+        return None
+    return target if target.scheme in ("http", "https") and target.host else None
+
+
+def _show(url: URL) -> str:
+    """An origin for a message: never the path or query, which may carry anything."""
+    return f"{url.scheme}://{url.host}:{url.port}"
+
+
+class _StrictConnector(aiohttp.TCPConnector):
+    """A connector that never reuses a kept-alive connection on which the server sent what nobody asked for.
+
+    An HTTP/1.1 server answers each request once, in order. A response it pushes unasked onto an idle
+    connection would be read as the answer to the next request sent on that connection, and that request's
+    row would hold another request's answer. aiohttp drops a connection whose surplus bytes came with the
+    response; this drops one whose surplus came while it sat idle, when it is taken for reuse. (A surplus
+    racing the next request onto the wire cannot be told from its answer by any HTTP/1.1 client.)
+    """
+
+    _warned = False
+
+    async def _get(self, *args: Any, **kwargs: Any) -> Any:
+        # A private hook of aiohttp's (since 3.11: `_get(key, traces) -> Connection | None`); on a version
+        # where it returns something else, connections are reused as aiohttp decides.
+        while True:
+            connection = await super()._get(*args, **kwargs)
+            if not isinstance(connection, Connection) or connection.protocol is None or not connection.protocol.should_close:
+                return connection
+            if not self._warned:
+                self._warned = True
+                logger.warning("a server sent a response nobody asked for on an idle connection; such connections are dropped, not reused")
+            connection.close()
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, up to MAX_RESPONSE_BYTES: a server streaming without end (or a compressed bomb) is
+    no answer, not an exhausted memory."""
+    length = response.content_length
+    if length is not None and length > MAX_RESPONSE_BYTES:
+        raise TransportError(NoAnswer.BROKEN, f"the response is {length:,} bytes, more than the {MAX_RESPONSE_BYTES:,} read")
+    if length is not None and "content-encoding" not in response.headers:
+        return await response.read()  # framed by its length: it cannot grow
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise TransportError(NoAnswer.BROKEN, f"the response is more than the {MAX_RESPONSE_BYTES:,} bytes read")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _why_no_answer(error: BaseException) -> NoAnswer:
@@ -192,14 +304,24 @@ def as_transport(transport: Transport | SendFunction) -> Transport:
 
 
 def outcome_of(response: TransportResponse, scrub: Scrubber) -> HTTPOutcome:
-    """The outcome `classify` judges: a 2xx JSON body parsed as is; anything else scrubbed before it is read,
-    since an error page that echoes a request header must not leak the key, whole or in part."""
+    """The outcome `classify` judges: the body read as strict JSON, and the start of its text for messages.
+
+    Whatever of it may be written or logged is scrubbed first: every string of the decoded body (a server
+    echoing the request's headers must not leak the key, even escaped as `\\/` or `\\u0073`), the text, and
+    the header values. When neither a secret nor an escape that could spell one is in the body (almost
+    always), that costs a few substring searches.
+    """
     text = response.body.decode("utf-8", errors="replace")
-    parsed = _json_or_none(text)
-    if 200 <= response.status < 300 and isinstance(parsed, dict):
-        return HTTPOutcome(status=response.status, headers=response.headers, body=parsed)
-    text = scrub(text)
-    return HTTPOutcome(status=response.status, headers=response.headers, body=_json_or_none(text), text=text[:MAX_ERROR_TEXT])
+    body, unreadable = _read_json(text)
+    headers = response.headers
+    if scrub.may_hide_a_secret(f"{headers.get('x-request-id', '')}\n{headers.get('location', '')}"):  # the ones rows and messages show
+        headers = {name: scrub(value) for name, value in headers.items()}
+    if not scrub.may_hide_a_secret(text):
+        return HTTPOutcome(status=response.status, headers=headers, body=body, text=text[:MAX_ERROR_TEXT], unreadable=unreadable)
+    return HTTPOutcome(
+        status=response.status, headers=headers, body=scrub.scrub_decoded(body, text), text=scrub.scrub_json_text(text, MAX_ERROR_TEXT),
+        unreadable=unreadable,
+    )
 
 
 def outcome_of_error(error: TransportError, scrub: Scrubber) -> HTTPOutcome:
@@ -207,8 +329,9 @@ def outcome_of_error(error: TransportError, scrub: Scrubber) -> HTTPOutcome:
     return HTTPOutcome(status=None, exception=scrub(str(error)), no_answer=error.kind)
 
 
-def _json_or_none(text: str) -> Any:
+def _read_json(text: str) -> tuple[Any, str | None]:
+    """The body's value (None if it has none), and why it could not be read when it looked like JSON."""
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, or nested too deep to read: not an answer either way
-        return None
+        return strict_json.loads(text), None
+    except strict_json.InvalidJSON as error:  # not JSON, or JSON too deep or too large to carry: not an answer
+        return None, None if error.syntax else error.reason

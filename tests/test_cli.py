@@ -93,7 +93,7 @@ def test_output_may_not_overwrite_the_input(tmp_path: Path, capsys: pytest.Captu
     requests = tmp_path / "r.jsonl"
     requests.write_text('{"input": "x"}\n')
     code, err = run_main(["--requests_filepath", str(requests), "--save_filepath", str(requests)], capsys)
-    assert code == EXIT_USAGE and "must differ" in err
+    assert code == EXIT_USAGE and "same file as the input" in err
 
 
 # -- flags: typos, dashes, --version --------------------------------------------------------------------

@@ -44,7 +44,8 @@ def test_openai_headers_with_go_durations() -> None:
 
 def test_azure_headers_with_bare_seconds_and_nonsense_ignored() -> None:
     report = parse_rate_limit_headers({"x-ratelimit-reset-requests": "10", "x-ratelimit-limit-tokens": "lots", "x-ratelimit-limit-requests": "-3"})
-    assert report == RateLimitReport(reset_requests=10.0, reset_resolution=1.0)  # whole seconds: coarse
+    ignored = (("x-ratelimit-limit-requests", "-3"), ("x-ratelimit-limit-tokens", "lots"))  # named, for the warning
+    assert report == RateLimitReport(reset_requests=10.0, reset_resolution=1.0, ignored=ignored)  # whole seconds: coarse
     assert parse_rate_limit_headers({}).empty
 
 

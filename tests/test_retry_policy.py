@@ -7,6 +7,7 @@ import calendar
 import dataclasses
 import email.utils
 import inspect
+import json
 import random
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rate_limited_processor import retry_policy
+from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.retry_policy import (
     Decision,
     HTTPOutcome,
@@ -70,7 +72,19 @@ CLASSIFY_CASES = [
     ("200-object", HTTPOutcome(200, body={"id": "chatcmpl-1", "choices": []}), Verdict.SUCCESS, False, None),
     ("200-empty-object", HTTPOutcome(200, body={}), Verdict.SUCCESS, False, None),
     ("201-object", HTTPOutcome(201, body={"id": "x"}), Verdict.SUCCESS, False, None),
-    ("200-with-error-body-is-still-success", HTTPOutcome(200, body=error_body("odd")), Verdict.SUCCESS, False, None),
+    # A 2xx whose body is an error is judged as the error, as the cookbook does.
+    ("200-with-error-body-no-status-is-a-server-error", HTTPOutcome(200, body=error_body("odd")), Verdict.RETRY, False, None),
+    ("200-with-invalid-request-error", HTTPOutcome(200, body=error_body("bad 'n'", "invalid_request_error", None)), Verdict.FAIL, False, None),
+    ("200-with-server-error", HTTPOutcome(200, body=error_body("The server had an error", "server_error", None)), Verdict.RETRY, False, None),
+    ("200-with-error-stating-404", HTTPOutcome(200, body={"error": {"message": "no such model", "status": 404}}), Verdict.FAIL, False, None),
+    ("200-with-azure-429-code", HTTPOutcome(200, body={"error": {"code": "429", "message": AZURE_429_MESSAGE}}), Verdict.RETRY, True, 6.0),
+    ("200-with-rate-limit-code", HTTPOutcome(200, body=error_body(RATE_LIMIT_MESSAGE, "requests", "rate_limit_exceeded")), Verdict.RETRY, True, 1.574),
+    ("200-with-quota-error", HTTPOutcome(200, body=error_body(QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota")), Verdict.STOP_RUN, False, None),
+    ("200-with-invalid-key", HTTPOutcome(200, body=error_body(BAD_KEY_MESSAGE, "invalid_request_error", "invalid_api_key")), Verdict.STOP_RUN, False, None),
+    ("200-with-error-string", HTTPOutcome(200, body={"error": "upstream failed"}), Verdict.RETRY, False, None),
+    ("200-vllm-error-object", HTTPOutcome(200, body={"object": "error", "message": "bad", "type": "BadRequestError", "code": 400}), Verdict.FAIL, False, None),
+    ("200-with-null-error-is-success", HTTPOutcome(200, body={"choices": [], "error": None}), Verdict.SUCCESS, False, None),
+    ("200-with-error-and-should-retry-false", HTTPOutcome(200, {"x-should-retry": "false"}, error_body("odd", "server_error")), Verdict.FAIL, False, None),
     ("200-html", HTTPOutcome(200, body=None, text="<html><body>Proxy login</body></html>"), Verdict.RETRY, False, None),
     ("200-empty", HTTPOutcome(200, body=None, text=""), Verdict.RETRY, False, None),
     ("200-list", HTTPOutcome(200, body=[1, 2], text="[1, 2]"), Verdict.RETRY, False, None),
@@ -563,3 +577,45 @@ def test_module_is_pure() -> None:
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"asyncio", "aiohttp", "socket", "os", "io", "pathlib", "logging", "threading"}
+
+
+# ------------------------------------------------------------------- what a success is, per endpoint
+
+ANSWERS: dict[Endpoint, dict[str, Any]] = {
+    Endpoint.CHAT_COMPLETIONS: {"id": "chatcmpl-1", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]},
+    Endpoint.COMPLETIONS: {"id": "cmpl-1", "choices": [{"index": 0, "text": "hi"}]},
+    Endpoint.EMBEDDINGS: {"object": "list", "data": [{"index": 0, "embedding": [0.1]}]},
+    Endpoint.RESPONSES: {"id": "resp_1", "status": "completed", "output": []},
+}
+
+
+@pytest.mark.parametrize("endpoint", list(Endpoint))
+def test_a_2xx_is_a_success_only_with_the_answer_its_endpoint_promises(endpoint: Endpoint) -> None:
+    assert classify(HTTPOutcome(200, body=ANSWERS[endpoint]), endpoint=endpoint).verdict is Verdict.SUCCESS
+    for other in Endpoint:
+        if "choices" in ANSWERS[other] and "choices" in ANSWERS[endpoint] or other is endpoint:
+            continue
+        wrong = classify(HTTPOutcome(200, body=ANSWERS[other], text=json.dumps(ANSWERS[other])), endpoint=endpoint)
+        assert wrong.verdict is Verdict.RETRY, (endpoint, other)  # another endpoint's shape is not this one's answer
+        assert wrong.reason.startswith(f"HTTP 200: not a /{endpoint.value} answer")
+    liars: list[dict[str, Any]] = [{}, {"choices": None, "data": {}, "output": "none"}, {"ok": True}]
+    for liar in liars:
+        assert classify(HTTPOutcome(200, body=liar), endpoint=endpoint).verdict is Verdict.RETRY
+
+
+def test_a_background_response_is_a_success_with_its_status_alone() -> None:
+    queued = {"id": "resp_1", "object": "response", "status": "queued"}
+    assert classify(HTTPOutcome(200, body=queued), endpoint=Endpoint.RESPONSES).verdict is Verdict.SUCCESS
+
+
+def test_a_200_error_body_is_reported_with_the_body_s_own_message() -> None:
+    decision = classify(HTTPOutcome(200, body=error_body("The model is overloaded", "server_error")), endpoint=Endpoint.CHAT_COMPLETIONS)
+    assert decision.verdict is Verdict.RETRY
+    assert decision.reason == "HTTP 200 (an error body) server_error: The model is overloaded"
+
+
+def test_an_unreadable_200_is_retried_and_says_why() -> None:
+    outcome = HTTPOutcome(200, body=None, text="[[[[[[", unreadable="nested deeper than 200 levels")
+    decision = classify(outcome, endpoint=Endpoint.EMBEDDINGS)
+    assert decision.verdict is Verdict.RETRY
+    assert decision.reason == "HTTP 200: unreadable JSON body (nested deeper than 200 levels): [[[[[["

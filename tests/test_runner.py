@@ -279,7 +279,7 @@ def test_a_function_transport_that_raises_is_retried_like_a_lost_connection() ->
             raise TransportError(NoAnswer.BROKEN, "connection reset")
         if calls[number] == 2:
             raise ValueError("the model crashed")
-        return json_response({"ok": number})
+        return json_response({"choices": [], "ok": number})
 
     requests = [{"model": "m", "messages": [{"role": "user", "content": "x"}], "metadata_id": i} for i in range(3)]
     results, _ = run_virtual(collect(Processor(settings_for(), transport=flaky), requests))

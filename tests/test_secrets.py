@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from rate_limited_processor import UNLIMITED, Processor, RetryPolicy, Secret, Settings, run_file_job
 from rate_limited_processor.credentials import Scrubber
@@ -118,3 +122,115 @@ def test_the_library_reads_the_key_from_the_environment_unless_told_to_send_none
     assert Settings(request_url="http://localhost:8000/v1/embeddings", api_key=None).key is None
     monkeypatch.delenv("OPENAI_API_KEY")
     assert Settings(request_url="https://api.openai.com/v1/embeddings").key is None
+
+
+# -- a server that echoes the request's headers back, escaped -------------------------------------------------
+
+#: A --header value with slashes, which JSON may escape as \/.
+GATEWAY_SECRET = "gw/token/SECRET-0123456789"
+
+
+def escaped_everywhere(text: str) -> str:
+    """Every character as \\uXXXX: what a hostile (or ensure_ascii-happy) server can do to any string."""
+    return "".join(f"\\u{ord(char):04x}" for char in text)
+
+
+def hostile_json(value: Any, how: str) -> bytes:
+    """JSON in which the credentials are escaped so that the raw bytes never hold them."""
+    text = json.dumps(value)
+    for secret in (KEY, GATEWAY_SECRET):
+        if how == "slashes":
+            text = text.replace(json.dumps(secret)[1:-1], secret.replace("/", "\\/").replace("-", "\\u002d"))
+        else:
+            text = text.replace(json.dumps(secret)[1:-1], escaped_everywhere(secret))
+    body = text.encode()
+    assert KEY.encode() not in body and GATEWAY_SECRET.encode() not in body  # a scrub of the raw text finds nothing
+    return body
+
+
+@pytest.fixture
+async def echo_server() -> Any:
+    """Chat completions that echo the request's headers: in a 200, in a 400 with and without a message, in an
+    unreadable 200 (1e400), and in the x-request-id header."""
+    attempts: Counter[str] = Counter()
+
+    async def echo(request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        content = body["messages"][-1]["content"]
+        attempts[content] += 1
+        headers = dict(request.headers)
+        how = "slashes" if "slashes" in content else "unicode"
+        echoed = {"Authorization": headers.get("Authorization"), "X-Gateway": headers.get("X-Gateway"), KEY: "the key as a key"}
+        reply_headers = {"x-request-id": f"req-{headers.get('Authorization')}"}
+        if content.startswith("fail"):
+            error = {"error": {"message": f"Bad header {headers.get('Authorization')}", "type": "invalid_request_error", "echo": echoed}}
+            return web.Response(status=400, body=hostile_json(error, how), content_type="application/json", headers=reply_headers)
+        if content.startswith("bare"):  # an error with no message: its text is what the reason shows
+            return web.Response(status=400, body=hostile_json({"echo": echoed}, how), content_type="application/json", headers=reply_headers)
+        if content.startswith("unreadable") and attempts[content] == 1:
+            raw = hostile_json({"choices": [], "echo": echoed}, how)[:-1] + b', "n": 1e400}'
+            return web.Response(status=200, body=raw, content_type="application/json", headers=reply_headers)
+        answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}], "echo": echoed}
+        return web.Response(status=200, body=hostile_json(answer, how), content_type="application/json", headers=reply_headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/v1/chat/completions"
+    finally:
+        await runner.cleanup()
+
+
+def strings_in(value: Any) -> list[str]:
+    """Every string in a decoded JSON value, keys included: what any reader of the row sees once it is parsed."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in [key, *strings_in(item)]]
+    if isinstance(value, list):
+        return [text for item in value for text in strings_in(item)]
+    return []
+
+
+@pytest.mark.parametrize("output_format", ["cookbook", "batch"])
+async def test_escaped_echoes_of_the_key_reach_no_row_and_no_log(
+    tmp_path: Path, echo_server: str, output_format: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    contents = [f"{kind} {how}" for kind in ("ok", "fail", "bare", "unreadable") for how in ("slashes", "unicode")]
+    requests = [{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], "metadata": {"id": i}} for i, content in enumerate(contents)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    settings = Settings(
+        request_url=echo_server, api_key=KEY, limits=UNLIMITED, extra_headers={"X-Gateway": GATEWAY_SECRET},
+        retry=RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.01),
+    )
+    with caplog.at_level(logging.DEBUG, logger="rate_limited_processor"):
+        stats = await run_file_job(settings, input_path, output_path, show_progress=False, output_format=output_format)  # type: ignore[arg-type]
+    assert (stats.succeeded, stats.failed) == (4, 4)
+    raw = output_path.read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in raw.splitlines()]
+    assert "***" in raw  # the echoes were there, and were scrubbed...
+    for secret in (KEY, GATEWAY_SECRET):
+        assert secret not in raw and secret not in caplog.text
+        assert not [text for row in rows for text in strings_in(row) if secret in text]  # ...in every decoded string too
+    for secret in (KEY, GATEWAY_SECRET):  # and no escaped form survives in the raw file or a log line either
+        for text in (raw, caplog.text):
+            assert escaped_everywhere(secret) not in text and secret.replace("/", "\\/").replace("-", "\\u002d") not in text
+
+
+def test_scrubbing_a_decoded_body_walks_it_only_when_its_text_could_hide_a_secret() -> None:
+    scrub = Scrubber([KEY, GATEWAY_SECRET])
+    plain = {"choices": [{"message": {"content": "nothing to see, even\\nwith a newline escape"}}]}
+    text = json.dumps(plain)
+    assert not scrub.may_hide_a_secret(text)
+    assert scrub.scrub_decoded(plain, text) is plain  # not walked, not copied: the common case costs nothing
+    echoed = {KEY: [f"Bearer {KEY}", {"nested": GATEWAY_SECRET}], "n": 1}
+    text = json.dumps(echoed).replace("/", "\\/")
+    assert scrub.scrub_decoded(echoed, text) == {"***": ["Bearer ***", {"nested": "***"}], "n": 1}
+    assert scrub.scrub_json_text('{"m": "' + escaped_everywhere(KEY) + '"}', 2_000) == '{"m": "***"}'
+    assert Scrubber([]).may_hide_a_secret("\\u0073k-anything") is False  # no secrets, nothing to hide

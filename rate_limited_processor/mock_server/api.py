@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import strict_json
 from ..clock import Now, loop_time
 from ..endpoints import Endpoint
 from . import errors
@@ -81,9 +81,10 @@ def route(path: str) -> tuple[Endpoint, str | None] | None:
 
 
 def _parse_body(raw: bytes) -> Any:
+    """The body as the client's own reader would take it: strict JSON, or not JSON at all (a 400)."""
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        return strict_json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, strict_json.InvalidJSON):
         return _NOT_JSON
 
 
