@@ -21,9 +21,10 @@ times faster than `json`; on a 1,536-float embedding, about 50 µs against 1 ms)
 what is refused here (NaN, Infinity, 1e400, lone surrogates, invalid UTF-8), and reads what it accepts
 exactly as `json` does, with one exception: an integer beyond 64 bits, which it reads as a float. So a
 text that holds a run of 19 or more digits outside a fraction is read by `json`, as is every text orjson
-refuses: that slow path alone decides what is wrong, so the messages are the same as they always were. `dumps` and `canonical` encode with orjson and fall back to
-`json` where orjson refuses (integers beyond 64 bits, keys that are not strings) or would spell a number
-differently from `json` (`canonical` must give the same bytes as it always has: it is hashed).
+refuses: that slow path alone decides what is wrong, so the messages are the same as they always were.
+`dumps` and `canonical` encode with orjson and fall back to `json` where orjson refuses (integers beyond
+64 bits, keys that are not strings) or would spell a number differently (`canonical` must give the bytes
+it always has: they are hashed).
 
 Usage::
 
