@@ -149,6 +149,10 @@ class TokenEstimator:
         """Tokens of the prompt alone, framing included (what the API reports as prompt or input tokens)."""
         _require_object(body)
         count_text = self._counter(self._encoding_name or _model_encoding(body))
+        if endpoint is Endpoint.CHAT_COMPLETIONS:
+            plain = _plain_chat_tokens(body, count_text)
+            if plain is not None:
+                return plain
         total = 0
         for piece in _checked_pieces(endpoint, body):
             total += count_text(piece) if isinstance(piece, str) else piece
@@ -313,6 +317,24 @@ def _checked_pieces(endpoint: Endpoint, body: Mapping[str, Any]) -> Iterator[_Pi
         yield from _PIECES[endpoint](body)
     except RecursionError:
         raise EstimationError("the request body is nested too deeply to read") from None
+
+
+def _plain_chat_tokens(body: Mapping[str, Any], count_text: _TextCounter) -> int | None:
+    """The count of a chat body whose messages are all `{"role": text, "content": text}` and that has no tools
+    (most are), without the general walk: the same sum as `_chat_pieces` gives, a few times faster. None
+    for any other body, which takes the general walk."""
+    messages = body.get("messages")
+    if messages.__class__ is not list or "tools" in body or "functions" in body:
+        return None
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        if message.__class__ is not dict or len(message) != 2:
+            return None
+        role, content = message.get("role"), message.get("content")
+        if role.__class__ is not str or content.__class__ is not str:
+            return None
+        total += TOKENS_PER_MESSAGE + count_text(role) + count_text(content)
+    return total
 
 
 def _require_object(body: object) -> None:

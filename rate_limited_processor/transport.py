@@ -19,6 +19,7 @@ answer: `retry_policy.classify` does that, once, for every transport alike.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -177,7 +178,7 @@ class AiohttpTransport:
         session = self._session_now()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout
-        url = URL(request.url)
+        url = _parsed_url(request.url)
         headers: Mapping[str, str] = {**request.headers, "Content-Type": "application/json"}
         body = strict_json.dumps(request.body)  # once for every hop, with the one encoder
         try:
@@ -185,7 +186,7 @@ class AiohttpTransport:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError
-                timeout = aiohttp.ClientTimeout(total=remaining)
+                timeout = _timeout(request.timeout) if hop == 0 else aiohttp.ClientTimeout(total=remaining)
                 async with session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False) as response:
                     answer = TransportResponse(response.status, {name.lower(): value for name, value in response.headers.items()}, await _read_body(response))
                 target = _redirect_target(url, answer) if hop < MAX_REDIRECTS else None
@@ -210,6 +211,17 @@ class AiohttpTransport:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_url(url: str) -> URL:
+    """A run sends to one URL or a few, and parsing one costs more than the rest of what a send does here."""
+    return URL(url)
+
+
+@functools.lru_cache(maxsize=16)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 #: An origin as browsers define it: scheme, host, port (the default port when none is given).

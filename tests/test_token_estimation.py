@@ -23,6 +23,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import tiktoken
@@ -511,3 +512,21 @@ def test_short_texts_are_counted_once_long_ones_every_time_and_the_memo_stays_bo
     count("a third")  # the memo is full now (3 texts): later ones are counted every time
     assert [count("a fourth"), count("a fourth")] == [8, 8] and encoding.calls == 7
     assert count("user") == 4 and encoding.calls == 7  # what was remembered stays
+
+
+def test_plain_chat_messages_are_counted_as_the_general_walk_counts_them() -> None:
+    estimator = TokenEstimator()
+    bodies: list[dict[str, Any]] = [
+        {"model": "gpt-4", "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 12345 + 12345?"}]},
+        {"model": "gpt-4o", "messages": [{"content": "héllo 世界 <|endoftext|>", "role": "user"}], "max_tokens": 3},
+        {"model": "gpt-4", "messages": [{"role": "user", "content": ""}]},
+    ]
+    for body in bodies:
+        plain = estimator.prompt_tokens(CHAT, body)
+        walked = estimator.prompt_tokens(CHAT, {**body, "tools": None})  # "tools" present: the general walk, which skips None
+        assert plain == walked > 0
+    # Not plain: a name, list content, tools. These take the general walk (and count the name, the parts, the tools).
+    named = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi", "name": "ann"}]}
+    assert estimator.prompt_tokens(CHAT, named) > estimator.prompt_tokens(CHAT, {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(EstimationError):
+        estimator.prompt_tokens(CHAT, {"model": "gpt-4", "messages": [{"role": 7, "content": "hi"}]})
