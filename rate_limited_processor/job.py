@@ -31,6 +31,7 @@ from typing import Literal
 from .clock import LOOP_CLOCK, Clock
 from .config import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, Settings
 from .errors import RunStopped, UsageError
+from .lanes import LimiterFactory
 from .limiter import RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
@@ -60,6 +61,7 @@ async def run_file_job(
     *,
     show_progress: bool | None = None,
     limiter: RateLimiter | None = None,
+    limiter_factory: LimiterFactory | None = None,
     transport: Transport | SendFunction | None = None,
     clock: Clock = LOOP_CLOCK,
     retry_failed: bool = False,
@@ -92,7 +94,10 @@ async def run_file_job(
             logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
         if report.failures_removed:
             logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
-        processor = Processor(settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None)
+        processor = Processor(
+            settings, limiter=limiter, limiter_factory=limiter_factory, transport=transport, clock=clock,
+            max_ahead=ordered_window if ordered else None,
+        )
         stats = processor.stats
         stats.failed_earlier = report.failure_rows
         stats.earlier_rows = len(done)
@@ -134,7 +139,8 @@ async def run_file_job(
             if ticker is not None:
                 ticker.cancel()
             display.close()
-            await processor.limiter.aclose()
+            if limiter is not None:
+                await limiter.aclose()
         if stats.stop_reason is None and done.unclaimed:
             stats.orphan_rows = done.unclaimed
             logger.warning(
