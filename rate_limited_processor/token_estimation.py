@@ -337,6 +337,12 @@ def _require_object(body: object) -> None:
 
 def _chat_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
     """OpenAI's recipe: framing per message, the text of each field, reply priming; tools on top."""
+    yield from _conversation_pieces(body)
+    yield from _tool_pieces(body, "functions")
+
+
+def _conversation_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
+    """Each message of `messages`, the reply priming, and the tools: chat's and Anthropic's alike."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise EstimationError(f"'messages' must be a list of messages, not {_kind(messages)}")
@@ -344,7 +350,6 @@ def _chat_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
         yield from _message_pieces(message, f"messages[{index}]")
     yield REPLY_PRIMING_TOKENS
     yield from _tool_pieces(body, "tools")
-    yield from _tool_pieces(body, "functions")
 
 
 def _responses_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
@@ -393,13 +398,7 @@ def _messages_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
     if system is not None:
         yield TOKENS_PER_MESSAGE
         yield from _content_pieces(system, "system")
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        raise EstimationError(f"'messages' must be a list of messages, not {_kind(messages)}")
-    for index, message in enumerate(messages):
-        yield from _message_pieces(message, f"messages[{index}]")
-    yield REPLY_PRIMING_TOKENS
-    yield from _tool_pieces(body, "tools")
+    yield from _conversation_pieces(body)
 
 
 def _embeddings_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:

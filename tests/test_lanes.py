@@ -398,3 +398,56 @@ async def test_the_command_speaks_anthropic_at_a_v1_messages_url(tmp_path: Path,
     assert len(answers) == 30 and all(answer["type"] == "message" for answer in answers)
     assert "max_tokens" in stderr and "invalid input  1" in stderr
     assert "Claude's tokenizer is not public" in stderr and ANTHROPIC_KEY not in stderr
+
+
+# -- the pieces, pure --------------------------------------------------------------------------------------
+
+
+def test_anthropic_gets_its_key_as_x_api_key_with_its_version_and_openai_as_a_bearer() -> None:
+    from rate_limited_processor.config import Secret
+    from rate_limited_processor.credentials import ANTHROPIC_VERSION, headers_for
+
+    anthropic = headers_for("https://api.anthropic.com/v1/messages", Secret(ANTHROPIC_KEY), {"X-Trace": "1"})
+    assert dict(anthropic) == {"x-api-key": ANTHROPIC_KEY, "anthropic-version": ANTHROPIC_VERSION, "X-Trace": "1"}
+    assert ANTHROPIC_KEY not in repr(anthropic)
+    assert dict(headers_for("https://api.anthropic.com/v1", Secret(ANTHROPIC_KEY), {}))["x-api-key"] == ANTHROPIC_KEY  # a Batch root
+    assert dict(headers_for("https://api.openai.com/v1/chat/completions", Secret(KEY_A), {})) == {"Authorization": f"Bearer {KEY_A}"}
+
+
+def test_the_key_variable_follows_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY_A)
+    anthropic = Settings(request_url="https://api.anthropic.com/v1/messages")
+    openai = Settings(request_url="https://api.openai.com/v1/chat/completions")
+    assert anthropic.key is not None and anthropic.key.reveal() == ANTHROPIC_KEY
+    assert openai.key is not None and openai.key.reveal() == KEY_A
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}, "missing required field 'model'"),
+        ({"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "hi"}]}, "field 'max_tokens' is required"),
+        ({"model": "claude-3-5-haiku-latest", "max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]}, "must be a positive integer"),
+        ({"model": "claude-3-5-haiku-latest", "max_tokens": True, "messages": [{"role": "user", "content": "hi"}]}, "must be a positive integer"),
+        ({"model": "claude-3-5-haiku-latest", "max_tokens": 5, "messages": []}, "field 'messages' must be a non-empty list"),
+    ],
+)
+def test_a_messages_line_without_model_max_tokens_or_messages_is_refused(body: dict[str, Any], says: str) -> None:
+    from rate_limited_processor.endpoints import Endpoint, missing_field_reason
+
+    reason = missing_field_reason(Endpoint.MESSAGES, body)
+    assert reason is not None and says in reason
+
+
+def test_a_refusal_of_the_whole_account_drops_it_while_another_is_left() -> None:
+    from rate_limited_processor.decisions import DropAccount, JobState, RunState, StopRun, next_step
+    from rate_limited_processor.retry_policy import Decision, RetryPolicy, Verdict
+
+    refused = Decision(Verdict.STOP_RUN, "HTTP 401 invalid_api_key")
+    quota_for_hours = Decision(Verdict.RETRY, "HTTP 429 tokens per day", retry_after=7_200, rate_limited=True)
+    policy, job = RetryPolicy(), JobState(attempts=1)
+    assert next_step(refused, job=job, run=RunState(accounts_left=2), policy=policy) == DropAccount("HTTP 401 invalid_api_key")
+    assert isinstance(next_step(quota_for_hours, job=job, run=RunState(accounts_left=2), policy=policy), DropAccount)
+    assert isinstance(next_step(refused, job=job, run=RunState(accounts_left=1), policy=policy), StopRun)
+    assert isinstance(next_step(refused, job=job, run=RunState(accounts_left=2, stopping=True), policy=policy), StopRun)
