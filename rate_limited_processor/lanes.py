@@ -116,7 +116,11 @@ class Lanes:
 
     @property
     def dropped(self) -> dict[str, str]:
+        """The accounts taken out, and why."""
         return dict(self._dropped)
+
+    def is_dropped(self, account_name: str) -> bool:
+        return account_name in self._dropped
 
     def all(self) -> list[Lane]:
         return list(self._lanes.values())

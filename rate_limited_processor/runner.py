@@ -516,9 +516,11 @@ class Processor:
         self._endpoint_failing |= decision.about_the_endpoint
         if not await self._learn(job, lane, outcome, decision) and decision.verdict is not Verdict.SUCCESS:
             return  # the limiter failed and the run stops; a success is still kept
+        # An answer from an account already dropped (it was in flight) is about that account: the rest are left.
+        accounts_left = self.lanes.accounts_left + self.lanes.is_dropped(lane.account.name)
         run = RunState(
             stopping=self.stopping, any_succeeded=self._any_succeeded, hintless_pause=lane.control.hintless_pause(),
-            accounts_left=self.lanes.accounts_left,
+            accounts_left=accounts_left,
         )
         step = next_step(decision, job=job.state(now), run=run, policy=settings.retry)
         reason = self._scrub(decision.reason)
@@ -542,7 +544,7 @@ class Processor:
                 self._scheduler.add_retry(job, self.clock.now() + delay)
             case DropAccount(reason=why):
                 why = self._scrub(why)
-                if lane.account.name in self.lanes.dropped:  # another request's answer dropped it already
+                if self.lanes.is_dropped(lane.account.name):  # another request's answer dropped it already
                     logger.info("%s: %s; sending it through another account", job.request.name, why)
                 else:
                     logger.warning("account %r: %s; dropping it, the other %d go on", lane.account.name, why, self.lanes.accounts_left - 1)

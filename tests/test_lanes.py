@@ -108,13 +108,15 @@ def test_two_accounts_add_up_their_rates(tmp_path: Path, told: bool, most_time: 
 def test_an_account_whose_key_is_refused_is_dropped_and_the_others_finish_the_job(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     server_a = MockApi(MockConfig(requests_per_minute=600, api_key=KEY_A, **LATENCY))
     server_b = MockApi(MockConfig(requests_per_minute=1_200, api_key="the key org-b really has", **LATENCY))
-    accounts = (Account("org-a", api_key=KEY_A), Account("org-b", api_key=KEY_B))
+    # Told its limits, org-b has a window of requests in flight before its first 401 comes back: each of those
+    # refusals is about an account already dropped, and stops nothing.
+    accounts = (Account("org-a", api_key=KEY_A), Account("org-b", api_key=KEY_B, limits=Limits(1_200, 10_000_000)))
     settings = Settings(request_url=mock_url(), api_key=None, accounts=accounts)
     n = 300
     with caplog.at_level(logging.WARNING, logger="rate_limited_processor"):
         _, stats, rows = run(tmp_path, settings, [chat_request(i) for i in range(n)], Route([(with_key(KEY_A), server_a), (with_key(KEY_B), server_b)]))
     assert stats.succeeded == n and exit_code(stats) == 0, "a refused account costs no line"
-    assert server_b.record.count(401) <= 2, "its first answer drops it"
+    assert 1 < server_b.record.count(401) <= 20, "its first answer drops it; those already in flight are sent again elsewhere"
     assert list(stats.dropped_accounts) == ["org-b"] and "401" in stats.dropped_accounts["org-b"]
     assert "account 'org-b'" in caplog.text and "dropping it" in caplog.text
     assert "dropped account  org-b" in format_summary(stats)
