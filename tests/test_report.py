@@ -15,11 +15,7 @@ from rate_limited_processor.models import AttemptTiming, RequestResult, RequestT
 from rate_limited_processor.report import Distribution, RunReport
 from rate_limited_processor.report_html import render_html
 from rate_limited_processor.status import RunStats
-
-
-def nearest_rank(values: list[float], percent: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
+from tests.helpers import nearest_rank
 
 
 def test_percentiles_are_the_exact_nearest_rank_or_at_most_a_thousandth_above() -> None:

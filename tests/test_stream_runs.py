@@ -19,18 +19,12 @@ from rate_limited_processor.mock_server.responses import success_payload
 from rate_limited_processor.report import RunReport
 from rate_limited_processor.streaming import streamed_body
 from rate_limited_processor.transport import StreamingResponse
-from tests.helpers import chat_request, mock_url, read_rows, write_jsonl
+from tests.helpers import chat_request, mock_url, nearest_rank, read_rows, served_stream_times, write_jsonl
 from tests.virtual_time import run_virtual
 
 
 def stream_settings(endpoint: str = "chat/completions", **overrides: Any) -> Settings:
     return Settings(**{"request_url": mock_url(endpoint), "api_key": None, "limits": UNLIMITED, "stream": True, **overrides})
-
-
-def exact_percentile(values: list[float], percent: float) -> float:
-    """Nearest rank, as the report defines its percentiles."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
 
 
 def close_enough(reported: float, served: float) -> bool:
@@ -93,13 +87,12 @@ def test_reported_percentiles_match_the_servers_own_record_and_queueing_shows_fr
     built = report.build(stats)
     served = [entry for entry in api.record if entry.outcome == 200]
     assert built["requests"] == built["succeeded"] == len(served) == 400
-    server_ttft = [entry.first_token_at - entry.arrived_at for entry in served]
-    server_latency = [entry.finished_at - entry.arrived_at for entry in served]
+    server_ttft, server_latency = served_stream_times(api.record)
     for name, values in (("ttft_s", server_ttft), ("latency_s", server_latency)):
         for percent in (50, 95):
-            assert close_enough(built[name][f"p{percent}"], exact_percentile(values, percent)), (name, percent)
+            assert close_enough(built[name][f"p{percent}"], nearest_rank(values, percent)), (name, percent)
             # In virtual time the client sees what the server sent at the same instant: HdrHistogram's 0.1% is all.
-            assert 0 <= built[name][f"p{percent}"] - exact_percentile(values, percent) <= 0.001 * exact_percentile(values, percent) + 1e-6
+            assert 0 <= built[name][f"p{percent}"] - nearest_rank(values, percent) <= 0.001 * nearest_rank(values, percent) + 1e-6
     assert built["latency_from_scheduled_s"]["p50"] > built["latency_s"]["p50"]
     gaps = [later - earlier for entry in served for earlier, later in zip(entry.token_times, entry.token_times[1:], strict=False)]
     assert built["itl_s"]["count"] == len(gaps) and math.isclose(built["itl_s"]["p50"], 0.01, rel_tol=0.002)
