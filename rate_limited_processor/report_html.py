@@ -88,7 +88,7 @@ def _describe(report: Mapping[str, Any]) -> str:
     for name, value in settings.items():
         if value in (None, False, ""):
             continue
-        shown = "on" if value is True else f"{value:,g}" if isinstance(value, float) else str(value)
+        shown = "on" if value is True else f"{value:,.0f}" if isinstance(value, float) and value.is_integer() else str(value)
         described.append(f"{name}: {shown}")
     return ", ".join(described) or "a run of rate_limited_processor"
 
@@ -141,7 +141,10 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     power = 10 ** math.floor(math.log10(raw))
     step = next(multiple * power for multiple in (1, 2, 5, 10) if multiple * power >= raw)
     first = math.ceil(low / step) * step
-    return [first + step * i for i in range(int((high - first) / step + 1e-9) + 1)]
+    ticks = [first + step * i for i in range(int((high - first) / step + 1e-9) + 1)]
+    if ticks[-1] < high:  # the last tick covers the highest value, so nothing is drawn above the frame
+        ticks.append(ticks[-1] + step)
+    return ticks
 
 
 def _tick_label(value: float, step: float, *, seconds: bool) -> str:
@@ -232,9 +235,9 @@ def _line_chart(title: str, xs: Sequence[float], series: Sequence[tuple[str, str
     """Lines over the seconds of the run."""
     high = max([max(values, default=0) for _, _, values in series] + [1])
     y_ticks = _ticks(0, high)
-    x_end = max(xs[-1] if xs else 1, 1)
-    frame = _Frame((0, x_end), (0, y_ticks[-1]))
-    marks = frame.axes(_ticks(0, x_end), y_ticks, x_seconds=False, x_label="second of the run", y_label=y_label)
+    x_ticks = _ticks(0, max(xs[-1] if xs else 1, 1))
+    frame = _Frame((0, x_ticks[-1]), (0, y_ticks[-1]))
+    marks = frame.axes(x_ticks, y_ticks, x_seconds=False, x_label="second of the run", y_label=y_label)
     for label, color, values in series:
         points = " ".join(f"{frame.x(x):.1f},{frame.y(y):.1f}" for x, y in zip(xs, values, strict=True))
         if points:
