@@ -90,7 +90,7 @@ def test_poisson_at_the_request_limit_never_exceeds_it() -> None:
     # `send_gaps` counts one arrival per request, so none came.
     config = MockConfig(requests_per_minute=3_000, burst_seconds=1.0)
     gaps = send_gaps(settings_for(arrivals="poisson", limits=Limits(3_000, 10_000_000)), 800, config)
-    assert 0.5 < coefficient_of_variation(gaps) < 1.2  # still irregular, though the limiter evens its bursts
+    assert 0.8 <= coefficient_of_variation(gaps) <= 1.2  # a one-second bucket absorbs most of Poisson's bursts
     assert statistics.fmean(gaps) >= 1 / 50 * 0.99  # and no faster than 50 a second over the run
 
 
