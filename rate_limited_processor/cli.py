@@ -593,10 +593,11 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
 
 
 def report_settings(settings: Settings) -> dict[str, Any]:
-    """What a report says was measured: the endpoint (no query, which may hold a key), the flags that shape the load."""
-    url = URL(settings.request_url)
+    """What a report says was measured: the endpoint (no credentials or query, which may hold a key), the flags
+    that shape the load."""
+    url = URL(settings.request_url).with_user(None).with_query(None).with_fragment(None)
     return {
-        "request_url": str(url.with_query(None).with_fragment(None)),
+        "request_url": scrubber_for(settings)(str(url)),
         "stream": settings.stream,
         "arrivals": settings.arrivals,
         "request_rate": settings.request_rate,

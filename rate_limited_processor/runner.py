@@ -122,10 +122,11 @@ class _Job:
         if not self.attempt_log:
             return None
         last, received = self.attempt_log[-1], self.received
+        scheduled = self.scheduled_at if self.scheduled_at is not None else last.sent
         if received is None:
-            return RequestTimings(self.scheduled_at or last.sent, last.sent, last.ended, attempts=tuple(self.attempt_log))
+            return RequestTimings(scheduled, last.sent, last.ended, attempts=tuple(self.attempt_log))
         return RequestTimings(
-            self.scheduled_at or last.sent, last.sent, last.ended, first_byte=last.sent + received.first_byte,
+            scheduled, last.sent, last.ended, first_byte=last.sent + received.first_byte,
             tokens=tuple(last.sent + at for at in received.tokens), attempts=tuple(self.attempt_log),
         )
 

@@ -10,6 +10,8 @@ import random
 import re
 from typing import Any
 
+from rate_limited_processor.cli import report_settings
+from rate_limited_processor.config import Settings
 from rate_limited_processor.limiter import Limits
 from rate_limited_processor.models import AttemptTiming, RequestResult, RequestTimings, ResultKind
 from rate_limited_processor.report import Distribution, RunReport
@@ -111,3 +113,12 @@ def test_the_page_is_self_contained_with_a_chart_per_distribution_and_the_timeli
     # The only URLs: the SVG namespace (a name, never fetched) and the endpoint measured, as text.
     assert sorted(set(re.findall(r"https?://[^\s\"'<&]+", page))) == ["http://www.w3.org/2000/svg", "http://x/v1/chat/completions"]
     assert "p95" in page and "Time to first token" in page and "Inter-token latency" in page
+
+
+def test_the_report_names_the_endpoint_without_its_credentials() -> None:
+    key = "sk-proj-" + "k" * 40
+    settings = Settings(request_url=f"https://user:hunter2@gw.example/v1/chat/completions?api-key={key}&x=1", api_key=key, stream=True)
+    described = report_settings(settings)
+    assert described["request_url"] == "https://gw.example/v1/chat/completions"
+    assert key not in json.dumps(described) and "hunter2" not in json.dumps(described)
+    assert described["stream"] is True and described["arrivals"] == "even"
