@@ -76,22 +76,27 @@ class Distribution:
         """count, mean, min, max and the percentiles, in seconds; a histogram for the charts."""
         if not self.count:
             return {"count": 0}
+        values = self._histogram.get_percentile_to_value_dict([*PERCENTILES, 99.9])  # one pass for them all
         summary: dict[str, Any] = {"count": self.count, "mean": self._sum / self.count}
         for percent in PERCENTILES:
-            summary[f"p{percent:g}"] = min(self.percentile(percent), self._max)
+            summary[f"p{percent:g}"] = min(values[percent] / _MICROSECONDS, self._max)
         summary["min"], summary["max"] = self._min, self._max
-        summary["histogram"] = self.histogram()
+        summary["histogram"] = self.histogram(high=min(values[99.9] / _MICROSECONDS, self._max))
         return summary
 
-    def histogram(self, bins: int = HISTOGRAM_BINS) -> dict[str, list[float] | list[int]]:
-        """Counts in `bins` equal bars from the minimum to the 99.9th percentile; the last bar holds the rest."""
-        low, high = self._min, max(min(self.percentile(99.9), self._max), self._min)
+    def histogram(self, *, high: float, bins: int = HISTOGRAM_BINS) -> dict[str, list[float] | list[int]]:
+        """Counts in `bins` equal bars from the minimum to `high` (the 99.9th percentile); the last bar holds the rest."""
+        low = self._min
+        high = max(high, low)
         width = (high - low) / bins if high > low else 1e-6
         counts = [0] * bins
-        for item in self._histogram.get_recorded_iterator():
-            value = item.value_iterated_to / _MICROSECONDS
-            index = min(bins - 1, max(0, int((value - low) / width)))
-            counts[index] += item.count_at_value_iterated_to
+        histogram = self._histogram
+        first = histogram.get_counts_array_index(min(round(low * _MICROSECONDS), _HIGHEST))
+        for index in range(first, histogram.get_counts_array_index(histogram.max_value) + 1):
+            count = histogram.get_count_at_index(index)
+            if count:
+                value = histogram.get_value_from_index(index) / _MICROSECONDS
+                counts[min(bins - 1, max(0, int((value - low) / width)))] += count
         return {"edges_s": [low + width * i for i in range(bins + 1)], "counts": counts}
 
 
