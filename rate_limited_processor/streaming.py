@@ -71,8 +71,11 @@ def streamed_body(endpoint: Endpoint, body: Mapping[str, Any]) -> dict[str, Any]
 
 
 def is_event_stream(headers: Mapping[str, str]) -> bool:
-    """A response whose body is server-sent events (names in lower case, as transports give them)."""
-    return headers.get("content-type", "").split(";", 1)[0].strip().lower() == EVENT_STREAM
+    """A response whose body is server-sent events (header names in any case; transports give lower case)."""
+    content_type = headers.get("content-type")
+    if content_type is None:
+        content_type = next((value for name, value in headers.items() if name.lower() == "content-type"), "")
+    return content_type.split(";", 1)[0].strip().lower() == EVENT_STREAM
 
 
 @dataclass(frozen=True, slots=True)

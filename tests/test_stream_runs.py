@@ -124,7 +124,7 @@ def test_a_function_transport_may_stream_and_a_stream_without_done_fails_as_no_a
     def whole(request: TransportRequest) -> TransportResponse:
         seen.append(request)
         body = event({"role": "assistant", "content": "o"}) + event({"content": "k"}) + b"data: [DONE]\n\n"
-        return TransportResponse(200, {"content-type": "text/event-stream"}, body)
+        return TransportResponse(200, {"Content-Type": "text/event-stream; charset=utf-8"}, body)  # a user's spelling
 
     async def endless(request: TransportRequest) -> StreamingResponse:
         async def chunks() -> Any:
@@ -171,3 +171,16 @@ def test_embeddings_in_a_streamed_run_are_sent_unstreamed() -> None:
     [result] = run_virtual(main())
     assert result.kind is ResultKind.SUCCEEDED and result.response is not None and result.response["data"]
     assert result.timings is not None and result.timings.tokens == ()
+
+
+def test_a_line_that_asks_for_a_stream_itself_is_reassembled_without_the_flag() -> None:
+    api = MockApi(MockConfig(time_to_first_token=0.05))
+    line = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "streamed by request"}], "stream": True}
+
+    async def main() -> Any:
+        async with Processor(stream_settings(stream=False), transport=MockTransport(api)).run([line]) as results:
+            return [result async for result in results]
+
+    [result] = run_virtual(main())
+    assert result.kind is ResultKind.SUCCEEDED
+    assert result.response == success_payload(Endpoint.CHAT_COMPLETIONS, line, model="gpt-4o-mini", key=request_key(line))
