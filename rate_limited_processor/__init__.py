@@ -31,12 +31,13 @@ from .errors import (
 )
 from .job import run_file_job
 from .limiter import UNLIMITED, InProcessLimiter, Limits, RateLimiter
-from .models import APIRequest, RejectedLine, RequestResult, ResultKind
+from .models import APIRequest, AttemptTiming, RejectedLine, RequestResult, RequestTimings, ResultKind
+from .report import RunReport
 from .retry_policy import RetryPolicy
 from .runner import Processor, Results, process_requests, process_requests_sync
 from .status import RunStats, format_summary
 from .token_estimation import TokenEstimator
-from .transport import AiohttpTransport, FunctionTransport, Transport, TransportRequest, TransportResponse, json_response
+from .transport import AiohttpTransport, FunctionTransport, StreamingResponse, Transport, TransportRequest, TransportResponse, json_response
 
 __all__ = [
     "FROM_ENVIRONMENT",
@@ -44,6 +45,7 @@ __all__ = [
     "LOOP_CLOCK",
     "UNLIMITED",
     "APIRequest",
+    "AttemptTiming",
     "AiohttpTransport",
     "Clock",
     "Endpoint",
@@ -59,14 +61,17 @@ __all__ = [
     "RateLimiter",
     "RejectedLine",
     "RequestResult",
+    "RequestTimings",
     "Results",
     "ResultKind",
     "ResumeError",
     "RetryPolicy",
+    "RunReport",
     "RunStats",
     "RunStopped",
     "Secret",
     "Settings",
+    "StreamingResponse",
     "TokenEstimator",
     "Transport",
     "TransportError",

@@ -27,7 +27,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from yarl import URL
+
 from . import config
+from .arrivals import ARRIVAL_MODES
 from .config import (
     API_KEY_VARIABLE,
     DEFAULT_LOGGING_LEVEL,
@@ -48,6 +51,7 @@ from .limiter import DEFAULT_BURST_SECONDS, Limits
 from .planning import format_plan, plan_requests
 from .preflight import check_input, check_readable, check_request_url, check_writable, first_model
 from .probe import format_limits, probe_body, probe_limits
+from .report import RunReport
 from .request_io import read_requests
 from .resume import prepare_results_file
 from .retry_policy import RetryPolicy
@@ -195,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--max_in_flight", type=_positive_int, default=config.DEFAULT_MAX_IN_FLIGHT, help="most requests awaiting a response at once")
     add("--burst_seconds", type=_positive_float, default=DEFAULT_BURST_SECONDS, help="bucket capacity in seconds of the limit: how large a burst may be")
+    add(
+        "--arrivals", choices=ARRIVAL_MODES, default="even",
+        help="how sends are spread: even (paced evenly at the limits, or at --request_rate) or poisson (exponential gaps at "
+        "--request_rate, else at the request limit, as benchmark tools send); never above the limits",
+    )
+    add(
+        "--request_rate", type=_positive_float, default=None, metavar="PER_SECOND",
+        help="send at most this many requests per second, spread as --arrivals says",
+    )
+    add(
+        "--stream", action="store_true",
+        help="ask chat, completions and Responses requests for a stream (stream_options.include_usage) and time its tokens; the "
+        "results hold the reassembled answer, as unstreamed",
+    )
     add("--no_progress", action="store_true", help="no progress bar, even on a terminal (status lines follow --status_interval)")
     add(
         "--status_interval", type=_non_negative_float, default=DEFAULT_STATUS_INTERVAL, metavar="SECONDS",
@@ -205,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary_json", metavar="FILE", default=None,
         help="also write the summary as JSON to FILE (replaced atomically; written for exit code 2 too, with the error)",
     )
+    add(
+        "--report", metavar="FILE.json", default=None,
+        help="write a benchmark report: latency (and with --stream time to first token, inter-token latency) percentiles, "
+        "throughput, errors by status, a per-second timeline",
+    )
+    add("--report_html", metavar="FILE.html", default=None, help="the same report as one self-contained HTML page with charts")
     add(
         "--show_limits", action="store_true",
         help="send one small request to --request_url, print the rate limits its answer's headers state, and exit; nothing is written",
@@ -317,6 +341,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise UsageError(f"--accounts: cannot read {args.accounts}: {error.strerror or error}") from None
         except ValueError as error:
             raise UsageError(f"--accounts: {error}") from None
+    if args.stream and request_url.rstrip("/").endswith("/embeddings"):
+        raise UsageError("--stream: embeddings are not streamed; leave out --stream, or use a chat, completions or responses URL")
+    if args.arrivals == "poisson" and args.request_rate is None and args.max_requests_per_minute is None:
+        raise UsageError("--arrivals poisson needs a rate: give --request_rate (per second) or --max_requests_per_minute")
     try:
         return Settings(
             request_url=request_url,
@@ -332,6 +360,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_in_flight=args.max_in_flight,
             extra_headers=headers,
             accounts=accounts,
+            stream=args.stream,
+            arrivals=args.arrivals,
+            request_rate=args.request_rate,
         )
     except ValueError as error:
         message = str(error)
@@ -452,6 +483,15 @@ class _Command:
         check_writable(save_path, "--save_filepath")
         if self.summary_path is not None and self.summary_path.resolve() in (requests_path.resolve(), save_path.resolve()):
             raise UsageError("--summary_json must differ from --requests_filepath and --save_filepath")
+        taken = {requests_path.resolve(), save_path.resolve()} | ({self.summary_path.resolve()} if self.summary_path is not None else set())
+        for flag in ("--report", "--report_html"):
+            path = getattr(self.args, flag[2:])
+            if path is None:
+                continue
+            check_writable(Path(path), flag)
+            if Path(path).resolve() in taken:
+                raise UsageError(f"{flag} must differ from --requests_filepath, --save_filepath and the other outputs")
+            taken.add(Path(path).resolve())
 
     def refuse(self, error: Exception) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -503,10 +543,14 @@ class _Command:
 
 def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
     """Replace `path` with `record` as JSON in one step: a reader sees the old file or the new, never half of one."""
+    write_text_atomically(path, json.dumps(record, indent=2) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one step."""
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as file:
         try:
-            json.dump(record, file, indent=2)
-            file.write("\n")
+            file.write(text)
             file.flush()
             os.fsync(file.fileno())
         except BaseException:
@@ -563,17 +607,52 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
 
         redirect = logging_redirect_tqdm(loggers=[logging.getLogger(PROG)])
     factory = await shared_limiters(settings, args.redis_url, args.limit_key)
+    benchmark = RunReport(streamed=settings.stream, settings=report_settings(settings)) if args.report or args.report_html else None
     try:
         with redirect:
             stats = await run_file_job(
                 settings, requests_path, save_path, limiter_factory=factory,
                 show_progress=show_progress, status_interval=args.status_interval or None, retry_failed=args.retry_failed,
                 handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
-                ordered=args.ordered, ordered_window=args.ordered_window,
+                ordered=args.ordered, ordered_window=args.ordered_window, benchmark=benchmark,
             )
     finally:
         if factory is not None:
             await factory.aclose()
     if factory is not None:
         logging.getLogger(PROG).info("limits were shared through Redis under %s", ", ".join(map(repr, dict.fromkeys(factory.keys))))
+    if benchmark is not None:
+        write_reports(benchmark.build(stats), args.report, args.report_html)
     return stats
+
+
+def report_settings(settings: Settings) -> dict[str, Any]:
+    """What a report says was measured: the endpoint (no credentials or query, which may hold a key), the flags
+    that shape the load."""
+    url = URL(settings.request_url).with_user(None).with_query(None).with_fragment(None)
+    return {
+        "request_url": scrubber_for(settings)(str(url)),
+        "stream": settings.stream,
+        "arrivals": settings.arrivals,
+        "request_rate": settings.request_rate,
+        "max_in_flight": settings.max_in_flight,
+        "max_requests_per_minute": settings.limits.requests_per_minute,
+        "max_tokens_per_minute": settings.limits.tokens_per_minute,
+    }
+
+
+def _report_json(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=2) + "\n"
+
+
+def write_reports(record: dict[str, Any], json_path: str | None, html_path: str | None) -> None:
+    """Write the benchmark report as JSON and as a page; a failure to write is said, and costs nothing else."""
+    from .report_html import render_html
+
+    for path, render in ((json_path, _report_json), (html_path, render_html)):
+        if path is None:
+            continue
+        try:
+            write_text_atomically(Path(path), render(record))
+        except OSError as error:
+            print(f"{PROG}: error: cannot write the report {path}: {error.strerror or error}", file=sys.stderr)

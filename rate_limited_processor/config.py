@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .arrivals import ARRIVAL_MODES, ArrivalMode
 from .limiter import DEFAULT_BURST_SECONDS, Limits
 from .retry_policy import MAX_ATTEMPTS, RetryPolicy
 
@@ -278,6 +279,15 @@ class Settings:
     #: Several accounts (organisations, keys) to spread the work over, each with its own buckets; empty: the
     #: one account this Settings describes (`api_key`, `extra_headers`, `limits`).
     accounts: tuple[Account, ...] = ()
+    #: Ask chat, completions and Responses requests for a stream, and time its tokens (`streaming.py`); the
+    #: results hold the reassembled answer, as unstreamed.
+    stream: bool = False
+    #: How sends are spread (`arrivals.py`): "even" (the limiter's pacing) or "poisson" (exponential gaps).
+    arrivals: ArrivalMode = "even"
+    #: Sends per second for the arrivals; None: "even" paces at the limits, "poisson" at the request limit.
+    request_rate: float | None = None
+    #: Seeds the Poisson gaps, so a benchmark can be replayed; None: a different draw each run.
+    arrival_seed: int | None = 0
 
     def __post_init__(self) -> None:
         key = self.api_key
@@ -295,6 +305,10 @@ class Settings:
             raise ValueError(f"request_timeout must be positive, got {self.request_timeout}")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        if self.arrivals not in ARRIVAL_MODES:
+            raise ValueError(f"arrivals must be one of {ARRIVAL_MODES}, got {self.arrivals!r}")
+        if self.request_rate is not None and not 0 < self.request_rate < float("inf"):
+            raise ValueError(f"request_rate must be a positive number of requests per second, got {self.request_rate}")
 
     @property
     def key(self) -> Secret | None:

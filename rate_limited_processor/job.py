@@ -34,6 +34,7 @@ from .errors import RunStopped, UsageError
 from .lanes import LimiterFactory
 from .limiter import RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
+from .report import RunReport
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
 from .resume import DoneIndex, identity_of_item, prepare_results_file, sidecar_path
 from .runner import Processor
@@ -71,6 +72,7 @@ async def run_file_job(
     ordered: bool = False,
     ordered_window: int = DEFAULT_ORDERED_WINDOW,
     status_interval: float | None = None,
+    benchmark: RunReport | None = None,
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
@@ -83,6 +85,7 @@ async def run_file_job(
     holding at most `ordered_window` finished results until the ones before them are done.
     `show_progress` (default: stderr is a terminal) draws a bar; without one, a status line is printed
     every `status_interval` seconds (None: never), and with one, only for an interval with trouble.
+    `benchmark` is given every result written, for the benchmark report (`RunReport.build` after the run).
     """
     check_output_path(requests_path, save_path)
     with OutputLock(save_path) as lock:
@@ -126,9 +129,13 @@ async def run_file_job(
 
                 with contextlib.suppress(RunStopped):
                     async with processor.run(skip_done(read_requests(requests_path), done)) as results:
+                        if benchmark is not None:
+                            benchmark.begin(stats.started_at)
                         async for result in results:
                             if not write(reorder.add(result) if reorder is not None else (result,)):
                                 break
+                            if benchmark is not None:
+                                benchmark.add(result)
                             stats.already_done = done.claimed
                             display.update()
                 if reorder is not None:

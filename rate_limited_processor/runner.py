@@ -15,7 +15,8 @@ Usage::
 
 How it works. Every task of a run lives in one `asyncio.TaskGroup`, scoped by `run()`. A feeder takes a
 concurrency slot, picks the next job from the `Scheduler` (a retry that has come due before anything new),
-waits for the limiter to admit its estimated tokens, and starts the attempt as a task. An attempt sends
+waits for the arrival process (`arrivals.py`: none by default) and then for the limiter to admit its
+estimated tokens, and starts the attempt as a task. An attempt sends
 through the transport, `classify` reads the answer, and `next_step` (pure) says what to do: succeed, fail,
 retry after a delay (a rate-limit 429 also pauses every sender), or stop the run. The loop carries it out
 and decides nothing itself. Requests are read from the input only when they are about to be sent, and
@@ -39,6 +40,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Ma
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from .arrivals import Arrivals
 from .clock import LOOP_CLOCK, Clock
 from .config import Settings
 from .credentials import scrubber_for
@@ -48,13 +50,14 @@ from .errors import InvalidRequest, RunStopped, TransportError
 from .lanes import Lane, Lanes, LimiterFactory
 from .learned_limits import SendMark, parse_rate_limit_headers
 from .limiter import InProcessLimiter, Limits, RateLimiter
-from .models import APIRequest, RejectedLine, RequestResult, ResultKind
+from .models import APIRequest, AttemptTiming, RejectedLine, RequestResult, RequestTimings, ResultKind
 from .rate_control import Answer
 from .retry_policy import Decision, HTTPOutcome, Verdict, classify
 from .scheduler import Scheduler
 from .status import RunStats
+from .streaming import STREAMED_ENDPOINTS, streamed_body
 from .token_estimation import TokenEstimator, output_reservation
-from .transport import AiohttpTransport, SendFunction, Transport, TransportRequest, as_transport, outcome_of, outcome_of_error
+from .transport import AiohttpTransport, ReceiveTimings, SendFunction, Transport, TransportRequest, as_transport, outcome_of, outcome_of_error
 
 __all__ = ["Processor", "Results", "process_requests", "process_requests_sync", "RequestItem", "RequestSource"]
 
@@ -94,6 +97,10 @@ class _Job:
     errors: list[str] = field(default_factory=list)
     #: When the current attempt was sent, and what we had sent by then: for learning the server's view.
     mark: SendMark | None = None
+    #: When it was first let go to the limiter, and how each attempt went (for `RequestResult.timings`).
+    scheduled_at: float | None = None
+    attempt_log: list[AttemptTiming] = field(default_factory=list)
+    received: ReceiveTimings | None = None
 
     def state(self, now: float) -> JobState:
         """What the decision step needs to know of this request."""
@@ -116,6 +123,19 @@ class _Job:
             request_id=outcome.headers.get("x-request-id") if outcome is not None else None,
             error_body=outcome.body if not succeeded and outcome is not None else None,
             position=self.position,
+            timings=self.timings(),
+        )
+
+    def timings(self) -> RequestTimings | None:
+        if not self.attempt_log:
+            return None
+        last, received = self.attempt_log[-1], self.received
+        scheduled = self.scheduled_at if self.scheduled_at is not None else last.sent
+        if received is None:
+            return RequestTimings(scheduled, last.sent, last.ended, attempts=tuple(self.attempt_log))
+        return RequestTimings(
+            scheduled, last.sent, last.ended, first_byte=last.sent + received.first_byte,
+            tokens=tuple(last.sent + at for at in received.tokens), attempts=tuple(self.attempt_log),
         )
 
 
@@ -249,6 +269,7 @@ class Processor:
         self._scheduler: Scheduler[_Job] = Scheduler(max_waiting_retries=settings.max_in_flight, max_ahead=max_ahead)
         self._scrub = scrubber_for(settings)
         self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._arrivals = Arrivals(settings.arrivals, seed=settings.arrival_seed)
         self._changed = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=settings.max_in_flight)
@@ -360,6 +381,7 @@ class Processor:
                 if job is None:
                     return
                 lane = await self._lane_for(job)
+                await self._arrive(job, lane)
                 try:
                     admitted = await lane.limiter.acquire(job.tokens, job.output_tokens)
                 except Exception as error:
@@ -391,6 +413,21 @@ class Processor:
                 return lane
             self._changed.clear()
             await self._wait_for_change()
+
+    async def _arrive(self, job: _Job, lane: Lane) -> None:
+        """Wait for the arrival process to let the next send go (`--arrivals`), then count it as scheduled.
+        Poisson arrivals without a rate of their own run at the request limit of the lane the job goes through."""
+        rate = self.settings.request_rate
+        if rate is None and self.settings.arrivals == "poisson":
+            per_minute = lane.applied.requests_per_minute
+            rate = per_minute / 60 if per_minute is not None else None
+        due = self._arrivals.due(rate)
+        if due is not None and due > self.clock.now():
+            await self.clock.sleep(due - self.clock.now())
+        now = self.clock.now()
+        self._arrivals.released(now)
+        if job.scheduled_at is None:
+            job.scheduled_at = now
 
     @property
     def _one_at_a_time(self) -> bool:
@@ -495,16 +532,23 @@ class Processor:
         job.attempts += 1
         self.stats.record_attempt(job.tokens, is_retry=job.attempts > 1)
         logger.info("%s: sending, attempt %d/%d, ~%d tokens", job.request.name, job.attempts, settings.retry.max_attempts, job.tokens)
-        started = self.clock.now()
+        stream = settings.stream and job.endpoint in STREAMED_ENDPOINTS
+        body = streamed_body(job.endpoint, job.request.body) if stream else job.request.body
         lane = job.lane
         assert lane is not None
-        request = TransportRequest(job.url, job.request.body, lane.headers, settings.request_timeout)
+        request = TransportRequest(job.url, body, lane.headers, settings.request_timeout, stream=stream)
+        started = self.clock.now()
         try:
-            outcome = outcome_of(await transport.send(request), self._scrub)
+            response = await transport.send(request)
+            job.received = response.timings
+            outcome = outcome_of(response, self._scrub)
         except TransportError as error:
+            job.received = None
             outcome = outcome_of_error(error, self._scrub)
         decision = classify(outcome, endpoint=job.endpoint)
         now = self.clock.now()
+        ended = outcome.status if outcome.status is not None else outcome.no_answer.value if outcome.no_answer is not None else "no answer"
+        job.attempt_log.append(AttemptTiming(started, now, ended, decision.rate_limited))
         self.stats.record_answer(now, rate_limited=decision.rate_limited)
         lane.succeeded += decision.verdict is Verdict.SUCCESS
         lane.rate_limited += decision.rate_limited

@@ -4,7 +4,8 @@ Usage::
 
     python -m rate_limited_processor.mock_server --port 8000 \\
         --requests_per_minute 500 --tokens_per_minute 200000 --token_counting chars \\
-        --latency 0.2 --fault 500=0.02 --fault reset=0.01 --seed 1
+        --latency 0.2 --fault 500=0.02 --fault reset=0.01 --seed 1 \\
+        --time_to_first_token 0.3 --inter_token_gap 0.02      # for requests that ask for a stream
 
 then point the processor at the printed base URL (e.g. --request_url http://127.0.0.1:8000/v1/chat/completions).
 Ctrl-C stops the server and prints what it served, by status.
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--latency", type=float, default=0.0, help="seconds before each successful answer (default: 0)")
     add("--latency_jitter", type=float, default=0.0, help="up to this many extra seconds at random (default: 0)")
     add(
+        "--time_to_first_token", type=float, default=0.0, metavar="SECONDS",
+        help="a request asking for a stream (\"stream\": true) gets its first event after the latency and its first token this "
+        "much later (default: 0)",
+    )
+    add("--inter_token_gap", type=float, default=0.0, metavar="SECONDS", help="seconds between two tokens of a streamed answer (default: 0)")
+    add(
         "--fault",
         type=_fault,
         action="append",
@@ -124,6 +131,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         token_encoding_name=args.token_encoding_name,
         latency=args.latency,
         latency_jitter=args.latency_jitter,
+        time_to_first_token=args.time_to_first_token,
+        inter_token_gap=args.inter_token_gap,
         faults=faults,
         faults_after=args.faults_after,
         seed=args.seed,

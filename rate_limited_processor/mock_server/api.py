@@ -4,6 +4,11 @@ For each request, in order: route it by its path, draw a fault (faults cost no b
 front of the API), check the key, check the body, count its tokens, ask the rate-limit gate, wait out the
 configured latency, answer. Everything it does is appended to `MockApi.record`.
 
+A request whose body says `"stream": true` (chat, completions, Responses) is answered with a `StreamReply`:
+server-sent events built from the same answer (`streams.py`). Its first event goes out after the latency,
+its first token `time_to_first_token` later, and every further token `inter_token_gap` after the one
+before; the record keeps when each went out (`Served.first_token_at`, `token_times`, `finished_at`).
+
 Two adapters serve it: `app.py` on a real socket (aiohttp), and `transport.py` in process, as the
 runner's transport, so a whole run can be rehearsed against the same strict mock in virtual time.
 
@@ -19,8 +24,8 @@ import asyncio
 import hmac
 import random
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import strict_json
@@ -31,11 +36,12 @@ from .config import MockConfig
 from .counting import CountingError, TokenCounter
 from .faults import FaultKind, FaultPlan
 from .rate_limits import RateLimitGate, Rejection
-from .record import DISCONNECTED, HANG, RESET, Served, ServedLog, raw_request_key, request_key
+from .record import CUT, DISCONNECTED, HANG, RESET, Outcome, Served, ServedLog, raw_request_key, request_key
 from .reply import JSON, Reply, json_reply
 from .responses import body_problem, success_payload
+from .streams import Frames, stream_frames, wants_stream
 
-__all__ = ["MockApi", "MockRequest", "Drop", "Answer", "route", "OPENAI_PREFIX", "AZURE_PREFIX", "HANG_SECONDS"]
+__all__ = ["MockApi", "MockRequest", "Drop", "StreamReply", "Answer", "route", "OPENAI_PREFIX", "AZURE_PREFIX", "HANG_SECONDS"]
 
 OPENAI_PREFIX = "/v1"
 AZURE_PREFIX = "/openai/deployments"
@@ -63,7 +69,20 @@ class Drop:
     """No answer at all: the connection is reset, as a crashing proxy does."""
 
 
-Answer = Reply | Drop
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    """A 200 whose body is server-sent events, produced as they are due (iterate `chunks` to send them)."""
+
+    headers: Mapping[str, str]
+    chunks: AsyncGenerator[bytes, None] = field(repr=False)
+    status: int = 200
+    content_type: str = "text/event-stream"
+
+
+Answer = Reply | Drop | StreamReply
+
+#: The streamed endpoints (embeddings never stream).
+_STREAMED = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.RESPONSES})
 
 
 def route(path: str) -> tuple[Endpoint, str | None] | None:
@@ -183,13 +202,19 @@ class MockApi:
             if isinstance(body, Mapping) and isinstance(body.get("model"), str):
                 model = body["model"]
             model = model or self.config.model
-            if fault is not None:
+            streamed = endpoint in _STREAMED and wants_stream(body)
+            if fault is not None and not (fault is FaultKind.STREAM_CUT and streamed):
                 return await self._inject(fault, request, endpoint, arrived_at, key, model, api_version)
             decision = self._decide(request, endpoint, body, key, model)
             if decision.reply.status == 200:
                 await self._delay(endpoint, arrived_at, key, decision.tokens)
                 self._gate.refund(decision.output_refund, self._clock())
-            self.record.append(Served(arrived_at, endpoint, decision.reply.status, key, decision.tokens, decision.retry_after))
+                if streamed:
+                    frames = self._frames(endpoint, body, decision.reply)
+                    chunks = self._stream(frames, Served(arrived_at, endpoint, 200, key, decision.tokens), cut=fault is not None)
+                    return StreamReply(decision.reply.headers, chunks)
+            finished_at = self._clock() if decision.reply.status == 200 else None
+            self.record.append(Served(arrived_at, endpoint, decision.reply.status, key, decision.tokens, decision.retry_after, finished_at=finished_at))
             return decision.reply
         finally:
             if task is not None:
@@ -303,6 +328,37 @@ class MockApi:
             self.record.append(Served(arrived_at, endpoint, DISCONNECTED, key, tokens))
             raise
 
+    def _frames(self, endpoint: Endpoint, body: Mapping[str, Any], reply: Reply) -> Frames:
+        options = body.get("stream_options")
+        include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+        return stream_frames(endpoint, reply.json(), include_usage=include_usage)
+
+    async def _stream(self, frames: Frames, served: Served, *, cut: bool) -> AsyncGenerator[bytes, None]:
+        """Send the events as they are due, and record when each went out. With `cut`, stop half way: the
+        body ends with no [DONE], as when a proxy times a stream out."""
+        config = self.config
+        first_byte_at = self._clock()
+        token_times: list[float] = []
+        steps = frames.tokens[: len(frames.tokens) // 2] if cut else frames.tokens
+        outcome: Outcome = DISCONNECTED
+        try:
+            for frame in frames.head:
+                yield frame
+            for step, events in enumerate(steps):
+                await asyncio.sleep(config.time_to_first_token if step == 0 else config.inter_token_gap)
+                token_times.append(self._clock())
+                for frame in events:
+                    yield frame
+            if not cut:
+                for frame in frames.tail:
+                    yield frame
+            outcome = CUT if cut else 200
+        finally:
+            self.record.append(replace(
+                served, outcome=outcome, first_byte_at=first_byte_at, first_token_at=token_times[0] if token_times else None,
+                token_times=tuple(token_times), finished_at=self._clock(),
+            ))
+
     async def _inject(
         self,
         fault: FaultKind,
@@ -314,7 +370,7 @@ class MockApi:
         api_version: str | None,
     ) -> Answer:
         """Answer with the fault instead of the API; nothing is charged to the rate limits."""
-        if fault is FaultKind.RESET:
+        if fault in (FaultKind.RESET, FaultKind.STREAM_CUT):  # a cut of a request that asked for no stream: a reset
             self.record.append(Served(arrived_at, endpoint, RESET, key))
             return Drop()
         if fault is FaultKind.HANG:

@@ -14,7 +14,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from .api import Drop, MockApi, MockRequest
+from .api import Drop, MockApi, MockRequest, StreamReply
 from .reply import Reply, json_reply
 
 __all__ = ["create_app", "STATS_PATH", "MAX_BODY_BYTES"]
@@ -42,6 +42,18 @@ def _reset_connection(request: web.Request) -> None:
     transport.abort()
 
 
+async def _stream(request: web.Request, reply: StreamReply) -> web.StreamResponse:
+    """Write each event as the mock produces it; a client that leaves ends the stream (the record says so)."""
+    response = web.StreamResponse(status=reply.status, headers={**reply.headers, "Cache-Control": "no-cache"})
+    response.content_type = reply.content_type
+    async with contextlib.aclosing(reply.chunks) as chunks:
+        await response.prepare(request)
+        async for chunk in chunks:
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
 def create_app(api: MockApi) -> web.Application:
     """The aiohttp application serving `api`.
 
@@ -57,6 +69,8 @@ def create_app(api: MockApi) -> web.Application:
             _reset_connection(request)
             # aiohttp finds the transport gone and drops this response unsent: the reset is the answer.
             return web.Response(status=HTTPStatus.NO_CONTENT)
+        if isinstance(answer, StreamReply):
+            return await _stream(request, answer)
         return _to_response(answer)
 
     async def stats(request: web.Request) -> web.StreamResponse:

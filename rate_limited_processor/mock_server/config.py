@@ -46,6 +46,10 @@ class MockConfig:
     latency: float = 0.0
     #: Up to this many extra seconds (uniformly drawn) on top of `latency`.
     latency_jitter: float = 0.0
+    #: A streamed answer's first event goes out after the latency; its first token this many seconds later.
+    time_to_first_token: float = 0.0
+    #: Seconds between two tokens of a streamed answer.
+    inter_token_gap: float = 0.0
     #: Fault kind ("500", "503", "reset", "hang", "html_502", "insufficient_quota", "too_large", "401",
     #: "azure_429") -> probability per request. Applied before the rate limiter: faults cost no budget.
     faults: Mapping[str, float] = field(default_factory=dict)
@@ -80,6 +84,8 @@ class MockConfig:
             )
         if self.output_tokens < 1:
             raise ValueError(f"output_tokens must be at least 1, got {self.output_tokens}")
+        if not (self.time_to_first_token >= 0 and self.inter_token_gap >= 0):
+            raise ValueError(f"time_to_first_token and inter_token_gap must be seconds >= 0, got {self.time_to_first_token} and {self.inter_token_gap}")
         if self.faults_after < 0:
             raise ValueError(f"faults_after must not be negative, got {self.faults_after}")
         checked = validate_faults(self.faults)
