@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from .budget import Budget
 from .clock import LOOP_CLOCK, Clock
 from .config import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, Settings
 from .errors import RunStopped, UsageError
@@ -69,6 +70,7 @@ async def run_file_job(
     ordered: bool = False,
     ordered_window: int = DEFAULT_ORDERED_WINDOW,
     status_interval: float | None = None,
+    budget: Budget | None = None,
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
@@ -81,6 +83,7 @@ async def run_file_job(
     holding at most `ordered_window` finished results until the ones before them are done.
     `show_progress` (default: stderr is a terminal) draws a bar; without one, a status line is printed
     every `status_interval` seconds (None: never), and with one, only for an interval with trouble.
+    `budget` (`--max_cost_usd`) stops the run, as a signal does, before a request that would not fit in it.
     """
     check_output_path(requests_path, save_path)
     with OutputLock(save_path) as lock:
@@ -92,7 +95,9 @@ async def run_file_job(
             logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
         if report.failures_removed:
             logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
-        processor = Processor(settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None)
+        processor = Processor(
+            settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None, budget=budget
+        )
         stats = processor.stats
         stats.failed_earlier = report.failure_rows
         stats.earlier_rows = len(done)
