@@ -16,11 +16,9 @@ import argparse
 import asyncio
 import contextlib
 import difflib
-import json
 import logging
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from importlib import metadata
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import config
+from .batch_mode import BatchOptions, run_batch_job
+from .batch_state import write_json_atomically
 from .budget import Budget
 from .config import (
     API_KEY_VARIABLE,
@@ -439,6 +439,8 @@ class _Command:
             self.prices = prices = prices_from_args(args, settings.request_url)
             self.check_paths(self.requests_path, self.save_path)
             check_input(self.requests_path, settings.request_url, url_given=args.request_url is not None)
+            if args.mode == "batch" and args.ordered:
+                raise UsageError("--ordered is for --mode online: a batch's results come back when the batch ends")
             if not args.dry_run:
                 _check_redis_extra(args.redis_url)
                 self.check_budget(prices, self.requests_path)
@@ -534,20 +536,6 @@ class _Command:
         return EXIT_STOPPED
 
 
-def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
-    """Replace `path` with `record` as JSON in one step: a reader sees the old file or the new, never half of one."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as file:
-        try:
-            json.dump(record, file, indent=2)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        except BaseException:
-            os.unlink(file.name)
-            raise
-    os.replace(file.name, path)
-
-
 def _check_redis_extra(redis_url: str | None) -> None:
     """Limits shared through Redis need the redis extra: say which, before anything starts."""
     source = "--redis_url" if redis_url else f"${REDIS_URL_VARIABLE}" if os.environ.get(REDIS_URL_VARIABLE) else None
@@ -597,6 +585,14 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         redirect = logging_redirect_tqdm(loggers=[logging.getLogger(PROG)])
+    budget = Budget(args.max_cost_usd, prices) if args.max_cost_usd is not None else None
+    if args.mode == "batch":
+        options = BatchOptions(max_lines=args.batch_max_lines, poll_interval=args.batch_poll_interval, fallback=args.batch_fallback)
+        with redirect:
+            return await run_batch_job(
+                settings, requests_path, save_path, options=options, prices=prices, budget=budget, output_format=args.output_format,
+                retry_failed=args.retry_failed, handle_signals=True, show_progress=show_progress, status_interval=args.status_interval or None,
+            )
     limiter = await shared_limiter(settings, args.redis_url, args.limit_key, requests_path)
     with redirect:
         return await run_file_job(
@@ -604,5 +600,5 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
             show_progress=show_progress, status_interval=args.status_interval or None, retry_failed=args.retry_failed,
             handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
             ordered=args.ordered, ordered_window=args.ordered_window,
-            budget=Budget(args.max_cost_usd, prices) if args.max_cost_usd is not None else None,
+            budget=budget,
         )

@@ -35,12 +35,12 @@ from .errors import RunStopped, UsageError
 from .limiter import RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
-from .resume import DoneIndex, identity_of_item, prepare_results_file, sidecar_path
+from .resume import DoneIndex, ResumeReport, identity_of_item, prepare_results_file, sidecar_path
 from .runner import Processor
 from .status import ProgressDisplay, RunStats
 from .transport import SendFunction, Transport
 
-__all__ = ["run_file_job", "skip_done", "default_save_path", "check_output_path", "OutputLock", "Reorder"]
+__all__ = ["run_file_job", "skip_done", "default_save_path", "check_output_path", "note_repairs", "OutputLock", "Reorder"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -91,10 +91,7 @@ async def run_file_job(
             output_format = detect_output_format(requests_path)
         done, report = prepare_results_file(save_path, retry_failed=retry_failed)
         lock.follow()  # dropping failure rows replaced the file: the new one is locked too
-        if report.repaired_torn_line:
-            logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
-        if report.failures_removed:
-            logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
+        note_repairs(save_path, report)
         processor = Processor(
             settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None, budget=budget
         )
@@ -147,6 +144,14 @@ async def run_file_job(
                 save_path, done.unclaimed, requests_path,
             )
         return stats
+
+
+def note_repairs(save_path: str | Path, report: ResumeReport) -> None:
+    """Say what preparing the results file changed in it."""
+    if report.repaired_torn_line:
+        logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
+    if report.failures_removed:
+        logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
 
 
 def check_output_path(requests_path: str | Path, save_path: str | Path) -> None:
