@@ -6,7 +6,10 @@ clock, so a batch's minutes of processing and the client's polling take millisec
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from rate_limited_processor.batch_mode import BatchOptions, run_batch_job
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.mock_server.responses import response_matches
 from rate_limited_processor.resume import sidecar_path
-from tests.helpers import chat_request, embedding_request, mock_url, read_rows, write_jsonl
+from tests.helpers import MOCK_ORIGIN, chat_request, embedding_request, mock_url, read_rows, write_jsonl
 from tests.virtual_time import run_virtual
 
 #: Quick batches: they validate in a second and end a minute after they are created.
@@ -89,3 +92,124 @@ def test_batch_input_gets_batch_output_rows_with_its_own_custom_ids(tmp_path: Pa
     rows = read_rows(output_path)
     assert sorted(row["custom_id"] for row in rows) == sorted(f"task-{i}" for i in range(30))
     assert all(row["response"]["status_code"] == 200 and row["response"]["body"]["data"] for row in rows)
+
+
+class Killed(BaseException):
+    """The process dies here: nothing after it runs (no record of what the call did is written)."""
+
+
+class DiesAfter:
+    """The mock, and a process that dies right after the API has done the n-th call of a kind (before it hears back)."""
+
+    def __init__(self, api: MockApi, method: str, path: str, nth: int) -> None:
+        self.transport = MockTransport(api)
+        self.method, self.path, self.nth = method, path, nth
+        self.seen = 0
+
+    async def call(self, call: Any, sink: Any = None) -> Any:
+        answer = await self.transport.call(call, sink)
+        if (call.method, call.url.partition("?")[0].removeprefix("http://mock.invalid")) == (self.method, self.path):
+            self.seen += 1
+            if self.seen == self.nth:
+                raise Killed
+        return answer
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/v1/files"), ("POST", "/v1/batches")])
+def test_a_run_that_dies_before_it_records_an_upload_or_a_batch_never_makes_it_twice(tmp_path: Path, method: str, path: str) -> None:
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(1_000)])
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(**QUICK))
+    dying = DiesAfter(api, method, path, nth=2)
+
+    async def first() -> None:
+        await run_batch_job(settings_for(), input_path, output_path, options=BatchOptions(max_lines=250, poll_interval=10.0), http=dying, show_progress=False)
+
+    with pytest.raises(Killed):
+        run_virtual(first())
+    assert len(api.batches.uploads) == 2 and len(api.batches.created) == (2 if path.endswith("batches") else 1)
+
+    run_batch(api, input_path, output_path, max_lines=250)
+
+    assert ids_of(read_rows(output_path)) == Counter(range(1_000))
+    assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4), "the part the dead run sent was found, not sent again"
+
+
+def test_a_batch_refused_for_the_enqueued_token_limit_waits_for_an_earlier_one_and_is_created_again_from_its_file(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(600)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    # A part of 200 lines holds 200 x (27 + 8) = 7,000 tokens as the mock counts them: two fit under the limit, not three.
+    api = MockApi(MockConfig(**QUICK, batch_enqueued_token_limit=15_000))
+
+    stats = run_batch(api, input_path, output_path, max_lines=200)
+
+    assert ids_of(read_rows(output_path)) == Counter(range(600))
+    assert stats.stop_reason is None
+    assert len(api.batches.uploads) == 3, "a refused part is created again from the file it uploaded"
+    refused = [batch for batch in api.batches._batches.values() if batch.errors]
+    assert refused and all(error["code"] == "token_limit_exceeded" for batch in refused for error in batch.errors)
+    assert len(api.batches.created) == 3 + len(refused)
+
+
+def test_a_part_too_large_for_the_enqueued_limit_on_its_own_stops_the_run_and_says_what_to_do(tmp_path: Path) -> None:
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(100)])
+    api = MockApi(MockConfig(**QUICK, batch_enqueued_token_limit=100))
+
+    stats = run_batch(api, input_path, tmp_path / "results.jsonl")
+
+    assert stats.stop_reason is not None and "enqueued-token limit" in stats.stop_reason and "--batch_max_lines" in stats.stop_reason
+    assert not (tmp_path / "results.jsonl").read_text()
+
+
+@pytest.mark.parametrize("fallback", ["none", "online"])
+def test_lines_a_batch_failed_or_let_expire_are_failure_rows_or_are_sent_online(tmp_path: Path, fallback: str) -> None:
+    requests = [chat_request(i) for i in range(400)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(**QUICK, batch_failed_lines=0.1, batch_expired_lines=0.1, seed=3))
+
+    stats = run_batch(api, input_path, output_path, max_lines=100, fallback=fallback)
+
+    rows = read_rows(output_path)
+    assert ids_of(rows) == Counter(range(400))
+    failures = [row for row in rows if isinstance(row[1], list)]
+    if fallback == "none":
+        reasons = Counter(row[1][0].split(" ")[0].rstrip(":") for row in failures)
+        assert set(reasons) == {"HTTP", "batch_expired"} and 40 <= len(failures) <= 120, reasons
+        assert stats.failed == len(failures) and len(api.record) == 0, "nothing was sent online"
+        assert {batch.status for batch in api.batches._batches.values()} == {"expired"}
+    else:
+        assert failures == []
+        sent_online = len(api.record)
+        assert 40 <= sent_online <= 120 and api.record.served_ok_keys().most_common(1)[0][1] == 1
+        assert stats.succeeded == 400
+
+
+def test_ctrl_c_leaves_the_batches_running_says_how_to_collect_or_cancel_them_and_a_rerun_collects_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(800)])
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(**QUICK))
+
+    async def interrupted() -> Any:
+        asyncio.get_running_loop().call_later(15.0, os.kill, os.getpid(), signal.SIGINT)  # while the batches run
+        transport = MockTransport(api)
+        options = BatchOptions(max_lines=200, poll_interval=10.0)
+        return await run_batch_job(settings_for(), input_path, output_path, options=options, http=transport, handle_signals=True, show_progress=False)
+
+    stats = run_virtual(interrupted())
+
+    assert stats.stop_reason == "interrupted by SIGINT"
+    assert read_rows(output_path) == [] and stats.unfinished == 800
+    told = caplog.text
+    assert "4 batches left running at the API" in told and "rerun the same command to collect their results" in told
+    for batch_id in api.batches.created:
+        assert f"curl -X POST {MOCK_ORIGIN}/v1/batches/{batch_id}/cancel" in told
+    assert {batch.status for batch in api.batches._batches.values()} == {"in_progress"}, "nothing was cancelled"
+
+    run_batch(api, input_path, output_path, max_lines=200)
+
+    assert ids_of(read_rows(output_path)) == Counter(range(800))
+    assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4)
