@@ -25,7 +25,7 @@ from tests.helpers import MOCK_ORIGIN, chat_request, embedding_request, mock_url
 from tests.virtual_time import run_virtual
 
 #: Quick batches: they validate in a second and end a minute after they are created.
-QUICK = {"batch_validation_seconds": 1.0, "batch_processing_seconds": 60.0}
+QUICK: dict[str, Any] = {"batch_validation_seconds": 1.0, "batch_processing_seconds": 60.0}
 
 
 def settings_for(endpoint: str = "chat/completions", **overrides: Any) -> Settings:
@@ -78,11 +78,9 @@ def test_each_uploaded_file_holds_one_model_and_at_most_the_line_limit(tmp_path:
     assert ids_of(read_rows(tmp_path / "results.jsonl")) == Counter(range(700))
 
 
-@pytest.mark.parametrize("output_format", ["batch"])
-def test_batch_input_gets_batch_output_rows_with_its_own_custom_ids(tmp_path: Path, output_format: str) -> None:
-    lines = [{"custom_id": f"task-{i}", "method": "POST", "url": "/v1/embeddings", "body": embedding_request(i) | {"metadata": None}} for i in range(30)]
-    for line in lines:
-        del line["body"]["metadata"]
+def test_batch_input_gets_batch_output_rows_with_its_own_custom_ids(tmp_path: Path) -> None:
+    bodies = [{name: value for name, value in embedding_request(i).items() if name != "metadata"} for i in range(30)]
+    lines = [{"custom_id": f"task-{i}", "method": "POST", "url": "/v1/embeddings", "body": body} for i, body in enumerate(bodies)]
     input_path = write_jsonl(tmp_path / "requests.jsonl", lines)
     output_path = tmp_path / "results.jsonl"
     api = MockApi(MockConfig(**QUICK))
