@@ -188,6 +188,8 @@ class _BatchJob:
         #: Parts whose batch runs now, and parts refused for the enqueued-token limit, waiting for room.
         self.running: list[Part] = []
         self.waiting: list[Part] = []
+        #: Parts tried again for room while none of this run's batches ran: refused again, they stop the run.
+        self._tried_alone: set[int] = set()
         #: Parts' dollars held in the budget while they run.
         self._reserved: dict[int, float] = {}
         self.fallback_lines: set[int] = set()
@@ -239,9 +241,10 @@ class _BatchJob:
         self._task = asyncio.current_task()
         queue: list[Part] = []
         for part in self.state.parts:
-            if part.done or not self.pending[part.number]:
-                part.done = True
-            elif part.batch_id is not None:
+            part.done = not self.pending[part.number]
+            if part.done:
+                continue
+            if part.batch_id is not None:  # running, or ended with lines still without a row: asked after, collected again
                 self.running.append(part)
             else:
                 queue.append(part)
@@ -262,7 +265,7 @@ class _BatchJob:
             self.stats.stop_reason = self.stop_reason
             self._say_what_runs()
         self.state.save()
-        if all(part.done for part in self.state.parts) and self.stop_reason is None:
+        if self.stop_reason is None and not self.stats.unfinished:
             self.state.remove()
 
     async def _loop(self, queue: list[Part]) -> None:
@@ -276,6 +279,12 @@ class _BatchJob:
             if not self.running:
                 if not queue and not self.waiting:
                     return
+                again = [part for part in self.waiting if part.number not in self._tried_alone]
+                if again:  # refused while others ran (perhaps in an earlier run): one more try with nothing else enqueued
+                    self._tried_alone.update(part.number for part in again)
+                    queue[:0] = again
+                    self.waiting.clear()
+                    continue
                 self.stop_reason = self._stuck_reason(queue[0] if queue else self.waiting[0])
                 logger.warning("%s", self.stop_reason)
                 return

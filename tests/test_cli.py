@@ -107,6 +107,8 @@ DASHED_FLAGS: dict[str, str | None] = {
     "--show-limits": None, "--output-format": "batch", "--header": "X-Gateway: on", "--dry-run": None, "--ordered": None,
     "--ordered-window": "9", "--redis-url": "redis://localhost:6379/0", "--limit-key": "team-a", "--retry-failed": None,
     "--shutdown-grace": "4",
+    "--max-cost-usd": "2.5", "--price-input-per-mtok": "0.15", "--price-output-per-mtok": "0.6", "--mode": "batch",
+    "--batch-max-lines": "500", "--batch-poll-interval": "5", "--batch-fallback": "online",
 }
 
 
