@@ -184,6 +184,8 @@ class _BatchJob:
         self.recorded = {part.number for part in state.parts}
         #: The lines of each part still without a row.
         self.pending: dict[int, set[int]] = {part.number: set() for part in state.parts}
+        #: Each new line's estimate (all tokens, of them the completion budget), kept from planning for its row.
+        self._estimates: dict[int, tuple[int, int]] = {}
         self._groups: dict[tuple[str, str | None], _Group] = {}
         #: Parts whose batch runs now, and parts refused for the enqueued-token limit, waiting for room.
         self.running: list[Part] = []
@@ -216,12 +218,13 @@ class _BatchJob:
             return
         model = item.body.get("model") if isinstance(item.body.get("model"), str) else None
         key = (f"/v1/{endpoint.value}", model)
-        size = len(_batch_line(item, key[0])) + 1
+        size = _batch_line_size(item, key[0])
         group = self._groups.setdefault(key, _Group())
         if group.lines and (len(group.lines) >= self.options.max_lines or group.bytes + size > self.options.max_bytes):
             self._close_group(key)
             group = self._groups[key] = _Group()
         input_tokens, output_tokens = estimated_tokens(endpoint, item.body, tokens)
+        self._estimates[item.index] = (tokens, output_tokens)
         group.lines.append(item.index)
         group.bytes += size
         group.input_tokens += input_tokens
@@ -420,8 +423,7 @@ class _BatchJob:
 
     def _result(self, item: APIRequest, endpoint: Endpoint, answer: dict[str, Any] | None, batch: dict[str, Any]) -> tuple[RequestResult, bool]:
         """A line's row from its Batch output line, and whether another try could change it (for the fallback)."""
-        _, _, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
-        _, output_tokens = estimated_tokens(endpoint, item.body, tokens)
+        tokens, output_tokens = self._estimate(item, endpoint)
         failed = RequestResult(
             item.index, item.body, item.metadata, None, (), 1, ResultKind.FAILED, estimated_tokens=tokens,
             estimated_output_tokens=output_tokens, custom_id=item.custom_id,
@@ -439,6 +441,14 @@ class _BatchJob:
             return replace(failed, errors=(reason,), status=status, request_id=request_id, error_body=body), status == 429 or status >= 500
         code = error.get("code") if isinstance(error, dict) else None
         return replace(failed, errors=(f"{code or 'error'}: {_message_of({'error': error})}",)), code in _RETRYABLE_CODES
+
+    def _estimate(self, item: APIRequest, endpoint: Endpoint) -> tuple[int, int]:
+        """The line's estimate: kept from planning, or (a line of an earlier run's part) made again."""
+        known = self._estimates.pop(item.index, None)
+        if known is not None:
+            return known
+        _, _, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
+        return tokens, estimated_tokens(endpoint, item.body, tokens)[1]
 
     def _read_answer(self, file: IO[bytes], offset: int) -> dict[str, Any] | None:
         """The output line at `offset`, scrubbed of credentials as every answer is before it is written."""
@@ -538,6 +548,13 @@ def api_root(request_url: str) -> str:
 
 def _batch_line(item: APIRequest, endpoint: str) -> str:
     return json.dumps({"custom_id": _custom_id(item), "method": "POST", "url": endpoint, "body": item.body}, ensure_ascii=False, separators=(",", ":"))
+
+
+def _batch_line_size(item: APIRequest, endpoint: str) -> int:
+    """The bytes `_batch_line` takes, newline included, without hashing the line for its custom_id."""
+    body = json.dumps(item.body, ensure_ascii=False, separators=(",", ":")).encode()
+    custom_id = len(f"line-{item.index}-") + 16
+    return len(body) + custom_id + len(endpoint) + len('{"custom_id":"","method":"POST","url":"","body":}') + 1
 
 
 def _custom_id(item: APIRequest) -> str:

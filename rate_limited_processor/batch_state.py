@@ -12,19 +12,16 @@ No credentials are kept: the API root (scheme, host, path), ids, line numbers an
 from __future__ import annotations
 
 import bisect
-import json
-import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import strict_json
+from .atomic_write import write_json_atomically
 from .errors import ResumeError
 
-__all__ = ["Part", "BatchState", "write_json_atomically", "line_ranges", "STATE_VERSION", "PART_METADATA_KEY"]
+__all__ = ["Part", "BatchState", "line_ranges", "STATE_VERSION", "PART_METADATA_KEY"]
 
 STATE_VERSION = 1
 #: The batch metadata key that carries a part's token.
@@ -143,17 +140,3 @@ class BatchState:
             return None
         _, end, part = self._ranges[position]
         return part if line <= end else None
-
-
-def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
-    """Replace `path` with `record` as JSON in one step: a reader sees the old file or the new, never half of one."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as file:
-        try:
-            json.dump(record, file, indent=2)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        except BaseException:
-            os.unlink(file.name)
-            raise
-    os.replace(file.name, path)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import config
+from .atomic_write import write_json_atomically
 from .batch_mode import BatchOptions, run_batch_job
-from .batch_state import write_json_atomically
 from .budget import Budget
 from .config import (
     API_KEY_VARIABLE,

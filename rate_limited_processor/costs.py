@@ -19,17 +19,26 @@ one (it differs from the online price), else half the online price, which is the
 An estimate prices the prompt at the input price and the whole completion budget at the output price: an
 upper bound, as the token estimate is. Actual cost prices the API's reported `usage` (prompt or input tokens,
 completion or output tokens); cached input tokens are priced as uncached ones, so it errs high too.
-Pure apart from the price lookup, which reads the bundled data once per model.
+Pure apart from the price lookup, which reads the bundled data once per model, and remembers what it found for the
+day in the user's cache directory (`~/.cache/rate_limited_processor/prices.json`): importing the price data costs
+about 0.4 s (it is built on pydantic), which a run then spends only once a day per model.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from . import strict_json
+from .atomic_write import write_json_atomically
 from .endpoints import Endpoint
 from .models import RequestResult
 from .token_estimation import completion_budget
@@ -79,7 +88,64 @@ PriceLookup = Callable[[str, str, bool], Price | None]
 
 def package_price(model: str, request_url: str, batch: bool) -> Price | None:
     """The price `genai-prices` has for `model` at the provider `request_url` names (else OpenAI); None if none."""
-    return _package_price(model, _provider_for(request_url), batch)
+    parts = urlsplit(request_url)
+    host = f"{parts.scheme}://{parts.hostname or ''}"  # providers are told apart by host; a local mock's port changes
+    key = f"{host} {model} {'batch' if batch else 'online'}"
+    cache = _price_cache()
+    if key in cache.prices:
+        return cache.prices[key]
+    price = _package_price(model, _provider_for(host), batch)
+    cache.remember(key, price)
+    return price
+
+
+class _PriceCache:
+    """Prices looked up today with this version of the price data, kept in the user's cache directory.
+
+    Anything wrong with the file (missing, unreadable, another day or version, not ours) is an empty cache, and a
+    cache that cannot be written is only kept in memory: the price data is always the source.
+    """
+
+    __slots__ = ("path", "stamp", "prices")
+
+    def __init__(self, path: Path | None, stamp: str) -> None:
+        self.path = path
+        self.stamp = stamp
+        self.prices: dict[str, Price | None] = {}
+        if path is None:
+            return
+        try:
+            record = strict_json.loads(path.read_text(encoding="utf-8"))
+            if record["stamp"] == stamp:
+                self.prices = {key: _price_of(value) for key, value in record["prices"].items()}
+        except (OSError, UnicodeDecodeError, strict_json.InvalidJSON, KeyError, TypeError, ValueError, IndexError, AttributeError):
+            self.prices = {}
+
+    def remember(self, key: str, price: Price | None) -> None:
+        self.prices[key] = price
+        if self.path is None:
+            return
+        prices = {name: None if value is None else [value.input_per_mtok, value.output_per_mtok, value.source] for name, value in self.prices.items()}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomically(self.path, {"stamp": self.stamp, "prices": prices})
+        except OSError:
+            self.path = None  # read-only home, full disk: remembered for this process only
+
+
+def _price_of(value: Any) -> Price | None:
+    return None if value is None else Price(float(value[0]), float(value[1]), str(value[2]))
+
+
+@functools.cache
+def _price_cache() -> _PriceCache:
+    try:
+        version = metadata.version("genai-prices")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    stamp = f"genai-prices {version}, {time.strftime('%Y-%m-%d', time.gmtime())}"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return _PriceCache(Path(base) / "rate_limited_processor" / "prices.json", stamp)
 
 
 @functools.cache

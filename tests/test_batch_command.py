@@ -33,18 +33,18 @@ def ids_of(rows: list[Any]) -> Counter[int]:
 
 
 async def test_the_command_sends_the_file_as_batches_and_its_summary_prices_the_reported_usage_at_batch_prices(tmp_path: Path) -> None:
-    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(300)])
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(150)])
     output_path = tmp_path / "results.jsonl"
     summary_path = tmp_path / "summary.json"
-    async with MockServer(MockConfig(batch_validation_seconds=0.1, batch_processing_seconds=0.3)) as server:
+    async with MockServer(MockConfig(batch_validation_seconds=0.05, batch_processing_seconds=0.2)) as server:
         code, _, stderr = await run_cli(
-            *batch_command(input_path, output_path, server.url("chat/completions"), "--batch_max_lines", "100", "--summary_json", str(summary_path))
+            *batch_command(input_path, output_path, server.url("chat/completions"), "--batch_max_lines", "50", "--summary_json", str(summary_path))
         )
         created = len(server.api.batches.created)
 
     assert code == 0, stderr
     rows = read_rows(output_path)
-    assert ids_of(rows) == Counter(range(300)) and created == 3
+    assert ids_of(rows) == Counter(range(150)) and created == 3
     usage = [row[1]["usage"] for row in rows]
     spent = sum(u["prompt_tokens"] * GPT_4O_MINI_BATCH_INPUT + u["completion_tokens"] * GPT_4O_MINI_BATCH_OUTPUT for u in usage) / 1e6
     cost = json.loads(summary_path.read_text())["cost"]
@@ -65,7 +65,8 @@ async def test_kill_9_after_the_first_batch_was_created_then_a_rerun_makes_4_bat
     input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(2_000)])
     output_path = tmp_path / "results.jsonl"
     with MockProcess("--batch_validation_seconds", "0.2", "--batch_processing_seconds", "3") as mock:
-        argv = [sys.executable, "-m", "rate_limited_processor", *batch_command(input_path, output_path, mock.url("chat/completions"), "--batch_max_lines", "500")]
+        arguments = batch_command(input_path, output_path, mock.url("chat/completions"), "--batch_max_lines", "500")
+        argv = [sys.executable, "-m", "rate_limited_processor", *arguments]
         first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             await asyncio.to_thread(wait_for_batches, mock, 1)
@@ -77,7 +78,7 @@ async def test_kill_9_after_the_first_batch_was_created_then_a_rerun_makes_4_bat
         print(f"the killed run had created {killed_with} batches")
         assert sidecar_path(output_path, "batches").exists(), "the parts were on record before the first upload"
 
-        code, _, stderr = await run_cli(*argv[3:])
+        code, _, stderr = await run_cli(*arguments)
         batches = mock.stats()["batches"]
 
     assert code == 0, stderr

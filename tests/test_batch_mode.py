@@ -64,18 +64,18 @@ def test_2000_lines_in_parts_of_500_are_4_batches_and_every_line_gets_its_answer
 
 
 def test_each_uploaded_file_holds_one_model_and_at_most_the_line_limit(tmp_path: Path) -> None:
-    requests = [{**chat_request(i), "model": "gpt-4o-mini" if i % 3 else "gpt-4o"} for i in range(700)]
+    requests = [{**chat_request(i), "model": "gpt-4o-mini" if i % 3 else "gpt-4o"} for i in range(70)]
     input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
     api = MockApi(MockConfig(**QUICK))
 
-    run_batch(api, input_path, tmp_path / "results.jsonl", max_lines=300)
+    run_batch(api, input_path, tmp_path / "results.jsonl", max_lines=30)
 
     files = [api.batches._files[file_id] for file_id in api.batches.uploads]
     models = [{json.loads(line)["body"]["model"] for line in file.content.splitlines()} for file in files]
     sizes = sorted(len(file.content.splitlines()) for file in files)
     assert all(len(found) == 1 for found in models)
-    assert sizes == [166, 234, 300], sizes  # 466 gpt-4o-mini lines in 300 + 166; the 234 gpt-4o lines in one
-    assert ids_of(read_rows(tmp_path / "results.jsonl")) == Counter(range(700))
+    assert sizes == [16, 24, 30], sizes  # 46 gpt-4o-mini lines in 30 + 16; the 24 gpt-4o lines in one
+    assert ids_of(read_rows(tmp_path / "results.jsonl")) == Counter(range(70))
 
 
 def test_batch_input_gets_batch_output_rows_with_its_own_custom_ids(tmp_path: Path) -> None:
@@ -115,34 +115,34 @@ class DiesAfter:
 
 @pytest.mark.parametrize("method, path", [("POST", "/v1/files"), ("POST", "/v1/batches")])
 def test_a_run_that_dies_before_it_records_an_upload_or_a_batch_never_makes_it_twice(tmp_path: Path, method: str, path: str) -> None:
-    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(1_000)])
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(200)])
     output_path = tmp_path / "results.jsonl"
     api = MockApi(MockConfig(**QUICK))
     dying = DiesAfter(api, method, path, nth=2)
 
     async def first() -> None:
-        await run_batch_job(settings_for(), input_path, output_path, options=BatchOptions(max_lines=250, poll_interval=10.0), http=dying, show_progress=False)
+        await run_batch_job(settings_for(), input_path, output_path, options=BatchOptions(max_lines=50, poll_interval=10.0), http=dying, show_progress=False)
 
     with pytest.raises(Killed):
         run_virtual(first())
     assert len(api.batches.uploads) == 2 and len(api.batches.created) == (2 if path.endswith("batches") else 1)
 
-    run_batch(api, input_path, output_path, max_lines=250)
+    run_batch(api, input_path, output_path, max_lines=50)
 
-    assert ids_of(read_rows(output_path)) == Counter(range(1_000))
+    assert ids_of(read_rows(output_path)) == Counter(range(200))
     assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4), "the part the dead run sent was found, not sent again"
 
 
 def test_a_batch_refused_for_the_enqueued_token_limit_waits_for_an_earlier_one_and_is_created_again_from_its_file(tmp_path: Path) -> None:
-    requests = [chat_request(i) for i in range(600)]
+    requests = [chat_request(i) for i in range(150)]
     input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
     output_path = tmp_path / "results.jsonl"
-    # A part of 200 lines holds 200 x (27 + 8) = 7,000 tokens as the mock counts them: two fit under the limit, not three.
-    api = MockApi(MockConfig(**QUICK, batch_enqueued_token_limit=15_000))
+    # A part of 50 lines holds 50 x (27 + 8) = 1,750 tokens as the mock counts them: two fit under the limit, not three.
+    api = MockApi(MockConfig(**QUICK, batch_enqueued_token_limit=3_600))
 
-    stats = run_batch(api, input_path, output_path, max_lines=200)
+    stats = run_batch(api, input_path, output_path, max_lines=50)
 
-    assert ids_of(read_rows(output_path)) == Counter(range(600))
+    assert ids_of(read_rows(output_path)) == Counter(range(150))
     assert stats.stop_reason is None
     assert len(api.batches.uploads) == 3, "a refused part is created again from the file it uploaded"
     refused = [batch for batch in api.batches._batches.values() if batch.errors]
@@ -162,52 +162,64 @@ def test_a_part_too_large_for_the_enqueued_limit_on_its_own_stops_the_run_and_sa
 
 @pytest.mark.parametrize("fallback", ["none", "online"])
 def test_lines_a_batch_failed_or_let_expire_are_failure_rows_or_are_sent_online(tmp_path: Path, fallback: str) -> None:
-    requests = [chat_request(i) for i in range(400)]
+    requests = [chat_request(i) for i in range(200)]
     input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
     output_path = tmp_path / "results.jsonl"
     api = MockApi(MockConfig(**QUICK, batch_failed_lines=0.1, batch_expired_lines=0.1, seed=3))
 
-    stats = run_batch(api, input_path, output_path, max_lines=100, fallback=fallback)
+    stats = run_batch(api, input_path, output_path, max_lines=50, fallback=fallback)
 
     rows = read_rows(output_path)
-    assert ids_of(rows) == Counter(range(400))
+    assert ids_of(rows) == Counter(range(200))
     failures = [row for row in rows if isinstance(row[1], list)]
     if fallback == "none":
         reasons = Counter(row[1][0].split(" ")[0].rstrip(":") for row in failures)
-        assert set(reasons) == {"HTTP", "batch_expired"} and 40 <= len(failures) <= 120, reasons
+        assert set(reasons) == {"HTTP", "batch_expired"} and 15 <= len(failures) <= 65, reasons
         assert stats.failed == len(failures) and len(api.record) == 0, "nothing was sent online"
         assert {batch.status for batch in api.batches._batches.values()} == {"expired"}
     else:
         assert failures == []
         sent_online = len(api.record)
-        assert 40 <= sent_online <= 120 and api.record.served_ok_keys().most_common(1)[0][1] == 1
-        assert stats.succeeded == 400
+        assert 15 <= sent_online <= 65 and api.record.served_ok_keys().most_common(1)[0][1] == 1
+        assert stats.succeeded == 200
 
 
 def test_ctrl_c_leaves_the_batches_running_says_how_to_collect_or_cancel_them_and_a_rerun_collects_them(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(800)])
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(200)])
     output_path = tmp_path / "results.jsonl"
     api = MockApi(MockConfig(**QUICK))
 
     async def interrupted() -> Any:
         asyncio.get_running_loop().call_later(15.0, os.kill, os.getpid(), signal.SIGINT)  # while the batches run
         transport = MockTransport(api)
-        options = BatchOptions(max_lines=200, poll_interval=10.0)
+        options = BatchOptions(max_lines=50, poll_interval=10.0)
         return await run_batch_job(settings_for(), input_path, output_path, options=options, http=transport, handle_signals=True, show_progress=False)
 
     stats = run_virtual(interrupted())
 
     assert stats.stop_reason == "interrupted by SIGINT"
-    assert read_rows(output_path) == [] and stats.unfinished == 800
+    assert read_rows(output_path) == [] and stats.unfinished == 200
     told = caplog.text
     assert "4 batches left running at the API" in told and "rerun the same command to collect their results" in told
     for batch_id in api.batches.created:
         assert f"curl -X POST {MOCK_ORIGIN}/v1/batches/{batch_id}/cancel" in told
     assert {batch.status for batch in api.batches._batches.values()} == {"in_progress"}, "nothing was cancelled"
 
-    run_batch(api, input_path, output_path, max_lines=200)
+    run_batch(api, input_path, output_path, max_lines=50)
 
-    assert ids_of(read_rows(output_path)) == Counter(range(800))
+    assert ids_of(read_rows(output_path)) == Counter(range(200))
     assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4)
+
+
+def test_a_part_is_cut_at_the_byte_limit_too_and_no_uploaded_file_passes_it(tmp_path: Path) -> None:
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(40)])
+    api = MockApi(MockConfig(**QUICK))
+    limit = 2_000  # a few lines' worth
+
+    run_batch(api, input_path, tmp_path / "results.jsonl", max_bytes=limit)
+
+    sizes = [len(api.batches._files[file_id].content) for file_id in api.batches.uploads]
+    assert all(size <= limit for size in sizes) and max(sizes) > limit * 0.8, sizes
+    assert ids_of(read_rows(tmp_path / "results.jsonl")) == Counter(range(40))

@@ -68,15 +68,14 @@ def dollars_after(text: str, label: str) -> float:
 # -- the done-when checks, through the command ----------------------------------------------------------
 
 
-async def test_a_dry_run_of_1000_gpt_4o_mini_requests_prints_the_list_price_cost_within_20_percent(tmp_path: Path) -> None:
+def test_a_dry_run_of_1000_gpt_4o_mini_requests_prints_the_list_price_cost_within_20_percent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     requests = [priced_request(i) for i in range(1_000)]
     input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
 
-    code, stdout, stderr = await run_cli(
-        "--requests_filepath", str(input_path), "--request_url", "https://api.openai.com/v1/chat/completions", "--dry_run"
-    )
+    code = main(["--requests_filepath", str(input_path), "--request_url", "https://api.openai.com/v1/chat/completions", "--dry_run"])
 
-    assert code == 0, stderr
+    stdout = capsys.readouterr().out
+    assert code == 0
     printed = dollars_after(stdout, "cost (USD)")
     expected = list_price_estimate(requests)
     assert abs(printed - expected) <= 0.2 * expected, (printed, expected, stdout)
@@ -86,7 +85,7 @@ async def test_a_dry_run_of_1000_gpt_4o_mini_requests_prints_the_list_price_cost
 async def test_a_budget_of_half_the_estimate_stops_with_exit_3_having_spent_most_of_it_and_a_larger_one_finishes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    requests = [priced_request(i) for i in range(1_000)]
+    requests = [priced_request(i) for i in range(400)]
     input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
     output_path = tmp_path / "results.jsonl"
     summary_path = tmp_path / "summary.json"
@@ -115,7 +114,7 @@ async def test_a_budget_of_half_the_estimate_stops_with_exit_3_having_spent_most
         assert code == 0, stderr
 
     rows = read_rows(output_path)
-    assert sorted(row[2]["id"] for row in rows) == list(range(1_000)), "every line exactly once"
+    assert sorted(row[2]["id"] for row in rows) == list(range(400)), "every line exactly once"
     assert server.record.served_ok_keys().most_common(1)[0][1] == 1, "no request was paid for twice"
     assert "cost (USD)       spent $" in stderr
 
@@ -206,3 +205,21 @@ def test_a_budget_with_no_price_for_the_model_is_refused_before_sending(tmp_path
     code = main(["--requests_filepath", str(input_path), "--request_url", "http://127.0.0.1:9/v1/chat/completions", "--max_cost_usd", "1"])
     assert code == 2
     assert "there is none for model 'my-private-llama'; give --price_input_per_mtok" in capsys.readouterr().err
+
+
+def test_prices_looked_up_are_remembered_for_the_day_and_a_cache_not_ours_is_ignored(tmp_path: Path) -> None:
+    from rate_limited_processor.costs import _PriceCache
+
+    path = tmp_path / "prices.json"
+    cache = _PriceCache(path, "genai-prices 1.0, 2026-01-01")
+    cache.remember("https://api.openai.com gpt-4o-mini online", Price(0.15, 0.6, "genai-prices 1.0, openai"))
+    cache.remember("https://api.openai.com my-llama online", None)
+    again = _PriceCache(path, "genai-prices 1.0, 2026-01-01")
+    assert again.prices == cache.prices
+    assert _PriceCache(path, "genai-prices 1.0, 2026-01-02").prices == {}, "another day: looked up again"
+    path.write_text('{"stamp": "genai-prices 1.0, 2026-01-01", "prices": {"x": ["free", 0, ""]}}')
+    assert _PriceCache(path, "genai-prices 1.0, 2026-01-01").prices == {}
+    blocked = _PriceCache(tmp_path / "not-a-dir" / "prices.json", "s")
+    (tmp_path / "not-a-dir").write_text("a file where the directory should be")
+    blocked.remember("k", None)
+    assert blocked.prices == {"k": None} and blocked.path is None, "kept in memory when it cannot be written"

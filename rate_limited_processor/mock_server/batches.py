@@ -268,7 +268,7 @@ class MockBatches:
             batch.model = model if isinstance(model, str) else None
         elif model != batch.model:
             return "mismatched_model", f"The model of this line ({model!r}) differs from the file's ({batch.model!r}); a batch takes one model."
-        if body_problem(endpoint, line["body"]) is None:
+        if self.config.batch_enqueued_token_limit is not None and body_problem(endpoint, line["body"]) is None:
             with contextlib.suppress(CountingError):  # answered 400 when it runs, as online
                 batch.tokens += self._counter.count(endpoint, line["body"])
         batch.lines.append(line)
