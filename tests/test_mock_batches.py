@@ -16,6 +16,7 @@ import pytest
 from rate_limited_processor.batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, multipart_form
 from rate_limited_processor.credentials import Scrubber
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockRequest, MockServer
+from rate_limited_processor.mock_server.reply import Reply
 from rate_limited_processor.mock_server.responses import response_matches
 from tests.helpers import chat_request
 from tests.virtual_time import run_virtual
@@ -38,6 +39,7 @@ async def call(api: MockApi, method: str, path: str, payload: Any = None, *, raw
     data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else b"")
     params = dict(pair.split("=") for pair in query.split("&")) if query else {}
     reply = await api.answer(MockRequest(path, data, headers, params, method))
+    assert isinstance(reply, Reply)
     return reply.status, reply.json() if reply.content_type == "application/json" else reply.body
 
 
@@ -182,7 +184,8 @@ async def test_over_a_real_socket_the_client_uploads_creates_finds_and_downloads
             file = await api.upload("part-7.jsonl", (batch_line("r1", body(1)) + "\n").encode())
             batch = await api.create(file["id"], "/v1/chat/completions", {"rate_limited_processor_part": "part-7"})
             assert (await api.find_file("part-7.jsonl")) == file
-            assert (await api.find_batch("rate_limited_processor_part", "part-7"))["id"] == batch["id"]
+            found = await api.find_batch("rate_limited_processor_part", "part-7")
+            assert found is not None and found["id"] == batch["id"]
             batch = await api.get(batch["id"])
             sink = io.BytesIO()
             await api.download(batch["output_file_id"], sink)
