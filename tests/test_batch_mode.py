@@ -189,13 +189,15 @@ def test_ctrl_c_leaves_the_batches_running_says_how_to_collect_or_cancel_them_an
 ) -> None:
     input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(200)])
     output_path = tmp_path / "results.jsonl"
-    api = MockApi(MockConfig(**QUICK))
+    key = "sk-batch-mode-secret-key-0123456789"
+    api = MockApi(MockConfig(**QUICK, api_key=key))
 
     async def interrupted() -> Any:
         asyncio.get_running_loop().call_later(15.0, os.kill, os.getpid(), signal.SIGINT)  # while the batches run
         transport = MockTransport(api)
         options = BatchOptions(max_lines=50, poll_interval=10.0)
-        return await run_batch_job(settings_for(), input_path, output_path, options=options, http=transport, handle_signals=True, show_progress=False)
+        settings = settings_for(api_key=key)
+        return await run_batch_job(settings, input_path, output_path, options=options, http=transport, handle_signals=True, show_progress=False)
 
     stats = run_virtual(interrupted())
 
@@ -206,8 +208,11 @@ def test_ctrl_c_leaves_the_batches_running_says_how_to_collect_or_cancel_them_an
     for batch_id in api.batches.created:
         assert f"curl -X POST {MOCK_ORIGIN}/v1/batches/{batch_id}/cancel" in told
     assert {batch.status for batch in api.batches._batches.values()} == {"in_progress"}, "nothing was cancelled"
+    record = sidecar_path(output_path, "batches").read_text()
+    assert all(batch_id in record for batch_id in api.batches.created)
+    assert key not in record and key not in told and "$OPENAI_API_KEY" in told, "the key is named by its variable, never shown"
 
-    run_batch(api, input_path, output_path, max_lines=50)
+    run_batch(api, input_path, output_path, max_lines=50, settings=settings_for(api_key=key))
 
     assert ids_of(read_rows(output_path)) == Counter(range(200))
     assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4)
