@@ -223,3 +223,14 @@ def test_prices_looked_up_are_remembered_for_the_day_and_a_cache_not_ours_is_ign
     (tmp_path / "not-a-dir").write_text("a file where the directory should be")
     blocked.remember("k", None)
     assert blocked.prices == {"k": None} and blocked.path is None, "kept in memory when it cannot be written"
+
+
+def test_a_dry_run_in_batch_mode_prices_at_batch_prices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    requests = [priced_request(i) for i in range(1_000)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+
+    code = main(["--requests_filepath", str(input_path), "--request_url", "https://api.openai.com/v1/chat/completions", "--dry_run", "--mode", "batch"])
+
+    stdout = capsys.readouterr().out
+    assert code == 0 and "at batch prices" in stdout and "$0.075" in stdout
+    assert dollars_after(stdout, "cost (USD)") == pytest.approx(list_price_estimate(requests) / 2, rel=0.2)
