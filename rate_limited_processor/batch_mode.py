@@ -288,7 +288,7 @@ class _BatchJob:
                     queue[:0] = again
                     self.waiting.clear()
                     continue
-                self.stop_reason = self._stuck_reason(queue[0] if queue else self.waiting[0])
+                self.stop_reason = self._stuck_reason(self.waiting[0] if self.waiting else queue[0])
                 logger.warning("%s", self.stop_reason)
                 return
             await self.clock.sleep(self.options.poll_interval)

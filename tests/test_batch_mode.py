@@ -18,6 +18,9 @@ import pytest
 
 from rate_limited_processor import Settings
 from rate_limited_processor.batch_mode import BatchOptions, run_batch_job
+from rate_limited_processor.budget import Budget
+from rate_limited_processor.costs import PriceBook
+from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.mock_server.responses import response_matches
 from rate_limited_processor.resume import sidecar_path
@@ -41,6 +44,10 @@ def run_batch(api: MockApi, input_path: Path, output_path: Path, *, settings: Se
         )
 
     return run_virtual(main())
+
+
+def body_of(request: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in request.items() if name != "metadata"}
 
 
 def ids_of(rows: list[Any]) -> Counter[int]:
@@ -228,3 +235,30 @@ def test_a_part_is_cut_at_the_byte_limit_too_and_no_uploaded_file_passes_it(tmp_
     sizes = [len(api.batches._files[file_id].content) for file_id in api.batches.uploads]
     assert all(size <= limit for size in sizes) and max(sizes) > limit * 0.8, sizes
     assert ids_of(read_rows(tmp_path / "results.jsonl")) == Counter(range(40))
+
+
+def test_with_a_budget_a_part_is_sent_only_when_its_estimate_at_batch_prices_fits_and_a_rerun_with_more_finishes(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(200)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(**QUICK))
+    prices = PriceBook(request_url=mock_url(), batch=True)
+    part_estimate = Budget(1.0, prices).estimate(body_of(requests[0]), Endpoint.CHAT_COMPLETIONS, 35) or 0.0
+    part_estimate *= 50  # 50 lines a part, all alike but for their numbers
+
+    async def main(limit: float) -> Any:
+        transport = MockTransport(api)
+        options = BatchOptions(max_lines=50, poll_interval=10.0)
+        budget = Budget(limit, prices)
+        return await run_batch_job(settings_for(), input_path, output_path, options=options, http=transport, budget=budget, prices=prices, show_progress=False)
+
+    stats = run_virtual(main(1.5 * part_estimate))
+
+    assert stats.stop_reason is not None and "--max_cost_usd" in stats.stop_reason
+    assert len(api.batches.created) == 1, "the second part did not fit beside what the first cost"
+    assert ids_of(read_rows(output_path)) == Counter(range(50))
+
+    stats = run_virtual(main(10 * part_estimate))
+
+    assert stats.stop_reason is None and ids_of(read_rows(output_path)) == Counter(range(200))
+    assert len(api.batches.created) == 4
