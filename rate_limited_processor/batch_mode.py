@@ -29,6 +29,7 @@ import logging
 import signal
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -293,6 +294,7 @@ class _BatchJob:
                 return
             await self.clock.sleep(self.options.poll_interval)
             ended = await self._poll()
+            self.display.tick()  # the bar moves, and a status line is printed when one is due
             if ended and self.waiting:
                 queue[:0] = self.waiting  # room may have freed: they go first, from their uploaded files
                 self.waiting.clear()
@@ -385,6 +387,7 @@ class _BatchJob:
                     _index_answers(output, start, answers)
             endpoint = Endpoint(part.endpoint.removeprefix("/v1/"))
             spent = 0.0
+            outcomes: Counter[str] = Counter()
             for item in self._items(self.pending[part.number]):
                 if not isinstance(item, APIRequest):
                     continue
@@ -395,23 +398,28 @@ class _BatchJob:
                     continue
                 answer = self._read_answer(output, found[1]) if found is not None else None
                 result, retryable = self._result(item, endpoint, answer, batch)
+                self.stats.record_answer(self.clock.now(), rate_limited=False)
                 if retryable and self.options.fallback == "online":
                     self.fallback_lines.add(item.index)
                     self.pending[part.number].discard(item.index)
+                    outcomes["to send online"] += 1
                     continue
+                outcomes[result.kind.value] += 1
                 self._write(result)
                 self.pending[part.number].discard(item.index)
                 spent += self._spent(result)
         self._release(part, spent)
         part.done = not self.pending[part.number]
         self.state.save()
-        self.display.note(f"{part.describe()}: batch {part.batch_id} {batch.get('status')}; rows written")
+        counts = ", ".join(f"{count:,} {outcome}" for outcome, count in outcomes.items()) or "no rows to write"
+        self.display.note(f"{part.describe()}: batch {part.batch_id} {batch.get('status')}: {counts}")
 
     def _fail_part(self, part: Part, reason: str) -> None:
         """The whole batch failed (not for room): its lines end as failures, or go online with the fallback."""
         reason = self._scrub(reason)
         logger.error("%s: %s", part.describe(), reason)
         for item in self._items(self.pending[part.number]):
+            self.stats.record_answer(self.clock.now(), rate_limited=False)
             if self.options.fallback == "online" and isinstance(item, APIRequest):
                 self.fallback_lines.add(item.index)
             elif isinstance(item, APIRequest):
