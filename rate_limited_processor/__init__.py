@@ -15,7 +15,7 @@ as an async context manager that also exposes the run's `stats`. From the shell:
 """
 
 from .clock import LOOP_CLOCK, Clock
-from .config import FROM_ENVIRONMENT, Secret, Settings
+from .config import FROM_ENVIRONMENT, Account, Secret, Settings, read_accounts
 from .endpoints import Endpoint
 from .errors import (
     EstimationError,
@@ -40,6 +40,7 @@ from .transport import AiohttpTransport, FunctionTransport, Transport, Transport
 
 __all__ = [
     "FROM_ENVIRONMENT",
+    "Account",
     "LOOP_CLOCK",
     "UNLIMITED",
     "APIRequest",
@@ -77,6 +78,7 @@ __all__ = [
     "json_response",
     "process_requests",
     "process_requests_sync",
+    "read_accounts",
     "run_file_job",
 ]
 

@@ -213,6 +213,8 @@ class _BatchJob:
             return
         try:
             _, endpoint, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
+            if endpoint.is_anthropic:
+                raise InvalidRequest("Anthropic's /v1/messages is not an endpoint of OpenAI's Batch API (use --mode online)")
         except InvalidRequest as error:
             result = RequestResult(item.index, item.body, item.metadata, None, (f"{item.name}: {error}",), 0, ResultKind.INVALID, custom_id=item.custom_id)
             self._write(result)

@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import config
 from .atomic_write import write_json_atomically
@@ -39,13 +39,14 @@ from .config import (
     FROM_ENVIRONMENT,
     REDIS_URL_VARIABLE,
     Settings,
+    key_variable_for,
 )
 from .costs import PriceBook
 from .credentials import scrubber_for
-from .endpoints import endpoint_from_url
+from .endpoints import endpoint_from_url, is_anthropic_url
 from .errors import LimiterUnavailable, ResumeError, UsageError
 from .job import check_output_path, default_save_path, run_file_job, skip_done
-from .limiter import DEFAULT_BURST_SECONDS, Limits, RateLimiter
+from .limiter import DEFAULT_BURST_SECONDS, Limits
 from .planning import format_plan, plan_requests
 from .preflight import check_input, check_readable, check_request_url, check_writable, first_model
 from .probe import format_limits, probe_body, probe_limits
@@ -55,6 +56,9 @@ from .retry_policy import RetryPolicy
 from .status import RunStats, format_summary, summary_record
 from .token_estimation import TokenEstimator
 from .transport import AiohttpTransport
+
+if TYPE_CHECKING:
+    from .shared_limiter import RedisLimiterFactory
 
 __all__ = ["main", "build_parser", "settings_from_args", "exit_code", "EXIT_MEANINGS", "UsageError"]
 
@@ -165,7 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests-per-minute limit to stay under; auto: learned from the API's x-ratelimit headers (a given number is lowered to "
         "what the API reports)",
     )
-    add("--max_tokens_per_minute", type=_limit, default="auto", help="tokens-per-minute limit to stay under (estimated with tiktoken); auto: learned as above")
+    add(
+        "--max_tokens_per_minute", "--max_input_tokens_per_minute", type=_limit, default="auto",
+        help="tokens-per-minute limit to stay under (estimated with tiktoken); for Anthropic, the input-tokens limit (ITPM); auto: "
+        "learned as above",
+    )
+    add(
+        "--max_output_tokens_per_minute", type=_limit, default="auto",
+        help="output-tokens-per-minute limit (Anthropic's OTPM): each request reserves its max_tokens, and gets back what its answer "
+        "did not use; auto: learned from the anthropic-ratelimit headers (none for APIs without such a limit)",
+    )
+    add(
+        "--accounts", metavar="FILE", default=None,
+        help="spread the work over several accounts (organisations, keys), each with its own limits: a JSONL file, one account per "
+        "line: {\"name\": ..., \"api_key_env\": VARIABLE, \"max_requests_per_minute\": ..., \"headers\": {...}}; see the README",
+    )
     add("--headroom", type=_fraction, default=1.0, help="send at this fraction of the limits, leaving the rest for other traffic on the same key (e.g. 0.9)")
     add("--token_encoding_name", default=None, help="tiktoken encoding for every request (default: chosen from each request's model)")
     add("--max_attempts", type=_positive_int, default=config.DEFAULT_MAX_ATTEMPTS, help="attempts per request in all, first try included")
@@ -342,22 +360,34 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             known = ", ".join(tiktoken.list_encoding_names())
             raise UsageError(f"--token_encoding_name: unknown encoding {args.token_encoding_name!r} (known: {known})")
     headers = dict(_parse_header(text) for text in args.header)
+    accounts: tuple[config.Account, ...] = ()
+    if args.accounts is not None:
+        try:
+            accounts = config.read_accounts(args.accounts)
+        except OSError as error:
+            raise UsageError(f"--accounts: cannot read {args.accounts}: {error.strerror or error}") from None
+        except ValueError as error:
+            raise UsageError(f"--accounts: {error}") from None
     try:
         return Settings(
             request_url=request_url,
             api_key=args.api_key or FROM_ENVIRONMENT,
-            limits=Limits(args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds),
+            limits=Limits(
+                args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds,
+                output_tokens_per_minute=args.max_output_tokens_per_minute,
+            ),
             headroom=args.headroom,
             token_encoding_name=args.token_encoding_name,
             retry=RetryPolicy(max_attempts=args.max_attempts),
             request_timeout=args.request_timeout,
             max_in_flight=args.max_in_flight,
             extra_headers=headers,
+            accounts=accounts,
         )
     except ValueError as error:
         message = str(error)
         if message.startswith("api_key "):  # say where the key came from: the flag, or the variable
-            message = ("--api_key" if args.api_key else f"${API_KEY_VARIABLE}") + message.removeprefix("api_key")
+            message = ("--api_key" if args.api_key else f"${key_variable_for(request_url)}") + message.removeprefix("api_key")
         raise UsageError(message) from None
 
 
@@ -439,8 +469,8 @@ class _Command:
             self.prices = prices = prices_from_args(args, settings.request_url)
             self.check_paths(self.requests_path, self.save_path)
             check_input(self.requests_path, settings.request_url, url_given=args.request_url is not None)
-            if args.mode == "batch" and args.ordered:
-                raise UsageError("--ordered is for --mode online: a batch's results come back when the batch ends")
+            if args.mode == "batch":
+                _check_batch_mode(args, settings.request_url)
             if not args.dry_run:
                 _check_redis_extra(args.redis_url)
                 self.check_budget(prices, self.requests_path)
@@ -536,6 +566,16 @@ class _Command:
         return EXIT_STOPPED
 
 
+def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
+    """What --mode batch does not do, said before anything is sent."""
+    if args.ordered:
+        raise UsageError("--ordered is for --mode online: a batch's results come back when the batch ends")
+    if args.accounts is not None:
+        raise UsageError("--accounts is for --mode online: --mode batch sends the file through one account's Batch API")
+    if is_anthropic_url(request_url):
+        raise UsageError("--mode batch speaks OpenAI's Batch API; Anthropic's Message Batches API is not supported: use --mode online")
+
+
 def _check_redis_extra(redis_url: str | None) -> None:
     """Limits shared through Redis need the redis extra: say which, before anything starts."""
     source = "--redis_url" if redis_url else f"${REDIS_URL_VARIABLE}" if os.environ.get(REDIS_URL_VARIABLE) else None
@@ -563,20 +603,18 @@ def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_f
     return EXIT_OK
 
 
-async def shared_limiter(settings: Settings, redis_url: str | None, limit_key: str | None, requests_path: Path) -> RateLimiter | None:
-    """The Redis limiter when a Redis URL is given, checked before anything is sent."""
+async def shared_limiters(settings: Settings, redis_url: str | None, limit_key: str | None) -> RedisLimiterFactory | None:
+    """Limiters in Redis, one key per account and model, when a Redis URL is given; checked before anything is sent."""
     url = redis_url or os.environ.get(REDIS_URL_VARIABLE)
     if not url:
         return None
-    from .shared_limiter import RedisLimiter, default_limit_key
+    from .shared_limiter import RedisLimiterFactory  # noqa: F811 (the redis extra, loaded only when used)
 
-    key = limit_key or default_limit_key(settings.request_url, first_model(requests_path), settings.key.reveal() if settings.key else None)
     try:
-        limiter = await RedisLimiter.connect(url, key, settings.limits)
+        factory = await RedisLimiterFactory.connect(url, settings.request_url, limit_key=limit_key, accounts=max(1, len(settings.accounts)))
     except LimiterUnavailable as error:
         raise LimiterUnavailable(f"--redis_url: {error}") from None
-    logging.getLogger(PROG).info("sharing limits through Redis under the key %r", key)
-    return limiter
+    return factory
 
 
 async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path, save_path: Path, show_progress: bool, prices: PriceBook) -> RunStats:
@@ -593,12 +631,18 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
                 settings, requests_path, save_path, options=options, prices=prices, budget=budget, output_format=args.output_format,
                 retry_failed=args.retry_failed, handle_signals=True, show_progress=show_progress, status_interval=args.status_interval or None,
             )
-    limiter = await shared_limiter(settings, args.redis_url, args.limit_key, requests_path)
-    with redirect:
-        return await run_file_job(
-            settings, requests_path, save_path, limiter=limiter,
-            show_progress=show_progress, status_interval=args.status_interval or None, retry_failed=args.retry_failed,
-            handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
-            ordered=args.ordered, ordered_window=args.ordered_window,
-            budget=budget,
-        )
+    factory = await shared_limiters(settings, args.redis_url, args.limit_key)
+    try:
+        with redirect:
+            stats = await run_file_job(
+                settings, requests_path, save_path, limiter_factory=factory,
+                show_progress=show_progress, status_interval=args.status_interval or None, retry_failed=args.retry_failed,
+                handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
+                ordered=args.ordered, ordered_window=args.ordered_window, budget=budget,
+            )
+    finally:
+        if factory is not None:
+            await factory.aclose()
+    if factory is not None:
+        logging.getLogger(PROG).info("limits were shared through Redis under %s", ", ".join(map(repr, dict.fromkeys(factory.keys))))
+    return stats

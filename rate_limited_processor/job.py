@@ -32,6 +32,7 @@ from .budget import Budget
 from .clock import LOOP_CLOCK, Clock
 from .config import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, Settings
 from .errors import RunStopped, UsageError
+from .lanes import LimiterFactory
 from .limiter import RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
@@ -61,6 +62,7 @@ async def run_file_job(
     *,
     show_progress: bool | None = None,
     limiter: RateLimiter | None = None,
+    limiter_factory: LimiterFactory | None = None,
     transport: Transport | SendFunction | None = None,
     clock: Clock = LOOP_CLOCK,
     retry_failed: bool = False,
@@ -93,7 +95,8 @@ async def run_file_job(
         lock.follow()  # dropping failure rows replaced the file: the new one is locked too
         note_repairs(save_path, report)
         processor = Processor(
-            settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None, budget=budget
+            settings, limiter=limiter, limiter_factory=limiter_factory, transport=transport, clock=clock,
+            max_ahead=ordered_window if ordered else None, budget=budget,
         )
         stats = processor.stats
         stats.failed_earlier = report.failure_rows
@@ -136,7 +139,8 @@ async def run_file_job(
             if ticker is not None:
                 ticker.cancel()
             display.close()
-            await processor.limiter.aclose()
+            if limiter is not None:
+                await limiter.aclose()
         if stats.stop_reason is None and done.unclaimed:
             stats.orphan_rows = done.unclaimed
             logger.warning(

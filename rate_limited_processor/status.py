@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .costs import CostLedger, CostReport, PriceBook, estimated_tokens_of_result, format_dollars, model_of, usage_tokens
+from .lanes import LaneReport
 from .limiter import Limits
 from .models import RequestResult, ResultKind
 from .rate_control import ControlReport
@@ -119,6 +120,10 @@ class RunStats:
     failed_earlier: int = 0
     #: What the closed-loop rate control found (set at the end of a run).
     control: ControlReport | None = None
+    #: What each (account, model) lane did, when a run had more than one (set at the end of a run).
+    lanes: list[LaneReport] = field(default_factory=list)
+    #: Accounts the run stopped using, and why (a refused key, no quota).
+    dropped_accounts: dict[str, str] = field(default_factory=dict)
     #: For succeeded requests, per model: our estimate (prompt, completion budget) and the API's reported usage.
     estimated_cost: CostLedger = field(default_factory=CostLedger, repr=False)
     spent: CostLedger = field(default_factory=CostLedger, repr=False)
@@ -185,8 +190,12 @@ class RunStats:
         self.estimated_tokens_succeeded += estimated_tokens
         if isinstance(usage, dict):
             prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-            total = usage.get("total_tokens", 0)
-            self.reported_prompt_tokens += prompt if isinstance(prompt, int) else 0
+            prompt = prompt if isinstance(prompt, int) else 0
+            total = usage.get("total_tokens")
+            if total is None:  # Anthropic's usage: input and output tokens, no total
+                output = usage.get("output_tokens", 0)
+                total = prompt + (output if isinstance(output, int) else 0)
+            self.reported_prompt_tokens += prompt
             self.reported_total_tokens += total if isinstance(total, int) else 0
 
 
@@ -447,12 +456,13 @@ def format_summary(stats: RunStats, *, save_path: str | None = None, prices: Pri
     lines.append(f"                   {tpm:,.0f} tokens/min{_of_limit(tpm, stats.limits.tokens_per_minute)}")
     if stats.succeeded:
         lines.append(
-            f"  tokens           estimated {stats.estimated_tokens_succeeded:,} (prompt + completion budget); "
+            f"  tokens           estimated {stats.estimated_tokens_succeeded:,} (charged to the token limit); "
             f"reported by the API {stats.reported_total_tokens:,} ({stats.reported_prompt_tokens:,} prompt)"
         )
     if abs(stats.server_token_ratio - 1) >= 0.02:
         lines.append(f"                   the API's rate limiter charged about {stats.server_token_ratio:.2f}x our estimates (paced to match)")
     lines.extend(_control_lines(stats, minutes))
+    lines.extend(_lane_lines(stats))
     if prices is not None:
         lines.extend(_cost_lines(stats, prices, max_cost_usd))
     if save_path:
@@ -517,6 +527,34 @@ def cost_record(stats: RunStats, prices: PriceBook, max_cost_usd: float | None) 
         "spent": spent.record(),
         "estimated": estimated.record(),
     }
+
+
+def _lane_lines(stats: RunStats) -> list[str]:
+    """Each account's and model's share, and the limits its headers stated: where the work went."""
+    lanes = stats.lanes if len(stats.lanes) > 1 else []
+    lines = ["  lanes            (account/model: requests sent, their share; the limits its headers stated)"] if lanes else []
+    sent = sum(lane.sent for lane in lanes) or 1
+    for lane in lanes:
+        name = f"{lane.account}/{lane.model}" if lane.model else lane.account
+        line = f"    {name:<14} {lane.sent:,} sent ({lane.sent / sent:.0%}), {lane.succeeded:,} succeeded, {lane.rate_limited:,} rate-limit 429s"
+        stated = _stated(lane.learned)
+        if stated:
+            line += f"; {stated}"
+        if lane.found_requests_per_minute is not None:
+            line += f"; its limit appears to be about {_round_figure(lane.found_requests_per_minute):,.0f} RPM"
+        lines.append(line)
+    for account, reason in stats.dropped_accounts.items():
+        lines.append(f"  dropped account  {account}: {reason}")
+    return lines
+
+
+def _stated(limits: Limits) -> str:
+    parts = [
+        f"{value:,.0f} {unit}"
+        for value, unit in ((limits.requests_per_minute, "RPM"), (limits.tokens_per_minute, "TPM"), (limits.output_tokens_per_minute, "output TPM"))
+        if value is not None and math.isfinite(value)
+    ]
+    return ", ".join(parts)
 
 
 def _round_figure(value: float) -> float:
@@ -591,6 +629,8 @@ def summary_record(
         },
         "server_token_ratio": round(stats.server_token_ratio, 3),
         "rate_control": _control_record(stats.control),
+        "lanes": [_lane_record(lane) for lane in stats.lanes] if len(stats.lanes) > 1 else [],
+        "dropped_accounts": dict(stats.dropped_accounts),
         "failed_earlier": stats.failed_earlier,
         "orphan_rows": stats.orphan_rows,
         "cost": cost_record(stats, prices, max_cost_usd) if prices is not None else None,
@@ -610,6 +650,18 @@ def _control_record(control: ControlReport | None) -> dict[str, Any] | None:
     }
 
 
+def _lane_record(lane: LaneReport) -> dict[str, Any]:
+    return {
+        "account": lane.account,
+        "model": lane.model,
+        "sent": lane.sent,
+        "succeeded": lane.succeeded,
+        "rate_limit_429s": lane.rate_limited,
+        "learned": _limits_record(lane.learned),
+        "found_requests_per_minute": None if lane.found_requests_per_minute is None else round(lane.found_requests_per_minute, 1),
+    }
+
+
 def _learned(known: Limits, given: Limits) -> Limits:
     """The limits that did not come from the user: learned from the API's headers or its 429s."""
     def learned(value: float | None, stated: float | None) -> float | None:
@@ -624,4 +676,7 @@ def _limits_record(limits: Limits) -> dict[str, float | str | None]:
             return None
         return "unlimited" if math.isinf(rate) else round(rate, 3)
 
-    return {"requests_per_minute": value(limits.requests_per_minute), "tokens_per_minute": value(limits.tokens_per_minute)}
+    record = {"requests_per_minute": value(limits.requests_per_minute), "tokens_per_minute": value(limits.tokens_per_minute)}
+    if limits.output_tokens_per_minute is not None:
+        record["output_tokens_per_minute"] = value(limits.output_tokens_per_minute)
+    return record

@@ -84,3 +84,25 @@ async def test_kill_9_after_the_first_batch_was_created_then_a_rerun_makes_4_bat
     assert code == 0, stderr
     assert ids_of(read_rows(output_path)) == Counter(range(2_000))
     assert (batches["input_files"], batches["created"]) == (4, 4), f"{batches} (the killed run had created {killed_with})"
+
+
+@pytest.mark.parametrize(
+    "extra, url, message",
+    [
+        (["--ordered"], "http://127.0.0.1:9/v1/chat/completions", "--ordered is for --mode online"),
+        (["--accounts", "accounts.jsonl"], "http://127.0.0.1:9/v1/chat/completions", "--accounts is for --mode online"),
+        ([], "https://api.anthropic.com/v1/messages", "Anthropic's Message Batches API is not supported"),
+    ],
+)
+def test_what_batch_mode_does_not_do_is_refused_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], url: str, message: str
+) -> None:
+    from rate_limited_processor.cli import main
+
+    body = {"model": "claude-haiku-4-5", "max_tokens": 8} if "anthropic" in url else {"model": "gpt-4o-mini"}
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [{**body, "messages": [{"role": "user", "content": "hi"}]}])
+    write_jsonl(tmp_path / "accounts.jsonl", [{"name": "a", "api_key": "sk-a-0123456789"}])
+    flags = [str(tmp_path / flag) if flag.endswith(".jsonl") else flag for flag in extra]
+    code = main(["--requests_filepath", str(input_path), "--request_url", url, "--mode", "batch", *flags])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "requests_results.jsonl").exists()

@@ -27,7 +27,7 @@ def test_help_documents_every_flag_with_its_default() -> None:
     text = " ".join(result.stdout.split())  # argparse wraps lines to the terminal width
     for flag in [*COOKBOOK_FLAGS, "--request_timeout", "--max_in_flight"]:
         assert flag in text
-    assert text.count("(default: auto)") == 3 and "(default: 600.0)" in text and "(default: 1.0)" in text
+    assert text.count("(default: auto)") == 4 and "(default: 600.0)" in text and "(default: 1.0)" in text
     assert "Exit codes" in text
 
 
@@ -106,7 +106,8 @@ DASHED_FLAGS: dict[str, str | None] = {
     "--max-in-flight": "7", "--burst-seconds": "2", "--no-progress": None, "--status-interval": "5", "--summary-json": "s.json",
     "--show-limits": None, "--output-format": "batch", "--header": "X-Gateway: on", "--dry-run": None, "--ordered": None,
     "--ordered-window": "9", "--redis-url": "redis://localhost:6379/0", "--limit-key": "team-a", "--retry-failed": None,
-    "--shutdown-grace": "4",
+    "--shutdown-grace": "4", "--max-input-tokens-per-minute": "1000", "--max-output-tokens-per-minute": "800",
+    "--accounts": "accounts.jsonl",
     "--max-cost-usd": "2.5", "--price-input-per-mtok": "0.15", "--price-output-per-mtok": "0.6", "--mode": "batch",
     "--batch-max-lines": "500", "--batch-poll-interval": "5", "--batch-fallback": "online",
 }

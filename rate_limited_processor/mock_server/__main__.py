@@ -47,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host", default=DEFAULT_HOST, help=f"interface to listen on (default: {DEFAULT_HOST})")
     add("--port", type=int, default=DEFAULT_PORT, help=f"port; 0 picks a free one (default: {DEFAULT_PORT})")
     add("--requests_per_minute", type=float, default=None, help="RPM limit (default: unlimited)")
-    add("--tokens_per_minute", type=float, default=None, help="TPM limit (default: unlimited)")
+    add("--tokens_per_minute", type=float, default=None, help="TPM limit; for /v1/messages, Anthropic's input tokens (default: unlimited)")
+    add(
+        "--output_tokens_per_minute", type=float, default=None,
+        help="Anthropic's output-token limit for /v1/messages: max_tokens reserved, refunded to what the answer used (default: unlimited)",
+    )
+    add("--output_tokens", type=int, default=40, help="output tokens each /v1/messages answer generates, at most its max_tokens (default: 40)")
     add(
         "--burst_seconds",
         type=float,
@@ -80,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--api_key",
         default=None,
-        help="require this key as 'Authorization: Bearer KEY' ('api-key: KEY' on Azure paths) (default: no key required)",
+        help="require this key as 'Authorization: Bearer KEY' ('api-key: KEY' on Azure paths, 'x-api-key: KEY' on /v1/messages) "
+        "(default: no key required)",
     )
     add(
         "--retry_after_header",
@@ -119,6 +125,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
     return MockConfig(
         requests_per_minute=args.requests_per_minute,
         tokens_per_minute=args.tokens_per_minute,
+        output_tokens_per_minute=args.output_tokens_per_minute,
+        output_tokens=args.output_tokens,
         burst_seconds=args.burst_seconds,
         token_counting=args.token_counting,
         token_encoding_name=args.token_encoding_name,

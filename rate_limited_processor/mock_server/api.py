@@ -9,6 +9,7 @@ runner's transport, so a whole run can be rehearsed against the same strict mock
 
 Paths:
     POST /v1/{chat/completions, completions, embeddings, responses}
+    POST /v1/messages                                                   (Anthropic's, see `anthropic.py`)
     POST /openai/deployments/{deployment}/{endpoint}?api-version=...   (Azure's form)
     /v1/files..., /v1/batches...                                        (the Batch API: `batches.py`)
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 from .. import strict_json
 from ..clock import Now, loop_time
 from ..endpoints import Endpoint
-from . import errors
+from . import anthropic, errors
 from .batches import MockBatches
 from .config import MockConfig
 from .counting import CountingError, TokenCounter
@@ -93,7 +95,11 @@ def _parse_body(raw: bytes) -> Any:
 
 def _presented_keys(request: MockRequest) -> list[str]:
     """The key a request carries where its API looks for it: `api-key` on Azure paths (as Azure's key
-    auth does), `Authorization: Bearer …` elsewhere, so a client sending the wrong header is caught."""
+    auth does), `x-api-key` on Anthropic's, `Authorization: Bearer …` elsewhere, so a client sending the
+    wrong header is caught."""
+    if request.path.rstrip("/").endswith("/" + Endpoint.MESSAGES.value):
+        key = anthropic.presented_key(request.headers)
+        return [] if key is None else [key]
     if request.path.startswith(AZURE_PREFIX):
         api_key = request.headers.get("api-key")
         return [] if api_key is None else [api_key.strip()]
@@ -112,6 +118,8 @@ class _Decision:
     tokens: int = 0
     #: The wait a rate-limit 429 announced.
     retry_after: float | None = None
+    #: Reserved output tokens the answer did not use, given back when it ends (Anthropic's).
+    output_refund: int = 0
 
 
 class MockApi:
@@ -121,7 +129,7 @@ class MockApi:
     and the latency both run on virtual time.
     """
 
-    __slots__ = ("config", "record", "batches", "_clock", "_faults", "_gate", "_counter", "_latency_rng", "_in_flight")
+    __slots__ = ("config", "record", "batches", "_clock", "_wall", "_faults", "_gate", "_counter", "_latency_rng", "_in_flight")
 
     config: MockConfig
     #: Every request that reached the handler, and what it was answered (the online endpoints').
@@ -129,11 +137,16 @@ class MockApi:
     #: The files and batches of the Batch API.
     batches: MockBatches
 
-    def __init__(self, config: MockConfig | None = None, *, record: ServedLog | None = None, clock: Now = loop_time) -> None:
+    def __init__(
+        self, config: MockConfig | None = None, *, record: ServedLog | None = None, clock: Now = loop_time, wall: Now | None = None
+    ) -> None:
+        """`wall`: `clock` as epoch seconds, for the RFC 3339 times Anthropic's headers state (default: `clock`
+        placed on the calendar now)."""
         config = config if config is not None else MockConfig()
         self.config = config
         self.record = record if record is not None else ServedLog()
         self._clock = clock
+        self._wall = wall if wall is not None else (lambda: time.time() - time.monotonic() + clock())
         self.batches = MockBatches(config, clock)
         self._faults = FaultPlan(config.faults, seed=config.seed, after=config.faults_after)
         self._gate = RateLimitGate(config.limits, now=clock())
@@ -186,6 +199,7 @@ class MockApi:
             decision = self._decide(request, endpoint, body, key, model)
             if decision.reply.status == 200:
                 await self._delay(endpoint, arrived_at, key, decision.tokens)
+                self._gate.refund(decision.output_refund, self._clock())
             self.record.append(Served(arrived_at, endpoint, decision.reply.status, key, decision.tokens, decision.retry_after))
             return decision.reply
         finally:
@@ -194,16 +208,48 @@ class MockApi:
 
     # --- The request, step by step ---------------------------------------------------------------------
 
-    def _rate_limit_headers(self) -> dict[str, str]:
-        """The x-ratelimit-* headers as they stand now; none when playing a gateway that sends none."""
-        states_limits = self.config.ratelimit_headers and self.config.rate_limit_style == "openai"
-        return self._gate.headers(self._clock()) if states_limits else {}
+    def _rate_limit_headers(self, endpoint: Endpoint) -> dict[str, str]:
+        """The x-ratelimit-* headers (Anthropic's own for /v1/messages) as they stand now; none when playing
+        a gateway that sends none."""
+        if not (self.config.ratelimit_headers and self.config.rate_limit_style == "openai"):
+            return {}
+        if endpoint is Endpoint.MESSAGES:
+            return anthropic.headers(self._gate, self._clock(), self._wall())
+        return self._gate.headers(self._clock())
 
     def _decide(self, request: MockRequest, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
         """401, 400, 429 or 200, with the rate-limit headers as they stand after the decision."""
-        decision = self._check(request, endpoint, body, key, model)
-        reply = decision.reply.with_headers(self._rate_limit_headers())
-        return _Decision(reply, decision.tokens, decision.retry_after)
+        decision = (
+            self._check_message(request, body, key, model)
+            if endpoint is Endpoint.MESSAGES
+            else self._check(request, endpoint, body, key, model)
+        )
+        reply = decision.reply.with_headers(self._rate_limit_headers(endpoint))
+        return _Decision(reply, decision.tokens, decision.retry_after, decision.output_refund)
+
+    def _check_message(self, request: MockRequest, body: Any, key: str, model: str) -> _Decision:
+        """Anthropic's Messages API: the same steps, its own shapes, and output tokens reserved at max_tokens."""
+        if self._auth_failure(request) is not None:
+            return _Decision(anthropic.invalid_api_key())
+        problem = "The request body is not valid JSON." if body is _NOT_JSON else anthropic.body_problem(body)
+        if problem is not None:
+            return _Decision(anthropic.invalid_request(problem))
+        tokens = 0
+        if self._gate.counts_tokens:
+            try:
+                tokens = self._counter.count(Endpoint.MESSAGES, body)
+            except CountingError as error:
+                return _Decision(anthropic.invalid_request(str(error)))
+        reserved = int(body["max_tokens"])
+        rejection = self._gate.admit(tokens, self._clock(), output_tokens=reserved)
+        if rejection is not None:
+            if self.config.rate_limit_style == "html":
+                return _Decision(errors.html_too_many_requests(), retry_after=rejection.wait)
+            hint = rejection.wait if self.config.rate_limit_hint is None else self.config.rate_limit_hint
+            return _Decision(anthropic.rate_limited(rejection, hint=hint if self.config.rate_limit_style == "openai" else None), retry_after=rejection.wait)
+        used = anthropic.output_used(body, self.config.output_tokens)
+        payload = anthropic.message_payload(body, model=model, key=key, input_tokens=tokens, output_tokens=used)
+        return _Decision(json_reply(200, payload), tokens, output_refund=reserved - used)
 
     def _check(self, request: MockRequest, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
         auth_failure = self._auth_failure(request)
@@ -288,7 +334,7 @@ class MockApi:
             return errors.server_error()
         reply = self._fault_reply(fault, request, endpoint, model, api_version)
         if reply.content_type == JSON:
-            reply = reply.with_headers(self._rate_limit_headers())
+            reply = reply.with_headers(self._rate_limit_headers(endpoint))
         retry_after = float(errors.AZURE_RETRY_AFTER_SECONDS) if fault is FaultKind.AZURE_429 else None
         self.record.append(Served(arrived_at, endpoint, reply.status, key, retry_after=retry_after))
         return reply
@@ -310,4 +356,6 @@ class MockApi:
             return errors.invalid_api_key(presented[0]) if presented else errors.missing_api_key()
         if fault is FaultKind.AZURE_429:
             return errors.azure_rate_limited(endpoint, api_version or errors.DEFAULT_AZURE_API_VERSION)
+        if fault is FaultKind.ANTHROPIC_529:
+            return anthropic.overloaded()
         raise AssertionError(f"fault {fault} has no reply")  # RESET and HANG are handled by the caller

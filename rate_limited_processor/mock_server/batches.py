@@ -50,7 +50,8 @@ MAX_BATCH_LINES = 50_000
 MAX_FILE_BYTES = 200 * 1024**2
 COMPLETION_WINDOW = "24h"
 _WINDOW_SECONDS = 24 * 3600
-_ENDPOINTS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint}
+#: The endpoints OpenAI's Batch API takes (Anthropic's Messages API has a batch API of its own).
+_ENDPOINTS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint if not endpoint.is_anthropic}
 _ACTIVE = ("validating", "in_progress", "finalizing")
 _DONE = ("completed", "failed", "expired", "cancelled")
 _MAX_METADATA_PAIRS = 16

@@ -32,6 +32,10 @@ class MockConfig:
     requests_per_minute: float | None = None
     #: Tokens per minute (prompt + completion budget, as OpenAI counts); None means unlimited.
     tokens_per_minute: float | None = None
+    #: Output tokens per minute (Anthropic's OTPM, for /v1/messages): charged at max_tokens, refunded to use.
+    output_tokens_per_minute: float | None = None
+    #: Output tokens each Messages answer generates (cut off at the request's max_tokens).
+    output_tokens: int = 40
     #: Bucket capacity in seconds of the limit: 60 allows a whole minute at once, 1 (OpenAI-like) one second.
     burst_seconds: float = 1.0
     #: "tiktoken" counts tokens with the tokenizer; "chars" counts characters / 4 as OpenAI's limiter does.
@@ -83,6 +87,8 @@ class MockConfig:
             raise ValueError(
                 f"latency and latency_jitter must not be negative, got {self.latency} and {self.latency_jitter}"
             )
+        if self.output_tokens < 1:
+            raise ValueError(f"output_tokens must be at least 1, got {self.output_tokens}")
         if not 0 <= self.batch_validation_seconds <= self.batch_processing_seconds:
             raise ValueError("batch_validation_seconds must be >= 0 and at most batch_processing_seconds")
         fractions = (self.batch_failed_lines, self.batch_expired_lines)
@@ -97,4 +103,4 @@ class MockConfig:
     @property
     def limits(self) -> Limits:
         """The limits as the project's bucket code takes them."""
-        return Limits(self.requests_per_minute, self.tokens_per_minute, self.burst_seconds)
+        return Limits(self.requests_per_minute, self.tokens_per_minute, self.burst_seconds, self.output_tokens_per_minute)
