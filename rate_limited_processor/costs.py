@@ -253,7 +253,8 @@ def usage_tokens(response: Mapping[str, Any] | None) -> tuple[int, int] | None:
     total = _count(usage, "total_tokens")
     if prompt is None and output is None and total is None:
         return None
-    prompt = prompt or 0
+    # Anthropic counts cached prompt tokens apart from input_tokens; they are priced here as uncached ones.
+    prompt = (prompt or 0) + (_count(usage, "cache_creation_input_tokens") or 0) + (_count(usage, "cache_read_input_tokens") or 0)
     if output is None:
         output = max(0, (total or 0) - prompt)
     return prompt, output

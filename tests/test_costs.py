@@ -169,6 +169,7 @@ def test_a_ledger_prices_each_model_and_names_the_ones_without_a_price() -> None
         ({"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}, (10, 5)),  # chat, completions
         ({"usage": {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}}, (7, 3)),  # responses
         ({"usage": {"prompt_tokens": 12, "total_tokens": 12}}, (12, 0)),  # embeddings
+        ({"usage": {"input_tokens": 5, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20, "output_tokens": 9}}, (125, 9)),  # Anthropic
         ({"usage": {"prompt_tokens": -1, "completion_tokens": "5"}}, None),  # nonsense is no usage
         ({"choices": []}, None),
         (None, None),
