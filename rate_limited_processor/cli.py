@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from importlib import metadata
@@ -31,6 +30,9 @@ from yarl import URL
 
 from . import config
 from .arrivals import ARRIVAL_MODES
+from .atomic_write import write_json_atomically, write_text_atomically
+from .batch_mode import BatchOptions, run_batch_job
+from .budget import Budget
 from .config import (
     API_KEY_VARIABLE,
     DEFAULT_LOGGING_LEVEL,
@@ -43,8 +45,9 @@ from .config import (
     Settings,
     key_variable_for,
 )
+from .costs import PriceBook
 from .credentials import scrubber_for
-from .endpoints import endpoint_from_url
+from .endpoints import endpoint_from_url, is_anthropic_url
 from .errors import LimiterUnavailable, ResumeError, UsageError
 from .job import check_output_path, default_save_path, run_file_job, skip_done
 from .limiter import DEFAULT_BURST_SECONDS, Limits
@@ -272,7 +275,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE,
         help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)",
     )
+    add(
+        "--max_cost_usd", type=_positive_float, default=None, metavar="DOLLARS",
+        help="never send a request whose estimated cost would take this run's committed total (what finished requests cost by "
+        "their reported usage, plus the estimates of those in flight) past this many US dollars; then stop as Ctrl-C does (exit 3)",
+    )
+    add(
+        "--price_input_per_mtok", type=_non_negative_float, default=None, metavar="DOLLARS",
+        help="US dollars per million input tokens, for every model, instead of the genai-prices data (private deployments, models "
+        "it does not know); with --price_output_per_mtok",
+    )
+    add("--price_output_per_mtok", type=_non_negative_float, default=None, metavar="DOLLARS", help="US dollars per million output tokens, as above")
+    add(
+        "--mode", choices=["online", "batch"], default="online",
+        help="online: send each request as fast as the limits allow; batch: send the file through the Batch API (half price, "
+        "results within 24 hours)",
+    )
+    add(
+        "--batch_max_lines", type=_batch_lines, default=config.DEFAULT_BATCH_MAX_LINES,
+        help="with --mode batch, the most lines in one batch (the API's own limit is 50,000 lines and 200 MB)",
+    )
+    add(
+        "--batch_poll_interval", type=_positive_float, default=config.DEFAULT_BATCH_POLL_INTERVAL, metavar="SECONDS",
+        help="with --mode batch, seconds between asks after each batch's progress",
+    )
+    add(
+        "--batch_fallback", choices=["none", "online"], default="none",
+        help="with --mode batch, lines a batch failed or let expire: failure rows (none), or sent online (online)",
+    )
     return parser
+
+
+def _batch_lines(text: str) -> int:
+    value = _positive_int(text)
+    if value > config.BATCH_API_MAX_LINES:
+        raise argparse.ArgumentTypeError(f"the Batch API takes at most {config.BATCH_API_MAX_LINES:,} lines in a batch, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -317,9 +355,23 @@ def _logging_level(text: str) -> int:
 
 
 def _non_negative_float(text: str) -> float:
-    if text.strip() == "0":
-        return 0.0
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass
     return _positive_float(text)
+
+
+def prices_from_args(args: argparse.Namespace, request_url: str) -> PriceBook:
+    """The run's prices: the flags' for every model if given, else the price data's; batch prices in batch mode."""
+    try:
+        return PriceBook(
+            request_url=request_url, batch=args.mode == "batch",
+            input_per_mtok=args.price_input_per_mtok, output_per_mtok=args.price_output_per_mtok,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -431,6 +483,7 @@ class _Command:
             self.save_path = Path(args.save_filepath) if args.save_filepath else default_save_path(self.requests_path)
         self.summary_path = Path(args.summary_json) if args.summary_json else None
         self.settings: Settings | None = None
+        self.prices: PriceBook | None = None
 
     def run(self) -> int:
         args = self.args
@@ -445,18 +498,22 @@ class _Command:
             if args.show_limits:
                 return self.show_limits(settings)
             assert self.requests_path is not None and self.save_path is not None
+            self.prices = prices = prices_from_args(args, settings.request_url)
             self.check_paths(self.requests_path, self.save_path)
             check_input(self.requests_path, settings.request_url, url_given=args.request_url is not None)
+            if args.mode == "batch":
+                _check_batch_mode(args, settings.request_url)
             if not args.dry_run:
                 _check_redis_extra(args.redis_url)
+                self.check_budget(prices, self.requests_path)
         except UsageError as error:
             return self.refuse(error)
         configure_logging(args.logging_level)
         if args.dry_run:
-            return dry_run(settings, self.requests_path, self.save_path, retry_failed=args.retry_failed)
+            return dry_run(settings, self.requests_path, self.save_path, retry_failed=args.retry_failed, prices=prices)
         show_progress = sys.stderr.isatty() and not args.no_progress
         try:
-            stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress))
+            stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress, prices))
         except (UsageError, LimiterUnavailable) as error:  # the output refused (in use, not a results file), Redis down
             return self.refuse(error)
         except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
@@ -468,8 +525,16 @@ class _Command:
             print(scrub("".join(traceback.format_exception(error))), file=sys.stderr)
             print(f"{PROG}: internal error: {scrub(str(error))} (please report it; a rerun resumes)", file=sys.stderr)
             return self.finish(EXIT_STOPPED, None, error=f"internal error: {scrub(str(error))}")
-        print(format_summary(stats, save_path=str(self.save_path)), file=sys.stderr)
+        print(format_summary(stats, save_path=str(self.save_path), prices=prices, max_cost_usd=args.max_cost_usd), file=sys.stderr)
         return self.finish(exit_code(stats), stats)
+
+    def check_budget(self, prices: PriceBook, requests_path: Path) -> None:
+        """A budget needs prices: refuse one that the first request's model has none for, before sending anything."""
+        if self.args.max_cost_usd is None:
+            return
+        model = first_model(requests_path)
+        if prices.price(model) is None:
+            raise UsageError(Budget(self.args.max_cost_usd, prices).no_price_reason({"model": model} if model else {}))
 
     def check_paths(self, requests_path: Path, save_path: Path) -> None:
         """The input can be read, and the outputs can be written (checked without creating them)."""
@@ -506,6 +571,7 @@ class _Command:
                 headroom=settings.headroom if settings is not None else 1.0,
                 requests_path=str(self.requests_path) if self.requests_path is not None else None,
                 save_path=str(self.save_path) if self.save_path is not None and stats is not None else None,
+                prices=self.prices if stats is not None else None, max_cost_usd=self.args.max_cost_usd,
             )
             try:
                 write_json_atomically(self.summary_path, record)
@@ -541,22 +607,14 @@ class _Command:
         return EXIT_STOPPED
 
 
-def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
-    """Replace `path` with `record` as JSON in one step: a reader sees the old file or the new, never half of one."""
-    write_text_atomically(path, json.dumps(record, indent=2) + "\n")
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one step."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as file:
-        try:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        except BaseException:
-            os.unlink(file.name)
-            raise
-    os.replace(file.name, path)
+def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
+    """What --mode batch does not do, said before anything is sent."""
+    if args.ordered:
+        raise UsageError("--ordered is for --mode online: a batch's results come back when the batch ends")
+    if args.accounts is not None:
+        raise UsageError("--accounts is for --mode online: --mode batch sends the file through one account's Batch API")
+    if is_anthropic_url(request_url):
+        raise UsageError("--mode batch speaks OpenAI's Batch API; Anthropic's Message Batches API is not supported: use --mode online")
 
 
 def _check_redis_extra(redis_url: str | None) -> None:
@@ -572,7 +630,7 @@ def _check_redis_extra(redis_url: str | None) -> None:
         ) from None
 
 
-def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool) -> int:
+def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool, prices: PriceBook | None = None) -> int:
     """Plan the job as it would run now (lines with a row in the results file are skipped); send nothing."""
     try:
         done, _ = prepare_results_file(save_path, retry_failed=retry_failed, repair=False)
@@ -582,7 +640,7 @@ def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_f
     estimator = TokenEstimator(settings.token_encoding_name)
     plan = plan_requests(skip_done(read_requests(requests_path), done), settings.request_url, estimator)
     plan.already_done = done.claimed
-    print(format_plan(plan, settings.limits, headroom=settings.headroom))
+    print(format_plan(plan, settings.limits, headroom=settings.headroom, prices=prices))
     return EXIT_OK
 
 
@@ -600,12 +658,20 @@ async def shared_limiters(settings: Settings, redis_url: str | None, limit_key: 
     return factory
 
 
-async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path, save_path: Path, show_progress: bool) -> RunStats:
+async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path, save_path: Path, show_progress: bool, prices: PriceBook) -> RunStats:
     redirect = contextlib.nullcontext()
     if show_progress:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         redirect = logging_redirect_tqdm(loggers=[logging.getLogger(PROG)])
+    budget = Budget(args.max_cost_usd, prices) if args.max_cost_usd is not None else None
+    if args.mode == "batch":
+        options = BatchOptions(max_lines=args.batch_max_lines, poll_interval=args.batch_poll_interval, fallback=args.batch_fallback)
+        with redirect:
+            return await run_batch_job(
+                settings, requests_path, save_path, options=options, prices=prices, budget=budget, output_format=args.output_format,
+                retry_failed=args.retry_failed, handle_signals=True, show_progress=show_progress, status_interval=args.status_interval or None,
+            )
     factory = await shared_limiters(settings, args.redis_url, args.limit_key)
     benchmark = RunReport(streamed=settings.stream, settings=report_settings(settings)) if args.report or args.report_html else None
     try:
@@ -614,7 +680,7 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
                 settings, requests_path, save_path, limiter_factory=factory,
                 show_progress=show_progress, status_interval=args.status_interval or None, retry_failed=args.retry_failed,
                 handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
-                ordered=args.ordered, ordered_window=args.ordered_window, benchmark=benchmark,
+                ordered=args.ordered, ordered_window=args.ordered_window, benchmark=benchmark, budget=budget,
             )
     finally:
         if factory is not None:

@@ -38,6 +38,10 @@ __all__ = [
     "DEFAULT_LOGGING_LEVEL",
     "DEFAULT_STATUS_INTERVAL",
     "REDIS_URL_VARIABLE",
+    "BATCH_API_MAX_LINES",
+    "BATCH_API_MAX_BYTES",
+    "DEFAULT_BATCH_MAX_LINES",
+    "DEFAULT_BATCH_POLL_INTERVAL",
 ]
 
 #: The cookbook script's default endpoint, kept so its users see no change.
@@ -60,6 +64,12 @@ DEFAULT_ORDERED_WINDOW = 10_000
 DEFAULT_LOGGING_LEVEL = "WARNING"
 #: Seconds between the command's one-line status lines when it draws no progress bar (cron, nohup, a pipe).
 DEFAULT_STATUS_INTERVAL = 30.0
+#: The Batch API's own limits on one batch's input file (https://platform.openai.com/docs/guides/batch).
+BATCH_API_MAX_LINES = 50_000
+BATCH_API_MAX_BYTES = 200 * 1024**2
+#: With --mode batch: lines per batch (the API's most), and seconds between asks after each batch's progress.
+DEFAULT_BATCH_MAX_LINES = BATCH_API_MAX_LINES
+DEFAULT_BATCH_POLL_INTERVAL = 30.0
 #: Where the command looks for a Redis URL when --redis_url is not given.
 REDIS_URL_VARIABLE = "RATE_LIMITED_PROCESSOR_REDIS_URL"
 

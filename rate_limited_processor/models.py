@@ -122,6 +122,8 @@ class RequestResult:
     kind: ResultKind
     #: Tokens charged against the TPM limit per attempt (0 for a rejected line).
     estimated_tokens: int = 0
+    #: Of `estimated_tokens`, the completion budget (the rest is the prompt): for pricing the estimate.
+    estimated_output_tokens: int = 0
     custom_id: str | None = None
     #: HTTP status of the last attempt (None if it got no response or was never sent).
     status: int | None = None

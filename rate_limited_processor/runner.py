@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .arrivals import Arrivals
+from .budget import Budget
 from .clock import LOOP_CLOCK, Clock
 from .config import Settings
 from .credentials import scrubber_for
@@ -56,7 +57,7 @@ from .retry_policy import Decision, HTTPOutcome, Verdict, classify
 from .scheduler import Scheduler
 from .status import RunStats
 from .streaming import STREAMED_ENDPOINTS, streamed_body
-from .token_estimation import TokenEstimator, output_reservation
+from .token_estimation import TokenEstimator, completion_budget, output_reservation
 from .transport import AiohttpTransport, ReceiveTimings, SendFunction, Transport, TransportRequest, as_transport, outcome_of, outcome_of_error
 
 __all__ = ["Processor", "Results", "process_requests", "process_requests_sync", "RequestItem", "RequestSource"]
@@ -101,6 +102,8 @@ class _Job:
     scheduled_at: float | None = None
     attempt_log: list[AttemptTiming] = field(default_factory=list)
     received: ReceiveTimings | None = None
+    #: The dollars the attempt in flight holds of the run's budget (`--max_cost_usd`).
+    cost: float = 0.0
 
     def state(self, now: float) -> JobState:
         """What the decision step needs to know of this request."""
@@ -118,6 +121,7 @@ class _Job:
             attempts=self.attempts,
             kind=kind,
             estimated_tokens=self.tokens,
+            estimated_output_tokens=completion_budget(self.endpoint, self.request.body),
             custom_id=self.request.custom_id,
             status=outcome.status if outcome is not None else None,
             request_id=outcome.headers.get("x-request-id") if outcome is not None else None,
@@ -241,15 +245,18 @@ class Processor:
         clock: Clock = LOOP_CLOCK,
         max_ahead: int | None = None,
         limiter_factory: LimiterFactory | None = None,
+        budget: Budget | None = None,
     ) -> None:
         """`transport` replaces the network (real HTTP through aiohttp by default); the run never closes one
         it was given. `clock` is where every wait and deadline is read from. `max_ahead` bounds how far past
-        the oldest unfinished request the run may read, for a consumer that restores input order.
+        the oldest unfinished request the run may read, for a consumer that restores input order. `budget`
+        (`--max_cost_usd`) stops the run before a request whose estimated cost would not fit in it.
 
         Each (account, model) lane gets a limiter of its own: an `InProcessLimiter` by default, or what
         `limiter_factory(account, model, limits)` makes (Redis, with the lane in the key); the run closes
         those at its end. A single `limiter` instead is shared by every lane, and left open."""
         self.settings = settings
+        self.budget = budget
         self.clock = clock
         #: The run's endpoint. None when `request_url` is only an API root ("https://api.openai.com/v1"),
         #: for Batch input whose lines name their own; then lines without a url are rejected.
@@ -380,6 +387,8 @@ class Processor:
                     return
                 if job is None:
                     return
+                if self.budget is not None and not await self._reserve_cost(job, self.budget):
+                    return
                 lane = await self._lane_for(job)
                 await self._arrive(job, lane)
                 try:
@@ -457,6 +466,27 @@ class Processor:
             elif source.exhausted and not self._scheduler.retries_waiting and not self._in_flight:
                 return None
             await self._wait_for_change(self._scheduler.next_retry_at(), source.fetching)
+
+    async def _reserve_cost(self, job: _Job, budget: Budget) -> bool:
+        """Hold this attempt's estimated cost in the budget. While it does not fit, wait for the attempts in flight to
+        settle (answers usually cost less than estimated); when nothing in flight can make room, stop the run."""
+        cost = budget.estimate(job.request.body, job.endpoint, job.tokens)
+        if cost is None:
+            self._stop_for_budget(budget.no_price_reason(job.request.body))
+            return False
+        while not budget.fits(cost):
+            if not self._in_flight:
+                self._stop_for_budget(budget.stop_reason(cost))
+                return False
+            self._changed.clear()
+            await self._wait_for_change()
+        budget.reserve(cost)
+        job.cost = cost
+        return True
+
+    def _stop_for_budget(self, reason: str) -> None:
+        logger.warning("%s; stopping the run (a rerun resumes)", reason)
+        self.stop(reason)
 
     async def _wait_for_change(self, until: float | None = None, fetching: asyncio.Future[Any] | None = None) -> None:
         """Until an attempt or a result changes something, the next input item arrives, or the clock reaches `until`."""
@@ -546,6 +576,10 @@ class Processor:
             job.received = None
             outcome = outcome_of_error(error, self._scrub)
         decision = classify(outcome, endpoint=job.endpoint)
+        if self.budget is not None:
+            succeeded, answered = decision.verdict is Verdict.SUCCESS, outcome.status is not None
+            self.budget.settle(job.cost, self.budget.actual(job.request.body, job.cost, answer=outcome.body, succeeded=succeeded, answered=answered))
+            job.cost = 0.0
         now = self.clock.now()
         ended = outcome.status if outcome.status is not None else outcome.no_answer.value if outcome.no_answer is not None else "no answer"
         job.attempt_log.append(AttemptTiming(started, now, ended, decision.rate_limited))

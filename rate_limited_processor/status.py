@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from .costs import CostLedger, CostReport, PriceBook, estimated_tokens_of_result, format_dollars, model_of, usage_tokens
 from .lanes import LaneReport
 from .limiter import Limits
 from .models import RequestResult, ResultKind
@@ -123,6 +124,9 @@ class RunStats:
     lanes: list[LaneReport] = field(default_factory=list)
     #: Accounts the run stopped using, and why (a refused key, no quota).
     dropped_accounts: dict[str, str] = field(default_factory=dict)
+    #: For succeeded requests, per model: our estimate (prompt, completion budget) and the API's reported usage.
+    estimated_cost: CostLedger = field(default_factory=CostLedger, repr=False)
+    spent: CostLedger = field(default_factory=CostLedger, repr=False)
     meter: RateMeter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -165,10 +169,21 @@ class RunStats:
             self.succeeded += 1
             if result.response is not None:
                 self.record_usage(result.estimated_tokens, result.response)
+                self.record_cost(result)
         elif result.kind is ResultKind.INVALID:
             self.invalid += 1
         else:
             self.failed += 1
+
+    def record_cost(self, result: RequestResult) -> None:
+        """Count a succeeded request's tokens per model, for the summary's dollars: estimated, and reported."""
+        body = result.request if isinstance(result.request, dict) else {}
+        model = model_of(body, result.response)
+        input_tokens, output_tokens = estimated_tokens_of_result(result)
+        self.estimated_cost.add(model, input_tokens=input_tokens, output_tokens=output_tokens)
+        usage = usage_tokens(result.response)
+        if usage is not None:
+            self.spent.add(model, input_tokens=usage[0], output_tokens=usage[1])
 
     def record_usage(self, estimated_tokens: int, response: dict[str, Any]) -> None:
         usage = response.get("usage")
@@ -409,8 +424,9 @@ class ProgressDisplay:
             self._bar.close()
 
 
-def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
-    """The end-of-run report: what happened, how fast against the limits, and where the results are."""
+def format_summary(stats: RunStats, *, save_path: str | None = None, prices: PriceBook | None = None, max_cost_usd: float | None = None) -> str:
+    """The end-of-run report: what happened, how fast against the limits, what it cost (with `prices`), and where the
+    results are."""
     minutes = stats.elapsed / 60.0
     rpm = stats.attempts / minutes
     tpm = stats.tokens_charged / minutes
@@ -447,6 +463,8 @@ def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
         lines.append(f"                   the API's rate limiter charged about {stats.server_token_ratio:.2f}x our estimates (paced to match)")
     lines.extend(_control_lines(stats, minutes))
     lines.extend(_lane_lines(stats))
+    if prices is not None:
+        lines.extend(_cost_lines(stats, prices, max_cost_usd))
     if save_path:
         lines.append(f"  results          {save_path}")
     return "\n".join(lines)
@@ -469,6 +487,46 @@ def _control_lines(stats: RunStats, minutes: float) -> list[str]:
     if found:
         line += "; the server's limit appears to be " + " and ".join(found)
     return [line]
+
+
+def _cost_lines(stats: RunStats, prices: PriceBook, max_cost_usd: float | None) -> list[str]:
+    """What the succeeded requests cost by the API's reported usage, beside what they were estimated to cost."""
+    spent, estimated = stats.spent.priced(prices), stats.estimated_cost.priced(prices)
+    lines = []
+    if estimated.by_model:
+        pricing = "batch prices" if prices.batch else "online prices"
+        lines.append(
+            f"  cost (USD)       spent {format_dollars(spent.total)} by the API's reported usage; estimated {format_dollars(estimated.total)} "
+            f"for the same {estimated.requests:,} requests (prompt + completion budget); at {pricing}"
+        )
+        spent_by_model = {cost.model: cost for cost in spent.by_model}
+        for cost in estimated.by_model:
+            if cost.price is None:
+                lines.append(f"                   {cost.model}: {cost.requests:,} requests, no price known (see --price_input_per_mtok)")
+                continue
+            paid = spent_by_model.get(cost.model)
+            lines.append(
+                f"                   {cost.model}: {cost.requests:,} requests, {format_dollars((paid.dollars or 0.0) if paid else 0.0)} spent, "
+                f"{format_dollars(cost.dollars or 0.0)} estimated (${cost.price.input_per_mtok:g} / ${cost.price.output_per_mtok:g} per million "
+                f"input / output tokens; {cost.price.source})"
+            )
+    if max_cost_usd is not None:
+        lines.append(f"  budget           {format_dollars(max_cost_usd)} (--max_cost_usd), for this run")
+    return lines
+
+
+def cost_record(stats: RunStats, prices: PriceBook, max_cost_usd: float | None) -> dict[str, Any]:
+    """The summary's dollars as data: spent (reported usage) and estimated, per model and in total."""
+    spent: CostReport = stats.spent.priced(prices)
+    estimated = stats.estimated_cost.priced(prices)
+    return {
+        "pricing": "batch" if prices.batch else "online",
+        "spent_usd": spent.record()["usd"],
+        "estimated_usd": estimated.record()["usd"],
+        "max_cost_usd": max_cost_usd,
+        "spent": spent.record(),
+        "estimated": estimated.record(),
+    }
 
 
 def _lane_lines(stats: RunStats) -> list[str]:
@@ -533,6 +591,8 @@ def summary_record(
     error: str | None = None,
     requests_path: str | None = None,
     save_path: str | None = None,
+    prices: PriceBook | None = None,
+    max_cost_usd: float | None = None,
 ) -> dict[str, Any]:
     """The summary as data, for `--summary_json`: the same facts as `format_summary`, plus the exit code.
 
@@ -573,6 +633,7 @@ def summary_record(
         "dropped_accounts": dict(stats.dropped_accounts),
         "failed_earlier": stats.failed_earlier,
         "orphan_rows": stats.orphan_rows,
+        "cost": cost_record(stats, prices, max_cost_usd) if prices is not None else None,
         "requests_file": requests_path,
         "results_file": save_path,
     }

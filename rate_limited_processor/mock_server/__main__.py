@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="send no x-ratelimit-* headers, like a gateway that hides the limits (default: send them)",
     )
     add("--model", default=DEFAULT_MODEL, help=f"model named when a request names none (default: {DEFAULT_MODEL})")
+    add("--batch_validation_seconds", type=float, default=0.5, help="the Batch API: seconds a new batch validates (default: 0.5)")
+    add("--batch_processing_seconds", type=float, default=5.0, help="the Batch API: seconds from a batch's creation to its end (default: 5)")
+    add("--batch_failed_lines", type=float, default=0.0, help="the Batch API: fraction of lines answered 500 (default: 0)")
+    add("--batch_expired_lines", type=float, default=0.0, help="the Batch API: fraction of lines left to expire; their batch ends expired (default: 0)")
+    add(
+        "--batch_enqueued_token_limit", type=int, default=None,
+        help="the Batch API: tokens a model's running batches may hold; a batch past it fails with token_limit_exceeded (default: none)",
+    )
     return parser
 
 
@@ -142,6 +150,11 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         rate_limit_style=args.rate_limit_style,
         rate_limit_hint=args.rate_limit_hint,
         model=args.model,
+        batch_validation_seconds=args.batch_validation_seconds,
+        batch_processing_seconds=args.batch_processing_seconds,
+        batch_failed_lines=args.batch_failed_lines,
+        batch_expired_lines=args.batch_expired_lines,
+        batch_enqueued_token_limit=args.batch_enqueued_token_limit,
     )
 
 

@@ -16,6 +16,7 @@ Paths:
     POST /v1/{chat/completions, completions, embeddings, responses}
     POST /v1/messages                                                   (Anthropic's, see `anthropic.py`)
     POST /openai/deployments/{deployment}/{endpoint}?api-version=...   (Azure's form)
+    /v1/files..., /v1/batches...                                        (the Batch API: `batches.py`)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .. import strict_json
 from ..clock import Now, loop_time
 from ..endpoints import Endpoint
 from . import anthropic, errors
+from .batches import MockBatches
 from .config import MockConfig
 from .counting import CountingError, TokenCounter
 from .faults import FaultKind, FaultPlan
@@ -62,6 +64,7 @@ class MockRequest:
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     query: Mapping[str, str] = field(default_factory=dict)
+    method: str = "POST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +148,13 @@ class MockApi:
     and the latency both run on virtual time.
     """
 
-    __slots__ = ("config", "record", "_clock", "_wall", "_faults", "_gate", "_counter", "_latency_rng", "_in_flight")
+    __slots__ = ("config", "record", "batches", "_clock", "_wall", "_faults", "_gate", "_counter", "_latency_rng", "_in_flight")
 
     config: MockConfig
-    #: Every request that reached the handler, and what it was answered.
+    #: Every request that reached the handler, and what it was answered (the online endpoints').
     record: ServedLog
+    #: The files and batches of the Batch API.
+    batches: MockBatches
 
     def __init__(
         self, config: MockConfig | None = None, *, record: ServedLog | None = None, clock: Now = loop_time, wall: Now | None = None
@@ -161,6 +166,7 @@ class MockApi:
         self.record = record if record is not None else ServedLog()
         self._clock = clock
         self._wall = wall if wall is not None else (lambda: time.time() - time.monotonic() + clock())
+        self.batches = MockBatches(config, clock)
         self._faults = FaultPlan(config.faults, seed=config.seed, after=config.faults_after)
         self._gate = RateLimitGate(config.limits, now=clock())
         self._counter = TokenCounter(config.token_counting, config.token_encoding_name)
@@ -183,9 +189,14 @@ class MockApi:
             task.cancel()
 
     async def answer(self, request: MockRequest) -> Answer:
-        """The answer to one POST: a reply, or `Drop` for a reset. A hang waits until it is cancelled."""
+        """The answer to one request: a reply, or `Drop` for a reset. A hang waits until it is cancelled."""
+        if MockBatches.serves(request.path):
+            auth_failure = self._auth_failure(request)
+            if auth_failure is not None:
+                return auth_failure
+            return self.batches.answer(request.method, request.path, request.query, request.headers, request.body)
         routed = route(request.path)
-        if routed is None:
+        if routed is None or request.method != "POST":
             return errors.not_found(request.path)
         endpoint, deployment = routed
         api_version = request.query.get("api-version") if deployment is not None else None

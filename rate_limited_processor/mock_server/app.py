@@ -1,8 +1,8 @@
 """The mock on a real socket: aiohttp routes every POST to `MockApi.answer` and writes what it answers.
 
 Routes:
-    POST anything      the API (see `api.py` for the paths it serves; any other path is a JSON 404)
-    GET  /mock/stats   the record's summary, as JSON
+    POST, GET anything the API (see `api.py` for the paths it serves; any other path is a JSON 404)
+    GET  /mock/stats   the record's summary, and the Batch API's files and batches, as JSON
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from http import HTTPStatus
 from aiohttp import web
 
 from .api import Drop, MockApi, MockRequest, StreamReply
+from .batches import MAX_FILE_BYTES
 from .reply import Reply, json_reply
 
 __all__ = ["create_app", "STATS_PATH", "MAX_BODY_BYTES"]
 
 STATS_PATH = "/mock/stats"
-#: Bodies up to this size are read (embedding batches and long chats run to megabytes).
-MAX_BODY_BYTES = 64 * 1024**2
+#: Bodies up to this size are read: a Batch input file may be 200 MB, and the form around it a little more.
+MAX_BODY_BYTES = MAX_FILE_BYTES + 1024**2
 #: SO_LINGER on, timeout 0: closing the socket sends RST, so the client sees "connection reset by peer".
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -64,7 +65,7 @@ def create_app(api: MockApi) -> web.Application:
     async def serve(request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         headers = {name.lower(): value for name, value in request.headers.items()}
-        answer = await api.answer(MockRequest(request.path, raw, headers, dict(request.query)))
+        answer = await api.answer(MockRequest(request.path, raw, headers, dict(request.query), request.method))
         if isinstance(answer, Drop):
             _reset_connection(request)
             # aiohttp finds the transport gone and drops this response unsent: the reset is the answer.
@@ -74,9 +75,10 @@ def create_app(api: MockApi) -> web.Application:
         return _to_response(answer)
 
     async def stats(request: web.Request) -> web.StreamResponse:
-        return _to_response(json_reply(200, api.record.summary()))
+        return _to_response(json_reply(200, {**api.record.summary(), "batches": api.batches.summary()}))
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_get(STATS_PATH, stats)
     app.router.add_post("/{path:.*}", serve)
+    app.router.add_get("/{path:.*}", serve)
     return app

@@ -69,6 +69,15 @@ class MockConfig:
     rate_limit_hint: float | None = None
     #: The model named when a request names none.
     model: str = DEFAULT_MODEL
+    #: The Batch API (see `batches.py`): seconds a new batch validates, seconds from its creation to its end.
+    batch_validation_seconds: float = 0.5
+    batch_processing_seconds: float = 5.0
+    #: Fractions of a batch's lines answered 500, and left to expire (the batch then ends "expired").
+    batch_failed_lines: float = 0.0
+    batch_expired_lines: float = 0.0
+    #: Tokens (as `token_counting` counts them) a model's running batches may hold; a batch past it fails
+    #: with `token_limit_exceeded`. None: no limit.
+    batch_enqueued_token_limit: int | None = None
 
     def __post_init__(self) -> None:
         _ = self.limits  # Limits checks the rates and burst_seconds
@@ -86,6 +95,11 @@ class MockConfig:
             raise ValueError(f"output_tokens must be at least 1, got {self.output_tokens}")
         if not (self.time_to_first_token >= 0 and self.inter_token_gap >= 0):
             raise ValueError(f"time_to_first_token and inter_token_gap must be seconds >= 0, got {self.time_to_first_token} and {self.inter_token_gap}")
+        if not 0 <= self.batch_validation_seconds <= self.batch_processing_seconds:
+            raise ValueError("batch_validation_seconds must be >= 0 and at most batch_processing_seconds")
+        fractions = (self.batch_failed_lines, self.batch_expired_lines)
+        if min(fractions) < 0 or sum(fractions) > 1:
+            raise ValueError("batch_failed_lines and batch_expired_lines must be fractions adding up to at most 1")
         if self.faults_after < 0:
             raise ValueError(f"faults_after must not be negative, got {self.faults_after}")
         checked = validate_faults(self.faults)
