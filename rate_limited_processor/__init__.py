@@ -15,7 +15,7 @@ as an async context manager that also exposes the run's `stats`. From the shell:
 """
 
 from .clock import LOOP_CLOCK, Clock
-from .config import FROM_ENVIRONMENT, Secret, Settings
+from .config import FROM_ENVIRONMENT, Account, Secret, Settings, read_accounts
 from .endpoints import Endpoint
 from .errors import (
     EstimationError,
@@ -31,18 +31,21 @@ from .errors import (
 )
 from .job import run_file_job
 from .limiter import UNLIMITED, InProcessLimiter, Limits, RateLimiter
-from .models import APIRequest, RejectedLine, RequestResult, ResultKind
+from .models import APIRequest, AttemptTiming, RejectedLine, RequestResult, RequestTimings, ResultKind
+from .report import RunReport
 from .retry_policy import RetryPolicy
 from .runner import Processor, Results, process_requests, process_requests_sync
 from .status import RunStats, format_summary
 from .token_estimation import TokenEstimator
-from .transport import AiohttpTransport, FunctionTransport, Transport, TransportRequest, TransportResponse, json_response
+from .transport import AiohttpTransport, FunctionTransport, StreamingResponse, Transport, TransportRequest, TransportResponse, json_response
 
 __all__ = [
     "FROM_ENVIRONMENT",
+    "Account",
     "LOOP_CLOCK",
     "UNLIMITED",
     "APIRequest",
+    "AttemptTiming",
     "AiohttpTransport",
     "Clock",
     "Endpoint",
@@ -58,14 +61,17 @@ __all__ = [
     "RateLimiter",
     "RejectedLine",
     "RequestResult",
+    "RequestTimings",
     "Results",
     "ResultKind",
     "ResumeError",
     "RetryPolicy",
+    "RunReport",
     "RunStats",
     "RunStopped",
     "Secret",
     "Settings",
+    "StreamingResponse",
     "TokenEstimator",
     "Transport",
     "TransportError",
@@ -77,6 +83,7 @@ __all__ = [
     "json_response",
     "process_requests",
     "process_requests_sync",
+    "read_accounts",
     "run_file_job",
 ]
 

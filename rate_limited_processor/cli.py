@@ -20,14 +20,19 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from yarl import URL
 
 from . import config
+from .arrivals import ARRIVAL_MODES
+from .atomic_write import write_json_atomically, write_text_atomically
+from .batch_mode import BatchOptions, run_batch_job
+from .budget import Budget
 from .config import (
     API_KEY_VARIABLE,
     DEFAULT_LOGGING_LEVEL,
@@ -38,21 +43,27 @@ from .config import (
     FROM_ENVIRONMENT,
     REDIS_URL_VARIABLE,
     Settings,
+    key_variable_for,
 )
+from .costs import PriceBook
 from .credentials import scrubber_for
-from .endpoints import endpoint_from_url
+from .endpoints import endpoint_from_url, is_anthropic_url
 from .errors import LimiterUnavailable, ResumeError, UsageError
 from .job import check_output_path, default_save_path, run_file_job, skip_done
-from .limiter import DEFAULT_BURST_SECONDS, Limits, RateLimiter
+from .limiter import DEFAULT_BURST_SECONDS, Limits
 from .planning import format_plan, plan_requests
 from .preflight import check_input, check_readable, check_request_url, check_writable, first_model
 from .probe import format_limits, probe_body, probe_limits
+from .report import RunReport
 from .request_io import read_requests
 from .resume import prepare_results_file
 from .retry_policy import RetryPolicy
 from .status import RunStats, format_summary, summary_record
 from .token_estimation import TokenEstimator
 from .transport import AiohttpTransport
+
+if TYPE_CHECKING:
+    from .shared_limiter import RedisLimiterFactory
 
 __all__ = ["main", "build_parser", "settings_from_args", "exit_code", "EXIT_MEANINGS", "UsageError"]
 
@@ -163,7 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests-per-minute limit to stay under; auto: learned from the API's x-ratelimit headers (a given number is lowered to "
         "what the API reports)",
     )
-    add("--max_tokens_per_minute", type=_limit, default="auto", help="tokens-per-minute limit to stay under (estimated with tiktoken); auto: learned as above")
+    add(
+        "--max_tokens_per_minute", "--max_input_tokens_per_minute", type=_limit, default="auto",
+        help="tokens-per-minute limit to stay under (estimated with tiktoken); for Anthropic, the input-tokens limit (ITPM); auto: "
+        "learned as above",
+    )
+    add(
+        "--max_output_tokens_per_minute", type=_limit, default="auto",
+        help="output-tokens-per-minute limit (Anthropic's OTPM): each request reserves its max_tokens, and gets back what its answer "
+        "did not use; auto: learned from the anthropic-ratelimit headers (none for APIs without such a limit)",
+    )
+    add(
+        "--accounts", metavar="FILE", default=None,
+        help="spread the work over several accounts (organisations, keys), each with its own limits: a JSONL file, one account per "
+        "line: {\"name\": ..., \"api_key_env\": VARIABLE, \"max_requests_per_minute\": ..., \"headers\": {...}}; see the README",
+    )
     add("--headroom", type=_fraction, default=1.0, help="send at this fraction of the limits, leaving the rest for other traffic on the same key (e.g. 0.9)")
     add("--token_encoding_name", default=None, help="tiktoken encoding for every request (default: chosen from each request's model)")
     add("--max_attempts", type=_positive_int, default=config.DEFAULT_MAX_ATTEMPTS, help="attempts per request in all, first try included")
@@ -177,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--max_in_flight", type=_positive_int, default=config.DEFAULT_MAX_IN_FLIGHT, help="most requests awaiting a response at once")
     add("--burst_seconds", type=_positive_float, default=DEFAULT_BURST_SECONDS, help="bucket capacity in seconds of the limit: how large a burst may be")
+    add(
+        "--arrivals", choices=ARRIVAL_MODES, default="even",
+        help="how sends are spread: even (paced evenly at the limits, or at --request_rate) or poisson (exponential gaps at "
+        "--request_rate, else at the request limit, as benchmark tools send); never above the limits",
+    )
+    add(
+        "--request_rate", type=_positive_float, default=None, metavar="PER_SECOND",
+        help="send at most this many requests per second, spread as --arrivals says",
+    )
+    add(
+        "--stream", action="store_true",
+        help="ask chat, completions and Responses requests for a stream (stream_options.include_usage) and time its tokens; the "
+        "results hold the reassembled answer, as unstreamed",
+    )
     add("--no_progress", action="store_true", help="no progress bar, even on a terminal (status lines follow --status_interval)")
     add(
         "--status_interval", type=_non_negative_float, default=DEFAULT_STATUS_INTERVAL, metavar="SECONDS",
@@ -187,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary_json", metavar="FILE", default=None,
         help="also write the summary as JSON to FILE (replaced atomically; written for exit code 2 too, with the error)",
     )
+    add(
+        "--report", metavar="FILE.json", default=None,
+        help="write a benchmark report: latency (and with --stream time to first token, inter-token latency) percentiles, "
+        "throughput, errors by status, a per-second timeline",
+    )
+    add("--report_html", metavar="FILE.html", default=None, help="the same report as one self-contained HTML page with charts")
     add(
         "--show_limits", action="store_true",
         help="send one small request to --request_url, print the rate limits its answer's headers state, and exit; nothing is written",
@@ -230,7 +275,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE,
         help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)",
     )
+    add(
+        "--max_cost_usd", type=_positive_float, default=None, metavar="DOLLARS",
+        help="never send a request whose estimated cost would take this run's committed total (what finished requests cost by "
+        "their reported usage, plus the estimates of those in flight) past this many US dollars; then stop as Ctrl-C does (exit 3)",
+    )
+    add(
+        "--price_input_per_mtok", type=_non_negative_float, default=None, metavar="DOLLARS",
+        help="US dollars per million input tokens, for every model, instead of the genai-prices data (private deployments, models "
+        "it does not know); with --price_output_per_mtok",
+    )
+    add("--price_output_per_mtok", type=_non_negative_float, default=None, metavar="DOLLARS", help="US dollars per million output tokens, as above")
+    add(
+        "--mode", choices=["online", "batch"], default="online",
+        help="online: send each request as fast as the limits allow; batch: send the file through the Batch API (half price, "
+        "results within 24 hours)",
+    )
+    add(
+        "--batch_max_lines", type=_batch_lines, default=config.DEFAULT_BATCH_MAX_LINES,
+        help="with --mode batch, the most lines in one batch (the API's own limit is 50,000 lines and 200 MB)",
+    )
+    add(
+        "--batch_poll_interval", type=_positive_float, default=config.DEFAULT_BATCH_POLL_INTERVAL, metavar="SECONDS",
+        help="with --mode batch, seconds between asks after each batch's progress",
+    )
+    add(
+        "--batch_fallback", choices=["none", "online"], default="none",
+        help="with --mode batch, lines a batch failed or let expire: failure rows (none), or sent online (online)",
+    )
     return parser
+
+
+def _batch_lines(text: str) -> int:
+    value = _positive_int(text)
+    if value > config.BATCH_API_MAX_LINES:
+        raise argparse.ArgumentTypeError(f"the Batch API takes at most {config.BATCH_API_MAX_LINES:,} lines in a batch, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -275,9 +355,23 @@ def _logging_level(text: str) -> int:
 
 
 def _non_negative_float(text: str) -> float:
-    if text.strip() == "0":
-        return 0.0
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass
     return _positive_float(text)
+
+
+def prices_from_args(args: argparse.Namespace, request_url: str) -> PriceBook:
+    """The run's prices: the flags' for every model if given, else the price data's; batch prices in batch mode."""
+    try:
+        return PriceBook(
+            request_url=request_url, batch=args.mode == "batch",
+            input_per_mtok=args.price_input_per_mtok, output_per_mtok=args.price_output_per_mtok,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -291,22 +385,41 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             known = ", ".join(tiktoken.list_encoding_names())
             raise UsageError(f"--token_encoding_name: unknown encoding {args.token_encoding_name!r} (known: {known})")
     headers = dict(_parse_header(text) for text in args.header)
+    accounts: tuple[config.Account, ...] = ()
+    if args.accounts is not None:
+        try:
+            accounts = config.read_accounts(args.accounts)
+        except OSError as error:
+            raise UsageError(f"--accounts: cannot read {args.accounts}: {error.strerror or error}") from None
+        except ValueError as error:
+            raise UsageError(f"--accounts: {error}") from None
+    if args.stream and request_url.rstrip("/").endswith("/embeddings"):
+        raise UsageError("--stream: embeddings are not streamed; leave out --stream, or use a chat, completions or responses URL")
+    if args.arrivals == "poisson" and args.request_rate is None and args.max_requests_per_minute is None:
+        raise UsageError("--arrivals poisson needs a rate: give --request_rate (per second) or --max_requests_per_minute")
     try:
         return Settings(
             request_url=request_url,
             api_key=args.api_key or FROM_ENVIRONMENT,
-            limits=Limits(args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds),
+            limits=Limits(
+                args.max_requests_per_minute, args.max_tokens_per_minute, burst_seconds=args.burst_seconds,
+                output_tokens_per_minute=args.max_output_tokens_per_minute,
+            ),
             headroom=args.headroom,
             token_encoding_name=args.token_encoding_name,
             retry=RetryPolicy(max_attempts=args.max_attempts),
             request_timeout=args.request_timeout,
             max_in_flight=args.max_in_flight,
             extra_headers=headers,
+            accounts=accounts,
+            stream=args.stream,
+            arrivals=args.arrivals,
+            request_rate=args.request_rate,
         )
     except ValueError as error:
         message = str(error)
         if message.startswith("api_key "):  # say where the key came from: the flag, or the variable
-            message = ("--api_key" if args.api_key else f"${API_KEY_VARIABLE}") + message.removeprefix("api_key")
+            message = ("--api_key" if args.api_key else f"${key_variable_for(request_url)}") + message.removeprefix("api_key")
         raise UsageError(message) from None
 
 
@@ -370,6 +483,7 @@ class _Command:
             self.save_path = Path(args.save_filepath) if args.save_filepath else default_save_path(self.requests_path)
         self.summary_path = Path(args.summary_json) if args.summary_json else None
         self.settings: Settings | None = None
+        self.prices: PriceBook | None = None
 
     def run(self) -> int:
         args = self.args
@@ -384,18 +498,22 @@ class _Command:
             if args.show_limits:
                 return self.show_limits(settings)
             assert self.requests_path is not None and self.save_path is not None
+            self.prices = prices = prices_from_args(args, settings.request_url)
             self.check_paths(self.requests_path, self.save_path)
             check_input(self.requests_path, settings.request_url, url_given=args.request_url is not None)
+            if args.mode == "batch":
+                _check_batch_mode(args, settings.request_url)
             if not args.dry_run:
                 _check_redis_extra(args.redis_url)
+                self.check_budget(prices, self.requests_path)
         except UsageError as error:
             return self.refuse(error)
         configure_logging(args.logging_level)
         if args.dry_run:
-            return dry_run(settings, self.requests_path, self.save_path, retry_failed=args.retry_failed)
+            return dry_run(settings, self.requests_path, self.save_path, retry_failed=args.retry_failed, prices=prices)
         show_progress = sys.stderr.isatty() and not args.no_progress
         try:
-            stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress))
+            stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress, prices))
         except (UsageError, LimiterUnavailable) as error:  # the output refused (in use, not a results file), Redis down
             return self.refuse(error)
         except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
@@ -407,8 +525,16 @@ class _Command:
             print(scrub("".join(traceback.format_exception(error))), file=sys.stderr)
             print(f"{PROG}: internal error: {scrub(str(error))} (please report it; a rerun resumes)", file=sys.stderr)
             return self.finish(EXIT_STOPPED, None, error=f"internal error: {scrub(str(error))}")
-        print(format_summary(stats, save_path=str(self.save_path)), file=sys.stderr)
+        print(format_summary(stats, save_path=str(self.save_path), prices=prices, max_cost_usd=args.max_cost_usd), file=sys.stderr)
         return self.finish(exit_code(stats), stats)
+
+    def check_budget(self, prices: PriceBook, requests_path: Path) -> None:
+        """A budget needs prices: refuse one that the first request's model has none for, before sending anything."""
+        if self.args.max_cost_usd is None:
+            return
+        model = first_model(requests_path)
+        if prices.price(model) is None:
+            raise UsageError(Budget(self.args.max_cost_usd, prices).no_price_reason({"model": model} if model else {}))
 
     def check_paths(self, requests_path: Path, save_path: Path) -> None:
         """The input can be read, and the outputs can be written (checked without creating them)."""
@@ -422,6 +548,15 @@ class _Command:
         check_writable(save_path, "--save_filepath")
         if self.summary_path is not None and self.summary_path.resolve() in (requests_path.resolve(), save_path.resolve()):
             raise UsageError("--summary_json must differ from --requests_filepath and --save_filepath")
+        taken = {requests_path.resolve(), save_path.resolve()} | ({self.summary_path.resolve()} if self.summary_path is not None else set())
+        for flag in ("--report", "--report_html"):
+            path = getattr(self.args, flag[2:])
+            if path is None:
+                continue
+            check_writable(Path(path), flag)
+            if Path(path).resolve() in taken:
+                raise UsageError(f"{flag} must differ from --requests_filepath, --save_filepath and the other outputs")
+            taken.add(Path(path).resolve())
 
     def refuse(self, error: Exception) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -436,6 +571,7 @@ class _Command:
                 headroom=settings.headroom if settings is not None else 1.0,
                 requests_path=str(self.requests_path) if self.requests_path is not None else None,
                 save_path=str(self.save_path) if self.save_path is not None and stats is not None else None,
+                prices=self.prices if stats is not None else None, max_cost_usd=self.args.max_cost_usd,
             )
             try:
                 write_json_atomically(self.summary_path, record)
@@ -471,18 +607,14 @@ class _Command:
         return EXIT_STOPPED
 
 
-def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
-    """Replace `path` with `record` as JSON in one step: a reader sees the old file or the new, never half of one."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as file:
-        try:
-            json.dump(record, file, indent=2)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        except BaseException:
-            os.unlink(file.name)
-            raise
-    os.replace(file.name, path)
+def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
+    """What --mode batch does not do, said before anything is sent."""
+    if args.ordered:
+        raise UsageError("--ordered is for --mode online: a batch's results come back when the batch ends")
+    if args.accounts is not None:
+        raise UsageError("--accounts is for --mode online: --mode batch sends the file through one account's Batch API")
+    if is_anthropic_url(request_url):
+        raise UsageError("--mode batch speaks OpenAI's Batch API; Anthropic's Message Batches API is not supported: use --mode online")
 
 
 def _check_redis_extra(redis_url: str | None) -> None:
@@ -498,7 +630,7 @@ def _check_redis_extra(redis_url: str | None) -> None:
         ) from None
 
 
-def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool) -> int:
+def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool, prices: PriceBook | None = None) -> int:
     """Plan the job as it would run now (lines with a row in the results file are skipped); send nothing."""
     try:
         done, _ = prepare_results_file(save_path, retry_failed=retry_failed, repair=False)
@@ -508,37 +640,85 @@ def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_f
     estimator = TokenEstimator(settings.token_encoding_name)
     plan = plan_requests(skip_done(read_requests(requests_path), done), settings.request_url, estimator)
     plan.already_done = done.claimed
-    print(format_plan(plan, settings.limits, headroom=settings.headroom))
+    print(format_plan(plan, settings.limits, headroom=settings.headroom, prices=prices))
     return EXIT_OK
 
 
-async def shared_limiter(settings: Settings, redis_url: str | None, limit_key: str | None, requests_path: Path) -> RateLimiter | None:
-    """The Redis limiter when a Redis URL is given, checked before anything is sent."""
+async def shared_limiters(settings: Settings, redis_url: str | None, limit_key: str | None) -> RedisLimiterFactory | None:
+    """Limiters in Redis, one key per account and model, when a Redis URL is given; checked before anything is sent."""
     url = redis_url or os.environ.get(REDIS_URL_VARIABLE)
     if not url:
         return None
-    from .shared_limiter import RedisLimiter, default_limit_key
+    from .shared_limiter import RedisLimiterFactory  # noqa: F811 (the redis extra, loaded only when used)
 
-    key = limit_key or default_limit_key(settings.request_url, first_model(requests_path), settings.key.reveal() if settings.key else None)
     try:
-        limiter = await RedisLimiter.connect(url, key, settings.limits)
+        factory = await RedisLimiterFactory.connect(url, settings.request_url, limit_key=limit_key, accounts=max(1, len(settings.accounts)))
     except LimiterUnavailable as error:
         raise LimiterUnavailable(f"--redis_url: {error}") from None
-    logging.getLogger(PROG).info("sharing limits through Redis under the key %r", key)
-    return limiter
+    return factory
 
 
-async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path, save_path: Path, show_progress: bool) -> RunStats:
+async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path, save_path: Path, show_progress: bool, prices: PriceBook) -> RunStats:
     redirect = contextlib.nullcontext()
     if show_progress:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         redirect = logging_redirect_tqdm(loggers=[logging.getLogger(PROG)])
-    limiter = await shared_limiter(settings, args.redis_url, args.limit_key, requests_path)
-    with redirect:
-        return await run_file_job(
-            settings, requests_path, save_path, limiter=limiter,
-            show_progress=show_progress, status_interval=args.status_interval or None, retry_failed=args.retry_failed,
-            handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
-            ordered=args.ordered, ordered_window=args.ordered_window,
-        )
+    budget = Budget(args.max_cost_usd, prices) if args.max_cost_usd is not None else None
+    if args.mode == "batch":
+        options = BatchOptions(max_lines=args.batch_max_lines, poll_interval=args.batch_poll_interval, fallback=args.batch_fallback)
+        with redirect:
+            return await run_batch_job(
+                settings, requests_path, save_path, options=options, prices=prices, budget=budget, output_format=args.output_format,
+                retry_failed=args.retry_failed, handle_signals=True, show_progress=show_progress, status_interval=args.status_interval or None,
+            )
+    factory = await shared_limiters(settings, args.redis_url, args.limit_key)
+    benchmark = RunReport(streamed=settings.stream, settings=report_settings(settings)) if args.report or args.report_html else None
+    try:
+        with redirect:
+            stats = await run_file_job(
+                settings, requests_path, save_path, limiter_factory=factory,
+                show_progress=show_progress, status_interval=args.status_interval or None, retry_failed=args.retry_failed,
+                handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
+                ordered=args.ordered, ordered_window=args.ordered_window, benchmark=benchmark, budget=budget,
+            )
+    finally:
+        if factory is not None:
+            await factory.aclose()
+    if factory is not None:
+        logging.getLogger(PROG).info("limits were shared through Redis under %s", ", ".join(map(repr, dict.fromkeys(factory.keys))))
+    if benchmark is not None:
+        write_reports(benchmark.build(stats), args.report, args.report_html)
+    return stats
+
+
+def report_settings(settings: Settings) -> dict[str, Any]:
+    """What a report says was measured: the endpoint (no credentials or query, which may hold a key), the flags
+    that shape the load."""
+    url = URL(settings.request_url).with_user(None).with_query(None).with_fragment(None)
+    return {
+        "request_url": scrubber_for(settings)(str(url)),
+        "stream": settings.stream,
+        "arrivals": settings.arrivals,
+        "request_rate": settings.request_rate,
+        "max_in_flight": settings.max_in_flight,
+        "max_requests_per_minute": settings.limits.requests_per_minute,
+        "max_tokens_per_minute": settings.limits.tokens_per_minute,
+    }
+
+
+def _report_json(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=2) + "\n"
+
+
+def write_reports(record: dict[str, Any], json_path: str | None, html_path: str | None) -> None:
+    """Write the benchmark report as JSON and as a page; a failure to write is said, and costs nothing else."""
+    from .report_html import render_html
+
+    for path, render in ((json_path, _report_json), (html_path, render_html)):
+        if path is None:
+            continue
+        try:
+            write_text_atomically(Path(path), render(record))
+        except OSError as error:
+            print(f"{PROG}: error: cannot write the report {path}: {error.strerror or error}", file=sys.stderr)

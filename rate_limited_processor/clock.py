@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-__all__ = ["Clock", "LOOP_CLOCK", "Now", "Sleep", "loop_time"]
+__all__ = ["Clock", "LOOP_CLOCK", "Now", "Sleep", "loop_time", "loop_wall_time"]
 
 Now = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -27,12 +27,20 @@ def loop_time() -> float:
         return time.monotonic()
 
 
+def loop_wall_time() -> float:
+    """The running loop's time as epoch seconds: `time.time()` on a standard loop, and on a virtual one
+    the virtual time placed on the calendar, so an RFC 3339 reset an API states (Anthropic) reads alike."""
+    return time.time() - time.monotonic() + loop_time()
+
+
 @dataclass(frozen=True, slots=True)
 class Clock:
-    """Seconds from some fixed point (`now`), and a way to wait a number of them (`sleep`)."""
+    """Seconds from some fixed point (`now`), a way to wait a number of them (`sleep`), and the same time
+    as epoch seconds (`wall`), for the timestamps APIs state."""
 
     now: Now = loop_time
     sleep: Sleep = asyncio.sleep
+    wall: Now = loop_wall_time
 
 
 #: The event loop's clock: real time on a standard loop, virtual time on a test's virtual loop.

@@ -7,20 +7,27 @@ str never show it, so a Settings object can be logged or printed safely.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from .arrivals import ARRIVAL_MODES, ArrivalMode
 from .limiter import DEFAULT_BURST_SECONDS, Limits
 from .retry_policy import MAX_ATTEMPTS, RetryPolicy
 
 __all__ = [
     "Secret",
     "Settings",
+    "Account",
+    "read_accounts",
     "FROM_ENVIRONMENT",
     "API_KEY_VARIABLE",
+    "ANTHROPIC_API_KEY_VARIABLE",
+    "key_variable_for",
     "DEFAULT_REQUEST_URL",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_REQUEST_TIMEOUT",
@@ -31,12 +38,18 @@ __all__ = [
     "DEFAULT_LOGGING_LEVEL",
     "DEFAULT_STATUS_INTERVAL",
     "REDIS_URL_VARIABLE",
+    "BATCH_API_MAX_LINES",
+    "BATCH_API_MAX_BYTES",
+    "DEFAULT_BATCH_MAX_LINES",
+    "DEFAULT_BATCH_POLL_INTERVAL",
 ]
 
 #: The cookbook script's default endpoint, kept so its users see no change.
 DEFAULT_REQUEST_URL = "https://api.openai.com/v1/embeddings"
-#: Where the key is read from when none is given, by the command and the library alike.
+#: Where the key is read from when none is given, by the command and the library alike...
 API_KEY_VARIABLE = "OPENAI_API_KEY"
+#: ...or, for Anthropic's Messages API (a URL ending in /v1/messages), from here.
+ANTHROPIC_API_KEY_VARIABLE = "ANTHROPIC_API_KEY"
 #: Attempts per request in all, first try included (the cookbook's default).
 DEFAULT_MAX_ATTEMPTS = MAX_ATTEMPTS
 #: Seconds one attempt may take before it is abandoned and retried (openai-python's default).
@@ -51,6 +64,12 @@ DEFAULT_ORDERED_WINDOW = 10_000
 DEFAULT_LOGGING_LEVEL = "WARNING"
 #: Seconds between the command's one-line status lines when it draws no progress bar (cron, nohup, a pipe).
 DEFAULT_STATUS_INTERVAL = 30.0
+#: The Batch API's own limits on one batch's input file (https://platform.openai.com/docs/guides/batch).
+BATCH_API_MAX_LINES = 50_000
+BATCH_API_MAX_BYTES = 200 * 1024**2
+#: With --mode batch: lines per batch (the API's most), and seconds between asks after each batch's progress.
+DEFAULT_BATCH_MAX_LINES = BATCH_API_MAX_LINES
+DEFAULT_BATCH_POLL_INTERVAL = 30.0
 #: Where the command looks for a Redis URL when --redis_url is not given.
 REDIS_URL_VARIABLE = "RATE_LIMITED_PROCESSOR_REDIS_URL"
 
@@ -85,6 +104,151 @@ class Secret:
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("a Secret cannot be pickled")
+
+
+def key_variable_for(request_url: str) -> str:
+    """The environment variable a key is read from for this URL: Anthropic's for its Messages API, else OpenAI's."""
+    from .endpoints import is_anthropic_url  # endpoints imports nothing of this module's; kept local all the same
+
+    return ANTHROPIC_API_KEY_VARIABLE if is_anthropic_url(request_url) else API_KEY_VARIABLE
+
+
+def checked_key(key: Secret | str | None) -> Secret | None:
+    """A key as it will be sent, or None; refused (without being shown) when it could not be one."""
+    if isinstance(key, Secret):
+        key = key.reveal()
+    if key is None:
+        return None
+    # Keys read from files often end in a newline; anything else unprintable cannot be a key
+    # and would fail every request inside the HTTP client instead of here.
+    key = key.strip()
+    # The two ways a key copied from a header or a shell snippet usually arrives; neither is the key.
+    if key[:7].lower() == "bearer ":
+        raise ValueError("api_key starts with 'Bearer ': give the key alone, drop 'Bearer ' (the key itself is not shown)")
+    if len(key) >= 2 and key[0] == key[-1] and key[0] in "'\"":
+        raise ValueError("api_key is wrapped in quotes: give the key alone, without them (the key itself is not shown)")
+    if not key.isprintable() or " " in key:
+        raise ValueError("api_key contains spaces or control characters (the key itself is not shown)")
+    return Secret(key) if key else None
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    for name, value in headers.items():
+        if not (name.isprintable() and value.isprintable()) or ":" in name:
+            raise ValueError(f"header {name!r} has a name or value that cannot be sent")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One account (an organisation, a key) with limits of its own: a run spreads its requests over several.
+
+    The key comes from `api_key`, or from the environment variable `api_key_env` (better: a key in a file
+    of accounts is one more copy of it to leak). `limits` left None are learned from this account's own
+    headers; `headers` are sent with its requests only (e.g. `OpenAI-Organization`).
+    """
+
+    name: str
+    api_key: Secret | str | None = field(default=None, repr=False)
+    api_key_env: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    limits: Limits = Limits(None, None)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.isprintable():
+            raise ValueError(f"an account needs a printable name, got {self.name!r}")
+        key = self.api_key
+        if key is None and self.api_key_env is not None:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ValueError(f"account {self.name!r}: the environment variable {self.api_key_env} is not set")
+        object.__setattr__(self, "api_key", checked_key(key))
+        check_headers(self.headers)
+
+    @property
+    def key(self) -> Secret | None:
+        key = self.api_key
+        return key if isinstance(key, Secret) else None
+
+
+#: What a line of an accounts file may hold, and the Limits field each limit goes to.
+_ACCOUNT_LIMIT_FIELDS = {
+    "max_requests_per_minute": "requests_per_minute",
+    "max_tokens_per_minute": "tokens_per_minute",
+    "max_input_tokens_per_minute": "tokens_per_minute",  # Anthropic's name for the same limit
+    "max_output_tokens_per_minute": "output_tokens_per_minute",
+}
+_ACCOUNT_FIELDS = ("name", "api_key", "api_key_env", "headers", *_ACCOUNT_LIMIT_FIELDS)
+#: The most accounts a file may list: far above any real use, and a bound on what a wrong file costs.
+MAX_ACCOUNTS = 1_000
+
+
+def read_accounts(path: str | Path) -> tuple[Account, ...]:
+    """The accounts of a JSONL file, one object per line (blank lines and lines starting with # skipped)::
+
+        {"name": "team-a", "api_key_env": "OPENAI_KEY_A", "max_requests_per_minute": 500}
+        {"name": "team-b", "api_key_env": "OPENAI_KEY_B", "headers": {"OpenAI-Organization": "org-..."}}
+
+    ValueError names the line and the field for anything wrong; a key's value is never shown.
+    """
+    from .strict_json import InvalidJSON, loads  # strict_json imports nothing of ours; local to keep this module light
+
+    accounts: list[Account] = []
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            where = f"{path}, line {number}"
+            try:
+                record = loads(line)
+            except InvalidJSON as error:
+                raise ValueError(f"{where}: {error.reason}") from None
+            accounts.append(_account_from(record, where))
+            if len(accounts) > MAX_ACCOUNTS:
+                raise ValueError(f"{where}: more than {MAX_ACCOUNTS} accounts")
+    if not accounts:
+        raise ValueError(f"{path}: no accounts (one JSON object per line, each with at least a 'name')")
+    names = [account.name for account in accounts]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{path}: account names must be unique; repeated: {', '.join(map(repr, repeated))}")
+    return tuple(accounts)
+
+
+def _account_from(record: Any, where: str) -> Account:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for name in record:
+        if name not in _ACCOUNT_FIELDS:
+            close = difflib.get_close_matches(name, _ACCOUNT_FIELDS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(_ACCOUNT_FIELDS)})"
+            raise ValueError(f"{where}: unknown field {name[:40]!r}{hint}")
+    account_name = record.get("name")
+    if not isinstance(account_name, str):
+        raise ValueError(f"{where}: 'name' must be a string")
+    for text_field in ("api_key", "api_key_env"):
+        if text_field in record and not isinstance(record[text_field], str):
+            raise ValueError(f"{where}: {text_field!r} must be a string")  # never the value: it may be a key
+    if "api_key" in record and "api_key_env" in record:
+        raise ValueError(f"{where}: give 'api_key_env' or 'api_key', not both")
+    headers = record.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(value, str) for value in headers.values()):
+        raise ValueError(f"{where}: 'headers' must be an object of strings")
+    limits: dict[str, float] = {}
+    for given, limit_field in _ACCOUNT_LIMIT_FIELDS.items():
+        value = record.get(given)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"{where}: {given!r} must be a positive number, got {str(value)[:40]!r}")
+        limits[limit_field] = float(value)
+    try:
+        return Account(
+            account_name, api_key=record.get("api_key"), api_key_env=record.get("api_key_env"), headers=headers,
+            limits=Limits(limits.get("requests_per_minute"), limits.get("tokens_per_minute"),
+                          output_tokens_per_minute=limits.get("output_tokens_per_minute")),
+        )
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 class _FromEnvironment(enum.Enum):
@@ -122,34 +286,39 @@ class Settings:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     #: Extra HTTP headers sent with every request (never logged: they may carry credentials).
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Several accounts (organisations, keys) to spread the work over, each with its own buckets; empty: the
+    #: one account this Settings describes (`api_key`, `extra_headers`, `limits`).
+    accounts: tuple[Account, ...] = ()
+    #: Ask chat, completions and Responses requests for a stream, and time its tokens (`streaming.py`); the
+    #: results hold the reassembled answer, as unstreamed.
+    stream: bool = False
+    #: How sends are spread (`arrivals.py`): "even" (the limiter's pacing) or "poisson" (exponential gaps).
+    arrivals: ArrivalMode = "even"
+    #: Sends per second for the arrivals; None: "even" paces at the limits, "poisson" at the request limit.
+    request_rate: float | None = None
+    #: Seeds the Poisson gaps, so a benchmark can be replayed; None: a different draw each run.
+    arrival_seed: int | None = 0
 
     def __post_init__(self) -> None:
         key = self.api_key
         if key is FROM_ENVIRONMENT:
-            key = os.environ.get(API_KEY_VARIABLE) or None
-        if isinstance(key, Secret):
-            key = key.reveal()
-        if key is not None:
-            # Keys read from files often end in a newline; anything else unprintable cannot be a key
-            # and would fail every request inside the HTTP client instead of here.
-            key = key.strip()
-            # The two ways a key copied from a header or a shell snippet usually arrives; neither is the key.
-            if key[:7].lower() == "bearer ":
-                raise ValueError("api_key starts with 'Bearer ': give the key alone, drop 'Bearer ' (the key itself is not shown)")
-            if len(key) >= 2 and key[0] == key[-1] and key[0] in "'\"":
-                raise ValueError("api_key is wrapped in quotes: give the key alone, without them (the key itself is not shown)")
-            if not key.isprintable() or " " in key:
-                raise ValueError("api_key contains spaces or control characters (the key itself is not shown)")
-        object.__setattr__(self, "api_key", Secret(key) if key else None)
-        for name, value in self.extra_headers.items():
-            if not (name.isprintable() and value.isprintable()) or ":" in name:
-                raise ValueError(f"header {name!r} has a name or value that cannot be sent")
+            key = os.environ.get(key_variable_for(self.request_url)) or None
+        object.__setattr__(self, "api_key", checked_key(key))
+        check_headers(self.extra_headers)
+        object.__setattr__(self, "accounts", tuple(self.accounts))
+        names = [account.name for account in self.accounts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"account names must be unique, got {names}")
         if not 0 < self.headroom <= 1:
             raise ValueError(f"headroom must be a fraction in (0, 1], got {self.headroom}")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be positive, got {self.request_timeout}")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        if self.arrivals not in ARRIVAL_MODES:
+            raise ValueError(f"arrivals must be one of {ARRIVAL_MODES}, got {self.arrivals!r}")
+        if self.request_rate is not None and not 0 < self.request_rate < float("inf"):
+            raise ValueError(f"request_rate must be a positive number of requests per second, got {self.request_rate}")
 
     @property
     def key(self) -> Secret | None:

@@ -8,15 +8,17 @@ credential it was given with ***. `Headers` prints the names of the headers it h
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .config import Settings
-from .endpoints import is_azure_url
+from .config import Secret, Settings
+from .endpoints import is_anthropic_url, is_azure_url
 
-__all__ = ["Headers", "Scrubber", "auth_headers", "scrubber_for", "REDACTED"]
+__all__ = ["Headers", "Scrubber", "auth_headers", "headers_for", "scrubber_for", "REDACTED"]
 
 REDACTED = "***"
+#: The Messages API version every Anthropic request names (a --header of the same name overrides it).
+ANTHROPIC_VERSION = "2023-06-01"
 #: Values shorter than this are not scrubbed: they would mangle ordinary text and are not meaningful secrets.
 MIN_SECRET_LENGTH = 4
 
@@ -107,19 +109,32 @@ class Headers(dict[str, str]):
 
 def auth_headers(settings: Settings) -> Headers:
     """The headers every request carries: the key in the form the server expects, plus the user's extras."""
+    return headers_for(settings.request_url, settings.key, settings.extra_headers)
+
+
+def headers_for(request_url: str, key: Secret | None, extra: Mapping[str, str]) -> Headers:
+    """The key where the API at `request_url` looks for it, its version header where it wants one, and `extra`."""
     headers = Headers()
-    if settings.key is not None:
-        key = settings.key.reveal()
-        if is_azure_url(settings.request_url):
-            headers["api-key"] = key
+    anthropic = is_anthropic_url(request_url)
+    if key is not None:
+        if anthropic:
+            headers["x-api-key"] = key.reveal()
+        elif is_azure_url(request_url):
+            headers["api-key"] = key.reveal()
         else:
-            headers["Authorization"] = f"Bearer {key}"
-    headers.update(settings.extra_headers)
+            headers["Authorization"] = f"Bearer {key.reveal()}"
+    if anthropic:
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+    headers.update(extra)
     return headers
 
 
 def scrubber_for(settings: Settings) -> Scrubber:
-    """A scrubber for every credential these settings send: the key and every extra header's value."""
+    """A scrubber for every credential these settings send: every account's key, and every extra header's value."""
     secrets = [settings.key.reveal()] if settings.key is not None else []
     secrets.extend(settings.extra_headers.values())
+    for account in settings.accounts:
+        if account.key is not None:
+            secrets.append(account.key.reveal())
+        secrets.extend(account.headers.values())
     return Scrubber(secrets)

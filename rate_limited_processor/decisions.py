@@ -21,6 +21,9 @@ out and decides nothing itself. Three rules matter most:
   stop), and when its attempts are used up the run stops with exit 3, naming the URL and the cause, and
   records nothing for the request, so a rerun at the right URL sends every line. Once anything has
   succeeded, the same failure is about the line and is recorded as usual.
+* **A refused account is dropped, not the run.** With several accounts (`Settings.accounts`), an answer
+  that would stop the run (a bad key, no quota, a wait of hours) drops the account that got it, and the
+  request goes again through another, at no cost of an attempt. The run stops when the last one goes.
 * **Stopping means no retries**: whatever would be retried is left for the rerun.
 
 Pure: no I/O, no clock; the jitter's random source can be passed in.
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 
 from .retry_policy import Decision, RetryPolicy, Verdict
 
-__all__ = ["Succeed", "Fail", "Retry", "StopRun", "Step", "JobState", "RunState", "next_step"]
+__all__ = ["Succeed", "Fail", "Retry", "StopRun", "DropAccount", "Step", "JobState", "RunState", "next_step"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,15 @@ class StopRun:
     reason: str
 
 
-Step = Succeed | Fail | Retry | StopRun
+@dataclass(frozen=True, slots=True)
+class DropAccount:
+    """The account this attempt went through is unusable (its key, its quota): take it out of the run, and
+    send the request again through another at no cost of an attempt."""
+
+    reason: str
+
+
+Step = Succeed | Fail | Retry | StopRun | DropAccount
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +104,8 @@ class RunState:
     any_succeeded: bool = True
     #: How long everyone pauses after a rate-limit 429 without a hint (from `rate_control`).
     hintless_pause: float = 1.0
+    #: Accounts still in use; with more than one, an account-wide refusal drops only the account.
+    accounts_left: int = 1
 
 
 def next_step(
@@ -107,11 +120,15 @@ def next_step(
     # The API answered: done.
     if decision.verdict is Verdict.SUCCESS:
         return Succeed()
-    # A bad key or an empty account fails every request the same way.
+    # A bad key or an empty account fails every request the same way: through this account.
     if decision.verdict is Verdict.STOP_RUN:
+        if run.accounts_left > 1 and not run.stopping:
+            return DropAccount(decision.reason)
         return StopRun(f"{decision.reason} (every remaining request would fail the same way)")
     # A wait of hours (a daily quota) is a reason to come back later, not to sit idle.
     if policy.waits_too_long(decision):
+        if run.accounts_left > 1 and not run.stopping:
+            return DropAccount(f"{decision.reason} (the API asks to wait longer than {policy.max_server_wait:g}s)")
         return StopRun(f"{decision.reason} (the API asks to wait longer than {policy.max_server_wait:g}s; rerun later)")
     # Stopping: whatever would be tried again is left for the rerun.
     if run.stopping and (decision.verdict is Verdict.RETRY or decision.about_the_endpoint):

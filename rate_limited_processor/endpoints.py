@@ -23,6 +23,7 @@ __all__ = [
     "endpoint_from_url",
     "missing_field_reason",
     "is_azure_url",
+    "is_anthropic_url",
     "resolve_url",
     "check_request",
 ]
@@ -33,6 +34,13 @@ class Endpoint(enum.Enum):
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
     RESPONSES = "responses"
+    #: Anthropic's Messages API (`https://api.anthropic.com/v1/messages`).
+    MESSAGES = "messages"
+
+    @property
+    def is_anthropic(self) -> bool:
+        """Anthropic's API: its key header, its version header, its three limits (requests, input and output tokens)."""
+        return self is Endpoint.MESSAGES
 
     @property
     def required_field(self) -> str:
@@ -45,6 +53,7 @@ _REQUIRED_FIELD = {
     Endpoint.COMPLETIONS: "prompt",
     Endpoint.EMBEDDINGS: "input",
     Endpoint.RESPONSES: "input",
+    Endpoint.MESSAGES: "messages",
 }
 
 # Longest suffix first, so ".../chat/completions" is not taken for ".../completions".
@@ -99,6 +108,17 @@ def resolve_url(request_url: str, url: str | None) -> str:
     return urlunsplit((base.scheme, base.netloc, root + path, line.query or base.query, ""))
 
 
+#: Anthropic's own host: an API root there ("https://api.anthropic.com/v1", for Batch lines naming
+#: "/v1/messages") is Anthropic's too.
+ANTHROPIC_HOST = "api.anthropic.com"
+
+
+def is_anthropic_url(url: str) -> bool:
+    """Anthropic's Messages API: any URL whose path ends in /v1/messages, or any on Anthropic's host."""
+    parts = urlsplit(url)
+    return parts.path.rstrip("/").endswith("/v1/messages") or parts.hostname == ANTHROPIC_HOST
+
+
 def is_azure_url(url: str) -> bool:
     """Azure OpenAI wants the key in an `api-key` header rather than `Authorization: Bearer`."""
     parts = urlsplit(url)
@@ -112,8 +132,14 @@ def missing_field_reason(endpoint: Endpoint, body: Mapping[str, Any]) -> str | N
     value = body.get(field)
     if value is None:
         return f"missing required field {field!r} for /{endpoint.value}"
-    if endpoint is Endpoint.CHAT_COMPLETIONS and not (isinstance(value, list) and value):
+    if endpoint in (Endpoint.CHAT_COMPLETIONS, Endpoint.MESSAGES) and not (isinstance(value, list) and value):
         return "field 'messages' must be a non-empty list"
+    if endpoint is Endpoint.MESSAGES:
+        if not isinstance(body.get("model"), str):
+            return "missing required field 'model' for /v1/messages (Anthropic's Messages API names the model in every request)"
+        max_tokens = body.get("max_tokens")
+        if max_tokens.__class__ is not int or max_tokens < 1:
+            return "field 'max_tokens' is required for /v1/messages and must be a positive integer (it is what the output-token limit reserves)"
     return None
 
 

@@ -29,18 +29,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from .budget import Budget
 from .clock import LOOP_CLOCK, Clock
 from .config import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, Settings
 from .errors import RunStopped, UsageError
+from .lanes import LimiterFactory
 from .limiter import RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
+from .report import RunReport
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
-from .resume import DoneIndex, identity_of_item, prepare_results_file, sidecar_path
+from .resume import DoneIndex, ResumeReport, identity_of_item, prepare_results_file, sidecar_path
 from .runner import Processor
 from .status import ProgressDisplay, RunStats
 from .transport import SendFunction, Transport
 
-__all__ = ["run_file_job", "skip_done", "default_save_path", "check_output_path", "OutputLock", "Reorder"]
+__all__ = ["run_file_job", "skip_done", "default_save_path", "check_output_path", "note_repairs", "OutputLock", "Reorder"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -61,6 +64,7 @@ async def run_file_job(
     *,
     show_progress: bool | None = None,
     limiter: RateLimiter | None = None,
+    limiter_factory: LimiterFactory | None = None,
     transport: Transport | SendFunction | None = None,
     clock: Clock = LOOP_CLOCK,
     retry_failed: bool = False,
@@ -70,6 +74,8 @@ async def run_file_job(
     ordered: bool = False,
     ordered_window: int = DEFAULT_ORDERED_WINDOW,
     status_interval: float | None = None,
+    benchmark: RunReport | None = None,
+    budget: Budget | None = None,
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
@@ -82,6 +88,8 @@ async def run_file_job(
     holding at most `ordered_window` finished results until the ones before them are done.
     `show_progress` (default: stderr is a terminal) draws a bar; without one, a status line is printed
     every `status_interval` seconds (None: never), and with one, only for an interval with trouble.
+    `benchmark` is given every result written, for the benchmark report (`RunReport.build` after the run).
+    `budget` (`--max_cost_usd`) stops the run, as a signal does, before a request that would not fit in it.
     """
     check_output_path(requests_path, save_path)
     with OutputLock(save_path) as lock:
@@ -89,11 +97,11 @@ async def run_file_job(
             output_format = detect_output_format(requests_path)
         done, report = prepare_results_file(save_path, retry_failed=retry_failed)
         lock.follow()  # dropping failure rows replaced the file: the new one is locked too
-        if report.repaired_torn_line:
-            logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
-        if report.failures_removed:
-            logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
-        processor = Processor(settings, limiter=limiter, transport=transport, clock=clock, max_ahead=ordered_window if ordered else None)
+        note_repairs(save_path, report)
+        processor = Processor(
+            settings, limiter=limiter, limiter_factory=limiter_factory, transport=transport, clock=clock,
+            max_ahead=ordered_window if ordered else None, budget=budget,
+        )
         stats = processor.stats
         stats.failed_earlier = report.failure_rows
         stats.earlier_rows = len(done)
@@ -122,9 +130,13 @@ async def run_file_job(
 
                 with contextlib.suppress(RunStopped):
                     async with processor.run(skip_done(read_requests(requests_path), done)) as results:
+                        if benchmark is not None:
+                            benchmark.begin(stats.started_at)
                         async for result in results:
                             if not write(reorder.add(result) if reorder is not None else (result,)):
                                 break
+                            if benchmark is not None:
+                                benchmark.add(result)
                             stats.already_done = done.claimed
                             display.update()
                 if reorder is not None:
@@ -135,7 +147,8 @@ async def run_file_job(
             if ticker is not None:
                 ticker.cancel()
             display.close()
-            await processor.limiter.aclose()
+            if limiter is not None:
+                await limiter.aclose()
         if stats.stop_reason is None and done.unclaimed:
             stats.orphan_rows = done.unclaimed
             logger.warning(
@@ -143,6 +156,14 @@ async def run_file_job(
                 save_path, done.unclaimed, requests_path,
             )
         return stats
+
+
+def note_repairs(save_path: str | Path, report: ResumeReport) -> None:
+    """Say what preparing the results file changed in it."""
+    if report.repaired_torn_line:
+        logger.warning("%s: cut off a torn last line (the previous run died mid-write); that request will be sent again", save_path)
+    if report.failures_removed:
+        logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
 
 
 def check_output_path(requests_path: str | Path, save_path: str | Path) -> None:

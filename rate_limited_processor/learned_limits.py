@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from .limiter import Limits
 from .retry_policy import parse_duration
@@ -58,32 +60,51 @@ class RateLimitReport:
     limit_tokens: float | None = None
     reset_requests: float | None = None
     reset_tokens: float | None = None
-    #: How finely the resets are given: OpenAI's Go durations to the millisecond, Azure's bare seconds.
+    #: Anthropic's output-token limit (OTPM).
+    limit_output_tokens: float | None = None
+    #: How finely the resets are given: OpenAI's Go durations to the millisecond, Azure's bare seconds,
+    #: Anthropic's RFC 3339 times to the second.
     reset_resolution: float = 0.001
     #: Limit headers that were present but ignored, as ("header", "value"): not a number, or below any real limit.
     ignored: tuple[tuple[str, str], ...] = ()
 
     @property
     def empty(self) -> bool:
-        return all(value is None for value in (self.limit_requests, self.limit_tokens, self.reset_requests, self.reset_tokens))
+        values = (self.limit_requests, self.limit_tokens, self.limit_output_tokens, self.reset_requests, self.reset_tokens)
+        return all(value is None for value in values)
 
 
-def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitReport:
-    """OpenAI's `x-ratelimit-*` headers (resets as Go durations, "12ms", "6m0s"), or Azure's (bare seconds).
+def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = None) -> RateLimitReport:
+    """OpenAI's `x-ratelimit-*` headers (resets as Go durations, "12ms", "6m0s"), Azure's (bare seconds), or
+    Anthropic's `anthropic-ratelimit-{requests,input-tokens,output-tokens}-*` (resets as RFC 3339 times,
+    relative to `now`, epoch seconds, default the wall clock).
 
     A stated limit that is not a finite number at least `MIN_STATED_*` is left out, and listed in `ignored`.
     """
-    resets = [headers.get("x-ratelimit-reset-requests"), headers.get("x-ratelimit-reset-tokens")]
-    bare_seconds = any(text is not None and _positive_number(text) is not None for text in resets)
-    limits: list[float | None] = []
     ignored: list[tuple[str, str]] = []
-    for name, floor in _LIMIT_HEADERS:
+
+    def limit(name: str, floor: float) -> float | None:
         text = headers.get(name)
         value = _positive_number(text)
         if text is not None and (value is None or value < floor):
             ignored.append((name, text))
-            value = None
-        limits.append(value)
+            return None
+        return value
+
+    if any(name.startswith("anthropic-ratelimit-") for name in headers):
+        at = time.time() if now is None else now
+        return RateLimitReport(
+            limit_requests=limit("anthropic-ratelimit-requests-limit", MIN_STATED_REQUESTS_PER_MINUTE),
+            limit_tokens=limit("anthropic-ratelimit-input-tokens-limit", MIN_STATED_TOKENS_PER_MINUTE),
+            limit_output_tokens=limit("anthropic-ratelimit-output-tokens-limit", MIN_STATED_TOKENS_PER_MINUTE),
+            reset_requests=_until(headers.get("anthropic-ratelimit-requests-reset"), at),
+            reset_tokens=_until(headers.get("anthropic-ratelimit-input-tokens-reset"), at),
+            reset_resolution=1.0,
+            ignored=tuple(ignored),
+        )
+    resets = [headers.get("x-ratelimit-reset-requests"), headers.get("x-ratelimit-reset-tokens")]
+    bare_seconds = any(text is not None and _positive_number(text) is not None for text in resets)
+    limits = [limit(name, floor) for name, floor in _LIMIT_HEADERS]
     return RateLimitReport(
         limit_requests=limits[0],
         limit_tokens=limits[1],
@@ -92,6 +113,19 @@ def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitReport:
         reset_resolution=1.0 if bare_seconds else 0.001,
         ignored=tuple(ignored),
     )
+
+
+def _until(text: str | None, now: float) -> float | None:
+    """Seconds from `now` to an RFC 3339 time ("2026-12-01T10:00:05Z"); None when unreadable."""
+    if not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return max(0.0, at.timestamp() - now)
 
 
 def _positive_number(text: str | None) -> float | None:
@@ -172,16 +206,21 @@ class _Dimension:
 class LimitTuner:
     """Turns what the API's headers report into the ceiling to send under (in our own units)."""
 
-    __slots__ = ("requests", "tokens", "headroom", "burst_seconds", "_answered", "_warn", "_warned")
+    __slots__ = ("requests", "tokens", "output_tokens", "headroom", "burst_seconds", "_answered", "_warn", "_warned", "_output_limit")
 
-    def __init__(self, given: Limits | None, *, headroom: float = 1.0, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, given: Limits | None, *, headroom: float = 1.0, warn: Callable[[str], None] | None = None, output_limit: bool = False
+    ) -> None:
         """`given` limits may have None fields: those are learned ("auto"). `warn` hears, once per header,
-        that a stated limit was ignored (default: the package's logger)."""
+        that a stated limit was ignored (default: the package's logger). `output_limit`: the API also limits
+        output tokens (Anthropic), so that limit too is waited for before the first answer."""
         if not 0 < headroom <= 1:
             raise ValueError(f"headroom must be in (0, 1], got {headroom}")
         given = given if given is not None else Limits(None, None)
         self.requests = _Dimension(given.requests_per_minute)
         self.tokens = _Dimension(given.tokens_per_minute)
+        self.output_tokens = _Dimension(given.output_tokens_per_minute)
+        self._output_limit = output_limit
         self.headroom = headroom
         self.burst_seconds = given.burst_seconds
         self._answered = False
@@ -194,15 +233,18 @@ class LimitTuner:
     @property
     def awaiting_first_answer(self) -> bool:
         """A limit is unknown and no answer has come yet: send nothing more until one does."""
-        return not self._answered and (self.requests.base() is None or self.tokens.base() is None)
+        unknown = self.requests.base() is None or self.tokens.base() is None or (self._output_limit and self.output_tokens.base() is None)
+        return not self._answered and unknown
 
     def server_limits(self) -> Limits:
         """The account's limits as far as we know them, in the server's units (None: not known)."""
-        return Limits(self.requests.base(), self.tokens.base(), burst_seconds=self.burst_seconds)
+        return Limits(self.requests.base(), self.tokens.base(), burst_seconds=self.burst_seconds, output_tokens_per_minute=self.output_tokens.base())
 
     def limits(self) -> Limits:
         """The ceiling to send under now, in our units (math.inf where none is known)."""
-        return Limits(self._rate(self.requests), self._rate(self.tokens), burst_seconds=self.burst_seconds)
+        # No output-token limit known is no output bucket at all (most APIs have none).
+        output = self._rate(self.output_tokens) if self.output_tokens.base() is not None else None
+        return Limits(self._rate(self.requests), self._rate(self.tokens), burst_seconds=self.burst_seconds, output_tokens_per_minute=output)
 
     def _rate(self, dimension: _Dimension) -> float:
         base = dimension.base()
@@ -227,3 +269,6 @@ class LimitTuner:
             return
         self.requests.observe(mark.sent_at, mark.requests, report.limit_requests, report.reset_requests, report.reset_resolution)
         self.tokens.observe(mark.sent_at, mark.tokens, report.limit_tokens, report.reset_tokens, report.reset_resolution)
+        # Output tokens are refunded after the answer: a deficit measured at send time would mislead; the limit
+        # alone is adopted.
+        self.output_tokens.observe(mark.sent_at, 0, report.limit_output_tokens, None, report.reset_resolution)

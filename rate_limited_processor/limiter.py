@@ -36,6 +36,10 @@ __all__ = ["DEFAULT_BURST_SECONDS", "UNLIMITED", "Admission", "Limits", "TokenBu
 
 #: Bucket capacity in seconds of the rate: one second, as OpenAI enforces short windows.
 DEFAULT_BURST_SECONDS = 1.0
+#: The output-token bucket holds a minute, whatever `burst_seconds` says: each request reserves its whole
+#: `max_tokens` and gets most of it back only when its answer arrives, so the bucket must hold the reservations
+#: of every request in flight, as the server's own does (Anthropic's fills "up to your maximum limit").
+OUTPUT_BURST_SECONDS = 60.0
 #: Waits shorter than this count as "now"; float refill arithmetic never lands exactly on zero.
 _EPSILON = 1e-9
 
@@ -46,12 +50,17 @@ class Limits:
     where the run learns limits, otherwise unlimited, as a bucket without a rate)."""
 
     requests_per_minute: float | None
+    #: Tokens per request as the API counts them at send time: OpenAI's prompt + completion budget, or
+    #: Anthropic's input tokens (its ITPM).
     tokens_per_minute: float | None
     #: Bucket capacity, in seconds of the rate: how large a burst may be.
     burst_seconds: float = DEFAULT_BURST_SECONDS
+    #: Output tokens per minute (Anthropic's OTPM): reserved at `max_tokens` when sent, refunded to what the
+    #: answer used. None: no such limit (OpenAI counts the completion budget in `tokens_per_minute`).
+    output_tokens_per_minute: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("requests_per_minute", "tokens_per_minute"):
+        for name in ("requests_per_minute", "tokens_per_minute", "output_tokens_per_minute"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -122,45 +131,50 @@ class TokenBucket:
 
 
 class RateBuckets:
-    """The request bucket and the token bucket, taken together or not at all."""
+    """The request, token and output-token buckets, taken together or not at all."""
 
-    __slots__ = ("requests", "tokens")
+    __slots__ = ("requests", "tokens", "output_tokens")
 
     requests: TokenBucket | None
     tokens: TokenBucket | None
+    output_tokens: TokenBucket | None
 
     def __init__(self, limits: Limits, *, now: float, start_full: bool = False) -> None:
         """Clients start empty (see the module docstring); a server enforcing limits starts full."""
         self.requests = _bucket(limits.requests_per_minute, limits.burst_seconds, now, start_full)
         self.tokens = _bucket(limits.tokens_per_minute, limits.burst_seconds, now, start_full)
+        self.output_tokens = _bucket(limits.output_tokens_per_minute, max(limits.burst_seconds, OUTPUT_BURST_SECONDS), now, start_full)
 
     def __repr__(self) -> str:
-        return f"RateBuckets(requests={self.requests!r}, tokens={self.tokens!r})"
+        return f"RateBuckets(requests={self.requests!r}, tokens={self.tokens!r}, output_tokens={self.output_tokens!r})"
 
-    def wait_time(self, tokens: float, now: float) -> float:
-        """Seconds until one request of `tokens` fits both buckets."""
-        waits = [0.0]
-        if self.requests is not None:
-            waits.append(self.requests.wait_time(1, now))
-        if self.tokens is not None:
-            waits.append(self.tokens.wait_time(tokens, now))
-        return max(waits)
+    def _amounts(self, tokens: float, output_tokens: float) -> tuple[tuple[TokenBucket | None, float], ...]:
+        return ((self.requests, 1), (self.tokens, tokens), (self.output_tokens, output_tokens))
 
-    def try_take(self, tokens: float, now: float) -> float:
-        """Take one request of `tokens` if both buckets have room and return 0; else the seconds to wait."""
-        wait = self.wait_time(tokens, now)
+    def wait_time(self, tokens: float, now: float, output_tokens: float = 0) -> float:
+        """Seconds until one request of `tokens` (and `output_tokens` reserved) fits every bucket."""
+        return max([0.0, *(bucket.wait_time(amount, now) for bucket, amount in self._amounts(tokens, output_tokens) if bucket is not None)])
+
+    def try_take(self, tokens: float, now: float, output_tokens: float = 0) -> float:
+        """Take one request of `tokens` if every bucket has room and return 0; else the seconds to wait."""
+        wait = self.wait_time(tokens, now, output_tokens)
         # A wait below the clock's own resolution is "now": sleeping it would not move the clock.
         if wait > max(_EPSILON, 4 * math.ulp(now)):
             return wait
-        if self.requests is not None:
-            self.requests.take(1, now)
-        if self.tokens is not None:
-            self.tokens.take(tokens, now)
+        for bucket, amount in self._amounts(tokens, output_tokens):
+            if bucket is not None:
+                bucket.take(amount, now)
         return 0.0
 
+    def give_back(self, output_tokens: float, now: float) -> None:
+        """Return reserved output tokens the answer did not use (never above the bucket's capacity)."""
+        if self.output_tokens is not None and output_tokens > 0:
+            self.output_tokens.take(-output_tokens, now)
+            self.output_tokens.level = min(self.output_tokens.level, self.output_tokens.capacity)
+
     def empty_at(self, when: float, now: float) -> None:
-        """Both buckets start refilling from zero at `when`: resuming after a pause is paced, not a burst."""
-        for bucket in (self.requests, self.tokens):
+        """Every bucket starts refilling from zero at `when`: resuming after a pause is paced, not a burst."""
+        for bucket in (self.requests, self.tokens, self.output_tokens):
             if bucket is not None:
                 bucket.empty_at(when, now)
 
@@ -184,18 +198,24 @@ class Admission:
 
     requests: int
     tokens: int
+    output_tokens: int = 0
 
 
 @runtime_checkable
 class RateLimiter(Protocol):
     """What the dispatch loop needs from a limiter. In-process buckets and Redis implement it alike."""
 
-    async def acquire(self, tokens: int) -> Admission:
-        """Return once one request costing `tokens` may be sent, having charged it to both limits."""
+    async def acquire(self, tokens: int, output_tokens: int = 0) -> Admission:
+        """Return once one request costing `tokens` (and reserving `output_tokens`) may be sent, charged to every limit."""
         ...
 
-    async def refused(self, tokens: int) -> None:
+    async def refused(self, tokens: int, output_tokens: int = 0) -> None:
         """The server refused a request admitted here: it was not spent. (Only the totals change.)"""
+        ...
+
+    async def refund(self, output_tokens: int) -> None:
+        """An answer used fewer output tokens than were reserved for it: the rest goes back to the bucket,
+        as Anthropic's own limiter does."""
         ...
 
     async def pause(self, seconds: float) -> None:
@@ -218,7 +238,7 @@ class InProcessLimiter:
     starved by a stream of small ones.
     """
 
-    __slots__ = ("limits", "_buckets", "_clock", "_sleep", "_lock", "_paused_until", "_admitted_requests", "_admitted_tokens")
+    __slots__ = ("limits", "_buckets", "_clock", "_sleep", "_lock", "_paused_until", "_admitted_requests", "_admitted_tokens", "_admitted_output")
 
     def __init__(self, limits: Limits, *, clock: Now = loop_time, sleep: Sleep = asyncio.sleep) -> None:
         self.limits = limits
@@ -229,6 +249,7 @@ class InProcessLimiter:
         self._paused_until = float("-inf")
         self._admitted_requests = 0
         self._admitted_tokens = 0
+        self._admitted_output = 0
 
     def __repr__(self) -> str:
         return f"InProcessLimiter({self.limits!r})"
@@ -238,24 +259,36 @@ class InProcessLimiter:
         """Clock time before which nothing is sent (-inf when not paused)."""
         return self._paused_until
 
-    async def acquire(self, tokens: int) -> Admission:
-        if tokens < 0:
-            raise ValueError(f"tokens must not be negative, got {tokens}")
+    async def acquire(self, tokens: int, output_tokens: int = 0) -> Admission:
+        if tokens < 0 or output_tokens < 0:
+            raise ValueError(f"tokens must not be negative, got {tokens} and {output_tokens}")
         async with self._lock:
             while True:
                 now = self._clock()
                 wait = self._paused_until - now
                 if wait <= max(_EPSILON, 4 * math.ulp(now)):
-                    wait = self._buckets.try_take(tokens, now)
+                    wait = self._buckets.try_take(tokens, now, output_tokens)
                     if wait == 0.0:
                         self._admitted_requests += 1
                         self._admitted_tokens += tokens
-                        return Admission(self._admitted_requests, self._admitted_tokens)
+                        self._admitted_output += output_tokens
+                        return Admission(self._admitted_requests, self._admitted_tokens, self._admitted_output)
                 await self._sleep(wait)
 
-    async def refused(self, tokens: int) -> None:
+    def wait_time(self, tokens: int, output_tokens: int = 0) -> float:
+        """Seconds until a request of `tokens` could be admitted, as things stand (no waiting, nothing taken):
+        for choosing, among several accounts, the one that can take it soonest."""
+        now = self._clock()
+        return max(self._paused_until - now, self._buckets.wait_time(tokens, now, output_tokens), 0.0)
+
+    async def refused(self, tokens: int, output_tokens: int = 0) -> None:
         self._admitted_requests -= 1
         self._admitted_tokens -= tokens
+        self._admitted_output -= output_tokens
+
+    async def refund(self, output_tokens: int) -> None:
+        self._admitted_output -= output_tokens
+        self._buckets.give_back(output_tokens, self._clock())
 
     async def pause(self, seconds: float) -> None:
         now = self._clock()
@@ -270,7 +303,8 @@ class InProcessLimiter:
         now = self._clock()
         old = self._buckets
         self._buckets = RateBuckets(limits, now=now)
-        for before, after in ((old.requests, self._buckets.requests), (old.tokens, self._buckets.tokens)):
+        pairs = ((old.requests, self._buckets.requests), (old.tokens, self._buckets.tokens), (old.output_tokens, self._buckets.output_tokens))
+        for before, after in pairs:
             if before is not None and after is not None:
                 before.refill(now)
                 after.level = min(before.level, after.capacity)

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["APIRequest", "RejectedLine", "RequestResult", "ResultKind"]
+__all__ = ["APIRequest", "RejectedLine", "RequestResult", "ResultKind", "RequestTimings", "AttemptTiming"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,57 @@ class ResultKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptTiming:
+    """One HTTP attempt: when it was sent and ended (the run's clock), and how."""
+
+    sent: float
+    ended: float
+    #: The HTTP status, or why no answer came ("timeout", "broken", "connect", ...).
+    outcome: int | str
+    #: A rate-limit 429 (not "request too large", not a quota).
+    rate_limited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTimings:
+    """When things happened to one request, in seconds on the run's clock (`Processor.clock`).
+
+    `scheduled` is when the request was first let go to the rate limiter (after `--arrivals` said it may
+    go); the rest are of its last attempt. So `latency` is the server's time, and `latency_from_scheduled`
+    adds the waits for the limiter, the retries and the 429 pauses.
+    """
+
+    scheduled: float
+    sent: float
+    #: The last byte of the answer (or when the attempt was given up).
+    finished: float
+    first_byte: float | None = None
+    #: A streamed answer: each moment output arrived; the first is the first token. Empty otherwise.
+    tokens: tuple[float, ...] = ()
+    #: Every attempt, oldest first (429s included).
+    attempts: tuple[AttemptTiming, ...] = ()
+
+    @property
+    def latency(self) -> float:
+        """Seconds from sending the last attempt to its last byte."""
+        return self.finished - self.sent
+
+    @property
+    def latency_from_scheduled(self) -> float:
+        """Seconds from being scheduled to the last byte: what waiting for the limits cost, on top."""
+        return self.finished - self.scheduled
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        return self.tokens[0] - self.sent if self.tokens else None
+
+    def inter_token_gaps(self) -> list[float]:
+        """Seconds between one arrival of output and the next."""
+        tokens = self.tokens
+        return [later - earlier for earlier, later in zip(tokens, tokens[1:], strict=False)]
+
+
+@dataclass(frozen=True, slots=True)
 class RequestResult:
     """The fate of one request: a response, or the errors of every attempt."""
 
@@ -71,6 +122,8 @@ class RequestResult:
     kind: ResultKind
     #: Tokens charged against the TPM limit per attempt (0 for a rejected line).
     estimated_tokens: int = 0
+    #: Of `estimated_tokens`, the completion budget (the rest is the prompt): for pricing the estimate.
+    estimated_output_tokens: int = 0
     custom_id: str | None = None
     #: HTTP status of the last attempt (None if it got no response or was never sent).
     status: int | None = None
@@ -81,6 +134,8 @@ class RequestResult:
     #: 0-based place in the stream of requests the run read (results arrive in completion order);
     #: None for a result made outside a run.
     position: int | None = None
+    #: When it was scheduled, sent and answered (None for a line never sent).
+    timings: RequestTimings | None = None
 
     @property
     def succeeded(self) -> bool:

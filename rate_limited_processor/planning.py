@@ -1,5 +1,8 @@
-"""Planning a job without sending it (`--dry_run`): how many requests, how many tokens, which limit binds,
-and how long the job will take at the given limits.
+"""Planning a job without sending it (`--dry_run`): how many requests, how many tokens, what they will cost,
+which limit binds, and how long the job will take at the given limits.
+
+The cost is an upper bound per model: the prompt at the input price and the whole completion budget at the
+output price (see `costs.py`); a model without a known price gets no dollar figure, and the plan says so.
 
 The expected duration is the bucket math: a job of N requests and T estimated tokens takes at least
 max(N / RPM, T / TPM) minutes, and with even pacing it takes about that (see the benchmarks).
@@ -12,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .costs import CostLedger, PriceBook, estimated_tokens, format_dollars, model_of
 from .endpoints import Endpoint, check_request
 from .errors import InvalidRequest
 from .limiter import Limits
@@ -38,6 +42,8 @@ class JobPlan:
     problems: list[str] = field(default_factory=list)
     #: Lines skipped because the results file already has their row.
     already_done: int = 0
+    #: Tokens per model (prompt, completion budget), to price.
+    costs: CostLedger = field(default_factory=CostLedger)
 
     def minutes(self, limits: Limits) -> tuple[float | None, float | None]:
         """(minutes the request limit alone needs, minutes the token limit alone needs); None if not known."""
@@ -58,6 +64,8 @@ def plan_requests(items: Iterable[APIRequest | RejectedLine], request_url: str, 
         except InvalidRequest as error:
             _count_problem(plan, f"{item.name}: {error}")
             continue
+        input_tokens, output_tokens = estimated_tokens(endpoint, item.body, tokens)
+        plan.costs.add(model_of(item.body), input_tokens=input_tokens, output_tokens=output_tokens)
         plan.requests += 1
         plan.tokens += tokens
         plan.largest_request = max(plan.largest_request, tokens)
@@ -71,7 +79,7 @@ def _count_problem(plan: JobPlan, reason: str) -> None:
         plan.problems.append(reason)
 
 
-def format_plan(plan: JobPlan, limits: Limits, *, headroom: float = 1.0) -> str:
+def format_plan(plan: JobPlan, limits: Limits, *, headroom: float = 1.0, prices: PriceBook | None = None) -> str:
     """The dry run's report. Limits left to `auto` are not known before the API answers."""
     lines = ["", "rate_limited_processor dry run: nothing was sent"]
     endpoints = ", ".join(f"{count:,} /{endpoint.value}" for endpoint, count in plan.by_endpoint.most_common())
@@ -85,6 +93,8 @@ def format_plan(plan: JobPlan, limits: Limits, *, headroom: float = 1.0) -> str:
             lines.append(f"                   … and {plan.invalid - len(plan.problems):,} more")
     average = plan.tokens / plan.requests if plan.requests else 0
     lines.append(f"  tokens           {plan.tokens:,} estimated (prompt + completion budget); {average:,.0f} per request, largest {plan.largest_request:,}")
+    if prices is not None:
+        lines.extend(_cost_lines(plan, prices))
     effective = Limits(_scaled(limits.requests_per_minute, headroom), _scaled(limits.tokens_per_minute, headroom), limits.burst_seconds)
     by_requests, by_tokens = plan.minutes(effective)
     at = f" (with {headroom:.0%} headroom)" if headroom < 1 else ""
@@ -99,6 +109,31 @@ def format_plan(plan: JobPlan, limits: Limits, *, headroom: float = 1.0) -> str:
     )
     lines.append(f"  expected time    {format_duration(minutes * 60)} at these limits, plus the last answers' latency")
     return "\n".join(lines)
+
+
+def _cost_lines(plan: JobPlan, prices: PriceBook) -> list[str]:
+    """The estimated cost per model and in total, at most: the prompt at the input price, the completion budget at the output price."""
+    report = plan.costs.priced(prices)
+    if not report.by_model:
+        return []
+    pricing = "batch prices" if prices.batch else "online prices"
+    total = f"{format_dollars(report.total)} estimated at most, at {pricing} (prompt at the input price, completion budget at the output price)"
+    if report.unpriced:
+        total += f"; not counting {', '.join(report.unpriced)}, which has no known price"
+    lines = [f"  cost (USD)       {total}"]
+    for cost in report.by_model:
+        if cost.price is None:
+            lines.append(
+                f"                   {cost.model}: {cost.requests:,} requests, {cost.input_tokens:,} input + {cost.output_tokens:,} output tokens: "
+                "no price known (give --price_input_per_mtok and --price_output_per_mtok)"
+            )
+            continue
+        lines.append(
+            f"                   {cost.model}: {cost.requests:,} requests, {cost.input_tokens:,} input tokens x ${cost.price.input_per_mtok:g} + "
+            f"{cost.output_tokens:,} output tokens x ${cost.price.output_per_mtok:g} per million = {format_dollars(cost.dollars or 0.0)} "
+            f"({cost.price.source})"
+        )
+    return lines
 
 
 def _minutes(minutes: float | None) -> str:

@@ -31,6 +31,7 @@ PROBE_BODIES: Mapping[Endpoint, Mapping[str, Any]] = {
     Endpoint.COMPLETIONS: {"model": "gpt-3.5-turbo-instruct", "prompt": "Hi", "max_tokens": 1},
     Endpoint.EMBEDDINGS: {"model": "text-embedding-3-small", "input": "Hi"},
     Endpoint.RESPONSES: {"model": "gpt-4o-mini", "input": "Hi", "max_output_tokens": 16},  # the API's smallest allowed
+    Endpoint.MESSAGES: {"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
 }
 #: Seconds the one request may take: a probe should not hang for the run's 10-minute default.
 PROBE_TIMEOUT = 60.0
@@ -60,10 +61,16 @@ class LimitsSeen:
     limit_tokens: float | None = None
     remaining_tokens: float | None = None
     reset_tokens: float | None = None
+    #: Anthropic's output-token limit (None elsewhere).
+    limit_output_tokens: float | None = None
+    remaining_output_tokens: float | None = None
 
     @property
     def any_header(self) -> bool:
-        values = (self.limit_requests, self.remaining_requests, self.reset_requests, self.limit_tokens, self.remaining_tokens, self.reset_tokens)
+        values = (
+            self.limit_requests, self.remaining_requests, self.reset_requests, self.limit_tokens, self.remaining_tokens, self.reset_tokens,
+            self.limit_output_tokens, self.remaining_output_tokens,
+        )
         return any(value is not None for value in values)
 
 
@@ -78,16 +85,19 @@ async def probe_limits(settings: Settings, body: Mapping[str, Any], transport: T
     decision = classify(outcome)
     headers = outcome.headers
     report = parse_rate_limit_headers(headers)
+    prefix = "anthropic-ratelimit-" if any(name.startswith("anthropic-ratelimit-") for name in headers) else None
     return LimitsSeen(
         outcome=scrub(decision.reason),
         answered=outcome.status is not None,
         succeeded=decision.verdict is Verdict.SUCCESS,
         limit_requests=report.limit_requests,
-        remaining_requests=_number(headers.get("x-ratelimit-remaining-requests")),
+        remaining_requests=_number(headers.get(f"{prefix}requests-remaining" if prefix else "x-ratelimit-remaining-requests")),
         reset_requests=report.reset_requests,
         limit_tokens=report.limit_tokens,
-        remaining_tokens=_number(headers.get("x-ratelimit-remaining-tokens")),
+        remaining_tokens=_number(headers.get(f"{prefix}input-tokens-remaining" if prefix else "x-ratelimit-remaining-tokens")),
         reset_tokens=report.reset_tokens,
+        limit_output_tokens=report.limit_output_tokens,
+        remaining_output_tokens=_number(headers.get(f"{prefix}output-tokens-remaining")) if prefix else None,
     )
 
 
@@ -117,16 +127,20 @@ def format_limits(seen: LimitsSeen, *, url: str, model: str | None, default_mode
             "at auto (the run then backs off on 429s) or give --max_requests_per_minute and --max_tokens_per_minute."
         )
         return "\n".join(lines)
-    for unit, limit, remaining, reset in (
+    rows = [
         ("requests", seen.limit_requests, seen.remaining_requests, seen.reset_requests),
-        ("tokens", seen.limit_tokens, seen.remaining_tokens, seen.reset_tokens),
-    ):
+        ("tokens" if seen.limit_output_tokens is None else "input tokens", seen.limit_tokens, seen.remaining_tokens, seen.reset_tokens),
+    ]
+    if seen.limit_output_tokens is not None or seen.remaining_output_tokens is not None:
+        rows.append(("output tokens", seen.limit_output_tokens, seen.remaining_output_tokens, None))
+    width = max(9, *(len(row[0]) + 1 for row in rows))
+    for unit, limit, remaining, reset in rows:
         parts = [f"{limit:,.0f} per minute" if limit is not None else "limit not stated"]
         if remaining is not None:
             parts.append(f"{remaining:,.0f} left now")
         if reset is not None:
             parts.append(f"full again in {_duration(reset)}" if reset > 0 else "full now")
-        lines.append(f"  {unit:<9} {'; '.join(parts)}")
+        lines.append(f"  {unit:<{width}} {'; '.join(parts)}")
     if model and default_model:
         lines.append("  (limits are per model; with --requests_filepath, the file's first model is asked about)")
     return "\n".join(lines)

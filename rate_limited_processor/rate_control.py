@@ -63,6 +63,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .limiter import Limits
@@ -121,8 +122,12 @@ class Answer:
     tokens: int
     #: The server refused it for its rate limit (a rate-limit 429).
     rate_limited: bool = False
-    #: That refusal names the token limit (else the request limit, or none).
+    #: That refusal names the token limit...
     on_tokens: bool = False
+    #: ...or the output-token limit (else the request limit, or none).
+    on_output_tokens: bool = False
+    #: Output tokens its answer used (Anthropic's usage.output_tokens; 0 when refused).
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,7 @@ class ControlReport:
     #: Per minute, where the server's limit appears to be (None: not found).
     found_requests_per_minute: float | None
     found_tokens_per_minute: float | None
+    found_output_tokens_per_minute: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +147,14 @@ class _Sample:
     sent_at: float
     tokens: int
     admitted: bool
+    output_tokens: int = 0
+
+
+#: How much of a dimension a sample stands for.
+_Measure = Callable[[_Sample], float]
+_REQUESTS: _Measure = lambda sample: 1.0  # noqa: E731
+_TOKENS: _Measure = lambda sample: float(sample.tokens)  # noqa: E731
+_OUTPUT_TOKENS: _Measure = lambda sample: float(sample.output_tokens)  # noqa: E731
 
 
 @dataclass(slots=True)
@@ -180,6 +194,7 @@ class RateController:
     __slots__ = (
         "_requests",
         "_tokens",
+        "_output_tokens",
         "_slow_start",
         "_round_trip",
         "_answers",
@@ -203,6 +218,7 @@ class RateController:
     def __init__(self, *, requests_ceiling_known: bool, now: float) -> None:
         self._requests = _Cap()
         self._tokens = _Cap()
+        self._output_tokens = _Cap()
         #: Slow start runs until the first cut, and only where nothing bounds the request rate.
         self._slow_start = not requests_ceiling_known
         #: Smoothed seconds from sending to an admitted answer.
@@ -247,11 +263,13 @@ class RateController:
             self._requests.per_second = math.inf
         self._requests.ceiling = _per_second(ceiling.requests_per_minute)
         self._tokens.ceiling = _per_second(ceiling.tokens_per_minute)
+        self._output_tokens.ceiling = _per_second(ceiling.output_tokens_per_minute)
         self._slow_start_growth(now)
         return Limits(
             _lower(ceiling.requests_per_minute, self._requests.per_second * 60),
             _lower(ceiling.tokens_per_minute, self._tokens.per_second * 60),
             burst_seconds=ceiling.burst_seconds,
+            output_tokens_per_minute=_lower(ceiling.output_tokens_per_minute, self._output_tokens.per_second * 60),
         )
 
     def window(self) -> float:
@@ -269,10 +287,12 @@ class RateController:
         window averages out its burst allowance and our probing above it), else the last measurement."""
         found_requests = self._requests.long_run if self._requests.long_run is not None else self._requests.found
         found_tokens = self._tokens.long_run if self._tokens.long_run is not None else self._tokens.found
+        found_output = self._output_tokens.long_run if self._output_tokens.long_run is not None else self._output_tokens.found
         return ControlReport(
             self.cuts,
             found_requests * 60 if found_requests is not None else None,
             found_tokens * 60 if found_tokens is not None else None,
+            found_output * 60 if found_output is not None else None,
         )
 
     # -- what happened ------------------------------------------------------------------------------
@@ -307,7 +327,7 @@ class RateController:
         self._landed(answer.sent_at)
         self._slow_start_growth(now)
         after_the_pause = answer.sent_at > self._paused_until
-        self._answers.append(_Sample(answer.sent_at, answer.tokens, admitted=not answer.rate_limited))
+        self._answers.append(_Sample(answer.sent_at, answer.tokens, not answer.rate_limited, answer.output_tokens))
         while self._answers and self._answers[0].sent_at < now - HISTORY_SECONDS:
             self._answers.popleft()
         if not answer.rate_limited:
@@ -324,13 +344,14 @@ class RateController:
                 acceleration = 1 + self._admitted_since_cut / ACCELERATION
                 self._requests.grow(acceleration, self._answers_per_round_trip())
                 self._tokens.grow(acceleration, self._answers_per_round_trip())
+                self._output_tokens.grow(acceleration, self._answers_per_round_trip())
             return
         if after_the_pause or self._rounds == 0:
             self._rounds += 1
         # Lone: no other request of the last `CALM_ANSWERS` sent (at the current rate) was refused. (Counted
         # by send time: admitted answers lag refusals by the server's latency, and keep coming during a pause.)
-        cap = min(self._requests.per_second, self._requests.ceiling)
-        calm = CALM_ANSWERS / cap if math.isfinite(cap) and cap > 0 else 0.0
+        rate = min(self._requests.per_second, self._requests.ceiling)
+        calm = CALM_ANSWERS / rate if math.isfinite(rate) and rate > 0 else 0.0
         after_calm = answer.sent_at - self._last_refusal_sent >= calm
         if after_calm:
             self._storm_since = answer.sent_at
@@ -338,13 +359,18 @@ class RateController:
         self._last_refusal_sent = max(self._last_refusal_sent, answer.sent_at)
         self._admitted_since_refusal = 0
         if answer.sent_at > self._last_cut:
-            self._cut(answer.on_tokens, lone, now)
+            if answer.on_output_tokens:
+                self._cut(self._output_tokens, _OUTPUT_TOKENS, lone, now)
+            elif answer.on_tokens:
+                self._cut(self._tokens, _TOKENS, lone, now)
+            else:
+                self._cut(self._requests, _REQUESTS, lone, now)
 
     # -- the loop -----------------------------------------------------------------------------------
 
-    def _cut(self, on_tokens: bool, lone: bool, now: float) -> None:
-        """Send at just below what the server admitted since the refusals began (in the 429's dimension)."""
-        cap = self._tokens if on_tokens else self._requests
+    def _cut(self, cap: _Cap, measure: _Measure, lone: bool, now: float) -> None:
+        """Send at just below what the server admitted since the refusals began, in the 429's dimension
+        (`cap`, counted by `measure`)."""
         # Requests sent before the oldest one in flight have all their answers in: only they are counted,
         # since refusals come back at once and admitted answers only after the server's latency.
         until = self._in_flight_heap[0] if self._in_flight_heap else now
@@ -356,8 +382,8 @@ class RateController:
         if resolved and len(resolved) > len(recent):  # at a fast rate, a second's worth rather than a handful
             last_second = [sample for sample in resolved if sample.sent_at >= resolved[-1].sent_at - 1.0]
             recent = last_second if len(last_second) > len(recent) else recent
-        sending = self._sending(recent, cap, on_tokens)
-        admitted = _rate_of([sample for sample in recent if sample.admitted], self._pauses, on_tokens, span_of=recent)
+        sending = self._sending(recent, cap, measure)
+        admitted = _rate_of([sample for sample in recent if sample.admitted], self._pauses, measure, span_of=recent)
         refusals = sum(not sample.admitted for sample in recent)
         if self._slow_start:  # the rate has just doubled past the limit: back to where it was (answers in are older)
             cap.cut_to(FALLBACK_CUT * min(cap.per_second, cap.ceiling))
@@ -379,18 +405,17 @@ class RateController:
         self.cuts += 1
         history = [sample for sample in self._answers if sample.sent_at < until]
         if history and until - history[0].sent_at >= LONG_RUN_SECONDS:
-            cap.long_run = sum(sample.tokens if on_tokens else 1 for sample in history if sample.admitted) / (until - history[0].sent_at)
+            cap.long_run = sum(measure(sample) for sample in history if sample.admitted) / (until - history[0].sent_at)
 
-    def _sending(self, recent: list[_Sample], cap: _Cap, on_tokens: bool) -> float:
+    def _sending(self, recent: list[_Sample], cap: _Cap, measure: _Measure) -> float:
         """The rate we are sending at, per second: from the latest sends (answers in tell of older rates, after
         a long latency), else from the answers, else the cap itself."""
         samples = [_Sample(at, 0, True) for at in self._sends]
-        measured = _rate_of(samples, self._pauses, tokens=False) if len(samples) >= MIN_SAMPLES else None
-        if measured is not None and on_tokens:
-            mean_tokens = sum(sample.tokens for sample in self._answers) / len(self._answers) if self._answers else 0.0
-            measured *= mean_tokens
+        measured = _rate_of(samples, self._pauses, _REQUESTS) if len(samples) >= MIN_SAMPLES else None
+        if measured is not None and measure is not _REQUESTS:  # requests sent per second, times what each holds
+            measured *= sum(measure(sample) for sample in self._answers) / len(self._answers) if self._answers else 0.0
         if measured is None and len(recent) >= MIN_SAMPLES:
-            measured = _rate_of(recent, self._pauses, on_tokens)
+            measured = _rate_of(recent, self._pauses, measure)
         if measured is None:
             measured = min(cap.per_second, cap.ceiling)
         return min(measured, cap.per_second, cap.ceiling)
@@ -447,9 +472,9 @@ class RateController:
             heapq.heappop(heap)
 
 
-def _rate_of(samples: list[_Sample], pauses: deque[tuple[float, float]], tokens: bool, *, span_of: list[_Sample] | None = None) -> float | None:
-    """Requests (or tokens) per second in these samples, over the sending time of `span_of` (default: the
-    samples themselves), less the time paused in it. None when there is no span to measure."""
+def _rate_of(samples: list[_Sample], pauses: deque[tuple[float, float]], measure: _Measure, *, span_of: list[_Sample] | None = None) -> float | None:
+    """Requests (or tokens, as `measure` counts) per second in these samples, over the sending time of
+    `span_of` (default: the samples themselves), less the time paused in it. None when there is no span."""
     spanned = span_of if span_of is not None else samples
     if len(spanned) < 2:
         return None
@@ -461,7 +486,7 @@ def _rate_of(samples: list[_Sample], pauses: deque[tuple[float, float]], tokens:
         return None
     # n sends spread over a span make n - 1 gaps: the rate is (n - 1) / span for the whole, scaled for a part.
     scale = (len(spanned) - 1) / len(spanned) / span
-    return sum(sample.tokens if tokens else 1 for sample in samples) * scale
+    return sum(measure(sample) for sample in samples) * scale
 
 
 def _per_second(per_minute: float | None) -> float:

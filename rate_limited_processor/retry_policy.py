@@ -120,9 +120,14 @@ _ANSWER_FIELDS: Mapping[Endpoint, tuple[tuple[str, type], ...]] = {
     Endpoint.EMBEDDINGS: (("data", list),),
     # A finished response has its output; one still running in the background has only its status.
     Endpoint.RESPONSES: (("output", list), ("status", str)),
+    Endpoint.MESSAGES: (("content", list),),
 }
 #: Error codes and types a 2xx's error body may carry in place of a status, and the status they stand for.
-_RELAYED_STATUS = {"invalid_api_key": 401, "rate_limit_exceeded": 429, "invalid_request_error": 400, "requests": 429, "tokens": 429}
+_RELAYED_STATUS = {
+    "invalid_api_key": 401, "rate_limit_exceeded": 429, "invalid_request_error": 400, "requests": 429, "tokens": 429,
+    # Anthropic's error types.
+    "authentication_error": 401, "permission_error": 403, "rate_limit_error": 429, "overloaded_error": 529, "api_error": 500,
+}
 
 
 class Verdict(enum.Enum):
@@ -168,8 +173,11 @@ class Decision:
     retry_after: float | None = None
     #: A rate-limit 429 (not "request too large", not quota): every sender pauses.
     rate_limited: bool = False
-    #: That 429 names the token limit (OpenAI's type "tokens", "... tokens per min (TPM)"), not the request limit.
+    #: That 429 names the token limit (OpenAI's type "tokens", "... tokens per min (TPM)", Anthropic's input
+    #: tokens), not the request limit...
     on_tokens: bool = False
+    #: ...or the output-token limit (Anthropic's "... output tokens per minute").
+    on_output_tokens: bool = False
     #: The failure is about the URL, not the line: nothing listens there, the name does not resolve, TLS
     #: fails, or the path does not exist (a 404 or 405 that names no model). Every request would fail alike.
     about_the_endpoint: bool = False
@@ -212,12 +220,14 @@ def classify(outcome: HTTPOutcome, *, endpoint: Endpoint | None = None, now: flo
     if status == 401:
         return Decision(Verdict.STOP_RUN, reason)
     # No quota, billing off, access terminated: every request will fail the same way.
-    if 400 <= status < 500 and _is_stop_run_code(code, type_):
+    if 400 <= status < 500 and _is_stop_run_code(code, type_, message):
         return Decision(Verdict.STOP_RUN, reason)
-    on_tokens = status == 429 and _names_the_token_limit(type_, message)
+    on_output_tokens = status == 429 and "output tokens" in message.lower()
+    on_tokens = status == 429 and not on_output_tokens and _names_the_token_limit(type_, message)
+    named = {"on_tokens": on_tokens, "on_output_tokens": on_output_tokens}
     # The server's own word beats the status rules below; a 429 it says to retry still pauses everyone.
     if server_says is True:
-        return Decision(Verdict.RETRY, reason, hint, rate_limited=status == 429 and not too_large, on_tokens=on_tokens)
+        return Decision(Verdict.RETRY, reason, hint, rate_limited=status == 429 and not too_large, **named)
     if server_says is False:
         return Decision(Verdict.FAIL, reason)
     # 2xx without the answer (cut off, a proxy's page, an unreadable or wrong-shaped body): transient.
@@ -228,7 +238,7 @@ def classify(outcome: HTTPOutcome, *, endpoint: Endpoint | None = None, now: flo
         return Decision(Verdict.FAIL, reason)
     # Rate limited: retry this one, and every sender pauses.
     if status == 429:
-        return Decision(Verdict.RETRY, reason, hint, rate_limited=True, on_tokens=on_tokens)
+        return Decision(Verdict.RETRY, reason, hint, rate_limited=True, **named)
     # Request timeout, or conflict (a lock timed out): transient.
     if status in (408, 409):
         return Decision(Verdict.RETRY, reason, hint)
@@ -258,7 +268,7 @@ def answer_problem(endpoint: Endpoint | None, body: Mapping[str, Any]) -> str | 
     for name, kind in fields:  # a plain loop: this runs for every answer
         if isinstance(body.get(name), kind):
             return None
-    wanted = " or ".join(f"{'a list' if kind is list else 'a string'} {name!r}" for name, kind in fields)
+    wanted = " or ".join(f"{'list' if kind is list else 'string'} {name!r}" for name, kind in fields)
     return f"not a /{endpoint.value} answer (it has no {wanted})"
 
 
@@ -405,6 +415,8 @@ def _error_fields(body: Any) -> tuple[str, str, str]:
         return "", "", ""
     error = body.get("error")
     if error is None:
+        if not ("message" in body or "detail" in body or "code" in body):
+            return "", "", ""  # an answer's own fields (Anthropic's "type": "message") are no error's
         error = body
     if isinstance(error, str):
         return "", "", error
@@ -472,14 +484,15 @@ def _should_retry_header(headers: Mapping[str, str]) -> bool | None:
     return True if value == "true" else False if value == "false" else None
 
 
-def _is_stop_run_code(code: str, type_: str) -> bool:
-    return code.lower() in STOP_RUN_ERROR_CODES or type_.lower() in STOP_RUN_ERROR_CODES
+def _is_stop_run_code(code: str, type_: str, message: str = "") -> bool:
+    # Anthropic says it in words: "Your credit balance is too low to access the Anthropic API."
+    return code.lower() in STOP_RUN_ERROR_CODES or type_.lower() in STOP_RUN_ERROR_CODES or "credit balance is too low" in message.lower()
 
 
 def _names_the_token_limit(type_: str, message: str) -> bool:
     """OpenAI's 429 says which limit: type "tokens" and "on tokens per min (TPM)", or "requests" and "(RPM)"."""
     text = message.lower()
-    return type_.lower() == "tokens" or "tokens per min" in text or "(tpm)" in text or "token rate limit" in text
+    return type_.lower() == "tokens" or "tokens per min" in text or "(tpm)" in text or "token rate limit" in text or "input tokens" in text
 
 
 def _names_a_model(code: str, type_: str, message: str) -> bool:

@@ -15,7 +15,8 @@ Usage::
 
 How it works. Every task of a run lives in one `asyncio.TaskGroup`, scoped by `run()`. A feeder takes a
 concurrency slot, picks the next job from the `Scheduler` (a retry that has come due before anything new),
-waits for the limiter to admit its estimated tokens, and starts the attempt as a task. An attempt sends
+waits for the arrival process (`arrivals.py`: none by default) and then for the limiter to admit its
+estimated tokens, and starts the attempt as a task. An attempt sends
 through the transport, `classify` reads the answer, and `next_step` (pure) says what to do: succeed, fail,
 retry after a delay (a rate-limit 429 also pauses every sender), or stop the run. The loop carries it out
 and decides nothing itself. Requests are read from the input only when they are about to be sent, and
@@ -39,21 +40,25 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Ma
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from .arrivals import Arrivals
+from .budget import Budget
 from .clock import LOOP_CLOCK, Clock
 from .config import Settings
-from .credentials import auth_headers, scrubber_for
-from .decisions import Fail, JobState, Retry, RunState, StopRun, Succeed, next_step
+from .credentials import scrubber_for
+from .decisions import DropAccount, Fail, JobState, Retry, RunState, StopRun, Succeed, next_step
 from .endpoints import Endpoint, UnsupportedEndpoint, cached_endpoint, check_request
 from .errors import InvalidRequest, RunStopped, TransportError
-from .learned_limits import LimitTuner, SendMark, parse_rate_limit_headers
+from .lanes import Lane, Lanes, LimiterFactory
+from .learned_limits import SendMark, parse_rate_limit_headers
 from .limiter import InProcessLimiter, Limits, RateLimiter
-from .models import APIRequest, RejectedLine, RequestResult, ResultKind
-from .rate_control import Answer, RateController
+from .models import APIRequest, AttemptTiming, RejectedLine, RequestResult, RequestTimings, ResultKind
+from .rate_control import Answer
 from .retry_policy import Decision, HTTPOutcome, Verdict, classify
 from .scheduler import Scheduler
 from .status import RunStats
-from .token_estimation import TokenEstimator
-from .transport import AiohttpTransport, SendFunction, Transport, TransportRequest, as_transport, outcome_of, outcome_of_error
+from .streaming import STREAMED_ENDPOINTS, streamed_body
+from .token_estimation import TokenEstimator, completion_budget, output_reservation
+from .transport import AiohttpTransport, ReceiveTimings, SendFunction, Transport, TransportRequest, as_transport, outcome_of, outcome_of_error
 
 __all__ = ["Processor", "Results", "process_requests", "process_requests_sync", "RequestItem", "RequestSource"]
 
@@ -78,14 +83,27 @@ class _Job:
     endpoint: Endpoint
     tokens: int
     position: int
+    #: Whose buckets it goes through: the lane for its model (made on first use), per account.
+    model: str = ""
+    #: Output tokens it reserves (Anthropic's max_tokens), refunded to what its answer used.
+    output_tokens: int = 0
+    #: The lane of the current attempt.
+    lane: Lane | None = None
     #: HTTP attempts made, rate-limit 429s included...
     attempts: int = 0
-    #: ...of which this many were rate-limit 429s, which use no attempt: only time, since the first of them.
+    #: ...of which this many used none of max_attempts: rate-limit 429s (only time, since the first of them),
+    #: and refusals by an account that was then dropped.
     rate_limited: int = 0
     first_rate_limited_at: float | None = None
     errors: list[str] = field(default_factory=list)
     #: When the current attempt was sent, and what we had sent by then: for learning the server's view.
     mark: SendMark | None = None
+    #: When it was first let go to the limiter, and how each attempt went (for `RequestResult.timings`).
+    scheduled_at: float | None = None
+    attempt_log: list[AttemptTiming] = field(default_factory=list)
+    received: ReceiveTimings | None = None
+    #: The dollars the attempt in flight holds of the run's budget (`--max_cost_usd`).
+    cost: float = 0.0
 
     def state(self, now: float) -> JobState:
         """What the decision step needs to know of this request."""
@@ -103,11 +121,25 @@ class _Job:
             attempts=self.attempts,
             kind=kind,
             estimated_tokens=self.tokens,
+            estimated_output_tokens=completion_budget(self.endpoint, self.request.body),
             custom_id=self.request.custom_id,
             status=outcome.status if outcome is not None else None,
             request_id=outcome.headers.get("x-request-id") if outcome is not None else None,
             error_body=outcome.body if not succeeded and outcome is not None else None,
             position=self.position,
+            timings=self.timings(),
+        )
+
+    def timings(self) -> RequestTimings | None:
+        if not self.attempt_log:
+            return None
+        last, received = self.attempt_log[-1], self.received
+        scheduled = self.scheduled_at if self.scheduled_at is not None else last.sent
+        if received is None:
+            return RequestTimings(scheduled, last.sent, last.ended, attempts=tuple(self.attempt_log))
+        return RequestTimings(
+            scheduled, last.sent, last.ended, first_byte=last.sent + received.first_byte,
+            tokens=tuple(last.sent + at for at in received.tokens), attempts=tuple(self.attempt_log),
         )
 
 
@@ -212,28 +244,39 @@ class Processor:
         transport: Transport | SendFunction | None = None,
         clock: Clock = LOOP_CLOCK,
         max_ahead: int | None = None,
+        limiter_factory: LimiterFactory | None = None,
+        budget: Budget | None = None,
     ) -> None:
         """`transport` replaces the network (real HTTP through aiohttp by default); the run never closes one
         it was given. `clock` is where every wait and deadline is read from. `max_ahead` bounds how far past
-        the oldest unfinished request the run may read, for a consumer that restores input order."""
+        the oldest unfinished request the run may read, for a consumer that restores input order. `budget`
+        (`--max_cost_usd`) stops the run before a request whose estimated cost would not fit in it.
+
+        Each (account, model) lane gets a limiter of its own: an `InProcessLimiter` by default, or what
+        `limiter_factory(account, model, limits)` makes (Redis, with the lane in the key); the run closes
+        those at its end. A single `limiter` instead is shared by every lane, and left open."""
         self.settings = settings
+        self.budget = budget
         self.clock = clock
         #: The run's endpoint. None when `request_url` is only an API root ("https://api.openai.com/v1"),
         #: for Batch input whose lines name their own; then lines without a url are rejected.
         self.endpoint = _endpoint_or_none(settings.request_url)
-        #: The ceiling: the limits given, lowered to what the API's x-ratelimit headers state.
-        self.tuner = LimitTuner(settings.limits, headroom=settings.headroom)
-        #: Below the ceiling, the rate the server's answers allow (closed-loop control).
-        self.control = RateController(requests_ceiling_known=settings.limits.requests_per_minute is not None, now=clock.now())
-        self._applied_limits = self.control.limits(self.tuner.limits(), clock.now())
-        self.limiter: RateLimiter = limiter if limiter is not None else InProcessLimiter(self._applied_limits, clock=clock.now, sleep=clock.sleep)
+        self._given_limiter = limiter
+        if limiter is not None:
+            make_limiter: LimiterFactory = lambda account, model, limits: limiter  # noqa: E731
+        elif limiter_factory is not None:
+            make_limiter = limiter_factory
+        else:
+            make_limiter = lambda account, model, limits: InProcessLimiter(limits, clock=clock.now, sleep=clock.sleep)  # noqa: E731
+        #: Every (account, model) lane: its limiter, its ceiling learned from headers, its rate control.
+        self.lanes = Lanes(settings, make_limiter=make_limiter, clock=clock)
         self.estimator = estimator if estimator is not None else TokenEstimator(settings.token_encoding_name)
-        self.stats = RunStats(self.tuner.server_limits(), started_at=clock.now(), clock=clock.now)
+        self.stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now)
         self._transport = as_transport(transport) if transport is not None else None
         self._scheduler: Scheduler[_Job] = Scheduler(max_waiting_retries=settings.max_in_flight, max_ahead=max_ahead)
-        self._headers = auth_headers(settings)
         self._scrub = scrubber_for(settings)
         self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._arrivals = Arrivals(settings.arrivals, seed=settings.arrival_seed)
         self._changed = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=settings.max_in_flight)
@@ -248,7 +291,7 @@ class Processor:
         self._started = False
 
     def __repr__(self) -> str:
-        return f"Processor({self.settings.request_url!r}, limiter={self.limiter!r})"
+        return f"Processor({self.settings.request_url!r}, {self.lanes!r})"
 
     @property
     def stopping(self) -> bool:
@@ -298,9 +341,18 @@ class Processor:
         finally:
             self.stats.unfinished = self._scheduler.open_count
             self.stats.finished_at = self.clock.now()
-            self.stats.control = self.control.report()
+            lanes = self.lanes.all()
+            self.stats.control = lanes[0].control.report() if len(lanes) == 1 else None
+            self.stats.lanes = self.lanes.reports()
+            if len(lanes) > 1:
+                self.stats.limits = _combined([lane.tuner.server_limits() for lane in lanes])
+            self.stats.dropped_accounts = self.lanes.dropped
             if self._transport is None:
                 await transport.aclose()
+            if self._given_limiter is None:
+                for limiter in {id(lane.limiter): lane.limiter for lane in lanes}.values():
+                    with contextlib.suppress(Exception):  # a limiter that cannot close loses nothing of the run's
+                        await limiter.aclose()
 
     async def process(self, requests: RequestSource) -> AsyncIterator[RequestResult]:
         """`run()` as a plain async generator: one result per request, in completion order.
@@ -323,11 +375,9 @@ class Processor:
 
     async def _feed(self, source: _Source, transport: Transport) -> None:
         try:
-            if not await self._apply_limits(self._applied_limits):
-                return
             while True:
                 await self._slots.acquire()
-                while self._in_flight and (self._one_at_a_time or len(self._in_flight) >= self.control.window()):
+                while self._in_flight and self._one_at_a_time:
                     self._changed.clear()
                     await self._wait_for_change()
                 try:
@@ -337,13 +387,20 @@ class Processor:
                     return
                 if job is None:
                     return
+                if self.budget is not None and not await self._reserve_cost(job, self.budget):
+                    return
+                lane = await self._lane_for(job)
+                await self._arrive(job, lane)
                 try:
-                    admitted = await self.limiter.acquire(job.tokens)
+                    admitted = await lane.limiter.acquire(job.tokens, job.output_tokens)
                 except Exception as error:
                     self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
                     return
+                job.lane = lane
+                lane.in_flight += 1
+                lane.sent += 1
                 job.mark = SendMark(self.clock.now(), admitted.requests, admitted.tokens)
-                self.control.sent(job.mark.sent_at)
+                lane.control.sent(job.mark.sent_at)
                 assert self._tasks is not None
                 task = self._tasks.create_task(self._attempt(job, transport))
                 self._in_flight.add(task)
@@ -352,11 +409,40 @@ class Processor:
         finally:
             await source.aclose()
 
+    async def _lane_for(self, job: _Job) -> Lane:
+        """The lane that can take this job soonest, once it may take one more: not while its first request
+        awaits the answer that tells its limits, nor beyond its window of requests in flight."""
+        while True:
+            lane = self.lanes.choose(job.model, job.tokens, job.output_tokens)
+            if not lane.started:  # a new lane: its limiter starts at its limits (a shared, given one is told them)
+                lane.started = True
+                if self._given_limiter is not None:
+                    await self._apply_limits(lane, lane.applied)
+            if not (lane.probing or lane.in_flight >= lane.control.window()) or not self._in_flight:
+                return lane
+            self._changed.clear()
+            await self._wait_for_change()
+
+    async def _arrive(self, job: _Job, lane: Lane) -> None:
+        """Wait for the arrival process to let the next send go (`--arrivals`), then count it as scheduled.
+        Poisson arrivals without a rate of their own run at the request limit of the lane the job goes through."""
+        rate = self.settings.request_rate
+        if rate is None and self.settings.arrivals == "poisson":
+            per_minute = lane.applied.requests_per_minute
+            rate = per_minute / 60 if per_minute is not None else None
+        due = self._arrivals.due(rate)
+        if due is not None and due > self.clock.now():
+            await self.clock.sleep(due - self.clock.now())
+        now = self.clock.now()
+        self._arrivals.released(now)
+        if job.scheduled_at is None:
+            job.scheduled_at = now
+
     @property
     def _one_at_a_time(self) -> bool:
-        """The first request goes alone while the limits are unknown; and so does each one while the endpoint
-        has failed and nothing has succeeded (a wrong URL costs one request at a time, not the whole file)."""
-        return self.tuner.awaiting_first_answer or (self._endpoint_failing and not self._any_succeeded)
+        """While the endpoint has failed and nothing has succeeded, requests go one at a time (a wrong URL costs
+        one request's attempts, not the whole file's). Each lane's first request also goes alone (`_lane_for`)."""
+        return self._endpoint_failing and not self._any_succeeded
 
     async def _next_job(self, source: _Source) -> _Job | None:
         """A retry that is due, else a new request; waits while only future retries remain."""
@@ -381,6 +467,27 @@ class Processor:
                 return None
             await self._wait_for_change(self._scheduler.next_retry_at(), source.fetching)
 
+    async def _reserve_cost(self, job: _Job, budget: Budget) -> bool:
+        """Hold this attempt's estimated cost in the budget. While it does not fit, wait for the attempts in flight to
+        settle (answers usually cost less than estimated); when nothing in flight can make room, stop the run."""
+        cost = budget.estimate(job.request.body, job.endpoint, job.tokens)
+        if cost is None:
+            self._stop_for_budget(budget.no_price_reason(job.request.body))
+            return False
+        while not budget.fits(cost):
+            if not self._in_flight:
+                self._stop_for_budget(budget.stop_reason(cost))
+                return False
+            self._changed.clear()
+            await self._wait_for_change()
+        budget.reserve(cost)
+        job.cost = cost
+        return True
+
+    def _stop_for_budget(self, reason: str) -> None:
+        logger.warning("%s; stopping the run (a rerun resumes)", reason)
+        self.stop(reason)
+
     async def _wait_for_change(self, until: float | None = None, fetching: asyncio.Future[Any] | None = None) -> None:
         """Until an attempt or a result changes something, the next input item arrives, or the clock reaches `until`."""
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._changed.wait())]
@@ -403,9 +510,11 @@ class Processor:
             item = _from_mapping(item, self._positions)
         try:
             url, endpoint, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
+            output_tokens = output_reservation(endpoint, item.body)
         except InvalidRequest as error:
             return self._invalid(item.index, item.body, item.metadata, f"{item.name}: {error}", item.custom_id, position)
-        return _Job(item, url, endpoint, tokens, position)
+        model = item.body.get("model")
+        return _Job(item, url, endpoint, tokens, position, model=model if isinstance(model, str) else "", output_tokens=output_tokens)
 
     def _invalid(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None, position: int) -> RequestResult:
         logger.error("%s (not sent)", reason)
@@ -421,10 +530,11 @@ class Processor:
         self._failure = error
         self.stop(reason)
 
-    async def _apply_limits(self, limits: Limits) -> bool:
-        """Move the limiter to these limits. False (and the run stops) if the limiter failed."""
+    async def _apply_limits(self, lane: Lane, limits: Limits) -> bool:
+        """Move a lane's limiter to these limits. False (and the run stops) if the limiter failed."""
+        lane.applied = limits
         try:
-            await self.limiter.set_limits(limits)
+            await lane.limiter.set_limits(limits)
         except Exception as error:
             self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
             return False
@@ -438,6 +548,8 @@ class Processor:
         except Exception as error:  # a bug of ours must not lose the request silently
             await self._results.put(self._internal_error(job, error))
         finally:
+            if job.lane is not None:
+                job.lane.in_flight -= 1
             self._slots.release()
             task = asyncio.current_task()
             if task is not None:
@@ -452,24 +564,44 @@ class Processor:
         verbose = logger.isEnabledFor(logging.INFO)  # the default level logs nothing per request: build no arguments for it
         if verbose:
             logger.info("%s: sending, attempt %d/%d, ~%d tokens", job.request.name, job.attempts, settings.retry.max_attempts, job.tokens)
+        stream = settings.stream and job.endpoint in STREAMED_ENDPOINTS
+        body = streamed_body(job.endpoint, job.request.body) if stream else job.request.body
+        lane = job.lane
+        assert lane is not None
+        request = TransportRequest(job.url, body, lane.headers, settings.request_timeout, stream=stream)
         started = self.clock.now()
-        request = TransportRequest(job.url, job.request.body, self._headers, settings.request_timeout)
         try:
-            outcome = outcome_of(await transport.send(request), self._scrub)
+            response = await transport.send(request)
+            job.received = response.timings
+            outcome = outcome_of(response, self._scrub)
         except TransportError as error:
+            job.received = None
             outcome = outcome_of_error(error, self._scrub)
         decision = classify(outcome, endpoint=job.endpoint)
+        if self.budget is not None:
+            succeeded, answered = decision.verdict is Verdict.SUCCESS, outcome.status is not None
+            self.budget.settle(job.cost, self.budget.actual(job.request.body, job.cost, answer=outcome.body, succeeded=succeeded, answered=answered))
+            job.cost = 0.0
         now = self.clock.now()
+        ended = outcome.status if outcome.status is not None else outcome.no_answer.value if outcome.no_answer is not None else "no answer"
+        job.attempt_log.append(AttemptTiming(started, now, ended, decision.rate_limited))
         self.stats.record_answer(now, rate_limited=decision.rate_limited)
+        lane.succeeded += decision.verdict is Verdict.SUCCESS
+        lane.rate_limited += decision.rate_limited
         if decision.rate_limited:
             job.rate_limited += 1
             if job.first_rate_limited_at is None:
                 job.first_rate_limited_at = now
         self._any_succeeded |= decision.verdict is Verdict.SUCCESS
         self._endpoint_failing |= decision.about_the_endpoint
-        if not await self._learn(job, outcome, decision) and decision.verdict is not Verdict.SUCCESS:
+        if not await self._learn(job, lane, outcome, decision) and decision.verdict is not Verdict.SUCCESS:
             return  # the limiter failed and the run stops; a success is still kept
-        run = RunState(stopping=self.stopping, any_succeeded=self._any_succeeded, hintless_pause=self.control.hintless_pause())
+        # An answer from an account already dropped (it was in flight) is about that account: the rest are left.
+        accounts_left = self.lanes.accounts_left + self.lanes.is_dropped(lane.account.name)
+        run = RunState(
+            stopping=self.stopping, any_succeeded=self._any_succeeded, hintless_pause=lane.control.hintless_pause(),
+            accounts_left=accounts_left,
+        )
         step = next_step(decision, job=job.state(now), run=run, policy=settings.retry)
         reason = self._scrub(decision.reason)
         match step:
@@ -482,7 +614,7 @@ class Processor:
                 logger.error("%s: failed after %d attempt(s): %s", job.request.name, job.attempts, reason)
                 await self._results.put(job.result(outcome, ResultKind.FAILED))
             case Retry(delay=delay, pause_everyone=pause, rate_limited=True):
-                if pause is not None and not await self._pause_everyone(job, pause):
+                if pause is not None and not await self._pause_everyone(job, lane, pause):
                     return
                 logger.info("%s: rate limited (%s); retrying in %.2fs", job.request.name, reason, delay)
                 self._scheduler.add_retry(job, self.clock.now() + delay)
@@ -491,46 +623,65 @@ class Processor:
                 attempts = job.attempts - job.rate_limited
                 logger.info("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, attempts, settings.retry.max_attempts, reason, delay)
                 self._scheduler.add_retry(job, self.clock.now() + delay)
+            case DropAccount(reason=why):
+                why = self._scrub(why)
+                if self.lanes.is_dropped(lane.account.name):  # another request's answer dropped it already
+                    logger.info("%s: %s; sending it through another account", job.request.name, why)
+                else:
+                    logger.warning("account %r: %s; dropping it, the other %d go on", lane.account.name, why, self.lanes.accounts_left - 1)
+                    self.lanes.drop(lane.account.name, why)
+                job.rate_limited += 1  # not the request's fault: it costs no attempt
+                self._scheduler.add_retry(job, self.clock.now())
             case StopRun(reason=why):
                 logger.error("%s: %s; stopping the run", job.request.name, self._scrub(why))
                 self.stop(self._scrub(why))
 
-    async def _learn(self, job: _Job, outcome: HTTPOutcome, decision: Decision) -> bool:
-        """Let the tuner learn from this answer, and move the limiter to what it asks. False if the limiter failed."""
+    async def _learn(self, job: _Job, lane: Lane, outcome: HTTPOutcome, decision: Decision) -> bool:
+        """Let the lane's tuner and control learn from this answer, and move its limiter to what they ask.
+        False if the limiter failed."""
         now = self.clock.now()
-        report = parse_rate_limit_headers(outcome.headers)
+        report = parse_rate_limit_headers(outcome.headers, now=self.clock.wall())
         mark = job.mark
         try:
+            used = 0
             if decision.verdict is not Verdict.SUCCESS and mark is not None:
-                # The server charges only what it admits: a refused request is not part of what was spent.
-                await self.limiter.refused(job.tokens)
+                # The server charges only what it admits: a refused request is not part of what was spent,
+                # and produced no output.
+                await lane.limiter.refused(job.tokens)
                 mark = SendMark(mark.sent_at, mark.requests - 1, mark.tokens - job.tokens)
+            elif job.output_tokens:
+                # The reservation was the request's ceiling (max_tokens); the answer says what it used.
+                used = _output_tokens_used(outcome.body, job.output_tokens)
+            if job.output_tokens > used:
+                await lane.limiter.refund(job.output_tokens - used)
         except Exception as error:
             self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
             return False
         from_the_api = outcome.status is not None and outcome.status < 500
         if mark is not None:
-            self.tuner.observe(mark, report, from_the_api=from_the_api)
+            lane.tuner.observe(mark, report, from_the_api=from_the_api)
             if from_the_api:
-                self.control.answered(Answer(mark.sent_at, job.tokens, decision.rate_limited, decision.on_tokens), now)
+                answer = Answer(mark.sent_at, job.tokens, decision.rate_limited, decision.on_tokens, decision.on_output_tokens, used)
+                lane.control.answered(answer, now)
             else:  # a 5xx or no answer says nothing about the server's rate limiter
-                self.control.lost(mark.sent_at)
-        limits = self.control.limits(self.tuner.limits(), now)
-        if _close(limits, self._applied_limits):
+                lane.control.lost(mark.sent_at)
+        limits = lane.control.limits(lane.tuner.limits(), now)
+        if _close(limits, lane.applied):
             return True
-        self._applied_limits = limits
-        self.stats.limits = self.tuner.server_limits()
-        self.stats.server_token_ratio = self.tuner.tokens.ratio
-        logger.debug("sending at %s (server-side ratios %.2f requests, %.2f tokens)", limits, self.tuner.requests.ratio, self.tuner.tokens.ratio)
-        return await self._apply_limits(limits)
+        if len(self.lanes.all()) == 1:
+            self.stats.limits = lane.tuner.server_limits()
+            self.stats.server_token_ratio = lane.tuner.tokens.ratio
+        logger.debug("%s: sending at %s (server-side ratios %.2f requests, %.2f tokens)", lane.name, limits, lane.tuner.requests.ratio, lane.tuner.tokens.ratio)
+        return await self._apply_limits(lane, limits)
 
-    async def _pause_everyone(self, job: _Job, pause: float) -> bool:
-        """After a rate-limit 429, nobody sends until the pause has passed. False if the limiter failed."""
-        logger.debug("%s: rate limited; all sending paused for %.3fs", job.request.name, pause)
+    async def _pause_everyone(self, job: _Job, lane: Lane, pause: float) -> bool:
+        """After a rate-limit 429, nobody sends through that lane until the pause has passed. False if the
+        limiter failed."""
+        logger.debug("%s: rate limited; all sending through %s paused for %.3fs", job.request.name, lane.name, pause)
         now = self.clock.now()
-        self.control.paused(now, now + pause)
+        lane.control.paused(now, now + pause)
         try:
-            await self.limiter.pause(pause)
+            await lane.limiter.pause(pause)
         except Exception as error:
             self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
             return False
@@ -555,8 +706,35 @@ class Processor:
 
 def _close(a: Limits, b: Limits, tolerance: float = 0.01) -> bool:
     """Limits within 1% of each other: not worth rebuilding the buckets for. (Unlimited is close only to itself.)"""
-    pairs = ((a.requests_per_minute, b.requests_per_minute), (a.tokens_per_minute, b.tokens_per_minute))
+    pairs = (
+        (a.requests_per_minute, b.requests_per_minute),
+        (a.tokens_per_minute, b.tokens_per_minute),
+        (a.output_tokens_per_minute, b.output_tokens_per_minute),
+    )
     return all(x == y or (x is not None and y is not None and math.isfinite(x) and math.isfinite(y) and abs(x - y) <= tolerance * max(x, y)) for x, y in pairs)
+
+
+def _combined(limits: list[Limits]) -> Limits:
+    """The lanes' limits added up: what the run could send at in all (None where a lane's is not known)."""
+
+    def total(values: list[float | None]) -> float | None:
+        return None if any(value is None for value in values) else sum(value for value in values if value is not None)
+
+    return Limits(
+        total([each.requests_per_minute for each in limits]),
+        total([each.tokens_per_minute for each in limits]),
+        output_tokens_per_minute=total([each.output_tokens_per_minute for each in limits]),
+    )
+
+
+def _output_tokens_used(body: Any, reserved: int) -> int:
+    """What an answer says it used of its output reservation (Anthropic's usage.output_tokens); the whole
+    reservation when it does not say."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    used = usage.get("output_tokens") if isinstance(usage, dict) else None
+    if isinstance(used, int) and not isinstance(used, bool) and used >= 0:
+        return min(used, reserved)
+    return reserved
 
 
 def _endpoint_or_none(url: str) -> Endpoint | None:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from .costs import CostLedger, CostReport, PriceBook, estimated_tokens_of_result, format_dollars, model_of, usage_tokens
+from .lanes import LaneReport
 from .limiter import Limits
 from .models import RequestResult, ResultKind
 from .rate_control import ControlReport
@@ -118,6 +120,13 @@ class RunStats:
     failed_earlier: int = 0
     #: What the closed-loop rate control found (set at the end of a run).
     control: ControlReport | None = None
+    #: What each (account, model) lane did, when a run had more than one (set at the end of a run).
+    lanes: list[LaneReport] = field(default_factory=list)
+    #: Accounts the run stopped using, and why (a refused key, no quota).
+    dropped_accounts: dict[str, str] = field(default_factory=dict)
+    #: For succeeded requests, per model: our estimate (prompt, completion budget) and the API's reported usage.
+    estimated_cost: CostLedger = field(default_factory=CostLedger, repr=False)
+    spent: CostLedger = field(default_factory=CostLedger, repr=False)
     meter: RateMeter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -160,18 +169,33 @@ class RunStats:
             self.succeeded += 1
             if result.response is not None:
                 self.record_usage(result.estimated_tokens, result.response)
+                self.record_cost(result)
         elif result.kind is ResultKind.INVALID:
             self.invalid += 1
         else:
             self.failed += 1
+
+    def record_cost(self, result: RequestResult) -> None:
+        """Count a succeeded request's tokens per model, for the summary's dollars: estimated, and reported."""
+        body = result.request if isinstance(result.request, dict) else {}
+        model = model_of(body, result.response)
+        input_tokens, output_tokens = estimated_tokens_of_result(result)
+        self.estimated_cost.add(model, input_tokens=input_tokens, output_tokens=output_tokens)
+        usage = usage_tokens(result.response)
+        if usage is not None:
+            self.spent.add(model, input_tokens=usage[0], output_tokens=usage[1])
 
     def record_usage(self, estimated_tokens: int, response: dict[str, Any]) -> None:
         usage = response.get("usage")
         self.estimated_tokens_succeeded += estimated_tokens
         if isinstance(usage, dict):
             prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-            total = usage.get("total_tokens", 0)
-            self.reported_prompt_tokens += prompt if isinstance(prompt, int) else 0
+            prompt = prompt if isinstance(prompt, int) else 0
+            total = usage.get("total_tokens")
+            if total is None:  # Anthropic's usage: input and output tokens, no total
+                output = usage.get("output_tokens", 0)
+                total = prompt + (output if isinstance(output, int) else 0)
+            self.reported_prompt_tokens += prompt
             self.reported_total_tokens += total if isinstance(total, int) else 0
 
 
@@ -400,8 +424,9 @@ class ProgressDisplay:
             self._bar.close()
 
 
-def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
-    """The end-of-run report: what happened, how fast against the limits, and where the results are."""
+def format_summary(stats: RunStats, *, save_path: str | None = None, prices: PriceBook | None = None, max_cost_usd: float | None = None) -> str:
+    """The end-of-run report: what happened, how fast against the limits, what it cost (with `prices`), and where the
+    results are."""
     minutes = stats.elapsed / 60.0
     rpm = stats.attempts / minutes
     tpm = stats.tokens_charged / minutes
@@ -431,12 +456,15 @@ def format_summary(stats: RunStats, *, save_path: str | None = None) -> str:
     lines.append(f"                   {tpm:,.0f} tokens/min{_of_limit(tpm, stats.limits.tokens_per_minute)}")
     if stats.succeeded:
         lines.append(
-            f"  tokens           estimated {stats.estimated_tokens_succeeded:,} (prompt + completion budget); "
+            f"  tokens           estimated {stats.estimated_tokens_succeeded:,} (charged to the token limit); "
             f"reported by the API {stats.reported_total_tokens:,} ({stats.reported_prompt_tokens:,} prompt)"
         )
     if abs(stats.server_token_ratio - 1) >= 0.02:
         lines.append(f"                   the API's rate limiter charged about {stats.server_token_ratio:.2f}x our estimates (paced to match)")
     lines.extend(_control_lines(stats, minutes))
+    lines.extend(_lane_lines(stats))
+    if prices is not None:
+        lines.extend(_cost_lines(stats, prices, max_cost_usd))
     if save_path:
         lines.append(f"  results          {save_path}")
     return "\n".join(lines)
@@ -459,6 +487,74 @@ def _control_lines(stats: RunStats, minutes: float) -> list[str]:
     if found:
         line += "; the server's limit appears to be " + " and ".join(found)
     return [line]
+
+
+def _cost_lines(stats: RunStats, prices: PriceBook, max_cost_usd: float | None) -> list[str]:
+    """What the succeeded requests cost by the API's reported usage, beside what they were estimated to cost."""
+    spent, estimated = stats.spent.priced(prices), stats.estimated_cost.priced(prices)
+    lines = []
+    if estimated.by_model:
+        pricing = "batch prices" if prices.batch else "online prices"
+        lines.append(
+            f"  cost (USD)       spent {format_dollars(spent.total)} by the API's reported usage; estimated {format_dollars(estimated.total)} "
+            f"for the same {estimated.requests:,} requests (prompt + completion budget); at {pricing}"
+        )
+        spent_by_model = {cost.model: cost for cost in spent.by_model}
+        for cost in estimated.by_model:
+            if cost.price is None:
+                lines.append(f"                   {cost.model}: {cost.requests:,} requests, no price known (see --price_input_per_mtok)")
+                continue
+            paid = spent_by_model.get(cost.model)
+            lines.append(
+                f"                   {cost.model}: {cost.requests:,} requests, {format_dollars((paid.dollars or 0.0) if paid else 0.0)} spent, "
+                f"{format_dollars(cost.dollars or 0.0)} estimated (${cost.price.input_per_mtok:g} / ${cost.price.output_per_mtok:g} per million "
+                f"input / output tokens; {cost.price.source})"
+            )
+    if max_cost_usd is not None:
+        lines.append(f"  budget           {format_dollars(max_cost_usd)} (--max_cost_usd), for this run")
+    return lines
+
+
+def cost_record(stats: RunStats, prices: PriceBook, max_cost_usd: float | None) -> dict[str, Any]:
+    """The summary's dollars as data: spent (reported usage) and estimated, per model and in total."""
+    spent: CostReport = stats.spent.priced(prices)
+    estimated = stats.estimated_cost.priced(prices)
+    return {
+        "pricing": "batch" if prices.batch else "online",
+        "spent_usd": spent.record()["usd"],
+        "estimated_usd": estimated.record()["usd"],
+        "max_cost_usd": max_cost_usd,
+        "spent": spent.record(),
+        "estimated": estimated.record(),
+    }
+
+
+def _lane_lines(stats: RunStats) -> list[str]:
+    """Each account's and model's share, and the limits its headers stated: where the work went."""
+    lanes = stats.lanes if len(stats.lanes) > 1 else []
+    lines = ["  lanes            (account/model: requests sent, their share; the limits its headers stated)"] if lanes else []
+    sent = sum(lane.sent for lane in lanes) or 1
+    for lane in lanes:
+        name = f"{lane.account}/{lane.model}" if lane.model else lane.account
+        line = f"    {name:<14} {lane.sent:,} sent ({lane.sent / sent:.0%}), {lane.succeeded:,} succeeded, {lane.rate_limited:,} rate-limit 429s"
+        stated = _stated(lane.learned)
+        if stated:
+            line += f"; {stated}"
+        if lane.found_requests_per_minute is not None:
+            line += f"; its limit appears to be about {_round_figure(lane.found_requests_per_minute):,.0f} RPM"
+        lines.append(line)
+    for account, reason in stats.dropped_accounts.items():
+        lines.append(f"  dropped account  {account}: {reason}")
+    return lines
+
+
+def _stated(limits: Limits) -> str:
+    parts = [
+        f"{value:,.0f} {unit}"
+        for value, unit in ((limits.requests_per_minute, "RPM"), (limits.tokens_per_minute, "TPM"), (limits.output_tokens_per_minute, "output TPM"))
+        if value is not None and math.isfinite(value)
+    ]
+    return ", ".join(parts)
 
 
 def _round_figure(value: float) -> float:
@@ -495,6 +591,8 @@ def summary_record(
     error: str | None = None,
     requests_path: str | None = None,
     save_path: str | None = None,
+    prices: PriceBook | None = None,
+    max_cost_usd: float | None = None,
 ) -> dict[str, Any]:
     """The summary as data, for `--summary_json`: the same facts as `format_summary`, plus the exit code.
 
@@ -531,8 +629,11 @@ def summary_record(
         },
         "server_token_ratio": round(stats.server_token_ratio, 3),
         "rate_control": _control_record(stats.control),
+        "lanes": [_lane_record(lane) for lane in stats.lanes] if len(stats.lanes) > 1 else [],
+        "dropped_accounts": dict(stats.dropped_accounts),
         "failed_earlier": stats.failed_earlier,
         "orphan_rows": stats.orphan_rows,
+        "cost": cost_record(stats, prices, max_cost_usd) if prices is not None else None,
         "requests_file": requests_path,
         "results_file": save_path,
     }
@@ -546,6 +647,18 @@ def _control_record(control: ControlReport | None) -> dict[str, Any] | None:
         "cuts": control.cuts,
         "found_requests_per_minute": None if control.found_requests_per_minute is None else round(control.found_requests_per_minute, 1),
         "found_tokens_per_minute": None if control.found_tokens_per_minute is None else round(control.found_tokens_per_minute, 1),
+    }
+
+
+def _lane_record(lane: LaneReport) -> dict[str, Any]:
+    return {
+        "account": lane.account,
+        "model": lane.model,
+        "sent": lane.sent,
+        "succeeded": lane.succeeded,
+        "rate_limit_429s": lane.rate_limited,
+        "learned": _limits_record(lane.learned),
+        "found_requests_per_minute": None if lane.found_requests_per_minute is None else round(lane.found_requests_per_minute, 1),
     }
 
 
@@ -563,4 +676,7 @@ def _limits_record(limits: Limits) -> dict[str, float | str | None]:
             return None
         return "unlimited" if math.isinf(rate) else round(rate, 3)
 
-    return {"requests_per_minute": value(limits.requests_per_minute), "tokens_per_minute": value(limits.tokens_per_minute)}
+    record = {"requests_per_minute": value(limits.requests_per_minute), "tokens_per_minute": value(limits.tokens_per_minute)}
+    if limits.output_tokens_per_minute is not None:
+        record["output_tokens_per_minute"] = value(limits.output_tokens_per_minute)
+    return record

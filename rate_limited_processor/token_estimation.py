@@ -36,6 +36,7 @@ __all__ = [
     "EstimationError",
     "TokenEstimator",
     "completion_budget",
+    "output_reservation",
     "estimate_from_characters",
 ]
 
@@ -55,6 +56,7 @@ DEFAULT_COMPLETION_TOKENS_BY_ENDPOINT: Mapping[Endpoint, int] = MappingProxyType
         Endpoint.COMPLETIONS: LEGACY_COMPLETIONS_MAX_TOKENS,
         Endpoint.EMBEDDINGS: 0,
         Endpoint.RESPONSES: DEFAULT_COMPLETION_TOKENS,
+        Endpoint.MESSAGES: DEFAULT_COMPLETION_TOKENS,  # never used: Anthropic requires max_tokens
     }
 )
 #: Fields that cap the tokens generated per choice, in the order we honour them: the current chat name, the
@@ -100,9 +102,9 @@ _UNCOUNTED_KEYS = frozenset({"type", "id", "call_id", "tool_call_id", "status", 
 _TEXT_PARTS = MappingProxyType(
     {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal"}
 )
-_IMAGE_PARTS = frozenset({"image_url", "input_image"})
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})  # "image": Anthropic's block
 _AUDIO_PARTS = frozenset({"input_audio"})
-_FILE_PARTS = frozenset({"file", "input_file"})
+_FILE_PARTS = frozenset({"file", "input_file", "document"})  # "document": Anthropic's block
 _MEDIA_PARTS = _IMAGE_PARTS | _AUDIO_PARTS | _FILE_PARTS
 _TOKEN_INPUT_SHAPES = "a string, a list of strings, a list of token ids or a list of token-id lists"
 
@@ -118,7 +120,7 @@ class TokenEstimator:
     (unknown or missing models get cl100k_base). `warn` hears, once, that counts became approximate.
     """
 
-    __slots__ = ("_encoding_name", "_warn", "_counters", "_fallback_used")
+    __slots__ = ("_encoding_name", "_warn", "_counters", "_fallback_used", "_claude_noted")
 
     #: Forced encoding, or None to go by each request's model.
     _encoding_name: str | None
@@ -135,6 +137,7 @@ class TokenEstimator:
         self._warn = warn if warn is not None else _LOG.warning
         self._counters = {}
         self._fallback_used = False
+        self._claude_noted = False
 
     @property
     def fallback_used(self) -> bool:
@@ -142,13 +145,24 @@ class TokenEstimator:
         return self._fallback_used
 
     def estimate(self, endpoint: Endpoint, body: Mapping[str, Any]) -> int:
-        """Tokens the request counts against the TPM limit when sent: its prompt plus its completion budget."""
+        """Tokens the request counts against the TPM limit when sent: its prompt plus its completion budget.
+
+        For Anthropic's Messages API, the input tokens alone (its ITPM); the output budget is reserved
+        against the output-token limit instead (`output_reservation`).
+        """
+        if endpoint.is_anthropic:
+            return self.prompt_tokens(endpoint, body)
         return self.prompt_tokens(endpoint, body) + completion_budget(endpoint, body)
 
     def prompt_tokens(self, endpoint: Endpoint, body: Mapping[str, Any]) -> int:
         """Tokens of the prompt alone, framing included (what the API reports as prompt or input tokens)."""
         _require_object(body)
-        count_text = self._counter(self._encoding_name or _model_encoding(body))
+        if self._encoding_name is not None:  # forced for every request, Claude's included
+            count_text = self._counter(self._encoding_name)
+        elif endpoint.is_anthropic:
+            count_text = self._claude_counter()
+        else:
+            count_text = self._counter(_model_encoding(body))
         if endpoint is Endpoint.CHAT_COMPLETIONS:
             plain = _plain_chat_tokens(body, count_text)
             if plain is not None:
@@ -157,6 +171,17 @@ class TokenEstimator:
         for piece in _checked_pieces(endpoint, body):
             total += count_text(piece) if isinstance(piece, str) else piece
         return total
+
+    def _claude_counter(self) -> _TextCounter:
+        """Claude's tokenizer is not public: 1 token per 4 characters, said once. The tuner's server-side ratio,
+        learned from Anthropic's rate-limit headers, corrects the pace for how far off that is."""
+        if not self._claude_noted:
+            self._claude_noted = True
+            self._warn(
+                f"Claude's tokenizer is not public: input tokens are estimated at 1 per {CHARACTERS_PER_TOKEN} characters; "
+                "the pace is corrected by what Anthropic's rate-limit headers say was spent"
+            )
+        return _approximate_tokens
 
     def _counter(self, encoding_name: str) -> _TextCounter:
         counter = self._counters.get(encoding_name)
@@ -198,6 +223,12 @@ class TokenEstimator:
         )
 
 
+def output_reservation(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
+    """Output tokens reserved against an output-token limit when the request is sent: Anthropic's `max_tokens`
+    (refunded to what the answer used when it comes back). 0 where no such limit exists."""
+    return completion_budget(endpoint, body) if endpoint.is_anthropic else 0
+
+
 def completion_budget(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
     """Tokens the request may generate in all: the per-choice cap times the choices it asks for.
 
@@ -208,7 +239,7 @@ def completion_budget(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
     if endpoint is Endpoint.EMBEDDINGS:
         return 0
     per_choice = _per_choice_budget(endpoint, body)
-    if endpoint is Endpoint.RESPONSES:
+    if endpoint in (Endpoint.RESPONSES, Endpoint.MESSAGES):
         return per_choice
     choices = _count_field(body, "n")
     if endpoint is Endpoint.COMPLETIONS:
@@ -344,6 +375,12 @@ def _require_object(body: object) -> None:
 
 def _chat_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
     """OpenAI's recipe: framing per message, the text of each field, reply priming; tools on top."""
+    yield from _conversation_pieces(body)
+    yield from _tool_pieces(body, "functions")
+
+
+def _conversation_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
+    """Each message of `messages`, the reply priming, and the tools: chat's and Anthropic's alike."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise EstimationError(f"'messages' must be a list of messages, not {_kind(messages)}")
@@ -351,7 +388,6 @@ def _chat_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
         yield from _message_pieces(message, f"messages[{index}]")
     yield REPLY_PRIMING_TOKENS
     yield from _tool_pieces(body, "tools")
-    yield from _tool_pieces(body, "functions")
 
 
 def _responses_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
@@ -394,6 +430,15 @@ def _completions_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
         yield suffix
 
 
+def _messages_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
+    """Anthropic's Messages API: the system prompt (a string or text blocks), each message, and the tools."""
+    system = body.get("system")
+    if system is not None:
+        yield TOKENS_PER_MESSAGE
+        yield from _content_pieces(system, "system")
+    yield from _conversation_pieces(body)
+
+
 def _embeddings_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
     return _token_input_pieces(body.get("input"), "input")
 
@@ -404,6 +449,7 @@ _PIECES: Mapping[Endpoint, Callable[[Mapping[str, Any]], Iterable[_Piece]]] = Ma
         Endpoint.COMPLETIONS: _completions_pieces,
         Endpoint.EMBEDDINGS: _embeddings_pieces,
         Endpoint.RESPONSES: _responses_pieces,
+        Endpoint.MESSAGES: _messages_pieces,
     }
 )
 

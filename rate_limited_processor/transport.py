@@ -14,6 +14,13 @@ Usage::
 A transport answers with the status, headers and body bytes of whatever came back, or raises
 `TransportError` when nothing did (refused, unresolvable, TLS, reset, timed out). It never judges an
 answer: `retry_policy.classify` does that, once, for every transport alike.
+
+Streams. A request with `stream=True` (its body asks for one: `streaming.streamed_body`) is read as it
+arrives, and `receive` turns a 2xx `text/event-stream` into the answer an unstreamed request would have got,
+with the time of its first byte, of each event that carried output, and of its last byte
+(`TransportResponse.timings`). A stream that breaks off or ends before its end marker (`[DONE]`) is a
+`TransportError`, retried like a reset: never half an answer. Every transport reads streams this one way: a
+function transport may return a `StreamingResponse` (its body as an async iterable of bytes).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,10 +44,14 @@ from . import strict_json
 from .credentials import Scrubber
 from .errors import NoAnswer, TransportError
 from .retry_policy import HTTPOutcome
+from .streaming import EventStreamParser, StreamAssembler, StreamProblem, is_event_stream
 
 __all__ = [
     "TransportRequest",
     "TransportResponse",
+    "ReceiveTimings",
+    "StreamingResponse",
+    "receive",
     "Transport",
     "SendFunction",
     "AiohttpTransport",
@@ -73,15 +84,87 @@ class TransportRequest:
     #: Hold the key: never shown in a repr.
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     timeout: float = 600.0
+    #: The body asks for a stream: read the answer as it arrives, and time it.
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveTimings:
+    """When an answer arrived, in seconds after the transport began sending it."""
+
+    first_byte: float
+    #: Each moment output of a stream arrived (its first is the first token; events read together count
+    #: once); empty when not streamed.
+    tokens: tuple[float, ...]
+    last_byte: float
 
 
 @dataclass(frozen=True, slots=True)
 class TransportResponse:
-    """What came back: the status, the headers (names in lower case) and the body's bytes."""
+    """What came back: the status, the headers (names in lower case) and the body's bytes.
+
+    For a stream, `body` is the reassembled answer as JSON, and `timings` says when its parts came.
+    """
 
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    timings: ReceiveTimings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingResponse:
+    """An answer still arriving: its status and headers, and its body as the bytes come (for `receive`)."""
+
+    status: int
+    headers: Mapping[str, str]
+    chunks: AsyncIterable[bytes] = field(repr=False)
+
+
+async def receive(response: StreamingResponse, *, started: float, now: Callable[[], float] | None = None) -> TransportResponse:
+    """Read a streaming answer to its end, timing it (`now`: the running loop's clock by default).
+
+    A 2xx `text/event-stream` becomes the unstreamed answer (`streaming.StreamAssembler`); any other answer
+    (a 429's JSON, an error page) is read whole, as it came. Raises `TransportError` for a stream that ends
+    before its end marker or carries an event that is not JSON, and for a body over MAX_RESPONSE_BYTES.
+    """
+    clock = now if now is not None else asyncio.get_running_loop().time
+    streamed = 200 <= response.status < 300 and is_event_stream(response.headers)
+    parser, answer = EventStreamParser(), StreamAssembler()
+    chunks: list[bytes] = []
+    tokens: list[float] = []
+    first_byte: float | None = None
+    size = 0
+    async for chunk in response.chunks:
+        at = clock() - started
+        if first_byte is None:
+            first_byte = at
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise TransportError(NoAnswer.BROKEN, f"the response is more than the {MAX_RESPONSE_BYTES:,} bytes read")
+        if not streamed:
+            chunks.append(chunk)
+            continue
+        try:
+            output = [answer.add(event) for event in parser.feed(chunk)]
+        except StreamProblem as problem:
+            raise TransportError(NoAnswer.BROKEN, f"a broken event stream: {problem}") from None
+        if any(output) and (not tokens or at > tokens[-1]):  # output read at one moment arrived once
+            tokens.append(at)
+    last_byte = clock() - started
+    timings = ReceiveTimings(first_byte if first_byte is not None else last_byte, tuple(tokens), last_byte)
+    if not streamed:
+        return TransportResponse(response.status, response.headers, b"".join(chunks), timings)
+    if not answer.complete:
+        raise TransportError(
+            NoAnswer.BROKEN, f"the event stream ended before its end ([DONE]) after {answer.events} events; the partial answer is not kept"
+        )
+    body = json.dumps(answer.answer(), separators=(",", ":"), ensure_ascii=False).encode()
+    return TransportResponse(response.status, response.headers, body, timings)
+
+
+async def _one_chunk(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> TransportResponse:
@@ -102,16 +185,19 @@ class Transport(Protocol):
         ...
 
 
-#: A user's own transport as a plain function: takes the request, returns a response, or a dict that is the
-#: JSON body of a 200. It may be sync or async.
-SendFunction = Callable[[TransportRequest], Awaitable[TransportResponse | Mapping[str, Any]] | TransportResponse | Mapping[str, Any]]
+#: A user's own transport as a plain function: takes the request, returns a response (a `StreamingResponse`
+#: for a stream it times as it comes), or a dict that is the JSON body of a 200. It may be sync or async.
+_Answer = TransportResponse | StreamingResponse | Mapping[str, Any]
+SendFunction = Callable[[TransportRequest], Awaitable[_Answer] | _Answer]
 
 
 class FunctionTransport:
     """A function as the transport, as httpx's MockTransport: for tests, and for models that are not HTTP APIs.
 
-    A dict it returns is a 200 with that JSON body. `TransportError` means no answer; any other exception it
-    raises is taken as no answer too (and retried like one), its text becoming the attempt's error.
+    A dict it returns is a 200 with that JSON body. A `text/event-stream` answer (a `TransportResponse`, or a
+    `StreamingResponse` arriving bit by bit) is reassembled by `receive`, as the network's is. `TransportError`
+    means no answer; any other exception it raises is taken as no answer too (and retried like one), its text
+    becoming the attempt's error.
     """
 
     __slots__ = ("_send",)
@@ -123,11 +209,16 @@ class FunctionTransport:
         return f"FunctionTransport({getattr(self._send, '__qualname__', self._send)!r})"
 
     async def send(self, request: TransportRequest) -> TransportResponse:
+        started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(request.timeout):
                 answer = self._send(request)
                 if inspect.isawaitable(answer):
                     answer = await answer
+                if isinstance(answer, TransportResponse) and is_event_stream(answer.headers):
+                    answer = StreamingResponse(answer.status, answer.headers, _one_chunk(answer.body))
+                if isinstance(answer, StreamingResponse):
+                    answer = await receive(answer, started=started)
         except TransportError:
             raise
         except TimeoutError:
@@ -177,7 +268,8 @@ class AiohttpTransport:
     async def send(self, request: TransportRequest) -> TransportResponse:
         session = self._session_now()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + request.timeout
+        started = loop.time()
+        deadline = started + request.timeout
         url = _parsed_url(request.url)
         headers: Mapping[str, str] = {**request.headers, "Content-Type": "application/json"}
         body = strict_json.dumps(request.body)  # once for every hop, with the one encoder
@@ -188,7 +280,12 @@ class AiohttpTransport:
                     raise TimeoutError
                 timeout = _timeout(request.timeout) if hop == 0 else aiohttp.ClientTimeout(total=remaining)
                 async with session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False) as response:
-                    answer = TransportResponse(response.status, {name.lower(): value for name, value in response.headers.items()}, await _read_body(response))
+                    response_headers = {name.lower(): value for name, value in response.headers.items()}
+                    if request.stream or is_event_stream(response_headers):
+                        streaming = StreamingResponse(response.status, response_headers, response.content.iter_any())
+                        answer = await receive(streaming, started=started, now=loop.time)
+                    else:
+                        answer = TransportResponse(response.status, response_headers, await _read_body(response))
                 target = _redirect_target(url, answer) if hop < MAX_REDIRECTS else None
                 if target is None:
                     return answer

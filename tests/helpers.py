@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rate_limited_processor.mock_server.record import ServedLog
 from rate_limited_processor.retry_policy import RetryPolicy
 
 #: Retries as the product does them, minus the waiting: loopback tests should take seconds.
@@ -55,3 +57,20 @@ MOCK_ORIGIN = "http://mock.invalid"
 
 def mock_url(endpoint: str = "chat/completions") -> str:
     return f"{MOCK_ORIGIN}/v1/{endpoint}"
+
+
+def nearest_rank(values: list[float], percent: float) -> float:
+    """The exact nearest-rank percentile, as the report defines its percentiles."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
+
+
+def served_stream_times(record: ServedLog) -> tuple[list[float], list[float]]:
+    """From the mock's own record of its streamed 200s: each one's time to first token and its latency."""
+    ttfts, latencies = [], []
+    for entry in record:
+        if entry.outcome == 200:
+            assert entry.first_token_at is not None and entry.finished_at is not None
+            ttfts.append(entry.first_token_at - entry.arrived_at)
+            latencies.append(entry.finished_at - entry.arrived_at)
+    return ttfts, latencies

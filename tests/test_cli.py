@@ -27,7 +27,7 @@ def test_help_documents_every_flag_with_its_default() -> None:
     text = " ".join(result.stdout.split())  # argparse wraps lines to the terminal width
     for flag in [*COOKBOOK_FLAGS, "--request_timeout", "--max_in_flight"]:
         assert flag in text
-    assert text.count("(default: auto)") == 3 and "(default: 600.0)" in text and "(default: 1.0)" in text
+    assert text.count("(default: auto)") == 4 and "(default: 600.0)" in text and "(default: 1.0)" in text
     assert "Exit codes" in text
 
 
@@ -66,11 +66,18 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
         (["--request_url", "https://api.openai.com/v1/images/generations"], "cannot estimate token cost"),
         (["--token_encoding_name", "no_such_encoding"], "unknown encoding"),
         (["--bogus"], "unknown flag --bogus"),
+        (["--stream"], "--stream: embeddings are not streamed"),  # the default URL is the embeddings endpoint
+        (["--arrivals", "poisson", "--request_url", "http://127.0.0.1:9/v1/chat/completions"], "--arrivals poisson needs a rate"),
+        (["--arrivals", "uniform"], "invalid choice: 'uniform'"),
+        (["--request_rate", "0"], "expected a positive number"),
+        (["--report", "r.jsonl"], "--report must differ from"),
+        (["--report_html", "missing_dir/page.html"], "--report_html"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
     requests = tmp_path / "r.jsonl"
     requests.write_text('{"input": "x"}\n')
+    extra = [str(tmp_path / value) if value.endswith((".jsonl", ".html")) else value for value in extra]
     code, err = run_main(["--requests_filepath", str(requests), *extra], capsys)
     assert code == EXIT_USAGE
     assert message in err
@@ -106,7 +113,11 @@ DASHED_FLAGS: dict[str, str | None] = {
     "--max-in-flight": "7", "--burst-seconds": "2", "--no-progress": None, "--status-interval": "5", "--summary-json": "s.json",
     "--show-limits": None, "--output-format": "batch", "--header": "X-Gateway: on", "--dry-run": None, "--ordered": None,
     "--ordered-window": "9", "--redis-url": "redis://localhost:6379/0", "--limit-key": "team-a", "--retry-failed": None,
-    "--shutdown-grace": "4",
+    "--shutdown-grace": "4", "--max-input-tokens-per-minute": "1000", "--max-output-tokens-per-minute": "800",
+    "--accounts": "accounts.jsonl", "--stream": None, "--arrivals": "poisson", "--request-rate": "12.5", "--report": "b.json",
+    "--report-html": "b.html",
+    "--max-cost-usd": "2.5", "--price-input-per-mtok": "0.15", "--price-output-per-mtok": "0.6", "--mode": "batch",
+    "--batch-max-lines": "500", "--batch-poll-interval": "5", "--batch-fallback": "online",
 }
 
 

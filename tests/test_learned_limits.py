@@ -209,3 +209,34 @@ def test_a_server_that_reports_a_full_bucket_lets_a_high_ratio_relax() -> None:
     for i in range(1, 200):  # 0s resets, as Azure sends for a full bucket
         tuner.observe(SendMark(i * 0.1, i, i * 10), RateLimitReport(limit_tokens=60_000, reset_tokens=0.0, reset_resolution=1.0))
     assert tuner.tokens.ratio < 1.01
+
+
+# -- Anthropic's headers -----------------------------------------------------------------------------------
+
+
+def test_anthropic_headers_state_three_limits_and_resets_as_rfc_3339_times() -> None:
+    headers = {
+        "anthropic-ratelimit-requests-limit": "4000",
+        "anthropic-ratelimit-requests-remaining": "3999",
+        "anthropic-ratelimit-requests-reset": "2026-12-01T10:00:01Z",
+        "anthropic-ratelimit-input-tokens-limit": "200000",
+        "anthropic-ratelimit-input-tokens-reset": "2026-12-01T10:00:03+00:00",
+        "anthropic-ratelimit-output-tokens-limit": "8000",
+        "anthropic-ratelimit-output-tokens-reset": "not a time",
+    }
+    now = 1_796_119_200.0  # 2026-12-01T10:00:00Z
+    report = parse_rate_limit_headers(headers, now=now)
+    assert (report.limit_requests, report.limit_tokens, report.limit_output_tokens) == (4_000, 200_000, 8_000)
+    assert report.reset_requests == pytest.approx(1.0) and report.reset_tokens == pytest.approx(3.0)
+    assert report.reset_resolution == 1.0  # whole seconds
+    tuner = LimitTuner(Limits(None, None), output_limit=True)
+    assert tuner.awaiting_first_answer
+    tuner.observe(SendMark(now, 1, 10), report)
+    assert tuner.limits() == Limits(4_000, 200_000, output_tokens_per_minute=8_000)
+    assert not tuner.awaiting_first_answer
+
+
+def test_an_api_without_an_output_limit_has_no_output_bucket() -> None:
+    tuner = LimitTuner(Limits(600, 60_000))
+    assert tuner.limits().output_tokens_per_minute is None
+    assert not tuner.awaiting_first_answer  # and nothing to wait for

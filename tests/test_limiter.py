@@ -230,3 +230,38 @@ async def test_negative_token_counts_are_refused() -> None:
     limiter = InProcessLimiter(Limits(requests_per_minute=None, tokens_per_minute=6_000))
     with pytest.raises(ValueError):
         await limiter.acquire(tokens=-1_000)
+
+
+# -- output tokens (Anthropic's OTPM) ----------------------------------------------------------------------
+
+
+async def test_output_tokens_are_reserved_when_sent_and_what_went_unused_comes_back() -> None:
+    clock = FakeClock()
+    # 6,000 output tokens a minute: 100 a second; the bucket holds a minute (6,000), whatever burst_seconds says.
+    limiter = InProcessLimiter(Limits(None, None, output_tokens_per_minute=6_000), clock=clock, sleep=clock.sleep)
+    start = clock.now
+    await limiter.acquire(tokens=10, output_tokens=400)  # from an empty bucket: 4 s
+    assert clock.now - start == pytest.approx(4.0)
+    assert limiter.wait_time(10, 400) == pytest.approx(4.0)  # nothing left: the next waits as long
+    await limiter.refund(360)  # the answer used 40 of its 400
+    assert limiter.wait_time(10, 400) == pytest.approx(0.4)
+    admitted = await limiter.acquire(tokens=10, output_tokens=400)
+    assert clock.now - start == pytest.approx(4.4) and admitted.output_tokens == 800 - 360
+
+
+async def test_the_output_bucket_holds_a_minute_so_reservations_in_flight_fit() -> None:
+    clock = FakeClock()
+    limiter = InProcessLimiter(Limits(None, None, output_tokens_per_minute=6_000), clock=clock, sleep=clock.sleep)
+    clock.now += 120  # idle two minutes: the bucket fills to a minute's worth, not one second's
+    start = clock.now
+    for _ in range(15):  # 15 x 400 = 6,000 reserved at once, as 15 requests in flight would
+        await limiter.acquire(tokens=1, output_tokens=400)
+    assert clock.now == start
+    await limiter.acquire(tokens=1, output_tokens=400)
+    assert clock.now - start == pytest.approx(4.0)
+
+
+async def test_a_refund_never_fills_the_bucket_beyond_its_capacity() -> None:
+    buckets = RateBuckets(Limits(None, None, output_tokens_per_minute=600), now=0.0, start_full=True)  # capacity 600
+    buckets.give_back(10_000, now=0.0)
+    assert buckets.output_tokens is not None and buckets.output_tokens.level == 600

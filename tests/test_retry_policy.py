@@ -586,6 +586,7 @@ ANSWERS: dict[Endpoint, dict[str, Any]] = {
     Endpoint.COMPLETIONS: {"id": "cmpl-1", "choices": [{"index": 0, "text": "hi"}]},
     Endpoint.EMBEDDINGS: {"object": "list", "data": [{"index": 0, "embedding": [0.1]}]},
     Endpoint.RESPONSES: {"id": "resp_1", "status": "completed", "output": []},
+    Endpoint.MESSAGES: {"id": "msg_1", "type": "message", "content": [{"type": "text", "text": "hi"}], "usage": {"output_tokens": 1}},
 }
 
 

@@ -186,13 +186,13 @@ class RecordingLimiter(InProcessLimiter):
         self.acquired: list[int] = []
         self.refusals: list[int] = []
 
-    async def acquire(self, tokens: int) -> Any:
+    async def acquire(self, tokens: int, output_tokens: int = 0) -> Any:
         self.acquired.append(tokens)
-        return await super().acquire(tokens)
+        return await super().acquire(tokens, output_tokens)
 
-    async def refused(self, tokens: int) -> None:
+    async def refused(self, tokens: int, output_tokens: int = 0) -> None:
         self.refusals.append(tokens)
-        await super().refused(tokens)
+        await super().refused(tokens, output_tokens)
 
 
 def test_every_attempt_the_server_refused_is_handed_back_to_the_limiter() -> None:

@@ -117,6 +117,37 @@ async def test_totals_count_every_process_and_refusals_come_off(redis_url: str) 
     assert (admitted.requests, admitted.tokens) == (2, 57)
 
 
+async def test_output_tokens_are_reserved_and_refunded_in_redis_as_in_process(redis_url: str) -> None:
+    shared = await limiter(redis_url, Limits(None, None, output_tokens_per_minute=6_000))  # 100 a second, a minute's bucket
+    try:
+        assert await timed(shared.acquire(10, output_tokens=200)) == pytest.approx(2.0, abs=0.2)
+        await shared.refund(180)  # the answer used 20 of its 200
+        assert await timed(shared.acquire(10, output_tokens=200)) == pytest.approx(0.2, abs=0.15)
+        admitted = await shared.acquire(10, output_tokens=0)
+    finally:
+        await shared.aclose()
+    assert admitted.output_tokens == 400 - 180
+
+
+async def test_a_factory_gives_each_account_and_model_its_own_key_and_none_holds_the_api_key(redis_url: str) -> None:
+    from rate_limited_processor.config import Account
+    from rate_limited_processor.shared_limiter import RedisLimiterFactory
+
+    accounts = [Account("org-a", api_key="sk-secret-key-a-123"), Account("org-b", api_key="sk-secret-key-b-456")]
+    factory = await RedisLimiterFactory.connect(redis_url, "https://api.openai.com/v1/chat/completions")
+    try:
+        made = [factory(account, model, Limits(600, None)) for account in accounts for model in ("gpt-4o", "gpt-4o-mini")]
+        assert len({limiter.key for limiter in made}) == 4
+        assert all("sk-secret" not in limiter.key and "sk-secret" not in repr(limiter) for limiter in made)
+        for each in made:
+            await each.acquire(1)
+            await each.aclose()  # the factory's connection stays open for the others
+        named = RedisLimiterFactory(factory._client, "https://api.openai.com/v1/chat/completions", limit_key="team", accounts=2)
+        assert named.key_for(accounts[0], "gpt-4o") == named.key_for(accounts[0], "gpt-4o-mini") == "team:org-a"
+    finally:
+        await factory.aclose()
+
+
 async def test_keys_expire_when_idle_and_hold_no_api_key(redis_url: str) -> None:
     import redis.asyncio as redis
 

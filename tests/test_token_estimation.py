@@ -530,3 +530,38 @@ def test_plain_chat_messages_are_counted_as_the_general_walk_counts_them() -> No
     assert estimator.prompt_tokens(CHAT, named) > estimator.prompt_tokens(CHAT, {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
     with pytest.raises(EstimationError):
         estimator.prompt_tokens(CHAT, {"model": "gpt-4", "messages": [{"role": 7, "content": "hi"}]})
+
+
+# -- Anthropic's Messages API ------------------------------------------------------------------------------
+
+
+def test_a_claude_request_is_estimated_at_four_characters_a_token_and_says_so_once() -> None:
+    notes: list[str] = []
+    estimator = TokenEstimator(warn=notes.append)
+    body = {"model": "claude-3-5-haiku-latest", "system": "Be brief.", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 400}
+    # system: 3 framing + "Be brief." (9 chars: 3); the message: 3 framing + "user" (1) + "Say hi." (7 chars: 2); priming 3.
+    # Input tokens only: Anthropic charges max_tokens against its output-token limit instead.
+    expected = TOKENS_PER_MESSAGE + 3 + TOKENS_PER_MESSAGE + 1 + 2 + REPLY_PRIMING_TOKENS
+    assert estimator.estimate(Endpoint.MESSAGES, body) == expected == 15
+    assert token_estimation.output_reservation(Endpoint.MESSAGES, body) == 400
+    assert token_estimation.output_reservation(Endpoint.CHAT_COMPLETIONS, {"messages": [], "max_tokens": 400}) == 0
+    estimator.estimate(Endpoint.MESSAGES, body)
+    assert len(notes) == 1 and "Claude's tokenizer is not public" in notes[0]
+
+
+def test_a_claude_request_with_text_blocks_and_an_image_counts_them_all() -> None:
+    estimator = TokenEstimator(warn=lambda message: None)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA" * 1000}}
+    body = {
+        "model": "claude-3-5-haiku-latest", "max_tokens": 10,
+        "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Say hi."}, image]}],
+    }
+    # As above, plus one image at the high-detail figure (its base64 data is not text to count).
+    assert estimator.estimate(Endpoint.MESSAGES, body) == 15 + token_estimation.IMAGE_TOKENS
+
+
+def test_a_forced_encoding_counts_claude_requests_with_it() -> None:
+    body = {"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "hello world"}], "max_tokens": 5}
+    # cl100k_base: 3 framing + "user" (1) + "hello world" (2) + priming 3.
+    assert TokenEstimator("cl100k_base").estimate(Endpoint.MESSAGES, body) == TOKENS_PER_MESSAGE + 1 + 2 + REPLY_PRIMING_TOKENS

@@ -11,7 +11,7 @@ Usage::
     assert echo_of("chat/completions", response) == expected_echo("chat/completions", body)
 
 Modules, one concern each: `config` (MockConfig), `responses` (success bodies and the echo helpers),
-`errors` (error bodies), `faults` (seeded fault draws), `rate_limits` (the 429 gate), `counting` (TPM
+`errors` (error bodies), `streams` (answers as server-sent events), `faults` (seeded fault draws), `rate_limits` (the 429 gate), `counting` (TPM
 token counts), `record` (what was served), `api` (MockApi: a request in, an answer out, no socket), `app`
 (MockApi on an aiohttp socket), `server` (MockServer), `transport` (MockTransport: MockApi as the runner's
 transport, for runs in virtual time), `child` (MockProcess), `__main__` (the command line).

@@ -4,7 +4,8 @@ Usage::
 
     python -m rate_limited_processor.mock_server --port 8000 \\
         --requests_per_minute 500 --tokens_per_minute 200000 --token_counting chars \\
-        --latency 0.2 --fault 500=0.02 --fault reset=0.01 --seed 1
+        --latency 0.2 --fault 500=0.02 --fault reset=0.01 --seed 1 \\
+        --time_to_first_token 0.3 --inter_token_gap 0.02      # for requests that ask for a stream
 
 then point the processor at the printed base URL (e.g. --request_url http://127.0.0.1:8000/v1/chat/completions).
 Ctrl-C stops the server and prints what it served, by status.
@@ -47,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host", default=DEFAULT_HOST, help=f"interface to listen on (default: {DEFAULT_HOST})")
     add("--port", type=int, default=DEFAULT_PORT, help=f"port; 0 picks a free one (default: {DEFAULT_PORT})")
     add("--requests_per_minute", type=float, default=None, help="RPM limit (default: unlimited)")
-    add("--tokens_per_minute", type=float, default=None, help="TPM limit (default: unlimited)")
+    add("--tokens_per_minute", type=float, default=None, help="TPM limit; for /v1/messages, Anthropic's input tokens (default: unlimited)")
+    add(
+        "--output_tokens_per_minute", type=float, default=None,
+        help="Anthropic's output-token limit for /v1/messages: max_tokens reserved, refunded to what the answer used (default: unlimited)",
+    )
+    add("--output_tokens", type=int, default=40, help="output tokens each /v1/messages answer generates, at most its max_tokens (default: 40)")
     add(
         "--burst_seconds",
         type=float,
@@ -67,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--latency", type=float, default=0.0, help="seconds before each successful answer (default: 0)")
     add("--latency_jitter", type=float, default=0.0, help="up to this many extra seconds at random (default: 0)")
     add(
+        "--time_to_first_token", type=float, default=0.0, metavar="SECONDS",
+        help="a request asking for a stream (\"stream\": true) gets its first event after the latency and its first token this "
+        "much later (default: 0)",
+    )
+    add("--inter_token_gap", type=float, default=0.0, metavar="SECONDS", help="seconds between two tokens of a streamed answer (default: 0)")
+    add(
         "--fault",
         type=_fault,
         action="append",
@@ -80,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--api_key",
         default=None,
-        help="require this key as 'Authorization: Bearer KEY' ('api-key: KEY' on Azure paths) (default: no key required)",
+        help="require this key as 'Authorization: Bearer KEY' ('api-key: KEY' on Azure paths, 'x-api-key: KEY' on /v1/messages) "
+        "(default: no key required)",
     )
     add(
         "--retry_after_header",
@@ -101,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="send no x-ratelimit-* headers, like a gateway that hides the limits (default: send them)",
     )
     add("--model", default=DEFAULT_MODEL, help=f"model named when a request names none (default: {DEFAULT_MODEL})")
+    add("--batch_validation_seconds", type=float, default=0.5, help="the Batch API: seconds a new batch validates (default: 0.5)")
+    add("--batch_processing_seconds", type=float, default=5.0, help="the Batch API: seconds from a batch's creation to its end (default: 5)")
+    add("--batch_failed_lines", type=float, default=0.0, help="the Batch API: fraction of lines answered 500 (default: 0)")
+    add("--batch_expired_lines", type=float, default=0.0, help="the Batch API: fraction of lines left to expire; their batch ends expired (default: 0)")
+    add(
+        "--batch_enqueued_token_limit", type=int, default=None,
+        help="the Batch API: tokens a model's running batches may hold; a batch past it fails with token_limit_exceeded (default: none)",
+    )
     return parser
 
 
@@ -111,11 +132,15 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
     return MockConfig(
         requests_per_minute=args.requests_per_minute,
         tokens_per_minute=args.tokens_per_minute,
+        output_tokens_per_minute=args.output_tokens_per_minute,
+        output_tokens=args.output_tokens,
         burst_seconds=args.burst_seconds,
         token_counting=args.token_counting,
         token_encoding_name=args.token_encoding_name,
         latency=args.latency,
         latency_jitter=args.latency_jitter,
+        time_to_first_token=args.time_to_first_token,
+        inter_token_gap=args.inter_token_gap,
         faults=faults,
         faults_after=args.faults_after,
         seed=args.seed,
@@ -125,6 +150,11 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         rate_limit_style=args.rate_limit_style,
         rate_limit_hint=args.rate_limit_hint,
         model=args.model,
+        batch_validation_seconds=args.batch_validation_seconds,
+        batch_processing_seconds=args.batch_processing_seconds,
+        batch_failed_lines=args.batch_failed_lines,
+        batch_expired_lines=args.batch_expired_lines,
+        batch_enqueued_token_limit=args.batch_enqueued_token_limit,
     )
 
 

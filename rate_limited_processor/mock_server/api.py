@@ -4,12 +4,19 @@ For each request, in order: route it by its path, draw a fault (faults cost no b
 front of the API), check the key, check the body, count its tokens, ask the rate-limit gate, wait out the
 configured latency, answer. Everything it does is appended to `MockApi.record`.
 
+A request whose body says `"stream": true` (chat, completions, Responses) is answered with a `StreamReply`:
+server-sent events built from the same answer (`streams.py`). Its first event goes out after the latency,
+its first token `time_to_first_token` later, and every further token `inter_token_gap` after the one
+before; the record keeps when each went out (`Served.first_token_at`, `token_times`, `finished_at`).
+
 Two adapters serve it: `app.py` on a real socket (aiohttp), and `transport.py` in process, as the
 runner's transport, so a whole run can be rehearsed against the same strict mock in virtual time.
 
 Paths:
     POST /v1/{chat/completions, completions, embeddings, responses}
+    POST /v1/messages                                                   (Anthropic's, see `anthropic.py`)
     POST /openai/deployments/{deployment}/{endpoint}?api-version=...   (Azure's form)
+    /v1/files..., /v1/batches...                                        (the Batch API: `batches.py`)
 """
 
 from __future__ import annotations
@@ -17,23 +24,26 @@ from __future__ import annotations
 import asyncio
 import hmac
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import strict_json
 from ..clock import Now, loop_time
 from ..endpoints import Endpoint
-from . import errors
+from . import anthropic, errors
+from .batches import MockBatches
 from .config import MockConfig
 from .counting import CountingError, TokenCounter
 from .faults import FaultKind, FaultPlan
 from .rate_limits import RateLimitGate, Rejection
-from .record import DISCONNECTED, HANG, RESET, Served, ServedLog, raw_request_key, request_key
+from .record import CUT, DISCONNECTED, HANG, RESET, Outcome, Served, ServedLog, raw_request_key, request_key
 from .reply import JSON, Reply, json_reply
 from .responses import body_problem, success_payload
+from .streams import Frames, stream_frames, wants_stream
 
-__all__ = ["MockApi", "MockRequest", "Drop", "Answer", "route", "OPENAI_PREFIX", "AZURE_PREFIX", "HANG_SECONDS"]
+__all__ = ["MockApi", "MockRequest", "Drop", "StreamReply", "Answer", "route", "OPENAI_PREFIX", "AZURE_PREFIX", "HANG_SECONDS"]
 
 OPENAI_PREFIX = "/v1"
 AZURE_PREFIX = "/openai/deployments"
@@ -54,6 +64,7 @@ class MockRequest:
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     query: Mapping[str, str] = field(default_factory=dict)
+    method: str = "POST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +72,20 @@ class Drop:
     """No answer at all: the connection is reset, as a crashing proxy does."""
 
 
-Answer = Reply | Drop
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    """A 200 whose body is server-sent events, produced as they are due (iterate `chunks` to send them)."""
+
+    headers: Mapping[str, str]
+    chunks: AsyncGenerator[bytes, None] = field(repr=False)
+    status: int = 200
+    content_type: str = "text/event-stream"
+
+
+Answer = Reply | Drop | StreamReply
+
+#: The streamed endpoints (embeddings never stream).
+_STREAMED = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.RESPONSES})
 
 
 def route(path: str) -> tuple[Endpoint, str | None] | None:
@@ -90,7 +114,11 @@ def _parse_body(raw: bytes) -> Any:
 
 def _presented_keys(request: MockRequest) -> list[str]:
     """The key a request carries where its API looks for it: `api-key` on Azure paths (as Azure's key
-    auth does), `Authorization: Bearer …` elsewhere, so a client sending the wrong header is caught."""
+    auth does), `x-api-key` on Anthropic's, `Authorization: Bearer …` elsewhere, so a client sending the
+    wrong header is caught."""
+    if request.path.rstrip("/").endswith("/" + Endpoint.MESSAGES.value):
+        key = anthropic.presented_key(request.headers)
+        return [] if key is None else [key]
     if request.path.startswith(AZURE_PREFIX):
         api_key = request.headers.get("api-key")
         return [] if api_key is None else [api_key.strip()]
@@ -109,6 +137,8 @@ class _Decision:
     tokens: int = 0
     #: The wait a rate-limit 429 announced.
     retry_after: float | None = None
+    #: Reserved output tokens the answer did not use, given back when it ends (Anthropic's).
+    output_refund: int = 0
 
 
 class MockApi:
@@ -118,17 +148,25 @@ class MockApi:
     and the latency both run on virtual time.
     """
 
-    __slots__ = ("config", "record", "_clock", "_faults", "_gate", "_counter", "_latency_rng", "_in_flight")
+    __slots__ = ("config", "record", "batches", "_clock", "_wall", "_faults", "_gate", "_counter", "_latency_rng", "_in_flight")
 
     config: MockConfig
-    #: Every request that reached the handler, and what it was answered.
+    #: Every request that reached the handler, and what it was answered (the online endpoints').
     record: ServedLog
+    #: The files and batches of the Batch API.
+    batches: MockBatches
 
-    def __init__(self, config: MockConfig | None = None, *, record: ServedLog | None = None, clock: Now = loop_time) -> None:
+    def __init__(
+        self, config: MockConfig | None = None, *, record: ServedLog | None = None, clock: Now = loop_time, wall: Now | None = None
+    ) -> None:
+        """`wall`: `clock` as epoch seconds, for the RFC 3339 times Anthropic's headers state (default: `clock`
+        placed on the calendar now)."""
         config = config if config is not None else MockConfig()
         self.config = config
         self.record = record if record is not None else ServedLog()
         self._clock = clock
+        self._wall = wall if wall is not None else (lambda: time.time() - time.monotonic() + clock())
+        self.batches = MockBatches(config, clock)
         self._faults = FaultPlan(config.faults, seed=config.seed, after=config.faults_after)
         self._gate = RateLimitGate(config.limits, now=clock())
         self._counter = TokenCounter(config.token_counting, config.token_encoding_name)
@@ -151,9 +189,14 @@ class MockApi:
             task.cancel()
 
     async def answer(self, request: MockRequest) -> Answer:
-        """The answer to one POST: a reply, or `Drop` for a reset. A hang waits until it is cancelled."""
+        """The answer to one request: a reply, or `Drop` for a reset. A hang waits until it is cancelled."""
+        if MockBatches.serves(request.path):
+            auth_failure = self._auth_failure(request)
+            if auth_failure is not None:
+                return auth_failure
+            return self.batches.answer(request.method, request.path, request.query, request.headers, request.body)
         routed = route(request.path)
-        if routed is None:
+        if routed is None or request.method != "POST":
             return errors.not_found(request.path)
         endpoint, deployment = routed
         api_version = request.query.get("api-version") if deployment is not None else None
@@ -170,12 +213,19 @@ class MockApi:
             if isinstance(body, Mapping) and isinstance(body.get("model"), str):
                 model = body["model"]
             model = model or self.config.model
-            if fault is not None:
+            streamed = endpoint in _STREAMED and wants_stream(body)
+            if fault is not None and not (fault is FaultKind.STREAM_CUT and streamed):
                 return await self._inject(fault, request, endpoint, arrived_at, key, model, api_version)
             decision = self._decide(request, endpoint, body, key, model)
             if decision.reply.status == 200:
                 await self._delay(endpoint, arrived_at, key, decision.tokens)
-            self.record.append(Served(arrived_at, endpoint, decision.reply.status, key, decision.tokens, decision.retry_after))
+                self._gate.refund(decision.output_refund, self._clock())
+                if streamed:
+                    frames = self._frames(endpoint, body, decision.reply)
+                    chunks = self._stream(frames, Served(arrived_at, endpoint, 200, key, decision.tokens), cut=fault is not None)
+                    return StreamReply(decision.reply.headers, chunks)
+            finished_at = self._clock() if decision.reply.status == 200 else None
+            self.record.append(Served(arrived_at, endpoint, decision.reply.status, key, decision.tokens, decision.retry_after, finished_at=finished_at))
             return decision.reply
         finally:
             if task is not None:
@@ -183,16 +233,48 @@ class MockApi:
 
     # --- The request, step by step ---------------------------------------------------------------------
 
-    def _rate_limit_headers(self) -> dict[str, str]:
-        """The x-ratelimit-* headers as they stand now; none when playing a gateway that sends none."""
-        states_limits = self.config.ratelimit_headers and self.config.rate_limit_style == "openai"
-        return self._gate.headers(self._clock()) if states_limits else {}
+    def _rate_limit_headers(self, endpoint: Endpoint) -> dict[str, str]:
+        """The x-ratelimit-* headers (Anthropic's own for /v1/messages) as they stand now; none when playing
+        a gateway that sends none."""
+        if not (self.config.ratelimit_headers and self.config.rate_limit_style == "openai"):
+            return {}
+        if endpoint is Endpoint.MESSAGES:
+            return anthropic.headers(self._gate, self._clock(), self._wall())
+        return self._gate.headers(self._clock())
 
     def _decide(self, request: MockRequest, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
         """401, 400, 429 or 200, with the rate-limit headers as they stand after the decision."""
-        decision = self._check(request, endpoint, body, key, model)
-        reply = decision.reply.with_headers(self._rate_limit_headers())
-        return _Decision(reply, decision.tokens, decision.retry_after)
+        decision = (
+            self._check_message(request, body, key, model)
+            if endpoint is Endpoint.MESSAGES
+            else self._check(request, endpoint, body, key, model)
+        )
+        reply = decision.reply.with_headers(self._rate_limit_headers(endpoint))
+        return _Decision(reply, decision.tokens, decision.retry_after, decision.output_refund)
+
+    def _check_message(self, request: MockRequest, body: Any, key: str, model: str) -> _Decision:
+        """Anthropic's Messages API: the same steps, its own shapes, and output tokens reserved at max_tokens."""
+        if self._auth_failure(request) is not None:
+            return _Decision(anthropic.invalid_api_key())
+        problem = "The request body is not valid JSON." if body is _NOT_JSON else anthropic.body_problem(body)
+        if problem is not None:
+            return _Decision(anthropic.invalid_request(problem))
+        tokens = 0
+        if self._gate.counts_tokens:
+            try:
+                tokens = self._counter.count(Endpoint.MESSAGES, body)
+            except CountingError as error:
+                return _Decision(anthropic.invalid_request(str(error)))
+        reserved = int(body["max_tokens"])
+        rejection = self._gate.admit(tokens, self._clock(), output_tokens=reserved)
+        if rejection is not None:
+            if self.config.rate_limit_style == "html":
+                return _Decision(errors.html_too_many_requests(), retry_after=rejection.wait)
+            hint = rejection.wait if self.config.rate_limit_hint is None else self.config.rate_limit_hint
+            return _Decision(anthropic.rate_limited(rejection, hint=hint if self.config.rate_limit_style == "openai" else None), retry_after=rejection.wait)
+        used = anthropic.output_used(body, self.config.output_tokens)
+        payload = anthropic.message_payload(body, model=model, key=key, input_tokens=tokens, output_tokens=used)
+        return _Decision(json_reply(200, payload), tokens, output_refund=reserved - used)
 
     def _check(self, request: MockRequest, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
         auth_failure = self._auth_failure(request)
@@ -257,6 +339,37 @@ class MockApi:
             self.record.append(Served(arrived_at, endpoint, DISCONNECTED, key, tokens))
             raise
 
+    def _frames(self, endpoint: Endpoint, body: Mapping[str, Any], reply: Reply) -> Frames:
+        options = body.get("stream_options")
+        include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+        return stream_frames(endpoint, reply.json(), include_usage=include_usage)
+
+    async def _stream(self, frames: Frames, served: Served, *, cut: bool) -> AsyncGenerator[bytes, None]:
+        """Send the events as they are due, and record when each went out. With `cut`, stop half way: the
+        body ends with no [DONE], as when a proxy times a stream out."""
+        config = self.config
+        first_byte_at = self._clock()
+        token_times: list[float] = []
+        steps = frames.tokens[: len(frames.tokens) // 2] if cut else frames.tokens
+        outcome: Outcome = DISCONNECTED
+        try:
+            for frame in frames.head:
+                yield frame
+            for step, events in enumerate(steps):
+                await asyncio.sleep(config.time_to_first_token if step == 0 else config.inter_token_gap)
+                token_times.append(self._clock())
+                for frame in events:
+                    yield frame
+            if not cut:
+                for frame in frames.tail:
+                    yield frame
+            outcome = CUT if cut else 200
+        finally:
+            self.record.append(replace(
+                served, outcome=outcome, first_byte_at=first_byte_at, first_token_at=token_times[0] if token_times else None,
+                token_times=tuple(token_times), finished_at=self._clock(),
+            ))
+
     async def _inject(
         self,
         fault: FaultKind,
@@ -268,7 +381,7 @@ class MockApi:
         api_version: str | None,
     ) -> Answer:
         """Answer with the fault instead of the API; nothing is charged to the rate limits."""
-        if fault is FaultKind.RESET:
+        if fault in (FaultKind.RESET, FaultKind.STREAM_CUT):  # a cut of a request that asked for no stream: a reset
             self.record.append(Served(arrived_at, endpoint, RESET, key))
             return Drop()
         if fault is FaultKind.HANG:
@@ -277,7 +390,7 @@ class MockApi:
             return errors.server_error()
         reply = self._fault_reply(fault, request, endpoint, model, api_version)
         if reply.content_type == JSON:
-            reply = reply.with_headers(self._rate_limit_headers())
+            reply = reply.with_headers(self._rate_limit_headers(endpoint))
         retry_after = float(errors.AZURE_RETRY_AFTER_SECONDS) if fault is FaultKind.AZURE_429 else None
         self.record.append(Served(arrived_at, endpoint, reply.status, key, retry_after=retry_after))
         return reply
@@ -299,4 +412,6 @@ class MockApi:
             return errors.invalid_api_key(presented[0]) if presented else errors.missing_api_key()
         if fault is FaultKind.AZURE_429:
             return errors.azure_rate_limited(endpoint, api_version or errors.DEFAULT_AZURE_API_VERSION)
+        if fault is FaultKind.ANTHROPIC_529:
+            return anthropic.overloaded()
         raise AssertionError(f"fault {fault} has no reply")  # RESET and HANG are handled by the caller

@@ -32,6 +32,10 @@ class MockConfig:
     requests_per_minute: float | None = None
     #: Tokens per minute (prompt + completion budget, as OpenAI counts); None means unlimited.
     tokens_per_minute: float | None = None
+    #: Output tokens per minute (Anthropic's OTPM, for /v1/messages): charged at max_tokens, refunded to use.
+    output_tokens_per_minute: float | None = None
+    #: Output tokens each Messages answer generates (cut off at the request's max_tokens).
+    output_tokens: int = 40
     #: Bucket capacity in seconds of the limit: 60 allows a whole minute at once, 1 (OpenAI-like) one second.
     burst_seconds: float = 1.0
     #: "tiktoken" counts tokens with the tokenizer; "chars" counts characters / 4 as OpenAI's limiter does.
@@ -42,6 +46,10 @@ class MockConfig:
     latency: float = 0.0
     #: Up to this many extra seconds (uniformly drawn) on top of `latency`.
     latency_jitter: float = 0.0
+    #: A streamed answer's first event goes out after the latency; its first token this many seconds later.
+    time_to_first_token: float = 0.0
+    #: Seconds between two tokens of a streamed answer.
+    inter_token_gap: float = 0.0
     #: Fault kind ("500", "503", "reset", "hang", "html_502", "insufficient_quota", "too_large", "401",
     #: "azure_429") -> probability per request. Applied before the rate limiter: faults cost no budget.
     faults: Mapping[str, float] = field(default_factory=dict)
@@ -61,6 +69,15 @@ class MockConfig:
     rate_limit_hint: float | None = None
     #: The model named when a request names none.
     model: str = DEFAULT_MODEL
+    #: The Batch API (see `batches.py`): seconds a new batch validates, seconds from its creation to its end.
+    batch_validation_seconds: float = 0.5
+    batch_processing_seconds: float = 5.0
+    #: Fractions of a batch's lines answered 500, and left to expire (the batch then ends "expired").
+    batch_failed_lines: float = 0.0
+    batch_expired_lines: float = 0.0
+    #: Tokens (as `token_counting` counts them) a model's running batches may hold; a batch past it fails
+    #: with `token_limit_exceeded`. None: no limit.
+    batch_enqueued_token_limit: int | None = None
 
     def __post_init__(self) -> None:
         _ = self.limits  # Limits checks the rates and burst_seconds
@@ -74,6 +91,15 @@ class MockConfig:
             raise ValueError(
                 f"latency and latency_jitter must not be negative, got {self.latency} and {self.latency_jitter}"
             )
+        if self.output_tokens < 1:
+            raise ValueError(f"output_tokens must be at least 1, got {self.output_tokens}")
+        if not (self.time_to_first_token >= 0 and self.inter_token_gap >= 0):
+            raise ValueError(f"time_to_first_token and inter_token_gap must be seconds >= 0, got {self.time_to_first_token} and {self.inter_token_gap}")
+        if not 0 <= self.batch_validation_seconds <= self.batch_processing_seconds:
+            raise ValueError("batch_validation_seconds must be >= 0 and at most batch_processing_seconds")
+        fractions = (self.batch_failed_lines, self.batch_expired_lines)
+        if min(fractions) < 0 or sum(fractions) > 1:
+            raise ValueError("batch_failed_lines and batch_expired_lines must be fractions adding up to at most 1")
         if self.faults_after < 0:
             raise ValueError(f"faults_after must not be negative, got {self.faults_after}")
         checked = validate_faults(self.faults)
@@ -83,4 +109,4 @@ class MockConfig:
     @property
     def limits(self) -> Limits:
         """The limits as the project's bucket code takes them."""
-        return Limits(self.requests_per_minute, self.tokens_per_minute, self.burst_seconds)
+        return Limits(self.requests_per_minute, self.tokens_per_minute, self.burst_seconds, self.output_tokens_per_minute)

@@ -35,7 +35,7 @@ __all__ = [
     "DEFAULT_AZURE_API_VERSION",
 ]
 
-LimitName = Literal["requests", "tokens"]
+LimitName = Literal["requests", "tokens", "output_tokens"]
 
 #: Characters of a key shown at each end when it is quoted back ("sk-ab***yz"), as OpenAI does.
 KEY_HEAD_SHOWN = 5
@@ -48,6 +48,7 @@ _RATE_LIMITS_URL = "https://platform.openai.com/account/rate-limits"
 _LIMIT_WORDING: dict[LimitName, str] = {
     "requests": "requests per min (RPM)",
     "tokens": "tokens per min (TPM)",
+    "output_tokens": "output tokens per min (OTPM)",
 }
 #: What Azure calls each endpoint's operation in its 429 message.
 _AZURE_OPERATIONS = {

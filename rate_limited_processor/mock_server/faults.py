@@ -40,6 +40,11 @@ class FaultKind(enum.Enum):
     INVALID_KEY = "401"
     #: Azure's 429 shape (no "type", code "429") with `retry-after: 1`.
     AZURE_429 = "azure_429"
+    #: Anthropic's 529 "overloaded_error": the API is busy for everyone.
+    ANTHROPIC_529 = "529"
+    #: A streamed answer stops half way: its body ends with no [DONE] (a proxy timing the stream out). A
+    #: request that asked for no stream is reset instead.
+    STREAM_CUT = "stream_cut"
 
 
 def validate_faults(faults: Mapping[str, float] | Mapping[FaultKind, float]) -> dict[FaultKind, float]:

@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..limiter import Limits, TokenBucket
+from ..limiter import OUTPUT_BURST_SECONDS, Limits, TokenBucket
 from .durations import go_duration
 from .errors import LimitName, format_limit
 
-__all__ = ["RateLimitGate", "Rejection"]
+__all__ = ["RateLimitGate", "Rejection", "LimitState"]
 
 #: Waits shorter than this count as "now": float refill arithmetic never lands exactly on zero.
 _EPSILON = 1e-9
@@ -37,7 +37,7 @@ SECONDS_PER_MINUTE = 60.0
 class Rejection:
     """Why a request was turned away, in the figures OpenAI's 429 message quotes."""
 
-    #: Which limit binds: "requests" (RPM) or "tokens" (TPM).
+    #: Which limit binds: "requests" (RPM), "tokens" (TPM; Anthropic's input tokens) or "output_tokens".
     limit_name: LimitName
     #: The per-minute limit.
     limit: float
@@ -57,9 +57,9 @@ class _Limit:
     per_minute: float
     bucket: TokenBucket
 
-    def amount(self, tokens: int) -> int:
-        """What one request of `tokens` costs against this limit."""
-        return 1 if self.name == "requests" else tokens
+    def amount(self, tokens: int, output_tokens: int = 0) -> int:
+        """What one request of `tokens` (reserving `output_tokens`) costs against this limit."""
+        return 1 if self.name == "requests" else output_tokens if self.name == "output_tokens" else tokens
 
     def remaining(self) -> int:
         """Whole units that could be taken now (a bucket in debt has none)."""
@@ -75,8 +75,24 @@ def _limit(name: LimitName, per_minute: float | None, burst_seconds: float, now:
     return [_Limit(name, per_minute, TokenBucket(rate, max(rate * burst_seconds, 1.0), now=now))]
 
 
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """One limit as an answer's headers state it."""
+
+    name: LimitName
+    per_minute: float
+    #: Whole units that could be taken now.
+    remaining: int
+    #: Seconds until the bucket is full again.
+    until_full: float
+
+
 class RateLimitGate:
-    """RPM and TPM buckets that admit-and-charge or reject-and-charge-nothing."""
+    """RPM and TPM buckets (and Anthropic's output-token one) that admit-and-charge or reject-and-charge-nothing.
+
+    The output-token bucket holds a minute, as Anthropic's "continuously replenished up to your maximum
+    limit" does: a request reserves its whole max_tokens there, and what its answer did not use comes back
+    (`refund`) when it ends."""
 
     __slots__ = ("limits", "_enforced")
 
@@ -89,6 +105,7 @@ class RateLimitGate:
         self._enforced = (
             *_limit("requests", limits.requests_per_minute, limits.burst_seconds, now),
             *_limit("tokens", limits.tokens_per_minute, limits.burst_seconds, now),
+            *_limit("output_tokens", limits.output_tokens_per_minute, max(limits.burst_seconds, OUTPUT_BURST_SECONDS), now),
         )
 
     def __repr__(self) -> str:
@@ -105,28 +122,43 @@ class RateLimitGate:
         limit = self.limits.tokens_per_minute
         return limit is not None and tokens > limit
 
-    def admit(self, tokens: int, now: float) -> Rejection | None:
-        """Charge one request of `tokens` and return None, or charge nothing and say why not."""
+    def admit(self, tokens: int, now: float, output_tokens: int = 0) -> Rejection | None:
+        """Charge one request of `tokens` (and `output_tokens` reserved) and return None, or charge nothing
+        and say why not."""
         if not self._enforced:
             return None
-        waits = [(limit.bucket.wait_time(limit.amount(tokens), now), limit) for limit in self._enforced]
+        waits = [(limit.bucket.wait_time(limit.amount(tokens, output_tokens), now), limit) for limit in self._enforced]
         # The longest wait binds; on a tie the request limit is named, as it comes first.
         wait, binding = max(waits, key=lambda pair: pair[0])
         if wait <= _EPSILON:
             for limit in self._enforced:
-                limit.bucket.take(limit.amount(tokens), now)
+                limit.bucket.take(limit.amount(tokens, output_tokens), now)
             return None
         used = max(0, math.ceil(binding.per_minute - binding.remaining()))
-        return Rejection(binding.name, binding.per_minute, used, binding.amount(tokens), wait)
+        return Rejection(binding.name, binding.per_minute, used, binding.amount(tokens, output_tokens), wait)
 
-    def headers(self, now: float) -> dict[str, str]:
-        """The `x-ratelimit-*` headers for an answer given at `now`, for each limit that is set."""
-        headers: dict[str, str] = {}
+    def refund(self, output_tokens: int, now: float) -> None:
+        """Reserved output tokens an answer did not use go back (up to the bucket's capacity)."""
+        for limit in self._enforced:
+            if limit.name == "output_tokens" and output_tokens > 0:
+                limit.bucket.take(-output_tokens, now)
+                limit.bucket.level = min(limit.bucket.level, limit.bucket.capacity)
+
+    def state(self, now: float) -> list[LimitState]:
+        """Each limit that is set, as it stands at `now`."""
+        states = []
         for limit in self._enforced:
             bucket = limit.bucket
             bucket.refill(now)
             until_full = max(0.0, bucket.capacity - bucket.level) / bucket.rate
+            states.append(LimitState(limit.name, limit.per_minute, limit.remaining(), until_full))
+        return states
+
+    def headers(self, now: float) -> dict[str, str]:
+        """The `x-ratelimit-*` headers for an answer given at `now`, for each limit that is set."""
+        headers: dict[str, str] = {}
+        for limit in self.state(now):
             headers[f"x-ratelimit-limit-{limit.name}"] = format_limit(limit.per_minute)
-            headers[f"x-ratelimit-remaining-{limit.name}"] = str(limit.remaining())
-            headers[f"x-ratelimit-reset-{limit.name}"] = go_duration(until_full)
+            headers[f"x-ratelimit-remaining-{limit.name}"] = str(limit.remaining)
+            headers[f"x-ratelimit-reset-{limit.name}"] = go_duration(limit.until_full)
         return headers

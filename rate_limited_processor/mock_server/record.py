@@ -22,7 +22,7 @@ from typing import Any
 from .. import strict_json
 from ..endpoints import Endpoint
 
-__all__ = ["Outcome", "Served", "ServedLog", "request_key", "raw_request_key", "RESET", "HANG", "DISCONNECTED"]
+__all__ = ["Outcome", "Served", "ServedLog", "request_key", "raw_request_key", "RESET", "HANG", "DISCONNECTED", "CUT"]
 
 #: The requests-file field that rides along with a request but is never sent.
 METADATA_FIELD = "metadata"
@@ -34,6 +34,8 @@ RESET = "reset"
 HANG = "hang"
 #: The client went away (or the server stopped) while a successful answer was being delayed by `latency`.
 DISCONNECTED = "disconnected"
+#: A streamed answer stopped half way, its body ended with no [DONE] (the "stream_cut" fault).
+CUT = "cut"
 
 
 def request_key(body: Any) -> str:
@@ -67,6 +69,12 @@ class Served:
     tokens: int = 0
     #: For a 429 that said when to come back (a rate limit, or the "azure_429" fault): the seconds it said.
     retry_after: float | None = None
+    #: A streamed answer: when its first event went out, its first token, and each token step.
+    first_byte_at: float | None = None
+    first_token_at: float | None = None
+    token_times: tuple[float, ...] = ()
+    #: When a 200 was answered: its last byte went out (a stream's end), or the whole answer was handed over.
+    finished_at: float | None = None
 
 
 class ServedLog:

@@ -1,0 +1,229 @@
+"""Server-sent events in, the unstreamed answer out: the parser under any split of its bytes, and the
+reassembly of chat (text, tool calls, refusals, several choices), completions and the Responses API.
+
+Expected answers are written out by hand here, as the API documents its shapes; the mock's own streams are
+checked against the mock's unstreamed answer, which is built without the stream.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from rate_limited_processor.endpoints import Endpoint
+from rate_limited_processor.mock_server.record import request_key
+from rate_limited_processor.mock_server.responses import success_payload
+from rate_limited_processor.mock_server.streams import stream_frames
+from rate_limited_processor.streaming import EventStreamParser, ServerSentEvent, StreamAssembler, StreamProblem, streamed_body
+
+
+def sse(*events: Any) -> bytes:
+    return b"".join(b"data: " + (event if isinstance(event, str) else json.dumps(event)).encode() + b"\n\n" for event in events)
+
+
+def reassemble(raw: bytes, *, split: int | None = None) -> StreamAssembler:
+    parser, answer = EventStreamParser(), StreamAssembler()
+    pieces = [raw] if split is None else [raw[i : i + split] for i in range(0, len(raw), split)]
+    for piece in pieces:
+        for event in parser.feed(piece):
+            answer.add(event)
+    return answer
+
+
+def chunk(delta: dict[str, Any] | None = None, *, index: int = 0, finish: str | None = None, **top: Any) -> dict[str, Any]:
+    choices = [] if delta is None else [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": choices, **top}
+
+
+# -- the parser ------------------------------------------------------------------------------------------
+
+
+def test_events_come_out_whole_however_the_bytes_are_split() -> None:
+    raw = (
+        "\ufeff: keep-alive\r\n"
+        "event: message\r\ndata: {\"a\": \"é\u2028x\"}\r\n\r\n"    # CRLF; a character JSON allows raw, which is no line end
+        "data: first line\ndata: second line\n\n"                  # two data lines join with LF
+        "id: 3\nretry: 10\ndata:no space\r\r"                      # CR alone ends lines; unknown fields ignored
+        "event: done\ndata\n\n"                                     # a field without a colon: empty data
+        "data: never dispatched"                                    # no blank line after it
+    ).encode()
+    expected = [
+        ServerSentEvent('{"a": "é\u2028x"}'),
+        ServerSentEvent("first line\nsecond line"),
+        ServerSentEvent("no space"),
+        ServerSentEvent("", "done"),
+    ]
+    for split in (1, 2, 3, 5, 7, len(raw)):
+        parser = EventStreamParser()
+        events = [event for start in range(0, len(raw), split) for event in parser.feed(raw[start : start + split])]
+        assert events == expected, split
+
+
+def test_an_event_without_data_is_not_dispatched() -> None:
+    assert EventStreamParser().feed(b"event: ping\n\n: comment\n\n") == []
+
+
+# -- chat completions ------------------------------------------------------------------------------------
+
+
+def test_chat_deltas_join_into_the_message_with_usage_from_the_last_chunk() -> None:
+    raw = sse(
+        chunk({"role": "assistant", "content": "", "refusal": None}),
+        chunk({"content": "Hel"}),
+        chunk({"content": "lo, "}),
+        chunk({"content": "wörld"}),
+        chunk({}, finish="stop"),
+        chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}),
+        "[DONE]",
+    )
+    for split in (1, 4, None):
+        answer = reassemble(raw, split=split)
+        assert answer.complete
+        assert answer.answer() == {
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello, wörld", "refusal": None}, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        }
+
+
+def test_tool_call_deltas_merge_by_their_index_and_a_tool_only_message_has_no_content() -> None:
+    raw = sse(
+        chunk({"role": "assistant", "content": None, "tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "weather", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "time", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}),
+        chunk({"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "\"Oslo\"}"}}]}),
+        chunk({}, finish="tool_calls"),
+        "[DONE]",
+    )
+    [choice] = reassemble(raw).answer()["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"] == {
+        "role": "assistant", "content": None,
+        "tool_calls": [
+            {"id": "call_a", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}},
+            {"id": "call_b", "type": "function", "function": {"name": "time", "arguments": "{}"}},
+        ],
+    }
+
+
+def test_interleaved_choices_are_kept_apart_in_index_order() -> None:
+    raw = sse(
+        chunk({"role": "assistant", "content": ""}, index=1),
+        chunk({"role": "assistant", "content": ""}, index=0),
+        chunk({"content": "B1"}, index=1), chunk({"content": "A1"}, index=0),
+        chunk({"content": "B2"}, index=1), chunk({"content": "A2"}, index=0),
+        chunk({}, index=0, finish="stop"), chunk({}, index=1, finish="length"),
+        "[DONE]",
+    )
+    choices = reassemble(raw).answer()["choices"]
+    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in choices] == [(0, "A1A2", "stop"), (1, "B1B2", "length")]
+
+
+def test_a_refusal_and_logprobs_are_reassembled_too() -> None:
+    raw = sse(
+        chunk({"role": "assistant", "content": None, "refusal": ""}),
+        {**chunk({"refusal": "I can't"}), "choices": [{"index": 0, "delta": {"refusal": "I can't"}, "logprobs": {"content": None, "refusal": [{"token": "I"}]}, "finish_reason": None}]},
+        {**chunk({"refusal": " help."}), "choices": [{"index": 0, "delta": {"refusal": " help."}, "logprobs": {"content": None, "refusal": [{"token": " help"}]}, "finish_reason": "stop"}]},
+        "[DONE]",
+    )
+    [choice] = reassemble(raw).answer()["choices"]
+    assert choice["message"] == {"role": "assistant", "content": None, "refusal": "I can't help."}
+    assert choice["logprobs"] == {"content": None, "refusal": [{"token": "I"}, {"token": " help"}]}
+
+
+def test_which_events_carry_output() -> None:
+    answer = StreamAssembler()
+    carried = [answer.add(ServerSentEvent(json.dumps(event))) for event in (
+        chunk({"role": "assistant", "content": ""}),      # the role alone: not a token
+        chunk({"content": "x"}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}),
+        chunk({}, finish="stop"),
+        chunk(None, usage={"completion_tokens": 2}),
+    )]
+    assert carried == [False, True, True, False, False]
+
+
+def test_a_stream_without_done_is_not_complete_and_a_broken_event_is_a_problem() -> None:
+    assert not reassemble(sse(chunk({"role": "assistant", "content": "half"}), chunk({"content": " an answer"}))).complete
+    with pytest.raises(StreamProblem, match="event 2 of the stream is not JSON"):
+        reassemble(sse(chunk({"content": "a"})) + b"data: {not json\n\n")
+    with pytest.raises(StreamProblem, match="not a JSON object"):
+        reassemble(b"data: [1, 2]\n\n")
+
+
+def test_an_error_event_is_the_answer() -> None:
+    raw = sse(chunk({"role": "assistant", "content": "par"}), {"error": {"message": "overloaded", "type": "server_error", "code": None}})
+    answer = reassemble(raw)
+    assert answer.complete
+    assert answer.answer() == {"error": {"message": "overloaded", "type": "server_error", "code": None}}
+
+
+# -- completions and the Responses API -----------------------------------------------------------------------
+
+
+def test_completion_text_pieces_join_per_choice() -> None:
+    top = {"id": "cmpl-1", "object": "text_completion", "created": 7, "model": "m"}
+    raw = sse(
+        {**top, "choices": [{"index": 0, "text": "Once", "logprobs": None, "finish_reason": None}]},
+        {**top, "choices": [{"index": 0, "text": " upon", "logprobs": None, "finish_reason": "length"}]},
+        {**top, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}},
+        "[DONE]",
+    )
+    assert reassemble(raw).answer() == {
+        **top, "choices": [{"index": 0, "text": "Once upon", "logprobs": None, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+
+
+def test_a_responses_stream_ends_with_the_response_its_completed_event_carries() -> None:
+    final = {"id": "resp_1", "object": "response", "status": "completed", "output": [{"type": "message", "content": [{"type": "output_text", "text": "Hi there"}]}], "usage": {"output_tokens": 2}}
+    events = [
+        ("response.created", {"type": "response.created", "response": {**final, "status": "in_progress", "output": []}}),
+        ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "Hi"}),
+        ("response.output_text.delta", {"type": "response.output_text.delta", "delta": " there"}),
+        ("response.completed", {"type": "response.completed", "response": final}),
+    ]
+    answer = StreamAssembler()
+    carried = [answer.add(ServerSentEvent(json.dumps(data), name)) for name, data in events]
+    assert carried == [False, True, True, False]
+    assert answer.complete and answer.answer() == final
+    cut = StreamAssembler()
+    for name, data in events[:3]:
+        cut.add(ServerSentEvent(json.dumps(data), name))
+    assert not cut.complete
+    failed = StreamAssembler()
+    failed.add(ServerSentEvent(json.dumps({"type": "error", "code": "server_error", "message": "boom", "sequence_number": 3}), "error"))
+    assert failed.complete and failed.answer() == {"error": {"code": "server_error", "message": "boom"}}
+
+
+def test_the_streamed_body_asks_for_usage_except_on_responses() -> None:
+    body = {"model": "m", "messages": [], "stream_options": {"include_obfuscation": False}}
+    assert streamed_body(Endpoint.CHAT_COMPLETIONS, body) == {**body, "stream": True, "stream_options": {"include_obfuscation": False, "include_usage": True}}
+    assert streamed_body(Endpoint.COMPLETIONS, {"prompt": "x"}) == {"prompt": "x", "stream": True, "stream_options": {"include_usage": True}}
+    assert streamed_body(Endpoint.RESPONSES, {"input": "x"}) == {"input": "x", "stream": True}
+    assert "stream" not in body  # the request as read is left as it was
+
+
+# -- the mock's streams reassemble to its unstreamed answers -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "endpoint, body",
+    [
+        (Endpoint.CHAT_COMPLETIONS, {"model": "m", "messages": [{"role": "user", "content": "a question of some length, ünïcode"}], "n": 3}),
+        (Endpoint.COMPLETIONS, {"model": "m", "prompt": ["first prompt", "second"], "n": 2}),
+        (Endpoint.RESPONSES, {"model": "m", "input": "what the Responses API streams"}),
+    ],
+)
+def test_the_mocks_stream_reassembles_to_its_unstreamed_answer(endpoint: Endpoint, body: dict[str, Any]) -> None:
+    payload = success_payload(endpoint, body, model="m", key=request_key(body))
+    frames = stream_frames(endpoint, payload, include_usage=True)
+    raw = b"".join([*frames.head, *(frame for step in frames.tokens for frame in step), *frames.tail])
+    assert len(frames.tokens) > 3
+    for split in (1, 13, None):
+        answer = reassemble(raw, split=split)
+        assert answer.complete
+        assert answer.answer() == payload
