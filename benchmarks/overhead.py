@@ -1,23 +1,32 @@
-"""Overhead: how much slower is the processor than the simplest correct client, when nothing limits either?
+"""Overhead: what the processor costs per request, against the simplest clients that do the same job.
 
-What it measures. Requests per second through `Processor` (`UNLIMITED`, so the limiter never
-waits) against the mock with no limits and no latency, divided by requests per second of a bare aiohttp
-loop (one ClientSession, a semaphore of the same concurrency, POST each body, read its JSON) against the
-same mock in the same run. The difference is what the processor adds per request: validation, token
-estimation, the limiter, classification, stats, results.
+What it measures. Requests per second of three clients against the mock API in its own process, with no
+limits and no latency, so that nothing but CPU sets the pace:
 
-How. The mock runs in its own process, so its CPU is not charged to the client; on a 2-core machine the
-client gets a core of its own. Runs alternate (bare, ours, bare, ours, ...) after a warm-up of each, so
-drift on a noisy machine hits both alike; we report the best run of each (noise only ever slows a run
-down) and their ratio, with the medians beside them. Client CPU per request (user + sys of this process)
-is reported too: it is the steadier figure when the machine is busy. So is the mock's CPU share: near
-100% would mean the mock, not the client, set the pace. The micro-timings at the end time the processor's
-per-request pieces on their own, to point at a bottleneck; `--profile` runs cProfile over one processor
-run and prints the top functions.
+- `bare`: a bare aiohttp loop (one ClientSession, a semaphore of the same concurrency) that POSTs each
+  body and reads its JSON. It writes nothing.
+- `bare+rows`: the same loop, also appending each `[request, response, metadata]` row with the standard
+  json module and flushing it, as the cookbook's script does.
+- `ours`: the file job, `run_file_job`, as the command runs it: it reads and checks each line of the
+  requests file, estimates its tokens, asks the limiter (which never waits here), classifies each answer
+  (what a success is, secrets scrubbed), and appends each row and its resume-index record.
+- `library`: `Processor(settings).process(requests)` over the same requests in memory, results iterated
+  and dropped: how the issue that set the targets measured "the processor" (it writes nothing).
 
-Target: ratio >= 0.4.
+Two workloads: chat (short answers) and embeddings of 1,536 floats each (the mock honours `dimensions`),
+where JSON is most of the work. The targets are for ours / bare+rows (>= 0.8 on chat, >= 0.9 on
+embeddings) and ours / bare (>= 0.6), from the best run of each; the medians, each round's ratio and the
+library's ratios are printed beside them.
 
-Run: .venv/bin/python benchmarks/overhead.py [--requests 15000] [--concurrency 100] [--rounds 3] [--profile]
+How. The mock runs in its own process, so its CPU is not charged to the clients; on a 2-core machine each
+side gets a core. Runs alternate (bare, bare+rows, ours, bare, ...) after a warm-up of each, so drift on a
+shared machine hits all three alike. Noise only ever slows a run down, so the best runs are the figure;
+the medians are beside them, with each client's CPU per request (user + sys of this process, the steadier
+figure on a busy machine) and the mock's CPU share (near 100% would mean the mock, not the client, set
+the pace, and the ratio flatters the slower side). `--profile` runs cProfile over one file job.
+
+Run: .venv/bin/python benchmarks/overhead.py [--requests 20000] [--embedding_requests 5000]
+         [--concurrency 100] [--rounds 3] [--workloads chat,embeddings] [--profile]
 """
 
 from __future__ import annotations
@@ -31,50 +40,73 @@ import pstats
 import resource
 import statistics
 import sys
+import tempfile
 import time
-import timeit
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _common import Figure, chat_request, format_table, without_metadata
+from _common import Figure, chat_request, embedding_request, format_table, without_metadata, write_jsonl
 
-from rate_limited_processor import UNLIMITED, Processor, Settings, TokenEstimator
-from rate_limited_processor.endpoints import Endpoint
-from rate_limited_processor.limiter import InProcessLimiter
+from rate_limited_processor import UNLIMITED, Processor, Settings, run_file_job
 from rate_limited_processor.mock_server.child import MockProcess
-from rate_limited_processor.retry_policy import HTTPOutcome, classify
-from rate_limited_processor.status import RunStats
 
-TARGET_RATIO = 0.4
+#: name -> (target ours / bare+rows, target ours / bare)
+TARGETS = {"chat": (0.8, 0.6), "embeddings": (0.9, 0.6)}
+ENDPOINTS = {"chat": "chat/completions", "embeddings": "embeddings"}
+EMBEDDING_DIMENSIONS = 1536
 WARM_UP_REQUESTS = 500
 
-Client = Callable[[str, list[dict[str, Any]], int], Coroutine[Any, Any, int]]
+#: A client: (url, requests with their metadata, the same as a JSONL file, where rows go, concurrency) -> successes.
+Client = Callable[[str, list[dict[str, Any]], Path, Path, int], Coroutine[Any, Any, int]]
 
 
-async def bare_loop(url: str, requests: list[dict[str, Any]], concurrency: int) -> int:
+async def bare(url: str, requests: list[dict[str, Any]], requests_path: Path, rows_path: Path, concurrency: int, *, rows: bool = False) -> int:
     """The baseline: what any hand-written client does at minimum. Returns the 200s it got."""
     slots = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
-    bodies = [without_metadata(request) for request in requests]  # as the processor sends them
-    async with aiohttp.ClientSession(connector=connector) as session:
+    output = open(rows_path, "a", encoding="utf-8") if rows else None  # noqa: SIM115 (closed below)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def post(body: dict[str, Any]) -> int:
-            async with slots, session.post(url, json=body) as response:
-                await response.json()
-                return response.status == 200
+            async def post(request: dict[str, Any]) -> bool:
+                body = without_metadata(request)  # as the processor sends it
+                async with slots, session.post(url, json=body) as response:
+                    answer = await response.json()
+                    if output is not None:
+                        output.write(json.dumps([body, answer, request["metadata"]]) + "\n")
+                        output.flush()
+                    return response.status == 200
 
-        return sum(await asyncio.gather(*(post(body) for body in bodies)))
+            return sum(await asyncio.gather(*(post(request) for request in requests)))
+    finally:
+        if output is not None:
+            output.close()
 
 
-async def processor(url: str, requests: list[dict[str, Any]], concurrency: int) -> int:
-    """The product, consumed as a library user would: iterate the results. Returns the successes."""
-    settings = Settings(request_url=url, limits=UNLIMITED, max_in_flight=concurrency)
+async def bare_with_rows(url: str, requests: list[dict[str, Any]], requests_path: Path, rows_path: Path, concurrency: int) -> int:
+    return await bare(url, requests, requests_path, rows_path, concurrency, rows=True)
+
+
+async def ours(url: str, requests: list[dict[str, Any]], requests_path: Path, rows_path: Path, concurrency: int) -> int:
+    """The product, as the command runs it: the file job, from the requests file to its results file."""
+    settings = Settings(request_url=url, api_key=None, limits=UNLIMITED, max_in_flight=concurrency)
+    stats = await run_file_job(settings, requests_path, rows_path, show_progress=False)
+    return stats.succeeded
+
+
+async def library(url: str, requests: list[dict[str, Any]], requests_path: Path, rows_path: Path, concurrency: int) -> int:
+    """The processor as a library, as the issue measured it: requests from memory, results iterated, nothing written."""
+    settings = Settings(request_url=url, api_key=None, limits=UNLIMITED, max_in_flight=concurrency)
     succeeded = 0
     async for result in Processor(settings).process(requests):
         succeeded += result.succeeded
     return succeeded
+
+
+CLIENTS: dict[str, Client] = {"bare": bare, "bare+rows": bare_with_rows, "ours": ours, "library": library}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,111 +137,95 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_run(name: str, client: Client, mock: MockProcess, requests: list[dict[str, Any]], concurrency: int) -> Run:
+def timed_run(name: str, mock: MockProcess, url: str, requests: list[dict[str, Any]], workdir: Path, concurrency: int) -> Run:
+    requests_path = write_jsonl(workdir / "requests.jsonl", requests)
+    rows_path = workdir / "results.jsonl"
+    for stale in workdir.glob("results.jsonl*"):  # each run starts with no results (and no resume index)
+        stale.unlink()
     cpu, mock_cpu, started = _cpu(), mock.cpu_seconds(), time.perf_counter()
-    ok: int = asyncio.run(client(mock.url("chat/completions"), requests, concurrency))
+    ok = asyncio.run(CLIENTS[name](url, requests, requests_path, rows_path, concurrency))
     seconds, cpu, mock_cpu = time.perf_counter() - started, _cpu() - cpu, mock.cpu_seconds() - mock_cpu
     if ok != len(requests):
         raise RuntimeError(f"{name}: only {ok} of {len(requests)} requests succeeded")
     return Run(name, seconds, cpu, mock_cpu, len(requests))
 
 
-def record_both(stats: RunStats, reply: dict[str, Any]) -> None:
-    stats.record_attempt(40, is_retry=False)
-    stats.record_usage(40, reply)
+def workload(name: str, count: int) -> list[dict[str, Any]]:
+    if name == "chat":
+        return [chat_request(i) for i in range(count)]
+    return [{**embedding_request(i), "dimensions": EMBEDDING_DIMENSIONS} for i in range(count)]
 
 
-def micro_timings() -> list[tuple[str, float]]:
-    """Microseconds per call of the processor's per-request pieces, each on its own."""
-    body = without_metadata(chat_request(12345))
-    estimator = TokenEstimator()
-    estimator.estimate(Endpoint.CHAT_COMPLETIONS, body)
-    reply = {"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo: hi"}}],
-             "usage": {"prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33}}
-    outcome = HTTPOutcome(status=200, headers={}, body=reply, text="")
-    stats = RunStats(UNLIMITED)
-    limiter = InProcessLimiter(UNLIMITED)
+def measure(name: str, mock: MockProcess, requests: list[dict[str, Any]], workdir: Path, rounds: int, concurrency: int) -> list[Figure]:
+    url = mock.url(ENDPOINTS[name])
+    for client in CLIENTS:  # warm-up: tokenizer, imports, the mock's first connections
+        timed_run(client, mock, url, requests[:WARM_UP_REQUESTS], workdir, concurrency)
+    runs: list[Run] = []
+    for _ in range(rounds):
+        for client in CLIENTS:
+            run = timed_run(client, mock, url, requests, workdir, concurrency)
+            print(f"  {name} {client}: {run.per_second:,.0f} req/s, {run.cpu_us_per_request:.0f} us CPU/request, mock busy {run.mock_busy:.0%}",
+                  file=sys.stderr, flush=True)
+            runs.append(run)
+    best = {client: max((r for r in runs if r.client == client), key=lambda r: r.per_second) for client in CLIENTS}
+    median = {client: statistics.median(r.per_second for r in runs if r.client == client) for client in CLIENTS}
+    cpu = {client: min(r.cpu_us_per_request for r in runs if r.client == client) for client in CLIENTS}
+    print(f"\nOverhead, {name}: {len(requests):,} requests per run, concurrency {concurrency}, mock in its own process, "
+          f"{rounds} alternating runs of each")
+    print(format_table(
+        ["client", "best req/s", "median req/s", "least CPU us/req", "mock busy (best run)"],
+        [[client, f"{best[client].per_second:,.0f}", f"{median[client]:,.0f}", f"{cpu[client]:.0f}", f"{best[client].mock_busy:.0%}"]
+         for client in CLIENTS],
+    ))
+    with_rows, without = TARGETS[name]
+    figures = []
+    for client in ("ours", "library"):
+        for baseline, target in (("bare+rows", with_rows), ("bare", without)):
+            ratio = best[client].per_second / best[baseline].per_second
+            print(f"{client} / {baseline}: best {ratio:.2f} (target >= {target}), median {median[client] / median[baseline]:.2f}, "
+                  f"rounds {_round_range(runs, client, baseline)}; CPU per request {cpu[client] / cpu[baseline]:.2f}x")
+            if client == "ours":
+                figures.append(Figure(f"overhead {name}: ours / {baseline} req/s", ratio, ">=", target))
+    return figures
 
-    async def acquire_many(n: int) -> None:
-        for _ in range(n):
-            await limiter.acquire(40)
 
-    def per_call(function: Callable[[], object], number: int = 20_000) -> float:
-        return 1e6 * min(timeit.repeat(function, number=number, repeat=3)) / number
-
-    def limiter_acquire() -> float:
-        n = 20_000
-        started = time.perf_counter()
-        asyncio.run(acquire_many(n))
-        return 1e6 * (time.perf_counter() - started) / n
-
-    return [
-        ("TokenEstimator.estimate (chat)", per_call(lambda: estimator.estimate(Endpoint.CHAT_COMPLETIONS, body))),
-        ("json.dumps(body)", per_call(lambda: json.dumps(body))),
-        ("classify(200 outcome)", per_call(lambda: classify(outcome))),
-        ("RunStats.record_attempt + record_usage", per_call(lambda: record_both(stats, reply))),
-        ("InProcessLimiter.acquire (no limits)", limiter_acquire()),
-    ]
+def _round_range(runs: list[Run], client: str, baseline: str) -> str:
+    """The ratio in each round (the client against the baseline's run of that round): how much the machine moved."""
+    ratios = [mine.per_second / theirs.per_second
+              for theirs, mine in zip([r for r in runs if r.client == baseline], [r for r in runs if r.client == client], strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
-def profile_once(url: str, requests: list[dict[str, Any]], concurrency: int, top: int = 20) -> str:
-    """cProfile over one processor run: the functions with the most time of their own."""
+def profile_once(mock: MockProcess, requests: list[dict[str, Any]], workdir: Path, concurrency: int, top: int = 30) -> str:
+    """cProfile over one file job: the functions with the most time of their own."""
     profiler = cProfile.Profile()
     profiler.enable()
-    asyncio.run(processor(url, requests, concurrency))
+    timed_run("ours", mock, mock.url(ENDPOINTS["chat"]), requests, workdir, concurrency)
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
     return out.getvalue()
 
 
-def figures(ratio: float) -> list[Figure]:
-    return [Figure("overhead: ours / bare aiohttp req/s", ratio, ">=", TARGET_RATIO)]
-
-
 def main(argv: Sequence[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=15_000, help="requests per timed run (default: 15000)")
-    parser.add_argument("--concurrency", type=int, default=100, help="requests in flight, both clients (default: 100)")
+    parser.add_argument("--requests", type=int, default=20_000, help="chat requests per timed run (default: 20000)")
+    parser.add_argument("--embedding_requests", type=int, default=5_000, help="embedding requests per timed run (default: 5000)")
+    parser.add_argument("--concurrency", type=int, default=100, help="requests in flight, every client (default: 100)")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each client, alternating (default: 3)")
-    parser.add_argument("--profile", action="store_true", help="also cProfile one processor run and print hot spots")
-    parser.add_argument("--no_micro", action="store_true", help="skip the micro-timings")
+    parser.add_argument("--workloads", default="chat,embeddings", help="comma-separated: chat, embeddings (default: both)")
+    parser.add_argument("--profile", action="store_true", help="also cProfile one file job on chat and print hot spots")
     args = parser.parse_args(argv)
 
-    requests = [chat_request(i) for i in range(args.requests)]
-    clients: dict[str, Client] = {"bare": bare_loop, "ours": processor}
-    runs: list[Run] = []
-    with MockProcess() as mock:
-        for name, client in clients.items():  # warm-up: tokenizer, imports, the mock's first connections
-            timed_run(name, client, mock, requests[:WARM_UP_REQUESTS], args.concurrency)
-        for _ in range(args.rounds):
-            for name, client in clients.items():
-                run = timed_run(name, client, mock, requests, args.concurrency)
-                print(f"  {name}: {run.per_second:,.0f} req/s, {run.cpu_us_per_request:.0f} us CPU/request, "
-                      f"mock busy {run.mock_busy:.0%}", file=sys.stderr, flush=True)
-                runs.append(run)
-        profile = profile_once(mock.url("chat/completions"), requests, args.concurrency) if args.profile else ""
-
-    best = {name: max((r for r in runs if r.client == name), key=lambda r: r.per_second) for name in clients}
-    median = {name: statistics.median(r.per_second for r in runs if r.client == name) for name in clients}
-    cpu = {name: min(r.cpu_us_per_request for r in runs if r.client == name) for name in clients}
-    ratio = best["ours"].per_second / best["bare"].per_second
-    print(f"\nOverhead: {args.requests:,} chat requests per run, concurrency {args.concurrency}, "
-          f"mock in its own process, {args.rounds} alternating runs of each")
-    print(format_table(
-        ["client", "best req/s", "median req/s", "least CPU us/req", "mock busy (best run)"],
-        [[name, f"{best[name].per_second:,.0f}", f"{median[name]:,.0f}", f"{cpu[name]:.0f}", f"{best[name].mock_busy:.0%}"]
-         for name in clients],
-    ))
-    print(f"ratio ours/bare: best {ratio:.2f} (target >= {TARGET_RATIO}), median {median['ours'] / median['bare']:.2f}; "
-          f"client CPU per request ours/bare {cpu['ours'] / cpu['bare']:.2f}")
-    if not args.no_micro:
-        print("\nPer-request pieces of the processor, each timed alone:")
-        print(format_table(["piece", "us/call"], [[name, f"{us:.1f}"] for name, us in micro_timings()]))
-    if profile:
-        print("\ncProfile of one processor run (top by own time; a coroutine counts a call per resumption):")
-        print(profile)
-    return figures(ratio)
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="rlp-overhead-") as tmp, MockProcess() as mock:
+        for name in args.workloads.split(","):
+            count = args.requests if name == "chat" else args.embedding_requests
+            figures.extend(measure(name, mock, workload(name, count), Path(tmp), args.rounds, args.concurrency))
+        if args.profile:
+            print("\ncProfile of one file job, chat (top by own time; a coroutine counts a call per resumption):")
+            print(profile_once(mock, workload("chat", args.requests), Path(tmp), args.concurrency))
+    return figures
 
 
 if __name__ == "__main__":

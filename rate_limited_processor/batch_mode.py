@@ -130,7 +130,7 @@ async def run_batch_job(
             show_progress = sys.stderr.isatty()
         display = ProgressDisplay(stats, enabled=show_progress, status_interval=status_interval, given=settings.limits)
         try:
-            with ResultWriter(save_path, output_format) as writer:
+            with ResultWriter(save_path, output_format, index=True) as writer:
                 job = _BatchJob(settings, requests_path, writer, state, api, options, prices, budget, clock, stats, display, transport)
                 remove_handlers = job.handle_signals() if handle_signals else _nothing
                 try:

@@ -26,7 +26,7 @@ MIN_SECRET_LENGTH = 4
 class Scrubber:
     """Replaces known secret strings with *** in any text, and in every string of a decoded JSON value."""
 
-    __slots__ = ("_secrets", "_needles", "_longest")
+    __slots__ = ("_secrets", "_escapes", "_longest")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         # Longest first, so a secret containing another is replaced whole.
@@ -34,7 +34,7 @@ class Scrubber:
         # What betrays a secret in JSON text: the secret itself, or an escape that could spell part of one
         # (\uXXXX any character, the others only their own). None at all when there is no secret.
         escapes = ("\\u", *(escape for char, escape in _JSON_ESCAPES.items() if any(char in secret for secret in self._secrets)))
-        self._needles = (*self._secrets, *escapes) if self._secrets else ()
+        self._escapes = escapes if self._secrets else ()
         self._longest = len(self._secrets[0]) if self._secrets else 0
 
     def __call__(self, text: str) -> str:
@@ -48,10 +48,16 @@ class Scrubber:
     def may_hide_a_secret(self, json_text: str) -> bool:
         """Could a secret be in this JSON text, spelled out or behind escapes ("sk-\\/...", "\\u0073k-...")?
 
-        A few substring searches, so a body with neither a secret nor such an escape costs next to nothing.
+        A few substring searches, so a body with neither a secret nor such an escape costs next to nothing:
+        every escape starts with a backslash, and one search for that (a memchr) rules them all out at once.
         """
-        for needle in self._needles:  # noqa: SIM110 (a plain loop: this runs for every answer, and any() costs a generator)
-            if needle in json_text:
+        for secret in self._secrets:  # noqa: SIM110 (a plain loop: this runs for every answer, and any() costs a generator)
+            if secret in json_text:
+                return True
+        if not self._escapes or "\\" not in json_text:
+            return False
+        for escape in self._escapes:  # noqa: SIM110
+            if escape in json_text:
                 return True
         return False
 

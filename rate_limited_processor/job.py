@@ -1,8 +1,9 @@
 """The file job: the JSONL reader feeding the dispatch loop, drained into the JSONL writer.
 
 Rerunning the same job resumes it: lines whose final row is already in the results file are skipped
-(see `resume.py`). What a crash can cost: the requests in flight at that moment, which are sent again
-on the rerun. Rows are appended and flushed one at a time, so nothing already written is lost.
+(see `resume.py`; the resume index beside the results file says which, without reading every row). What
+a crash can cost: the requests in flight at that moment, which are sent again on the rerun. Rows are
+appended and flushed one at a time, so nothing already written is lost.
 
 The output is checked before anything is sent (`check_output_path`: never the input under another name,
 always a regular file; `resume.prepare_results_file`: a results file of this tool, or empty) and held for
@@ -115,7 +116,7 @@ async def run_file_job(
         every = min(TICK_SECONDS, status_interval) if status_interval else TICK_SECONDS
         ticker = asyncio.ensure_future(_tick(display, clock, every)) if display.active else None
         try:
-            with ResultWriter(save_path, output_format) as writer:
+            with ResultWriter(save_path, output_format, index=True) as writer:
                 reorder = Reorder() if ordered else None
 
                 def write(batch: Iterable[RequestResult]) -> bool:

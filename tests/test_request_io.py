@@ -76,7 +76,7 @@ def test_writer_appends_cookbook_rows_and_flushes_each_one(tmp_path: Path) -> No
     with ResultWriter(path) as writer:
         writer.write(ok)
         # Flushed: visible to another reader before the writer is closed.
-        assert path.read_text().splitlines()[-1] == '[{"input": "a"}, {"data": []}]'
+        assert json.loads(path.read_text().splitlines()[-1]) == [{"input": "a"}, {"data": []}]
         writer.write(failed)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [

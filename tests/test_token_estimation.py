@@ -23,6 +23,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import tiktoken
@@ -484,6 +485,51 @@ def test_estimate_from_characters(monkeypatch: pytest.MonkeyPatch) -> None:
     assert estimate_from_characters(CHAT, vision) == 1 + (3 + 85 + 3) + 1  # "user" -> 1
     with pytest.raises(EstimationError):
         estimate_from_characters(CHAT, {"messages": "x"})
+
+
+# --- Remembered counts --------------------------------------------------------------------------------
+
+
+class CountingEncoding:
+    """Stands in for a tiktoken encoding: one token per character, and a tally of the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        self.calls += 1
+        return [0] * len(text)
+
+
+def test_short_texts_are_counted_once_long_ones_every_time_and_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(token_estimation, "MEMO_SIZE", 3)
+    encoding = CountingEncoding()
+    count = token_estimation._encoding_counter(encoding)  # type: ignore[arg-type]
+    assert [count("user"), count("user"), count("Answer briefly."), count("user")] == [4, 4, 15, 4]
+    assert encoding.calls == 2
+    long_text = "x" * (token_estimation.MEMO_MAX_CHARACTERS + 1)
+    assert [count(long_text), count(long_text)] == [len(long_text)] * 2 and encoding.calls == 4
+    count("a third")  # the memo is full now (3 texts): later ones are counted every time
+    assert [count("a fourth"), count("a fourth")] == [8, 8] and encoding.calls == 7
+    assert count("user") == 4 and encoding.calls == 7  # what was remembered stays
+
+
+def test_plain_chat_messages_are_counted_as_the_general_walk_counts_them() -> None:
+    estimator = TokenEstimator()
+    bodies: list[dict[str, Any]] = [
+        {"model": "gpt-4", "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 12345 + 12345?"}]},
+        {"model": "gpt-4o", "messages": [{"content": "héllo 世界 <|endoftext|>", "role": "user"}], "max_tokens": 3},
+        {"model": "gpt-4", "messages": [{"role": "user", "content": ""}]},
+    ]
+    for body in bodies:
+        plain = estimator.prompt_tokens(CHAT, body)
+        walked = estimator.prompt_tokens(CHAT, {**body, "tools": None})  # "tools" present: the general walk, which skips None
+        assert plain == walked > 0
+    # Not plain: a name, list content, tools. These take the general walk (and count the name, the parts, the tools).
+    named = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi", "name": "ann"}]}
+    assert estimator.prompt_tokens(CHAT, named) > estimator.prompt_tokens(CHAT, {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(EstimationError):
+        estimator.prompt_tokens(CHAT, {"model": "gpt-4", "messages": [{"role": 7, "content": "hi"}]})
 
 
 # -- Anthropic's Messages API ------------------------------------------------------------------------------

@@ -107,8 +107,8 @@ def route(path: str) -> tuple[Endpoint, str | None] | None:
 def _parse_body(raw: bytes) -> Any:
     """The body as the client's own reader would take it: strict JSON, or not JSON at all (a 400)."""
     try:
-        return strict_json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, strict_json.InvalidJSON):
+        return strict_json.loads(raw)
+    except strict_json.InvalidJSON:
         return _NOT_JSON
 
 

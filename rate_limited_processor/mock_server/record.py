@@ -14,12 +14,12 @@ no bodies, only the key: a 20,000-request run keeps a few megabytes.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .. import strict_json
 from ..endpoints import Endpoint
 
 __all__ = ["Outcome", "Served", "ServedLog", "request_key", "raw_request_key", "RESET", "HANG", "DISCONNECTED", "CUT"]
@@ -46,8 +46,7 @@ def request_key(body: Any) -> str:
     """
     if isinstance(body, dict) and METADATA_FIELD in body:
         body = {name: value for name, value in body.items() if name != METADATA_FIELD}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(strict_json.canonical(body)).hexdigest()
 
 
 def raw_request_key(raw: bytes) -> str:

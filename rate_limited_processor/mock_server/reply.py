@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .. import strict_json
+
 __all__ = ["Reply", "json_reply", "JSON", "HTML"]
 
 JSON = "application/json"
@@ -35,5 +37,5 @@ class Reply:
 
 def json_reply(status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Reply:
     """Serialise once, compactly: the mock must answer thousands of requests a second."""
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    body = strict_json.dumps(payload)
     return Reply(status, body, JSON, dict(headers or {}))

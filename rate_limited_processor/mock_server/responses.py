@@ -1,6 +1,7 @@
 """Successful answers in OpenAI's shapes, computed from the request alone, so a test can match them up.
 
-Every text output is "echo: " + the request's last input text, and every embedding is a hash of its input.
+Every text output is "echo: " + the request's last input text, and every embedding is a hash of its input
+(8 numbers, or as many as the request's `dimensions` asks for).
 A test that sent `body` can therefore check the answer it got with::
 
     assert echo_of(endpoint, response_json) == expected_echo(endpoint, body)
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,8 +35,10 @@ __all__ = [
 
 #: What every generated text starts with.
 ECHO_PREFIX = "echo: "
-#: Length of every mock embedding (small: they are hashes, not meanings).
+#: Length of a mock embedding when the request asks for no `dimensions` (small: they are hashes, not meanings).
 EMBEDDING_DIMENSIONS = 8
+#: The most `dimensions` the mock answers (OpenAI's largest model has 3,072).
+MAX_DIMENSIONS = 8_192
 #: The most choices (`n`) the API allows per request.
 MAX_CHOICES = 128
 #: `created` in every answer: a fixed time keeps answers byte-for-byte reproducible.
@@ -120,15 +124,36 @@ def body_problem(endpoint: Endpoint, body: Any) -> str | None:
         return f"Invalid type for {field!r}: expected a string or an array, got {type(value).__name__}."
     if endpoint in (Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS, Endpoint.RESPONSES) and value in ("", []):
         return f"Invalid {field!r}: it must not be empty."
+    dimensions = body.get("dimensions")
+    valid_dimensions = isinstance(dimensions, int) and not isinstance(dimensions, bool) and 1 <= dimensions <= MAX_DIMENSIONS
+    if endpoint is Endpoint.EMBEDDINGS and dimensions is not None and not valid_dimensions:
+        return f"Invalid 'dimensions': expected an integer between 1 and {MAX_DIMENSIONS}, got {dimensions!r}."
     return None
 
 
-def embedding_for(item: Any) -> list[float]:
-    """The mock's embedding of one input: EMBEDDING_DIMENSIONS numbers in [-1, 1] from a hash of it."""
+def embedding_for(item: Any, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The mock's embedding of one input: `dimensions` numbers in [-1, 1] from a hash of it.
+
+    The first 8 come from the hash itself. Beyond them, the numbers are a stretch of one fixed table, from
+    where the hash says: a 1,536-number answer costs a list slice, so the mock stays faster than its client.
+    """
     digest = hashlib.sha256(_prompt_text(item).encode()).digest()
     starts = range(0, EMBEDDING_DIMENSIONS * _BYTES_PER_COMPONENT, _BYTES_PER_COMPONENT)
     chunks = (digest[start : start + _BYTES_PER_COMPONENT] for start in starts)
-    return [round(int.from_bytes(chunk, "big") / _COMPONENT_SCALE * 2 - 1, _EMBEDDING_DECIMALS) for chunk in chunks]
+    head = [round(int.from_bytes(chunk, "big") / _COMPONENT_SCALE * 2 - 1, _EMBEDDING_DECIMALS) for chunk in chunks]
+    if dimensions <= EMBEDDING_DIMENSIONS:
+        return head[:dimensions]
+    start = int.from_bytes(digest[:_BYTES_PER_COMPONENT], "big") % MAX_DIMENSIONS
+    return head + _TABLE_TWICE[start : start + dimensions - EMBEDDING_DIMENSIONS]
+
+
+_TABLE = [round(value, _EMBEDDING_DECIMALS) for value in (random.Random(0).uniform(-1, 1) for _ in range(MAX_DIMENSIONS))]
+_TABLE_TWICE = _TABLE + _TABLE
+
+
+def _dimensions(body: Mapping[str, Any]) -> int:
+    dimensions = body.get("dimensions")
+    return EMBEDDING_DIMENSIONS if dimensions is None else int(dimensions)
 
 
 def expected_echo(endpoint: Endpoint | str, body: Mapping[str, Any]) -> Echo:
@@ -144,7 +169,7 @@ def expected_echo(endpoint: Endpoint | str, body: Mapping[str, Any]) -> Echo:
         n = _choice_count(body)
         return tuple(ECHO_PREFIX + _prompt_text(prompt) for prompt in _prompts(body["prompt"]) for _ in range(n))
     if endpoint is Endpoint.EMBEDDINGS:
-        return tuple(tuple(embedding_for(item)) for item in _prompts(body["input"]))
+        return tuple(tuple(embedding_for(item, _dimensions(body))) for item in _prompts(body["input"]))
     value = body["input"]
     last = value if isinstance(value, str) else value[-1]
     return (ECHO_PREFIX + _text_of_item(last),)
