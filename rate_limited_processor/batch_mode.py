@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 import tempfile
 from collections import Counter
@@ -46,7 +45,7 @@ from .costs import PriceBook, estimated_tokens, format_dollars, usage_tokens
 from .credentials import auth_headers, scrubber_for
 from .endpoints import Endpoint, check_request, resolve_url
 from .errors import InvalidRequest, RunStopped
-from .job import OutputLock, check_output_path, note_repairs, skip_done
+from .job import OutputLock, check_output_path, note_repairs, on_stop_signals, skip_done
 from .models import APIRequest, RejectedLine, RequestResult, ResultKind
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, parse_request_line, read_requests
 from .resume import identity_of_item, prepare_results_file, sidecar_path
@@ -517,7 +516,6 @@ class _BatchJob:
 
     def handle_signals(self) -> Callable[[], None]:
         """Ctrl-C or SIGTERM: stop sending and asking; the batches created keep running at the API."""
-        loop = asyncio.get_running_loop()
 
         def on_signal(name: str) -> None:
             if self.stop_reason is None:
@@ -526,15 +524,7 @@ class _BatchJob:
             if self._task is not None and not self._task.done():
                 self._task.cancel()
 
-        signals = (signal.SIGINT, signal.SIGTERM)
-        for sig in signals:
-            loop.add_signal_handler(sig, on_signal, sig.name)
-
-        def remove() -> None:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-
-        return remove
+        return on_stop_signals(on_signal)
 
     def _say_what_runs(self) -> None:
         """How to collect or cancel the batches left running (never the key: the variable it comes from)."""

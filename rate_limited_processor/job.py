@@ -379,6 +379,12 @@ def _handle_signals(processor: Processor, grace: float) -> Callable[[], None]:
             logger.warning("%s again: abandoning the %d in flight (a rerun sends them)", name, in_flight)
             processor.abort()
 
+    return on_stop_signals(on_signal)
+
+
+def on_stop_signals(on_signal: Callable[[str], None]) -> Callable[[], None]:
+    """Call `on_signal(name)` on SIGINT and SIGTERM in the running loop; the function returned removes it."""
+    loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig.name)

@@ -6,12 +6,11 @@ RLP_REQUIRE_CHROMIUM=1, which turns that skip into a failure.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.helpers import require_program
 
 __all__ = ["require_chromium", "screenshot"]
 
@@ -24,13 +23,7 @@ def chromium_binary() -> str | None:
 
 
 def require_chromium() -> str:
-    binary = chromium_binary()
-    if binary is None:
-        message = "no Chromium binary (install Debian's chromium package)"
-        if os.environ.get(REQUIRE_VARIABLE) == "1":
-            pytest.fail(f"{message}, but {REQUIRE_VARIABLE}=1 requires the browser tests to run")
-        pytest.skip(message)
-    return binary
+    return require_program(chromium_binary(), "chromium", REQUIRE_VARIABLE, "browser")
 
 
 def screenshot(page: Path, png: Path, *, width: int = 1200, height: int = 2200) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from rate_limited_processor.mock_server.record import ServedLog
 from rate_limited_processor.retry_policy import RetryPolicy
@@ -74,3 +77,13 @@ def served_stream_times(record: ServedLog) -> tuple[list[float], list[float]]:
             ttfts.append(entry.first_token_at - entry.arrived_at)
             latencies.append(entry.finished_at - entry.arrived_at)
     return ttfts, latencies
+
+
+def require_program(binary: str | None, package: str, variable: str, tests: str) -> str:
+    """The binary a test needs; without it the test is skipped with the reason, or fails when CI sets `variable`=1."""
+    if binary is None:
+        message = f"no {package} binary (install Debian's {package} package)"
+        if os.environ.get(variable) == "1":
+            pytest.fail(f"{message}, but {variable}=1 requires the {tests} tests to run")
+        pytest.skip(message)
+    return binary

@@ -3,11 +3,8 @@ RLP_REQUIRE_NGINX=1, which turns that skip into a failure."""
 
 from __future__ import annotations
 
-import os
-
-import pytest
-
 from rate_limited_processor.mock_server.nginx import nginx_binary, nginx_gateway
+from tests.helpers import require_program
 
 __all__ = ["require_nginx", "nginx_gateway"]
 
@@ -15,8 +12,4 @@ REQUIRE_VARIABLE = "RLP_REQUIRE_NGINX"
 
 
 def require_nginx() -> None:
-    if nginx_binary() is None:
-        message = "no nginx binary (install Debian's nginx package)"
-        if os.environ.get(REQUIRE_VARIABLE) == "1":
-            pytest.fail(f"{message}, but {REQUIRE_VARIABLE}=1 requires the nginx tests to run")
-        pytest.skip(message)
+    require_program(nginx_binary(), "nginx", REQUIRE_VARIABLE, "nginx")

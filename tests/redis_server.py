@@ -6,7 +6,6 @@ sets RLP_REQUIRE_REDIS=1 (and installs the server), which turns that skip into a
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
+from tests.helpers import require_program
 
 REQUIRE_VARIABLE = "RLP_REQUIRE_REDIS"
 
@@ -26,13 +25,7 @@ def free_port() -> int:
 
 
 def redis_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "no redis-server binary (install Debian's redis-server package)"
-        if os.environ.get(REQUIRE_VARIABLE) == "1":
-            pytest.fail(f"{message}, but {REQUIRE_VARIABLE}=1 requires the Redis tests to run")
-        pytest.skip(message)
-    return binary
+    return require_program(shutil.which("redis-server"), "redis-server", REQUIRE_VARIABLE, "Redis")
 
 
 @contextmanager
