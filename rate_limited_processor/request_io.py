@@ -189,7 +189,7 @@ class ResultWriter:
     """Appends one JSON line per result and flushes it, so what is written survives a crash.
 
     With `index`, each row's identity and end offset also go to the resume index beside the file
-    (`resume.IndexWriter`), flushed after the row: `resume.prepare_results_file` must have made the index
+    (`resume.IndexWriter`), buffered after the row is flushed: `resume.prepare_results_file` must have made the index
     match the file first. After a failed write (disk full, file too large) the writer refuses further rows:
     a partial row may be on disk, and only a rerun's check of the file (which cuts a torn last line) can
     repair it.

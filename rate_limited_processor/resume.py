@@ -313,10 +313,15 @@ class IndexWriter:
         return f"IndexWriter({str(self.path)!r}, end={self._end})"
 
     def add(self, identity_: int, row_length: int, *, failed: bool) -> None:
-        """The row just written: its identity, its length in bytes with the newline, whether it is a failure."""
+        """The row just written (and flushed): its identity, its length in bytes with the newline, whether it is
+        a failure.
+
+        Records are buffered, not flushed one by one: an index behind its file costs a rerun only the reading of
+        the rows after its last record, and a record torn by a crash is cut off. It is never ahead of the file,
+        because a row is flushed before its record is written.
+        """
         self._end += row_length
         self._file.write(_RECORD.pack(identity_, self._end | _FAILED if failed else self._end))
-        self._file.flush()
 
     def close(self) -> None:
         self._file.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rate_limited_processor import resume
 from rate_limited_processor.errors import ResumeError
 from rate_limited_processor.models import RequestResult, ResultKind
 from rate_limited_processor.request_io import ResultWriter
@@ -203,3 +204,25 @@ def test_the_done_index_sorts_in_chunks_exactly_as_a_plain_sort() -> None:
     index = DoneIndex(identities)
     assert list(index._hashes) == sorted(identities)
     assert [index.claim(7), index.claim(7), index.claim(7), index.claim(0), index.claim(1)] == [True, True, False, True, False]
+
+
+def test_a_process_killed_mid_run_leaves_an_index_behind_its_file_never_ahead_and_the_rerun_reads_only_the_rest(tmp_path: Path) -> None:
+    # The rows are flushed one by one; their records are buffered (a block of 512 at a time). A child that
+    # dies without closing (os._exit, as kill -9 would) leaves every row on disk and only whole blocks of records.
+    path = tmp_path / "results.jsonl"
+    prepare_results_file(path)
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        try:
+            writer = ResultWriter(path, index=True)
+            for i in range(1_000):
+                writer.write(success(i))
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    records_on_disk = (index_of(path).stat().st_size - resume._HEADER_SIZE) // resume._RECORD.size
+    assert 0 < records_on_disk < 1_000
+    index, report = prepare_results_file(path)
+    assert (report.rows, report.rows_read) == (1_000, 1_000 - records_on_disk)
+    assert done_ids(index, upto=1_000) == list(range(1_000))
+    assert prepare_results_file(path)[1].rows_read == 0  # the index caught up with the file
