@@ -9,6 +9,7 @@ nobody here wrote, are in test_nginx_gateway.py.
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -338,3 +339,18 @@ def test_a_404_about_one_lines_model_stays_that_lines_failure(tmp_path: Path) ->
     input_path = write_jsonl(tmp_path / "requests.jsonl", lines)
     stats = run_virtual(run_file_job(Settings(request_url=mock_url(), api_key=None), input_path, tmp_path / "out.jsonl", show_progress=False, transport=server))
     assert stats.stop_reason is None and (stats.succeeded, stats.failed) == (19, 1)
+
+
+def test_the_rate_counts_as_used_when_the_last_seconds_sends_reach_half_of_it_whatever_came_before() -> None:
+    chance = random.Random(7)
+    for _ in range(200):
+        control = RateController(requests_ceiling_known=True, now=0.0)
+        control._requests.per_second = chance.uniform(1, 60)
+        now, sends = 0.0, []
+        for _ in range(chance.randrange(0, 120)):
+            now += chance.expovariate(chance.uniform(5, 80))
+            control.sent(now)
+            sends.append(now)
+        now += chance.uniform(0, 1.5)
+        last_second = sum(at >= now - 1.0 for at in sends)
+        assert control._using_the_rate(now) is (last_second >= 0.5 * control._requests.per_second)
