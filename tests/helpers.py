@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
+import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from rate_limited_processor.mock_server.record import ServedLog
 from rate_limited_processor.retry_policy import RetryPolicy
@@ -87,3 +90,23 @@ def require_program(binary: str | None, package: str, variable: str, tests: str)
             pytest.fail(f"{message}, but {variable}=1 requires the {tests} tests to run")
         pytest.skip(message)
     return binary
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound once by the OS, then let go)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, **runner_options: Any) -> AsyncIterator[str]:
+    """`app` on a free loopback port for the block; yields its origin, `http://127.0.0.1:<port>`."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

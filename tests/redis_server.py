@@ -13,15 +13,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.helpers import require_program
+from tests.helpers import require_program, unused_port
 
 REQUIRE_VARIABLE = "RLP_REQUIRE_REDIS"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_binary() -> str:
@@ -31,7 +25,7 @@ def redis_binary() -> str:
 @contextmanager
 def running_redis(port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start redis-server (no persistence), yield (url, process); stop it afterwards."""
-    port = port or free_port()
+    port = port or unused_port()
     process = subprocess.Popen(
         [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

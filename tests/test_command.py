@@ -13,7 +13,7 @@ import pytest
 
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from rate_limited_processor.mock_server.child import MockProcess
-from tests.helpers import chat_request, read_rows, run_cli, write_jsonl
+from tests.helpers import chat_request, read_rows, run_cli, serving, unused_port, write_jsonl
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -133,17 +133,11 @@ async def test_extra_headers_are_sent_and_no_key_is_needed_for_a_server_that_wan
 
     app = web.Application()
     app.router.add_post("/v1/embeddings", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    try:
+    async with serving(app) as origin:
         code, _, stderr = await run_cli(
             "--requests_filepath", str(EXAMPLES / "embedding_requests.jsonl"), "--save_filepath", str(tmp_path / "out.jsonl"),
-            "--request_url", f"http://127.0.0.1:{port}/v1/embeddings", "--header", "X-Gateway-Token: tok-123",
+            "--request_url", f"{origin}/v1/embeddings", "--header", "X-Gateway-Token: tok-123",
         )
-    finally:
-        await runner.cleanup()
     assert code == 0, stderr
     assert seen == ["tok-123|None"] * 3
 
@@ -212,11 +206,7 @@ def test_on_a_terminal_a_resumed_run_starts_its_bar_at_what_was_done_and_rates_o
 
 @pytest.mark.e2e
 async def test_nothing_listening_exits_3_within_20_seconds_and_writes_no_row(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = unused_port()
     input_path = write_jsonl(tmp_path / "questions.jsonl", [chat_request(i) for i in range(3_000)])
     output_path = tmp_path / "out.jsonl"
     started = time.monotonic()

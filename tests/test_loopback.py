@@ -6,7 +6,6 @@ show: real resets, hangs and HTML pages, connection refused, and pacing that hol
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -15,13 +14,7 @@ import pytest
 from rate_limited_processor import Limits, NoAnswer, Processor, RetryPolicy, Settings, TransportError, TransportRequest, run_file_job
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from rate_limited_processor.transport import AiohttpTransport
-from tests.helpers import chat_request, read_rows, write_jsonl
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import chat_request, read_rows, unused_port, write_jsonl
 
 
 async def test_a_file_under_a_strict_limit_arrives_exactly_once_over_real_http(tmp_path: Path) -> None:
@@ -64,7 +57,7 @@ async def test_the_aiohttp_transport_says_why_no_answer_came() -> None:
     transport = AiohttpTransport()
     try:
         with pytest.raises(TransportError) as refused:
-            await transport.send(TransportRequest(f"http://127.0.0.1:{closed_port()}/v1/embeddings", {"input": "x"}, timeout=5))
+            await transport.send(TransportRequest(f"http://127.0.0.1:{unused_port()}/v1/embeddings", {"input": "x"}, timeout=5))
         assert refused.value.kind is NoAnswer.CONNECT and refused.value.kind.about_the_endpoint
         async with MockServer(MockConfig(faults={"reset": 1.0})) as server:
             with pytest.raises(TransportError) as reset:

@@ -33,7 +33,7 @@ from rate_limited_processor import (
 )
 from rate_limited_processor.learned_limits import LimitTuner, SendMark, parse_rate_limit_headers
 from rate_limited_processor.transport import AiohttpTransport
-from tests.helpers import FAST_RETRY, write_jsonl
+from tests.helpers import FAST_RETRY, serving, write_jsonl
 from tests.virtual_time import run_virtual, virtual_time
 
 
@@ -94,15 +94,8 @@ async def liar() -> AsyncIterator[tuple[str, Counter[str]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v1/chat/completions", attempts
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield f"{origin}/v1/chat/completions", attempts
 
 
 async def test_no_lie_of_a_200_is_written_as_a_success_and_each_is_named(tmp_path: Path, liar: tuple[str, Counter[str]]) -> None:
@@ -282,17 +275,12 @@ async def test_a_body_without_end_is_cut_off_at_the_cap_not_read_into_memory(mon
     app = web.Application()
     app.router.add_post("/endless/v1/chat/completions", endless)
     app.router.add_post("/huge/v1/chat/completions", claims_a_gigabyte)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     transport = AiohttpTransport()
-    try:
-        for path, says in (("endless", "more than the 1,000,000 bytes read"), ("huge", "1,000,000,000 bytes, more than the 1,000,000 read")):
-            with pytest.raises(TransportError, match=says) as error:
-                await transport.send(TransportRequest(f"http://127.0.0.1:{port}/{path}/v1/chat/completions", {"model": "m"}, timeout=5))
-            assert error.value.kind is NoAnswer.BROKEN
-    finally:
-        await transport.aclose()
-        await runner.cleanup()
+    async with serving(app, handler_cancellation=True) as origin:
+        try:
+            for path, says in (("endless", "more than the 1,000,000 bytes read"), ("huge", "1,000,000,000 bytes, more than the 1,000,000 read")):
+                with pytest.raises(TransportError, match=says) as error:
+                    await transport.send(TransportRequest(f"{origin}/{path}/v1/chat/completions", {"model": "m"}, timeout=5))
+                assert error.value.kind is NoAnswer.BROKEN
+        finally:
+            await transport.aclose()

@@ -8,6 +8,7 @@ only `Authorization`); the transport follows redirects itself so that none of th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from rate_limited_processor import UNLIMITED, Processor, RequestResult, RetryPolicy, Settings
-from tests.helpers import chat_request
+from tests.helpers import chat_request, serving
 
 KEY = "sk-redirect-test-KEY-0123456789abcdef"
 EXTRA = {"X-Gateway-Token": "gateway-secret-0123456789", "x-api-key": "x-api-key-secret-0123456789"}
@@ -35,7 +36,6 @@ class Server:
 
     seen: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
     url: str = ""
-    runner: web.AppRunner | None = None
 
     def record(self, request: web.Request, body: bytes) -> None:
         self.seen.append((request.path, dict(request.headers), json.loads(body) if body else None))
@@ -50,15 +50,11 @@ class Server:
         return found
 
 
-async def start(routes: dict[str, Any], server: Server) -> None:
+async def start(routes: dict[str, Any], server: Server, running: contextlib.AsyncExitStack) -> None:
     app = web.Application()
     for path, handler in routes.items():
         app.router.add_post(path, handler)
-    server.runner = web.AppRunner(app)
-    await server.runner.setup()
-    site = web.TCPSite(server.runner, "127.0.0.1", 0)
-    await site.start()
-    server.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    server.url = await running.enter_async_context(serving(app))
 
 
 @pytest.fixture
@@ -79,31 +75,28 @@ async def servers() -> AsyncIterator[tuple[Server, Server]]:
 
         return handle
 
-    back_home = redirecting(elsewhere, 307, lambda: home.url + "/v1/chat/completions")
-    await start({"/v1/chat/completions": await answering(elsewhere), "/back": back_home}, elsewhere)
-    to_elsewhere = lambda: elsewhere.url + "/v1/chat/completions"  # noqa: E731
-    await start(
-        {
-            "/v1/chat/completions": await answering(home),
-            "/same/v1/chat/completions": redirecting(home, 307, "/v1/chat/completions"),  # relative: same origin
-            "/cross307/v1/chat/completions": redirecting(home, 307, to_elsewhere),
-            "/cross308/v1/chat/completions": redirecting(home, 308, to_elsewhere),
-            "/hostname/v1/chat/completions": redirecting(home, 307, lambda: home.url.replace("127.0.0.1", "localhost") + "/v1/chat/completions"),
-            "/there-and-back/v1/chat/completions": redirecting(home, 307, lambda: elsewhere.url + "/back"),
-            "/openai/deployments/d/chat/completions": redirecting(home, 307, lambda: elsewhere.url + "/v1/chat/completions"),
-            "/moved301/v1/chat/completions": redirecting(home, 301, to_elsewhere),
-            "/see-other303/v1/chat/completions": redirecting(home, 303, to_elsewhere),
-            "/loop/v1/chat/completions": redirecting(home, 307, "/loop/v1/chat/completions"),
-            "/ftp/v1/chat/completions": redirecting(home, 307, "ftp://127.0.0.1/v1/chat/completions"),
-        },
-        home,
-    )
-    try:
+    async with contextlib.AsyncExitStack() as running:
+        back_home = redirecting(elsewhere, 307, lambda: home.url + "/v1/chat/completions")
+        await start({"/v1/chat/completions": await answering(elsewhere), "/back": back_home}, elsewhere, running)
+        to_elsewhere = lambda: elsewhere.url + "/v1/chat/completions"  # noqa: E731
+        await start(
+            {
+                "/v1/chat/completions": await answering(home),
+                "/same/v1/chat/completions": redirecting(home, 307, "/v1/chat/completions"),  # relative: same origin
+                "/cross307/v1/chat/completions": redirecting(home, 307, to_elsewhere),
+                "/cross308/v1/chat/completions": redirecting(home, 308, to_elsewhere),
+                "/hostname/v1/chat/completions": redirecting(home, 307, lambda: home.url.replace("127.0.0.1", "localhost") + "/v1/chat/completions"),
+                "/there-and-back/v1/chat/completions": redirecting(home, 307, lambda: elsewhere.url + "/back"),
+                "/openai/deployments/d/chat/completions": redirecting(home, 307, lambda: elsewhere.url + "/v1/chat/completions"),
+                "/moved301/v1/chat/completions": redirecting(home, 301, to_elsewhere),
+                "/see-other303/v1/chat/completions": redirecting(home, 303, to_elsewhere),
+                "/loop/v1/chat/completions": redirecting(home, 307, "/loop/v1/chat/completions"),
+                "/ftp/v1/chat/completions": redirecting(home, 307, "ftp://127.0.0.1/v1/chat/completions"),
+            },
+            home,
+            running,
+        )
         yield home, elsewhere
-    finally:
-        for server in (home, elsewhere):
-            assert server.runner is not None
-            await server.runner.cleanup()
 
 
 async def send(url: str) -> RequestResult:

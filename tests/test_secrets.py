@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from aiohttp import web
 from rate_limited_processor import UNLIMITED, Processor, RetryPolicy, Secret, Settings, run_file_job
 from rate_limited_processor.credentials import Scrubber
 from rate_limited_processor.mock_server import MockConfig, MockServer
-from tests.helpers import chat_request, run_cli, write_jsonl
+from tests.helpers import chat_request, run_cli, serving, unused_port, write_jsonl
 
 KEY = "sk-proj-DISTINCTIVE0123456789abcdefSECRETvalue"
 
@@ -30,12 +29,6 @@ def test_secret_and_settings_never_show_the_key() -> None:
 def test_scrubber_replaces_every_secret_longest_first() -> None:
     scrub = Scrubber([KEY, KEY[:20], "ab"])
     assert scrub(f"key={KEY} prefix={KEY[:20]} ab") == "key=*** prefix=*** ab"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -70,7 +63,7 @@ async def test_key_appears_nowhere_when_the_server_cannot_be_reached(tmp_path: P
     input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(3)])
     output_path = tmp_path / "results.jsonl"
     settings = Settings(
-        request_url=f"http://127.0.0.1:{closed_port()}/v1/chat/completions", api_key=KEY, limits=UNLIMITED,
+        request_url=f"http://127.0.0.1:{unused_port()}/v1/chat/completions", api_key=KEY, limits=UNLIMITED,
         retry=RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.01), extra_headers={"X-Extra-Auth": "header-secret-value"},
     )
     with caplog.at_level(logging.DEBUG, logger="rate_limited_processor"):
@@ -175,15 +168,8 @@ async def echo_server() -> Any:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v1/chat/completions"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield f"{origin}/v1/chat/completions"
 
 
 def strings_in(value: Any) -> list[str]:

@@ -16,8 +16,8 @@ import pytest
 from rate_limited_processor.limiter import Limits
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from rate_limited_processor.shared_limiter import RedisLimiter, default_limit_key, redis_location
-from tests.helpers import chat_request, read_rows, run_cli, write_jsonl
-from tests.redis_server import free_port, running_redis
+from tests.helpers import chat_request, read_rows, run_cli, unused_port, write_jsonl
+from tests.redis_server import running_redis
 
 pytest.importorskip("redis")
 
@@ -249,7 +249,7 @@ async def test_redis_unreachable_at_start_is_a_usage_error_and_nothing_is_sent(t
     input_path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(5)])
     async with MockServer() as server:
         code, _, stderr = await run_cli(*command(input_path, tmp_path / "out.jsonl", server.url("chat/completions"),
-                                                 "--redis_url", f"redis://:pw-secret@127.0.0.1:{free_port()}/0")[3:])
+                                                 "--redis_url", f"redis://:pw-secret@127.0.0.1:{unused_port()}/0")[3:])
         assert len(server.record) == 0
     assert code == 2 and "cannot reach Redis at 127.0.0.1:" in stderr
     assert len(stderr.strip().splitlines()) == 1 and "pw-secret" not in stderr
@@ -259,7 +259,7 @@ async def test_redis_lost_mid_run_stops_sending_and_a_rerun_resumes(tmp_path: Pa
     n = 400
     input_path = write_jsonl(tmp_path / "in.jsonl", [chat_request(i) for i in range(n)])
     output_path = tmp_path / "out.jsonl"
-    port = free_port()
+    port = unused_port()
     async with MockServer(MockConfig(latency=0.05)) as server:
         argv = command(input_path, output_path, server.url("chat/completions"), "--redis_url", f"redis://127.0.0.1:{port}/0")
         with running_redis(port) as (_, redis_process):
