@@ -81,6 +81,8 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
 
     A stated limit that is not a finite number at least `MIN_STATED_*` is left out, and listed in `ignored`.
     """
+    if not any(name.startswith(_RATE_LIMIT_PREFIXES) for name in headers):
+        return NO_REPORT  # a gateway's or a mock's answer: most headers, and none of these
     ignored: list[tuple[str, str]] = []
 
     def limit(name: str, floor: float) -> float | None:
@@ -113,6 +115,11 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
         reset_resolution=1.0 if bare_seconds else 0.001,
         ignored=tuple(ignored),
     )
+
+
+#: What an answer without a rate-limit header reports.
+NO_REPORT = RateLimitReport()
+_RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 
 
 def _until(text: str | None, now: float) -> float | None:
@@ -206,7 +213,7 @@ class _Dimension:
 class LimitTuner:
     """Turns what the API's headers report into the ceiling to send under (in our own units)."""
 
-    __slots__ = ("requests", "tokens", "output_tokens", "headroom", "burst_seconds", "_answered", "_warn", "_warned", "_output_limit")
+    __slots__ = ("requests", "tokens", "output_tokens", "headroom", "burst_seconds", "_answered", "_warn", "_warned", "_output_limit", "_limits")
 
     def __init__(
         self, given: Limits | None, *, headroom: float = 1.0, warn: Callable[[str], None] | None = None, output_limit: bool = False
@@ -226,6 +233,8 @@ class LimitTuner:
         self._answered = False
         self._warn = warn if warn is not None else logging.getLogger("rate_limited_processor").warning
         self._warned: set[str] = set()
+        #: `limits()` as last worked out: only a report with something in it changes them.
+        self._limits: Limits | None = None
 
     def __repr__(self) -> str:
         return f"LimitTuner({self.limits()}, ratios={self.requests.ratio:.2f}/{self.tokens.ratio:.2f})"
@@ -242,9 +251,13 @@ class LimitTuner:
 
     def limits(self) -> Limits:
         """The ceiling to send under now, in our units (math.inf where none is known)."""
-        # No output-token limit known is no output bucket at all (most APIs have none).
-        output = self._rate(self.output_tokens) if self.output_tokens.base() is not None else None
-        return Limits(self._rate(self.requests), self._rate(self.tokens), burst_seconds=self.burst_seconds, output_tokens_per_minute=output)
+        if self._limits is None:
+            # No output-token limit known is no output bucket at all (most APIs have none).
+            output = self._rate(self.output_tokens) if self.output_tokens.base() is not None else None
+            self._limits = Limits(
+                self._rate(self.requests), self._rate(self.tokens), burst_seconds=self.burst_seconds, output_tokens_per_minute=output
+            )
+        return self._limits
 
     def _rate(self, dimension: _Dimension) -> float:
         base = dimension.base()
@@ -267,6 +280,7 @@ class LimitTuner:
                            f"{dict(_LIMIT_HEADERS)[name]:g} a minute); the pace follows the other limits and any 429s")
         if report.empty:
             return
+        self._limits = None
         self.requests.observe(mark.sent_at, mark.requests, report.limit_requests, report.reset_requests, report.reset_resolution)
         self.tokens.observe(mark.sent_at, mark.tokens, report.limit_tokens, report.reset_tokens, report.reset_resolution)
         # Output tokens are refunded after the answer: a deficit measured at send time would mislead; the limit

@@ -145,7 +145,7 @@ class ControlReport:
     found_output_tokens_per_minute: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Sample:
     sent_at: float
     tokens: int
@@ -268,6 +268,8 @@ class RateController:
         self._tokens.ceiling = _per_second(ceiling.tokens_per_minute)
         self._output_tokens.ceiling = _per_second(ceiling.output_tokens_per_minute)
         self._slow_start_growth(now)
+        if math.isinf(self._requests.per_second) and math.isinf(self._tokens.per_second) and math.isinf(self._output_tokens.per_second):
+            return ceiling  # no cap of ours: the ceiling alone applies
         return Limits(
             _lower(ceiling.requests_per_minute, self._requests.per_second * 60),
             _lower(ceiling.tokens_per_minute, self._tokens.per_second * 60),

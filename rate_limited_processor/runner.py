@@ -706,6 +706,8 @@ class Processor:
 
 def _close(a: Limits, b: Limits, tolerance: float = 0.01) -> bool:
     """Limits within 1% of each other: not worth rebuilding the buckets for. (Unlimited is close only to itself.)"""
+    if a is b:
+        return True
     pairs = (
         (a.requests_per_minute, b.requests_per_minute),
         (a.tokens_per_minute, b.tokens_per_minute),

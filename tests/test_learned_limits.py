@@ -49,6 +49,13 @@ def test_azure_headers_with_bare_seconds_and_nonsense_ignored() -> None:
     assert parse_rate_limit_headers({}).empty
 
 
+def test_one_rate_limit_header_among_many_is_read_and_none_reports_nothing() -> None:
+    plain = {"content-type": "application/json", "content-length": "337", "x-request-id": "req_1", "server": "gateway"}
+    assert parse_rate_limit_headers(plain) == NO_HEADERS
+    assert parse_rate_limit_headers({**plain, "x-ratelimit-limit-tokens": "90000"}) == RateLimitReport(limit_tokens=90_000)
+    assert parse_rate_limit_headers({**plain, "anthropic-ratelimit-requests-limit": "50"}).limit_requests == 50
+
+
 # -- the tuner ----------------------------------------------------------------------------------------
 
 
