@@ -128,17 +128,20 @@ async def run_file_job(
                         return False
                     return True
 
-                with contextlib.suppress(RunStopped):
-                    async with processor.run(skip_done(read_requests(requests_path), done)) as results:
-                        if benchmark is not None:
+                def store(result: RequestResult) -> bool:
+                    """Each result as it is final: its row written (or held for its turn), before the next one."""
+                    if not write(reorder.add(result) if reorder is not None else (result,)):
+                        return False
+                    if benchmark is not None:
+                        if benchmark.origin is None:  # the timeline's second 0: when the run started
                             benchmark.begin(stats.started_at)
-                        async for result in results:
-                            if not write(reorder.add(result) if reorder is not None else (result,)):
-                                break
-                            if benchmark is not None:
-                                benchmark.add(result)
-                            stats.already_done = done.claimed
-                            display.update()
+                        benchmark.add(result)
+                    stats.already_done = done.claimed
+                    display.update()
+                    return True
+
+                with contextlib.suppress(RunStopped):
+                    await processor.process_into(skip_done(read_requests(requests_path), done), store)
                 if reorder is not None:
                     write(reorder.drain())  # after a stop: what finished beyond a gap, still in order
         finally:

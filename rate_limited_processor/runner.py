@@ -10,6 +10,7 @@ Usage::
                 break                                     # leaving the block stops the run: nothing outlives it
     print(processor.stats.succeeded)
 
+    await processor.process_into(requests, store)         # each result to store(result) as it is final (the file job)
     async for result in process_requests(requests, settings): ...     # the same, as a plain generator
     for result in process_requests_sync(requests, settings): ...      # the same, blocking (scripts, notebooks)
 
@@ -20,7 +21,8 @@ estimated tokens, and starts the attempt as a task. An attempt sends
 through the transport, `classify` reads the answer, and `next_step` (pure) says what to do: succeed, fail,
 retry after a delay (a rate-limit 429 also pauses every sender), or stop the run. The loop carries it out
 and decides nothing itself. Requests are read from the input only when they are about to be sent, and
-results wait in a bounded queue, so memory stays flat however long the input is.
+results wait in a bounded queue (or go straight to a store, `process_into`), so memory stays flat however
+long the input is.
 
 Stopping. `stop()` takes no more requests and lets those in flight finish; `abort()` also abandons those
 in flight. Either way a request without a final result is not yielded (a rerun sends it), and iterating
@@ -36,7 +38,7 @@ import math
 import queue
 import threading
 import traceback
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -60,7 +62,7 @@ from .streaming import STREAMED_ENDPOINTS, streamed_body
 from .token_estimation import TokenEstimator, completion_budget, output_reservation
 from .transport import AiohttpTransport, ReceiveTimings, SendFunction, Transport, TransportRequest, as_transport, outcome_of, outcome_of_error
 
-__all__ = ["Processor", "Results", "process_requests", "process_requests_sync", "RequestItem", "RequestSource"]
+__all__ = ["Processor", "Results", "process_requests", "process_requests_sync", "RequestItem", "RequestSource", "Store"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -68,6 +70,8 @@ logger = logging.getLogger("rate_limited_processor")
 #: requests, or lines the reader already rejected; from a plain or an async iterable.
 RequestItem = Mapping[str, Any] | APIRequest | RejectedLine
 RequestSource = Iterable[RequestItem] | AsyncIterable[RequestItem]
+#: Where `Processor.process_into` hands each final result: True once it is kept.
+Store = Callable[[RequestResult], bool]
 
 _END: Any = object()
 _PENDING: Any = object()
@@ -289,6 +293,7 @@ class Processor:
         self._endpoint_failing = False
         self._failure: BaseException | None = None
         self._started = False
+        self._store: Store | None = None
 
     def __repr__(self) -> str:
         return f"Processor({self.settings.request_url!r}, {self.lanes!r})"
@@ -313,11 +318,16 @@ class Processor:
             task.cancel()
 
     @contextlib.asynccontextmanager
-    async def run(self, requests: RequestSource) -> AsyncIterator[Results]:
-        """The run, scoped: its tasks start on entry and none outlives the block. Leaving early aborts it."""
+    async def run(self, requests: RequestSource, *, store: Store | None = None) -> AsyncIterator[Results]:
+        """The run, scoped: its tasks start on entry and none outlives the block. Leaving early aborts it.
+
+        With `store`, each result goes to it the moment it is final, and the results iterated are none
+        (iterating them waits for the end); see `process_into`.
+        """
         if self._started:
             raise RuntimeError("a Processor runs once; make a new one for another run")
         self._started = True
+        self._store = store
         transport = self._transport if self._transport is not None else AiohttpTransport(self.settings.max_in_flight)
         self.stats.started_at = self.clock.now()
         raised: BaseException | None = None
@@ -363,6 +373,35 @@ class Processor:
         async with self.run(requests) as results:
             async for result in results:
                 yield result
+
+    async def process_into(self, requests: RequestSource, store: Store) -> None:
+        """The run, each result handed to `store` the moment it is final, in completion order; returns at the end.
+
+        `store(result)` returns True once it has kept the result (a file job: the row is written), which
+        makes the result done; False if it could not (it should stop the run: `abort`), which leaves the
+        request for a rerun. It is called from the run's own tasks and must not block. An exception it
+        raises aborts the run. Raises RunStopped at the end if the run stopped early. This is `run()`
+        without the queue and the consumer's task switch per result: the file job's way.
+        """
+        async with self.run(requests, store=store) as results:
+            async for _ in results:  # only the end comes through
+                pass
+
+    async def _deliver(self, result: RequestResult) -> None:
+        """A final result: to the store, or to the consumer through the queue."""
+        store = self._store
+        if store is None:
+            await self._results.put(result)
+            return
+        try:
+            stored = store(result)
+        except Exception as error:
+            self._failure = error
+            logger.error("storing a result failed: %s", self._scrub("".join(traceback.format_exception(error))))
+            self.abort(self._scrub(f"storing a result failed: {type(error).__name__}: {error}"))
+            return
+        if stored:
+            self._done(result)
 
     def _done(self, result: RequestResult) -> None:
         """The consumer took this result and came back for more: it is done."""
@@ -461,7 +500,7 @@ class Processor:
                     admitted = self._admit(item)
                     if isinstance(admitted, _Job):
                         return admitted
-                    await self._results.put(admitted)
+                    await self._deliver(admitted)
                     continue
             elif source.exhausted and not self._scheduler.retries_waiting and not self._in_flight:
                 return None
@@ -546,7 +585,7 @@ class Processor:
         try:
             await self._try_once(job, transport)
         except Exception as error:  # a bug of ours must not lose the request silently
-            await self._results.put(self._internal_error(job, error))
+            await self._deliver(self._internal_error(job, error))
         finally:
             if job.lane is not None:
                 job.lane.in_flight -= 1
@@ -608,11 +647,11 @@ class Processor:
             case Succeed():
                 if verbose:
                     logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self.clock.now() - started)
-                await self._results.put(job.result(outcome, ResultKind.SUCCEEDED))
+                await self._deliver(job.result(outcome, ResultKind.SUCCEEDED))
             case Fail():
                 job.errors.append(reason)
                 logger.error("%s: failed after %d attempt(s): %s", job.request.name, job.attempts, reason)
-                await self._results.put(job.result(outcome, ResultKind.FAILED))
+                await self._deliver(job.result(outcome, ResultKind.FAILED))
             case Retry(delay=delay, pause_everyone=pause, rate_limited=True):
                 if pause is not None and not await self._pause_everyone(job, lane, pause):
                     return

@@ -383,6 +383,62 @@ def test_an_exception_in_the_consumer_comes_out_as_itself() -> None:
         run_virtual(main())
 
 
+# -- results handed to a store (the file job's way) ---------------------------------------------------
+
+
+def test_a_store_is_handed_every_result_the_moment_it_is_final_and_each_counts_once_kept() -> None:
+    api = MockApi(MockConfig(latency=0.05, faults={"500": 0.1}, seed=3))
+    processor = Processor(settings_for("embeddings", max_in_flight=20), transport=MockTransport(api))
+    kept: list[RequestResult] = []
+    done_before: list[int] = []
+
+    def store(result: RequestResult) -> bool:
+        done_before.append(processor.stats.succeeded)  # done only once kept: not counted yet
+        kept.append(result)
+        return True
+
+    requests = [embedding_request(i) for i in range(200)] + [{"model": "text-embedding-3-small"}]  # no input: invalid
+    run_virtual(processor.process_into(requests, store))
+    assert sorted(result.index for result in kept) == list(range(1, 202))
+    assert sum(result.succeeded for result in kept) == processor.stats.succeeded == 200
+    assert done_before == sorted(done_before) and done_before[-1] < 200
+    assert [result.kind for result in kept].count(ResultKind.INVALID) == 1 and processor.stats.unfinished == 0
+
+
+def test_a_result_the_store_could_not_keep_is_left_for_a_rerun_and_the_run_stops() -> None:
+    processor = Processor(settings_for("embeddings", max_in_flight=5), transport=MockTransport(MockApi(MockConfig(latency=0.01))))
+    kept: list[RequestResult] = []
+
+    def store(result: RequestResult) -> bool:
+        if len(kept) == 30:
+            processor.abort("the disk is full")
+            return False
+        kept.append(result)
+        return True
+
+    with pytest.raises(RunStopped, match="the disk is full"):
+        run_virtual(processor.process_into((embedding_request(i) for i in range(1_000)), store))
+    assert processor.stats.succeeded == len(kept) == 30
+    assert processor.stats.unfinished > 0  # the one refused, and those in flight: a rerun sends them
+
+
+def test_a_store_that_raises_aborts_the_run_with_the_cause_and_keeps_what_it_kept() -> None:
+    processor = Processor(settings_for("embeddings", max_in_flight=5), transport=MockTransport(MockApi(MockConfig(latency=0.01))))
+    calls = 0
+
+    def store(result: RequestResult) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 10:
+            raise KeyError("the store's own bug")
+        return True
+
+    with pytest.raises(RunStopped, match="storing a result failed: KeyError") as stopped:
+        run_virtual(processor.process_into((embedding_request(i) for i in range(1_000)), store))
+    assert isinstance(stopped.value.__cause__, KeyError)
+    assert processor.stats.succeeded == 9 and calls < 20
+
+
 def test_a_wait_the_api_asks_for_beyond_the_maximum_stops_the_run() -> None:
     api = MockApi(MockConfig(faults={"azure_429": 1.0}))  # "retry after 1 second"
     processor = Processor(settings_for("embeddings", retry=RetryPolicy(max_server_wait=0.5)), transport=MockTransport(api))
