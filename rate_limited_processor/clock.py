@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-__all__ = ["Clock", "LOOP_CLOCK", "Now", "Sleep", "loop_time", "loop_wall_time"]
+__all__ = ["Clock", "LOOP_CLOCK", "Now", "Sleep", "bound_to_loop", "loop_time", "loop_wall_time"]
 
 Now = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -25,6 +25,16 @@ def loop_time() -> float:
         return asyncio.get_running_loop().time()
     except RuntimeError:
         return time.monotonic()
+
+
+def bound_to_loop(now: Now) -> Now:
+    """`now` itself; but `loop_time`, inside a running loop, becomes that loop's own `time`: the same reading
+    at a third of the cost (a run reads the time several times per request)."""
+    if now is loop_time:
+        loop = asyncio.events._get_running_loop()
+        if loop is not None:
+            return loop.time
+    return now
 
 
 def loop_wall_time() -> float:

@@ -245,8 +245,8 @@ def estimated_tokens_of_result(result: RequestResult) -> tuple[int, int]:
 
 def usage_tokens(response: Mapping[str, Any] | None) -> tuple[int, int] | None:
     """(input, output) tokens the API's `usage` reports (chat, completions, embeddings, responses); None if none."""
-    usage = response.get("usage") if isinstance(response, Mapping) else None
-    if not isinstance(usage, Mapping):
+    usage = response.get("usage") if isinstance(response, (dict, Mapping)) else None
+    if not isinstance(usage, (dict, Mapping)):
         return None
     prompt = _count(usage, "prompt_tokens", "input_tokens")
     output = _count(usage, "completion_tokens", "output_tokens")

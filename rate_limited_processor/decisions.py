@@ -82,7 +82,7 @@ class DropAccount:
 Step = Succeed | Fail | Retry | StopRun | DropAccount
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per request, and a frozen one costs a call per field
 class JobState:
     """What the run knows about one request after an attempt."""
 
@@ -94,7 +94,7 @@ class JobState:
     url: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per request, and a frozen one costs a call per field
 class RunState:
     """What the run as a whole knows when an answer arrives."""
 

@@ -137,9 +137,9 @@ class Lanes:
         """The lane, among the accounts left, that can take a request of `tokens` for `model` soonest."""
         if not self._accounts:
             raise RuntimeError("no account is left")
+        if len(self._accounts) == 1:
+            return self.lane(self._accounts[0], model)
         candidates = [self.lane(account, model) for account in self._accounts]
-        if len(candidates) == 1:
-            return candidates[0]
         return min(candidates, key=lambda lane: self._soonest(lane, tokens, output_tokens))
 
     def drop(self, account_name: str, reason: str) -> None:

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from .limiter import Limits
 from .retry_policy import parse_duration
 
-__all__ = ["RateLimitReport", "SendMark", "LimitTuner", "parse_rate_limit_headers"]
+__all__ = ["NO_REPORT", "RateLimitReport", "SendMark", "LimitTuner", "parse_rate_limit_headers", "states_rate_limits"]
 
 #: Seconds over which the server-consumption ratio is smoothed.
 RATIO_TIME_CONSTANT = 3.0
@@ -70,8 +70,10 @@ class RateLimitReport:
 
     @property
     def empty(self) -> bool:
-        values = (self.limit_requests, self.limit_tokens, self.limit_output_tokens, self.reset_requests, self.reset_tokens)
-        return all(value is None for value in values)
+        return (
+            self.limit_requests is None and self.limit_tokens is None and self.limit_output_tokens is None
+            and self.reset_requests is None and self.reset_tokens is None
+        )
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = None) -> RateLimitReport:
@@ -81,8 +83,8 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
 
     A stated limit that is not a finite number at least `MIN_STATED_*` is left out, and listed in `ignored`.
     """
-    if not any(name.startswith(_RATE_LIMIT_PREFIXES) for name in headers):
-        return NO_REPORT  # a gateway's or a mock's answer: most headers, and none of these
+    if not states_rate_limits(headers):
+        return NO_REPORT
     ignored: list[tuple[str, str]] = []
 
     def limit(name: str, floor: float) -> float | None:
@@ -117,9 +119,17 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
     )
 
 
+def states_rate_limits(headers: Mapping[str, str]) -> bool:
+    """Whether the headers hold any that `parse_rate_limit_headers` reads (a gateway's, a mock's may hold none)."""
+    return not _READ_HEADERS.isdisjoint(headers)
+
+
 #: What an answer without a rate-limit header reports.
 NO_REPORT = RateLimitReport()
-_RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+_ANTHROPIC_HEADERS = tuple(f"anthropic-ratelimit-{name}" for name in (
+    "requests-limit", "input-tokens-limit", "output-tokens-limit", "requests-reset", "input-tokens-reset",
+))
+_READ_HEADERS = frozenset(("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", *dict(_LIMIT_HEADERS), *_ANTHROPIC_HEADERS))
 
 
 def _until(text: str | None, now: float) -> float | None:
@@ -147,7 +157,7 @@ def _duration(text: str | None) -> float | None:
     return parse_duration(text.strip()) if text else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per request, and a frozen one costs a call per field
 class SendMark:
     """When a request was sent, and what we had sent by then (this request included)."""
 

@@ -188,7 +188,7 @@ def _bucket(per_minute: float | None, burst_seconds: float, now: float, start_fu
     return TokenBucket(rate, capacity, now=now, level=None if start_full else 0.0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per request, and a frozen one costs a call per field
 class Admission:
     """What a limiter has admitted in all, this request included: every process sharing it together.
 
@@ -238,7 +238,9 @@ class InProcessLimiter:
     starved by a stream of small ones.
     """
 
-    __slots__ = ("limits", "_buckets", "_clock", "_sleep", "_lock", "_paused_until", "_admitted_requests", "_admitted_tokens", "_admitted_output")
+    __slots__ = (
+        "limits", "_buckets", "_clock", "_sleep", "_lock", "_queued", "_paused_until", "_admitted_requests", "_admitted_tokens", "_admitted_output",
+    )
 
     def __init__(self, limits: Limits, *, clock: Now = loop_time, sleep: Sleep = asyncio.sleep) -> None:
         self.limits = limits
@@ -246,6 +248,8 @@ class InProcessLimiter:
         self._sleep = sleep
         self._buckets = RateBuckets(limits, now=clock())
         self._lock = asyncio.Lock()
+        #: Callers waiting for their turn, or taking it: while there are any, a newcomer queues behind them.
+        self._queued = 0
         self._paused_until = float("-inf")
         self._admitted_requests = 0
         self._admitted_tokens = 0
@@ -262,18 +266,31 @@ class InProcessLimiter:
     async def acquire(self, tokens: int, output_tokens: int = 0) -> Admission:
         if tokens < 0 or output_tokens < 0:
             raise ValueError(f"tokens must not be negative, got {tokens} and {output_tokens}")
-        async with self._lock:
-            while True:
-                now = self._clock()
-                wait = self._paused_until - now
-                if wait <= max(_EPSILON, 4 * math.ulp(now)):
-                    wait = self._buckets.try_take(tokens, now, output_tokens)
-                    if wait == 0.0:
-                        self._admitted_requests += 1
-                        self._admitted_tokens += tokens
-                        self._admitted_output += output_tokens
-                        return Admission(self._admitted_requests, self._admitted_tokens, self._admitted_output)
-                await self._sleep(wait)
+        if not self._queued:  # nobody waits, so nobody is overtaken: admitted now, or in the queue
+            admitted = self._try_admit(tokens, output_tokens)
+            if admitted is not None:
+                return admitted
+        self._queued += 1
+        try:
+            async with self._lock:
+                while True:
+                    admitted = self._try_admit(tokens, output_tokens)
+                    if admitted is not None:
+                        return admitted
+                    now = self._clock()
+                    await self._sleep(max(self._paused_until - now, self._buckets.wait_time(tokens, now, output_tokens)))
+        finally:
+            self._queued -= 1
+
+    def _try_admit(self, tokens: int, output_tokens: int) -> Admission | None:
+        """Take the request if it may go now (not paused, room in every bucket); None if it must wait."""
+        now = self._clock()
+        if self._paused_until - now > max(_EPSILON, 4 * math.ulp(now)) or self._buckets.try_take(tokens, now, output_tokens) != 0.0:
+            return None
+        self._admitted_requests += 1
+        self._admitted_tokens += tokens
+        self._admitted_output += output_tokens
+        return Admission(self._admitted_requests, self._admitted_tokens, self._admitted_output)
 
     def wait_time(self, tokens: int, output_tokens: int = 0) -> float:
         """Seconds until a request of `tokens` could be admitted, as things stand (no waiting, nothing taken):

@@ -115,7 +115,7 @@ MIN_HINTLESS_PAUSE = 0.05
 ROUND_TRIP_WEIGHT = 0.125
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per request, and a frozen one costs a call per field
 class Answer:
     """What the controller needs to know of one answer from the server."""
 
@@ -427,10 +427,11 @@ class RateController:
 
     def _slow_start_growth(self, now: float) -> None:
         """In slow start, double the rate every `SLOW_START_DOUBLING` seconds of sending."""
+        if not self._slow_start:
+            self._updated_at = now
+            return
         sending = max(0.0, now - max(self._updated_at, min(now, self._paused_until)))
         self._updated_at = now
-        if not self._slow_start:
-            return
         if math.isinf(self._requests.per_second):
             if self._round_trip is not None:  # the first answer is in: start from a round trip's worth
                 self._requests.per_second = INITIAL_REQUESTS_PER_ROUND_TRIP / max(self._round_trip, 1e-3)

@@ -44,14 +44,14 @@ from typing import Any, cast
 
 from .arrivals import Arrivals
 from .budget import Budget
-from .clock import LOOP_CLOCK, Clock
+from .clock import LOOP_CLOCK, Clock, bound_to_loop
 from .config import Settings
 from .credentials import scrubber_for
 from .decisions import DropAccount, Fail, JobState, Retry, RunState, StopRun, Succeed, next_step
 from .endpoints import Endpoint, UnsupportedEndpoint, cached_endpoint, check_request
 from .errors import InvalidRequest, RunStopped, TransportError
 from .lanes import Lane, Lanes, LimiterFactory
-from .learned_limits import SendMark, parse_rate_limit_headers
+from .learned_limits import NO_REPORT, SendMark, parse_rate_limit_headers, states_rate_limits
 from .limiter import InProcessLimiter, Limits, RateLimiter
 from .models import APIRequest, AttemptTiming, RejectedLine, RequestResult, RequestTimings, ResultKind
 from .rate_control import Answer
@@ -262,6 +262,8 @@ class Processor:
         self.settings = settings
         self.budget = budget
         self.clock = clock
+        #: `clock.now`, bound to the running loop once the run starts (`bound_to_loop`).
+        self._now = clock.now
         #: The run's endpoint. None when `request_url` is only an API root ("https://api.openai.com/v1"),
         #: for Batch input whose lines name their own; then lines without a url are rejected.
         self.endpoint = _endpoint_or_none(settings.request_url)
@@ -271,7 +273,7 @@ class Processor:
         elif limiter_factory is not None:
             make_limiter = limiter_factory
         else:
-            make_limiter = lambda account, model, limits: InProcessLimiter(limits, clock=clock.now, sleep=clock.sleep)  # noqa: E731
+            make_limiter = lambda account, model, limits: InProcessLimiter(limits, clock=bound_to_loop(clock.now), sleep=clock.sleep)  # noqa: E731
         #: Every (account, model) lane: its limiter, its ceiling learned from headers, its rate control.
         self.lanes = Lanes(settings, make_limiter=make_limiter, clock=clock)
         self.estimator = estimator if estimator is not None else TokenEstimator(settings.token_encoding_name)
@@ -328,8 +330,9 @@ class Processor:
             raise RuntimeError("a Processor runs once; make a new one for another run")
         self._started = True
         self._store = store
+        self._now = bound_to_loop(self.clock.now)
         transport = self._transport if self._transport is not None else AiohttpTransport(self.settings.max_in_flight)
-        self.stats.started_at = self.clock.now()
+        self.stats.started_at = self._now()
         raised: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -350,7 +353,7 @@ class Processor:
                 raise raised
         finally:
             self.stats.unfinished = self._scheduler.open_count
-            self.stats.finished_at = self.clock.now()
+            self.stats.finished_at = self._now()
             lanes = self.lanes.all()
             self.stats.control = lanes[0].control.report() if len(lanes) == 1 else None
             self.stats.lanes = self.lanes.reports()
@@ -438,7 +441,7 @@ class Processor:
                 job.lane = lane
                 lane.in_flight += 1
                 lane.sent += 1
-                job.mark = SendMark(self.clock.now(), admitted.requests, admitted.tokens)
+                job.mark = SendMark(self._now(), admitted.requests, admitted.tokens)
                 lane.control.sent(job.mark.sent_at)
                 assert self._tasks is not None
                 task = self._tasks.create_task(self._attempt(job, transport))
@@ -470,9 +473,9 @@ class Processor:
             per_minute = lane.applied.requests_per_minute
             rate = per_minute / 60 if per_minute is not None else None
         due = self._arrivals.due(rate)
-        if due is not None and due > self.clock.now():
-            await self.clock.sleep(due - self.clock.now())
-        now = self.clock.now()
+        if due is not None and due > self._now():
+            await self.clock.sleep(due - self._now())
+        now = self._now()
         self._arrivals.released(now)
         if job.scheduled_at is None:
             job.scheduled_at = now
@@ -487,7 +490,7 @@ class Processor:
         """A retry that is due, else a new request; waits while only future retries remain."""
         while True:
             self._changed.clear()
-            job = self._scheduler.due_retry(self.clock.now())
+            job = self._scheduler.due_retry(self._now())
             if job is not None:
                 return job
             # While the run goes one request at a time, a request waiting for its retry is that one request.
@@ -531,7 +534,7 @@ class Processor:
         """Until an attempt or a result changes something, the next input item arrives, or the clock reaches `until`."""
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._changed.wait())]
         if until is not None:
-            waiters.append(asyncio.ensure_future(self.clock.sleep(max(0.0, until - self.clock.now()))))
+            waiters.append(asyncio.ensure_future(self.clock.sleep(max(0.0, until - self._now()))))
         try:
             await asyncio.wait([*waiters, fetching] if fetching is not None else waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -608,7 +611,7 @@ class Processor:
         lane = job.lane
         assert lane is not None
         request = TransportRequest(job.url, body, lane.headers, settings.request_timeout, stream=stream)
-        started = self.clock.now()
+        started = self._now()
         try:
             response = await transport.send(request)
             job.received = response.timings
@@ -621,7 +624,7 @@ class Processor:
             succeeded, answered = decision.verdict is Verdict.SUCCESS, outcome.status is not None
             self.budget.settle(job.cost, self.budget.actual(job.request.body, job.cost, answer=outcome.body, succeeded=succeeded, answered=answered))
             job.cost = 0.0
-        now = self.clock.now()
+        now = self._now()
         ended = outcome.status if outcome.status is not None else outcome.no_answer.value if outcome.no_answer is not None else "no answer"
         job.attempt_log.append(AttemptTiming(started, now, ended, decision.rate_limited))
         self.stats.record_answer(now, rate_limited=decision.rate_limited)
@@ -633,7 +636,7 @@ class Processor:
                 job.first_rate_limited_at = now
         self._any_succeeded |= decision.verdict is Verdict.SUCCESS
         self._endpoint_failing |= decision.about_the_endpoint
-        if not await self._learn(job, lane, outcome, decision) and decision.verdict is not Verdict.SUCCESS:
+        if not await self._learn(job, lane, outcome, decision, now) and decision.verdict is not Verdict.SUCCESS:
             return  # the limiter failed and the run stops; a success is still kept
         # An answer from an account already dropped (it was in flight) is about that account: the rest are left.
         accounts_left = self.lanes.accounts_left + self.lanes.is_dropped(lane.account.name)
@@ -646,7 +649,7 @@ class Processor:
         match step:
             case Succeed():
                 if verbose:
-                    logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self.clock.now() - started)
+                    logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self._now() - started)
                 await self._deliver(job.result(outcome, ResultKind.SUCCEEDED))
             case Fail():
                 job.errors.append(reason)
@@ -656,12 +659,12 @@ class Processor:
                 if pause is not None and not await self._pause_everyone(job, lane, pause):
                     return
                 logger.info("%s: rate limited (%s); retrying in %.2fs", job.request.name, reason, delay)
-                self._scheduler.add_retry(job, self.clock.now() + delay)
+                self._scheduler.add_retry(job, self._now() + delay)
             case Retry(delay=delay):
                 job.errors.append(reason)
                 attempts = job.attempts - job.rate_limited
                 logger.info("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, attempts, settings.retry.max_attempts, reason, delay)
-                self._scheduler.add_retry(job, self.clock.now() + delay)
+                self._scheduler.add_retry(job, self._now() + delay)
             case DropAccount(reason=why):
                 why = self._scrub(why)
                 if self.lanes.is_dropped(lane.account.name):  # another request's answer dropped it already
@@ -670,16 +673,16 @@ class Processor:
                     logger.warning("account %r: %s; dropping it, the other %d go on", lane.account.name, why, self.lanes.accounts_left - 1)
                     self.lanes.drop(lane.account.name, why)
                 job.rate_limited += 1  # not the request's fault: it costs no attempt
-                self._scheduler.add_retry(job, self.clock.now())
+                self._scheduler.add_retry(job, self._now())
             case StopRun(reason=why):
                 logger.error("%s: %s; stopping the run", job.request.name, self._scrub(why))
                 self.stop(self._scrub(why))
 
-    async def _learn(self, job: _Job, lane: Lane, outcome: HTTPOutcome, decision: Decision) -> bool:
-        """Let the lane's tuner and control learn from this answer, and move its limiter to what they ask.
-        False if the limiter failed."""
-        now = self.clock.now()
-        report = parse_rate_limit_headers(outcome.headers, now=self.clock.wall())
+    async def _learn(self, job: _Job, lane: Lane, outcome: HTTPOutcome, decision: Decision, now: float) -> bool:
+        """Let the lane's tuner and control learn from this answer (which came at `now`), and move its limiter to
+        what they ask. False if the limiter failed."""
+        headers = outcome.headers
+        report = parse_rate_limit_headers(headers, now=self.clock.wall()) if states_rate_limits(headers) else NO_REPORT
         mark = job.mark
         try:
             used = 0
@@ -717,7 +720,7 @@ class Processor:
         """After a rate-limit 429, nobody sends through that lane until the pause has passed. False if the
         limiter failed."""
         logger.debug("%s: rate limited; all sending through %s paused for %.3fs", job.request.name, lane.name, pause)
-        now = self.clock.now()
+        now = self._now()
         lane.control.paused(now, now + pause)
         try:
             await lane.limiter.pause(pause)

@@ -369,7 +369,7 @@ def _plain_chat_tokens(body: Mapping[str, Any], count_text: _TextCounter) -> int
 
 
 def _require_object(body: object) -> None:
-    if not isinstance(body, Mapping):
+    if body.__class__ is not dict and not isinstance(body, Mapping):  # a dict, almost always: no ABC check
         raise EstimationError(f"the request body must be an object, not {_kind(body)}")
 
 
