@@ -248,6 +248,9 @@ def usage_tokens(response: Mapping[str, Any] | None) -> tuple[int, int] | None:
     usage = response.get("usage") if isinstance(response, (dict, Mapping)) else None
     if not isinstance(usage, (dict, Mapping)):
         return None
+    prompt, output = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if prompt.__class__ is int and output.__class__ is int and prompt >= 0 and output >= 0 and not _CACHE_FIELDS & usage.keys():
+        return prompt, output  # OpenAI's chat and completions: what the general reading below gives, at a glance
     prompt = _count(usage, "prompt_tokens", "input_tokens")
     output = _count(usage, "completion_tokens", "output_tokens")
     total = _count(usage, "total_tokens")
@@ -258,6 +261,9 @@ def usage_tokens(response: Mapping[str, Any] | None) -> tuple[int, int] | None:
     if output is None:
         output = max(0, (total or 0) - prompt)
     return prompt, output
+
+
+_CACHE_FIELDS = frozenset(("cache_creation_input_tokens", "cache_read_input_tokens"))
 
 
 def _count(usage: Mapping[str, Any], *names: str) -> int | None:

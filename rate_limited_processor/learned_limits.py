@@ -252,8 +252,9 @@ class LimitTuner:
     @property
     def awaiting_first_answer(self) -> bool:
         """A limit is unknown and no answer has come yet: send nothing more until one does."""
-        unknown = self.requests.base() is None or self.tokens.base() is None or (self._output_limit and self.output_tokens.base() is None)
-        return not self._answered and unknown
+        if self._answered:
+            return False
+        return self.requests.base() is None or self.tokens.base() is None or (self._output_limit and self.output_tokens.base() is None)
 
     def server_limits(self) -> Limits:
         """The account's limits as far as we know them, in the server's units (None: not known)."""

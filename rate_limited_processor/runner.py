@@ -392,10 +392,15 @@ class Processor:
 
     async def _deliver(self, result: RequestResult) -> None:
         """A final result: to the store, or to the consumer through the queue."""
-        store = self._store
-        if store is None:
+        if self._store is None:
             await self._results.put(result)
-            return
+        else:
+            self._to_store(result)
+
+    def _to_store(self, result: RequestResult) -> None:
+        """A final result to the store, at once (no await: the attempt's own task stores it)."""
+        assert self._store is not None
+        store = self._store
         try:
             stored = store(result)
         except Exception as error:
@@ -431,8 +436,13 @@ class Processor:
                     return
                 if self.budget is not None and not await self._reserve_cost(job, self.budget):
                     return
-                lane = await self._lane_for(job)
-                await self._arrive(job, lane)
+                lane = self._lane_now(job)
+                if lane is None:
+                    lane = await self._lane_for(job)
+                wait = self._arrival_wait(lane)
+                if wait > 0:
+                    await self.clock.sleep(wait)
+                self._arrived(job)
                 try:
                     admitted = await lane.limiter.acquire(job.tokens, job.output_tokens)
                 except Exception as error:
@@ -451,6 +461,13 @@ class Processor:
         finally:
             await source.aclose()
 
+    def _lane_now(self, job: _Job) -> Lane | None:
+        """The lane for this job if it can take it at once (as `_lane_for` would say); None to ask `_lane_for`."""
+        lane = self.lanes.choose(job.model, job.tokens, job.output_tokens)
+        if lane.started and (not (lane.probing or lane.in_flight >= lane.control.window()) or not self._in_flight):
+            return lane
+        return None
+
     async def _lane_for(self, job: _Job) -> Lane:
         """The lane that can take this job soonest, once it may take one more: not while its first request
         awaits the answer that tells its limits, nor beyond its window of requests in flight."""
@@ -465,16 +482,18 @@ class Processor:
             self._changed.clear()
             await self._wait_for_change()
 
-    async def _arrive(self, job: _Job, lane: Lane) -> None:
-        """Wait for the arrival process to let the next send go (`--arrivals`), then count it as scheduled.
-        Poisson arrivals without a rate of their own run at the request limit of the lane the job goes through."""
+    def _arrival_wait(self, lane: Lane) -> float:
+        """Seconds until the arrival process lets the next send go (`--arrivals`; 0 when none is set). Poisson
+        arrivals without a rate of their own run at the request limit of the lane the job goes through."""
         rate = self.settings.request_rate
         if rate is None and self.settings.arrivals == "poisson":
             per_minute = lane.applied.requests_per_minute
             rate = per_minute / 60 if per_minute is not None else None
         due = self._arrivals.due(rate)
-        if due is not None and due > self._now():
-            await self.clock.sleep(due - self._now())
+        return due - self._now() if due is not None else 0.0
+
+    def _arrived(self, job: _Job) -> None:
+        """The arrival process let the job go: it counts as scheduled from now."""
         now = self._now()
         self._arrivals.released(now)
         if job.scheduled_at is None:
@@ -650,7 +669,10 @@ class Processor:
             case Succeed():
                 if verbose:
                     logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self._now() - started)
-                await self._deliver(job.result(outcome, ResultKind.SUCCEEDED))
+                if self._store is not None:
+                    self._to_store(job.result(outcome, ResultKind.SUCCEEDED))
+                else:
+                    await self._results.put(job.result(outcome, ResultKind.SUCCEEDED))
             case Fail():
                 job.errors.append(reason)
                 logger.error("%s: failed after %d attempt(s): %s", job.request.name, job.attempts, reason)
