@@ -268,25 +268,27 @@ class InProcessLimiter:
             raise ValueError(f"tokens must not be negative, got {tokens} and {output_tokens}")
         if not self._queued:  # nobody waits, so nobody is overtaken: admitted now, or in the queue
             admitted = self._try_admit(tokens, output_tokens)
-            if admitted is not None:
+            if isinstance(admitted, Admission):
                 return admitted
         self._queued += 1
         try:
             async with self._lock:
                 while True:
                     admitted = self._try_admit(tokens, output_tokens)
-                    if admitted is not None:
+                    if isinstance(admitted, Admission):
                         return admitted
-                    now = self._clock()
-                    await self._sleep(max(self._paused_until - now, self._buckets.wait_time(tokens, now, output_tokens)))
+                    await self._sleep(admitted)
         finally:
             self._queued -= 1
 
-    def _try_admit(self, tokens: int, output_tokens: int) -> Admission | None:
-        """Take the request if it may go now (not paused, room in every bucket); None if it must wait."""
+    def _try_admit(self, tokens: int, output_tokens: int) -> Admission | float:
+        """Take the request if it may go now; else the seconds to wait (for the pause to end, or for room)."""
         now = self._clock()
-        if self._paused_until - now > max(_EPSILON, 4 * math.ulp(now)) or self._buckets.try_take(tokens, now, output_tokens) != 0.0:
-            return None
+        wait = self._paused_until - now
+        if wait <= max(_EPSILON, 4 * math.ulp(now)):
+            wait = self._buckets.try_take(tokens, now, output_tokens)
+        if wait != 0.0:
+            return wait
         self._admitted_requests += 1
         self._admitted_tokens += tokens
         self._admitted_output += output_tokens

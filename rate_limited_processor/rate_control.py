@@ -264,10 +264,9 @@ class RateController:
         if self._slow_start and ceiling.requests_per_minute is not None and math.isfinite(ceiling.requests_per_minute):
             self._slow_start = False  # a limit became known (the API's headers): it bounds the rate now
             self._requests.per_second = math.inf
-        requests, tokens, output_tokens = ceiling.requests_per_minute, ceiling.tokens_per_minute, ceiling.output_tokens_per_minute
-        self._requests.ceiling = math.inf if requests is None else requests / 60
-        self._tokens.ceiling = math.inf if tokens is None else tokens / 60
-        self._output_tokens.ceiling = math.inf if output_tokens is None else output_tokens / 60
+        self._requests.ceiling = _per_second(ceiling.requests_per_minute)
+        self._tokens.ceiling = _per_second(ceiling.tokens_per_minute)
+        self._output_tokens.ceiling = _per_second(ceiling.output_tokens_per_minute)
         self._slow_start_growth(now)
         if math.isinf(self._requests.per_second) and math.isinf(self._tokens.per_second) and math.isinf(self._output_tokens.per_second):
             return ceiling  # no cap of ours: the ceiling alone applies
@@ -348,9 +347,9 @@ class RateController:
                 self._window += 1
             if not self._slow_start and self._using_the_rate(now):
                 acceleration = 1 + self._admitted_since_cut / ACCELERATION
-                for cap in (self._requests, self._tokens, self._output_tokens):
-                    if cap.per_second != math.inf:  # an uncapped dimension has nothing to grow
-                        cap.grow(acceleration, self._answers_per_round_trip())
+                self._requests.grow(acceleration, self._answers_per_round_trip())
+                self._tokens.grow(acceleration, self._answers_per_round_trip())
+                self._output_tokens.grow(acceleration, self._answers_per_round_trip())
             return
         if after_the_pause or self._rounds == 0:
             self._rounds += 1
@@ -500,6 +499,10 @@ def _rate_of(samples: list[_Sample], pauses: deque[tuple[float, float]], measure
     # n sends spread over a span make n - 1 gaps: the rate is (n - 1) / span for the whole, scaled for a part.
     scale = (len(spanned) - 1) / len(spanned) / span
     return sum(measure(sample) for sample in samples) * scale
+
+
+def _per_second(per_minute: float | None) -> float:
+    return math.inf if per_minute is None else per_minute / 60
 
 
 def _lower(ceiling: float | None, own: float) -> float | None:

@@ -392,15 +392,10 @@ class Processor:
 
     async def _deliver(self, result: RequestResult) -> None:
         """A final result: to the store, or to the consumer through the queue."""
-        if self._store is None:
-            await self._results.put(result)
-        else:
-            self._to_store(result)
-
-    def _to_store(self, result: RequestResult) -> None:
-        """A final result to the store, at once (no await: the attempt's own task stores it)."""
-        assert self._store is not None
         store = self._store
+        if store is None:
+            await self._results.put(result)
+            return
         try:
             stored = store(result)
         except Exception as error:
@@ -461,12 +456,15 @@ class Processor:
         finally:
             await source.aclose()
 
+    def _may_take_one_more(self, lane: Lane) -> bool:
+        """Not while the lane's first request awaits the answer that tells its limits, nor beyond its window of
+        requests in flight; but always when nothing at all is in flight."""
+        return not (lane.probing or lane.in_flight >= lane.control.window()) or not self._in_flight
+
     def _lane_now(self, job: _Job) -> Lane | None:
         """The lane for this job if it can take it at once (as `_lane_for` would say); None to ask `_lane_for`."""
         lane = self.lanes.choose(job.model, job.tokens, job.output_tokens)
-        if lane.started and (not (lane.probing or lane.in_flight >= lane.control.window()) or not self._in_flight):
-            return lane
-        return None
+        return lane if lane.started and self._may_take_one_more(lane) else None
 
     async def _lane_for(self, job: _Job) -> Lane:
         """The lane that can take this job soonest, once it may take one more: not while its first request
@@ -477,7 +475,7 @@ class Processor:
                 lane.started = True
                 if self._given_limiter is not None:
                     await self._apply_limits(lane, lane.applied)
-            if not (lane.probing or lane.in_flight >= lane.control.window()) or not self._in_flight:
+            if self._may_take_one_more(lane):
                 return lane
             self._changed.clear()
             await self._wait_for_change()
@@ -669,10 +667,7 @@ class Processor:
             case Succeed():
                 if verbose:
                     logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self._now() - started)
-                if self._store is not None:
-                    self._to_store(job.result(outcome, ResultKind.SUCCEEDED))
-                else:
-                    await self._results.put(job.result(outcome, ResultKind.SUCCEEDED))
+                await self._deliver(job.result(outcome, ResultKind.SUCCEEDED))
             case Fail():
                 job.errors.append(reason)
                 logger.error("%s: failed after %d attempt(s): %s", job.request.name, job.attempts, reason)

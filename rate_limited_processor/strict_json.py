@@ -79,14 +79,14 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
 
     Bytes must be UTF-8: bytes that are not are InvalidJSON ("not valid UTF-8 ...").
     """
-    data = text if text.__class__ is bytes else _utf8(text)
+    data = _utf8(text)
     if data is not None and not _may_hold_a_long_integer(data):
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:
             pass  # the strict reader below says what is wrong
         else:
-            if len(data) > 2 * max_depth and _may_nest_deeper(data, max_depth) and _deeper_than(value, max_depth):
+            if _may_nest_deeper(data, max_depth) and _deeper_than(value, max_depth):
                 raise InvalidJSON(f"nested deeper than {max_depth} levels")
             return value
     if isinstance(text, bytes):
