@@ -17,6 +17,7 @@ from rate_limited_processor.learned_limits import (
     RateLimitReport,
     SendMark,
     parse_rate_limit_headers,
+    states_rate_limits,
 )
 from rate_limited_processor.limiter import TokenBucket
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockRequest, MockTransport
@@ -54,6 +55,21 @@ def test_one_rate_limit_header_among_many_is_read_and_none_reports_nothing() -> 
     assert parse_rate_limit_headers(plain) == NO_HEADERS
     assert parse_rate_limit_headers({**plain, "x-ratelimit-limit-tokens": "90000"}) == RateLimitReport(limit_tokens=90_000)
     assert parse_rate_limit_headers({**plain, "anthropic-ratelimit-requests-limit": "50"}).limit_requests == 50
+
+
+def test_every_header_the_parser_reads_lets_it_read_them() -> None:
+    """`states_rate_limits` lists the names apart from the parser: a name read but not listed would be skipped."""
+
+    asked: set[str] = set()
+
+    class Recording(dict[str, str]):
+        def get(self, name: str, default: Any = None) -> Any:
+            asked.add(name)
+            return super().get(name, default)
+
+    for headers in ({"x-ratelimit-limit-requests": "60"}, {"anthropic-ratelimit-requests-limit": "50"}):
+        parse_rate_limit_headers(Recording(headers))
+    assert len(asked) >= 9 and all(states_rate_limits({name: "1"}) for name in asked)
 
 
 # -- the tuner ----------------------------------------------------------------------------------------
