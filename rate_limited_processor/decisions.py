@@ -35,22 +35,23 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .records import record
 from .retry_policy import Decision, RetryPolicy, Verdict
 
 __all__ = ["Succeed", "Fail", "Retry", "StopRun", "DropAccount", "Step", "JobState", "RunState", "next_step"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Succeed:
     """Write the answer."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Fail:
     """Record the request as failed, with the errors of all its attempts."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Retry:
     """Send this request again after `delay` seconds."""
 
@@ -61,7 +62,7 @@ class Retry:
     rate_limited: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StopRun:
     """This request cannot finish now and neither can the rest: leave it unwritten for a rerun, and stop.
 
@@ -71,7 +72,7 @@ class StopRun:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DropAccount:
     """The account this attempt went through is unusable (its key, its quota): take it out of the run, and
     send the request again through another at no cost of an attempt."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any
+
+from .records import record
 
 __all__ = ["APIRequest", "RejectedLine", "RequestResult", "ResultKind", "RequestTimings", "AttemptTiming"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class APIRequest:
     """One request to send: the body POSTed as is, and metadata that rides along unsent."""
 
@@ -31,7 +32,7 @@ class APIRequest:
         return self.label or f"request {self.index}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RejectedLine:
     """An input line that cannot become a request (not JSON, not an object, a duplicate id): recorded, never sent."""
 
@@ -54,7 +55,7 @@ class ResultKind(enum.Enum):
     INVALID = "invalid"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttemptTiming:
     """One HTTP attempt: when it was sent and ended (the run's clock), and how."""
 
@@ -66,7 +67,7 @@ class AttemptTiming:
     rate_limited: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RequestTimings:
     """When things happened to one request, in seconds on the run's clock (`Processor.clock`).
 
@@ -105,7 +106,7 @@ class RequestTimings:
         return [later - earlier for earlier, later in zip(tokens, tokens[1:], strict=False)]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RequestResult:
     """The fate of one request: a response, or the errors of every attempt."""
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from .endpoints import Endpoint
 from .errors import NoAnswer
+from .records import record
 
 __all__ = [
     "Verdict",
@@ -143,7 +144,7 @@ class Verdict(enum.Enum):
     STOP_RUN = "stop_run"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HTTPOutcome:
     """What one attempt produced. Built by the HTTP module; headers keys are lower-case."""
 
@@ -162,7 +163,7 @@ class HTTPOutcome:
     unreadable: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     """The verdict on one attempt, why, and what the server said about waiting."""
 

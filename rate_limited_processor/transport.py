@@ -33,7 +33,7 @@ import logging
 import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
@@ -43,6 +43,7 @@ from yarl import URL
 from . import strict_json
 from .credentials import Scrubber
 from .errors import NoAnswer, TransportError
+from .records import record
 from .retry_policy import HTTPOutcome
 from .streaming import EventStreamParser, StreamAssembler, StreamProblem, is_event_stream
 
@@ -75,7 +76,7 @@ _FOLLOWED_REDIRECTS = frozenset({307, 308})
 logger = logging.getLogger("rate_limited_processor")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TransportRequest:
     """One attempt to send: POST `body` as JSON to `url` with `headers`, giving up after `timeout` seconds."""
 
@@ -88,7 +89,7 @@ class TransportRequest:
     stream: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReceiveTimings:
     """When an answer arrived, in seconds after the transport began sending it."""
 
@@ -99,7 +100,7 @@ class ReceiveTimings:
     last_byte: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TransportResponse:
     """What came back: the status, the headers (names in lower case) and the body's bytes.
 
@@ -112,7 +113,7 @@ class TransportResponse:
     timings: ReceiveTimings | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StreamingResponse:
     """An answer still arriving: its status and headers, and its body as the bytes come (for `receive`)."""
 
