@@ -40,7 +40,6 @@ from urllib.parse import urlsplit
 from . import strict_json
 from .atomic_write import write_json_atomically
 from .endpoints import Endpoint
-from .models import RequestResult
 from .token_estimation import completion_budget
 
 __all__ = [
@@ -51,7 +50,6 @@ __all__ = [
     "CostReport",
     "package_price",
     "estimated_tokens",
-    "estimated_tokens_of_result",
     "usage_tokens",
     "model_of",
     "format_dollars",
@@ -238,11 +236,6 @@ def estimated_tokens(endpoint: Endpoint, body: Mapping[str, Any], tokens: int) -
     return max(0, tokens - output), output
 
 
-def estimated_tokens_of_result(result: RequestResult) -> tuple[int, int]:
-    """(input, output) of the estimate a result was sent with."""
-    return max(0, result.estimated_tokens - result.estimated_output_tokens), result.estimated_output_tokens
-
-
 def usage_tokens(response: Mapping[str, Any] | None) -> tuple[int, int] | None:
     """(input, output) tokens the API's `usage` reports (chat, completions, embeddings, responses); None if none."""
     usage = response.get("usage") if isinstance(response, (dict, Mapping)) else None
@@ -340,7 +333,7 @@ class CostLedger:
     def __bool__(self) -> bool:
         return bool(self._by_model)
 
-    def add(self, model: str | None, *, input_tokens: int, output_tokens: int) -> None:
+    def add(self, model: str | None, input_tokens: int, output_tokens: int) -> None:
         tally = self._by_model.get(model or UNKNOWN_MODEL)
         if tally is None:
             tally = self._by_model[model or UNKNOWN_MODEL] = _Tally()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .costs import CostLedger, CostReport, PriceBook, estimated_tokens_of_result, format_dollars, model_of, usage_tokens
+from .costs import CostLedger, CostReport, PriceBook, format_dollars, model_of, usage_tokens
 from .lanes import LaneReport
 from .limiter import Limits
 from .models import RequestResult, ResultKind
@@ -99,7 +99,8 @@ class RunStats:
     last_answer_at: float | None = None
     #: Tokens charged against the TPM limit, over all attempts.
     tokens_charged: int = 0
-    #: For succeeded requests: our estimate vs. what the API's `usage` reported.
+    #: For succeeded requests: our estimate vs. what the API's `usage` reported (`costs.usage_tokens`: the
+    #: prompt with any cached part, and the total as prompt plus output).
     estimated_tokens_succeeded: int = 0
     reported_prompt_tokens: int = 0
     reported_total_tokens: int = 0
@@ -165,38 +166,29 @@ class RunStats:
 
     def record_result(self, result: RequestResult) -> None:
         """Count a result the consumer has taken (so one that could not be written is not counted)."""
-        if result.kind is ResultKind.SUCCEEDED:
+        kind = result.kind
+        if kind is ResultKind.SUCCEEDED:
             self.succeeded += 1
             if result.response is not None:
-                self.record_usage(result.estimated_tokens, result.response)
-                self.record_cost(result)
-        elif result.kind is ResultKind.INVALID:
+                self._record_tokens(result, result.response)
+        elif kind is ResultKind.INVALID:
             self.invalid += 1
         else:
             self.failed += 1
 
-    def record_cost(self, result: RequestResult) -> None:
-        """Count a succeeded request's tokens per model, for the summary's dollars: estimated, and reported."""
-        body = result.request if isinstance(result.request, dict) else {}
-        model = model_of(body, result.response)
-        input_tokens, output_tokens = estimated_tokens_of_result(result)
-        self.estimated_cost.add(model, input_tokens=input_tokens, output_tokens=output_tokens)
-        usage = usage_tokens(result.response)
+    def _record_tokens(self, result: RequestResult, response: dict[str, Any]) -> None:
+        """A succeeded request's tokens: our estimate against the API's `usage` (`costs.usage_tokens`, read
+        once), in all and per model for the summary's dollars."""
+        estimated, estimated_output = result.estimated_tokens, result.estimated_output_tokens
+        model = model_of(result.request if isinstance(result.request, dict) else {}, response)
+        self.estimated_tokens_succeeded += estimated
+        self.estimated_cost.add(model, max(0, estimated - estimated_output), estimated_output)
+        usage = usage_tokens(response)
         if usage is not None:
-            self.spent.add(model, input_tokens=usage[0], output_tokens=usage[1])
-
-    def record_usage(self, estimated_tokens: int, response: dict[str, Any]) -> None:
-        usage = response.get("usage")
-        self.estimated_tokens_succeeded += estimated_tokens
-        if isinstance(usage, dict):
-            prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-            prompt = prompt if isinstance(prompt, int) else 0
-            total = usage.get("total_tokens")
-            if total is None:  # Anthropic's usage: input and output tokens, no total
-                output = usage.get("output_tokens", 0)
-                total = prompt + (output if isinstance(output, int) else 0)
+            prompt, output = usage
             self.reported_prompt_tokens += prompt
-            self.reported_total_tokens += total if isinstance(total, int) else 0
+            self.reported_total_tokens += prompt + output
+            self.spent.add(model, prompt, output)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import math
+from typing import Any
 
 import pytest
 
+from rate_limited_processor.costs import PriceBook
 from rate_limited_processor.limiter import Limits
+from rate_limited_processor.models import RequestResult, ResultKind
 from rate_limited_processor.status import (
     ProgressDisplay,
     RateMeter,
@@ -78,12 +81,25 @@ def test_summary_of_a_stopped_run_says_why_and_what_is_left() -> None:
     assert "not finished   90 (4 had been started); rerun to send them" in text
 
 
-def test_record_usage_reads_chat_and_responses_usage_shapes() -> None:
+def test_a_success_counts_its_estimate_against_the_usage_the_api_reported() -> None:
     stats = finished_stats()
-    stats.record_usage(50, {"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
-    stats.record_usage(40, {"usage": {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}})
-    stats.record_usage(30, {"no usage": True})
-    assert (stats.estimated_tokens_succeeded, stats.reported_prompt_tokens, stats.reported_total_tokens) == (120, 17, 25)
+    responses: list[dict[str, Any]] = [
+        {"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}},
+        {"usage": {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}},  # /responses
+        {"usage": {"input_tokens": 4, "cache_read_input_tokens": 6, "output_tokens": 2}},  # Anthropic: no total
+        {"no usage": True},
+    ]
+    for estimate, response in zip((50, 40, 35, 30), responses, strict=True):
+        result = RequestResult(
+            1, {"model": "gpt-4o-mini"}, None, response, (), 1, ResultKind.SUCCEEDED, estimated_tokens=estimate, estimated_output_tokens=20
+        )
+        stats.record_result(result)
+    assert (stats.succeeded, stats.estimated_tokens_succeeded) == (4, 155)
+    assert (stats.reported_prompt_tokens, stats.reported_total_tokens) == (27, 37)
+    [estimated] = stats.estimated_cost.priced(PriceBook()).by_model
+    [spent] = stats.spent.priced(PriceBook()).by_model
+    assert (estimated.requests, estimated.input_tokens, estimated.output_tokens) == (4, 155 - 80, 80)
+    assert (spent.requests, spent.input_tokens, spent.output_tokens) == (3, 27, 10)
 
 
 def test_progress_display_shows_done_over_total_with_rates_retries_and_failures() -> None:
