@@ -215,6 +215,7 @@ class RateController:
         "_admitted_since_cut",
         "_rounds",
         "_updated_at",
+        "_ceiling",
         "cuts",
     )
 
@@ -248,6 +249,8 @@ class RateController:
         #: Rounds of refusals in a row: a 429 to a request sent after the last pause ended starts a new one.
         self._rounds = 0
         self._updated_at = now
+        #: The ceiling the caps were last told (`limits`): the tuner keeps one until a report changes it.
+        self._ceiling: Limits | None = None
         #: Rate-limit 429s that cut the rate.
         self.cuts = 0
 
@@ -261,14 +264,16 @@ class RateController:
 
     def limits(self, ceiling: Limits, now: float) -> Limits:
         """The limits to send at: the ceiling, lowered to what the server's answers allow."""
-        if self._slow_start and ceiling.requests_per_minute is not None and math.isfinite(ceiling.requests_per_minute):
-            self._slow_start = False  # a limit became known (the API's headers): it bounds the rate now
-            self._requests.per_second = math.inf
-        self._requests.ceiling = _per_second(ceiling.requests_per_minute)
-        self._tokens.ceiling = _per_second(ceiling.tokens_per_minute)
-        self._output_tokens.ceiling = _per_second(ceiling.output_tokens_per_minute)
+        if ceiling is not self._ceiling:
+            self._ceiling = ceiling
+            if self._slow_start and ceiling.requests_per_minute is not None and math.isfinite(ceiling.requests_per_minute):
+                self._slow_start = False  # a limit became known (the API's headers): it bounds the rate now
+                self._requests.per_second = math.inf
+            self._requests.ceiling = _per_second(ceiling.requests_per_minute)
+            self._tokens.ceiling = _per_second(ceiling.tokens_per_minute)
+            self._output_tokens.ceiling = _per_second(ceiling.output_tokens_per_minute)
         self._slow_start_growth(now)
-        if math.isinf(self._requests.per_second) and math.isinf(self._tokens.per_second) and math.isinf(self._output_tokens.per_second):
+        if not self._capped():
             return ceiling  # no cap of ours: the ceiling alone applies
         return Limits(
             _lower(ceiling.requests_per_minute, self._requests.per_second * 60),
@@ -330,14 +335,15 @@ class RateController:
     def answered(self, answer: Answer, now: float) -> None:
         """An answer from the server arrived. (No answer at all, or a 5xx, tells nothing: report it as `lost`.)"""
         self._landed(answer.sent_at)
-        self._slow_start_growth(now)
         after_the_pause = answer.sent_at > self._paused_until
         self._answers.append(_Sample(answer.sent_at, answer.tokens, not answer.rate_limited, answer.output_tokens))
         while self._answers and self._answers[0].sent_at < now - HISTORY_SECONDS:
             self._answers.popleft()
-        if not answer.rate_limited:
-            self._round_trip = _smoothed(self._round_trip, now - answer.sent_at)
+        if answer.rate_limited:
             self._slow_start_growth(now)
+        else:
+            self._round_trip = _smoothed(self._round_trip, now - answer.sent_at)
+            self._slow_start_growth(now)  # after the round trip: the first answer in starts the rate from it
             # Admitted though sent after a refusal, or admitted several times in a row: the storm is over.
             if answer.sent_at > self._last_refusal_sent or self._admitted_since_refusal >= STORM_OVER_ANSWERS:
                 self._rounds = 0
@@ -345,11 +351,12 @@ class RateController:
             self._admitted_since_cut += 1
             if self._in_flight_count + 1 >= self._window / 2:  # the window is in use: it may grow
                 self._window += 1
-            if not self._slow_start and self._using_the_rate(now):
+            if not self._slow_start and self._capped() and self._using_the_rate(now):
                 acceleration = 1 + self._admitted_since_cut / ACCELERATION
-                self._requests.grow(acceleration, self._answers_per_round_trip())
-                self._tokens.grow(acceleration, self._answers_per_round_trip())
-                self._output_tokens.grow(acceleration, self._answers_per_round_trip())
+                per_round_trip = self._answers_per_round_trip()
+                self._requests.grow(acceleration, per_round_trip)
+                self._tokens.grow(acceleration, per_round_trip)
+                self._output_tokens.grow(acceleration, per_round_trip)
             return
         if after_the_pause or self._rounds == 0:
             self._rounds += 1
@@ -424,6 +431,10 @@ class RateController:
         if measured is None:
             measured = min(cap.per_second, cap.ceiling)
         return min(measured, cap.per_second, cap.ceiling)
+
+    def _capped(self) -> bool:
+        """Some cap of ours is below the ceiling (else the ceiling alone applies, and nothing grows)."""
+        return not (math.isinf(self._requests.per_second) and math.isinf(self._tokens.per_second) and math.isinf(self._output_tokens.per_second))
 
     def _slow_start_growth(self, now: float) -> None:
         """In slow start, double the rate every `SLOW_START_DOUBLING` seconds of sending."""

@@ -75,6 +75,19 @@ def test_slow_start_doubles_from_a_round_trips_worth_until_the_first_429_halves_
     assert control.limits(UNKNOWN, 0.5).requests_per_minute == pytest.approx(rate / 2)
 
 
+def test_a_limit_learned_mid_run_ends_slow_start_and_then_the_ceiling_alone_applies() -> None:
+    control = RateController(requests_ceiling_known=False, now=0.0)
+    assert control.limits(UNKNOWN, 0.0) is UNKNOWN
+    control.sent(0.0)
+    control.answered(Answer(0.0, 10), now=0.1)
+    assert control.limits(UNKNOWN, 0.1).requests_per_minute == pytest.approx(40 * 60)
+    told = Limits(6_000, None)  # the API's headers state a limit
+    assert control.limits(told, 0.2) is told
+    control.sent(0.2)
+    control.answered(Answer(0.2, 10), now=0.3)
+    assert control.limits(told, 0.3) is told
+
+
 def test_against_a_server_that_states_nothing_the_rate_settles_just_below_its_limit() -> None:
     control = RateController(requests_ceiling_known=False, now=0.0)
     admitted, refused = drive(control, server_per_second=50, seconds=60)
