@@ -79,16 +79,26 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
 
     Bytes must be UTF-8: bytes that are not are InvalidJSON ("not valid UTF-8 ...").
     """
-    data = _utf8(text)
-    if data is not None and not _may_hold_a_long_integer(data):
+    # Every line and answer comes through here, so the checks before orjson are written out, not called.
+    if isinstance(text, bytes):
+        data: bytes | None = text
+    else:
         try:
-            value = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass  # the strict reader below says what is wrong
-        else:
-            if _may_nest_deeper(data, max_depth) and _deeper_than(value, max_depth):
-                raise InvalidJSON(f"nested deeper than {max_depth} levels")
-            return value
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # a str holding half a surrogate pair: only the strict reader takes it as it is
+            data = None
+    if data is not None:
+        # Could an integer of 19 or more digits (beyond orjson's 64 bits) be in it? One translation, one search.
+        shape = data.translate(_SHAPE)
+        if _LONG_INTEGER not in shape and not shape.startswith(_LONG_INTEGER[1:]):
+            try:
+                value = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pass  # the strict reader below says what is wrong
+            else:
+                if _may_nest_deeper(data, max_depth) and _deeper_than(value, max_depth):
+                    raise InvalidJSON(f"nested deeper than {max_depth} levels")
+                return value
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -121,21 +131,6 @@ def canonical(value: Any) -> bytes:
         if b"e-" not in text and b".0000" not in text:
             return text
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _utf8(text: str | bytes) -> bytes | None:
-    if isinstance(text, bytes):
-        return text
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:  # a str holding half a surrogate pair: only the strict reader takes it as it is
-        return None
-
-
-def _may_hold_a_long_integer(data: bytes) -> bool:
-    """Cheap (one translation, one search): could an integer of 19 or more digits be in the text?"""
-    shape = data.translate(_SHAPE)
-    return _LONG_INTEGER in shape or shape.startswith(_LONG_INTEGER[1:])
 
 
 def _strict_loads(text: str, max_depth: int) -> Any:
