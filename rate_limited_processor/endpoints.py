@@ -37,6 +37,10 @@ class Endpoint(enum.Enum):
     #: Anthropic's Messages API (`https://api.anthropic.com/v1/messages`).
     MESSAGES = "messages"
 
+    # Members are singletons, compared by identity: hash them so, in C (Enum's own __hash__ is a Python call,
+    # and every request looks its endpoint up in a table or two).
+    __hash__ = object.__hash__
+
     @property
     def is_anthropic(self) -> bool:
         """Anthropic's API: its key header, its version header, its three limits (requests, input and output tokens)."""

@@ -153,7 +153,11 @@ class RateBuckets:
 
     def wait_time(self, tokens: float, now: float, output_tokens: float = 0) -> float:
         """Seconds until one request of `tokens` (and `output_tokens` reserved) fits every bucket."""
-        return max([0.0, *(bucket.wait_time(amount, now) for bucket, amount in self._amounts(tokens, output_tokens) if bucket is not None)])
+        wait = 0.0
+        for bucket, amount in self._amounts(tokens, output_tokens):
+            if bucket is not None:
+                wait = max(wait, bucket.wait_time(amount, now))
+        return wait
 
     def try_take(self, tokens: float, now: float, output_tokens: float = 0) -> float:
         """Take one request of `tokens` if every bucket has room and return 0; else the seconds to wait."""

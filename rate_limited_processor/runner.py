@@ -487,6 +487,8 @@ class Processor:
         if rate is None and self.settings.arrivals == "poisson":
             per_minute = lane.applied.requests_per_minute
             rate = per_minute / 60 if per_minute is not None else None
+        if rate is None:
+            return 0.0  # no gap to keep between sends: the limiter alone spaces them
         due = self._arrivals.due(rate)
         return due - self._now() if due is not None else 0.0
 
@@ -662,7 +664,7 @@ class Processor:
             accounts_left=accounts_left,
         )
         step = next_step(decision, job=job.state(now), run=run, policy=settings.retry)
-        reason = self._scrub(decision.reason)
+        reason = self._scrub(decision.reason) if not isinstance(step, Succeed) else ""
         match step:
             case Succeed():
                 if verbose:
