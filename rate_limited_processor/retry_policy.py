@@ -206,7 +206,10 @@ def classify(outcome: HTTPOutcome, *, endpoint: Endpoint | None = None, now: flo
     not_the_answer = answer_problem(endpoint, body) if succeeded and isinstance(body, dict) and not relayed_error else None
     # 2xx with the endpoint's answer: the API answered.
     if succeeded and isinstance(body, dict) and not relayed_error and not_the_answer is None:
-        return Decision(Verdict.SUCCESS, f"HTTP {status}")
+        success = _SUCCESSES.get(status)
+        if success is None:
+            success = _SUCCESSES[status] = Decision(Verdict.SUCCESS, f"HTTP {status}")
+        return success
 
     # Everything below is a response we did not want; read what it says.
     code, type_, message = _error_fields(body)
@@ -273,11 +276,17 @@ def answer_problem(endpoint: Endpoint | None, body: Mapping[str, Any]) -> str | 
     return f"not a /{endpoint.value} answer (it has no {wanted})"
 
 
+#: The one decision per 2xx status that succeeded (there are a handful): made once, as every answer gets one.
+_SUCCESSES: dict[int, Decision] = {}
+#: An "error" field holding one of these is no error.
+_NO_ERROR: tuple[Any, ...] = (None, False, "", {}, [])
+
+
 def _carries_error(body: Any) -> bool:
     """An error object in a 2xx body: {"error": {...}} as OpenAI writes errors, or vLLM's {"object": "error", ...}."""
     if not isinstance(body, dict):
         return False
-    return body.get("error") not in (None, False, "", {}, []) or body.get("object") == "error"
+    return body.get("error") not in _NO_ERROR or body.get("object") == "error"
 
 
 def _status_of_relayed_error(body: dict[str, Any], code: str, type_: str) -> int:

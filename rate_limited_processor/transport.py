@@ -285,8 +285,10 @@ class AiohttpTransport:
                     if request.stream or is_event_stream(response_headers):
                         streaming = StreamingResponse(response.status, response_headers, response.content.iter_any())
                         answer = await receive(streaming, started=started, now=loop.time)
+                    elif _framed_by_its_length(response):
+                        answer = TransportResponse(response.status, response_headers, await response.read())
                     else:
-                        answer = TransportResponse(response.status, response_headers, await _read_body(response))
+                        answer = TransportResponse(response.status, response_headers, await _read_capped(response))
                 target = _redirect_target(url, answer) if hop < MAX_REDIRECTS else None
                 if target is None:
                     return answer
@@ -374,14 +376,18 @@ class _StrictConnector(aiohttp.TCPConnector):
             connection.close()
 
 
-async def _read_body(response: aiohttp.ClientResponse) -> bytes:
-    """The whole body, up to MAX_RESPONSE_BYTES: a server streaming without end (or a compressed bomb) is
-    no answer, not an exhausted memory."""
+def _framed_by_its_length(response: aiohttp.ClientResponse) -> bool:
+    """The body has a length and is not compressed: read whole, it cannot grow beyond it. Else it is read by
+    `_read_capped`. A length over MAX_RESPONSE_BYTES is refused at once: no answer, not an exhausted memory."""
     length = response.content_length
     if length is not None and length > MAX_RESPONSE_BYTES:
         raise TransportError(NoAnswer.BROKEN, f"the response is {length:,} bytes, more than the {MAX_RESPONSE_BYTES:,} read")
-    if length is not None and "content-encoding" not in response.headers:
-        return await response.read()  # framed by its length: it cannot grow
+    return length is not None and "content-encoding" not in response.headers
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, up to MAX_RESPONSE_BYTES: a server streaming without end (or a compressed bomb) is
+    no answer, not an exhausted memory."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(1 << 16):
