@@ -66,7 +66,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .limiter import Limits
+from .limiter import UNLIMITED, Limits
 
 __all__ = ["Answer", "ControlReport", "RateController"]
 
@@ -216,6 +216,8 @@ class RateController:
         "_rounds",
         "_updated_at",
         "_ceiling",
+        "_capped_at",
+        "_capped_limits",
         "cuts",
     )
 
@@ -251,6 +253,10 @@ class RateController:
         self._updated_at = now
         #: The ceiling the caps were last told (`limits`): the tuner keeps one until a report changes it.
         self._ceiling: Limits | None = None
+        #: The caps (per second) the last capped `limits` were made for under that ceiling, and those limits:
+        #: most answers change neither.
+        self._capped_at: tuple[float, float, float] | None = None
+        self._capped_limits = UNLIMITED
         #: Rate-limit 429s that cut the rate.
         self.cuts = 0
 
@@ -272,15 +278,20 @@ class RateController:
             self._requests.ceiling = _per_second(ceiling.requests_per_minute)
             self._tokens.ceiling = _per_second(ceiling.tokens_per_minute)
             self._output_tokens.ceiling = _per_second(ceiling.output_tokens_per_minute)
+            self._capped_at = None
         self._slow_start_growth(now)
         if not self._capped():
             return ceiling  # no cap of ours: the ceiling alone applies
-        return Limits(
-            _lower(ceiling.requests_per_minute, self._requests.per_second * 60),
-            _lower(ceiling.tokens_per_minute, self._tokens.per_second * 60),
-            burst_seconds=ceiling.burst_seconds,
-            output_tokens_per_minute=_lower(ceiling.output_tokens_per_minute, self._output_tokens.per_second * 60),
-        )
+        caps = (self._requests.per_second, self._tokens.per_second, self._output_tokens.per_second)
+        if caps != self._capped_at:
+            self._capped_at = caps
+            self._capped_limits = Limits(
+                _lower(ceiling.requests_per_minute, caps[0] * 60),
+                _lower(ceiling.tokens_per_minute, caps[1] * 60),
+                burst_seconds=ceiling.burst_seconds,
+                output_tokens_per_minute=_lower(ceiling.output_tokens_per_minute, caps[2] * 60),
+            )
+        return self._capped_limits
 
     def window(self) -> float:
         """The most requests to have in flight now."""

@@ -160,6 +160,19 @@ def test_the_rate_grows_by_answers_not_by_time_and_not_while_it_goes_unused() ->
     assert grown is not None and cut < grown < 6_000
 
 
+def test_a_capped_rate_still_follows_a_lower_ceiling_told_later() -> None:
+    control = RateController(requests_ceiling_known=True, now=0.0)
+    for i in range(40):
+        control.sent(i * 0.01)
+        control.answered(Answer(i * 0.01, 10), now=i * 0.01 + 0.005)
+    control.answered(Answer(0.4, 10, rate_limited=True), now=0.41)  # cut below the 6,000 RPM told
+    cut = control.limits(Limits(6_000, None), 0.41).requests_per_minute
+    assert cut is not None and 100 < cut < 6_000
+    assert control.limits(Limits(6_000, None), 0.42).requests_per_minute == cut
+    lower = Limits(100, 50_000)  # the API's headers state less than our cap
+    assert (control.limits(lower, 0.43).requests_per_minute, control.limits(lower, 0.43).tokens_per_minute) == (100, 50_000)
+
+
 def test_a_hintless_pause_is_about_one_request_interval_and_doubles_per_round_of_refusals() -> None:
     control = RateController(requests_ceiling_known=True, now=0.0)
     ceiling = Limits(600, None)
