@@ -41,7 +41,7 @@ from .batch_state import PART_METADATA_KEY, BatchState, Part
 from .budget import Budget
 from .clock import LOOP_CLOCK, Clock
 from .config import BATCH_API_MAX_BYTES, DEFAULT_BATCH_MAX_LINES, DEFAULT_BATCH_POLL_INTERVAL, Settings
-from .costs import PriceBook, estimated_tokens, format_dollars, usage_tokens
+from .costs import PriceBook, format_dollars, usage_tokens
 from .credentials import auth_headers, scrubber_for
 from .endpoints import Endpoint, check_request, resolve_url
 from .errors import InvalidRequest, RunStopped
@@ -185,7 +185,7 @@ class _BatchJob:
         #: The lines of each part still without a row.
         self.pending: dict[int, set[int]] = {part.number: set() for part in state.parts}
         #: Each new line's estimate (all tokens, of them the completion budget), kept from planning for its row.
-        self._estimates: dict[int, tuple[int, int]] = {}
+        self._estimates: dict[int, tuple[int, int, int]] = {}
         self._groups: dict[tuple[str, str | None], _Group] = {}
         #: Parts whose batch runs now, and parts refused for the enqueued-token limit, waiting for room.
         self.running: list[Part] = []
@@ -211,7 +211,7 @@ class _BatchJob:
             self.pending[part.number].add(item.index)
             return
         try:
-            _, endpoint, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
+            _, endpoint, prompt, completion = check_request(item, self.settings.request_url, self.estimator.estimate_parts)
             if endpoint.is_anthropic:
                 raise InvalidRequest("Anthropic's /v1/messages is not an endpoint of OpenAI's Batch API (use --mode online)")
         except InvalidRequest as error:
@@ -225,12 +225,12 @@ class _BatchJob:
         if group.lines and (len(group.lines) >= self.options.max_lines or group.bytes + size > self.options.max_bytes):
             self._close_group(key)
             group = self._groups[key] = _Group()
-        input_tokens, output_tokens = estimated_tokens(endpoint, item.body, tokens)
-        self._estimates[item.index] = (tokens, output_tokens)
+        tokens = endpoint.charged_tokens(prompt, completion)
+        self._estimates[item.index] = (tokens, prompt, completion)
         group.lines.append(item.index)
         group.bytes += size
-        group.input_tokens += input_tokens
-        group.output_tokens += output_tokens
+        group.input_tokens += prompt
+        group.output_tokens += completion
 
     def _close_group(self, key: tuple[str, str | None]) -> None:
         group = self._groups.pop(key)
@@ -432,10 +432,10 @@ class _BatchJob:
 
     def _result(self, item: APIRequest, endpoint: Endpoint, answer: dict[str, Any] | None, batch: dict[str, Any]) -> tuple[RequestResult, bool]:
         """A line's row from its Batch output line, and whether another try could change it (for the fallback)."""
-        tokens, output_tokens = self._estimate(item, endpoint)
+        tokens, prompt, completion = self._estimate(item)
         failed = RequestResult(
             item.index, item.body, item.metadata, None, (), 1, ResultKind.FAILED, estimated_tokens=tokens,
-            estimated_output_tokens=output_tokens, custom_id=item.custom_id,
+            estimated_output_tokens=completion, custom_id=item.custom_id, estimated_prompt_tokens=prompt,
         )
         if answer is None:
             reason = f"batch {batch.get('id')} ended ({batch.get('status')}) without an answer for this line"
@@ -451,13 +451,14 @@ class _BatchJob:
         code = error.get("code") if isinstance(error, dict) else None
         return replace(failed, errors=(f"{code or 'error'}: {_message_of({'error': error})}",)), code in _RETRYABLE_CODES
 
-    def _estimate(self, item: APIRequest, endpoint: Endpoint) -> tuple[int, int]:
-        """The line's estimate: kept from planning, or (a line of an earlier run's part) made again."""
+    def _estimate(self, item: APIRequest) -> tuple[int, int, int]:
+        """The line's estimate, (charged, prompt, completion): kept from planning, or (a line of an earlier run's
+        part) made again."""
         known = self._estimates.pop(item.index, None)
         if known is not None:
             return known
-        _, _, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
-        return tokens, estimated_tokens(endpoint, item.body, tokens)[1]
+        _, endpoint, prompt, completion = check_request(item, self.settings.request_url, self.estimator.estimate_parts)
+        return endpoint.charged_tokens(prompt, completion), prompt, completion
 
     def _read_answer(self, file: IO[bytes], offset: int) -> dict[str, Any] | None:
         """The output line at `offset`, scrubbed of credentials as every answer is before it is written."""

@@ -231,9 +231,10 @@ def model_of(body: Mapping[str, Any], response: Mapping[str, Any] | None = None)
 
 
 def estimated_tokens(endpoint: Endpoint, body: Mapping[str, Any], tokens: int) -> tuple[int, int]:
-    """(input, output) of a request whose estimate (prompt + completion budget) is `tokens`."""
+    """(input, output) of a request whose estimate is `tokens` (`TokenEstimator.estimate`: the prompt plus the
+    completion budget; for Anthropic, the prompt alone)."""
     output = completion_budget(endpoint, body)
-    return max(0, tokens - output), output
+    return (tokens if endpoint.is_anthropic else max(0, tokens - output)), output
 
 
 def usage_tokens(response: Mapping[str, Any] | None) -> tuple[int, int] | None:

@@ -46,6 +46,11 @@ class Endpoint(enum.Enum):
         """Anthropic's API: its key header, its version header, its three limits (requests, input and output tokens)."""
         return self is Endpoint.MESSAGES
 
+    def charged_tokens(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """What a request counts against the tokens-per-minute limit when sent: OpenAI's prompt plus its completion
+        budget; Anthropic's input-token limit counts the prompt alone (its output tokens are limited apart)."""
+        return prompt_tokens if self is Endpoint.MESSAGES else prompt_tokens + completion_tokens
+
     @property
     def required_field(self) -> str:
         """The body field without which the API rejects the request."""
@@ -147,12 +152,13 @@ def missing_field_reason(endpoint: Endpoint, body: Mapping[str, Any]) -> str | N
     return None
 
 
-#: How a request's token cost is estimated: `TokenEstimator.estimate`.
-Estimate = Callable[[Endpoint, Mapping[str, Any]], int]
+#: How a request's tokens are estimated: `TokenEstimator.estimate_parts`, (prompt, completion budget).
+Estimate = Callable[[Endpoint, Mapping[str, Any]], tuple[int, int]]
 
 
-def check_request(request: APIRequest, request_url: str, estimate: Estimate) -> tuple[str, Endpoint, int]:
-    """Where a request goes, its endpoint and its estimated token cost; or InvalidRequest saying why not.
+def check_request(request: APIRequest, request_url: str, estimate: Estimate) -> tuple[str, Endpoint, int, int]:
+    """Where a request goes, its endpoint, and its estimated prompt tokens and completion budget (what it is
+    charged: `Endpoint.charged_tokens`); or InvalidRequest saying why not.
 
     The one check every request passes before it is sent (and before a dry run counts it).
     """
@@ -161,7 +167,7 @@ def check_request(request: APIRequest, request_url: str, estimate: Estimate) -> 
         endpoint = cached_endpoint(url)
         reason = missing_field_reason(endpoint, request.body)
         if reason is None:
-            return url, endpoint, estimate(endpoint, request.body)
+            return (url, endpoint, *estimate(endpoint, request.body))
     except ValueError as error:  # a malformed or foreign url, an endpoint we cannot estimate, an unreadable body
         reason = str(error)
     raise InvalidRequest(reason)

@@ -123,7 +123,7 @@ class RequestResult:
     kind: ResultKind
     #: Tokens charged against the TPM limit per attempt (0 for a rejected line).
     estimated_tokens: int = 0
-    #: Of `estimated_tokens`, the completion budget (the rest is the prompt): for pricing the estimate.
+    #: The completion budget: part of `estimated_tokens`, except for Anthropic, whose output is limited apart.
     estimated_output_tokens: int = 0
     custom_id: str | None = None
     #: HTTP status of the last attempt (None if it got no response or was never sent).
@@ -137,6 +137,8 @@ class RequestResult:
     position: int | None = None
     #: When it was scheduled, sent and answered (None for a line never sent).
     timings: RequestTimings | None = None
+    #: The prompt's part of the estimate (`estimated_tokens` less the completion budget, but for Anthropic all of it).
+    estimated_prompt_tokens: int = 0
 
     @property
     def succeeded(self) -> bool:

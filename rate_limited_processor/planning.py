@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .costs import CostLedger, PriceBook, estimated_tokens, format_dollars, model_of
+from .costs import CostLedger, PriceBook, format_dollars, model_of
 from .endpoints import Endpoint, check_request
 from .errors import InvalidRequest
 from .limiter import Limits
@@ -60,12 +60,12 @@ def plan_requests(items: Iterable[APIRequest | RejectedLine], request_url: str, 
             _count_problem(plan, item.reason)
             continue
         try:
-            _, endpoint, tokens = check_request(item, request_url, estimator.estimate)
+            _, endpoint, prompt, completion = check_request(item, request_url, estimator.estimate_parts)
         except InvalidRequest as error:
             _count_problem(plan, f"{item.name}: {error}")
             continue
-        input_tokens, output_tokens = estimated_tokens(endpoint, item.body, tokens)
-        plan.costs.add(model_of(item.body), input_tokens=input_tokens, output_tokens=output_tokens)
+        tokens = endpoint.charged_tokens(prompt, completion)
+        plan.costs.add(model_of(item.body), input_tokens=prompt, output_tokens=completion)
         plan.requests += 1
         plan.tokens += tokens
         plan.largest_request = max(plan.largest_request, tokens)

@@ -59,7 +59,7 @@ from .retry_policy import Decision, HTTPOutcome, Verdict, classify
 from .scheduler import Scheduler
 from .status import RunStats
 from .streaming import STREAMED_ENDPOINTS, streamed_body
-from .token_estimation import TokenEstimator, completion_budget, output_reservation
+from .token_estimation import TokenEstimator, output_reservation
 from .transport import AiohttpTransport, ReceiveTimings, SendFunction, Transport, TransportRequest, as_transport, outcome_of, outcome_of_error
 
 __all__ = ["Processor", "Results", "process_requests", "process_requests_sync", "RequestItem", "RequestSource", "Store"]
@@ -85,7 +85,10 @@ class _Job:
     url: str
     #: What its answer must hold to be a success (`retry_policy.answer_problem`).
     endpoint: Endpoint
+    #: What it is charged against the token limit, of which its prompt and its completion budget.
     tokens: int
+    prompt_tokens: int
+    completion_tokens: int
     position: int
     #: Whose buckets it goes through: the lane for its model (made on first use), per account.
     model: str = ""
@@ -125,7 +128,8 @@ class _Job:
             attempts=self.attempts,
             kind=kind,
             estimated_tokens=self.tokens,
-            estimated_output_tokens=completion_budget(self.endpoint, self.request.body),
+            estimated_output_tokens=self.completion_tokens,
+            estimated_prompt_tokens=self.prompt_tokens,
             custom_id=self.request.custom_id,
             status=outcome.status if outcome is not None else None,
             request_id=outcome.headers.get("x-request-id") if outcome is not None else None,
@@ -570,12 +574,13 @@ class Processor:
             self._positions += 1
             item = _from_mapping(item, self._positions)
         try:
-            url, endpoint, tokens = check_request(item, self.settings.request_url, self.estimator.estimate)
+            url, endpoint, prompt, completion = check_request(item, self.settings.request_url, self.estimator.estimate_parts)
             output_tokens = output_reservation(endpoint, item.body)
         except InvalidRequest as error:
             return self._invalid(item.index, item.body, item.metadata, f"{item.name}: {error}", item.custom_id, position)
         model = item.body.get("model")
-        return _Job(item, url, endpoint, tokens, position, model=model if isinstance(model, str) else "", output_tokens=output_tokens)
+        tokens = endpoint.charged_tokens(prompt, completion)
+        return _Job(item, url, endpoint, tokens, prompt, completion, position, model=model if isinstance(model, str) else "", output_tokens=output_tokens)
 
     def _invalid(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None, position: int) -> RequestResult:
         logger.error("%s (not sent)", reason)

@@ -179,10 +179,9 @@ class RunStats:
     def _record_tokens(self, result: RequestResult, response: dict[str, Any]) -> None:
         """A succeeded request's tokens: our estimate against the API's `usage` (`costs.usage_tokens`, read
         once), in all and per model for the summary's dollars."""
-        estimated, estimated_output = result.estimated_tokens, result.estimated_output_tokens
         model = model_of(result.request if isinstance(result.request, dict) else {}, response)
-        self.estimated_tokens_succeeded += estimated
-        self.estimated_cost.add(model, max(0, estimated - estimated_output), estimated_output)
+        self.estimated_tokens_succeeded += result.estimated_tokens
+        self.estimated_cost.add(model, result.estimated_prompt_tokens, result.estimated_output_tokens)
         usage = usage_tokens(response)
         if usage is not None:
             prompt, output = usage

@@ -150,9 +150,12 @@ class TokenEstimator:
         For Anthropic's Messages API, the input tokens alone (its ITPM); the output budget is reserved
         against the output-token limit instead (`output_reservation`).
         """
-        if endpoint.is_anthropic:
-            return self.prompt_tokens(endpoint, body)
-        return self.prompt_tokens(endpoint, body) + completion_budget(endpoint, body)
+        return endpoint.charged_tokens(*self.estimate_parts(endpoint, body))
+
+    def estimate_parts(self, endpoint: Endpoint, body: Mapping[str, Any]) -> tuple[int, int]:
+        """The prompt's tokens and the completion budget: what `estimate` charges is made of them, and the
+        dollars price them apart."""
+        return self.prompt_tokens(endpoint, body), completion_budget(endpoint, body)
 
     def prompt_tokens(self, endpoint: Endpoint, body: Mapping[str, Any]) -> int:
         """Tokens of the prompt alone, framing included (what the API reports as prompt or input tokens)."""

@@ -255,6 +255,23 @@ def test_anthropic_529s_are_retried_with_backoff_and_cost_no_line(tmp_path: Path
     assert stats.succeeded == 200 and exit_code(stats) == 0
 
 
+def test_anthropic_dollars_are_estimated_at_each_prompt_and_its_max_tokens(tmp_path: Path) -> None:
+    """Anthropic is charged its prompt alone against the input-token limit: the dollars' prompt is all of that
+    charge, not the charge less max_tokens (as it is for OpenAI, whose charge holds the completion budget)."""
+    from rate_limited_processor.costs import PriceBook
+    from rate_limited_processor.endpoints import Endpoint
+    from rate_limited_processor.token_estimation import TokenEstimator
+
+    requests = [claude_request(i) for i in range(20)]
+    limits = Limits(4_000, 200_000, output_tokens_per_minute=80_000)
+    settings = Settings(request_url="https://api.anthropic.com/v1/messages", api_key=ANTHROPIC_KEY, limits=limits)
+    _, stats, _ = run(tmp_path, settings, requests, MockTransport(anthropic_server()))
+    bodies = [{key: value for key, value in request.items() if key != "metadata"} for request in requests]
+    prompts = sum(TokenEstimator(warn=lambda note: None).prompt_tokens(Endpoint.MESSAGES, body) for body in bodies)
+    [estimated] = stats.estimated_cost.priced(PriceBook()).by_model
+    assert stats.succeeded == 20 and (estimated.input_tokens, estimated.output_tokens) == (prompts, sum(body["max_tokens"] for body in bodies))
+
+
 def test_anthropic_batch_lines_naming_v1_messages_go_to_anthropic_with_its_headers(tmp_path: Path) -> None:
     server = anthropic_server()
     lines = [

@@ -91,7 +91,8 @@ def test_a_success_counts_its_estimate_against_the_usage_the_api_reported() -> N
     ]
     for estimate, response in zip((50, 40, 35, 30), responses, strict=True):
         result = RequestResult(
-            1, {"model": "gpt-4o-mini"}, None, response, (), 1, ResultKind.SUCCEEDED, estimated_tokens=estimate, estimated_output_tokens=20
+            1, {"model": "gpt-4o-mini"}, None, response, (), 1, ResultKind.SUCCEEDED, estimated_tokens=estimate, estimated_output_tokens=20,
+            estimated_prompt_tokens=estimate - 20,
         )
         stats.record_result(result)
     assert (stats.succeeded, stats.estimated_tokens_succeeded) == (4, 155)

@@ -29,6 +29,7 @@ import pytest
 import tiktoken
 
 from rate_limited_processor import token_estimation
+from rate_limited_processor.costs import estimated_tokens
 from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.token_estimation import (
     DEFAULT_COMPLETION_TOKENS,
@@ -547,6 +548,20 @@ def test_a_claude_request_is_estimated_at_four_characters_a_token_and_says_so_on
     assert token_estimation.output_reservation(Endpoint.CHAT_COMPLETIONS, {"messages": [], "max_tokens": 400}) == 0
     estimator.estimate(Endpoint.MESSAGES, body)
     assert len(notes) == 1 and "Claude's tokenizer is not public" in notes[0]
+
+
+def test_the_dollars_price_a_claude_request_at_its_prompt_and_max_tokens_not_their_difference() -> None:
+    """The charge against Anthropic's input-token limit is the prompt alone, so the prompt is not the charge less the
+    completion budget, as it is for OpenAI."""
+    estimator = TokenEstimator(warn=lambda note: None)  # Claude's counts are approximate, as said once
+    claude = {"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 400}
+    prompt, completion = estimator.estimate_parts(Endpoint.MESSAGES, claude)
+    assert (completion, Endpoint.MESSAGES.charged_tokens(prompt, completion)) == (400, prompt)
+    assert estimated_tokens(Endpoint.MESSAGES, claude, estimator.estimate(Endpoint.MESSAGES, claude)) == (prompt, 400)
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 400}
+    prompt, completion = estimator.estimate_parts(CHAT, chat)
+    assert estimator.estimate(CHAT, chat) == CHAT.charged_tokens(prompt, completion) == prompt + 400
+    assert estimated_tokens(CHAT, chat, prompt + 400) == (prompt, 400)
 
 
 def test_a_claude_request_with_text_blocks_and_an_image_counts_them_all() -> None:
