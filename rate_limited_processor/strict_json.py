@@ -61,7 +61,8 @@ _CONTAINERS = (dict, list)
 # digits (".", "e", "E") becomes "."; anything else " ". So an integer's digits follow a " " (or start the
 # text), and 19 of them in a row may be more than the 64 bits orjson reads exactly.
 _SHAPE = bytes(ord("0") if byte in b"0123456789" else ord(".") if byte in b".eE" else ord(" ") for byte in range(256))
-_LONG_INTEGER = b" " + b"0" * 19
+_NINETEEN_DIGITS = b"0" * 19
+_BEFORE_AN_INTEGER = ord(" ")
 
 
 class InvalidJSON(ValueError):
@@ -79,7 +80,7 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
 
     Bytes must be UTF-8: bytes that are not are InvalidJSON ("not valid UTF-8 ...").
     """
-    # Every line and answer comes through here, so the checks before orjson are written out, not called.
+    # Every line and answer comes through here: orjson first, unless the text may hold what it reads otherwise.
     if isinstance(text, bytes):
         data: bytes | None = text
     else:
@@ -87,18 +88,15 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
             data = text.encode("utf-8")
         except UnicodeEncodeError:  # a str holding half a surrogate pair: only the strict reader takes it as it is
             data = None
-    if data is not None:
-        # Could an integer of 19 or more digits (beyond orjson's 64 bits) be in it? One translation, one search.
-        shape = data.translate(_SHAPE)
-        if _LONG_INTEGER not in shape and not shape.startswith(_LONG_INTEGER[1:]):
-            try:
-                value = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                pass  # the strict reader below says what is wrong
-            else:
-                if _may_nest_deeper(data, max_depth) and _deeper_than(value, max_depth):
-                    raise InvalidJSON(f"nested deeper than {max_depth} levels")
-                return value
+    if data is not None and not _may_hold_a_long_integer(data.translate(_SHAPE)):
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # the strict reader below says what is wrong
+        else:
+            if _may_nest_deeper(data, max_depth) and _deeper_than(value, max_depth):
+                raise InvalidJSON(f"nested deeper than {max_depth} levels")
+            return value
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -131,6 +129,21 @@ def canonical(value: Any) -> bytes:
         if b"e-" not in text and b".0000" not in text:
             return text
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _may_hold_a_long_integer(shape: bytes) -> bool:
+    """Could an integer of 19 or more digits (beyond orjson's 64 bits) be in the text of this shape: 19 digits
+    in a row, at the start or after a " " (after a "." they are a fraction's or an exponent's)?
+
+    The search is for the digits alone: it skips fast over the rest of the shape, where a search for
+    " " + digits would step byte by byte (every byte of a shape is one of its three).
+    """
+    at = shape.find(_NINETEEN_DIGITS)
+    while at >= 0:
+        if at == 0 or shape[at - 1] == _BEFORE_AN_INTEGER:
+            return True
+        at = shape.find(_NINETEEN_DIGITS, at + len(_NINETEEN_DIGITS))  # still in that fraction's run of digits
+    return False
 
 
 def _strict_loads(text: str, max_depth: int) -> Any:

@@ -111,10 +111,13 @@ def test_dumps_is_compact_utf8_and_falls_back_to_json_for_what_orjson_refuses() 
 
 
 def test_the_shape_check_sends_only_long_integers_to_the_slow_reader(monkeypatch: pytest.MonkeyPatch) -> None:
-    long_integers = ["[12345678901234567890]", "12345678901234567890", '{"a":-1234567890123456789}', "[1, 1234567890123456789012]"]
+    long_integers = [
+        "[12345678901234567890]", "12345678901234567890", '{"a":-1234567890123456789}', "[1, 1234567890123456789012]",
+        "[0.1234567890123456789012345678901234567890123, 123456789012345678901234]",  # a long fraction first
+    ]
     assert all(loads(text) == json.loads(text) for text in long_integers)  # exact: orjson would read floats
-    fractions = ["[0.00012299999641254544]", "[1.1234567890123456789e-05]", '"short 123"']
+    fractions = ["[0.00012299999641254544]", "[1.1234567890123456789e-05]", '"short 123"', "[0.1234567890123456789012345678901234567890123]"]
     monkeypatch.setattr(strict_json, "_strict_loads", None)  # the slow reader is not called for these
-    assert [loads(text) for text in fractions] == [[0.00012299999641254544], [1.1234567890123456789e-05], "short 123"]
+    assert [loads(text) for text in fractions] == [[0.00012299999641254544], [1.1234567890123456789e-05], "short 123", [0.12345678901234568]]
     with pytest.raises(TypeError):
         loads(long_integers[0])
