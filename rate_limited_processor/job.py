@@ -315,13 +315,11 @@ def _holder(fd: int) -> str:
 
 
 def skip_done(items: Iterator[APIRequest | RejectedLine], done: DoneIndex) -> Iterator[APIRequest | RejectedLine]:
-    """The input minus the lines that already have a final row (`done.claimed` counts them)."""
+    """The input minus the lines that already have a final row (`done.claimed` counts them): the input itself
+    when none has."""
     if not done:
-        yield from items
-        return
-    for item in items:
-        if not done.claim(identity_of_item(item)):
-            yield item
+        return items
+    return (item for item in items if not done.claim(identity_of_item(item)))
 
 
 class Reorder:

@@ -43,23 +43,23 @@ WAITING_AFTER = 5.0
 class RateMeter:
     """Requests and tokens per minute over the last `window` seconds, for the live display."""
 
-    __slots__ = ("window", "_clock", "_events", "_tokens_in_window")
+    __slots__ = ("window", "clock", "_events", "_tokens_in_window")
 
     def __init__(self, window: float = 10.0, *, clock: Clock = time.monotonic) -> None:
         self.window = window
-        self._clock = clock
+        self.clock = clock
         self._events: deque[tuple[float, int]] = deque()
         self._tokens_in_window = 0
 
     def record(self, tokens: int) -> None:
-        now = self._clock()
+        now = self.clock()
         self._events.append((now, tokens))
         self._tokens_in_window += tokens
         self._prune(now)
 
     def per_minute(self) -> tuple[float, float]:
         """(requests, tokens) per minute over the window."""
-        now = self._clock()
+        now = self.clock()
         self._prune(now)
         scale = 60.0 / self.window
         return len(self._events) * scale, self._tokens_in_window * scale
