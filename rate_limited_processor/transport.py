@@ -37,7 +37,7 @@ from dataclasses import field
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
-from aiohttp.connector import Connection
+from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from . import strict_json
@@ -357,23 +357,36 @@ class _StrictConnector(aiohttp.TCPConnector):
     An HTTP/1.1 server answers each request once, in order. A response it pushes unasked onto an idle
     connection would be read as the answer to the next request sent on that connection, and that request's
     row would hold another request's answer. aiohttp drops a connection whose surplus bytes came with the
-    response; this drops one whose surplus came while it sat idle, when it is taken for reuse. (A surplus
-    racing the next request onto the wire cannot be told from its answer by any HTTP/1.1 client.)
+    response; this drops one whose surplus came while it sat idle, when it is looked at for reuse (see
+    `_StrictProtocol`: the check costs nothing per request). (A surplus racing the next request onto the wire
+    cannot be told from its answer by any HTTP/1.1 client.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # aiohttp's protocol factory, a private attribute it has long had (`functools.partial(ResponseHandler, ...)`).
+        self._factory = functools.partial(_StrictProtocol, loop=self._loop)  # type: ignore[assignment]
+
+
+class _StrictProtocol(ResponseHandler):
+    """aiohttp's protocol, but one holding bytes nobody asked for counts as closed.
+
+    aiohttp asks `is_connected` of a pooled, idle connection before it reuses it (and in its keep-alive sweep).
+    An idle connection holds nothing unless the server sent something after its last answer (`should_close`),
+    and one that is not connected is dropped, never reused.
     """
 
     _warned = False
 
-    async def _get(self, *args: Any, **kwargs: Any) -> Any:
-        # A private hook of aiohttp's (since 3.11: `_get(key, traces) -> Connection | None`); on a version
-        # where it returns something else, connections are reused as aiohttp decides.
-        while True:
-            connection = await super()._get(*args, **kwargs)
-            if not isinstance(connection, Connection) or connection.protocol is None or not connection.protocol.should_close:
-                return connection
-            if not self._warned:
-                self._warned = True
-                logger.warning("a server sent a response nobody asked for on an idle connection; such connections are dropped, not reused")
-            connection.close()
+    def is_connected(self) -> bool:
+        if not super().is_connected():
+            return False
+        if not self.should_close:
+            return True
+        if not _StrictProtocol._warned:
+            _StrictProtocol._warned = True
+            logger.warning("a server sent a response nobody asked for on an idle connection; such connections are dropped, not reused")
+        return False
 
 
 def _framed_by_its_length(response: aiohttp.ClientResponse) -> bool:
