@@ -44,18 +44,21 @@ class Endpoint(enum.Enum):
     @property
     def is_anthropic(self) -> bool:
         """Anthropic's API: its key header, its version header, its three limits (requests, input and output tokens)."""
-        return self is Endpoint.MESSAGES
+        return self is _MESSAGES
 
     def charged_tokens(self, prompt_tokens: int, completion_tokens: int) -> int:
         """What a request counts against the tokens-per-minute limit when sent: OpenAI's prompt plus its completion
         budget; Anthropic's input-token limit counts the prompt alone (its output tokens are limited apart)."""
-        return prompt_tokens if self is Endpoint.MESSAGES else prompt_tokens + completion_tokens
+        return prompt_tokens if self is _MESSAGES else prompt_tokens + completion_tokens
 
     @property
     def required_field(self) -> str:
         """The body field without which the API rejects the request."""
         return _REQUIRED_FIELD[self]
 
+
+# Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
+_CHAT_COMPLETIONS, _MESSAGES = Endpoint.CHAT_COMPLETIONS, Endpoint.MESSAGES
 
 _REQUIRED_FIELD = {
     Endpoint.CHAT_COMPLETIONS: "messages",
@@ -141,9 +144,9 @@ def missing_field_reason(endpoint: Endpoint, body: Mapping[str, Any]) -> str | N
     value = body.get(field)
     if value is None:
         return f"missing required field {field!r} for /{endpoint.value}"
-    if endpoint in (Endpoint.CHAT_COMPLETIONS, Endpoint.MESSAGES) and not (isinstance(value, list) and value):
+    if (endpoint is _CHAT_COMPLETIONS or endpoint is _MESSAGES) and not (isinstance(value, list) and value):
         return "field 'messages' must be a non-empty list"
-    if endpoint is Endpoint.MESSAGES:
+    if endpoint is _MESSAGES:
         if not isinstance(body.get("model"), str):
             return "missing required field 'model' for /v1/messages (Anthropic's Messages API names the model in every request)"
         max_tokens = body.get("max_tokens")

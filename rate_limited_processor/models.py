@@ -55,6 +55,10 @@ class ResultKind(enum.Enum):
     INVALID = "invalid"
 
 
+# Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
+_SUCCEEDED = ResultKind.SUCCEEDED
+
+
 @record
 class AttemptTiming:
     """One HTTP attempt: when it was sent and ended (the run's clock), and how."""
@@ -142,4 +146,4 @@ class RequestResult:
 
     @property
     def succeeded(self) -> bool:
-        return self.kind is ResultKind.SUCCEEDED
+        return self.kind is _SUCCEEDED

@@ -152,12 +152,14 @@ def count_lines(path: str | Path) -> int:
 
 
 OutputFormat = Literal["cookbook", "batch"]
+# Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
+_SUCCEEDED = ResultKind.SUCCEEDED
 
 
 def cookbook_row(result: RequestResult) -> bytes:
     """`[request, response, metadata]` on success, `[request, [errors...], metadata]` after the last failure,
     as one line of compact JSON. Metadata is left out when the input had none, as the cookbook does."""
-    outcome: Any = result.response if result.kind is ResultKind.SUCCEEDED else list(result.errors)
+    outcome: Any = result.response if result.kind is _SUCCEEDED else list(result.errors)
     row = [result.request, outcome] if result.metadata is None else [result.request, outcome, result.metadata]
     return _encode(row) + b"\n"
 

@@ -73,6 +73,9 @@ RequestSource = Iterable[RequestItem] | AsyncIterable[RequestItem]
 #: Where `Processor.process_into` hands each final result: True once it is kept.
 Store = Callable[[RequestResult], bool]
 
+# Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
+_SUCCESS, _SUCCEEDED = Verdict.SUCCESS, ResultKind.SUCCEEDED
+
 _END: Any = object()
 _PENDING: Any = object()
 
@@ -118,7 +121,7 @@ class _Job:
         return JobState(attempts=self.attempts - self.rate_limited, rate_limited_for=waited, url=self.url)
 
     def result(self, outcome: HTTPOutcome | None, kind: ResultKind) -> RequestResult:
-        succeeded = kind is ResultKind.SUCCEEDED
+        succeeded = kind is _SUCCEEDED
         return RequestResult(
             index=self.request.index,
             request=self.request.body,
@@ -646,22 +649,22 @@ class Processor:
             outcome = outcome_of_error(error, self._scrub)
         decision = classify(outcome, endpoint=job.endpoint)
         if self.budget is not None:
-            succeeded, answered = decision.verdict is Verdict.SUCCESS, outcome.status is not None
+            succeeded, answered = decision.verdict is _SUCCESS, outcome.status is not None
             self.budget.settle(job.cost, self.budget.actual(job.request.body, job.cost, answer=outcome.body, succeeded=succeeded, answered=answered))
             job.cost = 0.0
         now = self._now()
         ended = outcome.status if outcome.status is not None else outcome.no_answer.value if outcome.no_answer is not None else "no answer"
         job.attempt_log.append(AttemptTiming(started, now, ended, decision.rate_limited))
         self.stats.record_answer(now, rate_limited=decision.rate_limited)
-        lane.succeeded += decision.verdict is Verdict.SUCCESS
+        lane.succeeded += decision.verdict is _SUCCESS
         lane.rate_limited += decision.rate_limited
         if decision.rate_limited:
             job.rate_limited += 1
             if job.first_rate_limited_at is None:
                 job.first_rate_limited_at = now
-        self._any_succeeded |= decision.verdict is Verdict.SUCCESS
+        self._any_succeeded |= decision.verdict is _SUCCESS
         self._endpoint_failing |= decision.about_the_endpoint
-        if not await self._learn(job, lane, outcome, decision, now) and decision.verdict is not Verdict.SUCCESS:
+        if not await self._learn(job, lane, outcome, decision, now) and decision.verdict is not _SUCCESS:
             return  # the limiter failed and the run stops; a success is still kept
         # An answer from an account already dropped (it was in flight) is about that account: the rest are left.
         accounts_left = self.lanes.accounts_left + self.lanes.is_dropped(lane.account.name)
@@ -675,7 +678,7 @@ class Processor:
             case Succeed():
                 if verbose:
                     logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self._now() - started)
-                await self._deliver(job.result(outcome, ResultKind.SUCCEEDED))
+                await self._deliver(job.result(outcome, _SUCCEEDED))
             case Fail():
                 job.errors.append(reason)
                 logger.error("%s: failed after %d attempt(s): %s", job.request.name, job.attempts, reason)
@@ -711,7 +714,7 @@ class Processor:
         mark = job.mark
         try:
             used = 0
-            if decision.verdict is not Verdict.SUCCESS and mark is not None:
+            if decision.verdict is not _SUCCESS and mark is not None:
                 # The server charges only what it admits: a refused request is not part of what was spent,
                 # and produced no output.
                 await lane.limiter.refused(job.tokens)

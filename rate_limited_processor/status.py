@@ -36,6 +36,8 @@ __all__ = [
 
 Clock = Callable[[], float]
 
+# Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
+_SUCCEEDED, _INVALID = ResultKind.SUCCEEDED, ResultKind.INVALID
 #: Seconds without an answer after which the display says it is waiting, rather than look frozen.
 WAITING_AFTER = 5.0
 
@@ -167,11 +169,11 @@ class RunStats:
     def record_result(self, result: RequestResult) -> None:
         """Count a result the consumer has taken (so one that could not be written is not counted)."""
         kind = result.kind
-        if kind is ResultKind.SUCCEEDED:
+        if kind is _SUCCEEDED:
             self.succeeded += 1
             if result.response is not None:
                 self._record_tokens(result, result.response)
-        elif kind is ResultKind.INVALID:
+        elif kind is _INVALID:
             self.invalid += 1
         else:
             self.failed += 1

@@ -59,6 +59,10 @@ DEFAULT_COMPLETION_TOKENS_BY_ENDPOINT: Mapping[Endpoint, int] = MappingProxyType
         Endpoint.MESSAGES: DEFAULT_COMPLETION_TOKENS,  # never used: Anthropic requires max_tokens
     }
 )
+# Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
+_CHAT_COMPLETIONS, _COMPLETIONS, _EMBEDDINGS, _RESPONSES, _MESSAGES = (
+    Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS, Endpoint.RESPONSES, Endpoint.MESSAGES,
+)
 #: Fields that cap the tokens generated per choice, in the order we honour them: the current chat name, the
 #: older one (still the only one /completions knows), then the /responses name.
 BUDGET_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
@@ -166,7 +170,7 @@ class TokenEstimator:
             count_text = self._claude_counter()
         else:
             count_text = self._counter(_model_encoding(body))
-        if endpoint is Endpoint.CHAT_COMPLETIONS:
+        if endpoint is _CHAT_COMPLETIONS:
             plain = _plain_chat_tokens(body, count_text)
             if plain is not None:
                 return plain
@@ -239,13 +243,13 @@ def completion_budget(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
     count; /responses has no `n`; /embeddings generates nothing.
     """
     _require_object(body)
-    if endpoint is Endpoint.EMBEDDINGS:
+    if endpoint is _EMBEDDINGS:
         return 0
     per_choice = _per_choice_budget(endpoint, body)
-    if endpoint in (Endpoint.RESPONSES, Endpoint.MESSAGES):
+    if endpoint is _RESPONSES or endpoint is _MESSAGES:
         return per_choice
     choices = _count_field(body, "n")
-    if endpoint is Endpoint.COMPLETIONS:
+    if endpoint is _COMPLETIONS:
         choices = max(choices, _count_field(body, "best_of"))
         prompts = sum(1 for _ in _token_input_pieces(body.get("prompt"), "prompt"))
         return per_choice * choices * max(prompts, 1)
