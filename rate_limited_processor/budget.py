@@ -3,7 +3,7 @@
 Usage (the runner's feeder asks before each attempt; each attempt's end settles it)::
 
     budget = Budget(2.50, PriceBook())
-    estimate = budget.estimate(body, endpoint, tokens)     # None: no price for its model, so no way to keep to a budget
+    estimate = budget.estimate(body, prompt_tokens, completion_tokens)  # None: no price for its model, so no budget
     if budget.fits(estimate):          # else: wait while attempts are in flight, then stop the run
         budget.reserve(estimate)
         ...                            # send; when the attempt ends:
@@ -25,8 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .costs import PriceBook, estimated_tokens, format_dollars, model_of, usage_tokens
-from .endpoints import Endpoint
+from .costs import PriceBook, format_dollars, model_of, usage_tokens
 
 __all__ = ["Budget"]
 
@@ -65,12 +64,13 @@ class Budget:
         self.in_flight = max(0.0, self.in_flight - estimate)
         self.spent += actual
 
-    def estimate(self, body: Mapping[str, Any], endpoint: Endpoint, tokens: int) -> float | None:
-        """The dollars an attempt may cost: its prompt at the input price, its completion budget at the output price."""
+    def estimate(self, body: Mapping[str, Any], prompt_tokens: int, completion_tokens: int) -> float | None:
+        """The dollars an attempt may cost: its prompt at the input price, its completion budget at the output price
+        (`TokenEstimator.estimate_parts`)."""
         price = self.prices.price(model_of(body))
         if price is None:
             return None
-        return price.dollars(*estimated_tokens(endpoint, body, tokens))
+        return price.dollars(prompt_tokens, completion_tokens)
 
     def actual(self, body: Mapping[str, Any], estimate: float, *, answer: Any, succeeded: bool, answered: bool) -> float:
         """What an ended attempt cost: its reported usage; with none, its estimate if it may have run (a success that

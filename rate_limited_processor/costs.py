@@ -39,8 +39,6 @@ from urllib.parse import urlsplit
 
 from . import strict_json
 from .atomic_write import write_json_atomically
-from .endpoints import Endpoint
-from .token_estimation import completion_budget
 
 __all__ = [
     "Price",
@@ -49,7 +47,6 @@ __all__ = [
     "ModelCost",
     "CostReport",
     "package_price",
-    "estimated_tokens",
     "usage_tokens",
     "model_of",
     "format_dollars",
@@ -228,13 +225,6 @@ def model_of(body: Mapping[str, Any], response: Mapping[str, Any] | None = None)
         if isinstance(model, str) and model:
             return model
     return None
-
-
-def estimated_tokens(endpoint: Endpoint, body: Mapping[str, Any], tokens: int) -> tuple[int, int]:
-    """(input, output) of a request whose estimate is `tokens` (`TokenEstimator.estimate`: the prompt plus the
-    completion budget; for Anthropic, the prompt alone)."""
-    output = completion_budget(endpoint, body)
-    return (tokens if endpoint.is_anthropic else max(0, tokens - output)), output
 
 
 def usage_tokens(response: Mapping[str, Any] | None) -> tuple[int, int] | None:

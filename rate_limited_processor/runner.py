@@ -539,7 +539,7 @@ class Processor:
     async def _reserve_cost(self, job: _Job, budget: Budget) -> bool:
         """Hold this attempt's estimated cost in the budget. While it does not fit, wait for the attempts in flight to
         settle (answers usually cost less than estimated); when nothing in flight can make room, stop the run."""
-        cost = budget.estimate(job.request.body, job.endpoint, job.tokens)
+        cost = budget.estimate(job.request.body, job.prompt_tokens, job.completion_tokens)
         if cost is None:
             self._stop_for_budget(budget.no_price_reason(job.request.body))
             return False

@@ -20,7 +20,6 @@ from rate_limited_processor import Settings
 from rate_limited_processor.batch_mode import BatchOptions, run_batch_job
 from rate_limited_processor.budget import Budget
 from rate_limited_processor.costs import PriceBook
-from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.mock_server.responses import response_matches
 from rate_limited_processor.resume import prepare_results_file, sidecar_path
@@ -245,7 +244,7 @@ def test_with_a_budget_a_part_is_sent_only_when_its_estimate_at_batch_prices_fit
     output_path = tmp_path / "results.jsonl"
     api = MockApi(MockConfig(**QUICK))
     prices = PriceBook(request_url=mock_url(), batch=True)
-    part_estimate = Budget(1.0, prices).estimate(body_of(requests[0]), Endpoint.CHAT_COMPLETIONS, 35) or 0.0
+    part_estimate = Budget(1.0, prices).estimate(body_of(requests[0]), 35 - 8, 8) or 0.0  # 35 tokens, of them max_tokens 8
     part_estimate *= 50  # 50 lines a part, all alike but for their numbers
 
     async def main(limit: float) -> Any:

@@ -19,7 +19,6 @@ from rate_limited_processor import UNLIMITED, Settings, run_file_job
 from rate_limited_processor.budget import Budget
 from rate_limited_processor.cli import main
 from rate_limited_processor.costs import CostLedger, Price, PriceBook, format_dollars, usage_tokens
-from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from tests.helpers import read_rows, run_cli, write_jsonl
 
@@ -190,7 +189,7 @@ def test_dollars_are_printed_with_the_figures_that_matter() -> None:
 def test_the_budget_counts_finished_attempts_at_their_usage_and_those_in_flight_at_their_estimate() -> None:
     budget = Budget(1.0, PriceBook(input_per_mtok=1.0, output_per_mtok=1.0))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}
-    estimate = budget.estimate(body, Endpoint.CHAT_COMPLETIONS, 400_000)  # 300,000 prompt + 100,000 budget
+    estimate = budget.estimate(body, 300_000, 100_000)  # the prompt, and the completion budget
     assert estimate is not None and estimate == pytest.approx(0.4)
     assert budget.fits(estimate)
     budget.reserve(estimate)

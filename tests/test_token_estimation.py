@@ -29,7 +29,8 @@ import pytest
 import tiktoken
 
 from rate_limited_processor import token_estimation
-from rate_limited_processor.costs import estimated_tokens
+from rate_limited_processor.budget import Budget
+from rate_limited_processor.costs import PriceBook
 from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.token_estimation import (
     DEFAULT_COMPLETION_TOKENS,
@@ -557,11 +558,12 @@ def test_the_dollars_price_a_claude_request_at_its_prompt_and_max_tokens_not_the
     claude = {"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 400}
     prompt, completion = estimator.estimate_parts(Endpoint.MESSAGES, claude)
     assert (completion, Endpoint.MESSAGES.charged_tokens(prompt, completion)) == (400, prompt)
-    assert estimated_tokens(Endpoint.MESSAGES, claude, estimator.estimate(Endpoint.MESSAGES, claude)) == (prompt, 400)
+    budget = Budget(1.0, PriceBook(input_per_mtok=1.0, output_per_mtok=2.0))  # --max_cost_usd prices the same parts
+    assert budget.estimate(claude, prompt, completion) == pytest.approx((prompt + 2 * 400) / 1e6)
     chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 400}
     prompt, completion = estimator.estimate_parts(CHAT, chat)
     assert estimator.estimate(CHAT, chat) == CHAT.charged_tokens(prompt, completion) == prompt + 400
-    assert estimated_tokens(CHAT, chat, prompt + 400) == (prompt, 400)
+    assert completion == 400 and budget.estimate(chat, prompt, completion) == pytest.approx((prompt + 2 * 400) / 1e6)
 
 
 def test_a_claude_request_with_text_blocks_and_an_image_counts_them_all() -> None:
