@@ -82,9 +82,8 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
     relative to `now`, epoch seconds, default the wall clock).
 
     A stated limit that is not a finite number at least `MIN_STATED_*` is left out, and listed in `ignored`.
+    Headers with none of these report nothing; `states_rate_limits` says so at less cost (and before `now` is read).
     """
-    if not states_rate_limits(headers):
-        return NO_REPORT
     ignored: list[tuple[str, str]] = []
 
     def limit(name: str, floor: float) -> float | None:
