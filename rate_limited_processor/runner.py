@@ -45,6 +45,7 @@ from typing import Any, cast
 from .arrivals import Arrivals
 from .budget import Budget
 from .clock import LOOP_CLOCK, Clock, bound_to_loop
+from .collector import fewer_collections
 from .config import Settings
 from .credentials import scrubber_for
 from .decisions import DropAccount, Fail, JobState, Retry, RunState, StopRun, Succeed, next_step
@@ -342,38 +343,39 @@ class Processor:
         transport = self._transport if self._transport is not None else AiohttpTransport(self.settings.max_in_flight)
         self.stats.started_at = self._now()
         raised: BaseException | None = None
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                self._tasks = tasks
-                self._feeder = tasks.create_task(self._feed(_Source(requests), transport))
-                if self.stopping:  # stopped before it started
-                    self._feeder.cancel()
-                finisher = tasks.create_task(self._finish())
-                try:
-                    yield Results(self, self._results)
-                except BaseException as error:  # raised again below, so the TaskGroup does not wrap it in a group
-                    raised = error
-                finally:
-                    if not finisher.done():  # the consumer left before the end: nothing may outlive the block
-                        self.abort("the caller stopped reading results")
-                        finisher.cancel()
-            if raised is not None:
-                raise raised
-        finally:
-            self.stats.unfinished = self._scheduler.open_count
-            self.stats.finished_at = self._now()
-            lanes = self.lanes.all()
-            self.stats.control = lanes[0].control.report() if len(lanes) == 1 else None
-            self.stats.lanes = self.lanes.reports()
-            if len(lanes) > 1:
-                self.stats.limits = _combined([lane.tuner.server_limits() for lane in lanes])
-            self.stats.dropped_accounts = self.lanes.dropped
-            if self._transport is None:
-                await transport.aclose()
-            if self._given_limiter is None:
-                for limiter in {id(lane.limiter): lane.limiter for lane in lanes}.values():
-                    with contextlib.suppress(Exception):  # a limiter that cannot close loses nothing of the run's
-                        await limiter.aclose()
+        with fewer_collections():  # a run's garbage is freed by reference counting: see collector.py
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    self._tasks = tasks
+                    self._feeder = tasks.create_task(self._feed(_Source(requests), transport))
+                    if self.stopping:  # stopped before it started
+                        self._feeder.cancel()
+                    finisher = tasks.create_task(self._finish())
+                    try:
+                        yield Results(self, self._results)
+                    except BaseException as error:  # raised again below, so the TaskGroup does not wrap it in a group
+                        raised = error
+                    finally:
+                        if not finisher.done():  # the consumer left before the end: nothing may outlive the block
+                            self.abort("the caller stopped reading results")
+                            finisher.cancel()
+                if raised is not None:
+                    raise raised
+            finally:
+                self.stats.unfinished = self._scheduler.open_count
+                self.stats.finished_at = self._now()
+                lanes = self.lanes.all()
+                self.stats.control = lanes[0].control.report() if len(lanes) == 1 else None
+                self.stats.lanes = self.lanes.reports()
+                if len(lanes) > 1:
+                    self.stats.limits = _combined([lane.tuner.server_limits() for lane in lanes])
+                self.stats.dropped_accounts = self.lanes.dropped
+                if self._transport is None:
+                    await transport.aclose()
+                if self._given_limiter is None:
+                    for limiter in {id(lane.limiter): lane.limiter for lane in lanes}.values():
+                        with contextlib.suppress(Exception):  # a limiter that cannot close loses nothing of the run's
+                            await limiter.aclose()
 
     async def process(self, requests: RequestSource) -> AsyncIterator[RequestResult]:
         """`run()` as a plain async generator: one result per request, in completion order.
