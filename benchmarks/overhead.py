@@ -31,7 +31,7 @@ spent in the collector, and each ratio line also gives the CPU ratio with that t
 how the two compare on everything else.
 
 Run: .venv/bin/python benchmarks/overhead.py [--requests 20000] [--embedding_requests 5000]
-         [--concurrency 100] [--rounds 3] [--workloads chat,embeddings] [--profile]
+         [--concurrency 100] [--rounds 5] [--workloads chat,embeddings] [--profile]
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> list[Figure]:
     parser.add_argument("--requests", type=int, default=20_000, help="chat requests per timed run (default: 20000)")
     parser.add_argument("--embedding_requests", type=int, default=5_000, help="embedding requests per timed run (default: 5000)")
     parser.add_argument("--concurrency", type=int, default=100, help="requests in flight, every client (default: 100)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each client, alternating (default: 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed runs of each client, alternating (default: 5)")
     parser.add_argument("--workloads", default="chat,embeddings", help="comma-separated: chat, embeddings (default: both)")
     parser.add_argument("--profile", action="store_true", help="also cProfile one file job on chat and print hot spots")
     args = parser.parse_args(argv)
