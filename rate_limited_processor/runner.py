@@ -367,8 +367,7 @@ class Processor:
                 lanes = self.lanes.all()
                 self.stats.control = lanes[0].control.report() if len(lanes) == 1 else None
                 self.stats.lanes = self.lanes.reports()
-                if len(lanes) > 1:
-                    self.stats.limits = _combined([lane.tuner.server_limits() for lane in lanes])
+                self._show_limits()
                 self.stats.dropped_accounts = self.lanes.dropped
                 if self._transport is None:
                     await transport.aclose()
@@ -483,6 +482,7 @@ class Processor:
             lane = self.lanes.choose(job.model, job.tokens, job.output_tokens)
             if not lane.started:  # a new lane: its limiter starts at its limits (a shared, given one is told them)
                 lane.started = True
+                self._show_limits()
                 if self._given_limiter is not None:
                     await self._apply_limits(lane, lane.applied)
             if self._may_take_one_more(lane):
@@ -740,11 +740,19 @@ class Processor:
         limits = lane.control.limits(lane.tuner.limits(), now)
         if _close(limits, lane.applied):
             return True
-        if len(self.lanes.all()) == 1:
-            self.stats.limits = lane.tuner.server_limits()
-            self.stats.server_token_ratio = lane.tuner.tokens.ratio
+        self._show_limits()
         logger.debug("%s: sending at %s (server-side ratios %.2f requests, %.2f tokens)", lane.name, limits, lane.tuner.requests.ratio, lane.tuner.tokens.ratio)
         return await self._apply_limits(lane, limits)
+
+    def _show_limits(self) -> None:
+        """The limits the progress display and the summary hold the run's pace against: its one lane's, as the
+        server states them, or every lane's added up."""
+        lanes = self.lanes.all()
+        if len(lanes) == 1:
+            self.stats.limits = lanes[0].tuner.server_limits()
+            self.stats.server_token_ratio = lanes[0].tuner.tokens.ratio
+        elif lanes:
+            self.stats.limits = _combined([lane.tuner.server_limits() for lane in lanes])
 
     async def _pause_everyone(self, job: _Job, lane: Lane, pause: float) -> bool:
         """After a rate-limit 429, nobody sends through that lane until the pause has passed. False if the

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from rate_limited_processor import Limits, RetryPolicy, Settings, run_file_job
+from rate_limited_processor import Limits, Processor, RetryPolicy, Settings, run_file_job
 from rate_limited_processor.cli import exit_code
 from rate_limited_processor.config import Account, read_accounts
 from rate_limited_processor.lanes import Lanes
 from rate_limited_processor.limiter import InProcessLimiter
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
-from rate_limited_processor.status import RunStats, format_summary, summary_record
+from rate_limited_processor.status import RunStats, bar_postfix, format_summary, summary_record
 from rate_limited_processor.transport import TransportRequest, TransportResponse
 from tests.helpers import chat_request, mock_url, read_rows, write_jsonl
 from tests.virtual_time import run_virtual, virtual_time
@@ -181,6 +181,28 @@ def test_a_limit_for_the_run_caps_every_account_and_the_request_goes_where_it_ca
     assert lanes.choose("m", tokens=10).account.name == "slow"
     lanes.drop("slow", "HTTP 401")
     assert lanes.choose("m", tokens=10).account.name == "fast" and lanes.accounts_left == 1
+
+
+def test_while_the_run_goes_the_pace_is_held_against_every_lanes_limits_added_up() -> None:
+    """The progress bar and status line compare the run's pace, all lanes together, with `stats.limits`."""
+    accounts, server_a, server_b = two_accounts(Limits(600, None), Limits(1_200, None))
+    seen: list[float | None] = []
+
+    class Watching(Route):
+        async def send(self, request: TransportRequest) -> TransportResponse:
+            seen.append(processor.stats.limits.requests_per_minute)
+            return await super().send(request)
+
+    transport = Watching([(with_key(KEY_A), server_a), (with_key(KEY_B), server_b)])
+    processor = Processor(Settings(request_url=mock_url(), api_key=None, accounts=accounts), transport=transport)
+
+    async def main() -> int:
+        return sum([result.succeeded async for result in processor.process([chat_request(i) for i in range(90)])])
+
+    assert run_virtual(main()) == 90
+    assert set(seen) == {1_800}, "from the first send on: the two accounts' limits added up"
+    ended = processor.stats.finished_at
+    assert ended is not None and "/1,800 RPM" in bar_postfix(processor.stats, ended)
 
 
 # -- a bucket per model ------------------------------------------------------------------------------------
