@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--stream", action="store_true",
-        help="ask chat, completions and Responses requests for a stream (stream_options.include_usage) and time its tokens; the "
-        "results hold the reassembled answer, as unstreamed",
+        help="ask chat, completions, Responses and Anthropic Messages requests for a stream (with OpenAI's, "
+        "stream_options.include_usage) and time its tokens; the results hold the reassembled answer, as unstreamed",
     )
     add("--no_progress", action="store_true", help="no progress bar, even on a terminal (status lines follow --status_interval)")
     add(
@@ -394,7 +394,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         except ValueError as error:
             raise UsageError(f"--accounts: {error}") from None
     if args.stream and request_url.rstrip("/").endswith("/embeddings"):
-        raise UsageError("--stream: embeddings are not streamed; leave out --stream, or use a chat, completions or responses URL")
+        raise UsageError("--stream: embeddings are not streamed; leave out --stream, or use a chat, completions, responses or messages URL")
     if args.arrivals == "poisson" and args.request_rate is None and args.max_requests_per_minute is None:
         raise UsageError("--arrivals poisson needs a rate: give --request_rate (per second) or --max_requests_per_minute")
     try:

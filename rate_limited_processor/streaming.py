@@ -16,10 +16,12 @@ lines joined by LF; comments and unknown fields ignored; a blank line dispatches
 it (httpx-sse, sseclient) are bound to their own HTTP clients, and these rules fit in a screen.
 
 `StreamAssembler` rebuilds chat completions (`choices[i].delta`: strings joined, tool-call deltas merged by
-their index, the role and finish reason kept), legacy completions (`choices[i].text`) and the Responses API
-(the `response` of its `response.completed` event). `usage` comes from the chunk that carries it, the last
-with `stream_options.include_usage`. An error event becomes the answer (`{"error": ...}`), to be judged as
-any error body is. Pure: no I/O, no clock.
+their index, the role and finish reason kept), legacy completions (`choices[i].text`), the Responses API
+(the `response` of its `response.completed` event) and Anthropic's Messages API (the message of
+`message_start`, each content block's deltas folded in by its index, `message_delta`'s stop reason and
+usage; `message_stop` ends it). `usage` comes from the chunk that carries it, the last with
+`stream_options.include_usage`. An error event becomes the answer (`{"error": ...}`), to be judged as any
+error body is. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -46,13 +48,17 @@ __all__ = [
 ]
 
 #: The endpoints that answer with a stream when asked; embeddings do not stream.
-STREAMED_ENDPOINTS = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.RESPONSES})
+STREAMED_ENDPOINTS = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.RESPONSES, Endpoint.MESSAGES})
 #: The content type of a stream of server-sent events.
 EVENT_STREAM = "text/event-stream"
 #: The data of the last event of an OpenAI chat or completions stream.
 DONE = "[DONE]"
 #: The Responses API's events that end its stream, each carrying the whole response.
 _RESPONSE_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+#: The types of Anthropic's stream events (`error` aside, which is an error body).
+_MESSAGE_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop", "ping"})
+#: An Anthropic content block's delta: its type, the field of the block it adds to, and the delta's field that holds it.
+_BLOCK_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json", "signature_delta": "signature"}
 _LINE_END = re.compile(r"\r\n|\r|\n")
 #: Keys of a choice's delta that are not text to join.
 _DELTA_SPECIAL = frozenset({"role", "tool_calls", "function_call"})
@@ -61,10 +67,11 @@ _DELTA_SPECIAL = frozenset({"role", "tool_calls", "function_call"})
 def streamed_body(endpoint: Endpoint, body: Mapping[str, Any]) -> dict[str, Any]:
     """The body asking for a stream: `stream`, and for chat and completions the usage in the last chunk.
 
-    The Responses API sends its usage in `response.completed` and takes no `stream_options` for it.
+    The Responses API sends its usage in `response.completed`, and Anthropic's in `message_start` and
+    `message_delta`; neither takes `stream_options` (Anthropic refuses fields it does not know).
     """
     streamed = {**body, "stream": True}
-    if endpoint is not Endpoint.RESPONSES:
+    if endpoint is Endpoint.CHAT_COMPLETIONS or endpoint is Endpoint.COMPLETIONS:
         options = body.get("stream_options")
         streamed["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
     return streamed
@@ -152,7 +159,7 @@ class StreamAssembler:
     Memory: the answer's text, once; never the events.
     """
 
-    __slots__ = ("events", "complete", "_top", "_choices", "_usage", "_response", "_error", "_chat")
+    __slots__ = ("events", "complete", "_top", "_choices", "_usage", "_response", "_error", "_chat", "_message", "_blocks")
 
     def __init__(self) -> None:
         #: Events read (data events, the end marker included).
@@ -165,6 +172,8 @@ class StreamAssembler:
         self._response: Any = None
         self._error: Any = None
         self._chat = False
+        self._message: dict[str, Any] | None = None  # Anthropic's, from message_start
+        self._blocks: dict[int, dict[str, Any]] = {}  # its content blocks by index, as they stream
 
     def add(self, event: ServerSentEvent) -> bool:
         """Fold in one event; True when it carried output (text, a refusal, tool-call arguments)."""
@@ -187,6 +196,8 @@ class StreamAssembler:
         kind = data.get("type")
         if isinstance(kind, str) and kind.startswith(("response.", "error")):
             return self._responses_event(kind, data)
+        if kind in _MESSAGE_EVENTS:
+            return self._message_event(kind, data)
         return self._chunk(data)
 
     def answer(self) -> dict[str, Any]:
@@ -195,6 +206,8 @@ class StreamAssembler:
             return dict(self._error)
         if self._response is not None:
             return dict(self._response)
+        if self._message is not None:
+            return {**self._message, "content": [_finished_block(self._blocks[index]) for index in sorted(self._blocks)]}
         answer = dict(self._top)
         answer["object"] = "chat.completion" if self._chat else "text_completion"
         answer["choices"] = [self._choices[index].answer(index, chat=self._chat) for index in sorted(self._choices)]
@@ -216,6 +229,52 @@ class StreamAssembler:
             return False
         delta = data.get("delta")
         return kind.endswith(".delta") and isinstance(delta, str) and bool(delta)
+
+    def _message_event(self, kind: str, data: dict[str, Any]) -> bool:
+        """One of Anthropic's events. Blocks come by index: started, their deltas added, stopped."""
+        if kind == "message_start":
+            message = data.get("message")
+            if not isinstance(message, dict):
+                raise StreamProblem(f"event {self.events} (message_start) carries no message object")
+            self._message = dict(message)
+            return False
+        if self._message is None:
+            if kind == "ping":
+                return False
+            raise StreamProblem(f"event {self.events} ({kind}) came before message_start")
+        if kind == "message_stop":
+            self.complete = True
+            return False
+        if kind == "message_delta":
+            delta, usage = data.get("delta"), data.get("usage")
+            if isinstance(delta, dict):
+                self._message.update(delta)  # stop_reason, stop_sequence
+            if isinstance(usage, dict):  # its counts are the totals so far, not increments
+                known = self._message.get("usage")
+                self._message["usage"] = {**(known if isinstance(known, dict) else {}), **usage}
+            return False
+        index = data.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            return False  # a ping, or a block event that names no block
+        if kind == "content_block_start":
+            block = data.get("content_block")
+            self._blocks[index] = dict(block) if isinstance(block, dict) else {}
+            return False
+        block = self._blocks.get(index)
+        delta = data.get("delta")
+        if kind != "content_block_delta" or block is None or not isinstance(delta, dict):
+            return False
+        if delta.get("type") == "citations_delta":
+            block.setdefault("citations", []).append(delta.get("citation"))
+            return False
+        delta_type = delta.get("type")
+        field = _BLOCK_DELTAS.get(delta_type) if isinstance(delta_type, str) else None
+        piece = delta.get(field) if field is not None else None
+        if field is None or not isinstance(piece, str):
+            return False
+        joined = block.get(field)
+        block[field] = (joined if isinstance(joined, str) else "") + piece
+        return bool(piece) and field != "signature"
 
     def _chunk(self, data: dict[str, Any]) -> bool:
         for name in ("id", "created", "model", "system_fingerprint", "service_tier"):
@@ -334,6 +393,20 @@ class _Choice:
         answer["logprobs"] = self.logprobs
         answer["finish_reason"] = self.finish_reason
         return answer
+
+
+def _finished_block(block: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic content block as the unstreamed answer holds it: a tool call's input is the JSON its
+    `partial_json` pieces spell, as an object (`{}` when none came)."""
+    if "partial_json" not in block:
+        return block
+    finished = {name: value for name, value in block.items() if name != "partial_json"}
+    text = block["partial_json"]
+    try:
+        finished["input"] = strict_json.loads(text) if text.strip() else {}
+    except strict_json.InvalidJSON as error:
+        raise StreamProblem(f"a tool call's input in the stream is not JSON ({error.reason})") from None
+    return finished
 
 
 def _merge_function(merged: dict[str, Any], delta: dict[str, Any]) -> bool:

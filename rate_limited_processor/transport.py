@@ -160,7 +160,11 @@ async def receive(response: StreamingResponse, *, started: float, now: Callable[
         raise TransportError(
             NoAnswer.BROKEN, f"the event stream ended before its end ([DONE]) after {answer.events} events; the partial answer is not kept"
         )
-    body = json.dumps(answer.answer(), separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        whole = answer.answer()
+    except StreamProblem as problem:
+        raise TransportError(NoAnswer.BROKEN, f"a broken event stream: {problem}") from None
+    body = json.dumps(whole, separators=(",", ":"), ensure_ascii=False).encode()
     return TransportResponse(response.status, response.headers, body, timings)
 
 

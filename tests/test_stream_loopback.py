@@ -16,6 +16,7 @@ from aiohttp import web
 from rate_limited_processor import Limits, NoAnswer, Settings, TransportError, TransportRequest, run_file_job
 from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.mock_server import MockConfig, MockServer
+from rate_limited_processor.mock_server.anthropic import message_payload
 from rate_limited_processor.mock_server.record import CUT, request_key
 from rate_limited_processor.mock_server.responses import success_payload
 from rate_limited_processor.report import RunReport
@@ -47,6 +48,22 @@ async def test_the_transport_times_a_real_stream_as_the_server_sent_it() -> None
     assert served_ttft <= ttft <= served_ttft + 0.015
     assert abs(timings.last_byte - (served.finished_at - served.arrived_at)) <= 0.015
     assert all(later >= earlier for earlier, later in zip(timings.tokens, timings.tokens[1:], strict=False))
+
+
+async def test_the_transport_reads_a_real_claude_stream_into_its_message() -> None:
+    key = "sk-ant-api03-loopback-0123456789"
+    body = streamed_body(Endpoint.MESSAGES, {"model": "claude-x", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
+    async with MockServer(MockConfig(api_key=key, output_tokens=5, latency=0.01, time_to_first_token=0.03, inter_token_gap=0.005)) as server:
+        transport = AiohttpTransport()
+        try:
+            request = TransportRequest(server.url("messages"), body, {"x-api-key": key, "anthropic-version": "2023-06-01"}, stream=True)
+            response = await transport.send(request)
+        finally:
+            await transport.aclose()
+        [served] = server.record.entries
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert json.loads(response.body) == message_payload(body, model="claude-x", key=request_key(body), input_tokens=0, output_tokens=5)
+    assert response.timings is not None and len(response.timings.tokens) == len(served.token_times) == 6  # "echo echo echo echo echo"
 
 
 async def test_a_streamed_job_over_loopback_reports_percentiles_matching_the_servers_record(tmp_path: Path) -> None:

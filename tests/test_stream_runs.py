@@ -14,6 +14,7 @@ from typing import Any
 from rate_limited_processor import UNLIMITED, Limits, Processor, ResultKind, Settings, TransportRequest, TransportResponse, run_file_job
 from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
+from rate_limited_processor.mock_server.anthropic import message_payload
 from rate_limited_processor.mock_server.record import CUT, request_key
 from rate_limited_processor.mock_server.responses import success_payload
 from rate_limited_processor.report import RunReport
@@ -186,3 +187,55 @@ def test_a_line_that_asks_for_a_stream_itself_is_reassembled_without_the_flag() 
     expected = success_payload(Endpoint.CHAT_COMPLETIONS, line, model="gpt-4o-mini", key=request_key(line))
     del expected["usage"]  # the line did not ask for stream_options.include_usage, so the API sends none
     assert result.response == expected
+
+
+# -- Anthropic's Messages API ----------------------------------------------------------------------------------
+
+CLAUDE_KEY = "sk-ant-api03-streaming-0123456789"
+
+
+def claude_request(i: int) -> dict[str, Any]:
+    return {"model": "claude-3-5-haiku-latest", "max_tokens": 100, "messages": [{"role": "user", "content": f"Question {i}?"}], "metadata": {"id": i}}
+
+
+def test_a_claude_run_streams_every_line_once_as_its_message_and_cut_streams_are_sent_again(tmp_path: Path) -> None:
+    requests = [claude_request(i) for i in range(120)]
+    requests_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    save_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(
+        api_key=CLAUDE_KEY, output_tokens=12, latency=0.02, time_to_first_token=0.1, inter_token_gap=0.005, faults={"stream_cut": 0.1}, seed=5,
+    ))
+    settings = Settings(request_url="https://api.anthropic.com/v1/messages", api_key=CLAUDE_KEY, limits=UNLIMITED, stream=True)
+    report = RunReport(streamed=True)
+    stats = run_virtual(run_file_job(settings, requests_path, save_path, transport=MockTransport(api), show_progress=False, benchmark=report))
+
+    assert stats.succeeded == 120 and stats.failed == 0
+    assert api.record.count(CUT) > 3 and api.record.count(400) == 0, "no stream_options went to Anthropic"
+    rows = read_rows(save_path)
+    assert sorted(row[2]["id"] for row in rows) == list(range(120))
+    for request, response, _ in rows:
+        body = streamed_body(Endpoint.MESSAGES, request)
+        assert response == message_payload(body, model="claude-3-5-haiku-latest", key=request_key(body), input_tokens=0, output_tokens=12)
+    built = report.build(stats)
+    server_ttft, _ = served_stream_times(api.record)
+    assert built["ttft_s"]["count"] == 120 and close_enough(built["ttft_s"]["p50"], nearest_rank(server_ttft, 50))
+    assert built["tpot_s"]["count"] == 120  # output tokens from message_delta's usage
+
+
+def test_a_claude_streams_timings_are_exact_in_virtual_time() -> None:
+    api = MockApi(MockConfig(api_key=CLAUDE_KEY, output_tokens=3, latency=0.1, time_to_first_token=0.2, inter_token_gap=0.01))
+    settings = Settings(request_url="https://api.anthropic.com/v1/messages", api_key=CLAUDE_KEY, limits=UNLIMITED, stream=True)
+
+    async def main() -> Any:
+        processor = Processor(settings, transport=MockTransport(api))
+        async with processor.run([{k: v for k, v in claude_request(0).items() if k != "metadata"}]) as results:
+            return [result async for result in results]
+
+    [result] = run_virtual(main())
+    timings = result.timings
+    assert result.kind is ResultKind.SUCCEEDED and timings is not None
+    [served] = api.record.entries
+    assert timings.tokens == served.token_times and len(timings.tokens) == 4  # "echo echo echo": 14 characters in pieces of 4
+    assert math.isclose(timings.time_to_first_token, 0.3)
+    assert [round(gap, 9) for gap in timings.inter_token_gaps()] == [0.01] * 3
+    assert result.response is not None and result.response["content"] == [{"type": "text", "text": "echo echo echo"}]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from rate_limited_processor.endpoints import Endpoint
+from rate_limited_processor.mock_server.anthropic import message_payload
 from rate_limited_processor.mock_server.record import request_key
 from rate_limited_processor.mock_server.responses import success_payload
 from rate_limited_processor.mock_server.streams import stream_frames
@@ -204,6 +205,7 @@ def test_the_streamed_body_asks_for_usage_except_on_responses() -> None:
     assert streamed_body(Endpoint.CHAT_COMPLETIONS, body) == {**body, "stream": True, "stream_options": {"include_obfuscation": False, "include_usage": True}}
     assert streamed_body(Endpoint.COMPLETIONS, {"prompt": "x"}) == {"prompt": "x", "stream": True, "stream_options": {"include_usage": True}}
     assert streamed_body(Endpoint.RESPONSES, {"input": "x"}) == {"input": "x", "stream": True}
+    assert streamed_body(Endpoint.MESSAGES, {"max_tokens": 9}) == {"max_tokens": 9, "stream": True}  # Anthropic refuses stream_options
     assert "stream" not in body  # the request as read is left as it was
 
 
@@ -227,3 +229,109 @@ def test_the_mocks_stream_reassembles_to_its_unstreamed_answer(endpoint: Endpoin
         answer = reassemble(raw, split=split)
         assert answer.complete
         assert answer.answer() == payload
+
+
+# -- Anthropic's Messages API --------------------------------------------------------------------------------
+
+
+def claude_events(*events: dict[str, Any]) -> bytes:
+    """Anthropic's framing: each event named by an `event:` line as well as its `type`."""
+    return b"".join(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode() for event in events)
+
+
+CLAUDE_START: dict[str, Any] = {"type": "message_start", "message": {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [], "stop_reason": None,
+    "stop_sequence": None, "usage": {"input_tokens": 25, "cache_read_input_tokens": 3, "output_tokens": 1},
+}}
+
+
+def test_a_claude_stream_folds_into_the_message_it_would_have_answered() -> None:
+    raw = claude_events(
+        CLAUDE_START,
+        {"type": "ping"},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Two and "}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "two."}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "c2ln"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Four, "}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "let me check."}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "add", "input": {}}},
+        {"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": ""}},
+        {"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": '{"a": 2, '}},
+        {"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": '"b": 2}'}},
+        {"type": "content_block_stop", "index": 2},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None}, "usage": {"output_tokens": 31}},
+        {"type": "message_stop"},
+    )
+    for split in (1, 7, None):
+        answer = reassemble(raw, split=split)
+        assert answer.complete
+        assert answer.answer() == {
+            **CLAUDE_START["message"],
+            "content": [
+                {"type": "thinking", "thinking": "Two and two.", "signature": "c2ln"},
+                {"type": "text", "text": "Four, let me check."},
+                {"type": "tool_use", "id": "toolu_1", "name": "add", "input": {"a": 2, "b": 2}},
+            ],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 25, "cache_read_input_tokens": 3, "output_tokens": 31},  # message_delta's count is the total
+        }
+
+
+def test_which_claude_events_carry_output() -> None:
+    answer = StreamAssembler()
+    events = [
+        CLAUDE_START,
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "c2ln"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}},
+        {"type": "message_stop"},
+    ]
+    carried = [answer.add(ServerSentEvent(json.dumps(event), event["type"])) for event in events]
+    assert carried == [False, False, True, False, False, False, False, False]
+
+
+def test_a_claude_stream_cut_before_message_stop_is_not_complete_and_a_stray_event_is_a_problem() -> None:
+    cut = reassemble(claude_events(
+        CLAUDE_START,
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "half"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}},
+    ))
+    assert not cut.complete
+    with pytest.raises(StreamProblem, match=r"event 1 \(content_block_delta\) came before message_start"):
+        reassemble(claude_events({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}))
+    with pytest.raises(StreamProblem, match="carries no message object"):
+        reassemble(claude_events({"type": "message_start", "message": "no"}))
+    broken_tool = reassemble(claude_events(
+        CLAUDE_START,
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"a": '}},
+        {"type": "message_stop"},
+    ))
+    with pytest.raises(StreamProblem, match="tool call's input in the stream is not JSON"):
+        broken_tool.answer()
+
+
+def test_a_claude_error_event_is_the_error_body_anthropic_sends_unstreamed() -> None:
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    answer = reassemble(claude_events(CLAUDE_START, error))
+    assert answer.complete and answer.answer() == error
+
+
+def test_the_mocks_claude_stream_reassembles_to_its_unstreamed_message() -> None:
+    body = {"model": "claude-x", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    payload = message_payload(body, model="claude-x", key="k", input_tokens=12, output_tokens=9)
+    frames = stream_frames(Endpoint.MESSAGES, payload, include_usage=False)
+    raw = b"".join([*frames.head, *(frame for step in frames.tokens for frame in step), *frames.tail])
+    assert len(frames.tokens) > 3 and raw.startswith(b"event: message_start\n")
+    for split in (1, 13, None):
+        answer = reassemble(raw, split=split)
+        assert answer.complete and answer.answer() == payload

@@ -90,6 +90,8 @@ def body_problem(body: Any) -> str | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(message, Mapping) for message in messages):
         return "messages: Field required (a non-empty list of objects)"
+    if "stream_options" in body:  # OpenAI's; Anthropic refuses fields it does not know
+        return "stream_options: Extra inputs are not permitted"
     return None
 
 

@@ -4,8 +4,8 @@ For each request, in order: route it by its path, draw a fault (faults cost no b
 front of the API), check the key, check the body, count its tokens, ask the rate-limit gate, wait out the
 configured latency, answer. Everything it does is appended to `MockApi.record`.
 
-A request whose body says `"stream": true` (chat, completions, Responses) is answered with a `StreamReply`:
-server-sent events built from the same answer (`streams.py`). Its first event goes out after the latency,
+A request whose body says `"stream": true` (chat, completions, Responses, Anthropic's Messages) is answered
+with a `StreamReply`: server-sent events built from the same answer (`streams.py`). Its first event goes out after the latency,
 its first token `time_to_first_token` later, and every further token `inter_token_gap` after the one
 before; the record keeps when each went out (`Served.first_token_at`, `token_times`, `finished_at`).
 
@@ -85,7 +85,7 @@ class StreamReply:
 Answer = Reply | Drop | StreamReply
 
 #: The streamed endpoints (embeddings never stream).
-_STREAMED = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.RESPONSES})
+_STREAMED = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.RESPONSES, Endpoint.MESSAGES})
 
 
 def route(path: str) -> tuple[Endpoint, str | None] | None:

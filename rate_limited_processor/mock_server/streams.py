@@ -8,8 +8,8 @@ Usage::
     frames.tail      # after the last token: the finish reasons, the usage chunk, [DONE]
 
 The stream is built from the answer itself, so reassembling it must give back exactly that answer: a test
-compares the client's row with `success_payload`. Text is cut into pieces of 4 characters, the mock's
-token (its `usage` counts characters / 4). Pure: no I/O, no clock.
+compares the client's row with `success_payload` (for Anthropic's Messages API, `message_payload`). Text is
+cut into pieces of 4 characters, the mock's token (its `usage` counts characters / 4). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def stream_frames(endpoint: Endpoint, payload: Mapping[str, Any], *, include_usa
     """The events that stream `payload` (the unstreamed 200 body for this endpoint)."""
     if endpoint is Endpoint.RESPONSES:
         return _responses_frames(payload)
+    if endpoint is Endpoint.MESSAGES:
+        return _messages_frames(payload)
     top = {"id": payload["id"], "created": payload["created"], "model": payload["model"]}
     chat = endpoint is Endpoint.CHAT_COMPLETIONS
     top["object"] = "chat.completion.chunk" if chat else "text_completion"
@@ -111,3 +113,28 @@ def _responses_frames(payload: Mapping[str, Any]) -> Frames:
     tokens = tuple((frame,) for frames in per_item for frame in frames)
     tail = (event("response.completed", response=dict(payload)),)
     return Frames(tuple(head), tokens, tail)
+
+
+def _messages_frames(payload: Mapping[str, Any]) -> Frames:
+    """Anthropic's events: message_start (the message with no content yet, its input usage), each content
+    block started, its text deltas, stopped; then message_delta (stop reason, the output tokens in all) and
+    message_stop. A ping follows the start, as Anthropic sends one."""
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return _event({"type": kind, **fields}, kind)
+
+    usage = dict(payload["usage"])
+    started = {**payload, "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
+    head = [event("message_start", message=started), event("ping")]
+    per_block: list[list[bytes]] = []
+    for index, block in enumerate(payload["content"]):
+        head.append(event("content_block_start", index=index, content_block={**block, "text": ""}))
+        per_block.append([
+            event("content_block_delta", index=index, delta={"type": "text_delta", "text": piece}) for piece in _pieces(block["text"])
+        ])
+    tokens = tuple((frame,) for frames in per_block for frame in frames)
+    tail = [event("content_block_stop", index=index) for index in range(len(payload["content"]))]
+    tail.append(event("message_delta", delta={"stop_reason": payload["stop_reason"], "stop_sequence": payload["stop_sequence"]},
+                      usage={"output_tokens": usage["output_tokens"]}))
+    tail.append(event("message_stop"))
+    return Frames(tuple(head), tokens, tuple(tail))
