@@ -8,7 +8,7 @@ Usage::
         for event in parser.feed(chunk):
             if answer.add(event):                  # True: the event carried output (a token, for the timings)
                 ...
-    answer.complete                                  # False when the stream ended before its end ([DONE])
+    answer.complete                                  # False when the stream ended before its end ([DONE], message_stop)
     answer.answer()                                  # {"choices": [{"message": {"content": <the deltas joined>}}], "usage": ...}
 
 `EventStreamParser` follows the WHATWG rules for `text/event-stream` (lines ended by CRLF, LF or CR; `data`
@@ -159,12 +159,12 @@ class StreamAssembler:
     Memory: the answer's text, once; never the events.
     """
 
-    __slots__ = ("events", "complete", "_top", "_choices", "_usage", "_response", "_error", "_chat", "_message", "_blocks")
+    __slots__ = ("events", "complete", "_top", "_choices", "_usage", "_response", "_error", "_chat", "_message", "_blocks", "_responses")
 
     def __init__(self) -> None:
         #: Events read (data events, the end marker included).
         self.events = 0
-        #: The stream reached its end: `[DONE]`, a Responses end event, or an error event.
+        #: The stream reached its end: `[DONE]`, a Responses end event, Anthropic's `message_stop`, or an error event.
         self.complete = False
         self._top: dict[str, Any] = {}
         self._choices: dict[int, _Choice] = {}
@@ -174,6 +174,7 @@ class StreamAssembler:
         self._chat = False
         self._message: dict[str, Any] | None = None  # Anthropic's, from message_start
         self._blocks: dict[int, dict[str, Any]] = {}  # its content blocks by index, as they stream
+        self._responses = False  # a Responses API stream (its events' types start "response.")
 
     def add(self, event: ServerSentEvent) -> bool:
         """Fold in one event; True when it carried output (text, a refusal, tool-call arguments)."""
@@ -196,9 +197,14 @@ class StreamAssembler:
         kind = data.get("type")
         if isinstance(kind, str) and kind.startswith(("response.", "error")):
             return self._responses_event(kind, data)
-        if kind in _MESSAGE_EVENTS:
+        if isinstance(kind, str) and kind in _MESSAGE_EVENTS:
             return self._message_event(kind, data)
         return self._chunk(data)
+
+    @property
+    def end_marker(self) -> str:
+        """The event that ends this kind of stream, for messages about one that ended without it."""
+        return "message_stop" if self._message is not None else "response.completed" if self._responses else "[DONE]"
 
     def answer(self) -> dict[str, Any]:
         """The answer as an unstreamed request gets it (call once the stream is complete)."""
@@ -216,6 +222,7 @@ class StreamAssembler:
         return answer
 
     def _responses_event(self, kind: str, data: dict[str, Any]) -> bool:
+        self._responses = True
         if kind == "error":  # the Responses API's error event: {"type": "error", "code", "message", ...}
             self._error = {"error": {name: value for name, value in data.items() if name not in ("type", "sequence_number")}}
             self.complete = True
@@ -231,11 +238,15 @@ class StreamAssembler:
         return kind.endswith(".delta") and isinstance(delta, str) and bool(delta)
 
     def _message_event(self, kind: str, data: dict[str, Any]) -> bool:
-        """One of Anthropic's events. Blocks come by index: started, their deltas added, stopped."""
+        """One of Anthropic's events. Blocks come by index: started, their deltas added, stopped. An event that
+        would leave the answer short or blended (a block's delta before its start, a block or a message started
+        twice) is a problem: the stream is no answer, and the request is sent again as after a cut."""
         if kind == "message_start":
             message = data.get("message")
             if not isinstance(message, dict):
                 raise StreamProblem(f"event {self.events} (message_start) carries no message object")
+            if self._message is not None:
+                raise StreamProblem(f"event {self.events} starts a second message")
             self._message = dict(message)
             return False
         if self._message is None:
@@ -246,35 +257,48 @@ class StreamAssembler:
             self.complete = True
             return False
         if kind == "message_delta":
-            delta, usage = data.get("delta"), data.get("usage")
-            if isinstance(delta, dict):
-                self._message.update(delta)  # stop_reason, stop_sequence
-            if isinstance(usage, dict):  # its counts are the totals so far, not increments
-                known = self._message.get("usage")
-                self._message["usage"] = {**(known if isinstance(known, dict) else {}), **usage}
+            self._message_delta(data.get("delta"), data.get("usage"))
+            return False
+        if kind == "ping" or kind == "content_block_stop":
             return False
         index = data.get("index")
         if not isinstance(index, int) or isinstance(index, bool):
-            return False  # a ping, or a block event that names no block
+            raise StreamProblem(f"event {self.events} ({kind}) names no content block")
         if kind == "content_block_start":
             block = data.get("content_block")
-            self._blocks[index] = dict(block) if isinstance(block, dict) else {}
+            if index in self._blocks or not isinstance(block, dict):
+                raise StreamProblem(f"event {self.events} starts content block {index} {'again' if index in self._blocks else 'with no object'}")
+            self._blocks[index] = dict(block)
             return False
         block = self._blocks.get(index)
         delta = data.get("delta")
-        if kind != "content_block_delta" or block is None or not isinstance(delta, dict):
-            return False
-        if delta.get("type") == "citations_delta":
-            block.setdefault("citations", []).append(delta.get("citation"))
-            return False
+        if block is None or not isinstance(delta, dict):
+            raise StreamProblem(f"event {self.events} adds to content block {index}, which has not started" if block is None
+                                else f"event {self.events} carries no delta object")
         delta_type = delta.get("type")
+        if delta_type == "citations_delta":
+            citations = block.get("citations")
+            block["citations"] = [*(citations if isinstance(citations, list) else ()), delta.get("citation")]
+            return False
         field = _BLOCK_DELTAS.get(delta_type) if isinstance(delta_type, str) else None
         piece = delta.get(field) if field is not None else None
         if field is None or not isinstance(piece, str):
-            return False
+            return False  # a kind of delta not known here: it adds nothing this tool could rebuild
         joined = block.get(field)
         block[field] = (joined if isinstance(joined, str) else "") + piece
         return bool(piece) and field != "signature"
+
+    def _message_delta(self, delta: Any, usage: Any) -> None:
+        """The message's stop reason and sequence; its usage, whose counts are the totals so far (not increments).
+        A count left out or null keeps what message_start said."""
+        assert self._message is not None
+        if isinstance(delta, dict):
+            self._message.update((name, value) for name, value in delta.items() if name not in ("content", "usage"))
+        if isinstance(usage, dict):
+            known = self._message.get("usage")
+            counts = dict(known) if isinstance(known, dict) else {}
+            counts.update((name, value) for name, value in usage.items() if value is not None)
+            self._message["usage"] = counts
 
     def _chunk(self, data: dict[str, Any]) -> bool:
         for name in ("id", "created", "model", "system_fingerprint", "service_tier"):
@@ -402,6 +426,8 @@ def _finished_block(block: dict[str, Any]) -> dict[str, Any]:
         return block
     finished = {name: value for name, value in block.items() if name != "partial_json"}
     text = block["partial_json"]
+    if not isinstance(text, str):  # only a content_block_start could have put it there, and not as text
+        raise StreamProblem("a tool call's input in the stream is not text")
     try:
         finished["input"] = strict_json.loads(text) if text.strip() else {}
     except strict_json.InvalidJSON as error:

@@ -18,7 +18,7 @@ answer: `retry_policy.classify` does that, once, for every transport alike.
 Streams. A request with `stream=True` (its body asks for one: `streaming.streamed_body`) is read as it
 arrives, and `receive` turns a 2xx `text/event-stream` into the answer an unstreamed request would have got,
 with the time of its first byte, of each event that carried output, and of its last byte
-(`TransportResponse.timings`). A stream that breaks off or ends before its end marker (`[DONE]`) is a
+(`TransportResponse.timings`). A stream that breaks off or ends before its end marker (`[DONE]`, `message_stop`) is a
 `TransportError`, retried like a reset: never half an answer. Every transport reads streams this one way: a
 function transport may return a `StreamingResponse` (its body as an async iterable of bytes).
 """
@@ -158,7 +158,7 @@ async def receive(response: StreamingResponse, *, started: float, now: Callable[
         return TransportResponse(response.status, response.headers, b"".join(chunks), timings)
     if not answer.complete:
         raise TransportError(
-            NoAnswer.BROKEN, f"the event stream ended before its end ([DONE]) after {answer.events} events; the partial answer is not kept"
+            NoAnswer.BROKEN, f"the event stream ended before its end ({answer.end_marker}) after {answer.events} events; the partial answer is not kept"
         )
     try:
         whole = answer.answer()

@@ -8,6 +8,7 @@ checked against the mock's unstreamed answer, which is built without the stream.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -335,3 +336,82 @@ def test_the_mocks_claude_stream_reassembles_to_its_unstreamed_message() -> None
     for split in (1, 13, None):
         answer = reassemble(raw, split=split)
         assert answer.complete and answer.answer() == payload
+
+
+def test_a_claude_usage_count_left_null_keeps_what_message_start_said() -> None:
+    answer = reassemble(claude_events(
+        CLAUDE_START,
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"input_tokens": None, "output_tokens": 9}},
+        {"type": "message_stop"},
+    ))
+    assert answer.answer()["usage"] == {"input_tokens": 25, "cache_read_input_tokens": 3, "output_tokens": 9}
+
+
+@pytest.mark.parametrize(
+    ("events", "says"),
+    [
+        ([{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lost"}}], "content block 0, which has not started"),
+        ([{"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}] * 2, "starts content block 0 again"),
+        ([CLAUDE_START], "starts a second message"),
+        ([{"type": "content_block_start", "index": "0", "content_block": {"type": "text", "text": ""}}], "names no content block"),
+    ],
+    ids=["a delta before its block", "a block started twice", "a second message", "no index"],
+)
+def test_a_claude_stream_that_would_leave_the_answer_short_or_blended_is_a_problem(events: list[dict[str, Any]], says: str) -> None:
+    with pytest.raises(StreamProblem, match=says):
+        reassemble(claude_events(CLAUDE_START, *events, {"type": "message_stop"}))
+
+
+def test_the_mocks_claude_blocks_stream_one_after_the_other() -> None:
+    payload = {**message_payload({"max_tokens": 50}, model="m", key="k", input_tokens=1, output_tokens=2),
+               "content": [{"type": "text", "text": "abcdefgh"}, {"type": "text", "text": "ijkl"}]}
+    frames = stream_frames(Endpoint.MESSAGES, payload, include_usage=False)
+    raw = b"".join([*frames.head, *(frame for step in frames.tokens for frame in step), *frames.tail])
+    order = [(event.event, json.loads(event.data).get("index")) for event in EventStreamParser().feed(raw)]
+    assert order == [
+        ("message_start", None), ("ping", None), ("content_block_start", 0), ("content_block_delta", 0), ("content_block_delta", 0),
+        ("content_block_stop", 0), ("content_block_start", 1), ("content_block_delta", 1), ("content_block_stop", 1),
+        ("message_delta", None), ("message_stop", None),
+    ]
+    assert len(frames.tokens) == 3 and reassemble(raw).answer() == payload
+
+
+#: What a lying server might put in any field of an event: every JSON kind, and the values that trip code up.
+_ODD_VALUES: list[Any] = [None, True, 0, -1, 2, 10**30, 1.5, "", "x", "0", [], [1], {}, {"type": "text"}, {"a": None}]
+_EVENT_TYPES: list[Any] = [
+    "message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop", "ping", "error",
+    "response.created", "response.output_text.delta", "response.completed", "chat.completion.chunk", None, 7, ["message_start"], {},
+]
+_FIELDS = ["message", "index", "content_block", "delta", "usage", "choices", "response", "error", "object", "text", "partial_json", "citation"]
+
+
+def _odd_event(rng: random.Random) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": rng.choice(_EVENT_TYPES)}
+    for name in rng.sample(_FIELDS, rng.randint(0, 4)):
+        value = rng.choice(_ODD_VALUES)
+        if name == "delta" and rng.random() < 0.5:
+            value = {"type": rng.choice(["text_delta", "input_json_delta", "citations_delta", "thinking_delta", 3]),
+                     rng.choice(["text", "partial_json", "citation", "thinking"]): rng.choice(_ODD_VALUES)}
+        if name == "content_block" and rng.random() < 0.5:
+            value = {"type": "tool_use", rng.choice(["citations", "partial_json", "text", "input"]): rng.choice(_ODD_VALUES)}
+        event[name] = value
+    return event
+
+
+def test_whatever_a_lying_server_streams_is_an_answer_or_a_stream_problem_never_a_crash() -> None:
+    rng = random.Random(12)
+    outcomes = {"answer": 0, "problem": 0, "unfinished": 0}
+    for _ in range(3_000):
+        events = [CLAUDE_START if rng.random() < 0.3 else _odd_event(rng) for _ in range(rng.randint(1, 8))]
+        if rng.random() < 0.5:
+            events.append({"type": "message_stop"})
+        try:
+            answer = reassemble(claude_events(*events))
+            if answer.complete:
+                assert isinstance(answer.answer(), dict)
+                outcomes["answer"] += 1
+            else:
+                outcomes["unfinished"] += 1
+        except StreamProblem:
+            outcomes["problem"] += 1
+    assert all(count > 100 for count in outcomes.values()), outcomes  # every way out was taken

@@ -116,9 +116,10 @@ def _responses_frames(payload: Mapping[str, Any]) -> Frames:
 
 
 def _messages_frames(payload: Mapping[str, Any]) -> Frames:
-    """Anthropic's events: message_start (the message with no content yet, its input usage), each content
-    block started, its text deltas, stopped; then message_delta (stop reason, the output tokens in all) and
-    message_stop. A ping follows the start, as Anthropic sends one."""
+    """Anthropic's events: message_start (the message with no content yet, its input usage) and a ping; each
+    content block in turn started, its text deltas, stopped; then message_delta (the stop reason, and the usage
+    in all: its counts are totals) and message_stop. A block's start and the previous block's stop go out with
+    its first delta."""
 
     def event(kind: str, **fields: Any) -> bytes:
         return _event({"type": kind, **fields}, kind)
@@ -126,15 +127,21 @@ def _messages_frames(payload: Mapping[str, Any]) -> Frames:
     usage = dict(payload["usage"])
     started = {**payload, "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
     head = [event("message_start", message=started), event("ping")]
-    per_block: list[list[bytes]] = []
+    steps: list[tuple[bytes, ...]] = []
+    pending: list[bytes] = []  # frames that go out with the next delta
     for index, block in enumerate(payload["content"]):
-        head.append(event("content_block_start", index=index, content_block={**block, "text": ""}))
-        per_block.append([
-            event("content_block_delta", index=index, delta={"type": "text_delta", "text": piece}) for piece in _pieces(block["text"])
-        ])
-    tokens = tuple((frame,) for frames in per_block for frame in frames)
-    tail = [event("content_block_stop", index=index) for index in range(len(payload["content"]))]
-    tail.append(event("message_delta", delta={"stop_reason": payload["stop_reason"], "stop_sequence": payload["stop_sequence"]},
-                      usage={"output_tokens": usage["output_tokens"]}))
+        if index:
+            pending.append(event("content_block_stop", index=index - 1))
+        pending.append(event("content_block_start", index=index, content_block={**block, "text": ""}))
+        if not steps:
+            head.extend(pending)
+            pending = []
+        for piece in _pieces(block["text"]):
+            steps.append((*pending, event("content_block_delta", index=index, delta={"type": "text_delta", "text": piece})))
+            pending = []
+    tail = [*pending]
+    if payload["content"]:
+        tail.append(event("content_block_stop", index=len(payload["content"]) - 1))
+    tail.append(event("message_delta", delta={"stop_reason": payload["stop_reason"], "stop_sequence": payload["stop_sequence"]}, usage=usage))
     tail.append(event("message_stop"))
-    return Frames(tuple(head), tokens, tuple(tail))
+    return Frames(tuple(head), tuple(steps), tuple(tail))
