@@ -702,6 +702,7 @@ class Processor:
                 else:
                     logger.warning("account %r: %s; dropping it, the other %d go on", lane.account.name, why, self.lanes.accounts_left - 1)
                     self.lanes.drop(lane.account.name, why)
+                    self._show_limits()
                 job.rate_limited += 1  # not the request's fault: it costs no attempt
                 self._scheduler.add_retry(job, self._now())
             case StopRun(reason=why):
@@ -746,13 +747,20 @@ class Processor:
 
     def _show_limits(self) -> None:
         """The limits the progress display and the summary hold the run's pace against: its one lane's, as the
-        server states them, or every lane's added up."""
+        server states them, or those of every lane of an account still in use added up. And how the servers'
+        token counts compare with our estimates (several lanes: weighted by what each has sent)."""
         lanes = self.lanes.all()
+        if not lanes:  # nothing was sent: the limits given stand
+            return
         if len(lanes) == 1:
             self.stats.limits = lanes[0].tuner.server_limits()
             self.stats.server_token_ratio = lanes[0].tuner.tokens.ratio
-        elif lanes:
-            self.stats.limits = _combined([lane.tuner.server_limits() for lane in lanes])
+            return
+        in_use = [lane for lane in lanes if not self.lanes.is_dropped(lane.account.name)] or lanes
+        self.stats.limits = _combined([lane.tuner.server_limits() for lane in in_use])
+        sent = sum(lane.sent for lane in lanes)
+        if sent:
+            self.stats.server_token_ratio = sum(lane.tuner.tokens.ratio * lane.sent for lane in lanes) / sent
 
     async def _pause_everyone(self, job: _Job, lane: Lane, pause: float) -> bool:
         """After a rate-limit 429, nobody sends through that lane until the pause has passed. False if the

@@ -123,6 +123,20 @@ def test_an_account_whose_key_is_refused_is_dropped_and_the_others_finish_the_jo
     assert all(isinstance(row[1], dict) for row in rows), "no line carries the refused account's error"
 
 
+def test_the_pace_is_held_against_the_accounts_still_in_use() -> None:
+    server_a = MockApi(MockConfig(requests_per_minute=600, api_key=KEY_A, **LATENCY))
+    server_b = MockApi(MockConfig(requests_per_minute=1_200, api_key="the key org-b really has", **LATENCY))
+    accounts = (Account("org-a", api_key=KEY_A, limits=Limits(600, None)), Account("org-b", api_key=KEY_B, limits=Limits(1_200, None)))
+    transport = Route([(with_key(KEY_A), server_a), (with_key(KEY_B), server_b)])
+    processor = Processor(Settings(request_url=mock_url(), api_key=None, accounts=accounts), transport=transport)
+
+    async def main() -> int:
+        return sum([result.succeeded async for result in processor.process([chat_request(i) for i in range(60)])])
+
+    assert run_virtual(main()) == 60 and list(processor.stats.dropped_accounts) == ["org-b"]
+    assert processor.stats.limits.requests_per_minute == 600, "org-b's 1,200 RPM went with its key"
+
+
 def test_an_account_out_of_quota_is_dropped_and_when_none_is_left_the_run_stops_for_a_rerun(tmp_path: Path) -> None:
     quota: dict[str, Any] = {"faults": {"insufficient_quota": 1.0}}
     server_a = MockApi(MockConfig(requests_per_minute=600, api_key=KEY_A, **LATENCY, **quota))
