@@ -12,9 +12,11 @@ import pytest
 from aiohttp import web
 
 from rate_limited_processor import UNLIMITED, Processor, RetryPolicy, Secret, Settings, run_file_job
-from rate_limited_processor.credentials import Scrubber
+from rate_limited_processor.credentials import LEAKED_RUN, Scrubber
 from rate_limited_processor.mock_server import MockConfig, MockServer
-from tests.helpers import chat_request, run_cli, serving, unused_port, write_jsonl
+from rate_limited_processor.transport import TransportRequest, TransportResponse
+from tests.helpers import chat_request, read_rows, run_cli, serving, unused_port, write_jsonl
+from tests.virtual_time import run_virtual
 
 KEY = "sk-proj-DISTINCTIVE0123456789abcdefSECRETvalue"
 
@@ -220,3 +222,55 @@ def test_scrubbing_a_decoded_body_walks_it_only_when_its_text_could_hide_a_secre
     assert scrub.scrub_decoded(echoed, text) == {"***": ["Bearer ***", {"nested": "***"}], "n": 1}
     assert scrub.scrub_json_text('{"m": "' + escaped_everywhere(KEY) + '"}', 2_000) == '{"m": "***"}'
     assert Scrubber([]).may_hide_a_secret("\\u0073k-anything") is False  # no secrets, nothing to hide
+
+
+# -- a server that echoes part of the key ---------------------------------------------------------------------
+
+
+def leaked_runs(secret: str, text: str) -> list[str]:
+    """Every run of LEAKED_RUN characters of `secret` that `text` holds."""
+    return [secret[i : i + LEAKED_RUN] for i in range(len(secret) - LEAKED_RUN + 1) if secret[i : i + LEAKED_RUN] in text]
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [KEY[:-1], KEY[9:], KEY[:20] + "X" + KEY[21:], KEY[3:40], f"prefix{KEY[:30]}", KEY[:25] + "\n" + KEY[25:]],
+    ids=["cut short", "from its tenth character", "one character changed", "a middle run", "run on from other text", "split by an escape"],
+)
+def test_any_run_of_23_characters_of_a_key_is_scrubbed(echo: str) -> None:
+    scrub = Scrubber([KEY])
+    assert leaked_runs(KEY, echo), "the echo holds part of the key"
+    assert scrub.may_hide_a_secret(json.dumps({"m": echo}))
+    for text in (scrub(echo), scrub.scrub_json_text(json.dumps({"m": echo}), 2_000), json.dumps(scrub.scrub_decoded({"m": echo}, json.dumps({"m": echo})))):
+        assert "***" in text and not leaked_runs(KEY, text), text
+
+
+def test_a_short_run_of_a_key_and_ordinary_text_are_left_as_they_are() -> None:
+    scrub = Scrubber([KEY])
+    text = f"ordinary text, and {KEY[:LEAKED_RUN - 8]}, a piece too short to be worth anything"
+    assert scrub(text) == text
+    assert not scrub.may_hide_a_secret(json.dumps({"m": "nothing like a key"}))
+
+
+def test_a_server_echoing_part_of_the_key_leaves_none_of_it_in_a_row_or_a_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def answer(request: TransportRequest) -> TransportResponse:
+        sent = request.headers["Authorization"].removeprefix("Bearer ")
+        content = request.body["messages"][-1]["content"]
+        if content.startswith("fail"):
+            error = {"error": {"message": f"Incorrect API key provided: {sent[:-2]}.", "type": "invalid_request_error", "code": "bad"}}
+            return TransportResponse(400, {"content-type": "application/json", "x-request-id": f"req-{sent[6:]}"}, json.dumps(error).encode())
+        answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": f"you sent {sent[10:]}"}}]}
+        return TransportResponse(200, {"content-type": "application/json"}, json.dumps(answer).replace("/", "\\/").encode())
+
+    kinds = ["ok", "fail"] * 3
+    requests = [{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"{kind} {i}"}], "metadata": {"id": i}} for i, kind in enumerate(kinds)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    settings = Settings(request_url="https://api.openai.com/v1/chat/completions", api_key=KEY, limits=UNLIMITED)
+    with caplog.at_level(logging.DEBUG, logger="rate_limited_processor"):
+        stats = run_virtual(run_file_job(settings, input_path, output_path, show_progress=False, transport=answer))
+    assert (stats.succeeded, stats.failed) == (3, 3)
+    raw = output_path.read_text(encoding="utf-8")
+    assert "***" in raw and len(read_rows(output_path)) == 6
+    assert not leaked_runs(KEY, raw) and not leaked_runs(KEY, caplog.text)
+    assert not [text for row in read_rows(output_path) for text in strings_in(row) if leaked_runs(KEY, text)]
