@@ -42,6 +42,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from . import strict_json
 from .arrivals import Arrivals
 from .budget import Budget
 from .clock import LOOP_CLOCK, Clock, bound_to_loop
@@ -579,6 +580,9 @@ class Processor:
         if not isinstance(item, APIRequest):
             self._positions += 1
             item = _from_mapping(item, self._positions)
+            problem = strict_json.unsendable(item.body)  # a file's lines were read strictly; a caller's dicts were not
+            if problem is not None:
+                return self._invalid(item.index, item.body, item.metadata, f"{item.name}: the request body {problem}", item.custom_id, position)
         try:
             url, endpoint, prompt, completion = check_request(item, self.settings.request_url, self.estimator.estimate_parts)
             output_tokens = output_reservation(endpoint, item.body)

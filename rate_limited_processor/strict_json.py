@@ -45,7 +45,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["InvalidJSON", "loads", "dumps", "canonical", "MAX_DEPTH"]
+__all__ = ["InvalidJSON", "loads", "dumps", "canonical", "unsendable", "MAX_DEPTH"]
 
 #: The deepest nesting read. An API body nests a few levels (a JSON schema in `response_format` perhaps
 #: twenty); Python's recursion limit is about 1,000, and the stack already holds some when a value is
@@ -129,6 +129,65 @@ def canonical(value: Any) -> bytes:
         if b"e-" not in text and b".0000" not in text:
             return text
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def unsendable(value: Any, *, max_depth: int = MAX_DEPTH) -> str | None:
+    """Why a value built in Python (a library caller's request, not read by `loads`) cannot go as the JSON it
+    stands for, or None: nested deeper than `max_depth`, a NaN or infinity (orjson would send null), a key
+    that is not a string or a number, half a surrogate pair, or a type JSON has no word for. (A key that is a
+    number is sent as its string, as json writes it: `logit_bias` built with token ids.)
+
+    One orjson encoding tells most values apart at once; only one that fails, or whose text holds a null
+    (a NaN's spelling) or many brackets, is walked to find out why.
+    """
+    try:
+        text = orjson.dumps(value)
+    except TypeError:
+        text = None
+    if text is not None and b"null" not in text and not _may_nest_deeper(text, max_depth):
+        return None
+    return _why_unsendable(value, max_depth)
+
+
+def _why_unsendable(value: Any, max_depth: int) -> str | None:
+    """The walk behind `unsendable`, level by level, without recursion."""
+    level, depth = [value], 0
+    while level:
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                for key in item:  # json spells a number, true, false or null as a key's string, as the caller meant
+                    if not (isinstance(key, (str, int)) or key is None or (isinstance(key, float) and key - key == 0)):
+                        return f"has a key JSON cannot spell ({type(key).__name__} {key!r:.40})"
+                children: Any = item.values()
+            elif isinstance(item, (list, tuple)):
+                children = item
+            else:
+                problem = _unsendable_scalar(item)
+                if problem is not None:
+                    return problem
+                continue
+            below.extend(children)
+        if any(isinstance(item, (dict, list, tuple)) for item in below):
+            depth += 1
+            if depth >= max_depth:
+                return f"is nested deeper than {max_depth} levels"
+        level = below
+    return None
+
+
+def _unsendable_scalar(value: Any) -> str | None:
+    if value is None or isinstance(value, (bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if value - value == 0 else f"holds {value!r}, which is not JSON (it would be sent as null)"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "holds half of a UTF-16 surrogate pair, which cannot be sent as UTF-8"
+        return None
+    return f"holds a {type(value).__name__}, which JSON has no value for"
 
 
 def _may_hold_a_long_integer(shape: bytes) -> bool:

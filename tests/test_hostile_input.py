@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rate_limited_processor import UNLIMITED, Settings, run_file_job
+from rate_limited_processor import UNLIMITED, ResultKind, Settings, TransportRequest, process_requests_sync, run_file_job
 from rate_limited_processor.cli import main
 from rate_limited_processor.errors import ResumeError
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
@@ -188,3 +188,30 @@ def test_a_batch_row_whose_status_is_not_a_number_is_a_failure_row_not_a_crash(t
     path.write_text(json.dumps(row) + "\n")
     index, report = prepare_results_file(path, retry_failed=True)
     assert (report.rows, report.failures_removed) == (0, 1)  # not a success: a rerun with --retry_failed sends it again
+
+
+def test_a_callers_request_that_json_cannot_carry_is_invalid_named_and_never_sent() -> None:
+    """Library callers hand in dicts, which no strict reader has seen: the run judges them before sending."""
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(100_000):
+        inner["x"] = inner = {}
+    base: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    requests: list[dict[str, Any]] = [
+        base, {**base, "response_format": deep}, {**base, "temperature": math.nan}, {**base, "tools": {("a", "b"): 1}},
+        {**base, "logit_bias": {50256: -100}},
+    ]
+    sent: list[Any] = []
+
+    def answer(request: TransportRequest) -> dict[str, Any]:
+        sent.append(request.body)
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+
+    settings = Settings(request_url=mock_url(), api_key=None, limits=UNLIMITED)
+    results = {result.index: result for result in process_requests_sync(requests, settings, transport=answer)}
+    assert len(sent) == 2 and [results[i].kind for i in (1, 5)] == [ResultKind.SUCCEEDED] * 2
+    assert sent[1]["logit_bias"] == {50256: -100}, "token ids as keys go, spelled as json spells them"
+    assert [results[i].kind for i in (2, 3, 4)] == [ResultKind.INVALID] * 3
+    assert results[2].errors == ("request 2: the request body is nested deeper than 200 levels",)
+    assert "request 3: the request body holds nan" in results[3].errors[0]
+    assert "request 4: the request body has a key JSON cannot spell (tuple ('a', 'b'))" in results[4].errors[0]

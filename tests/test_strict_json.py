@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from rate_limited_processor import strict_json
-from rate_limited_processor.strict_json import InvalidJSON, canonical, dumps, loads
+from rate_limited_processor.strict_json import InvalidJSON, canonical, dumps, loads, unsendable
 
 
 @pytest.mark.parametrize(
@@ -121,3 +121,38 @@ def test_the_shape_check_sends_only_long_integers_to_the_slow_reader(monkeypatch
     assert [loads(text) for text in fractions] == [[0.00012299999641254544], [1.1234567890123456789e-05], "short 123", [0.12345678901234568]]
     with pytest.raises(TypeError):
         loads(long_integers[0])
+
+
+def _nested(levels: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    inner = value
+    for _ in range(levels - 1):
+        inner["x"] = inner = {}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (_nested(201), "is nested deeper than 200 levels"),
+        (_nested(100_000), "is nested deeper than 200 levels"),
+        ({"temperature": float("nan")}, "holds nan, which is not JSON"),
+        ({"a": [1.0, float("-inf")]}, "holds -inf"),
+        ({(1, 2): "pair"}, "has a key JSON cannot spell (tuple (1, 2))"),
+        ({"a": "half \ud800 a pair"}, "half of a UTF-16 surrogate pair"),
+        ({"a": {1, 2}}, "holds a set, which JSON has no value for"),
+    ],
+    ids=["201 levels", "100,000 levels", "NaN", "infinity", "tuple key", "lone surrogate", "a set"],
+)
+def test_a_value_built_in_python_that_json_cannot_carry_says_why(value: object, says: str) -> None:
+    problem = unsendable(value)
+    assert problem is not None and says in problem
+
+
+@pytest.mark.parametrize(
+    "value",
+    [_nested(200), {"a": None, "b": [None, 1.5, 10**30, True, "ü"]}, ("a", "tuple"), [], {"logit_bias": {50256: -100}}],
+    ids=["200 levels", "nulls", "tuple", "empty", "token ids as keys"],
+)
+def test_a_value_json_can_carry_is_sendable(value: object) -> None:
+    assert unsendable(value) is None
