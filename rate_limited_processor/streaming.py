@@ -57,7 +57,7 @@ DONE = "[DONE]"
 _RESPONSE_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 #: The types of Anthropic's stream events (`error` aside, which is an error body).
 _MESSAGE_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop", "ping"})
-#: An Anthropic content block's delta: its type, the field of the block it adds to, and the delta's field that holds it.
+#: An Anthropic content block's delta, by its type: the field it adds to (named alike in the delta and in the block).
 _BLOCK_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json", "signature_delta": "signature"}
 _LINE_END = re.compile(r"\r\n|\r|\n")
 #: Keys of a choice's delta that are not text to join.

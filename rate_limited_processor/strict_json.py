@@ -55,7 +55,7 @@ MAX_DEPTH = 200
 _MAX_QUOTED = 40
 # A JSON escape of a UTF-16 surrogate (either half): only then can a lone one be in the value.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_CONTAINERS = (dict, list)
+_CONTAINERS = (dict, list, tuple)  # tuples only in values built in Python (`unsendable`); JSON reads none
 
 # The shape of a text, byte for byte: a digit becomes "0"; what stands before a fraction's or an exponent's
 # digits (".", "e", "E") becomes "."; anything else " ". So an integer's digits follow a " " (or start the
@@ -150,8 +150,11 @@ def unsendable(value: Any, *, max_depth: int = MAX_DEPTH) -> str | None:
 
 
 def _why_unsendable(value: Any, max_depth: int) -> str | None:
-    """The walk behind `unsendable`, level by level, without recursion."""
-    level, depth = [value], 0
+    """The walk behind `unsendable`: the depth first (`_deeper_than`, which does not recurse), then every key
+    and every scalar, level by level."""
+    if _deeper_than(value, max_depth):
+        return f"is nested deeper than {max_depth} levels"
+    level = [value]
     while level:
         below: list[Any] = []
         for item in level:
@@ -159,19 +162,13 @@ def _why_unsendable(value: Any, max_depth: int) -> str | None:
                 for key in item:  # json spells a number, true, false or null as a key's string, as the caller meant
                     if not (isinstance(key, (str, int)) or key is None or (isinstance(key, float) and key - key == 0)):
                         return f"has a key JSON cannot spell ({type(key).__name__} {key!r:.40})"
-                children: Any = item.values()
+                below.extend(item.values())
             elif isinstance(item, (list, tuple)):
-                children = item
+                below.extend(item)
             else:
                 problem = _unsendable_scalar(item)
                 if problem is not None:
                     return problem
-                continue
-            below.extend(children)
-        if any(isinstance(item, (dict, list, tuple)) for item in below):
-            depth += 1
-            if depth >= max_depth:
-                return f"is nested deeper than {max_depth} levels"
         level = below
     return None
 

@@ -5,9 +5,10 @@ front of the API), check the key, check the body, count its tokens, ask the rate
 configured latency, answer. Everything it does is appended to `MockApi.record`.
 
 A request whose body says `"stream": true` (chat, completions, Responses, Anthropic's Messages) is answered
-with a `StreamReply`: server-sent events built from the same answer (`streams.py`). Its first event goes out after the latency,
-its first token `time_to_first_token` later, and every further token `inter_token_gap` after the one
-before; the record keeps when each went out (`Served.first_token_at`, `token_times`, `finished_at`).
+with a `StreamReply`: server-sent events built from the same answer (`streams.py`). Its first event goes
+out after the latency, its first token `time_to_first_token` later, and every further token
+`inter_token_gap` after the one before; the record keeps when each went out (`Served.first_token_at`,
+`token_times`, `finished_at`).
 
 Two adapters serve it: `app.py` on a real socket (aiohttp), and `transport.py` in process, as the
 runner's transport, so a whole run can be rehearsed against the same strict mock in virtual time.
