@@ -137,23 +137,25 @@ def unsendable(value: Any, *, max_depth: int = MAX_DEPTH) -> str | None:
     that is not a string or a number, half a surrogate pair, or a type JSON has no word for. (A key that is a
     number is sent as its string, as json writes it: `logit_bias` built with token ids.)
 
-    One orjson encoding tells most values apart at once; only one that fails, or whose text holds a null
-    (a NaN's spelling) or many brackets, is walked to find out why.
+    The depth is walked first, in Python: orjson bounds the nesting of dicts and lists but not of tuples, and a
+    tuple nested a few thousand deep crashes the interpreter inside it (orjson 3.13). Then one orjson encoding
+    tells most values apart at once; only one that fails, or whose text holds a null (a NaN's spelling), is
+    walked to find out why.
     """
+    if _deeper_than(value, max_depth):
+        return f"is nested deeper than {max_depth} levels"
     try:
         text = orjson.dumps(value)
     except TypeError:
         text = None
-    if text is not None and b"null" not in text and not _may_nest_deeper(text, max_depth):
+    if text is not None and b"null" not in text:
         return None
-    return _why_unsendable(value, max_depth)
+    return _why_unsendable(value)
 
 
-def _why_unsendable(value: Any, max_depth: int) -> str | None:
-    """The walk behind `unsendable`: the depth first (`_deeper_than`, which does not recurse), then every key
-    and every scalar, level by level."""
-    if _deeper_than(value, max_depth):
-        return f"is nested deeper than {max_depth} levels"
+def _why_unsendable(value: Any) -> str | None:
+    """The walk behind `unsendable` (the depth already known to be bounded): every key and every scalar, level
+    by level."""
     level = [value]
     while level:
         below: list[Any] = []
@@ -256,8 +258,9 @@ def _deeper_than(value: Any, max_depth: int) -> bool:
             return True
         below: list[Any] = []
         for container in level:
-            children = container.values() if isinstance(container, dict) else container
-            below.extend(child for child in children if isinstance(child, _CONTAINERS))
+            for child in container.values() if isinstance(container, dict) else container:  # a loop: no generator per container
+                if isinstance(child, _CONTAINERS):
+                    below.append(child)
         level = below
     return False
 

@@ -131,18 +131,26 @@ def _nested(levels: int) -> dict[str, object]:
     return value
 
 
+def _nested_tuple(levels: int) -> tuple[object, ...]:
+    value: tuple[object, ...] = ()
+    for _ in range(levels - 1):
+        value = (value,)
+    return value
+
+
 @pytest.mark.parametrize(
     ("value", "says"),
     [
         (_nested(201), "is nested deeper than 200 levels"),
         (_nested(100_000), "is nested deeper than 200 levels"),
+        ({"tools": [_nested_tuple(100_000)]}, "is nested deeper than 200 levels"),  # orjson itself crashes on this
         ({"temperature": float("nan")}, "holds nan, which is not JSON"),
         ({"a": [1.0, float("-inf")]}, "holds -inf"),
         ({(1, 2): "pair"}, "has a key JSON cannot spell (tuple (1, 2))"),
         ({"a": "half \ud800 a pair"}, "half of a UTF-16 surrogate pair"),
         ({"a": {1, 2}}, "holds a set, which JSON has no value for"),
     ],
-    ids=["201 levels", "100,000 levels", "NaN", "infinity", "tuple key", "lone surrogate", "a set"],
+    ids=["201 levels", "100,000 levels", "100,000 tuples", "NaN", "infinity", "tuple key", "lone surrogate", "a set"],
 )
 def test_a_value_built_in_python_that_json_cannot_carry_says_why(value: object, says: str) -> None:
     problem = unsendable(value)
