@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .limiter import Limits
+from .limiter import OUTPUT_BURST_SECONDS, Limits
 from .retry_policy import parse_duration
 
 __all__ = ["NO_REPORT", "RateLimitReport", "SendMark", "LimitTuner", "parse_rate_limit_headers", "states_rate_limits"]
@@ -67,6 +67,11 @@ class RateLimitReport:
     reset_resolution: float = 0.001
     #: Limit headers that were present but ignored, as ("header", "value"): not a number, or below any real limit.
     ignored: tuple[tuple[str, str], ...] = ()
+    #: A `remaining` header says 0 for a limit the same answer states: the server's bucket is empty at that limit,
+    #: so a 429 that carries it is the bucket working, not a sign of a lower limit than stated.
+    exhausted: bool = False
+    #: Anthropic's output tokens left now: what the server's output bucket holds at least.
+    remaining_output_tokens: float | None = None
 
     @property
     def empty(self) -> bool:
@@ -104,6 +109,8 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
             reset_tokens=_until(headers.get("anthropic-ratelimit-input-tokens-reset"), at),
             reset_resolution=1.0,
             ignored=tuple(ignored),
+            exhausted=_exhausted(headers, _ANTHROPIC_REMAINING),
+            remaining_output_tokens=_positive_number(headers.get("anthropic-ratelimit-output-tokens-remaining")),
         )
     resets = [headers.get("x-ratelimit-reset-requests"), headers.get("x-ratelimit-reset-tokens")]
     bare_seconds = any(text is not None and _positive_number(text) is not None for text in resets)
@@ -115,6 +122,7 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
         reset_tokens=_duration(resets[1]),
         reset_resolution=1.0 if bare_seconds else 0.001,
         ignored=tuple(ignored),
+        exhausted=_exhausted(headers, _OPENAI_REMAINING),
     )
 
 
@@ -128,7 +136,24 @@ NO_REPORT = RateLimitReport()
 _ANTHROPIC_HEADERS = tuple(f"anthropic-ratelimit-{name}" for name in (
     "requests-limit", "input-tokens-limit", "output-tokens-limit", "requests-reset", "input-tokens-reset",
 ))
-_READ_HEADERS = frozenset(("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", *dict(_LIMIT_HEADERS), *_ANTHROPIC_HEADERS))
+#: (remaining, limit) header pairs: a remaining 0 beside a stated limit is an empty bucket.
+_OPENAI_REMAINING = tuple((f"x-ratelimit-remaining-{name}", f"x-ratelimit-limit-{name}") for name in ("requests", "tokens"))
+_ANTHROPIC_REMAINING = tuple(
+    (f"anthropic-ratelimit-{name}-remaining", f"anthropic-ratelimit-{name}-limit") for name in ("requests", "input-tokens", "output-tokens")
+)
+_READ_HEADERS = frozenset((
+    "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", *dict(_LIMIT_HEADERS), *_ANTHROPIC_HEADERS,
+    *(remaining for remaining, _ in (*_OPENAI_REMAINING, *_ANTHROPIC_REMAINING)),
+))
+
+
+def _exhausted(headers: Mapping[str, str], pairs: tuple[tuple[str, str], ...]) -> bool:
+    """Some limit is stated and its `remaining` is 0."""
+    for remaining, limit in pairs:
+        text = headers.get(remaining)
+        if text is not None and text.strip() == "0" and _positive_number(headers.get(limit)) is not None:
+            return True
+    return False
 
 
 def _until(text: str | None, now: float) -> float | None:
@@ -222,7 +247,10 @@ class _Dimension:
 class LimitTuner:
     """Turns what the API's headers report into the ceiling to send under (in our own units)."""
 
-    __slots__ = ("requests", "tokens", "output_tokens", "headroom", "burst_seconds", "_answered", "_warn", "_warned", "_output_limit", "_limits")
+    __slots__ = (
+        "requests", "tokens", "output_tokens", "headroom", "burst_seconds", "_answered", "_warn", "_warned", "_output_limit", "_limits",
+        "_output_held",
+    )
 
     def __init__(
         self, given: Limits | None, *, headroom: float = 1.0, warn: Callable[[str], None] | None = None, output_limit: bool = False
@@ -244,6 +272,8 @@ class LimitTuner:
         self._warned: set[str] = set()
         #: `limits()` as last worked out: only a report with something in it changes them.
         self._limits: Limits | None = None
+        #: The most output tokens the server has said it had left: its output bucket holds at least that.
+        self._output_held = 0.0
 
     def __repr__(self) -> str:
         return f"LimitTuner({self.limits()}, ratios={self.requests.ratio:.2f}/{self.tokens.ratio:.2f})"
@@ -265,9 +295,18 @@ class LimitTuner:
             # No output-token limit known is no output bucket at all (most APIs have none).
             output = self._rate(self.output_tokens) if self.output_tokens.base() is not None else None
             self._limits = Limits(
-                self._rate(self.requests), self._rate(self.tokens), burst_seconds=self.burst_seconds, output_tokens_per_minute=output
+                self._rate(self.requests), self._rate(self.tokens), burst_seconds=self.burst_seconds, output_tokens_per_minute=output,
+                output_burst_seconds=self._output_burst(),
             )
         return self._limits
+
+    def _output_burst(self) -> float | None:
+        """Seconds of OTPM our output bucket holds: what the server's has been seen to hold (it may enforce its
+        limit over one second, or fill up to a minute), never less than `burst_seconds`, never over a minute."""
+        base = self.output_tokens.base()
+        if base is None or not self._output_held:
+            return None
+        return min(OUTPUT_BURST_SECONDS, max(self.burst_seconds, self._output_held / (base / 60.0)))
 
     def _rate(self, dimension: _Dimension) -> float:
         base = dimension.base()
@@ -288,6 +327,9 @@ class LimitTuner:
                 self._warned.add(name)
                 self._warn(f"ignoring the API's {name}: {text[:40]!r}, which is no account's limit (not a number, or below "
                            f"{dict(_LIMIT_HEADERS)[name]:g} a minute); the pace follows the other limits and any 429s")
+        if report.remaining_output_tokens is not None and report.remaining_output_tokens > self._output_held:
+            self._output_held = report.remaining_output_tokens
+            self._limits = None
         if report.empty:
             return
         self._limits = None

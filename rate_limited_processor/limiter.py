@@ -36,9 +36,10 @@ __all__ = ["DEFAULT_BURST_SECONDS", "UNLIMITED", "Admission", "Limits", "TokenBu
 
 #: Bucket capacity in seconds of the rate: one second, as OpenAI enforces short windows.
 DEFAULT_BURST_SECONDS = 1.0
-#: The output-token bucket holds a minute, whatever `burst_seconds` says: each request reserves its whole
-#: `max_tokens` and gets most of it back only when its answer arrives, so the bucket must hold the reservations
-#: of every request in flight, as the server's own does (Anthropic's fills "up to your maximum limit").
+#: The most the output-token bucket is grown to, in seconds of its rate: Anthropic's fills "up to your maximum
+#: limit", a minute. It starts at `burst_seconds`, as a server enforcing the limit over one second holds (one
+#: `max_tokens` reservation may exceed that: it waits for a full bucket and takes it into debt until the answer
+#: refunds what it did not use), and grows to what the server's `remaining` header shows it holds.
 OUTPUT_BURST_SECONDS = 60.0
 #: Waits shorter than this count as "now"; float refill arithmetic never lands exactly on zero.
 _EPSILON = 1e-9
@@ -58,6 +59,8 @@ class Limits:
     #: Output tokens per minute (Anthropic's OTPM): reserved at `max_tokens` when sent, refunded to what the
     #: answer used. None: no such limit (OpenAI counts the completion budget in `tokens_per_minute`).
     output_tokens_per_minute: float | None = None
+    #: The output-token bucket's capacity, in seconds of its rate. None: `burst_seconds`.
+    output_burst_seconds: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("requests_per_minute", "tokens_per_minute", "output_tokens_per_minute"):
@@ -66,6 +69,13 @@ class Limits:
                 raise ValueError(f"{name} must be positive, got {value}")
         if self.burst_seconds <= 0:
             raise ValueError(f"burst_seconds must be positive, got {self.burst_seconds}")
+        if self.output_burst_seconds is not None and self.output_burst_seconds <= 0:
+            raise ValueError(f"output_burst_seconds must be positive, got {self.output_burst_seconds}")
+
+    @property
+    def output_burst(self) -> float:
+        """Seconds of the output-token rate its bucket holds."""
+        return self.output_burst_seconds if self.output_burst_seconds is not None else self.burst_seconds
 
 
 #: No limit at all: the library's way to say so (None means "not given": learned where the run learns).
@@ -143,7 +153,7 @@ class RateBuckets:
         """Clients start empty (see the module docstring); a server enforcing limits starts full."""
         self.requests = _bucket(limits.requests_per_minute, limits.burst_seconds, now, start_full)
         self.tokens = _bucket(limits.tokens_per_minute, limits.burst_seconds, now, start_full)
-        self.output_tokens = _bucket(limits.output_tokens_per_minute, max(limits.burst_seconds, OUTPUT_BURST_SECONDS), now, start_full)
+        self.output_tokens = _bucket(limits.output_tokens_per_minute, limits.output_burst, now, start_full)
 
     def __repr__(self) -> str:
         return f"RateBuckets(requests={self.requests!r}, tokens={self.tokens!r}, output_tokens={self.output_tokens!r})"
@@ -239,11 +249,14 @@ class InProcessLimiter:
     """The embedded default: `RateBuckets` in this process, waited on by sleeping exactly as long as needed.
 
     Callers are served one at a time in arrival order (an asyncio.Lock), so a large request is not
-    starved by a stream of small ones.
+    starved by a stream of small ones. The one waiting sleeps exactly as long as the buckets need, and wakes
+    early when a refund or new limits may have made room sooner: an output-token reservation that took the
+    bucket into debt is mostly given back a moment later, when its answer comes.
     """
 
     __slots__ = (
         "limits", "_buckets", "_clock", "_sleep", "_lock", "_queued", "_paused_until", "_admitted_requests", "_admitted_tokens", "_admitted_output",
+        "_room",
     )
 
     def __init__(self, limits: Limits, *, clock: Now = loop_time, sleep: Sleep = asyncio.sleep) -> None:
@@ -258,6 +271,8 @@ class InProcessLimiter:
         self._admitted_requests = 0
         self._admitted_tokens = 0
         self._admitted_output = 0
+        #: Set when a refund or new limits may let the waiting caller go sooner than it was told.
+        self._room = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"InProcessLimiter({self.limits!r})"
@@ -281,9 +296,20 @@ class InProcessLimiter:
                     admitted = self._try_admit(tokens, output_tokens)
                     if isinstance(admitted, Admission):
                         return admitted
-                    await self._sleep(admitted)
+                    await self._wait(admitted)
         finally:
             self._queued -= 1
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if room is made meanwhile (`_room`)."""
+        self._room.clear()
+        sleeping = asyncio.ensure_future(self._sleep(seconds))
+        woken = asyncio.ensure_future(self._room.wait())
+        try:
+            await asyncio.wait((sleeping, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            woken.cancel()
 
     def _try_admit(self, tokens: int, output_tokens: int) -> Admission | float:
         """Take the request if it may go now; else the seconds to wait (for the pause to end, or for room)."""
@@ -312,6 +338,8 @@ class InProcessLimiter:
     async def refund(self, output_tokens: int) -> None:
         self._admitted_output -= output_tokens
         self._buckets.give_back(output_tokens, self._clock())
+        if self._queued:
+            self._room.set()
 
     async def pause(self, seconds: float) -> None:
         now = self._clock()
@@ -322,7 +350,7 @@ class InProcessLimiter:
 
     async def set_limits(self, limits: Limits) -> None:
         """New rates from now on. What the buckets hold carries over (up to their new capacity), and so
-        does a pause. An acquire already sleeping finishes its sleep at the old rate, then uses the new."""
+        does a pause. An acquire already waiting looks again at once."""
         now = self._clock()
         old = self._buckets
         self._buckets = RateBuckets(limits, now=now)
@@ -333,6 +361,8 @@ class InProcessLimiter:
                 after.level = min(before.level, after.capacity)
                 after.updated_at = max(before.updated_at, now)
         self.limits = limits
+        if self._queued:
+            self._room.set()
 
     async def aclose(self) -> None:
         return None

@@ -86,9 +86,10 @@ ACCELERATION = 300
 RECOVERY = 0.01
 #: In slow start the rate doubles every round trip of sending, but at most every 0.1 s and at least every 0.5 s.
 SLOW_START_DOUBLING = (0.1, 0.5)
-#: However many answers come per round trip, the rate grows by at most this fraction per round trip: the
-#: feedback of a 429 takes that long, and a fast rate must not overshoot further in the meantime.
-MAX_GROWTH_PER_ROUND_TRIP = 0.1
+#: However many answers come per second, the rate grows by at most this fraction per second. Time is the clock,
+#: not the round trip: a 429 comes back at once, whatever the latency of an admitted answer, so an overshoot is
+#: heard of within a second, and a 9 s answer must not make recovery take minutes.
+MAX_GROWTH_PER_SECOND = 0.1
 #: Slow start begins at this many requests per round trip.
 INITIAL_REQUESTS_PER_ROUND_TRIP = 4.0
 #: This many admitted answers in a row end a storm (refusals come back at once, admissions after the latency).
@@ -98,6 +99,16 @@ STORM_OVER_ANSWERS = 4
 #: hints: 16 cost 25 of 600 requests against a 600 RPM server that hints 3 ms; 8 cost 13. Told the truth, 8
 #: costs one more round trip of start-up than 16.
 INITIAL_WINDOW = 8
+#: Until an admitted answer tells the latency, the window also doubles every this many seconds: time, not
+#: answers, is the clock, so an answer that takes 30 s does not hold a run to 8 requests for 30 s. (The rate is
+#: paced meanwhile: by the limits, and after a refusal by a cut to what we were actually sending.)
+WINDOW_DOUBLING_SECONDS = 0.25
+#: Little's law: holding R requests a second, each answered in L seconds, takes R x L in flight. Once the
+#: latency is known, the window holds the rate in force for the smoothed latency plus this many of its mean
+#: deviations (TCP's retransmission timeout), so a long tail does not throttle the rate.
+LATENCY_DEVIATIONS = 4.0
+#: A lone 429 tells where the limit is only while we were sending at this fraction of our limits or more.
+PRESSING = 0.9
 #: What the server admitted is measured from at least this many answers.
 MIN_SAMPLES = 8
 #: This many admitted answers without a 429, and this many requests' worth of sending time since the last
@@ -111,8 +122,10 @@ HISTORY_SECONDS = 60.0
 #: The round trip assumed before one has been measured; the least a hint-less pause lasts.
 DEFAULT_ROUND_TRIP = 0.1
 MIN_HINTLESS_PAUSE = 0.05
-#: Smoothing of the round-trip estimate (the weight of each new sample).
+#: Smoothing of the round-trip estimate (the weight of each new sample)...
 ROUND_TRIP_WEIGHT = 0.125
+#: ...and of the mean size of an answer.
+SIZE_WEIGHT = 1 / 64
 
 
 @dataclass(slots=True)  # not frozen: one is made per request, and a frozen one costs a call per field
@@ -131,6 +144,9 @@ class Answer:
     on_output_tokens: bool = False
     #: Output tokens its answer used (Anthropic's usage.output_tokens; 0 when refused).
     output_tokens: int = 0
+    #: The refusal's headers say the server's bucket was empty at a limit it states: the bucket working, not
+    #: evidence that the limit is lower than stated. It pauses (by its hint) but cuts nothing.
+    explained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +189,11 @@ class _Cap:
     #: What the server admitted over the whole remembered history at the last cut (when that spans enough).
     long_run: float | None = None
 
-    def grow(self, acceleration: float, answers_per_round_trip: float) -> None:
-        """One admitted answer's worth of increase."""
+    def grow(self, acceleration: float, answers_per_second: float) -> None:
+        """One admitted answer's worth of increase: at most `MAX_GROWTH_PER_SECOND` of the rate per second."""
         if math.isinf(self.per_second):
             return
-        most = MAX_GROWTH_PER_ROUND_TRIP / max(1.0, answers_per_round_trip)
+        most = MAX_GROWTH_PER_SECOND / max(1.0, answers_per_second)
         if self.found is None:
             self.per_second *= 1 + min(RECOVERY, most)
         else:
@@ -200,6 +216,11 @@ class RateController:
         "_output_tokens",
         "_slow_start",
         "_round_trip",
+        "_round_trip_deviation",
+        "_mean_tokens",
+        "_mean_output_tokens",
+        "_first_sent",
+        "_refused",
         "_answers",
         "_sends",
         "_in_flight",
@@ -227,8 +248,15 @@ class RateController:
         self._output_tokens = _Cap()
         #: Slow start runs until the first cut, and only where nothing bounds the request rate.
         self._slow_start = not requests_ceiling_known
-        #: Smoothed seconds from sending to an admitted answer.
+        #: Smoothed seconds from sending to an admitted answer, and its smoothed mean deviation.
         self._round_trip: float | None = None
+        self._round_trip_deviation = 0.0
+        #: What an answer holds on average (smoothed): to turn token limits into requests.
+        self._mean_tokens = 0.0
+        self._mean_output_tokens = 0.0
+        #: When the first request went out (None: not yet), and whether any was refused for the rate limit.
+        self._first_sent: float | None = None
+        self._refused = False
         #: Recent answers (to measure what the server admitted), and the sends of the last second.
         self._answers: deque[_Sample] = deque(maxlen=HISTORY_ANSWERS)
         self._sends: deque[float] = deque()
@@ -290,12 +318,53 @@ class RateController:
                 _lower(ceiling.tokens_per_minute, caps[1] * 60),
                 burst_seconds=ceiling.burst_seconds,
                 output_tokens_per_minute=_lower(ceiling.output_tokens_per_minute, caps[2] * 60),
+                output_burst_seconds=ceiling.output_burst_seconds,
             )
         return self._capped_limits
 
-    def window(self) -> float:
-        """The most requests to have in flight now."""
+    def window(self, now: float) -> float:
+        """The most requests to have in flight now: enough to hold the rate in force at the latency seen
+        (Little's law), and never fewer than the window grown from answers (and, before any refusal, from time)."""
+        if self._first_sent is None:
+            return self._window
+        doublings = (now - self._first_sent) / WINDOW_DOUBLING_SECONDS
+        if self._round_trip is not None and (self._refused or doublings >= 40):
+            return max(self._window, self.needed_in_flight(now))
+        grown = INITIAL_WINDOW * math.pow(2.0, min(40.0, doublings))
+        if not self._refused:
+            # Nothing has said the ceiling is wrong, nor that it is right: a ceiling of nonsense (a limit told 1e9)
+            # is let out at most as fast as time grows the window, however short the latency.
+            return max(self._window, min(grown, self.needed_in_flight(now)) if self._round_trip is not None else grown)
+        if math.isfinite(self.requests_per_second()):
+            # Refused, so the rate is now paced by a cut to what we were sending; only the latency is unknown.
+            return max(self._window, grown)
         return self._window
+
+    def needed_in_flight(self, now: float) -> float:
+        """Requests in flight that hold the rate in force at the latency seen: R x (latency + 4 deviations), the
+        latency at least the age of the oldest request still in flight (answers slower than any seen so far
+        must not throttle the rate). 0 until an admitted answer has told the latency; math.inf when nothing
+        bounds the rate."""
+        if self._round_trip is None:
+            return 0.0
+        rate = self.requests_per_second()
+        if not math.isfinite(rate):
+            return math.inf
+        latency = self._round_trip + LATENCY_DEVIATIONS * self._round_trip_deviation
+        if self._in_flight_heap:
+            latency = max(latency, now - self._in_flight_heap[0])
+        return rate * latency
+
+    def requests_per_second(self) -> float:
+        """The request rate in force: the lowest of our caps and the ceilings, token limits turned into requests
+        by the mean size of the answers seen (math.inf: nothing bounds it)."""
+        rate = min(self._requests.per_second, self._requests.ceiling)
+        for cap, size in ((self._tokens, self._mean_tokens), (self._output_tokens, self._mean_output_tokens)):
+            per_second = min(cap.per_second, cap.ceiling)
+            if size > 0 and math.isfinite(per_second):
+                rate = min(rate, per_second / size)
+        return rate
+
 
     def hintless_pause(self) -> float:
         """How long every sender pauses after a rate-limit 429 that says nothing about waiting."""
@@ -321,6 +390,8 @@ class RateController:
     def sent(self, now: float) -> None:
         """A request went out."""
         self._sends.append(now)
+        if self._first_sent is None:
+            self._first_sent = now
         self._forget_sends(now)
         self._in_flight[now] += 1
         self._in_flight_count += 1
@@ -353,7 +424,12 @@ class RateController:
         if answer.rate_limited:
             self._slow_start_growth(now)
         else:
-            self._round_trip = _smoothed(self._round_trip, now - answer.sent_at)
+            latency = now - answer.sent_at
+            if self._round_trip is not None:
+                self._round_trip_deviation += ROUND_TRIP_WEIGHT * (abs(latency - self._round_trip) - self._round_trip_deviation)
+            self._round_trip = _smoothed(self._round_trip, latency)
+            self._mean_tokens += SIZE_WEIGHT * (answer.tokens - self._mean_tokens) if self._mean_tokens else answer.tokens
+            self._mean_output_tokens += SIZE_WEIGHT * (answer.output_tokens - self._mean_output_tokens) if self._mean_output_tokens else answer.output_tokens
             self._slow_start_growth(now)  # after the round trip: the first answer in starts the rate from it
             # Admitted though sent after a refusal, or admitted several times in a row: the storm is over.
             if answer.sent_at > self._last_refusal_sent or self._admitted_since_refusal >= STORM_OVER_ANSWERS:
@@ -364,11 +440,14 @@ class RateController:
                 self._window += 1
             if not self._slow_start and self._capped() and self._using_the_rate(now):
                 acceleration = 1 + self._admitted_since_cut / ACCELERATION
-                per_round_trip = self._answers_per_round_trip()
-                self._requests.grow(acceleration, per_round_trip)
-                self._tokens.grow(acceleration, per_round_trip)
-                self._output_tokens.grow(acceleration, per_round_trip)
+                per_second = self._answers_per_second()
+                self._requests.grow(acceleration, per_second)
+                self._tokens.grow(acceleration, per_second)
+                self._output_tokens.grow(acceleration, per_second)
             return
+        if answer.explained:
+            return  # the server's bucket, empty at the limit it states: its hint pauses us, nothing is cut
+        self._refused = True
         if after_the_pause or self._rounds == 0:
             self._rounds += 1
         # Lone: no other request of the last `CALM_ANSWERS` sent (at the current rate) was refused. (Counted
@@ -405,19 +484,21 @@ class RateController:
         if resolved and len(resolved) > len(recent):  # at a fast rate, a second's worth rather than a handful
             last_second = [sample for sample in resolved if sample.sent_at >= resolved[-1].sent_at - 1.0]
             recent = last_second if len(last_second) > len(recent) else recent
-        sending = self._sending(recent, cap, measure)
+        sending = self._sending(recent, cap, measure, now)
         admitted = _rate_of([sample for sample in recent if sample.admitted], self._pauses, measure, span_of=recent)
         refusals = sum(not sample.admitted for sample in recent)
         if self._slow_start:  # the rate has just doubled past the limit: back to where it was (answers in are older)
             cap.cut_to(FALLBACK_CUT * min(cap.per_second, cap.ceiling))
         elif len(recent) >= MIN_SAMPLES and refusals and admitted:  # a storm we can measure
             cap.found = admitted
-            cap.cut_to(min(LONE_CUT * sending, max(MIN_CUT * sending, TARGET * admitted)))
+            # Refused again after the pause, nothing admitted between: far too fast, whatever the measurement says.
+            most = FALLBACK_CUT if self._rounds >= 2 else LONE_CUT
+            cap.cut_to(min(most * sending, max(MIN_CUT * sending, TARGET * admitted)))
         elif self._rounds >= 2 or self._round_trip is None:  # refused again after the pause, or before any admission: far too fast
             cap.cut_to(FALLBACK_CUT * sending)
         else:  # one refusal, nothing to measure yet: a little too fast
-            if lone and math.isfinite(sending):
-                cap.found = sending
+            if lone and math.isfinite(sending) and sending >= PRESSING * min(cap.per_second, cap.ceiling):
+                cap.found = sending  # we crept over the limit: it is about what we were sending
             cap.cut_to(LONE_CUT * sending)
         self._slow_start = False
         self._last_cut = now
@@ -427,10 +508,14 @@ class RateController:
         self._window = max(1.0, min(self._window, self._in_flight_count + 1) / 2, sustain)
         self.cuts += 1
         history = [sample for sample in self._answers if sample.sent_at < until]
-        if history and until - history[0].sent_at >= LONG_RUN_SECONDS:
-            cap.long_run = sum(measure(sample) for sample in history if sample.admitted) / (until - history[0].sent_at)
+        first = min((sample.sent_at for sample in history), default=until)  # answers come in any order at a long latency
+        if cap.found is not None and until - first >= LONG_RUN_SECONDS:
+            long_run = sum(measure(sample) for sample in history if sample.admitted) / (until - first)
+            # Only a long run spent pressing the limit measures it: one the window or the latency held down does not.
+            if long_run >= PRESSING * cap.found:
+                cap.long_run = long_run
 
-    def _sending(self, recent: list[_Sample], cap: _Cap, measure: _Measure) -> float:
+    def _sending(self, recent: list[_Sample], cap: _Cap, measure: _Measure, now: float) -> float:
         """The rate we are sending at, per second: from the latest sends (answers in tell of older rates, after
         a long latency), else from the answers, else the cap itself."""
         samples = [_Sample(at, 0, True) for at in self._sends]
@@ -439,6 +524,11 @@ class RateController:
             measured *= sum(measure(sample) for sample in self._answers) / len(self._answers) if self._answers else 0.0
         if measured is None and len(recent) >= MIN_SAMPLES:
             measured = _rate_of(recent, self._pauses, measure)
+        if measured is None and self._sends:
+            # Too few sends, or all at once, to measure a rate: what went out over the last second at least is known.
+            per_request = sum(measure(sample) for sample in self._answers) / len(self._answers) if self._answers else 1.0
+            span = max(1.0, now - self._sends[0])
+            measured = len(self._sends) / span * per_request
         if measured is None:
             measured = min(cap.per_second, cap.ceiling)
         return min(measured, cap.per_second, cap.ceiling)
@@ -485,9 +575,9 @@ class RateController:
         while sends and sends[0] < now - 1.0 and (len(sends) > 2 * MIN_SAMPLES or sends[0] < now - HISTORY_SECONDS):
             sends.popleft()
 
-    def _answers_per_round_trip(self) -> float:
-        cap = self._requests.per_second
-        return cap * self._round_trip_or_default() if math.isfinite(cap) else 0.0
+    def _answers_per_second(self) -> float:
+        rate = self.requests_per_second()
+        return rate if math.isfinite(rate) else 0.0
 
     def _round_trip_or_default(self) -> float:
         return self._round_trip if self._round_trip is not None else DEFAULT_ROUND_TRIP

@@ -469,7 +469,7 @@ class Processor:
     def _may_take_one_more(self, lane: Lane) -> bool:
         """Not while the lane's first request awaits the answer that tells its limits, nor beyond its window of
         requests in flight; but always when nothing at all is in flight."""
-        return not (lane.probing or lane.in_flight >= lane.control.window()) or not self._in_flight
+        return not (lane.probing or lane.in_flight >= lane.control.window(self._now())) or not self._in_flight
 
     def _lane_now(self, job: _Job) -> Lane | None:
         """The lane for this job if it can take it at once (as `_lane_for` would say); None to ask `_lane_for`."""
@@ -738,7 +738,10 @@ class Processor:
         if mark is not None:
             lane.tuner.observe(mark, report, from_the_api=from_the_api)
             if from_the_api:
-                answer = Answer(mark.sent_at, job.tokens, decision.rate_limited, decision.on_tokens, decision.on_output_tokens, used)
+                answer = Answer(
+                    mark.sent_at, job.tokens, decision.rate_limited, decision.on_tokens, decision.on_output_tokens, used,
+                    explained=decision.rate_limited and report.exhausted,
+                )
                 lane.control.answered(answer, now)
             else:  # a 5xx or no answer says nothing about the server's rate limiter
                 lane.control.lost(mark.sent_at)
@@ -800,6 +803,8 @@ def _close(a: Limits, b: Limits, tolerance: float = 0.01) -> bool:
     """Limits within 1% of each other: not worth rebuilding the buckets for. (Unlimited is close only to itself.)"""
     if a is b:
         return True
+    if a.output_burst != b.output_burst:
+        return False
     pairs = (
         (a.requests_per_minute, b.requests_per_minute),
         (a.tokens_per_minute, b.tokens_per_minute),

@@ -57,7 +57,7 @@ local state_key, limits_key = KEYS[1], KEYS[2]
 local op, me = ARGV[1], ARGV[2]
 local my_rpm, my_tpm, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local amount, ttl_ms, lifetime = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local my_opm, output = tonumber(ARGV[9]), tonumber(ARGV[10])
+local my_opm, output, output_burst = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -88,7 +88,7 @@ local ol, no = tonumber(s[7]) or 0, tonumber(s[8]) or 0
 local rr, rc, tr, tc, orate, oc = 0, 0, 0, 0, 0, 0
 if rpm >= 0 then rr = rpm / 60; rc = math.max(rr * burst, 1) end
 if tpm >= 0 then tr = tpm / 60; tc = math.max(tr * burst, 1) end
-if opm >= 0 then orate = opm / 60; oc = math.max(orate * math.max(burst, 60), 1) end  -- a minute: OUTPUT_BURST_SECONDS
+if opm >= 0 then orate = opm / 60; oc = math.max(orate * output_burst, 1) end
 
 -- Refill up to `at` (buckets emptied for a pause start refilling at its end: `up` may be ahead of now).
 local function refill(at)
@@ -221,7 +221,7 @@ class RedisLimiter:
             keys=self._keys,
             args=[op, self._me, _per_minute(limits.requests_per_minute), _per_minute(limits.tokens_per_minute),
                   repr(limits.burst_seconds), amount, IDLE_TTL_SECONDS * 1000, DECLARATION_LIFETIME_SECONDS,
-                  _per_minute(limits.output_tokens_per_minute), output],
+                  _per_minute(limits.output_tokens_per_minute), output, repr(limits.output_burst)],
         )
         if int(differs) and not self._warned:
             self._warned = True

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from rate_limited_processor.limiter import InProcessLimiter, Limits, RateBuckets, RateLimiter, TokenBucket
+from tests.virtual_time import run_virtual, virtual_time
 
 
 class FakeClock:
@@ -237,22 +238,40 @@ async def test_negative_token_counts_are_refused() -> None:
 
 async def test_output_tokens_are_reserved_when_sent_and_what_went_unused_comes_back() -> None:
     clock = FakeClock()
-    # 6,000 output tokens a minute: 100 a second; the bucket holds a minute (6,000), whatever burst_seconds says.
+    # 6,000 output tokens a minute: 100 a second, and the bucket holds one second of it (100), as a server
+    # enforcing the limit over one second does: a reservation of 400 waits for a full bucket and takes it into debt.
     limiter = InProcessLimiter(Limits(None, None, output_tokens_per_minute=6_000), clock=clock, sleep=clock.sleep)
     start = clock.now
-    await limiter.acquire(tokens=10, output_tokens=400)  # from an empty bucket: 4 s
-    assert clock.now - start == pytest.approx(4.0)
-    assert limiter.wait_time(10, 400) == pytest.approx(4.0)  # nothing left: the next waits as long
+    await limiter.acquire(tokens=10, output_tokens=400)  # from an empty bucket to a full one: 1 s
+    assert clock.now - start == pytest.approx(1.0)
+    assert limiter.wait_time(10, 400) == pytest.approx(4.0)  # 300 in debt, then full again
     await limiter.refund(360)  # the answer used 40 of its 400
-    assert limiter.wait_time(10, 400) == pytest.approx(0.4)
+    assert limiter.wait_time(10, 400) == pytest.approx(0.4)  # at 60: 40 to go
     admitted = await limiter.acquire(tokens=10, output_tokens=400)
-    assert clock.now - start == pytest.approx(4.4) and admitted.output_tokens == 800 - 360
+    assert clock.now - start == pytest.approx(1.4) and admitted.output_tokens == 800 - 360
 
 
-async def test_the_output_bucket_holds_a_minute_so_reservations_in_flight_fit() -> None:
+def test_a_refund_wakes_the_request_waiting_for_output_tokens() -> None:
+    async def main() -> float:
+        limiter = InProcessLimiter(Limits(None, None, output_tokens_per_minute=6_000))  # the loop's clock and sleep
+        await limiter.acquire(tokens=1, output_tokens=400)
+        start = virtual_time()
+        waiting = asyncio.create_task(limiter.acquire(tokens=1, output_tokens=400))  # told to sleep 4 s
+        await asyncio.sleep(0.1)  # the first answer comes after 0.1 s, having used 40 of its 400
+        await limiter.refund(360)
+        await waiting
+        return virtual_time() - start
+
+    # Woken by the refund: 70 of 100 after it, full 0.3 s later, not at the 4 s it was first told.
+    assert run_virtual(main()) == pytest.approx(0.4)
+
+
+async def test_an_output_bucket_of_a_minute_holds_the_reservations_in_flight() -> None:
     clock = FakeClock()
-    limiter = InProcessLimiter(Limits(None, None, output_tokens_per_minute=6_000), clock=clock, sleep=clock.sleep)
-    clock.now += 120  # idle two minutes: the bucket fills to a minute's worth, not one second's
+    # A server whose output bucket fills up to a minute (the tuner sees it in `remaining`): so does ours.
+    limits = Limits(None, None, output_tokens_per_minute=6_000, output_burst_seconds=60)
+    limiter = InProcessLimiter(limits, clock=clock, sleep=clock.sleep)
+    clock.now += 120  # idle two minutes: the bucket fills to a minute's worth
     start = clock.now
     for _ in range(15):  # 15 x 400 = 6,000 reserved at once, as 15 requests in flight would
         await limiter.acquire(tokens=1, output_tokens=400)
@@ -262,6 +281,6 @@ async def test_the_output_bucket_holds_a_minute_so_reservations_in_flight_fit() 
 
 
 async def test_a_refund_never_fills_the_bucket_beyond_its_capacity() -> None:
-    buckets = RateBuckets(Limits(None, None, output_tokens_per_minute=600), now=0.0, start_full=True)  # capacity 600
+    buckets = RateBuckets(Limits(None, None, output_tokens_per_minute=600, output_burst_seconds=60), now=0.0, start_full=True)  # capacity 600
     buckets.give_back(10_000, now=0.0)
     assert buckets.output_tokens is not None and buckets.output_tokens.level == 600

@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--latency", type=float, default=0.0, help="seconds before each successful answer (default: 0)")
     add("--latency_jitter", type=float, default=0.0, help="up to this many extra seconds at random (default: 0)")
     add(
+        "--latency_sigma", type=float, default=0.0, metavar="SIGMA",
+        help="draw each latency from a lognormal whose median is --latency, with this sigma (1.0: one answer in twenty over 5x the median) "
+        "(default: 0, no draw)",
+    )
+    add(
+        "--output_burst_seconds", type=float, default=None, metavar="SECONDS",
+        help="the output-token bucket's capacity in seconds of --output_tokens_per_minute (default: a minute; 1 enforces it over one second)",
+    )
+    add(
         "--time_to_first_token", type=float, default=0.0, metavar="SECONDS",
         help="a request asking for a stream (\"stream\": true) gets its first event after the latency and its first token this "
         "much later (default: 0)",
@@ -139,6 +148,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         token_encoding_name=args.token_encoding_name,
         latency=args.latency,
         latency_jitter=args.latency_jitter,
+        latency_sigma=args.latency_sigma,
+        output_burst_seconds=args.output_burst_seconds,
         time_to_first_token=args.time_to_first_token,
         inter_token_gap=args.inter_token_gap,
         faults=faults,

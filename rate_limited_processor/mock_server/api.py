@@ -169,7 +169,7 @@ class MockApi:
         self._wall = wall if wall is not None else (lambda: time.time() - time.monotonic() + clock())
         self.batches = MockBatches(config, clock)
         self._faults = FaultPlan(config.faults, seed=config.seed, after=config.faults_after)
-        self._gate = RateLimitGate(config.limits, now=clock())
+        self._gate = RateLimitGate(config.limits, now=clock(), output_burst_seconds=config.output_burst_seconds)
         self._counter = TokenCounter(config.token_counting, config.token_encoding_name)
         # Its own generator, so the latency drawn never shifts the fault sequence.
         self._latency_rng = random.Random(f"latency-{config.seed}")
@@ -330,6 +330,8 @@ class MockApi:
     async def _delay(self, endpoint: Endpoint, arrived_at: float, key: str, tokens: int) -> None:
         """Wait out the configured latency; a client that leaves meanwhile is recorded as DISCONNECTED."""
         delay = self.config.latency
+        if self.config.latency_sigma:
+            delay *= self._latency_rng.lognormvariate(0.0, self.config.latency_sigma)
         if self.config.latency_jitter:
             delay += self._latency_rng.uniform(0.0, self.config.latency_jitter)
         if delay <= 0:

@@ -38,6 +38,10 @@ class MockConfig:
     output_tokens: int = 40
     #: Bucket capacity in seconds of the limit: 60 allows a whole minute at once, 1 (OpenAI-like) one second.
     burst_seconds: float = 1.0
+    #: The output-token bucket's capacity in seconds of OTPM. None: a minute ("continuously replenished up to
+    #: your maximum limit"); 1: enforced over one second, as Anthropic says its limits may be, so one
+    #: `max_tokens` reservation can exceed it and take the bucket into debt until the answer refunds the rest.
+    output_burst_seconds: float | None = None
     #: "tiktoken" counts tokens with the tokenizer; "chars" counts characters / 4 as OpenAI's limiter does.
     token_counting: TokenCounting = "tiktoken"
     #: Force one tiktoken encoding; None lets the estimator pick it from each request's model.
@@ -46,6 +50,9 @@ class MockConfig:
     latency: float = 0.0
     #: Up to this many extra seconds (uniformly drawn) on top of `latency`.
     latency_jitter: float = 0.0
+    #: When above 0, `latency` is the median of a lognormal draw with this sigma (1.0: one answer in twenty
+    #: takes over 5x the median, as reasoning models' do), before the jitter is added.
+    latency_sigma: float = 0.0
     #: A streamed answer's first event goes out after the latency; its first token this many seconds later.
     time_to_first_token: float = 0.0
     #: Seconds between two tokens of a streamed answer.
@@ -87,10 +94,12 @@ class MockConfig:
             raise ValueError(f"rate_limit_hint must be a number of seconds >= 0, got {self.rate_limit_hint}")
         if self.token_counting not in _TOKEN_COUNTING_MODES:
             raise ValueError(f"token_counting must be one of {_TOKEN_COUNTING_MODES}, got {self.token_counting!r}")
-        if self.latency < 0 or self.latency_jitter < 0:
+        if self.latency < 0 or self.latency_jitter < 0 or self.latency_sigma < 0:
             raise ValueError(
                 f"latency and latency_jitter must not be negative, got {self.latency} and {self.latency_jitter}"
             )
+        if self.output_burst_seconds is not None and not self.output_burst_seconds > 0:
+            raise ValueError(f"output_burst_seconds must be positive, got {self.output_burst_seconds}")
         if self.output_tokens < 1:
             raise ValueError(f"output_tokens must be at least 1, got {self.output_tokens}")
         if not (self.time_to_first_token >= 0 and self.inter_token_gap >= 0):

@@ -100,12 +100,14 @@ class RateLimitGate:
     #: The limits that are set, requests first.
     _enforced: tuple[_Limit, ...]
 
-    def __init__(self, limits: Limits, *, now: float) -> None:
+    def __init__(self, limits: Limits, *, now: float, output_burst_seconds: float | None = None) -> None:
+        """`output_burst_seconds`: the output-token bucket's capacity (default a minute, see the class docstring)."""
         self.limits = limits
+        output_burst = output_burst_seconds if output_burst_seconds is not None else max(limits.burst_seconds, OUTPUT_BURST_SECONDS)
         self._enforced = (
             *_limit("requests", limits.requests_per_minute, limits.burst_seconds, now),
             *_limit("tokens", limits.tokens_per_minute, limits.burst_seconds, now),
-            *_limit("output_tokens", limits.output_tokens_per_minute, max(limits.burst_seconds, OUTPUT_BURST_SECONDS), now),
+            *_limit("output_tokens", limits.output_tokens_per_minute, output_burst, now),
         )
 
     def __repr__(self) -> str:
