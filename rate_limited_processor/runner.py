@@ -286,7 +286,7 @@ class Processor:
         #: Every (account, model) lane: its limiter, its ceiling learned from headers, its rate control.
         self.lanes = Lanes(settings, make_limiter=make_limiter, clock=clock)
         self.estimator = estimator if estimator is not None else TokenEstimator(settings.token_encoding_name)
-        self.stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now)
+        self.stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, max_in_flight=settings.max_in_flight)
         self._transport = as_transport(transport) if transport is not None else None
         self._scheduler: Scheduler[_Job] = Scheduler(max_waiting_retries=settings.max_in_flight, max_ahead=max_ahead)
         self._scrub = scrubber_for(settings)
@@ -367,6 +367,7 @@ class Processor:
                 self.stats.finished_at = self._now()
                 lanes = self.lanes.all()
                 self.stats.control = lanes[0].control.report() if len(lanes) == 1 else None
+                self.stats.needed_in_flight = sum(lane.control.needed_in_flight(self.stats.finished_at) for lane in lanes) if lanes else None
                 self.stats.lanes = self.lanes.reports()
                 self._show_limits()
                 self.stats.dropped_accounts = self.lanes.dropped
@@ -428,7 +429,13 @@ class Processor:
     async def _feed(self, source: _Source, transport: Transport) -> None:
         try:
             while True:
-                await self._slots.acquire()
+                if self._slots.locked():  # every slot is taken: --max_in_flight, not the limits, sets the pace now
+                    self.stats.in_flight_cap_waits += 1
+                    self.stats.at_in_flight_cap = True
+                    await self._slots.acquire()
+                    self.stats.at_in_flight_cap = False
+                else:
+                    await self._slots.acquire()
                 while self._in_flight and self._one_at_a_time:
                     self._changed.clear()
                     await self._wait_for_change()

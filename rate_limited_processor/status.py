@@ -123,6 +123,12 @@ class RunStats:
     failed_earlier: int = 0
     #: What the closed-loop rate control found (set at the end of a run).
     control: ControlReport | None = None
+    #: `--max_in_flight`, times the run had to wait for one of its slots, whether it waits now, and the requests
+    #: in flight the limits in force need at the latency seen (Little's law; set at the end of a run).
+    max_in_flight: int | None = None
+    in_flight_cap_waits: int = 0
+    at_in_flight_cap: bool = False
+    needed_in_flight: float | None = None
     #: What each (account, model) lane did, when a run had more than one (set at the end of a run).
     lanes: list[LaneReport] = field(default_factory=list)
     #: Accounts the run stopped using, and why (a refused key, no quota).
@@ -332,6 +338,8 @@ def bar_postfix(stats: RunStats, now: float, given: Limits | None = None) -> str
         f"{_short(rpm)}/{_short(limits.requests_per_minute)} RPM, {_short(tpm)}/{_short(limits.tokens_per_minute)} TPM"
         f"{' (learned)' if learned else ''}, {_plural(stats.retries, 'retry', 'retries')}, {stats.rate_limit_errors:,} 429s, {stats.failed:,} failed"
     )
+    if stats.at_in_flight_cap:
+        text += f"; held by --max_in_flight {stats.max_in_flight:,}"
     waiting = waiting_note(stats, now)
     return f"{text}; {waiting}" if waiting is not None else text
 
@@ -455,6 +463,7 @@ def format_summary(stats: RunStats, *, save_path: str | None = None, prices: Pri
     if abs(stats.server_token_ratio - 1) >= 0.02:
         lines.append(f"                   the API's rate limiter charged about {stats.server_token_ratio:.2f}x our estimates (paced to match)")
     lines.extend(_control_lines(stats, minutes))
+    lines.extend(_in_flight_lines(stats))
     lines.extend(_lane_lines(stats))
     if prices is not None:
         lines.extend(_cost_lines(stats, prices, max_cost_usd))
@@ -480,6 +489,19 @@ def _control_lines(stats: RunStats, minutes: float) -> list[str]:
     if found:
         line += "; the server's limit appears to be " + " and ".join(found)
     return [line]
+
+
+def _in_flight_lines(stats: RunStats) -> list[str]:
+    """Whether `--max_in_flight` held the run below its limits: at a long latency, a rate needs rate x latency
+    requests in flight (Little's law), and the cap, not the API, then sets the pace."""
+    cap, needed = stats.max_in_flight, stats.needed_in_flight
+    if cap is None or not stats.in_flight_cap_waits or needed is None or not math.isfinite(needed) or needed <= cap:
+        return []
+    enough = _round_figure(needed * 1.2)
+    return [
+        f"  in flight        --max_in_flight {cap:,} held the pace below the limits: at the latency seen they need about "
+        f"{needed:,.0f} in flight; --max_in_flight {enough:.0f} would not bind"
+    ]
 
 
 def _cost_lines(stats: RunStats, prices: PriceBook, max_cost_usd: float | None) -> list[str]:
