@@ -116,6 +116,9 @@ class _Job:
     received: ReceiveTimings | None = None
     #: The dollars the attempt in flight holds of the run's budget (`--max_cost_usd`).
     cost: float = 0.0
+    #: A successful answer not yet delivered: a bug in what follows it (learning from its headers) must not
+    #: throw away what was paid for (`Processor._attempt` delivers it).
+    answer: HTTPOutcome | None = None
 
     def state(self, now: float) -> JobState:
         """What the decision step needs to know of this request."""
@@ -621,7 +624,7 @@ class Processor:
     async def _attempt(self, job: _Job, transport: Transport) -> None:
         try:
             await self._try_once(job, transport)
-        except Exception as error:  # a bug of ours must not lose the request silently
+        except Exception as error:  # a bug of ours must not lose the request silently, nor a paid answer
             await self._deliver(self._internal_error(job, error))
         finally:
             if job.lane is not None:
@@ -654,6 +657,8 @@ class Processor:
             job.received = None
             outcome = outcome_of_error(error, self._scrub)
         decision = classify(outcome, endpoint=job.endpoint)
+        if decision.verdict is _SUCCESS:
+            job.answer = outcome
         if self.budget is not None:
             succeeded, answered = decision.verdict is _SUCCESS, outcome.status is not None
             self.budget.settle(job.cost, self.budget.actual(job.request.body, job.cost, answer=outcome.body, succeeded=succeeded, answered=answered))
@@ -684,7 +689,9 @@ class Processor:
             case Succeed():
                 if verbose:
                     logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self._now() - started)
-                await self._deliver(job.result(outcome, _SUCCEEDED))
+                result = job.result(outcome, _SUCCEEDED)
+                job.answer = None
+                await self._deliver(result)
             case Fail():
                 job.errors.append(reason)
                 logger.error("%s: failed after %d attempt(s): %s", job.request.name, job.attempts, reason)
@@ -781,6 +788,10 @@ class Processor:
 
     def _internal_error(self, job: _Job, error: Exception) -> RequestResult:
         details = self._scrub("".join(traceback.format_exception(error)))
+        if job.answer is not None:  # the answer came and was good: it is the result, whatever failed after it
+            logger.error("%s: internal error after its answer came (a bug; please report it); the answer is kept:\n%s", job.request.name, details)
+            answer, job.answer = job.answer, None
+            return job.result(answer, _SUCCEEDED)
         logger.error("%s: internal error (a bug; please report it):\n%s", job.request.name, details)
         job.errors.append(self._scrub(f"internal error: {type(error).__name__}: {error}"))
         return job.result(None, ResultKind.FAILED)
