@@ -238,11 +238,17 @@ def _unshown(message: str, record: Any) -> str:
                 collect(item)
 
     if isinstance(record, dict):
-        collect({name: value for name, value in record.items() if name != "name"})
+        shown = ("name", "api_key_env") if _plainly_a_variable(record.get("api_key_env")) else ("name",)
+        collect({name: value for name, value in record.items() if name not in shown})
         secrets.extend(name for name in record if name not in _ACCOUNT_FIELDS and not difflib.get_close_matches(name, _ACCOUNT_FIELDS, n=1))
     else:
         collect(record)
     return Scrubber(secrets)(message)
+
+
+def _plainly_a_variable(value: Any) -> bool:
+    """A name such as OPENAI_KEY_TEAM_A, which no key looks like: words of at most 16 characters joined by "_"."""
+    return isinstance(value, str) and _VARIABLE_NAME.fullmatch(value) is not None and all(len(word) <= 16 for word in value.split("_"))
 
 
 def _account_from(record: Any, where: str) -> Account:
