@@ -51,6 +51,7 @@ from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_f
 from .resume import identity_of_item, prepare_results_file, sidecar_path
 from .retry_policy import answer_problem
 from .runner import Processor
+from .side_files import JOB_SIDECARS
 from .status import ProgressDisplay, RunStats
 from .token_estimation import TokenEstimator
 from .transport import SendFunction, Transport
@@ -110,7 +111,7 @@ async def run_batch_job(
     and `ResumeError` for a batch record that is not this tool's or names another API root.
     """
     requests_path, save_path = Path(requests_path), Path(save_path)
-    check_output_path(requests_path, save_path)
+    check_output_path(requests_path, save_path, sidecars=(*JOB_SIDECARS, SIDECAR_KIND))
     with OutputLock(save_path) as lock:
         if output_format == "auto":
             output_format = detect_output_format(requests_path)

@@ -40,6 +40,7 @@ from .report import RunReport
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
 from .resume import DoneIndex, ResumeReport, identity_of_item, prepare_results_file, sidecar_path
 from .runner import Processor
+from .side_files import JOB_SIDECARS, check_apart, job_files
 from .status import ProgressDisplay, RunStats
 from .transport import SendFunction, Transport
 
@@ -169,10 +170,16 @@ def note_repairs(save_path: str | Path, report: ResumeReport) -> None:
         logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
 
 
-def check_output_path(requests_path: str | Path, save_path: str | Path) -> None:
+def check_output_path(requests_path: str | Path, save_path: str | Path, *, sidecars: Iterable[str] = JOB_SIDECARS) -> None:
     """Refuse, before anything is read or sent, an output the run must never write to: the input itself
     under any name (the same device and inode, so a hard link or a symlink counts), or anything but a
-    regular file (a FIFO would block, a device cannot be read back to resume)."""
+    regular file (a FIFO would block, a device cannot be read back to resume). Nor may a sidecar the run writes
+    beside the results (`sidecars`: the lock, the index, ...) be the input or the results (`side_files`)."""
+    _check_output_file(requests_path, save_path)
+    check_apart(job_files(requests_path, save_path, sidecars=sidecars))
+
+
+def _check_output_file(requests_path: str | Path, save_path: str | Path) -> None:
     save = Path(save_path)
     try:
         output = save.stat()
