@@ -61,6 +61,7 @@ from .resume import prepare_results_file
 from .retry_policy import RetryPolicy
 from .side_files import JOB_SIDECARS, RunFile, check_apart, job_files
 from .status import RunStats, format_summary, summary_record
+from .terminal import hangup_proof_stderr
 from .token_estimation import TokenEstimator
 from .transport import AiohttpTransport
 
@@ -468,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.requests_filepath is None and not args.show_limits:
         parser.error("--requests_filepath is required: the JSONL file of requests to send")
-    return _Command(args).run()
+    with hangup_proof_stderr():  # a closed terminal (SIGHUP) must not cost the answers in flight
+        return _Command(args).run()
 
 
 class _Command:

@@ -83,7 +83,7 @@ async def run_file_job(
     Returns the run's stats; `stats.stop_reason` is set when the run stopped early. Raises `UsageError`
     before sending anything if the output is the input (under any name) or not a regular file, or another
     run holds it (see `OutputLock`), and `resume.ResumeError` if it is not a results file or is damaged. With
-    `handle_signals`, a first SIGINT/SIGTERM stops taking requests and gives those in flight
+    `handle_signals`, a first SIGINT/SIGTERM/SIGHUP stops taking requests and gives those in flight
     `shutdown_grace` seconds; a second abandons them at once. `output_format` "auto" writes Batch
     output for Batch input and the cookbook's rows otherwise. `ordered` writes rows in input order,
     holding at most `ordered_window` finished results until the ones before them are done.
@@ -390,10 +390,15 @@ def _handle_signals(processor: Processor, grace: float) -> Callable[[], None]:
     return on_stop_signals(on_signal)
 
 
+#: The signals that stop a run as Ctrl-C does. SIGHUP is a closed terminal or ssh session: its default, dying at
+#: once, would lose the answers in flight (paid for, then paid for again by the rerun) and the summary.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def on_stop_signals(on_signal: Callable[[str], None]) -> Callable[[], None]:
-    """Call `on_signal(name)` on SIGINT and SIGTERM in the running loop; the function returned removes it."""
+    """Call `on_signal(name)` on SIGINT, SIGTERM and SIGHUP in the running loop; the function returned removes it."""
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    signals = STOP_SIGNALS
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig.name)
 
