@@ -51,7 +51,7 @@ from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_f
 from .resume import identity_of_item, prepare_results_file, sidecar_path
 from .retry_policy import answer_problem
 from .runner import Processor
-from .side_files import JOB_SIDECARS
+from .side_files import JOB_SIDECARS, named
 from .status import ProgressDisplay, RunStats
 from .token_estimation import TokenEstimator
 from .transport import SendFunction, Transport
@@ -115,7 +115,10 @@ async def run_batch_job(
     with OutputLock(save_path) as lock:
         if output_format == "auto":
             output_format = detect_output_format(requests_path)
-        done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+        try:
+            done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+        except OSError as error:  # a full disk while indexing or repairing: one line naming the file, not a bug
+            raise named(error, save_path) from None
         lock.follow()
         note_repairs(save_path, report)
         root = api_root(settings.request_url)
@@ -138,6 +141,10 @@ async def run_batch_job(
                         job.plan(item)
                     stats.already_done = done.claimed
                     await job.run()
+                    moved = writer.check_moved()
+                    if moved is not None:
+                        logger.error("%s", moved)
+                        stats.stop_reason = stats.stop_reason or moved
                 finally:
                     remove_handlers()
         finally:

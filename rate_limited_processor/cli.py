@@ -525,6 +525,11 @@ class _Command:
             stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress, prices))
         except (UsageError, LimiterUnavailable) as error:  # the output refused (in use, not a results file), Redis down
             return self.refuse(error)
+        except OSError as error:  # the system refused a file (a full disk taking the lock, closing the index): not a bug
+            where = f"{error.filename}: " if error.filename else ""
+            message = f"{where}{error.strerror or error}"
+            print(f"{PROG}: error: {message} (a rerun resumes)", file=sys.stderr)
+            return self.finish(EXIT_STOPPED, None, error=message)
         except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
             print(f"{PROG}: interrupted", file=sys.stderr)
             return self.finish(EXIT_STOPPED, None, error="interrupted before the run started or after it ended")

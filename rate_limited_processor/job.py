@@ -40,7 +40,7 @@ from .report import RunReport
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
 from .resume import DoneIndex, ResumeReport, identity_of_item, prepare_results_file, sidecar_path
 from .runner import Processor
-from .side_files import JOB_SIDECARS, check_apart, job_files
+from .side_files import JOB_SIDECARS, check_apart, job_files, named
 from .status import ProgressDisplay, RunStats
 from .transport import SendFunction, Transport
 
@@ -96,7 +96,10 @@ async def run_file_job(
     with OutputLock(save_path) as lock:
         if output_format == "auto":
             output_format = detect_output_format(requests_path)
-        done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+        try:
+            done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+        except OSError as error:  # a full disk while indexing or repairing: one line naming the file, not a bug
+            raise named(error, save_path) from None
         lock.follow()  # dropping failure rows replaced the file: the new one is locked too
         note_repairs(save_path, report)
         processor = Processor(
@@ -133,6 +136,8 @@ async def run_file_job(
                     """Each result as it is final: its row written (or held for its turn), before the next one."""
                     if not write(reorder.add(result) if reorder is not None else (result,)):
                         return False
+                    if writer.moved is not None and not stats.stop_reason:
+                        stop_for_move(writer.moved)
                     if benchmark is not None:
                         if benchmark.origin is None:  # the timeline's second 0: when the run started
                             benchmark.begin(stats.started_at)
@@ -141,10 +146,18 @@ async def run_file_job(
                     display.update()
                     return True
 
+                def stop_for_move(moved: str) -> None:
+                    logger.error("%s; stopping the run (the answers in flight are written to the same file)", moved)
+                    processor.stop(moved)
+
                 with contextlib.suppress(RunStopped):
                     await processor.process_into(skip_done(read_requests(requests_path), done), store)
                 if reorder is not None:
                     write(reorder.drain())  # after a stop: what finished beyond a gap, still in order
+                moved = writer.moved or writer.check_moved()  # a run shorter than a check's interval is checked at its end
+                if moved is not None and stats.stop_reason is None:
+                    logger.error("%s", moved)
+                    stats.stop_reason = moved
         finally:
             stats.already_done = done.claimed
             remove_handlers()
@@ -287,8 +300,12 @@ class OutputLock:
             os.close(fd)
             raise UsageError(f"{self.lock_path} exists and is not a lock file of this tool; it is left untouched (move it aside if it is not needed)")
         line = _LOCK_LINE.format(pid=os.getpid(), host=socket.gethostname() or "?", since=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, line.encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, line.encode(), 0)
+        except OSError as error:  # a full disk: said with the lock file's name, not as a bug
+            os.close(fd)
+            raise named(error, self.lock_path) from None
         return fd
 
 

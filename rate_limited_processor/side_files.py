@@ -23,7 +23,7 @@ from pathlib import Path
 from .errors import UsageError
 from .resume import sidecar_path
 
-__all__ = ["RunFile", "check_apart", "job_files", "same_file_key"]
+__all__ = ["RunFile", "check_apart", "job_files", "same_file_key", "named"]
 
 #: The sidecars every file job writes beside its results: `<results>.lock` and `<results>.index`.
 JOB_SIDECARS = ("lock", "index")
@@ -71,3 +71,11 @@ def job_files(requests_path: str | Path, save_path: str | Path, *, sidecars: Ite
         path = sidecar_path(save_path, kind)
         files.append(RunFile(f"the {kind} file beside the results ({path.name})", path, written=True))
     return files
+
+
+def named(error: OSError, path: str | Path) -> OSError:
+    """`error` naming `path` when it names no file (a write through a descriptor): so the one line the command
+    prints says which file, and why ("No space left on device")."""
+    if error.filename is None:
+        error.filename = str(path)
+    return error
