@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE,
-        help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)",
+        help="after Ctrl-C, SIGTERM or SIGHUP, seconds the requests in flight get to finish (a second Ctrl-C stops at once)",
     )
     add(
         "--max_cost_usd", type=_positive_float, default=None, metavar="DOLLARS",
