@@ -596,7 +596,8 @@ class _Command:
             try:
                 write_json_atomically(self.summary_path, record)
             except OSError as write_error:
-                print(f"{PROG}: error: --summary_json: cannot write {self.summary_path}: {write_error.strerror or write_error}{self.drop_summary()}", file=sys.stderr)
+                cause = write_error.strerror or write_error
+                print(f"{PROG}: error: --summary_json: cannot write {self.summary_path}: {cause}{self.drop_summary()}", file=sys.stderr)
         return code
 
     def drop_summary(self) -> str:

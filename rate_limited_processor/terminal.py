@@ -66,7 +66,7 @@ def hangup_proof_stderr() -> Iterator[None]:
     if isinstance(original, HangupProofStream) or original is None:
         yield
         return
-    sys.stderr = HangupProofStream(original)  # type: ignore[assignment]
+    sys.stderr = HangupProofStream(original)
     try:
         yield
     finally:

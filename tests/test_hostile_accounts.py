@@ -16,18 +16,18 @@ AZURE_KEY = "0123456789abcdef0123456789abcdef"
 @pytest.mark.parametrize(
     "line",
     [
-        '{"name": "a", "api_key": "%s"' % KEY,  # cut short
-        '{"name": "a", "api_key": %s}' % KEY,  # unquoted
-        '{"name": "a", "%s": 1}' % KEY,  # the key as a field
-        '{"name": "a", "api_key_env": "%s"}' % KEY,  # the key where its variable's name goes
-        '{"name": "a", "api_key_env": "a%s"}' % AZURE_KEY,  # ... shaped like a variable's name
-        '{"name": "a", "max_requests_per_minute": "%s"}' % KEY,  # in a limit
-        '{"name": "a", "api_key": "Bearer %s"}' % KEY,
-        '{"name": "a", "api_key": "%s", "api_key_env": "X"}' % KEY,
-        '{"name": "a", "headers": {"Authorization": "Bearer %s\\n"}}' % KEY,
-        '{"name": "a", "headers": {"x": ["%s"]}}' % KEY,
-        '["%s"]' % KEY,
-        '"%s"' % KEY,
+        f'{{"name": "a", "api_key": "{KEY}"',  # cut short
+        f'{{"name": "a", "api_key": {KEY}}}',  # unquoted
+        f'{{"name": "a", "{KEY}": 1}}',  # the key as a field
+        f'{{"name": "a", "api_key_env": "{KEY}"}}',  # the key where its variable's name goes
+        f'{{"name": "a", "api_key_env": "a{AZURE_KEY}"}}',  # ... shaped like a variable's name
+        f'{{"name": "a", "max_requests_per_minute": "{KEY}"}}',  # in a limit
+        f'{{"name": "a", "api_key": "Bearer {KEY}"}}',
+        f'{{"name": "a", "api_key": "{KEY}", "api_key_env": "X"}}',
+        f'{{"name": "a", "headers": {{"Authorization": "Bearer {KEY}\\n"}}}}',
+        f'{{"name": "a", "headers": {{"x": ["{KEY}"]}}}}',
+        f'["{KEY}"]',
+        f'"{KEY}"',
         KEY,
     ],
 )

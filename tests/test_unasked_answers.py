@@ -25,7 +25,8 @@ RETRY = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.02)
 
 
 def answer(tag: str) -> bytes:
-    body = json.dumps({"choices": [{"message": {"role": "assistant", "content": tag}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    body = json.dumps({"choices": [{"message": {"role": "assistant", "content": tag}}], "usage": usage})
     return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body.encode())
 
 
