@@ -49,7 +49,7 @@ from .clock import LOOP_CLOCK, Clock, bound_to_loop
 from .collector import fewer_collections
 from .config import Settings
 from .credentials import scrubber_for
-from .decisions import DropAccount, Fail, JobState, Retry, RunState, StopRun, Succeed, next_step
+from .decisions import DropAccount, Fail, JobState, Probe, RunState, Retry, StopRun, Succeed, next_step
 from .endpoints import Endpoint, UnsupportedEndpoint, cached_endpoint, check_request
 from .errors import InvalidRequest, RunStopped, TransportError
 from .lanes import Lane, Lanes, LimiterFactory
@@ -305,6 +305,10 @@ class Processor:
         #: probe with one request at a time, and stops it once that request's attempts are used up.
         self._any_succeeded = False
         self._endpoint_failing = False
+        #: When the server last answered anything (any status), and since when it has answered nobody: an outage
+        #: (None while it answers). See `decisions.Probe`.
+        self._last_answered = -math.inf
+        self._silent_since: float | None = None
         self._failure: BaseException | None = None
         self._started = False
         self._store: Store | None = None
@@ -516,8 +520,9 @@ class Processor:
     @property
     def _one_at_a_time(self) -> bool:
         """While the endpoint has failed and nothing has succeeded, requests go one at a time (a wrong URL costs
-        one request's attempts, not the whole file's). Each lane's first request also goes alone (`_lane_for`)."""
-        return self._endpoint_failing and not self._any_succeeded
+        one request's attempts, not the whole file's); so they do while the server answers nobody (an outage: the
+        one probes for everyone). Each lane's first request also goes alone (`_lane_for`)."""
+        return (self._endpoint_failing and not self._any_succeeded) or self._silent_since is not None
 
     async def _next_job(self, source: _Source) -> _Job | None:
         """A retry that is due, else a new request; waits while only future retries remain."""
@@ -675,13 +680,22 @@ class Processor:
                 job.first_rate_limited_at = now
         self._any_succeeded |= decision.verdict is _SUCCESS
         self._endpoint_failing |= decision.about_the_endpoint
+        outage_for = None
+        if outcome.status is not None:
+            self._last_answered = now
+            self._silent_since = None
+        elif self._any_succeeded and self._last_answered < started:  # no answer, and nobody answered since it was sent
+            if self._silent_since is None:
+                self._silent_since = started
+                logger.warning("the server answers nobody (%s); probing it with one request at a time", self._scrub(decision.reason))
+            outage_for = now - self._silent_since
         if not await self._learn(job, lane, outcome, decision, now) and decision.verdict is not _SUCCESS:
             return  # the limiter failed and the run stops; a success is still kept
         # An answer from an account already dropped (it was in flight) is about that account: the rest are left.
         accounts_left = self.lanes.accounts_left + self.lanes.is_dropped(lane.account.name)
         run = RunState(
             stopping=self.stopping, any_succeeded=self._any_succeeded, hintless_pause=lane.control.hintless_pause(),
-            accounts_left=accounts_left,
+            accounts_left=accounts_left, outage_for=outage_for,
         )
         step = next_step(decision, job=job.state(now), run=run, policy=settings.retry)
         reason = self._scrub(decision.reason) if not isinstance(step, Succeed) else ""
@@ -705,6 +719,11 @@ class Processor:
                 job.errors.append(reason)
                 attempts = job.attempts - job.rate_limited
                 logger.info("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, attempts, settings.retry.max_attempts, reason, delay)
+                self._scheduler.add_retry(job, self._now() + delay)
+            case Probe(delay=delay):
+                job.errors.append(reason)
+                job.rate_limited += 1  # the server's outage, not the request's failure: it costs no attempt
+                logger.info("%s: no answer (%s), as for everyone; probing again in %.2fs", job.request.name, reason, delay)
                 self._scheduler.add_retry(job, self._now() + delay)
             case DropAccount(reason=why):
                 why = self._scrub(why)
