@@ -49,7 +49,7 @@ from .clock import LOOP_CLOCK, Clock, bound_to_loop
 from .collector import fewer_collections
 from .config import Settings
 from .credentials import scrubber_for
-from .decisions import DropAccount, Fail, JobState, Probe, RunState, Retry, StopRun, Succeed, next_step
+from .decisions import DropAccount, Fail, JobState, Probe, Retry, RunState, StopRun, Succeed, next_step
 from .endpoints import Endpoint, UnsupportedEndpoint, cached_endpoint, check_request
 from .errors import InvalidRequest, RunStopped, TransportError
 from .lanes import Lane, Lanes, LimiterFactory
