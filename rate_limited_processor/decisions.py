@@ -25,7 +25,8 @@ out and decides nothing itself. Three rules matter most:
   that would stop the run (a bad key, no quota, a wait of hours) drops the account that got it, and the
   request goes again through another, at no cost of an attempt. The run stops when the last one goes.
 * **An outage is the run's, not the line's.** Once something has succeeded, a request that gets no answer at
-  all, when no request has been answered since it was sent, meets a server that has gone away for everyone:
+  all, when no request has been answered since it was sent (the third such attempt in a row, or later), meets a
+  server that has gone away for everyone:
   it is probed again, alone and at no cost of an attempt, with the others waiting, and past
   `RetryPolicy.max_outage` the run stops for a rerun. No failure row is written for an outage.
 * **Stopping means no retries**: whatever would be retried is left for the rerun.

@@ -78,6 +78,10 @@ Store = Callable[[RequestResult], bool]
 # Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
 _SUCCESS, _SUCCEEDED = Verdict.SUCCESS, ResultKind.SUCCEEDED
 
+#: Attempts in a row, across the run, that got no answer while nobody was answered: from this many on, it is an
+#: outage of the server, not the bad luck of a few requests (one connection reset is not an outage).
+OUTAGE_ATTEMPTS = 3
+
 _END: Any = object()
 _PENDING: Any = object()
 
@@ -309,6 +313,7 @@ class Processor:
         #: (None while it answers). See `decisions.Probe`.
         self._last_answered = -math.inf
         self._silent_since: float | None = None
+        self._silent_attempts = 0
         self._failure: BaseException | None = None
         self._started = False
         self._store: Store | None = None
@@ -522,7 +527,7 @@ class Processor:
         """While the endpoint has failed and nothing has succeeded, requests go one at a time (a wrong URL costs
         one request's attempts, not the whole file's); so they do while the server answers nobody (an outage: the
         one probes for everyone). Each lane's first request also goes alone (`_lane_for`)."""
-        return (self._endpoint_failing and not self._any_succeeded) or self._silent_since is not None
+        return (self._endpoint_failing and not self._any_succeeded) or self._silent_attempts >= OUTAGE_ATTEMPTS
 
     async def _next_job(self, source: _Source) -> _Job | None:
         """A retry that is due, else a new request; waits while only future retries remain."""
@@ -684,11 +689,15 @@ class Processor:
         if outcome.status is not None:
             self._last_answered = now
             self._silent_since = None
+            self._silent_attempts = 0
         elif self._any_succeeded and self._last_answered < started:  # no answer, and nobody answered since it was sent
             if self._silent_since is None:
                 self._silent_since = started
+            self._silent_attempts += 1
+            if self._silent_attempts == OUTAGE_ATTEMPTS:
                 logger.warning("the server answers nobody (%s); probing it with one request at a time", self._scrub(decision.reason))
-            outage_for = now - self._silent_since
+            if self._silent_attempts >= OUTAGE_ATTEMPTS:
+                outage_for = now - self._silent_since
         if not await self._learn(job, lane, outcome, decision, now) and decision.verdict is not _SUCCESS:
             return  # the limiter failed and the run stops; a success is still kept
         # An answer from an account already dropped (it was in flight) is about that account: the rest are left.
