@@ -44,7 +44,12 @@ MAX_BATCHES_SEARCHED = 1_000
 
 
 class BatchAPIError(ProcessorError):
-    """The Files or Batches API refused a call, or gave no answer after every try."""
+    """The Files or Batches API refused a call, or gave no answer after every try. `status`: the refusal's HTTP
+    status (404: the API does not know the file or batch), None when no answer came."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +205,7 @@ class BatchAPI:
                     return response
                 problem = f"HTTP {response.status}: {self._message(response)}"
                 if response.status != 429 and response.status < 500:
-                    raise BatchAPIError(f"{where} failed: {problem}")
+                    raise BatchAPIError(f"{where} failed: {problem}", status=response.status)
             if attempt == CALL_ATTEMPTS:
                 break
             if before_retry is not None:

@@ -51,6 +51,7 @@ from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_f
 from .resume import identity_of_item, prepare_results_file, sidecar_path
 from .retry_policy import answer_problem
 from .runner import Processor
+from .side_files import JOB_SIDECARS, named
 from .status import ProgressDisplay, RunStats
 from .token_estimation import TokenEstimator
 from .transport import SendFunction, Transport
@@ -110,11 +111,14 @@ async def run_batch_job(
     and `ResumeError` for a batch record that is not this tool's or names another API root.
     """
     requests_path, save_path = Path(requests_path), Path(save_path)
-    check_output_path(requests_path, save_path)
+    check_output_path(requests_path, save_path, sidecars=(*JOB_SIDECARS, SIDECAR_KIND))
     with OutputLock(save_path) as lock:
         if output_format == "auto":
             output_format = detect_output_format(requests_path)
-        done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+        try:
+            done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+        except OSError as error:  # a full disk while indexing or repairing: one line naming the file, not a bug
+            raise named(error, save_path) from None
         lock.follow()
         note_repairs(save_path, report)
         root = api_root(settings.request_url)
@@ -137,6 +141,10 @@ async def run_batch_job(
                         job.plan(item)
                     stats.already_done = done.claimed
                     await job.run()
+                    moved = writer.check_moved()
+                    if moved is not None:
+                        logger.error("%s", moved)
+                        stats.stop_reason = stats.stop_reason or moved
                 finally:
                     remove_handlers()
         finally:
@@ -266,6 +274,9 @@ class _BatchJob:
             self.stop_reason = f"{error}; a rerun resumes"
             logger.error("%s", self.stop_reason)
         self.stats.unfinished = sum(len(lines) for lines in self.pending.values()) + len(self.fallback_lines)
+        if self.stop_reason is None and self.stats.unfinished:  # never "all is well" while a line lacks its row
+            self.stop_reason = f"{self.stats.unfinished:,} lines have no row yet; a rerun collects or sends them"
+            logger.error("%s", self.stop_reason)
         if self.stop_reason is not None:
             self.stats.stop_reason = self.stop_reason
             self._say_what_runs()
@@ -359,7 +370,19 @@ class _BatchJob:
         ended = False
         for part in list(self.running):
             assert part.batch_id is not None
-            batch = await self.api.get(part.batch_id)
+            try:
+                batch = await self.api.get(part.batch_id)
+            except BatchAPIError as error:
+                if error.status != 404:
+                    raise
+                # The API no longer knows it (deleted, another project's key): asking again would block every rerun.
+                self.running.remove(part)
+                ended = True
+                self._fail_part(part, (
+                    f"batch {part.batch_id} is not known to the API (HTTP 404: deleted, or created with another key or project), so "
+                    "its answers cannot be had; rerun with --retry_failed to send these lines again"
+                ))
+                continue
             status = batch.get("status")
             if status in _RUNNING:
                 continue
@@ -379,7 +402,7 @@ class _BatchJob:
     async def _collect(self, part: Part, batch: dict[str, Any]) -> None:
         """Download what the batch answered and write a row for each of the part's lines without one."""
         with tempfile.TemporaryFile(dir=self.writer.path.parent) as output:
-            answers: dict[int, tuple[str, int]] = {}
+            answers: dict[str, int] = {}
             for name in ("output_file_id", "error_file_id"):
                 file_id = batch.get(name)
                 if isinstance(file_id, str):
@@ -389,15 +412,13 @@ class _BatchJob:
             endpoint = Endpoint(part.endpoint.removeprefix("/v1/"))
             spent = 0.0
             outcomes: Counter[str] = Counter()
-            for item in self._items(self.pending[part.number]):
-                if not isinstance(item, APIRequest):
-                    continue
-                expected = _custom_id(item)
-                found = answers.get(item.index)
-                if found is not None and found[0] != expected:
-                    logger.warning("%s has changed since batch %s was created; it gets no row from it (a rerun sends it again)", item.name, part.batch_id)
-                    continue
-                answer = self._read_answer(output, found[1]) if found is not None else None
+            expected = {_custom_id(item): item for item in self._items(self.pending[part.number]) if isinstance(item, APIRequest)}
+            foreign = sum(1 for custom_id in answers if custom_id not in expected)
+            if foreign:  # a mangled or foreign custom_id is nobody's answer, and takes no line's place
+                logger.warning("batch %s: %d output lines carry a custom_id this run did not send for them; they are ignored", part.batch_id, foreign)
+            for custom_id, item in expected.items():
+                offset = answers.get(custom_id)
+                answer = self._read_answer(output, offset) if offset is not None else None
                 result, retryable = self._result(item, endpoint, answer, batch)
                 self.stats.record_answer(self.clock.now(), rate_limited=False)
                 if retryable and self.options.fallback == "online":
@@ -437,8 +458,11 @@ class _BatchJob:
             item.index, item.body, item.metadata, None, (), 1, ResultKind.FAILED, estimated_tokens=tokens,
             estimated_output_tokens=completion, custom_id=item.custom_id, estimated_prompt_tokens=prompt,
         )
-        if answer is None:
-            reason = f"batch {batch.get('id')} ended ({batch.get('status')}) without an answer for this line"
+        if answer is None:  # none, or only one for the line as it was (edited since): another try can have it
+            reason = (
+                f"batch {batch.get('id')} ended ({batch.get('status')}) without an answer for this line as it is now (was it edited "
+                "since the batch was created?); rerun with --retry_failed to send it again"
+            )
             return replace(failed, errors=(reason,)), True
         response, error = answer.get("response"), answer.get("error")
         if isinstance(response, dict) and isinstance(response.get("status_code"), int):
@@ -562,15 +586,17 @@ def _custom_id(item: APIRequest) -> str:
     return f"line-{item.index}-{identity_of_item(item):016x}"
 
 
-def _index_answers(file: IO[bytes], start: int, answers: dict[int, tuple[str, int]]) -> None:
-    """Where each line's answer is in a downloaded output or error file: line number -> (custom_id, offset)."""
+def _index_answers(file: IO[bytes], start: int, answers: dict[str, int]) -> None:
+    """Where each answer is in a downloaded output or error file: custom_id -> offset. Keyed by the whole custom_id
+    (line number and the line's identity), so an answer under a mangled or foreign id never displaces a line's own;
+    the first answer for an id is kept."""
     file.seek(start)
     offset = start
     for raw in file:
         with contextlib.suppress(strict_json.InvalidJSON, UnicodeDecodeError, ValueError, AttributeError):
             custom_id = strict_json.loads(raw.decode("utf-8")).get("custom_id")
-            if isinstance(custom_id, str) and custom_id.startswith("line-"):
-                answers[int(custom_id.split("-")[1])] = (custom_id, offset)
+            if isinstance(custom_id, str):
+                answers.setdefault(custom_id, offset)
         offset += len(raw)
 
 

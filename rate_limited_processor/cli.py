@@ -31,6 +31,7 @@ from yarl import URL
 from . import config
 from .arrivals import ARRIVAL_MODES
 from .atomic_write import write_json_atomically, write_text_atomically
+from .batch_mode import SIDECAR_KIND as BATCH_SIDECAR
 from .batch_mode import BatchOptions, run_batch_job
 from .budget import Budget
 from .config import (
@@ -58,7 +59,9 @@ from .report import RunReport
 from .request_io import read_requests
 from .resume import prepare_results_file
 from .retry_policy import RetryPolicy
+from .side_files import JOB_SIDECARS, RunFile, check_apart, job_files
 from .status import RunStats, format_summary, summary_record
+from .terminal import hangup_proof_stderr
 from .token_estimation import TokenEstimator
 from .transport import AiohttpTransport
 
@@ -273,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE,
-        help="after Ctrl-C or SIGTERM, seconds the requests in flight get to finish (a second Ctrl-C stops at once)",
+        help="after Ctrl-C, SIGTERM or SIGHUP, seconds the requests in flight get to finish (a second Ctrl-C stops at once)",
     )
     add(
         "--max_cost_usd", type=_positive_float, default=None, metavar="DOLLARS",
@@ -466,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.requests_filepath is None and not args.show_limits:
         parser.error("--requests_filepath is required: the JSONL file of requests to send")
-    return _Command(args).run()
+    with hangup_proof_stderr():  # a closed terminal (SIGHUP) must not cost the answers in flight
+        return _Command(args).run()
 
 
 class _Command:
@@ -487,6 +491,11 @@ class _Command:
 
     def run(self) -> int:
         args = self.args
+        try:
+            self.check_apart()
+        except UsageError as error:
+            self.summary_path = None  # a refusal for the files themselves writes nothing, not even the summary
+            return self.refuse(error)
         if self.summary_path is not None:
             try:
                 check_writable(self.summary_path, "--summary_json")
@@ -516,6 +525,11 @@ class _Command:
             stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress, prices))
         except (UsageError, LimiterUnavailable) as error:  # the output refused (in use, not a results file), Redis down
             return self.refuse(error)
+        except OSError as error:  # the system refused a file (a full disk taking the lock, closing the index): not a bug
+            where = f"{error.filename}: " if error.filename else ""
+            message = f"{where}{error.strerror or error}"
+            print(f"{PROG}: error: {message} (a rerun resumes)", file=sys.stderr)
+            return self.finish(EXIT_STOPPED, None, error=message)
         except KeyboardInterrupt:  # only before the signal handlers are in place, or after they are gone
             print(f"{PROG}: interrupted", file=sys.stderr)
             return self.finish(EXIT_STOPPED, None, error="interrupted before the run started or after it ended")
@@ -546,17 +560,23 @@ class _Command:
         if self.args.dry_run:
             return
         check_writable(save_path, "--save_filepath")
-        if self.summary_path is not None and self.summary_path.resolve() in (requests_path.resolve(), save_path.resolve()):
-            raise UsageError("--summary_json must differ from --requests_filepath and --save_filepath")
-        taken = {requests_path.resolve(), save_path.resolve()} | ({self.summary_path.resolve()} if self.summary_path is not None else set())
         for flag in ("--report", "--report_html"):
             path = getattr(self.args, flag[2:])
-            if path is None:
-                continue
-            check_writable(Path(path), flag)
-            if Path(path).resolve() in taken:
-                raise UsageError(f"{flag} must differ from --requests_filepath, --save_filepath and the other outputs")
-            taken.add(Path(path).resolve())
+            if path is not None:
+                check_writable(Path(path), flag)
+
+    def check_apart(self) -> None:
+        """No file the run writes is another of its files (`side_files`): checked before anything is written."""
+        if self.requests_path is None or self.save_path is None:  # --show_limits: nothing is written
+            return
+        sidecars = (*JOB_SIDECARS, BATCH_SIDECAR) if self.args.mode == "batch" else JOB_SIDECARS
+        files = job_files(self.requests_path, self.save_path, sidecars=sidecars)
+        if self.args.accounts is not None:
+            files.append(RunFile("--accounts", Path(self.args.accounts)))
+        for flag, given in (("--summary_json", self.summary_path), ("--report", self.args.report), ("--report_html", self.args.report_html)):
+            if given is not None:
+                files.append(RunFile(flag, Path(given), written=True))
+        check_apart(files)
 
     def refuse(self, error: Exception) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -576,8 +596,20 @@ class _Command:
             try:
                 write_json_atomically(self.summary_path, record)
             except OSError as write_error:
-                print(f"{PROG}: error: --summary_json: cannot write {self.summary_path}: {write_error.strerror or write_error}", file=sys.stderr)
+                cause = write_error.strerror or write_error
+                print(f"{PROG}: error: --summary_json: cannot write {self.summary_path}: {cause}{self.drop_summary()}", file=sys.stderr)
         return code
+
+    def drop_summary(self) -> str:
+        """An earlier run's summary must not stand for this run, which could not write its own: removed, and said."""
+        assert self.summary_path is not None
+        try:
+            os.unlink(self.summary_path)
+        except FileNotFoundError:
+            return ""
+        except OSError as error:
+            return f"; the earlier summary there could not be removed either ({error.strerror or error}): it is not this run's"
+        return "; the earlier summary there was removed (it was another run's)"
 
     def show_limits(self, settings: Settings) -> int:
         """One small request; its rate-limit headers in plain words. Exit 0 when the answer said something."""

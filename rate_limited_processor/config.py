@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import enum
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,8 @@ _ACCOUNT_LIMIT_FIELDS = {
     "max_output_tokens_per_minute": "output_tokens_per_minute",
 }
 _ACCOUNT_FIELDS = ("name", "api_key", "api_key_env", "headers", *_ACCOUNT_LIMIT_FIELDS)
+#: What an environment variable's name may be (POSIX's portable names, and lower case).
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: The most accounts a file may list: far above any real use, and a bound on what a wrong file costs.
 MAX_ACCOUNTS = 1_000
 
@@ -201,8 +204,11 @@ def read_accounts(path: str | Path) -> tuple[Account, ...]:
             try:
                 record = loads(line)
             except InvalidJSON as error:
-                raise ValueError(f"{where}: {error.reason}") from None
-            accounts.append(_account_from(record, where))
+                raise ValueError(f"{where}: {error.reason}") from None  # the reason names a column, never the text
+            try:
+                accounts.append(_account_from(record, where))
+            except ValueError as error:
+                raise ValueError(_unshown(str(error), record)) from None
             if len(accounts) > MAX_ACCOUNTS:
                 raise ValueError(f"{where}: more than {MAX_ACCOUNTS} accounts")
     if not accounts:
@@ -212,6 +218,37 @@ def read_accounts(path: str | Path) -> tuple[Account, ...]:
     if repeated:
         raise ValueError(f"{path}: account names must be unique; repeated: {', '.join(map(repr, repeated))}")
     return tuple(accounts)
+
+
+def _unshown(message: str, record: Any) -> str:
+    """`message` with none of the line's strings that could be a key: any value (not the account's name) and
+    any field that is no typo of a known one. A key put in the wrong field, or as a field, is not echoed."""
+    from .credentials import Scrubber  # credentials imports this module
+
+    secrets: list[str] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, str):
+            secrets.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    if isinstance(record, dict):
+        shown = ("name", "api_key_env") if _plainly_a_variable(record.get("api_key_env")) else ("name",)
+        collect({name: value for name, value in record.items() if name not in shown})
+        secrets.extend(name for name in record if name not in _ACCOUNT_FIELDS and not difflib.get_close_matches(name, _ACCOUNT_FIELDS, n=1))
+    else:
+        collect(record)
+    return Scrubber(secrets)(message)
+
+
+def _plainly_a_variable(value: Any) -> bool:
+    """A name such as OPENAI_KEY_TEAM_A, which no key looks like: words of at most 16 characters joined by "_"."""
+    return isinstance(value, str) and _VARIABLE_NAME.fullmatch(value) is not None and all(len(word) <= 16 for word in value.split("_"))
 
 
 def _account_from(record: Any, where: str) -> Account:
@@ -230,6 +267,11 @@ def _account_from(record: Any, where: str) -> Account:
             raise ValueError(f"{where}: {text_field!r} must be a string")  # never the value: it may be a key
     if "api_key" in record and "api_key_env" in record:
         raise ValueError(f"{where}: give 'api_key_env' or 'api_key', not both")
+    if "api_key_env" in record and not _VARIABLE_NAME.fullmatch(record["api_key_env"]):
+        raise ValueError(
+            f"{where}: 'api_key_env' names the environment variable that holds the key (such as OPENAI_KEY_A), not the key itself "
+            "(its value is not shown)"
+        )
     headers = record.get("headers", {})
     if not isinstance(headers, dict) or not all(isinstance(value, str) for value in headers.values()):
         raise ValueError(f"{where}: 'headers' must be an object of strings")
@@ -239,7 +281,8 @@ def _account_from(record: Any, where: str) -> Account:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise ValueError(f"{where}: {given!r} must be a positive number, got {str(value)[:40]!r}")
+            shown = repr(value) if isinstance(value, (int, float)) else f"a {type(value).__name__}"  # never text: it may be a key
+            raise ValueError(f"{where}: {given!r} must be a positive number, got {shown}")
         limits[limit_field] = float(value)
     try:
         return Account(

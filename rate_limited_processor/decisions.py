@@ -24,6 +24,11 @@ out and decides nothing itself. Three rules matter most:
 * **A refused account is dropped, not the run.** With several accounts (`Settings.accounts`), an answer
   that would stop the run (a bad key, no quota, a wait of hours) drops the account that got it, and the
   request goes again through another, at no cost of an attempt. The run stops when the last one goes.
+* **An outage is the run's, not the line's.** Once something has succeeded, a request that gets no answer at
+  all, when no request has been answered since it was sent (the third such attempt in a row, or later), meets a
+  server that has gone away for everyone:
+  it is probed again, alone and at no cost of an attempt, with the others waiting, and past
+  `RetryPolicy.max_outage` the run stops for a rerun. No failure row is written for an outage.
 * **Stopping means no retries**: whatever would be retried is left for the rerun.
 
 Pure: no I/O, no clock; the jitter's random source can be passed in.
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 from .records import record
 from .retry_policy import Decision, RetryPolicy, Verdict
 
-__all__ = ["Succeed", "Fail", "Retry", "StopRun", "DropAccount", "Step", "JobState", "RunState", "next_step"]
+__all__ = ["Succeed", "Fail", "Retry", "Probe", "StopRun", "DropAccount", "Step", "JobState", "RunState", "next_step"]
 
 
 @record
@@ -63,6 +68,14 @@ class Retry:
 
 
 @record
+class Probe:
+    """The server answers nobody (an outage, not this request's failure): send this request again after `delay`
+    seconds, alone, at no cost of an attempt; everyone else waits for its answer."""
+
+    delay: float
+
+
+@record
 class StopRun:
     """This request cannot finish now and neither can the rest: leave it unwritten for a rerun, and stop.
 
@@ -80,7 +93,7 @@ class DropAccount:
     reason: str
 
 
-Step = Succeed | Fail | Retry | StopRun | DropAccount
+Step = Succeed | Fail | Retry | Probe | StopRun | DropAccount
 # Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
 _SUCCESS = Verdict.SUCCESS
 
@@ -109,6 +122,9 @@ class RunState:
     hintless_pause: float = 1.0
     #: Accounts still in use; with more than one, an account-wide refusal drops only the account.
     accounts_left: int = 1
+    #: Seconds the server has answered nobody, when this attempt too got no answer and none came since it was sent:
+    #: an outage of the whole run, not this request's failure. None otherwise.
+    outage_for: float | None = None
 
 
 def next_step(
@@ -151,6 +167,14 @@ def next_step(
             f"{decision.reason}: every request to {job.url} so far failed like this and none succeeded, so the "
             "run stopped without recording them; fix the URL or the server and rerun"
         )
+    # The server answers nobody: not this line's failure. Probe, alone, backing off with the outage; stop past the bound.
+    if run.outage_for is not None:
+        if run.outage_for > policy.max_outage:
+            return StopRun(
+                f"{decision.reason}: the server has answered no request for {run.outage_for:.0f}s (an outage), so the run stopped "
+                "without recording the requests it left; rerun when the server is back"
+            )
+        return Probe(min(policy.max_delay, max(policy.initial_delay, run.outage_for / 4)))
     if decision.verdict is Verdict.RETRY and attempts_left:
         return Retry(policy.retry_delay(decision, job.attempts, random=random))
     return Fail()

@@ -40,6 +40,7 @@ from .report import RunReport
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
 from .resume import DoneIndex, ResumeReport, identity_of_item, prepare_results_file, sidecar_path
 from .runner import Processor
+from .side_files import JOB_SIDECARS, check_apart, job_files, named
 from .status import ProgressDisplay, RunStats
 from .transport import SendFunction, Transport
 
@@ -82,7 +83,7 @@ async def run_file_job(
     Returns the run's stats; `stats.stop_reason` is set when the run stopped early. Raises `UsageError`
     before sending anything if the output is the input (under any name) or not a regular file, or another
     run holds it (see `OutputLock`), and `resume.ResumeError` if it is not a results file or is damaged. With
-    `handle_signals`, a first SIGINT/SIGTERM stops taking requests and gives those in flight
+    `handle_signals`, a first SIGINT/SIGTERM/SIGHUP stops taking requests and gives those in flight
     `shutdown_grace` seconds; a second abandons them at once. `output_format` "auto" writes Batch
     output for Batch input and the cookbook's rows otherwise. `ordered` writes rows in input order,
     holding at most `ordered_window` finished results until the ones before them are done.
@@ -95,7 +96,10 @@ async def run_file_job(
     with OutputLock(save_path) as lock:
         if output_format == "auto":
             output_format = detect_output_format(requests_path)
-        done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+        try:
+            done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+        except OSError as error:  # a full disk while indexing or repairing: one line naming the file, not a bug
+            raise named(error, save_path) from None
         lock.follow()  # dropping failure rows replaced the file: the new one is locked too
         note_repairs(save_path, report)
         processor = Processor(
@@ -132,6 +136,8 @@ async def run_file_job(
                     """Each result as it is final: its row written (or held for its turn), before the next one."""
                     if not write(reorder.add(result) if reorder is not None else (result,)):
                         return False
+                    if writer.moved is not None and not stats.stop_reason:
+                        stop_for_move(writer.moved)
                     if benchmark is not None:
                         if benchmark.origin is None:  # the timeline's second 0: when the run started
                             benchmark.begin(stats.started_at)
@@ -140,10 +146,18 @@ async def run_file_job(
                     display.update()
                     return True
 
+                def stop_for_move(moved: str) -> None:
+                    logger.error("%s; stopping the run (the answers in flight are written to the same file)", moved)
+                    processor.stop(moved)
+
                 with contextlib.suppress(RunStopped):
                     await processor.process_into(skip_done(read_requests(requests_path), done), store)
                 if reorder is not None:
                     write(reorder.drain())  # after a stop: what finished beyond a gap, still in order
+                moved = writer.moved or writer.check_moved()  # a run shorter than a check's interval is checked at its end
+                if moved is not None and stats.stop_reason is None:
+                    logger.error("%s", moved)
+                    stats.stop_reason = moved
         finally:
             stats.already_done = done.claimed
             remove_handlers()
@@ -169,10 +183,16 @@ def note_repairs(save_path: str | Path, report: ResumeReport) -> None:
         logger.warning("%s: removed %d failure rows so those requests are retried", save_path, report.failures_removed)
 
 
-def check_output_path(requests_path: str | Path, save_path: str | Path) -> None:
+def check_output_path(requests_path: str | Path, save_path: str | Path, *, sidecars: Iterable[str] = JOB_SIDECARS) -> None:
     """Refuse, before anything is read or sent, an output the run must never write to: the input itself
     under any name (the same device and inode, so a hard link or a symlink counts), or anything but a
-    regular file (a FIFO would block, a device cannot be read back to resume)."""
+    regular file (a FIFO would block, a device cannot be read back to resume). Nor may a sidecar the run writes
+    beside the results (`sidecars`: the lock, the index, ...) be the input or the results (`side_files`)."""
+    _check_output_file(requests_path, save_path)
+    check_apart(job_files(requests_path, save_path, sidecars=sidecars))
+
+
+def _check_output_file(requests_path: str | Path, save_path: str | Path) -> None:
     save = Path(save_path)
     try:
         output = save.stat()
@@ -280,8 +300,12 @@ class OutputLock:
             os.close(fd)
             raise UsageError(f"{self.lock_path} exists and is not a lock file of this tool; it is left untouched (move it aside if it is not needed)")
         line = _LOCK_LINE.format(pid=os.getpid(), host=socket.gethostname() or "?", since=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, line.encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, line.encode(), 0)
+        except OSError as error:  # a full disk: said with the lock file's name, not as a bug
+            os.close(fd)
+            raise named(error, self.lock_path) from None
         return fd
 
 
@@ -383,10 +407,15 @@ def _handle_signals(processor: Processor, grace: float) -> Callable[[], None]:
     return on_stop_signals(on_signal)
 
 
+#: The signals that stop a run as Ctrl-C does. SIGHUP is a closed terminal or ssh session: its default, dying at
+#: once, would lose the answers in flight (paid for, then paid for again by the rerun) and the summary.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def on_stop_signals(on_signal: Callable[[str], None]) -> Callable[[], None]:
-    """Call `on_signal(name)` on SIGINT and SIGTERM in the running loop; the function returned removes it."""
+    """Call `on_signal(name)` on SIGINT, SIGTERM and SIGHUP in the running loop; the function returned removes it."""
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    signals = STOP_SIGNALS
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig.name)
 

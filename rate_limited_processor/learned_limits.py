@@ -50,6 +50,13 @@ MIN_RATIO, MAX_RATIO = 0.5, 20.0
 MIN_STATED_REQUESTS_PER_MINUTE = 1.0
 MIN_STATED_TOKENS_PER_MINUTE = 100.0
 _LIMIT_HEADERS = (("x-ratelimit-limit-requests", MIN_STATED_REQUESTS_PER_MINUTE), ("x-ratelimit-limit-tokens", MIN_STATED_TOKENS_PER_MINUTE))
+#: Every limit header read, with the least a real account's limit can be: OpenAI's, Azure's and Anthropic's.
+_FLOORS = {
+    **dict(_LIMIT_HEADERS),
+    "anthropic-ratelimit-requests-limit": MIN_STATED_REQUESTS_PER_MINUTE,
+    "anthropic-ratelimit-input-tokens-limit": MIN_STATED_TOKENS_PER_MINUTE,
+    "anthropic-ratelimit-output-tokens-limit": MIN_STATED_TOKENS_PER_MINUTE,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +98,10 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
     """
     ignored: list[tuple[str, str]] = []
 
-    def limit(name: str, floor: float) -> float | None:
+    def limit(name: str) -> float | None:
         text = headers.get(name)
         value = _positive_number(text)
-        if text is not None and (value is None or value < floor):
+        if text is not None and (value is None or value < _FLOORS[name]):
             ignored.append((name, text))
             return None
         return value
@@ -102,9 +109,9 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
     if any(name.startswith("anthropic-ratelimit-") for name in headers):
         at = time.time() if now is None else now
         return RateLimitReport(
-            limit_requests=limit("anthropic-ratelimit-requests-limit", MIN_STATED_REQUESTS_PER_MINUTE),
-            limit_tokens=limit("anthropic-ratelimit-input-tokens-limit", MIN_STATED_TOKENS_PER_MINUTE),
-            limit_output_tokens=limit("anthropic-ratelimit-output-tokens-limit", MIN_STATED_TOKENS_PER_MINUTE),
+            limit_requests=limit("anthropic-ratelimit-requests-limit"),
+            limit_tokens=limit("anthropic-ratelimit-input-tokens-limit"),
+            limit_output_tokens=limit("anthropic-ratelimit-output-tokens-limit"),
             reset_requests=_until(headers.get("anthropic-ratelimit-requests-reset"), at),
             reset_tokens=_until(headers.get("anthropic-ratelimit-input-tokens-reset"), at),
             reset_resolution=1.0,
@@ -114,7 +121,7 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
         )
     resets = [headers.get("x-ratelimit-reset-requests"), headers.get("x-ratelimit-reset-tokens")]
     bare_seconds = any(text is not None and _positive_number(text) is not None for text in resets)
-    limits = [limit(name, floor) for name, floor in _LIMIT_HEADERS]
+    limits = [limit(name) for name, _ in _LIMIT_HEADERS]
     return RateLimitReport(
         limit_requests=limits[0],
         limit_tokens=limits[1],
@@ -326,7 +333,7 @@ class LimitTuner:
             if name not in self._warned:
                 self._warned.add(name)
                 self._warn(f"ignoring the API's {name}: {text[:40]!r}, which is no account's limit (not a number, or below "
-                           f"{dict(_LIMIT_HEADERS)[name]:g} a minute); the pace follows the other limits and any 429s")
+                           f"{_FLOORS.get(name, 1):g} a minute); the pace follows the other limits and any 429s")
         if report.remaining_output_tokens is not None and report.remaining_output_tokens > self._output_held:
             self._output_held = report.remaining_output_tokens
             self._limits = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +38,8 @@ __all__ = [
     "batch_row",
 ]
 
+#: Seconds between checks that the output's path still names the file being written (a stat each).
+IDENTITY_CHECK_SECONDS = 1.0
 #: How much of an unparseable line is kept in the output row, so one huge bad line cannot bloat it.
 MAX_REJECTED_TEXT = 1_000
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -202,11 +205,16 @@ class ResultWriter:
         self._batch = output_format == "batch"
         self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 (closed by close(), for the whole run)
         try:
-            self._index = IndexWriter(self.path, os.fstat(self._file.fileno()).st_size) if index else None
+            held = os.fstat(self._file.fileno())
+            self._index = IndexWriter(self.path, held.st_size) if index else None
         except BaseException:
             self._file.close()
             raise
         self._failed = False
+        self._identity = (held.st_dev, held.st_ino)
+        self._next_check = time.monotonic() + IDENTITY_CHECK_SECONDS
+        #: Set (once) when the path no longer names the file this writer holds: what happened, in words.
+        self.moved: str | None = None
 
     def write(self, result: RequestResult) -> None:
         if self._failed:
@@ -221,6 +229,24 @@ class ResultWriter:
         except OSError:
             self._failed = True
             raise
+        if self.moved is None and (now := time.monotonic()) >= self._next_check:  # a stat a second, not one a row
+            self._next_check = now + IDENTITY_CHECK_SECONDS
+            self.moved = self.check_moved()
+
+    def check_moved(self) -> str | None:
+        """Whether the path still names the file held (log rotation renames it, a cleanup deletes it), and if not, what
+        became of the rows written to it."""
+        try:
+            named = os.stat(self.path)
+        except OSError:
+            named = None
+        if named is not None and (named.st_dev, named.st_ino) == self._identity:
+            return None
+        if os.fstat(self._file.fileno()).st_nlink == 0:
+            return (f"{self.path} was deleted during the run: the rows written to it are gone with it, and a rerun sends "
+                    "those lines again")
+        return (f"{self.path} was moved or replaced during the run (log rotation?): this run's rows are in the file as "
+                f"moved; put it back as {self.path} before a rerun, or the rerun pays for those lines again")
 
     def close(self) -> None:
         try:

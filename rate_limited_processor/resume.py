@@ -324,7 +324,12 @@ class IndexWriter:
         self._file.write(_RECORD.pack(identity_, self._end | _FAILED if failed else self._end))
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()  # the records still buffered are written now: a full disk is said with the index's name
+        except OSError as error:
+            if error.filename is None:
+                error.filename = str(self.path)
+            raise
 
 
 # -- reading the index back ------------------------------------------------------------------------

@@ -373,11 +373,13 @@ class RetryPolicy:
     max_server_wait: float = MAX_SERVER_WAIT
     #: How long one request may wait on rate limits in all (seconds) before the run stops for a rerun.
     max_rate_limited_wait: float = MAX_RATE_LIMITED_WAIT
+    #: How long the run probes a server that has stopped answering everyone (an outage) before it stops for a rerun.
+    max_outage: float = MAX_RATE_LIMITED_WAIT
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        for name in ("initial_delay", "max_delay", "rate_limit_cooldown", "max_server_wait", "max_rate_limited_wait"):
+        for name in ("initial_delay", "max_delay", "rate_limit_cooldown", "max_server_wait", "max_rate_limited_wait", "max_outage"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")

@@ -49,7 +49,7 @@ from .clock import LOOP_CLOCK, Clock, bound_to_loop
 from .collector import fewer_collections
 from .config import Settings
 from .credentials import scrubber_for
-from .decisions import DropAccount, Fail, JobState, Retry, RunState, StopRun, Succeed, next_step
+from .decisions import DropAccount, Fail, JobState, Probe, Retry, RunState, StopRun, Succeed, next_step
 from .endpoints import Endpoint, UnsupportedEndpoint, cached_endpoint, check_request
 from .errors import InvalidRequest, RunStopped, TransportError
 from .lanes import Lane, Lanes, LimiterFactory
@@ -77,6 +77,10 @@ Store = Callable[[RequestResult], bool]
 
 # Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
 _SUCCESS, _SUCCEEDED = Verdict.SUCCESS, ResultKind.SUCCEEDED
+
+#: Attempts in a row, across the run, that got no answer while nobody was answered: from this many on, it is an
+#: outage of the server, not the bad luck of a few requests (one connection reset is not an outage).
+OUTAGE_ATTEMPTS = 3
 
 _END: Any = object()
 _PENDING: Any = object()
@@ -116,6 +120,9 @@ class _Job:
     received: ReceiveTimings | None = None
     #: The dollars the attempt in flight holds of the run's budget (`--max_cost_usd`).
     cost: float = 0.0
+    #: A successful answer not yet delivered: a bug in what follows it (learning from its headers) must not
+    #: throw away what was paid for (`Processor._attempt` delivers it).
+    answer: HTTPOutcome | None = None
 
     def state(self, now: float) -> JobState:
         """What the decision step needs to know of this request."""
@@ -302,6 +309,11 @@ class Processor:
         #: probe with one request at a time, and stops it once that request's attempts are used up.
         self._any_succeeded = False
         self._endpoint_failing = False
+        #: When the server last answered anything (any status), and since when it has answered nobody: an outage
+        #: (None while it answers). See `decisions.Probe`.
+        self._last_answered = -math.inf
+        self._silent_since: float | None = None
+        self._silent_attempts = 0
         self._failure: BaseException | None = None
         self._started = False
         self._store: Store | None = None
@@ -520,8 +532,9 @@ class Processor:
     @property
     def _one_at_a_time(self) -> bool:
         """While the endpoint has failed and nothing has succeeded, requests go one at a time (a wrong URL costs
-        one request's attempts, not the whole file's). Each lane's first request also goes alone (`_lane_for`)."""
-        return self._endpoint_failing and not self._any_succeeded
+        one request's attempts, not the whole file's); so they do while the server answers nobody (an outage: the
+        one probes for everyone). Each lane's first request also goes alone (`_lane_for`)."""
+        return (self._endpoint_failing and not self._any_succeeded) or self._silent_attempts >= OUTAGE_ATTEMPTS
 
     async def _next_job(self, source: _Source) -> _Job | None:
         """A retry that is due, else a new request; waits while only future retries remain."""
@@ -628,7 +641,7 @@ class Processor:
     async def _attempt(self, job: _Job, transport: Transport) -> None:
         try:
             await self._try_once(job, transport)
-        except Exception as error:  # a bug of ours must not lose the request silently
+        except Exception as error:  # a bug of ours must not lose the request silently, nor a paid answer
             await self._deliver(self._internal_error(job, error))
         finally:
             if job.lane is not None:
@@ -661,6 +674,8 @@ class Processor:
             job.received = None
             outcome = outcome_of_error(error, self._scrub)
         decision = classify(outcome, endpoint=job.endpoint)
+        if decision.verdict is _SUCCESS:
+            job.answer = outcome
         if self.budget is not None:
             succeeded, answered = decision.verdict is _SUCCESS, outcome.status is not None
             self.budget.settle(job.cost, self.budget.actual(job.request.body, job.cost, answer=outcome.body, succeeded=succeeded, answered=answered))
@@ -677,13 +692,26 @@ class Processor:
                 job.first_rate_limited_at = now
         self._any_succeeded |= decision.verdict is _SUCCESS
         self._endpoint_failing |= decision.about_the_endpoint
+        outage_for = None
+        if outcome.status is not None:
+            self._last_answered = now
+            self._silent_since = None
+            self._silent_attempts = 0
+        elif self._any_succeeded and self._last_answered < started:  # no answer, and nobody answered since it was sent
+            if self._silent_since is None:
+                self._silent_since = started
+            self._silent_attempts += 1
+            if self._silent_attempts == OUTAGE_ATTEMPTS:
+                logger.warning("the server answers nobody (%s); probing it with one request at a time", self._scrub(decision.reason))
+            if self._silent_attempts >= OUTAGE_ATTEMPTS:
+                outage_for = now - self._silent_since
         if not await self._learn(job, lane, outcome, decision, now) and decision.verdict is not _SUCCESS:
             return  # the limiter failed and the run stops; a success is still kept
         # An answer from an account already dropped (it was in flight) is about that account: the rest are left.
         accounts_left = self.lanes.accounts_left + self.lanes.is_dropped(lane.account.name)
         run = RunState(
             stopping=self.stopping, any_succeeded=self._any_succeeded, hintless_pause=lane.control.hintless_pause(),
-            accounts_left=accounts_left,
+            accounts_left=accounts_left, outage_for=outage_for,
         )
         step = next_step(decision, job=job.state(now), run=run, policy=settings.retry)
         reason = self._scrub(decision.reason) if not isinstance(step, Succeed) else ""
@@ -691,7 +719,9 @@ class Processor:
             case Succeed():
                 if verbose:
                     logger.info("%s: succeeded on attempt %d in %.2fs", job.request.name, job.attempts, self._now() - started)
-                await self._deliver(job.result(outcome, _SUCCEEDED))
+                result = job.result(outcome, _SUCCEEDED)
+                job.answer = None
+                await self._deliver(result)
             case Fail():
                 job.errors.append(reason)
                 logger.error("%s: failed after %d attempt(s): %s", job.request.name, job.attempts, reason)
@@ -705,6 +735,11 @@ class Processor:
                 job.errors.append(reason)
                 attempts = job.attempts - job.rate_limited
                 logger.info("%s: attempt %d/%d failed: %s; retrying in %.2fs", job.request.name, attempts, settings.retry.max_attempts, reason, delay)
+                self._scheduler.add_retry(job, self._now() + delay)
+            case Probe(delay=delay):
+                job.errors.append(reason)
+                job.rate_limited += 1  # the server's outage, not the request's failure: it costs no attempt
+                logger.info("%s: no answer (%s), as for everyone; probing again in %.2fs", job.request.name, reason, delay)
                 self._scheduler.add_retry(job, self._now() + delay)
             case DropAccount(reason=why):
                 why = self._scrub(why)
@@ -791,6 +826,10 @@ class Processor:
 
     def _internal_error(self, job: _Job, error: Exception) -> RequestResult:
         details = self._scrub("".join(traceback.format_exception(error)))
+        if job.answer is not None:  # the answer came and was good: it is the result, whatever failed after it
+            logger.error("%s: internal error after its answer came (a bug; please report it); the answer is kept:\n%s", job.request.name, details)
+            answer, job.answer = job.answer, None
+            return job.result(answer, _SUCCEEDED)
         logger.error("%s: internal error (a bug; please report it):\n%s", job.request.name, details)
         job.errors.append(self._scrub(f"internal error: {type(error).__name__}: {error}"))
         return job.result(None, ResultKind.FAILED)

@@ -285,6 +285,8 @@ class AiohttpTransport:
                     raise TimeoutError
                 timeout = _timeout(request.timeout) if hop == 0 else aiohttp.ClientTimeout(total=remaining)
                 async with session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False) as response:
+                    # The connection is often released already (the answer was read whole): aiohttp keeps its protocol.
+                    protocol = getattr(response, "_protocol", None)
                     response_headers = {name.lower(): value for name, value in response.headers.items()}
                     if request.stream or is_event_stream(response_headers):
                         streaming = StreamingResponse(response.status, response_headers, response.content.iter_any())
@@ -293,6 +295,11 @@ class AiohttpTransport:
                         answer = TransportResponse(response.status, response_headers, await response.read())
                     else:
                         answer = TransportResponse(response.status, response_headers, await _read_capped(response))
+                if isinstance(protocol, _StrictProtocol) and protocol.suspect:
+                    raise TransportError(
+                        NoAnswer.BROKEN,
+                        "the server sent more answers on this connection than it was asked for: which is this request's cannot be known",
+                    )
                 target = _redirect_target(url, answer) if hop < MAX_REDIRECTS else None
                 if target is None:
                     return answer
@@ -356,41 +363,95 @@ def _show(url: URL) -> str:
 
 
 class _StrictConnector(aiohttp.TCPConnector):
-    """A connector that never reuses a kept-alive connection on which the server sent what nobody asked for.
+    """A connector whose connections never let one request's row hold another request's answer.
 
-    An HTTP/1.1 server answers each request once, in order. A response it pushes unasked onto an idle
-    connection would be read as the answer to the next request sent on that connection, and that request's
-    row would hold another request's answer. aiohttp drops a connection whose surplus bytes came with the
-    response; this drops one whose surplus came while it sat idle, when it is looked at for reuse (see
-    `_StrictProtocol`: the check costs nothing per request). (A surplus racing the next request onto the wire
-    cannot be told from its answer by any HTTP/1.1 client.)
+    An HTTP/1.1 server answers each request once, in order, and nothing else. A server that pushes an answer nobody
+    asked for (onto an idle connection, or a second one beside a request's own) would have it read as the answer to
+    the next request sent on that connection, and every later request there would get its predecessor's. So (see
+    `_StrictProtocol`, which counts answers against requests): a connection that got bytes while no answer was
+    awaited, or more answers than requests, is never reused, and the answer read on it is not trusted
+    (`AiohttpTransport.send` makes it no answer: the request is sent again). Once any connection has done it, the
+    server is not trusted with reuse at all: no pooled connection is reused, an answer still to come on one that was
+    reused is not trusted, and every new connection carries one request and is closed after its answer. (A push that
+    crosses a request on the wire before any sign of the server's habit cannot be told from that request's answer
+    by any HTTP/1.1 client: at most the requests in flight on reused connections at that moment.) The checks are
+    counters: no extra system call per request.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: Whether a server of this connector's has sent bytes nobody asked for.
+        self.surplus = _Surplus()
         # aiohttp's protocol factory, a private attribute it has long had (`functools.partial(ResponseHandler, ...)`).
-        self._factory = functools.partial(_StrictProtocol, loop=self._loop)  # type: ignore[assignment]
+        self._factory = functools.partial(_StrictProtocol, loop=self._loop, surplus=self.surplus)  # type: ignore[assignment]
+
+
+class _Surplus:
+    """Shared by a connector's connections: a server of theirs has sent what nobody asked for (said once)."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def note(self) -> None:
+        if not self.seen:
+            self.seen = True
+            logger.warning(
+                "the server sent a response nobody asked for on a kept-alive connection; such answers are not trusted (the request "
+                "is sent again), and from now on every request goes on a connection of its own"
+            )
 
 
 class _StrictProtocol(ResponseHandler):
-    """aiohttp's protocol, but one holding bytes nobody asked for counts as closed.
+    """aiohttp's protocol, counting the answers it asked for against those that came.
 
-    aiohttp asks `is_connected` of a pooled, idle connection before it reuses it (and in its keep-alive sweep).
-    An idle connection holds nothing unless the server sent something after its last answer (`should_close`),
-    and one that is not connected is dropped, never reused.
+    `set_response_params` is called once per request, just before it is sent: one answer is then awaited. Each
+    response head parsed (`feed_data`) is one answer. Bytes arriving while no answer is awaited and none is being
+    read, or an answer beyond those awaited, make the connection `unasked`: never reused, and its answer not
+    trusted.
     """
 
-    _warned = False
+    def __init__(self, *args: Any, surplus: _Surplus, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._surplus = surplus
+        self._awaited = 0
+        #: Requests sent on this connection.
+        self.requests = 0
+        #: This connection carried bytes nobody asked for.
+        self.unasked = False
+
+    def _unasked(self) -> None:
+        self.unasked = True
+        self.force_close()
+        self._surplus.note()
+
+    @property
+    def suspect(self) -> bool:
+        """An answer read now may be another request's: this connection got bytes nobody asked for, or it was reused
+        (it had answered before) on a server known to push them, where the answer may be its previous request's."""
+        return self.unasked or (self.requests > 1 and self._surplus.seen)
+
+    def set_response_params(self, **kwargs: Any) -> None:
+        self._awaited = 1
+        self.requests += 1
+        super().set_response_params(**kwargs)
+        if self._surplus.seen:  # a server that pushes is given no connection to push onto: one request each
+            self.force_close()
+
+    def data_received(self, data: bytes) -> None:
+        if data and self._awaited <= 0 and (self._payload is None or self._payload.is_eof()):
+            self._unasked()  # nothing awaited, nothing being read
+        super().data_received(data)
+
+    def feed_data(self, data: Any, size: int = 0) -> None:
+        self._awaited -= 1  # one response head
+        if self._awaited < 0:
+            self._unasked()
+        super().feed_data(data, size)
 
     def is_connected(self) -> bool:
-        if not super().is_connected():
-            return False
-        if not self.should_close:
-            return True
-        if not _StrictProtocol._warned:
-            _StrictProtocol._warned = True
-            logger.warning("a server sent a response nobody asked for on an idle connection; such connections are dropped, not reused")
-        return False
+        return not self._surplus.seen and super().is_connected() and not self.should_close
 
 
 def _framed_by_its_length(response: aiohttp.ClientResponse) -> bool:

@@ -70,7 +70,7 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
         (["--arrivals", "poisson", "--request_url", "http://127.0.0.1:9/v1/chat/completions"], "--arrivals poisson needs a rate"),
         (["--arrivals", "uniform"], "invalid choice: 'uniform'"),
         (["--request_rate", "0"], "expected a positive number"),
-        (["--report", "r.jsonl"], "--report must differ from"),
+        (["--report", "r.jsonl"], "is the same file as the input (--requests_filepath)"),
         (["--report_html", "missing_dir/page.html"], "--report_html"),
     ],
 )
