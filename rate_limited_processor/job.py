@@ -76,6 +76,7 @@ async def run_file_job(
     status_interval: float | None = None,
     benchmark: RunReport | None = None,
     budget: Budget | None = None,
+    watch: Callable[[Processor], None] | None = None,
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
@@ -90,6 +91,7 @@ async def run_file_job(
     every `status_interval` seconds (None: never), and with one, only for an interval with trouble.
     `benchmark` is given every result written, for the benchmark report (`RunReport.build` after the run).
     `budget` (`--max_cost_usd`) stops the run, as a signal does, before a request that would not fit in it.
+    `watch` is called with the run's `Processor` before it starts (`--metrics_port` reads it when scraped).
     """
     check_output_path(requests_path, save_path)
     with OutputLock(save_path) as lock:
@@ -102,6 +104,8 @@ async def run_file_job(
             settings, limiter=limiter, limiter_factory=limiter_factory, transport=transport, clock=clock,
             max_ahead=ordered_window if ordered else None, budget=budget,
         )
+        if watch is not None:
+            watch(processor)
         stats = processor.stats
         stats.failed_earlier = report.failure_rows
         stats.earlier_rows = len(done)
