@@ -238,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="send one small request to --request_url, print the rate limits its answer's headers state, and exit; nothing is written",
     )
     add(
-        "--output_format", choices=["auto", "cookbook", "batch"], default="auto",
-        help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input",
+        "--output_format", choices=["auto", "cookbook", "batch", "parquet"], default="auto",
+        help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input; parquet: "
+        "--save_filepath is a directory of Parquet files, embeddings as float32 (needs the 'parquet' extra)",
     )
     add(
         "--header", action="append", default=[], metavar="'NAME: VALUE'",
@@ -527,7 +528,7 @@ class _Command:
             return self.refuse(error)
         configure_logging(args.logging_level)
         if args.dry_run:
-            return dry_run(settings, self.requests_path, self.save_path, retry_failed=args.retry_failed, prices=prices)
+            return dry_run(settings, self.requests_path, self.save_path, retry_failed=args.retry_failed, prices=prices, parquet=args.output_format == "parquet")
         show_progress = sys.stderr.isatty() and not args.no_progress
         try:
             stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress, prices))
@@ -556,13 +557,20 @@ class _Command:
     def check_paths(self, requests_path: Path, save_path: Path) -> None:
         """The input can be read, and the outputs can be written (checked without creating them)."""
         check_readable(requests_path)
+        parquet = self.args.output_format == "parquet"
         try:  # a dry run writes nothing, but reads the results file: it must still be one
-            check_output_path(requests_path, save_path)
+            if parquet:
+                from .parquet_output import check_parquet_output
+
+                check_parquet_output(save_path)
+            else:
+                check_output_path(requests_path, save_path)
         except UsageError as error:
             raise UsageError(f"--save_filepath: {error}") from None
         if self.args.dry_run:
             return
-        check_writable(save_path, "--save_filepath")
+        if not parquet:
+            check_writable(save_path, "--save_filepath")
         if self.summary_path is not None and self.summary_path.resolve() in (requests_path.resolve(), save_path.resolve()):
             raise UsageError("--summary_json must differ from --requests_filepath and --save_filepath")
         taken = {requests_path.resolve(), save_path.resolve()} | ({self.summary_path.resolve()} if self.summary_path is not None else set())
@@ -628,6 +636,8 @@ def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
     """What --mode batch does not do, said before anything is sent."""
     if args.ordered:
         raise UsageError("--ordered is for --mode online: a batch's results come back when the batch ends")
+    if args.output_format == "parquet":
+        raise UsageError("--output_format parquet is for --mode online: --mode batch writes JSONL rows")
     if args.accounts is not None:
         raise UsageError("--accounts is for --mode online: --mode batch sends the file through one account's Batch API")
     if is_anthropic_url(request_url):
@@ -658,10 +668,15 @@ def _check_metrics(args: argparse.Namespace) -> None:
     MetricsServer(args.metrics_port)  # refuses, naming the extra, when prometheus-client is missing
 
 
-def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool, prices: PriceBook | None = None) -> int:
+def dry_run(
+    settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool, prices: PriceBook | None = None, parquet: bool = False,
+) -> int:
     """Plan the job as it would run now (lines with a row in the results file are skipped); send nothing."""
+    prepare = prepare_results_file
+    if parquet:
+        from .parquet_output import prepare_parquet_results as prepare
     try:
-        done, _ = prepare_results_file(save_path, retry_failed=retry_failed, repair=False)
+        done, _ = prepare(save_path, retry_failed=retry_failed, repair=False)
     except ResumeError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
