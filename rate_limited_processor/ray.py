@@ -324,13 +324,15 @@ def process_dataset(
             import redis.asyncio  # noqa: F401
         except ImportError:
             raise UsageError("redis_url needs the redis package: pip install 'rate_limited_processor[ray]'") from None
+    import ray.data
+
     portable = PortableSettings.of(settings, key_variable=key_variable)
     return ds.map_batches(
         _Worker,
         fn_constructor_args=(portable, redis_url, limit_key, job or uuid.uuid4().hex, result_ttl),
         batch_size=batch_size,
         batch_format="pyarrow",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),  # a fixed pool: `concurrency=` is deprecated since Ray 2.51
         num_cpus=num_cpus,
         zero_copy_batch=True,
     )

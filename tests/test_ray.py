@@ -102,7 +102,7 @@ def test_one_processor_serves_batch_after_batch_with_one_row_out_per_row_in(mock
     try:
         processor = worker.processor
         first = as_rows(worker(pa.Table.from_pylist(rows(range(0, 40)))))
-        bad = [{"request": '{"model": "gpt-4o-mini", "messages": ', "metadata": {"id": "torn"}}, {"request": [1, 2], "metadata": None}]
+        bad: list[dict[str, Any]] = [{"request": '{"model": "gpt-4o-mini", "messages": ', "metadata": {"id": "torn"}}, {"request": [1, 2], "metadata": None}]
         # Rows Arrow could not hold in one column (text beside a list): straight to the batch step.
         second = as_rows(worker._call(worker._batch(rows(range(40, 70)) + bad)))
     finally:
