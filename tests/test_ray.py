@@ -169,3 +169,62 @@ def test_judge_smaller_four_workers_share_one_account_through_redis() -> None:
     assert all(row["error"] is None and answered_question(row) for row in taken)
     assert served.get("429", 0) <= requests * 0.01
     assert wall <= 1.25 * ideal
+
+
+def _our_map_workers() -> list[int]:
+    """The pids of this test's Ray map workers: processes titled ray::MapWorker descending from this process."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                if not file.read().startswith(b"ray::MapWorker"):
+                    continue
+            pid = int(entry)
+            while pid > 1 and pid != me:
+                with open(f"/proc/{pid}/stat") as stat:
+                    pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if pid == me:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_worker_killed_mid_batch_costs_only_its_requests_in_flight() -> None:
+    """kill -9 a worker mid-run: Ray runs its batch again on a new actor, which takes the answers kept in
+    Redis. Every row once, no error rows, and the mock answers at most the requests that were in flight twice."""
+    import signal
+    import threading
+
+    ray = pytest.importorskip("ray")
+    requests = 600
+    with MockProcess("--requests_per_minute", "1200", "--tokens_per_minute", "10000000", "--latency", "0.2") as limited, running_redis() as (url, _):
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            ds = ray.data.from_items(rows(range(requests)), override_num_blocks=2)  # big batches: the one killed has many answers behind it
+            out = process_dataset(ds, Settings(request_url=limited.url("chat/completions"), api_key=None), redis_url=url, concurrency=2, batch_size=None)
+            taken: list[dict[str, Any]] = []
+            consumer = threading.Thread(target=lambda: taken.extend(out.take_all()))
+            consumer.start()
+            deadline = time.monotonic() + 60
+            while limited.stats()["by_status"].get("200", 0) < 150:  # well into the run, a batch half done
+                assert time.monotonic() < deadline and consumer.is_alive()
+                time.sleep(0.2)
+            workers = _our_map_workers()  # Ray may have given every block to the first worker up: kill one at work
+            assert workers
+            os.kill(workers[0], signal.SIGKILL)
+            consumer.join(timeout=240)
+            assert not consumer.is_alive()
+        finally:
+            ray.shutdown()
+        served = limited.stats()["by_status"]
+    ids = Counter(row["metadata"]["id"] for row in taken)
+    print(f"mock answered {served}")
+    assert sorted(ids) == list(range(requests)) and max(ids.values()) == 1
+    assert all(row["error"] is None and answered_question(row) for row in taken)
+    assert requests <= served.get("200", 0) <= requests + 10  # at most the dead worker's requests in flight (0.2 s at 10/s each)
