@@ -263,8 +263,8 @@ class _Worker:
                 await self._keep(keys[number], result.response)
             else:
                 answers[number] = (body, None, result.errors[-1] if result.errors else "failed")
-        for (request, response, error), metadata in zip(answers, metadatas, strict=True):
-            out["request"].append(request)
+        for row, (_, response, error), metadata in zip(rows, answers, metadatas, strict=True):
+            out["request"].append(row.get("request"))  # as given (a dict, or its JSON text): one type per column
             out["response"].append(response)
             out["error"].append(error)
             out["metadata"].append(metadata)
