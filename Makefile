@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[offline,test,redis,lint]'
+	$(PY) -m pip install --quiet -e '.[offline,test,redis,lint,parquet,metrics,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -66,6 +66,7 @@ from .token_estimation import TokenEstimator
 from .transport import AiohttpTransport
 
 if TYPE_CHECKING:
+    from .metrics import MetricsServer
     from .shared_limiter import RedisLimiterFactory
 
 __all__ = ["main", "build_parser", "settings_from_args", "exit_code", "EXIT_MEANINGS", "UsageError"]
@@ -240,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="send one small request to --request_url, print the rate limits its answer's headers state, and exit; nothing is written",
     )
     add(
-        "--output_format", choices=["auto", "cookbook", "batch"], default="auto",
-        help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input",
+        "--output_format", choices=["auto", "cookbook", "batch", "parquet"], default="auto",
+        help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input; parquet: "
+        "--save_filepath is a directory of Parquet files, embeddings as float32 (needs the 'parquet' extra)",
     )
     add(
         "--header", action="append", default=[], metavar="'NAME: VALUE'",
@@ -270,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit_key", default=None,
         help="the name processes share limits under (default: the API's host, the first request's model and a hash of the API key)",
     )
+    add(
+        "--metrics_port", type=_port, default=None, metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics while the run goes (needs the 'metrics' extra; 0: a free port)",
+    )
+    add("--metrics_host", default="127.0.0.1", metavar="HOST", help="with --metrics_port, the address to listen on (0.0.0.0: every interface)")
     add(
         "--retry_failed", action="store_true",
         help="on a rerun, send again the requests whose rows in the results file are failures (they are removed from it first)",
@@ -313,6 +320,16 @@ def _batch_lines(text: str) -> int:
     value = _positive_int(text)
     if value > config.BATCH_API_MAX_LINES:
         raise argparse.ArgumentTypeError(f"the Batch API takes at most {config.BATCH_API_MAX_LINES:,} lines in a batch, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port from 0 to 65535 is needed, got {text!r}")
     return value
 
 
@@ -514,12 +531,13 @@ class _Command:
                 _check_batch_mode(args, settings.request_url)
             if not args.dry_run:
                 _check_redis_extra(args.redis_url)
+                _check_metrics(args)
                 self.check_budget(prices, self.requests_path)
         except UsageError as error:
             return self.refuse(error)
         configure_logging(args.logging_level)
         if args.dry_run:
-            return dry_run(settings, self.requests_path, self.save_path, retry_failed=args.retry_failed, prices=prices)
+            return dry_run(settings, self.requests_path, self.save_path, retry_failed=args.retry_failed, prices=prices, parquet=args.output_format == "parquet")
         show_progress = sys.stderr.isatty() and not args.no_progress
         try:
             stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress, prices))
@@ -553,13 +571,20 @@ class _Command:
     def check_paths(self, requests_path: Path, save_path: Path) -> None:
         """The input can be read, and the outputs can be written (checked without creating them)."""
         check_readable(requests_path)
+        parquet = self.args.output_format == "parquet"
         try:  # a dry run writes nothing, but reads the results file: it must still be one
-            check_output_path(requests_path, save_path)
+            if parquet:
+                from .parquet_output import check_parquet_output
+
+                check_parquet_output(save_path)
+            else:
+                check_output_path(requests_path, save_path)
         except UsageError as error:
             raise UsageError(f"--save_filepath: {error}") from None
         if self.args.dry_run:
             return
-        check_writable(save_path, "--save_filepath")
+        if not parquet:
+            check_writable(save_path, "--save_filepath")
         for flag in ("--report", "--report_html"):
             path = getattr(self.args, flag[2:])
             if path is not None:
@@ -643,6 +668,8 @@ def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
     """What --mode batch does not do, said before anything is sent."""
     if args.ordered:
         raise UsageError("--ordered is for --mode online: a batch's results come back when the batch ends")
+    if args.output_format == "parquet":
+        raise UsageError("--output_format parquet is for --mode online: --mode batch writes JSONL rows")
     if args.accounts is not None:
         raise UsageError("--accounts is for --mode online: --mode batch sends the file through one account's Batch API")
     if is_anthropic_url(request_url):
@@ -662,10 +689,26 @@ def _check_redis_extra(redis_url: str | None) -> None:
         ) from None
 
 
-def dry_run(settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool, prices: PriceBook | None = None) -> int:
+def _check_metrics(args: argparse.Namespace) -> None:
+    """--metrics_port needs the metrics extra, and watches an online run."""
+    if args.metrics_port is None:
+        return
+    if args.mode == "batch":
+        raise UsageError("--metrics_port is for --mode online: a batch run waits on the Batch API, with nothing to watch per request")
+    from .metrics import MetricsServer
+
+    MetricsServer(args.metrics_port)  # refuses, naming the extra, when prometheus-client is missing
+
+
+def dry_run(
+    settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool, prices: PriceBook | None = None, parquet: bool = False,
+) -> int:
     """Plan the job as it would run now (lines with a row in the results file are skipped); send nothing."""
+    prepare = prepare_results_file
+    if parquet:
+        from .parquet_output import prepare_parquet_results as prepare
     try:
-        done, _ = prepare_results_file(save_path, retry_failed=retry_failed, repair=False)
+        done, _ = prepare(save_path, retry_failed=retry_failed, repair=False)
     except ResumeError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -690,6 +733,17 @@ async def shared_limiters(settings: Settings, redis_url: str | None, limit_key: 
     return factory
 
 
+async def serve_metrics(args: argparse.Namespace, prices: PriceBook) -> MetricsServer | None:
+    """/metrics listening (--metrics_port), before anything is sent; None without the flag."""
+    if args.metrics_port is None:
+        return None
+    from .metrics import MetricsServer  # noqa: F811 (the metrics extra, loaded only when used)
+
+    served = await MetricsServer(args.metrics_port, host=args.metrics_host, prices=prices).start()
+    logging.getLogger(PROG).info("serving Prometheus metrics at %s", served.url)
+    return served
+
+
 async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path, save_path: Path, show_progress: bool, prices: PriceBook) -> RunStats:
     redirect = contextlib.nullcontext()
     if show_progress:
@@ -706,15 +760,20 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
             )
     factory = await shared_limiters(settings, args.redis_url, args.limit_key)
     benchmark = RunReport(streamed=settings.stream, settings=report_settings(settings)) if args.report or args.report_html else None
+    served = None
     try:
+        served = await serve_metrics(args, prices)
         with redirect:
             stats = await run_file_job(
                 settings, requests_path, save_path, limiter_factory=factory,
                 show_progress=show_progress, status_interval=args.status_interval or None, retry_failed=args.retry_failed,
                 handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
                 ordered=args.ordered, ordered_window=args.ordered_window, benchmark=benchmark, budget=budget,
+                watch=served.watch if served is not None else None,
             )
     finally:
+        if served is not None:
+            await served.aclose()
         if factory is not None:
             await factory.aclose()
     if factory is not None:

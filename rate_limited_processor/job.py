@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, cast
 
 from .budget import Budget
 from .clock import LOOP_CLOCK, Clock
@@ -71,12 +71,13 @@ async def run_file_job(
     retry_failed: bool = False,
     handle_signals: bool = False,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
-    output_format: OutputFormat | Literal["auto"] = "auto",
+    output_format: OutputFormat | Literal["auto", "parquet"] = "auto",
     ordered: bool = False,
     ordered_window: int = DEFAULT_ORDERED_WINDOW,
     status_interval: float | None = None,
     benchmark: RunReport | None = None,
     budget: Budget | None = None,
+    watch: Callable[[Processor], None] | None = None,
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
@@ -85,19 +86,27 @@ async def run_file_job(
     run holds it (see `OutputLock`), and `resume.ResumeError` if it is not a results file or is damaged. With
     `handle_signals`, a first SIGINT/SIGTERM/SIGHUP stops taking requests and gives those in flight
     `shutdown_grace` seconds; a second abandons them at once. `output_format` "auto" writes Batch
-    output for Batch input and the cookbook's rows otherwise. `ordered` writes rows in input order,
-    holding at most `ordered_window` finished results until the ones before them are done.
+    output for Batch input and the cookbook's rows otherwise; "parquet" a directory of Parquet files (`parquet_output.py`).
+    `ordered` writes rows in input order, holding at most `ordered_window` finished results until the ones before them are done.
     `show_progress` (default: stderr is a terminal) draws a bar; without one, a status line is printed
     every `status_interval` seconds (None: never), and with one, only for an interval with trouble.
     `benchmark` is given every result written, for the benchmark report (`RunReport.build` after the run).
     `budget` (`--max_cost_usd`) stops the run, as a signal does, before a request that would not fit in it.
+    `watch` is called with the run's `Processor` before it starts (`--metrics_port` reads it when scraped).
     """
-    check_output_path(requests_path, save_path)
-    with OutputLock(save_path) as lock:
+    parquet = output_format == "parquet"
+    if parquet:
+        from .parquet_output import ParquetOutputLock, ParquetResultWriter, check_parquet_output, prepare_parquet_results
+
+        check_parquet_output(save_path)
+    else:
+        check_output_path(requests_path, save_path)
+    with (ParquetOutputLock if parquet else OutputLock)(save_path) as lock:
         if output_format == "auto":
             output_format = detect_output_format(requests_path)
+        prepare = prepare_parquet_results if parquet else prepare_results_file
         try:
-            done, report = prepare_results_file(save_path, retry_failed=retry_failed)
+            done, report = prepare(save_path, retry_failed=retry_failed)
         except OSError as error:  # a full disk while indexing or repairing: one line naming the file, not a bug
             raise named(error, save_path) from None
         lock.follow()  # dropping failure rows replaced the file: the new one is locked too
@@ -106,6 +115,8 @@ async def run_file_job(
             settings, limiter=limiter, limiter_factory=limiter_factory, transport=transport, clock=clock,
             max_ahead=ordered_window if ordered else None, budget=budget,
         )
+        if watch is not None:
+            watch(processor)
         stats = processor.stats
         stats.failed_earlier = report.failure_rows
         stats.earlier_rows = len(done)
@@ -120,7 +131,7 @@ async def run_file_job(
         every = min(TICK_SECONDS, status_interval) if status_interval else TICK_SECONDS
         ticker = asyncio.ensure_future(_tick(display, clock, every)) if display.active else None
         try:
-            with ResultWriter(save_path, output_format, index=True) as writer:
+            with ParquetResultWriter(save_path) if parquet else ResultWriter(save_path, cast(OutputFormat, output_format), index=True) as writer:
                 reorder = Reorder() if ordered else None
 
                 def write(batch: Iterable[RequestResult]) -> bool:

@@ -326,6 +326,16 @@ class Processor:
         """The run takes no new requests and retries nothing (it was stopped, or something failed for all)."""
         return self.stats.stop_reason is not None
 
+    @property
+    def retries_waiting(self) -> int:
+        """Requests waiting for their retry to come due (a queue depth, for `metrics.py`)."""
+        return self._scheduler.retries_waiting
+
+    @property
+    def open_requests(self) -> int:
+        """Requests read from the input whose result has not been taken yet."""
+        return self._scheduler.open_count
+
     def stop(self, reason: str = "stopped") -> None:
         """Take no more requests; those in flight finish and are still yielded. The first reason wins."""
         if self.stats.stop_reason is None:

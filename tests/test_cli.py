@@ -113,6 +113,7 @@ DASHED_FLAGS: dict[str, str | None] = {
     "--max-in-flight": "7", "--burst-seconds": "2", "--no-progress": None, "--status-interval": "5", "--summary-json": "s.json",
     "--show-limits": None, "--output-format": "batch", "--header": "X-Gateway: on", "--dry-run": None, "--ordered": None,
     "--ordered-window": "9", "--redis-url": "redis://localhost:6379/0", "--limit-key": "team-a", "--retry-failed": None,
+    "--metrics-port": "9464", "--metrics-host": "0.0.0.0",
     "--shutdown-grace": "4", "--max-input-tokens-per-minute": "1000", "--max-output-tokens-per-minute": "800",
     "--accounts": "accounts.jsonl", "--stream": None, "--arrivals": "poisson", "--request-rate": "12.5", "--report": "b.json",
     "--report-html": "b.html",

@@ -110,3 +110,24 @@ async def test_a_disk_that_fills_mid_run_stops_with_one_line_and_a_rerun_with_ro
             _, stderr = await second.communicate()
             assert second.returncode == 0, stderr.decode()
         assert ids(read_rows(output_path)) == Counter(range(n))
+
+
+def test_a_parquet_output_directory_moved_mid_run_stops_the_run_and_says_so(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(5)])
+    output_path = tmp_path / "results"
+
+    def answer(request: TransportRequest) -> dict[str, Any]:
+        if "Question number 4:" in request.body["messages"][1]["content"]:
+            os.rename(output_path, tmp_path / "rotated")
+        return {"choices": [{"message": {"role": "assistant", "content": "ok"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    settings = Settings(request_url="http://mock.invalid/v1/chat/completions", api_key=None, limits=UNLIMITED, max_in_flight=1)
+    stats = asyncio.run(run_file_job(settings, input_path, output_path, show_progress=False, transport=answer, output_format="parquet"))
+    assert exit_code(stats) == EXIT_STOPPED and "moved or deleted during the run" in (stats.stop_reason or "")
+    for part in (output_path).iterdir():  # as the message says: the new parts into the old directory, put back
+        os.rename(part, tmp_path / "rotated" / part.name)
+    os.rmdir(output_path)
+    os.rename(tmp_path / "rotated", output_path)
+    served = asyncio.run(run_file_job(settings, input_path, output_path, show_progress=False, transport=answer, output_format="parquet"))
+    assert exit_code(served) == 0 and served.succeeded == 0 and served.already_done == 5, "every answer kept: none paid twice"
