@@ -648,11 +648,15 @@ class Processor:
         started = self._now()
         try:
             response = await transport.send(request)
-            job.received = response.timings
-            outcome = outcome_of(response, self._scrub)
         except TransportError as error:
             job.received = None
             outcome = outcome_of_error(error, self._scrub)
+        except Exception as error:  # not "no answer" (that is TransportError): a bug in the transport
+            self._transport_failed(job, error)
+            return
+        else:
+            job.received = response.timings
+            outcome = outcome_of(response, self._scrub)
         decision = classify(outcome, endpoint=job.endpoint)
         if self.budget is not None:
             succeeded, answered = decision.verdict is _SUCCESS, outcome.status is not None
@@ -778,6 +782,14 @@ class Processor:
             self._fail_run(f"the rate limiter failed: {type(error).__name__}: {error}", error)
             return False
         return True
+
+    def _transport_failed(self, job: _Job, error: Exception) -> None:
+        """The transport raised what is not a network error (a bug in a custom transport, say): retrying would hide
+        it behind a failure row. Stop the run, with its traceback logged and raised as RunStopped's cause; the
+        request stays unfinished, for a rerun once the transport is fixed."""
+        self._fail_run(f"the transport raised {type(error).__name__}: {error} (a bug, not a network error: a transport says "
+                       f"'no answer' with TransportError)", error)
+        logger.error("%s", self._scrub("".join(traceback.format_exception(error))))
 
     def _internal_error(self, job: _Job, error: Exception) -> RequestResult:
         details = self._scrub("".join(traceback.format_exception(error)))
