@@ -10,6 +10,7 @@ and each is logged one by one at INFO.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from collections import deque
@@ -296,13 +297,15 @@ def eta_seconds(stats: RunStats, now: float) -> float | None:
     return remaining * elapsed / stats.done
 
 
-def waiting_note(stats: RunStats, now: float) -> str | None:
+def waiting_note(stats: RunStats, now: float, *, short: bool = False) -> str | None:
     """"waiting: no answer for 12.0s, 40 in flight" when the API has gone quiet, so a stalled run does not look frozen."""
     if stats.finished_at is not None:
         return None
     quiet = now - (stats.last_answer_at if stats.last_answer_at is not None else stats.started_at)
     if quiet < WAITING_AFTER:
         return None
+    if short:  # the bar's line, where every column counts
+        return f"no answer for {format_duration(quiet)}, {stats.in_flight:,} in flight"
     if stats.in_flight:
         return f"waiting: no answer for {format_duration(quiet)}, {stats.in_flight:,} in flight"
     return f"waiting: no answer for {format_duration(quiet)}, nothing in flight (paced, paused after a 429, or backing off)"
@@ -323,17 +326,40 @@ def _short(value: float | None) -> str:
     return f"{value:,.0f}"
 
 
-def bar_postfix(stats: RunStats, now: float, given: Limits | None = None) -> str:
-    """The bar's right-hand side: the pace against the limits, what went wrong so far, and any wait."""
+def bar_postfix(stats: RunStats, now: float, given: Limits | None = None, width: int | None = None) -> str:
+    """The bar's second line: the pace against the limits, what went wrong so far, and any wait.
+
+    Fitted to `width` columns by leaving out what matters least first (the learned mark, the token pace, the
+    retries, then the wait), so the request pace against its limit, the 429s and the failures always show.
+    """
     rpm, tpm = stats.meter.per_minute()
     limits = stats.limits
     learned = given is not None and (limits.requests_per_minute, limits.tokens_per_minute) != (given.requests_per_minute, given.tokens_per_minute)
-    text = (
-        f"{_short(rpm)}/{_short(limits.requests_per_minute)} RPM, {_short(tpm)}/{_short(limits.tokens_per_minute)} TPM"
-        f"{' (learned)' if learned else ''}, {_plural(stats.retries, 'retry', 'retries')}, {stats.rate_limit_errors:,} 429s, {stats.failed:,} failed"
-    )
-    waiting = waiting_note(stats, now)
-    return f"{text}; {waiting}" if waiting is not None else text
+    waiting = waiting_note(stats, now, short=width is not None)
+    # (what it says, how much it matters: 0 always shown, higher left out first)
+    pieces: list[tuple[str, int]] = [
+        (f"{_short(rpm)}/{_short(limits.requests_per_minute)} RPM", 0),
+        (f"{_short(tpm)}/{_short(limits.tokens_per_minute)} TPM", 3),
+        (" (learned)" if learned else "", 4),
+        (_plural(stats.retries, "retry", "retries"), 2),
+        (f"{stats.rate_limit_errors:,} 429s", 0),
+        (f"{stats.failed:,} failed", 0),
+        (f"; {waiting}" if waiting is not None else "", 1),
+    ]
+    for leave_out in (None, 4, 3, 2, 1):
+        if leave_out is not None:
+            pieces = [(text, weight) for text, weight in pieces if weight < leave_out]
+        text = ""
+        for piece, _ in pieces:
+            if piece:
+                text += piece if not text or piece.startswith((" ", ";")) else f", {piece}"
+        if width is None or len(text) <= width:
+            return text
+    return text[:width]
+
+
+#: The bar's first line: done/total, this run's rate and the time left (its second line is `bar_postfix`).
+_BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
 
 
 class ProgressDisplay:
@@ -356,22 +382,28 @@ class ProgressDisplay:
         status_interval: float | None = None,
         given: Limits | None = None,
         stream: TextIO | None = None,
+        width: int | None = None,
     ) -> None:
         self._stats = stats
         self._given = given
         self._stream = stream
+        self._width = width  # None: the terminal's, as it is at each redraw
         self._bar: Any = None
+        self._line: Any = None
         now = stats.clock()
         self._digest = StatusDigest(stats, status_interval, now=now, given=given) if status_interval else None
         if enabled:
             from tqdm import tqdm
 
             skipped = stats.skipped
+            # Two lines, so that on an 80-column terminal nothing that matters is cut off: the bar with done/total,
+            # the rate and the time left; under it, the pace against the limits, 429s and failures (`bar_postfix`).
             self._bar = tqdm(
-                total=stats.total, initial=skipped, unit="req", file=self._out(), dynamic_ncols=True,
+                total=stats.total, initial=skipped, unit="req", file=self._out(), dynamic_ncols=width is None, ncols=width,
                 smoothing=0,  # the rate is this run's average: skipped lines are in `initial`, not in the rate
-                desc=f"resumed, {skipped:,} done before" if skipped else None,
+                desc=f"resumed, {skipped:,} done before: " if skipped else None, bar_format=_BAR_FORMAT, position=0,
             )
+            self._line = tqdm(total=0, file=self._out(), bar_format="{desc}", position=1, dynamic_ncols=width is None, ncols=width)
 
     @property
     def active(self) -> bool:
@@ -401,8 +433,8 @@ class ProgressDisplay:
         now = self._stats.clock()
         if self._bar is not None:
             self.update()
-            self._bar.set_postfix_str(bar_postfix(self._stats, now, self._given), refresh=False)
             self._bar.refresh()
+            self._show_postfix(now)
         digest = self._digest
         if digest is not None and digest.due(now):
             trouble = digest.had_trouble(self._stats)
@@ -410,11 +442,16 @@ class ProgressDisplay:
             if self._bar is None or trouble:
                 self.note(line)
 
+    def _show_postfix(self, now: float) -> None:
+        width = self._width or self._bar.ncols or shutil.get_terminal_size().columns  # tqdm's: the terminal's at its last redraw
+        self._line.set_description_str(bar_postfix(self._stats, now, self._given, width - 1), refresh=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self.update()
-            self._bar.set_postfix_str(bar_postfix(self._stats, self._stats.clock(), self._given), refresh=False)
+            self._show_postfix(self._stats.clock())
             self._bar.close()
+            self._line.close()
 
 
 def format_summary(stats: RunStats, *, save_path: str | None = None, prices: PriceBook | None = None, max_cost_usd: float | None = None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -117,6 +118,35 @@ def test_progress_display_shows_done_over_total_with_rates_retries_and_failures(
     assert "/600 RPM" in out and "/60k TPM" in out  # the limits the run paces to are on the bar
 
 
+def drawn_lines(output: str) -> list[str]:
+    """What a terminal shows last of tqdm's output: each line's last redraw, escape sequences left out."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "\n", output)
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_on_a_narrow_terminal_done_total_the_pace_against_the_limit_429s_and_failures_all_show(width: int) -> None:
+    clock = Clock()
+    stats = RunStats(Limits(600, 60_000), started_at=0.0, clock=clock)
+    stats.total = 1_000_000
+    stream = io.StringIO()
+    display = ProgressDisplay(stats, enabled=True, stream=stream, width=width, given=Limits(None, None))
+    clock.now = 100.0
+    stats.succeeded, stats.failed, stats.retries, stats.rate_limit_errors = 543_210, 1_234, 56_789, 4_321
+    stats.attempts = stats.answers = 600_000
+    stats.last_answer_at = 85.0  # quiet for 15 s: the wait is shown too, where it fits
+    display.tick()
+    bar, status = drawn_lines(stream.getvalue())[-2:]
+    assert all(len(line) <= width for line in (bar, status)), (bar, status)
+    assert "544444/1000000" in bar and "%|" in bar and "|" in bar.split("%|", 1)[1]  # done/total, and a bar of some length
+    assert len(bar.split("%|", 1)[1].split("|", 1)[0]) >= (20 if width == 80 else 5)
+    assert "/600 RPM" in status and "4,321 429s" in status and "1,234 failed" in status
+    if width == 80:
+        assert "; no answer for 15.0s, 0 in flight" in status
+    display.close()
+    assert drawn_lines(stream.getvalue())[-1] == status  # what it ended on stays on the screen
+
+
 def test_disabled_progress_display_writes_nothing() -> None:
     stream = io.StringIO()
     display = ProgressDisplay(finished_stats(), enabled=False, stream=stream)
@@ -173,7 +203,7 @@ def test_the_display_says_it_is_waiting_when_the_api_goes_quiet() -> None:
     display = ProgressDisplay(stats, enabled=True, stream=stream)
     clock.now = 60.0
     display.tick()
-    assert "waiting: no answer for 1m00s, 40 in flight" in stream.getvalue()
+    assert "no answer for 1m00s, 40 in flight" in stream.getvalue()
     display.close()
 
 
@@ -190,7 +220,7 @@ def test_a_resumed_bar_starts_at_what_was_done_and_its_rate_and_eta_count_only_t
     wall.now = run_clock.now = 100.0
     stats.already_done, stats.succeeded = 8_000, 1_000
     display.tick()
-    last = stream.getvalue().rsplit("\r", 1)[-1]
+    last = drawn_lines(stream.getvalue())[-2]  # the bar; under it, the pace and the counts
     assert "9000/10000" in last
     assert "10.00req/s" in last  # 1,000 sent by this run in 100 s (counting the 9,000 would say 90/s)
     assert "01:40<01:40" in last  # and 1,000 left at 10/s
