@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import DEFAULT_REQUEST_URL, key_variable_for
-from .endpoints import Endpoint, endpoint_from_url, missing_field_reason, resolve_url
+from .endpoints import Endpoint, endpoint_from_url, is_azure_url, missing_field_reason, resolve_url
 from .errors import UsageError
 from .models import APIRequest, RejectedLine
 from .request_io import read_requests
@@ -32,6 +32,7 @@ __all__ = [
     "check_writable",
     "first_model",
     "nearest_endpoint_url",
+    "likely_url",
 ]
 
 #: How many lines are checked before sending: if none of them is usable, the file is refused whole.
@@ -89,6 +90,29 @@ def check_key_for_provider(url: str, *, has_key: bool, headers: Mapping[str, str
     raise UsageError(
         f"no API key for {host}: set ${variable} (export {variable}=...), or give --api_key; nothing was sent"
     )
+
+
+def likely_url(url: str, *, status: int | None, tls_failed: bool) -> str | None:
+    """The URL that was probably meant, when every request to `url` failed the way a common slip makes them fail.
+
+    >>> likely_url("http://127.0.0.1:8000/chat/completions", status=404, tls_failed=False)    # the /v1 left out
+    'http://127.0.0.1:8000/v1/chat/completions'
+    >>> likely_url("https://127.0.0.1:8000/v1/embeddings", status=None, tls_failed=True)     # a plain-HTTP server
+    'http://127.0.0.1:8000/v1/embeddings'
+    """
+    parts = urlsplit(url)
+    if tls_failed and parts.scheme.lower() == "https":
+        return urlunsplit(("http", *parts[1:]))
+    if status not in (404, 405) or "/v1/" in f"{parts.path}/" or is_azure_url(url):
+        return None
+    try:
+        suffix = "/" + endpoint_from_url(url).value
+    except ValueError:
+        return None
+    if not parts.path.rstrip("/").endswith(suffix):
+        return None
+    prefix = parts.path.rstrip("/")[: -len(suffix)]
+    return urlunsplit(parts._replace(path=f"{prefix}/v1{suffix}"))
 
 
 def _looks_local(url: str) -> bool:

@@ -51,7 +51,7 @@ from .config import Settings
 from .credentials import scrubber_for
 from .decisions import DropAccount, Fail, JobState, Retry, RunState, StopRun, Succeed, next_step
 from .endpoints import Endpoint, UnsupportedEndpoint, cached_endpoint, check_request
-from .errors import InvalidRequest, RunStopped, TransportError
+from .errors import InvalidRequest, NoAnswer, RunStopped, TransportError
 from .lanes import Lane, Lanes, LimiterFactory
 from .learned_limits import NO_REPORT, SendMark, parse_rate_limit_headers, states_rate_limits
 from .limiter import InProcessLimiter, Limits, RateLimiter
@@ -714,6 +714,8 @@ class Processor:
                 job.rate_limited += 1  # not the request's fault: it costs no attempt
                 self._scheduler.add_retry(job, self._now())
             case StopRun(reason=why):
+                if decision.about_the_endpoint and not self._any_succeeded:
+                    why += _likely_url_hint(job.url, outcome)
                 logger.error("%s: %s; stopping the run", job.request.name, self._scrub(why))
                 self.stop(self._scrub(why))
 
@@ -806,6 +808,14 @@ class Processor:
         while self._in_flight:
             await asyncio.wait(set(self._in_flight))
         await self._results.put(_END)
+
+
+def _likely_url_hint(url: str, outcome: HTTPOutcome) -> str:
+    """" (did you mean ...?)", for a URL that failed every request the way a common slip makes it fail."""
+    from .preflight import likely_url  # the checks before sending; imported only for a run that stops so
+
+    likely = likely_url(url, status=outcome.status, tls_failed=outcome.no_answer is NoAnswer.TLS)
+    return f" (did you mean {likely}?)" if likely is not None else ""
 
 
 def _close(a: Limits, b: Limits, tolerance: float = 0.01) -> bool:

@@ -216,7 +216,7 @@ async def test_nothing_listening_exits_3_within_20_seconds_and_writes_no_row(tmp
     assert code == 3, stderr
     assert time.monotonic() - started < 20 + 5  # 20 s, plus the interpreter's start-up on a loaded machine
     assert f"127.0.0.1:{port}/v1/chat/completions" in stderr and "none succeeded" in stderr
-    assert not output_path.exists() or output_path.read_text() == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["questions.jsonl"]  # no empty results file, no index
 
 
 @pytest.mark.e2e
@@ -231,8 +231,40 @@ async def test_a_path_that_404s_exits_3_and_the_rerun_at_the_right_url_writes_ev
         assert code == 3, stderr
         assert time.monotonic() - started < 20 + 5 and "HTTP 404" in stderr
         assert len(server.record) < 100  # one request at a time while nothing works
-        assert output_path.read_text() == ""
+        assert f"did you mean {server.url('chat/completions')}?" in stderr
+        assert not output_path.exists() and not Path(f"{output_path}.index").exists()  # nothing left behind
         code, _, stderr = await run_cli(*paths, "--request_url", server.url("chat/completions"), "--max_requests_per_minute", "60000")
     assert code == 0, stderr
     rows = read_rows(output_path)
     assert sorted(row[2]["id"] for row in rows) == list(range(3_000)) and all(isinstance(row[1], dict) for row in rows)
+
+
+@pytest.mark.parametrize("mistake", ["no /v1", "https to plain http"])
+async def test_a_url_that_fails_every_request_stops_with_the_likely_url_and_leaves_no_file(tmp_path: Path, mistake: str) -> None:
+    from rate_limited_processor import RetryPolicy, Settings, run_file_job
+
+    input_path = write_jsonl(tmp_path / "questions.jsonl", [chat_request(i) for i in range(20)])
+    output_path = tmp_path / "out.jsonl"
+    async with MockServer() as server:
+        right = server.url("chat/completions")
+        wrong = server.origin + "/chat/completions" if mistake == "no /v1" else right.replace("http://", "https://")
+        settings = Settings(request_url=wrong, api_key=None, retry=RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.01))
+        stats = await run_file_job(settings, input_path, output_path, show_progress=False)
+    assert stats.stop_reason is not None and "none succeeded" in stats.stop_reason
+    assert stats.stop_reason.endswith(f"(did you mean {right}?)")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["questions.jsonl"]  # no empty results file, no .index, no .lock
+
+
+async def test_a_run_that_writes_rows_keeps_its_file_and_an_earlier_file_is_never_removed(tmp_path: Path) -> None:
+    from rate_limited_processor import RetryPolicy, Settings, run_file_job
+
+    input_path = write_jsonl(tmp_path / "questions.jsonl", [chat_request(i) for i in range(3)])
+    output_path = tmp_path / "out.jsonl"
+    output_path.touch()  # the user's own empty file: a fresh start, but not this run's to remove
+    async with MockServer() as server:
+        settings = Settings(request_url=server.origin + "/chat/completions", api_key=None, retry=RetryPolicy(max_attempts=1))
+        stopped = await run_file_job(settings, input_path, output_path, show_progress=False)
+        assert stopped.stop_reason is not None and output_path.exists()
+        output_path.unlink()
+        done = await run_file_job(Settings(request_url=server.url("chat/completions"), api_key=None), input_path, output_path, show_progress=False)
+    assert done.succeeded == 3 and len(read_rows(output_path)) == 3
