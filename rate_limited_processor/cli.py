@@ -551,7 +551,7 @@ class _Command:
             print(f"{PROG}: internal error: {scrub(str(error))} (please report it; a rerun resumes)", file=sys.stderr)
             return self.finish(EXIT_STOPPED, None, error=f"internal error: {scrub(str(error))}")
         written = str(self.save_path) if self.save_path.exists() else None  # a run that wrote no row leaves no file
-        print(format_summary(stats, save_path=written, prices=prices, max_cost_usd=args.max_cost_usd), file=sys.stderr)
+        print(format_summary(stats, save_path=written, prices=prices, max_cost_usd=args.max_cost_usd, given=settings.limits), file=sys.stderr)
         return self.finish(exit_code(stats), stats)
 
     def check_budget(self, prices: PriceBook, requests_path: Path) -> None:

@@ -131,6 +131,8 @@ class RunStats:
     #: For succeeded requests, per model: our estimate (prompt, completion budget) and the API's reported usage.
     estimated_cost: CostLedger = field(default_factory=CostLedger, repr=False)
     spent: CostLedger = field(default_factory=CostLedger, repr=False)
+    #: Sent through the Batch API (`--mode batch`): no rate limit paced it, and no token was charged to one.
+    batch: bool = False
     meter: RateMeter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -454,9 +456,12 @@ class ProgressDisplay:
             self._line.close()
 
 
-def format_summary(stats: RunStats, *, save_path: str | None = None, prices: PriceBook | None = None, max_cost_usd: float | None = None) -> str:
-    """The end-of-run report: what happened, how fast against the limits, what it cost (with `prices`), and where the
-    results are."""
+def format_summary(
+    stats: RunStats, *, save_path: str | None = None, prices: PriceBook | None = None, max_cost_usd: float | None = None,
+    given: Limits | None = None,
+) -> str:
+    """The end-of-run report: what happened, how fast against the limits (and whether a limit `given` was lowered to
+    what the API states), what it cost (with `prices`), and where the results are."""
     minutes = stats.elapsed / 60.0
     rpm = stats.attempts / minutes
     tpm = stats.tokens_charged / minutes
@@ -479,11 +484,10 @@ def format_summary(stats: RunStats, *, save_path: str | None = None, prices: Pri
         lines.append(f"  note             {stats.orphan_rows:,} rows of an earlier run match no input line (input edited since?)")
     if stats.stop_reason:
         not_done = f"{stats.total - stats.done - stats.already_done:,}" if stats.total is not None else "the rest"
-        lines.append(f"    not finished   {not_done} ({stats.unfinished:,} had been started); rerun to send them")
+        lines.append(f"    not finished   {not_done} (no final answer, so no row); rerun to send them")
     lines.append(f"  attempts         {stats.attempts:,} ({stats.retries:,} retries, {stats.rate_limit_errors:,} rate-limit 429s)")
     lines.append(f"  elapsed          {format_duration(stats.elapsed)}")
-    lines.append(f"  throughput       {rpm:,.0f} requests/min{_of_limit(rpm, stats.limits.requests_per_minute)}")
-    lines.append(f"                   {tpm:,.0f} tokens/min{_of_limit(tpm, stats.limits.tokens_per_minute)}")
+    lines.extend(_throughput_lines(stats, rpm, tpm, given))
     if stats.succeeded:
         lines.append(
             f"  tokens           estimated {stats.estimated_tokens_succeeded:,} (charged to the token limit); "
@@ -594,11 +598,28 @@ def _round_figure(value: float) -> float:
     return float(f"{value:.3g}")
 
 
-def _of_limit(value: float, limit: float | None) -> str:
+def _throughput_lines(stats: RunStats, rpm: float, tpm: float, given: Limits | None) -> list[str]:
+    """The pace against the limits, only where it means something: not for a run with no success (its "rate"
+    is of failures), nor against rate limits for the Batch API (none paces it, and it charges no tokens to one)."""
+    if not stats.succeeded:
+        return ["  throughput       none: no request succeeded"]
+    if stats.batch:
+        done = stats.succeeded + stats.failed
+        return [f"  throughput       {done / (stats.elapsed / 60.0):,.0f} requests/min, through the Batch API (no rate limit paces it)"]
+    given = given if given is not None else Limits(None, None)
+    return [
+        f"  throughput       {rpm:,.0f} requests/min{_of_limit(rpm, stats.limits.requests_per_minute, given.requests_per_minute)}",
+        f"                   {tpm:,.0f} tokens/min{_of_limit(tpm, stats.limits.tokens_per_minute, given.tokens_per_minute)}",
+    ]
+
+
+def _of_limit(value: float, limit: float | None, given: float | None = None) -> str:
     if limit is None:
         return " (limit not known: the API sent no x-ratelimit headers)"
     if math.isinf(limit):
         return " (no limit set)"
+    if given is not None and limit < given * 0.999:
+        return f" ({value / limit:.0%} of the {limit:,.0f} limit the API states; the {given:,.0f} given was lowered to it)"
     return f" ({value / limit:.0%} of the {limit:,.0f} limit)"
 
 

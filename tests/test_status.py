@@ -79,7 +79,27 @@ def test_summary_of_a_stopped_run_says_why_and_what_is_left() -> None:
     stats.stop_reason = "HTTP 401 invalid_api_key: Incorrect API key provided"
     text = format_summary(stats)
     assert "STOPPED EARLY: HTTP 401 invalid_api_key" in text
-    assert "not finished   90 (4 had been started); rerun to send them" in text
+    assert "not finished   90 (no final answer, so no row); rerun to send them" in text
+
+
+def test_summaries_that_would_mislead_say_what_happened() -> None:
+    # Nothing succeeded: no throughput to speak of (its "rate" would be of failures).
+    failed = finished_stats(failed=3, attempts=15, tokens_charged=300)
+    failed.total = 3
+    text = format_summary(failed)
+    assert "throughput       none: no request succeeded" in text and "requests/min" not in text
+    # A limit given and lowered to what the API states says so.
+    lowered = finished_stats(succeeded=220, attempts=220, tokens_charged=22_000)
+    lowered.limits = Limits(500, 60_000)
+    text = format_summary(lowered, given=Limits(2_000, 60_000))
+    assert "110 requests/min (22% of the 500 limit the API states; the 2,000 given was lowered to it)" in text
+    assert "11,000 tokens/min (18% of the 60,000 limit)" in text
+    # The Batch API: no rate limit paced it, and its tokens were charged to none.
+    batch = finished_stats(succeeded=1_000, attempts=0)
+    batch.limits, batch.batch = Limits(None, None), True
+    text = format_summary(batch)
+    assert "500 requests/min, through the Batch API (no rate limit paces it)" in text
+    assert "limit not known" not in text and "tokens/min" not in text
 
 
 def test_a_success_counts_its_estimate_against_the_usage_the_api_reported() -> None:
@@ -125,8 +145,11 @@ def drawn_lines(output: str) -> list[str]:
 
 
 @pytest.mark.parametrize("width", [80, 60])
-def test_on_a_narrow_terminal_done_total_the_pace_against_the_limit_429s_and_failures_all_show(width: int) -> None:
+def test_on_a_narrow_terminal_done_total_the_pace_against_the_limit_429s_and_failures_all_show(width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm.std
+
     clock = Clock()
+    monkeypatch.setattr(tqdm.std, "time", clock)  # tqdm's own clock too, for its rate and time left
     stats = RunStats(Limits(600, 60_000), started_at=0.0, clock=clock)
     stats.total = 1_000_000
     stream = io.StringIO()
