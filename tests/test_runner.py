@@ -149,7 +149,7 @@ def test_errors_that_fail_every_request_stop_the_run_and_write_only_real_results
     stats = run_virtual(run_file_job(settings, input_path, output_path, show_progress=False, transport=MockTransport(api)))
     assert stats.stop_reason is not None and expected in stats.stop_reason
     assert len(api.record) < 100, "dispatch stopped at once"
-    rows = read_rows(output_path)
+    rows = read_rows(output_path) if output_path.exists() else []  # a run with no row leaves no file
     assert all(isinstance(row[1], dict) for row in rows)  # what was not finished is left for a rerun
     assert len(rows) == stats.succeeded < 500 and stats.failed == 0
     # What was sent but not written is unfinished, and so is the one the feeder had read but not yet sent.
