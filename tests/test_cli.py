@@ -363,15 +363,6 @@ def test_show_limits_when_nothing_answers_exits_3(capsys: pytest.CaptureFixture[
     assert code == 3 and "no answer from http://127.0.0.1:9/v1/chat/completions" in capsys.readouterr().err
 
 
-def test_the_readme_flag_table_lists_every_flag() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    table = readme.split("### Flags\n", 1)[1].split("\n\n", 1)[0]
-    documented = set(re.findall(r"^\| `(--[a-z_]+)` \|", table, flags=re.MULTILINE))
-    flags = {option for action in build_parser()._actions for option in action.option_strings if option.startswith("--") and option != "--help"}
-    assert documented == flags
-    assert "rate-limited-processor" in readme  # the console script
-
-
 @pytest.mark.parametrize(
     "url, variable",
     [

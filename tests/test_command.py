@@ -63,23 +63,31 @@ def test_the_sync_and_custom_transport_examples_run() -> None:
     assert "60 of 60 answered" in custom.stdout and "'7 noitseuq'" in custom.stdout
 
 
-def readme_python_snippets() -> list[str]:
-    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Use from Python", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+def python_snippets() -> list[tuple[str, str]]:
+    """(where, code) of every Python snippet of the README and the Python API's page: each a whole program."""
+    snippets = []
+    for page in (EXAMPLES.parent / "README.md", EXAMPLES.parent / "docs" / "python-api.md"):
+        text = page.read_text(encoding="utf-8")
+        snippets += [(f"{page.name} #{number}", code) for number, code in enumerate(re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL), 1)]
+    return snippets
 
 
-@pytest.mark.e2e
-def test_the_readme_python_snippets_run_as_pasted(tmp_path: Path) -> None:
-    snippets = readme_python_snippets()
-    assert len(snippets) == 3
-    for number, snippet in enumerate(snippets, start=1):
-        script = tmp_path / f"snippet_{number}.py"
-        script.write_text(snippet, encoding="utf-8")
-        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-        assert result.returncode == 0, f"snippet {number}:\n{snippet}\n{result.stderr[-2000:]}"
-        assert result.stdout.strip(), f"snippet {number} printed nothing"
-    assert "desserts" in result.stdout
+@pytest.mark.parametrize(("where", "snippet"), python_snippets(), ids=[where for where, _ in python_snippets()])
+def test_the_documented_python_snippets_run_as_pasted(tmp_path: Path, where: str, snippet: str) -> None:
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet, encoding="utf-8")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, f"{where}:\n{snippet}\n{result.stderr[-2000:]}"
+    assert result.stdout.strip(), f"{where} printed nothing"
+    if "reverse_model" in snippet:
+        assert "desserts" in result.stdout
+    if "run_virtual" in snippet:
+        assert "virtual seconds" in result.stdout
+
+
+def test_every_page_of_python_snippets_has_them() -> None:
+    assert [where.split(" ")[0] for where, _ in python_snippets()].count("python-api.md") >= 5
+    assert any(where.startswith("README.md") for where, _ in python_snippets())
 
 
 @pytest.mark.e2e
