@@ -93,14 +93,17 @@ def _version() -> str:
 
 #: The end of --help: two commands to copy, and what the exit codes mean.
 HELP_EPILOG = f"""examples:
-  # against the project's mock API, started first: python -m {PROG}.mock_server
-  python -m {PROG} --requests_filepath examples/chat_requests.jsonl \\
+  # against the project's mock API, started first with
+  #   python -m {PROG}.mock_server
+  python -m {PROG} \\
+    --requests_filepath examples/chat_requests.jsonl \\
     --request_url http://127.0.0.1:8000/v1/chat/completions
   # the real API, the key from $OPENAI_API_KEY, limits learned from its headers
-  python -m {PROG} --requests_filepath requests.jsonl --save_filepath results.jsonl \\
+  python -m {PROG} --requests_filepath requests.jsonl \\
     --request_url https://api.openai.com/v1/chat/completions
 
-exit codes: 0 all succeeded; 1 some failed; 2 usage or input error; 3 stopped early (rerun to finish)
+exit codes: 0 all succeeded; 1 some failed; 2 usage or input error;
+  3 stopped early (rerun to finish)
 """
 
 
@@ -163,9 +166,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=f"python -m {PROG}",
-        usage="%(prog)s --requests_filepath FILE --request_url URL [options]",
-        description="Send a JSONL file of OpenAI API requests as fast as your rate limits allow, and no faster.\n"
-        "Every flag may also be written with dashes (--requests-filepath). All flags: docs/flags.md.",
+        usage="%(prog)s --requests_filepath FILE\n       --request_url URL [options]",
+        description="Send a JSONL file of OpenAI (or compatible, or Anthropic) API requests as fast\n"
+        "as your rate limits allow, and no faster. Every flag may also be written with\n"
+        "dashes (--requests-filepath); docs/flags.md says more about each.",
         formatter_class=_HelpFormatter,
         epilog=HELP_EPILOG,
     )
@@ -192,17 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     accounts("--api_key", default=None, help=f"API key (default: ${API_KEY_VARIABLE}; prefer the variable: flags show in process lists)")
     limits(
-        "--max_requests_per_minute", type=_limit, default="auto",
+        "--max_requests_per_minute", type=_limit, default="auto", metavar="RPM",
         help="requests-per-minute limit to stay under; auto: learned from the API's x-ratelimit headers (a given number is lowered to "
         "what the API reports)",
     )
     limits(
-        "--max_tokens_per_minute", "--max_input_tokens_per_minute", type=_limit, default="auto",
+        "--max_tokens_per_minute", "--max_input_tokens_per_minute", type=_limit, default="auto", metavar="TPM",
         help="tokens-per-minute limit to stay under (estimated with tiktoken); for Anthropic, the input-tokens limit (ITPM); auto: "
         "learned as above",
     )
     limits(
-        "--max_output_tokens_per_minute", type=_limit, default="auto",
+        "--max_output_tokens_per_minute", type=_limit, default="auto", metavar="OTPM",
         help="output-tokens-per-minute limit (Anthropic's OTPM): each request reserves its max_tokens, and gets back what its answer "
         "did not use; auto: learned from the anthropic-ratelimit headers (none for APIs without such a limit)",
     )

@@ -47,6 +47,12 @@ def test_help_is_in_groups_and_ends_with_two_examples() -> None:
     assert help_text.count("\n") < 200 and help_text.splitlines()[0].startswith("usage: ")
 
 
+def test_help_fits_an_80_column_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    lines = build_parser().format_help().splitlines()
+    assert max(map(len, lines)) <= 80, max(lines, key=len)
+
+
 def test_cookbook_command_line_parses_to_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     args = build_parser().parse_args([
