@@ -125,7 +125,7 @@ async def run_batch_job(
         state = BatchState.load(sidecar_path(save_path, SIDECAR_KIND), root)
         network = http if http is not None else AiohttpBatchHTTP()
         api = BatchAPI(root, auth_headers(settings), http=network, scrub=scrubber_for(settings), clock=clock)
-        stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now)
+        stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, batch=True)
         stats.failed_earlier = report.failure_rows
         stats.earlier_rows = len(done)
         stats.total = count_lines(requests_path)

@@ -53,7 +53,7 @@ from .errors import LimiterUnavailable, ResumeError, UsageError
 from .job import check_output_path, default_save_path, run_file_job, skip_done
 from .limiter import DEFAULT_BURST_SECONDS, Limits
 from .planning import format_plan, plan_requests
-from .preflight import check_input, check_readable, check_request_url, check_writable, first_model
+from .preflight import check_input, check_key_for_provider, check_readable, check_request_url, check_writable, first_model
 from .probe import format_limits, probe_body, probe_limits
 from .report import RunReport
 from .request_io import read_requests
@@ -95,8 +95,25 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default unless it has none worth printing (its help then says what happens)."""
+#: The end of --help: two commands to copy, and what the exit codes mean.
+HELP_EPILOG = f"""examples:
+  # against the project's mock API, started first with
+  #   python -m {PROG}.mock_server
+  python -m {PROG} \\
+    --requests_filepath examples/chat_requests.jsonl \\
+    --request_url http://127.0.0.1:8000/v1/chat/completions
+  # the real API, the key from $OPENAI_API_KEY, limits learned from its headers
+  python -m {PROG} --requests_filepath requests.jsonl \\
+    --request_url https://api.openai.com/v1/chat/completions
+
+exit codes: 0 all succeeded; 1 some failed; 2 usage or input error;
+  3 stopped early (rerun to finish)
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it has none worth printing (its help then says what happens); keeps the
+    epilog's examples as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default in (None, False):
@@ -153,163 +170,172 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=f"python -m {PROG}",
-        description="Send a JSONL file of OpenAI API requests as fast as your rate limits allow, and no faster. "
-        "Every flag may also be written with dashes (--requests-filepath).",
+        usage="%(prog)s --requests_filepath FILE\n       --request_url URL [options]",
+        description="Send a JSONL file of OpenAI (or compatible, or Anthropic) API requests as fast\n"
+        "as your rate limits allow, and no faster. Every flag may also be written with\n"
+        "dashes (--requests-filepath); docs/flags.md says more about each.",
         formatter_class=_HelpFormatter,
-        epilog="Exit codes: 0 all succeeded; 1 some failed; 2 usage or input error; 3 stopped early (rerun to finish).",
+        epilog=HELP_EPILOG,
     )
-    add = parser.add_argument
-    add("--version", action="version", version=f"{PROG} {_version()}")
-    add(
+    group = parser.add_argument_group
+    io = group("input and output").add_argument
+    limits = group("limits (per minute; auto: learned from the API's headers)").add_argument
+    retries = group("retries and timeouts").add_argument
+    accounts = group("accounts and providers").add_argument
+    batch = group("Batch mode").add_argument
+    bench = group("benchmarking").add_argument
+    display = group("display").add_argument
+    display("--version", action="version", version=f"{PROG} {_version()}")
+    io(
         "--requests_filepath", metavar="FILE",
         help="required (except with --show_limits): JSONL file, one request body per line (an optional 'metadata' field is passed "
         "through, never sent)",
     )
-    add("--save_filepath", metavar="FILE", default=None, help="where results are appended (default: <input stem>_results.jsonl beside the input)")
-    add(
+    io("--save_filepath", metavar="FILE", default=None, help="where results are appended (default: <input stem>_results.jsonl beside the input)")
+    io(
         "--request_url", default=None, metavar="URL",
         help=f"endpoint every request is POSTed to (OpenAI, Azure or OpenAI-compatible) (default: {DEFAULT_REQUEST_URL}, the cookbook's: "
         "the embeddings endpoint); for Batch input, lines' own urls replace its endpoint part, and an API root such as "
         "https://api.openai.com/v1 will do",
     )
-    add("--api_key", default=None, help=f"API key (default: ${API_KEY_VARIABLE}; prefer the variable: flags show in process lists)")
-    add(
-        "--max_requests_per_minute", type=_limit, default="auto",
+    accounts("--api_key", default=None, help=f"API key (default: ${API_KEY_VARIABLE}; prefer the variable: flags show in process lists)")
+    limits(
+        "--max_requests_per_minute", type=_limit, default="auto", metavar="RPM",
         help="requests-per-minute limit to stay under; auto: learned from the API's x-ratelimit headers (a given number is lowered to "
         "what the API reports)",
     )
-    add(
-        "--max_tokens_per_minute", "--max_input_tokens_per_minute", type=_limit, default="auto",
+    limits(
+        "--max_tokens_per_minute", "--max_input_tokens_per_minute", type=_limit, default="auto", metavar="TPM",
         help="tokens-per-minute limit to stay under (estimated with tiktoken); for Anthropic, the input-tokens limit (ITPM); auto: "
         "learned as above",
     )
-    add(
-        "--max_output_tokens_per_minute", type=_limit, default="auto",
+    limits(
+        "--max_output_tokens_per_minute", type=_limit, default="auto", metavar="OTPM",
         help="output-tokens-per-minute limit (Anthropic's OTPM): each request reserves its max_tokens, and gets back what its answer "
         "did not use; auto: learned from the anthropic-ratelimit headers (none for APIs without such a limit)",
     )
-    add(
+    accounts(
         "--accounts", metavar="FILE", default=None,
         help="spread the work over several accounts (organisations, keys), each with its own limits: a JSONL file, one account per "
         "line: {\"name\": ..., \"api_key_env\": VARIABLE, \"max_requests_per_minute\": ..., \"headers\": {...}}; see the README",
     )
-    add("--headroom", type=_fraction, default=1.0, help="send at this fraction of the limits, leaving the rest for other traffic on the same key (e.g. 0.9)")
-    add("--token_encoding_name", default=None, help="tiktoken encoding for every request (default: chosen from each request's model)")
-    add("--max_attempts", type=_positive_int, default=config.DEFAULT_MAX_ATTEMPTS, help="attempts per request in all, first try included")
-    add(
+    limits("--headroom", type=_fraction, default=1.0, help="send at this fraction of the limits, leaving the rest for other traffic on the same key (e.g. 0.9)")
+    limits("--token_encoding_name", default=None, help="tiktoken encoding for every request (default: chosen from each request's model)")
+    retries("--max_attempts", type=_positive_int, default=config.DEFAULT_MAX_ATTEMPTS, help="attempts per request in all, first try included")
+    display(
         "--logging_level", type=_logging_level, default=DEFAULT_LOGGING_LEVEL,
         help="DEBUG, INFO (a line per request sent, retried and done), WARNING (only what needs you), ERROR, or a number",
     )
-    add(
+    retries(
         "--request_timeout", type=_positive_float, default=config.DEFAULT_REQUEST_TIMEOUT,
         help="seconds one attempt may take before it is abandoned and retried",
     )
-    add("--max_in_flight", type=_positive_int, default=config.DEFAULT_MAX_IN_FLIGHT, help="most requests awaiting a response at once")
-    add("--burst_seconds", type=_positive_float, default=DEFAULT_BURST_SECONDS, help="bucket capacity in seconds of the limit: how large a burst may be")
-    add(
+    limits("--max_in_flight", type=_positive_int, default=config.DEFAULT_MAX_IN_FLIGHT, help="most requests awaiting a response at once")
+    limits("--burst_seconds", type=_positive_float, default=DEFAULT_BURST_SECONDS, help="bucket capacity in seconds of the limit: how large a burst may be")
+    bench(
         "--arrivals", choices=ARRIVAL_MODES, default="even",
         help="how sends are spread: even (paced evenly at the limits, or at --request_rate) or poisson (exponential gaps at "
         "--request_rate, else at the request limit, as benchmark tools send); never above the limits",
     )
-    add(
+    bench(
         "--request_rate", type=_positive_float, default=None, metavar="PER_SECOND",
         help="send at most this many requests per second, spread as --arrivals says",
     )
-    add(
+    bench(
         "--stream", action="store_true",
         help="ask chat, completions, Responses and Anthropic Messages requests for a stream (with OpenAI's, "
         "stream_options.include_usage) and time its tokens; the results hold the reassembled answer, as unstreamed",
     )
-    add("--no_progress", action="store_true", help="no progress bar, even on a terminal (status lines follow --status_interval)")
-    add(
+    display("--no_progress", action="store_true", help="no progress bar, even on a terminal (status lines follow --status_interval)")
+    display(
         "--status_interval", type=_non_negative_float, default=DEFAULT_STATUS_INTERVAL, metavar="SECONDS",
         help="without a progress bar (stderr not a terminal, or --no_progress), print a one-line status this often; with one, only "
         "after an interval with retries, 429s or failures; 0: never",
     )
-    add(
+    io(
         "--summary_json", metavar="FILE", default=None,
         help="also write the summary as JSON to FILE (replaced atomically; written for exit code 2 too, with the error)",
     )
-    add(
+    bench(
         "--report", metavar="FILE.json", default=None,
         help="write a benchmark report: latency (and with --stream time to first token, inter-token latency) percentiles, "
         "throughput, errors by status, a per-second timeline",
     )
-    add("--report_html", metavar="FILE.html", default=None, help="the same report as one self-contained HTML page with charts")
-    add(
+    bench("--report_html", metavar="FILE.html", default=None, help="the same report as one self-contained HTML page with charts")
+    accounts(
         "--show_limits", action="store_true",
         help="send one small request to --request_url, print the rate limits its answer's headers state, and exit; nothing is written",
     )
-    add(
+    io(
         "--output_format", choices=["auto", "cookbook", "batch", "parquet"], default="auto",
         help="result rows as the cookbook writes them, or as the Batch API does; auto: Batch output for Batch input; parquet: "
         "--save_filepath is a directory of Parquet files, embeddings as float32 (needs the 'parquet' extra)",
     )
-    add(
+    accounts(
         "--header", action="append", default=[], metavar="'NAME: VALUE'",
         help="an extra HTTP header for every request, repeatable (e.g. for a gateway); values are never logged",
     )
-    add(
+    io(
         "--dry_run", action="store_true",
         help="read and check every line, estimate tokens, and print the count, which limit binds and the expected duration; send "
         "nothing",
     )
-    add(
+    io(
         "--ordered", action="store_true",
         help="write results in input order instead of completion order (finished results wait for earlier ones, up to --ordered_window"
         " of them)",
     )
-    add(
+    io(
         "--ordered_window", type=_positive_int, default=DEFAULT_ORDERED_WINDOW,
         help="with --ordered, the most finished results held back; a request slower than the rest holds up at most this many",
     )
-    add(
+    limits(
         "--redis_url", default=None,
         help=f"share the limits with every process using the same Redis and limit key, e.g. redis://host:6379/0 (default: "
         f"${REDIS_URL_VARIABLE}; needs the 'redis' extra)",
     )
-    add(
+    limits(
         "--limit_key", default=None,
         help="the name processes share limits under (default: the API's host, the first request's model and a hash of the API key)",
     )
-    add(
+    display(
         "--metrics_port", type=_port, default=None, metavar="PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics while the run goes (needs the 'metrics' extra; 0: a free port)",
     )
-    add("--metrics_host", default="127.0.0.1", metavar="HOST", help="with --metrics_port, the address to listen on (0.0.0.0: every interface)")
-    add(
+    display("--metrics_host", default="127.0.0.1", metavar="HOST", help="with --metrics_port, the address to listen on (0.0.0.0: every interface)")
+    io(
         "--retry_failed", action="store_true",
         help="on a rerun, send again the requests whose rows in the results file are failures (they are removed from it first)",
     )
-    add(
+    retries(
         "--shutdown_grace", type=_positive_float, default=DEFAULT_SHUTDOWN_GRACE,
         help="after Ctrl-C, SIGTERM or SIGHUP, seconds the requests in flight get to finish (a second Ctrl-C stops at once)",
     )
-    add(
+    limits(
         "--max_cost_usd", type=_positive_float, default=None, metavar="DOLLARS",
         help="never send a request whose estimated cost would take this run's committed total (what finished requests cost by "
         "their reported usage, plus the estimates of those in flight) past this many US dollars; then stop as Ctrl-C does (exit 3)",
     )
-    add(
+    limits(
         "--price_input_per_mtok", type=_non_negative_float, default=None, metavar="DOLLARS",
         help="US dollars per million input tokens, for every model, instead of the genai-prices data (private deployments, models "
         "it does not know); with --price_output_per_mtok",
     )
-    add("--price_output_per_mtok", type=_non_negative_float, default=None, metavar="DOLLARS", help="US dollars per million output tokens, as above")
-    add(
+    limits("--price_output_per_mtok", type=_non_negative_float, default=None, metavar="DOLLARS", help="US dollars per million output tokens, as above")
+    batch(
         "--mode", choices=["online", "batch"], default="online",
         help="online: send each request as fast as the limits allow; batch: send the file through the Batch API (half price, "
         "results within 24 hours)",
     )
-    add(
+    batch(
         "--batch_max_lines", type=_batch_lines, default=config.DEFAULT_BATCH_MAX_LINES,
         help="with --mode batch, the most lines in one batch (the API's own limit is 50,000 lines and 200 MB)",
     )
-    add(
+    batch(
         "--batch_poll_interval", type=_positive_float, default=config.DEFAULT_BATCH_POLL_INTERVAL, metavar="SECONDS",
         help="with --mode batch, seconds between asks after each batch's progress",
     )
-    add(
+    batch(
         "--batch_fallback", choices=["none", "online"], default="none",
         help="with --mode batch, lines a batch failed or let expire: failure rows (none), or sent online (online)",
     )
@@ -418,7 +444,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.arrivals == "poisson" and args.request_rate is None and args.max_requests_per_minute is None:
         raise UsageError("--arrivals poisson needs a rate: give --request_rate (per second) or --max_requests_per_minute")
     try:
-        return Settings(
+        settings = Settings(
             request_url=request_url,
             api_key=args.api_key or FROM_ENVIRONMENT,
             limits=Limits(
@@ -441,6 +467,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if message.startswith("api_key "):  # say where the key came from: the flag, or the variable
             message = ("--api_key" if args.api_key else f"${key_variable_for(request_url)}") + message.removeprefix("api_key")
         raise UsageError(message) from None
+    return settings
 
 
 def _parse_header(text: str) -> tuple[str, str]:
@@ -522,6 +549,7 @@ class _Command:
         try:
             self.settings = settings = settings_from_args(args)
             if args.show_limits:
+                _check_key(settings)
                 return self.show_limits(settings)
             assert self.requests_path is not None and self.save_path is not None
             self.prices = prices = prices_from_args(args, settings.request_url)
@@ -530,6 +558,7 @@ class _Command:
             if args.mode == "batch":
                 _check_batch_mode(args, settings.request_url)
             if not args.dry_run:
+                _check_key(settings)
                 _check_redis_extra(args.redis_url)
                 _check_metrics(args)
                 self.check_budget(prices, self.requests_path)
@@ -557,7 +586,8 @@ class _Command:
             print(scrub("".join(traceback.format_exception(error))), file=sys.stderr)
             print(f"{PROG}: internal error: {scrub(str(error))} (please report it; a rerun resumes)", file=sys.stderr)
             return self.finish(EXIT_STOPPED, None, error=f"internal error: {scrub(str(error))}")
-        print(format_summary(stats, save_path=str(self.save_path), prices=prices, max_cost_usd=args.max_cost_usd), file=sys.stderr)
+        written = str(self.save_path) if self.save_path.exists() else None  # a run that wrote no row leaves no file
+        print(format_summary(stats, save_path=written, prices=prices, max_cost_usd=args.max_cost_usd, given=settings.limits), file=sys.stderr)
         return self.finish(exit_code(stats), stats)
 
     def check_budget(self, prices: PriceBook, requests_path: Path) -> None:
@@ -674,6 +704,12 @@ def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
         raise UsageError("--accounts is for --mode online: --mode batch sends the file through one account's Batch API")
     if is_anthropic_url(request_url):
         raise UsageError("--mode batch speaks OpenAI's Batch API; Anthropic's Message Batches API is not supported: use --mode online")
+
+
+def _check_key(settings: Settings) -> None:
+    """No key for a provider's own API: say which variable to set, before a request is refused for it."""
+    if not settings.accounts:  # an account's key is checked where the accounts file is read
+        check_key_for_provider(settings.request_url, has_key=settings.key is not None, headers=settings.extra_headers)
 
 
 def _check_redis_extra(redis_url: str | None) -> None:

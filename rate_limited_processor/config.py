@@ -12,7 +12,7 @@ import enum
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +294,20 @@ def _account_from(record: Any, where: str) -> Account:
         raise ValueError(f"{where}: {error}") from None
 
 
+def _limit_value(name: str, value: float | str) -> float | None:
+    """A limit given by its flag's name: a number, or "auto" (None) to learn it from the API."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return None
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number or 'auto', got {str(value)[:40]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number or 'auto', got {type(value).__name__}")
+    return float(value)
+
+
 class _FromEnvironment(enum.Enum):
     """The default key: read from $OPENAI_API_KEY when the settings are made."""
 
@@ -341,8 +355,40 @@ class Settings:
     request_rate: float | None = None
     #: Seeds the Poisson gaps, so a benchmark can be replayed; None: a different draw each run.
     arrival_seed: int | None = 0
+    # The command's flag names, as keyword arguments, so what works on the command line works here
+    # (`Settings(url, max_attempts=2, max_requests_per_minute=500)`). Each sets its field of `retry` or
+    # `limits`; "auto" (or None) leaves a limit to be learned. Not stored: read them from `retry` and `limits`.
+    max_attempts: InitVar[int | None] = None
+    max_requests_per_minute: InitVar[float | str | None] = None
+    max_tokens_per_minute: InitVar[float | str | None] = None
+    max_input_tokens_per_minute: InitVar[float | str | None] = None
+    max_output_tokens_per_minute: InitVar[float | str | None] = None
+    burst_seconds: InitVar[float | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(
+        self,
+        max_attempts: int | None,
+        max_requests_per_minute: float | str | None,
+        max_tokens_per_minute: float | str | None,
+        max_input_tokens_per_minute: float | str | None,
+        max_output_tokens_per_minute: float | str | None,
+        burst_seconds: float | None,
+    ) -> None:
+        if max_attempts is not None:
+            object.__setattr__(self, "retry", replace(self.retry, max_attempts=max_attempts))
+        if max_tokens_per_minute is not None and max_input_tokens_per_minute is not None:
+            raise ValueError("give max_tokens_per_minute or max_input_tokens_per_minute (the same limit), not both")
+        limits: dict[str, float | None] = {}
+        for name, value in (
+            ("requests_per_minute", max_requests_per_minute),
+            ("tokens_per_minute", max_tokens_per_minute if max_tokens_per_minute is not None else max_input_tokens_per_minute),
+            ("output_tokens_per_minute", max_output_tokens_per_minute),
+            ("burst_seconds", burst_seconds),
+        ):
+            if value is not None:
+                limits[name] = _limit_value(f"max_{name}" if name != "burst_seconds" else name, value)
+        if limits:
+            object.__setattr__(self, "limits", replace(self.limits, **limits))  # type: ignore[arg-type]  # burst_seconds is never None
         key = self.api_key
         if key is FROM_ENVIRONMENT:
             key = os.environ.get(key_variable_for(self.request_url)) or None

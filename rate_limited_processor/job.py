@@ -38,7 +38,7 @@ from .limiter import RateLimiter
 from .models import APIRequest, RejectedLine, RequestResult
 from .report import RunReport
 from .request_io import OutputFormat, ResultWriter, count_lines, detect_output_format, read_requests
-from .resume import DoneIndex, ResumeReport, identity_of_item, prepare_results_file, sidecar_path
+from .resume import INDEX_KIND, DoneIndex, ResumeReport, identity_of_item, prepare_results_file, sidecar_path
 from .runner import Processor
 from .side_files import JOB_SIDECARS, check_apart, job_files, named
 from .status import ProgressDisplay, RunStats
@@ -101,6 +101,7 @@ async def run_file_job(
         check_parquet_output(save_path)
     else:
         check_output_path(requests_path, save_path)
+    fresh = not parquet and not os.path.lexists(save_path)  # made by this run: removed again if it ends with no row in it
     with (ParquetOutputLock if parquet else OutputLock)(save_path) as lock:
         if output_format == "auto":
             output_format = detect_output_format(requests_path)
@@ -177,6 +178,8 @@ async def run_file_job(
             display.close()
             if limiter is not None:
                 await limiter.aclose()
+            if fresh:
+                _remove_if_empty(save_path)
         if stats.stop_reason is None and done.unclaimed:
             stats.orphan_rows = done.unclaimed
             logger.warning(
@@ -184,6 +187,16 @@ async def run_file_job(
                 save_path, done.unclaimed, requests_path,
             )
         return stats
+
+
+def _remove_if_empty(save_path: str | Path) -> None:
+    """A run that made its results file and wrote no row in it (a wrong URL, a bad key, Ctrl-C at once) leaves
+    nothing behind: not an empty file, nor a resume index of it."""
+    index = sidecar_path(save_path, INDEX_KIND)
+    with contextlib.suppress(OSError):
+        if os.path.getsize(save_path) == 0:
+            os.unlink(save_path)
+            index.unlink(missing_ok=True)
 
 
 def note_repairs(save_path: str | Path, report: ResumeReport) -> None:

@@ -12,12 +12,13 @@ import difflib
 import itertools
 import os
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import DEFAULT_REQUEST_URL
-from .endpoints import Endpoint, endpoint_from_url, missing_field_reason, resolve_url
+from .config import DEFAULT_REQUEST_URL, key_variable_for
+from .endpoints import Endpoint, endpoint_from_url, is_azure_url, missing_field_reason, resolve_url
 from .errors import UsageError
 from .models import APIRequest, RejectedLine
 from .request_io import read_requests
@@ -25,11 +26,13 @@ from .request_io import read_requests
 __all__ = [
     "INPUT_CHECK_LINES",
     "check_request_url",
+    "check_key_for_provider",
     "check_input",
     "check_readable",
     "check_writable",
     "first_model",
     "nearest_endpoint_url",
+    "likely_url",
 ]
 
 #: How many lines are checked before sending: if none of them is usable, the file is refused whole.
@@ -63,6 +66,53 @@ def check_request_url(url: str) -> None:
         suggestion = nearest_endpoint_url(url)
         if suggestion is not None:
             raise UsageError(f"--request_url: {parts.path!r} is not an endpoint this tool knows; did you mean {suggestion}?") from None
+
+
+#: Hosts that answer every request without a key with 401: a run there with no key would only be refused.
+_KEYED_HOSTS = ("api.openai.com", "api.anthropic.com")
+_KEYED_HOST_SUFFIXES = (".openai.azure.com", ".cognitiveservices.azure.com")
+#: Headers that carry a credential, so a key given with --header counts as a key.
+_AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
+
+
+def check_key_for_provider(url: str, *, has_key: bool, headers: Mapping[str, str] | None = None) -> None:
+    """Refuse to start without a key when the URL is a provider's own API, naming the variable to set.
+
+    Such an API refuses every keyless request (401), so the run would only connect to be told so. A local or
+    self-hosted server (vLLM, a gateway, the mock) may want no key, and is left alone.
+    """
+    if has_key or any(name.lower() in _AUTH_HEADERS for name in headers or {}):
+        return
+    host = (urlsplit(url).hostname or "").lower()
+    if host not in _KEYED_HOSTS and not host.endswith(_KEYED_HOST_SUFFIXES):
+        return
+    variable = key_variable_for(url)
+    raise UsageError(
+        f"no API key for {host}: set ${variable} (export {variable}=...), or give --api_key; nothing was sent"
+    )
+
+
+def likely_url(url: str, *, status: int | None, tls_failed: bool) -> str | None:
+    """The URL that was probably meant, when every request to `url` failed the way a common slip makes them fail.
+
+    >>> likely_url("http://127.0.0.1:8000/chat/completions", status=404, tls_failed=False)    # the /v1 left out
+    'http://127.0.0.1:8000/v1/chat/completions'
+    >>> likely_url("https://127.0.0.1:8000/v1/embeddings", status=None, tls_failed=True)     # a plain-HTTP server
+    'http://127.0.0.1:8000/v1/embeddings'
+    """
+    parts = urlsplit(url)
+    if tls_failed and parts.scheme.lower() == "https":
+        return urlunsplit(("http", *parts[1:]))
+    if status not in (404, 405) or "/v1/" in f"{parts.path}/" or is_azure_url(url):
+        return None
+    try:
+        suffix = "/" + endpoint_from_url(url).value
+    except ValueError:
+        return None
+    if not parts.path.rstrip("/").endswith(suffix):
+        return None
+    prefix = parts.path.rstrip("/")[: -len(suffix)]
+    return urlunsplit(parts._replace(path=f"{prefix}/v1{suffix}"))
 
 
 def _looks_local(url: str) -> bool:

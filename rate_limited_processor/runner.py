@@ -51,7 +51,7 @@ from .config import Settings
 from .credentials import scrubber_for
 from .decisions import DropAccount, Fail, JobState, Probe, Retry, RunState, StopRun, Succeed, next_step
 from .endpoints import Endpoint, UnsupportedEndpoint, cached_endpoint, check_request
-from .errors import InvalidRequest, RunStopped, TransportError
+from .errors import InvalidRequest, NoAnswer, RunStopped, TransportError
 from .lanes import Lane, Lanes, LimiterFactory
 from .learned_limits import NO_REPORT, SendMark, parse_rate_limit_headers, states_rate_limits
 from .limiter import InProcessLimiter, Limits, RateLimiter
@@ -678,11 +678,15 @@ class Processor:
         started = self._now()
         try:
             response = await transport.send(request)
-            job.received = response.timings
-            outcome = outcome_of(response, self._scrub)
         except TransportError as error:
             job.received = None
             outcome = outcome_of_error(error, self._scrub)
+        except Exception as error:  # not "no answer" (that is TransportError): a bug in the transport
+            self._transport_failed(job, error)
+            return
+        else:
+            job.received = response.timings
+            outcome = outcome_of(response, self._scrub)
         decision = classify(outcome, endpoint=job.endpoint)
         if decision.verdict is _SUCCESS:
             job.answer = outcome
@@ -762,6 +766,8 @@ class Processor:
                 job.rate_limited += 1  # not the request's fault: it costs no attempt
                 self._scheduler.add_retry(job, self._now())
             case StopRun(reason=why):
+                if decision.about_the_endpoint and not self._any_succeeded:
+                    why += _likely_url_hint(job.url, outcome)
                 logger.error("%s: %s; stopping the run", job.request.name, self._scrub(why))
                 self.stop(self._scrub(why))
 
@@ -834,6 +840,14 @@ class Processor:
             return False
         return True
 
+    def _transport_failed(self, job: _Job, error: Exception) -> None:
+        """The transport raised what is not a network error (a bug in a custom transport, say): retrying would hide
+        it behind a failure row. Stop the run, with its traceback logged and raised as RunStopped's cause; the
+        request stays unfinished, for a rerun once the transport is fixed."""
+        self._fail_run(f"the transport raised {type(error).__name__}: {error} (a bug, not a network error: a transport says "
+                       f"'no answer' with TransportError)", error)
+        logger.error("%s", self._scrub("".join(traceback.format_exception(error))))
+
     def _internal_error(self, job: _Job, error: Exception) -> RequestResult:
         details = self._scrub("".join(traceback.format_exception(error)))
         if job.answer is not None:  # the answer came and was good: it is the result, whatever failed after it
@@ -853,6 +867,14 @@ class Processor:
         while self._in_flight:
             await asyncio.wait(set(self._in_flight))
         await self._results.put(_END)
+
+
+def _likely_url_hint(url: str, outcome: HTTPOutcome) -> str:
+    """" (did you mean ...?)", for a URL that failed every request the way a common slip makes it fail."""
+    from .preflight import likely_url  # the checks before sending; imported only for a run that stops so
+
+    likely = likely_url(url, status=outcome.status, tls_failed=outcome.no_answer is NoAnswer.TLS)
+    return f" (did you mean {likely}?)" if likely is not None else ""
 
 
 def _close(a: Limits, b: Limits, tolerance: float = 0.01) -> bool:

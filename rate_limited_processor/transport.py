@@ -196,13 +196,26 @@ _Answer = TransportResponse | StreamingResponse | Mapping[str, Any]
 SendFunction = Callable[[TransportRequest], Awaitable[_Answer] | _Answer]
 
 
+#: Libraries whose exceptions a send function may let out for "the network failed" (their errors are not OSError).
+_NETWORK_LIBRARIES = frozenset({"aiohttp", "httpx", "httpcore", "requests", "urllib3"})
+
+
+def is_network_error(error: BaseException) -> bool:
+    """Whether a send function's exception means "no answer" (retried) rather than a bug in it (the run stops)."""
+    if isinstance(error, (OSError, EOFError, TimeoutError, aiohttp.ClientError)):
+        return True
+    return type(error).__module__.partition(".")[0] in _NETWORK_LIBRARIES
+
+
 class FunctionTransport:
     """A function as the transport, as httpx's MockTransport: for tests, and for models that are not HTTP APIs.
 
     A dict it returns is a 200 with that JSON body. A `text/event-stream` answer (a `TransportResponse`, or a
     `StreamingResponse` arriving bit by bit) is reassembled by `receive`, as the network's is. `TransportError`
-    means no answer; any other exception it raises is taken as no answer too (and retried like one), its text
-    becoming the attempt's error.
+    means no answer, and so do the network's own errors (`is_network_error`: OSError, TimeoutError, an aiohttp,
+    httpx or requests error), retried like a lost connection. Any other exception is a bug in the function: it
+    is raised as it is, and the run stops with it as the cause, rather than hide it behind retries and a
+    failure row.
     """
 
     __slots__ = ("_send",)
@@ -229,6 +242,8 @@ class FunctionTransport:
         except TimeoutError:
             raise TransportError(NoAnswer.TIMEOUT, f"TimeoutError: no complete response within {request.timeout:g}s") from None
         except Exception as error:
+            if not is_network_error(error):
+                raise
             raise TransportError(NoAnswer.BROKEN, f"{type(error).__name__}: {error}") from error
         if isinstance(answer, TransportResponse):
             return answer

@@ -28,7 +28,29 @@ def test_help_documents_every_flag_with_its_default() -> None:
     for flag in [*COOKBOOK_FLAGS, "--request_timeout", "--max_in_flight"]:
         assert flag in text
     assert text.count("(default: auto)") == 4 and "(default: 600.0)" in text and "(default: 1.0)" in text
-    assert "Exit codes" in text
+    assert "exit codes" in text
+
+
+def test_help_is_in_groups_and_ends_with_two_examples() -> None:
+    help_text = build_parser().format_help()
+    headings = [line for line in help_text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert headings[1:] == [
+        "input and output:", "limits (per minute; auto: learned from the API's headers):", "retries and timeouts:",
+        "accounts and providers:", "Batch mode:", "benchmarking:", "display:", "examples:",
+    ]
+    examples = help_text.split("examples:\n", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    commands = [line.split() for line in examples.splitlines() if line.startswith("  python -m rate_limited_processor ")]
+    assert len(commands) == 2
+    for command in commands:  # each example, continuation lines joined, parses as it is written
+        args = build_parser().parse_args(command[3:])
+        assert args.requests_filepath and args.request_url
+    assert help_text.count("\n") < 200 and help_text.splitlines()[0].startswith("usage: ")
+
+
+def test_help_fits_an_80_column_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    lines = build_parser().format_help().splitlines()
+    assert max(map(len, lines)) <= 80, max(lines, key=len)
 
 
 def test_cookbook_command_line_parses_to_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,10 +370,28 @@ def test_show_limits_when_nothing_answers_exits_3(capsys: pytest.CaptureFixture[
     assert code == 3 and "no answer from http://127.0.0.1:9/v1/chat/completions" in capsys.readouterr().err
 
 
-def test_the_readme_flag_table_lists_every_flag() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    table = readme.split("### Flags\n", 1)[1].split("\n\n", 1)[0]
-    documented = set(re.findall(r"^\| `(--[a-z_]+)` \|", table, flags=re.MULTILINE))
-    flags = {option for action in build_parser()._actions for option in action.option_strings if option.startswith("--") and option != "--help"}
-    assert documented == flags
-    assert "rate-limited-processor" in readme  # the console script
+@pytest.mark.parametrize(
+    "url, variable",
+    [
+        ("https://api.openai.com/v1/chat/completions", "OPENAI_API_KEY"),
+        ("https://api.anthropic.com/v1/messages", "ANTHROPIC_API_KEY"),
+        ("https://my-resource.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-10-21", "OPENAI_API_KEY"),
+    ],
+)
+def test_no_key_for_a_providers_own_api_is_refused_before_sending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str, variable: str
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    requests = write_jsonl(tmp_path / "r.jsonl", [{"model": "claude-x", "max_tokens": 5, **chat_request(1)}])
+    for extra in ([], ["--show_limits"], [] if "anthropic" in url else ["--mode", "batch"]):  # (no Batch mode for Anthropic)
+        code, err = run_main(["--requests_filepath", str(requests), "--request_url", url, *extra], capsys)
+        assert code == EXIT_USAGE, extra
+        assert f"set ${variable}" in err and "--api_key" in err and len(err.strip().splitlines()) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["r.jsonl"]  # nothing created
+    # A dry run sends nothing and needs no key; a key in a header counts; a local server may want none.
+    assert run_main(["--requests_filepath", str(requests), "--request_url", url, "--dry_run"], capsys)[0] == 0
+    with_header = build_parser().parse_args(["--requests_filepath", "r.jsonl", "--request_url", url, "--header", "Authorization: Bearer x"])
+    from rate_limited_processor.cli import _check_key
+
+    _check_key(settings_from_args(with_header))
+    _check_key(settings_from_args(build_parser().parse_args(["--requests_filepath", "r.jsonl", "--request_url", "http://127.0.0.1:9/v1/chat/completions"])))

@@ -63,23 +63,31 @@ def test_the_sync_and_custom_transport_examples_run() -> None:
     assert "60 of 60 answered" in custom.stdout and "'7 noitseuq'" in custom.stdout
 
 
-def readme_python_snippets() -> list[str]:
-    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Use from Python", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+def python_snippets() -> list[tuple[str, str]]:
+    """(where, code) of every Python snippet of the README and the Python API's page: each a whole program."""
+    snippets = []
+    for page in (EXAMPLES.parent / "README.md", EXAMPLES.parent / "docs" / "python-api.md"):
+        text = page.read_text(encoding="utf-8")
+        snippets += [(f"{page.name} #{number}", code) for number, code in enumerate(re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL), 1)]
+    return snippets
 
 
-@pytest.mark.e2e
-def test_the_readme_python_snippets_run_as_pasted(tmp_path: Path) -> None:
-    snippets = readme_python_snippets()
-    assert len(snippets) == 3
-    for number, snippet in enumerate(snippets, start=1):
-        script = tmp_path / f"snippet_{number}.py"
-        script.write_text(snippet, encoding="utf-8")
-        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-        assert result.returncode == 0, f"snippet {number}:\n{snippet}\n{result.stderr[-2000:]}"
-        assert result.stdout.strip(), f"snippet {number} printed nothing"
-    assert "desserts" in result.stdout
+@pytest.mark.parametrize(("where", "snippet"), python_snippets(), ids=[where for where, _ in python_snippets()])
+def test_the_documented_python_snippets_run_as_pasted(tmp_path: Path, where: str, snippet: str) -> None:
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet, encoding="utf-8")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, f"{where}:\n{snippet}\n{result.stderr[-2000:]}"
+    assert result.stdout.strip(), f"{where} printed nothing"
+    if "reverse_model" in snippet:
+        assert "desserts" in result.stdout
+    if "run_virtual" in snippet:
+        assert "virtual seconds" in result.stdout
+
+
+def test_every_page_of_python_snippets_has_them() -> None:
+    assert [where.split(" ")[0] for where, _ in python_snippets()].count("python-api.md") >= 5
+    assert any(where.startswith("README.md") for where, _ in python_snippets())
 
 
 @pytest.mark.e2e
@@ -216,7 +224,7 @@ async def test_nothing_listening_exits_3_within_20_seconds_and_writes_no_row(tmp
     assert code == 3, stderr
     assert time.monotonic() - started < 20 + 5  # 20 s, plus the interpreter's start-up on a loaded machine
     assert f"127.0.0.1:{port}/v1/chat/completions" in stderr and "none succeeded" in stderr
-    assert not output_path.exists() or output_path.read_text() == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["questions.jsonl"]  # no empty results file, no index
 
 
 @pytest.mark.e2e
@@ -231,8 +239,40 @@ async def test_a_path_that_404s_exits_3_and_the_rerun_at_the_right_url_writes_ev
         assert code == 3, stderr
         assert time.monotonic() - started < 20 + 5 and "HTTP 404" in stderr
         assert len(server.record) < 100  # one request at a time while nothing works
-        assert output_path.read_text() == ""
+        assert f"did you mean {server.url('chat/completions')}?" in stderr
+        assert not output_path.exists() and not Path(f"{output_path}.index").exists()  # nothing left behind
         code, _, stderr = await run_cli(*paths, "--request_url", server.url("chat/completions"), "--max_requests_per_minute", "60000")
     assert code == 0, stderr
     rows = read_rows(output_path)
     assert sorted(row[2]["id"] for row in rows) == list(range(3_000)) and all(isinstance(row[1], dict) for row in rows)
+
+
+@pytest.mark.parametrize("mistake", ["no /v1", "https to plain http"])
+async def test_a_url_that_fails_every_request_stops_with_the_likely_url_and_leaves_no_file(tmp_path: Path, mistake: str) -> None:
+    from rate_limited_processor import RetryPolicy, Settings, run_file_job
+
+    input_path = write_jsonl(tmp_path / "questions.jsonl", [chat_request(i) for i in range(20)])
+    output_path = tmp_path / "out.jsonl"
+    async with MockServer() as server:
+        right = server.url("chat/completions")
+        wrong = server.origin + "/chat/completions" if mistake == "no /v1" else right.replace("http://", "https://")
+        settings = Settings(request_url=wrong, api_key=None, retry=RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.01))
+        stats = await run_file_job(settings, input_path, output_path, show_progress=False)
+    assert stats.stop_reason is not None and "none succeeded" in stats.stop_reason
+    assert stats.stop_reason.endswith(f"(did you mean {right}?)")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["questions.jsonl"]  # no empty results file, no .index, no .lock
+
+
+async def test_a_run_that_writes_rows_keeps_its_file_and_an_earlier_file_is_never_removed(tmp_path: Path) -> None:
+    from rate_limited_processor import RetryPolicy, Settings, run_file_job
+
+    input_path = write_jsonl(tmp_path / "questions.jsonl", [chat_request(i) for i in range(3)])
+    output_path = tmp_path / "out.jsonl"
+    output_path.touch()  # the user's own empty file: a fresh start, but not this run's to remove
+    async with MockServer() as server:
+        settings = Settings(request_url=server.origin + "/chat/completions", api_key=None, retry=RetryPolicy(max_attempts=1))
+        stopped = await run_file_job(settings, input_path, output_path, show_progress=False)
+        assert stopped.stop_reason is not None and output_path.exists()
+        output_path.unlink()
+        done = await run_file_job(Settings(request_url=server.url("chat/completions"), api_key=None), input_path, output_path, show_progress=False)
+    assert done.succeeded == 3 and len(read_rows(output_path)) == 3

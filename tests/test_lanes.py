@@ -151,7 +151,7 @@ def test_an_account_out_of_quota_is_dropped_and_when_none_is_left_the_run_stops_
 
     stats = run_virtual(main())
     assert exit_code(stats) == 3 and stats.stop_reason is not None and "quota" in stats.stop_reason
-    assert read_rows(tmp_path / "results.jsonl") == [], "nothing recorded: a rerun with quota sends every line"
+    assert not (tmp_path / "results.jsonl").exists(), "nothing recorded (no file left): a rerun with quota sends every line"
     assert len(stats.dropped_accounts) == 1  # one dropped, then the last one stopped the run
     assert server_a.record.count(429) + server_b.record.count(429) <= 4
 
@@ -166,7 +166,7 @@ def test_keys_appear_in_no_log_row_summary_or_lane(tmp_path: Path, caplog: pytes
     record = summary_record(stats, exit_code=exit_code(stats), exit_meaning="", given=settings.limits)
     lanes = Lanes(settings, make_limiter=lambda account, model, limits: InProcessLimiter(limits), clock=_clock())
     texts = [
-        caplog.text, (tmp_path / "results.jsonl").read_text(), format_summary(stats), json.dumps(record), repr(stats), repr(settings),
+        caplog.text, format_summary(stats), json.dumps(record), repr(stats), repr(settings),
         repr(lanes.lane(accounts[0], "gpt-4o-mini")), repr(accounts),
     ]
     for text in texts:

@@ -149,7 +149,7 @@ def test_errors_that_fail_every_request_stop_the_run_and_write_only_real_results
     stats = run_virtual(run_file_job(settings, input_path, output_path, show_progress=False, transport=MockTransport(api)))
     assert stats.stop_reason is not None and expected in stats.stop_reason
     assert len(api.record) < 100, "dispatch stopped at once"
-    rows = read_rows(output_path)
+    rows = read_rows(output_path) if output_path.exists() else []  # a run with no row leaves no file
     assert all(isinstance(row[1], dict) for row in rows)  # what was not finished is left for a rerun
     assert len(rows) == stats.succeeded < 500 and stats.failed == 0
     # What was sent but not written is unfinished, and so is the one the feeder had read but not yet sent.
@@ -269,7 +269,7 @@ def test_a_plain_function_can_be_the_transport() -> None:
     assert seen == [mock_url()] * 5
 
 
-def test_a_function_transport_that_raises_is_retried_like_a_lost_connection() -> None:
+def test_a_function_transport_that_raises_a_network_error_is_retried_like_a_lost_connection() -> None:
     calls = Counter[int]()
 
     def flaky(request: TransportRequest) -> TransportResponse:
@@ -278,13 +278,32 @@ def test_a_function_transport_that_raises_is_retried_like_a_lost_connection() ->
         if calls[number] == 1:
             raise TransportError(NoAnswer.BROKEN, "connection reset")
         if calls[number] == 2:
-            raise ValueError("the model crashed")
+            raise ConnectionResetError("the model's socket closed")
         return json_response({"choices": [], "ok": number})
 
     requests = [{"model": "m", "messages": [{"role": "user", "content": "x"}], "metadata_id": i} for i in range(3)]
     results, _ = run_virtual(collect(Processor(settings_for(), transport=flaky), requests))
     assert all(result.attempts == 3 and result.succeeded for result in results)
-    assert results[0].errors == ("connection reset", "ValueError: the model crashed")
+    assert results[0].errors == ("connection reset", "ConnectionResetError: the model's socket closed")
+
+
+def test_a_bug_in_a_custom_transport_stops_the_run_as_the_bug_it_is(caplog: pytest.LogCaptureFixture) -> None:
+    calls = Counter[int]()
+
+    def buggy(request: TransportRequest) -> dict[str, Any]:
+        calls[request.body["metadata_id"]] += 1
+        answer: dict[str, Any] = {"choices": []}
+        if request.body["metadata_id"] == 2:
+            return answer["data"]  # a KeyError: the bug
+        return answer
+
+    requests = [{"model": "m", "messages": [{"role": "user", "content": "x"}], "metadata_id": i} for i in range(5)]
+    results, stopped = run_virtual(collect(Processor(settings_for(), transport=buggy), requests))
+    assert calls[2] == 1  # not retried
+    assert stopped is not None and isinstance(stopped.__cause__, KeyError)  # raised with the bug as its cause
+    assert "the transport raised KeyError: 'data'" in str(stopped) and "not a network error" in str(stopped)
+    assert "Traceback" in caplog.text and "return answer[\"data\"]" in caplog.text
+    assert all(result.succeeded for result in results) and 2 not in [result.index - 1 for result in results]  # no failure row for it
 
 
 # -- the run's edges: sources, limiters, stops, early exits -------------------------------------------

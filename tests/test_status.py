@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -78,7 +79,27 @@ def test_summary_of_a_stopped_run_says_why_and_what_is_left() -> None:
     stats.stop_reason = "HTTP 401 invalid_api_key: Incorrect API key provided"
     text = format_summary(stats)
     assert "STOPPED EARLY: HTTP 401 invalid_api_key" in text
-    assert "not finished   90 (4 had been started); rerun to send them" in text
+    assert "not finished   90 (no final answer, so no row); rerun to send them" in text
+
+
+def test_summaries_that_would_mislead_say_what_happened() -> None:
+    # Nothing succeeded: no throughput to speak of (its "rate" would be of failures).
+    failed = finished_stats(failed=3, attempts=15, tokens_charged=300)
+    failed.total = 3
+    text = format_summary(failed)
+    assert "throughput       none: no request succeeded" in text and "requests/min" not in text
+    # A limit given and lowered to what the API states says so.
+    lowered = finished_stats(succeeded=220, attempts=220, tokens_charged=22_000)
+    lowered.limits = Limits(500, 60_000)
+    text = format_summary(lowered, given=Limits(2_000, 60_000))
+    assert "110 requests/min (22% of the 500 limit the API states; the 2,000 given was lowered to it)" in text
+    assert "11,000 tokens/min (18% of the 60,000 limit)" in text
+    # The Batch API: no rate limit paced it, and its tokens were charged to none.
+    batch = finished_stats(succeeded=1_000, attempts=0)
+    batch.limits, batch.batch = Limits(None, None), True
+    text = format_summary(batch)
+    assert "500 requests/min, through the Batch API (no rate limit paces it)" in text
+    assert "limit not known" not in text and "tokens/min" not in text
 
 
 def test_a_success_counts_its_estimate_against_the_usage_the_api_reported() -> None:
@@ -115,6 +136,38 @@ def test_progress_display_shows_done_over_total_with_rates_retries_and_failures(
     out = stream.getvalue()
     assert "3/4" in out and "5 retries, 2 429s, 1 failed" in out
     assert "/600 RPM" in out and "/60k TPM" in out  # the limits the run paces to are on the bar
+
+
+def drawn_lines(output: str) -> list[str]:
+    """What a terminal shows last of tqdm's output: each line's last redraw, escape sequences left out."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "\n", output)
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_on_a_narrow_terminal_done_total_the_pace_against_the_limit_429s_and_failures_all_show(width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm.std
+
+    clock = Clock()
+    monkeypatch.setattr(tqdm.std, "time", clock)  # tqdm's own clock too, for its rate and time left
+    stats = RunStats(Limits(600, 60_000), started_at=0.0, clock=clock)
+    stats.total = 1_000_000
+    stream = io.StringIO()
+    display = ProgressDisplay(stats, enabled=True, stream=stream, width=width, given=Limits(None, None))
+    clock.now = 100.0
+    stats.succeeded, stats.failed, stats.retries, stats.rate_limit_errors = 543_210, 1_234, 56_789, 4_321
+    stats.attempts = stats.answers = 600_000
+    stats.last_answer_at = 85.0  # quiet for 15 s: the wait is shown too, where it fits
+    display.tick()
+    bar, status = drawn_lines(stream.getvalue())[-2:]
+    assert all(len(line) <= width for line in (bar, status)), (bar, status)
+    assert "544444/1000000" in bar and "%|" in bar and "|" in bar.split("%|", 1)[1]  # done/total, and a bar of some length
+    assert len(bar.split("%|", 1)[1].split("|", 1)[0]) >= (20 if width == 80 else 5)
+    assert "/600 RPM" in status and "4,321 429s" in status and "1,234 failed" in status
+    if width == 80:
+        assert "; no answer for 15.0s, 0 in flight" in status
+    display.close()
+    assert drawn_lines(stream.getvalue())[-1] == status  # what it ended on stays on the screen
 
 
 def test_disabled_progress_display_writes_nothing() -> None:
@@ -173,7 +226,7 @@ def test_the_display_says_it_is_waiting_when_the_api_goes_quiet() -> None:
     display = ProgressDisplay(stats, enabled=True, stream=stream)
     clock.now = 60.0
     display.tick()
-    assert "waiting: no answer for 1m00s, 40 in flight" in stream.getvalue()
+    assert "no answer for 1m00s, 40 in flight" in stream.getvalue()
     display.close()
 
 
@@ -190,7 +243,7 @@ def test_a_resumed_bar_starts_at_what_was_done_and_its_rate_and_eta_count_only_t
     wall.now = run_clock.now = 100.0
     stats.already_done, stats.succeeded = 8_000, 1_000
     display.tick()
-    last = stream.getvalue().rsplit("\r", 1)[-1]
+    last = drawn_lines(stream.getvalue())[-2]  # the bar; under it, the pace and the counts
     assert "9000/10000" in last
     assert "10.00req/s" in last  # 1,000 sent by this run in 100 s (counting the 9,000 would say 90/s)
     assert "01:40<01:40" in last  # and 1,000 left at 10/s

