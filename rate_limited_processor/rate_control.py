@@ -10,50 +10,42 @@ Usage::
 
 The limits a user gives and the ones the API's x-ratelimit headers state are ceilings, not the truth: a
 gateway may hide them, a given number may be ten times too high. Below the ceiling, the controller sets the
-rate from how the server actually answers, the way TCP finds a path's capacity (slow start, additive
-increase, multiplicative decrease at most once per round trip), and the way Google's client-side adaptive
-throttling reads a backend's capacity off the rate it accepts:
+rate from how the server actually answers. The limit is a rate, and latency a separate, measured quantity:
+the controller paces a rate, and the requests in flight follow from it (Little's law), never the other way
+round. Time, not the round trip, is its clock, so a run whose answers take 30 s ramps up and recovers in
+seconds, as one whose answers take 0.1 s does:
 
+* **The window follows from the rate.** The requests allowed in flight are `needed_in_flight`: the rate in
+  force times the latency seen (smoothed, plus `LATENCY_DEVIATIONS` mean deviations, and at least the age of
+  the oldest request still in flight, so a long tail does not throttle the rate). Before the first refusal
+  the window also grows with time (doubling every `WINDOW_DOUBLING_SECONDS` from `INITIAL_WINDOW`), and is the
+  lower of the two: a ceiling of nonsense (a limit told 1e9) is let out no faster than time grows it.
 * **Slow start.** When no ceiling is known for requests, the rate starts at four requests per round trip
-  and doubles every round trip of sending (between `SLOW_START_DOUBLING` bounds), until the first rate-limit 429, which halves
-  it (it has just doubled past the limit).
-* **Decrease to what the server admitted.** A server that limits its rate admits, while we send faster
-  than its limit, exactly its limit, and refuses the rest. So among the requests sent since the refusals
-  began, the rate of those it admitted *is* its limit. On a rate-limit 429 the rate is cut to `TARGET`
-  (97%) of that measurement, in the dimension the 429 names (tokens when its body says so, else
-  requests). Only requests whose answers are all in are measured (those sent before the oldest one still
-  in flight: refusals come back at once, admitted answers only after the server's latency), at least
-  `MIN_SAMPLES` of them (the last `2 x MIN_SAMPLES`, or a second's worth at a fast rate: an older window
-  would count the server's burst allowance, spent at the start of a storm, as rate), over the time we were
-  sending (not paused: a pause would make the rate look lower than it was). A cut
-  is always at least to `LONE_CUT` (90%) of what we were sending: a 429 says we were too fast, whatever the
-  measurement says. Until a storm can be measured, the cut is a classic multiplicative one: to `LONE_CUT`
-  of what we were sending for a first refusal, to `FALLBACK_CUT` (50%) when requests sent after the pause
-  are refused again with nothing admitted in between, or when nothing has been admitted yet (far too fast). A lone 429 after a calm spell
-  (`CALM_ANSWERS` admitted answers in a row) means we crept just over the limit: what we were sending is
-  taken as the limit found. Only a 429 to a request
-  sent after the previous cut cuts again (at most once per round trip, as TCP does), so a storm already on
-  the wire is not counted twice.
-* **Additive increase, counted in answers.** Each admitted answer raises the rate by `PROBE` (0.1%) of the
-  limit found, and faster the longer no 429 has come: it finds a limit underestimated or raised, uses the
-  server's burst allowance, and the next 429 cuts it back. Counting answers rather than seconds keeps the
-  share of 429s the same at 60 RPM and at 60,000: about one per few hundred requests. Where no limit has
-  been found yet (only unmeasured cuts so far), each admitted answer raises the rate by `RECOVERY` (1%).
-  Paused time brings no answers, so it grows nothing and does not count as time without 429s.
-* **A window before the rate is known.** However high the ceiling (a limit told 1e9), at most
-  `INITIAL_WINDOW` requests are in flight until answers come; the window grows by one per admitted answer
-  (doubling every round trip, as TCP's does) while it is in use, and halves at each cut (keeping room for
-  twice the requests the new rate has in flight over a round trip). Told the truth, it
-  stops binding within a few round trips; told nonsense, the first round of refusals costs a window, not
-  the whole file.
+  and doubles every round trip of sending (between `SLOW_START_DOUBLING` bounds: at least every 0.5 s,
+  whatever the latency), until the first rate-limit 429, which halves it.
+* **Decrease to what the server admitted, once per episode.** A server over its limit admits exactly its
+  limit and refuses the rest, so among the requests sent since the refusals began, the rate of those it
+  admitted *is* its limit. On a rate-limit 429 the rate is cut to `TARGET` (97%) of that, in the dimension the
+  429 names (tokens when its body says so, else requests). Only requests whose answers are all in are
+  measured (refusals come back at once, admissions after the latency), at least `MIN_SAMPLES` of them, over
+  the time we were sending. A cut is at least to `LONE_CUT` (90%) of what we were sending; until a storm
+  can be measured, the cut is to `LONE_CUT`, or `FALLBACK_CUT` (50%) when refused again after the pause.
+  Only a 429 to a request sent after the previous cut cuts again: one cut per episode, not per 429.
+* **An explained 429 cuts nothing.** Headers that show the bucket empty at the limit they state
+  (`Answer.explained`) are the bucket working, not evidence that the limit is lower than stated; the
+  server's hint pauses the senders, the rate stays.
+* **Additive increase, per second.** Each admitted answer raises the rate by `PROBE` (0.1%) of the limit
+  found, faster the longer no 429 has come (or by `RECOVERY`, 1%, where no limit has been found), but by at
+  most `MAX_GROWTH_PER_SECOND` (10%) of the rate per second however many answers come. Paused time brings no
+  answers, so it grows nothing.
+* **An honest limit found.** A lone 429 after a calm spell says where the limit is only while we were
+  pressing it (`PRESSING`, 90% of our limits or more); the limit reported for next time is what the server
+  admitted over at least `LONG_RUN_SECONDS` of such pressing, never a rate the window or the latency held down.
 * **Application-limited**: the rate does not grow while we send at less than half of it (a slow source, the
   concurrency cap), so a rate is never "proven" by traffic that did not use it.
-* **A 429 without a hint** pauses every sender for about one request's interval at the cut rate (the time
-  the server's bucket needs to refill one request; a round trip when no rate is set), doubling with each
-  round of refusals in a row (requests sent after the last pause refused again, nothing admitted in
-  between), up to the policy's cap: long enough for the server's bucket to refill a little, short enough
-  not to idle. (The cookbook's fixed 15 s cost a gateway most of its capacity.) A server's own hint is
-  obeyed as it is: see `decisions.next_step`.
+* **A 429 without a hint** pauses every sender for about one request's interval at the cut rate, doubling
+  with each round of refusals in a row, up to the policy's cap. A server's own hint is obeyed as it is: see
+  `decisions.next_step`.
 
 Pure: no I/O and no clock; every method takes `now`.
 """

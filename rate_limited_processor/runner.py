@@ -697,7 +697,7 @@ class Processor:
         now = self._now()
         ended = outcome.status if outcome.status is not None else outcome.no_answer.value if outcome.no_answer is not None else "no answer"
         job.attempt_log.append(AttemptTiming(started, now, ended, decision.rate_limited))
-        self.stats.record_answer(now, rate_limited=decision.rate_limited)
+        self.stats.record_answer(now, rate_limited=decision.rate_limited, took=now - started)
         lane.succeeded += decision.verdict is _SUCCESS
         lane.rate_limited += decision.rate_limited
         if decision.rate_limited:

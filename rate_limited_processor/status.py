@@ -39,7 +39,8 @@ Clock = Callable[[], float]
 
 # Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
 _SUCCEEDED, _INVALID = ResultKind.SUCCEEDED, ResultKind.INVALID
-#: Seconds without an answer after which the display says it is waiting, rather than look frozen.
+#: Seconds without an answer after which the display says it is waiting, rather than look frozen; once answers
+#: are seen to take longer (a reasoning model's 30 s), the spell must also outlast the slowest of them by half.
 WAITING_AFTER = 5.0
 
 
@@ -100,6 +101,8 @@ class RunStats:
     answers: int = 0
     #: When the last attempt ended (the run's clock); None before the first.
     last_answer_at: float | None = None
+    #: The longest an attempt has taken to end, so far: a quiet spell shorter than answers take is not news.
+    slowest_answer: float = 0.0
     #: Tokens charged against the TPM limit, over all attempts.
     tokens_charged: int = 0
     #: For succeeded requests: our estimate vs. what the API's `usage` reported (`costs.usage_tokens`: the
@@ -169,10 +172,11 @@ class RunStats:
         self.tokens_charged += tokens
         self.meter.record(tokens)
 
-    def record_answer(self, now: float, *, rate_limited: bool) -> None:
-        """An attempt ended (answered, or given up on)."""
+    def record_answer(self, now: float, *, rate_limited: bool, took: float = 0.0) -> None:
+        """An attempt ended (answered, or given up on), `took` seconds after it was sent."""
         self.answers += 1
         self.last_answer_at = now
+        self.slowest_answer = max(self.slowest_answer, took)
         self.rate_limit_errors += rate_limited
 
     def record_result(self, result: RequestResult) -> None:
@@ -310,7 +314,7 @@ def waiting_note(stats: RunStats, now: float, *, short: bool = False) -> str | N
     if stats.finished_at is not None:
         return None
     quiet = now - (stats.last_answer_at if stats.last_answer_at is not None else stats.started_at)
-    if quiet < WAITING_AFTER:
+    if quiet < max(WAITING_AFTER, 1.5 * stats.slowest_answer):
         return None
     if short:  # the bar's line, where every column counts
         return f"no answer for {format_duration(quiet)}, {stats.in_flight:,} in flight"

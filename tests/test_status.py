@@ -219,10 +219,15 @@ def test_the_display_says_it_is_waiting_when_the_api_goes_quiet() -> None:
     assert waiting_note(stats, 12.0) == "waiting: no answer for 12.0s, 40 in flight"
     stats.answers, stats.last_answer_at = 40, 20.0
     assert waiting_note(stats, 27.0) == "waiting: no answer for 7.0s, nothing in flight (paced, paused after a 429, or backing off)"
+    stats.attempts += 1
+    stats.record_answer(20.0, rate_limited=False, took=30.0)  # answers take 30 s: a quiet 20 s is how they are
+    assert waiting_note(stats, 40.0) is None
+    assert waiting_note(stats, 66.0) == "waiting: no answer for 46.0s, nothing in flight (paced, paused after a 429, or backing off)"
     stats.finished_at = 27.0
     assert waiting_note(stats, 40.0) is None
     stream = io.StringIO()
-    stats.finished_at, stats.answers, stats.last_answer_at = None, 0, None  # an outage from the start
+    stats.finished_at, stats.answers, stats.last_answer_at, stats.attempts = None, 0, None, 40  # an outage from the start
+    stats.slowest_answer = 0.0
     display = ProgressDisplay(stats, enabled=True, stream=stream)
     clock.now = 60.0
     display.tick()
