@@ -40,8 +40,8 @@ from typing import Any
 from _common import CHAT_MODEL, Figure, chat_request, embedding_request, format_table, without_metadata
 
 from rate_limited_processor import Limits, Processor, Settings, TokenEstimator
-from rate_limited_processor.endpoints import Endpoint, endpoint_from_url
 from rate_limited_processor.mock_server import MockConfig, MockServer
+from rate_limited_processor.providers.endpoints import Endpoint, endpoint_from_url
 
 TARGET_RATIO = 1.05
 TARGET_429_PERCENT = 1.0

@@ -33,10 +33,10 @@ from typing import Any
 
 from _common import Figure, format_table
 
-from rate_limited_processor.models import RequestResult, ResultKind
-from rate_limited_processor.parquet_output import ParquetResultWriter, prepare_parquet_results
-from rate_limited_processor.request_io import ResultWriter
-from rate_limited_processor.resume import prepare_results_file
+from rate_limited_processor.base.models import RequestResult, ResultKind
+from rate_limited_processor.files.parquet import ParquetResultWriter, prepare_parquet_results
+from rate_limited_processor.files.request_io import ResultWriter
+from rate_limited_processor.files.resume import prepare_results_file
 
 DISTINCT_ANSWERS = 200
 

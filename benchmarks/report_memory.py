@@ -16,10 +16,10 @@ import resource
 import time
 from collections.abc import Sequence
 
-from rate_limited_processor.limiter import Limits
-from rate_limited_processor.models import AttemptTiming, RequestResult, RequestTimings, ResultKind
-from rate_limited_processor.report import RunReport
-from rate_limited_processor.status import RunStats
+from rate_limited_processor.base.models import AttemptTiming, RequestResult, RequestTimings, ResultKind
+from rate_limited_processor.core.limiter import Limits
+from rate_limited_processor.core.stats import RunStats
+from rate_limited_processor.ui.report import RunReport
 
 
 def peak_rss_mb() -> float:

@@ -34,9 +34,9 @@ from typing import Any
 
 from _common import Figure, embedding_request, format_table, without_metadata, write_jsonl
 
-from rate_limited_processor.models import RequestResult, ResultKind
-from rate_limited_processor.request_io import ResultWriter
-from rate_limited_processor.resume import prepare_results_file, sidecar_path
+from rate_limited_processor.base.models import RequestResult, ResultKind
+from rate_limited_processor.files.request_io import ResultWriter
+from rate_limited_processor.files.resume import prepare_results_file, sidecar_path
 
 TARGET_RATIO = 1.5
 #: Nothing is sent (every line is done), but the command needs a URL: one that nothing listens on.

@@ -55,7 +55,7 @@ async def acquire_cost(url: str, n: int) -> tuple[float, float, float]:
     """(µs per Redis acquire, Redis round trips per acquire, µs per in-process acquire)."""
     import redis.asyncio as redis
 
-    from rate_limited_processor.shared_limiter import RedisLimiter
+    from rate_limited_processor.engine.shared_limiter import RedisLimiter
 
     shared = await RedisLimiter.connect(url, "bench-acquire", HUGE)
     await shared.acquire(10)  # loads the script (its first EVALSHA finds none): a one-time cost
@@ -80,7 +80,7 @@ async def throughput(url: str | None, mock: MockProcess, n: int) -> float:
     settings = Settings(request_url=mock.url("chat/completions"), limits=UNLIMITED, max_in_flight=100)
     limiter = None
     if url is not None:
-        from rate_limited_processor.shared_limiter import RedisLimiter
+        from rate_limited_processor.engine.shared_limiter import RedisLimiter
 
         limiter = await RedisLimiter.connect(url, "bench-run", HUGE)
     processor = Processor(settings, limiter=limiter)

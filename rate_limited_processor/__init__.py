@@ -14,10 +14,9 @@ as an async context manager that also exposes the run's `stats`. From the shell:
 `python -m rate_limited_processor --help`.
 """
 
-from .clock import LOOP_CLOCK, Clock
-from .config import FROM_ENVIRONMENT, Account, Secret, Settings, read_accounts
-from .endpoints import Endpoint
-from .errors import (
+from . import _moved
+from .base.clock import LOOP_CLOCK, Clock
+from .base.errors import (
     EstimationError,
     InvalidRequest,
     LimiterUnavailable,
@@ -29,15 +28,20 @@ from .errors import (
     UnsupportedEndpoint,
     UsageError,
 )
-from .job import run_file_job
-from .limiter import UNLIMITED, InProcessLimiter, Limits, RateLimiter
-from .models import APIRequest, AttemptTiming, RejectedLine, RequestResult, RequestTimings, ResultKind
-from .report import RunReport
-from .retry_policy import RetryPolicy
-from .runner import Processor, Results, process_requests, process_requests_sync
-from .status import RunStats, format_summary
-from .token_estimation import TokenEstimator
-from .transport import AiohttpTransport, FunctionTransport, StreamingResponse, Transport, TransportRequest, TransportResponse, json_response
+from .base.models import APIRequest, AttemptTiming, RejectedLine, RequestResult, RequestTimings, ResultKind
+from .config.settings import FROM_ENVIRONMENT, Account, Secret, Settings, read_accounts
+from .core.limiter import UNLIMITED, InProcessLimiter, Limits, RateLimiter
+from .core.retry_policy import RetryPolicy
+from .core.stats import RunStats
+from .engine.processor import Processor, Results, process_requests, process_requests_sync
+from .jobs.file_job import run_file_job
+from .providers.endpoints import Endpoint
+from .providers.token_estimation import TokenEstimator
+from .transport.http import AiohttpTransport, FunctionTransport, StreamingResponse, Transport, TransportRequest, TransportResponse, json_response
+from .ui.report import RunReport
+from .ui.summary import format_summary
+
+_moved.install()  # `rate_limited_processor.limiter` and the other paths of earlier releases still import
 
 __all__ = [
     "FROM_ENVIRONMENT",

@@ -28,13 +28,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from yarl import URL
 
-from . import config
-from .arrivals import ARRIVAL_MODES
-from .atomic_write import write_json_atomically, write_text_atomically
-from .batch_mode import SIDECAR_KIND as BATCH_SIDECAR
-from .batch_mode import BatchOptions, run_batch_job
-from .budget import Budget
-from .config import (
+from .base.atomic_write import write_json_atomically, write_text_atomically
+from .base.errors import LimiterUnavailable, ResumeError, UsageError
+from .config import settings as config
+from .config.credentials import scrubber_for
+from .config.settings import (
     API_KEY_VARIABLE,
     DEFAULT_LOGGING_LEVEL,
     DEFAULT_ORDERED_WINDOW,
@@ -46,28 +44,31 @@ from .config import (
     Settings,
     key_variable_for,
 )
-from .costs import PriceBook
-from .credentials import scrubber_for
-from .endpoints import endpoint_from_url, is_anthropic_url
-from .errors import LimiterUnavailable, ResumeError, UsageError
-from .job import check_output_path, default_save_path, run_file_job, skip_done
-from .limiter import DEFAULT_BURST_SECONDS, Limits
-from .planning import format_plan, plan_requests
-from .preflight import check_input, check_key_for_provider, check_readable, check_request_url, check_writable, first_model
-from .probe import format_limits, probe_body, probe_limits
-from .report import RunReport
-from .request_io import read_requests
-from .resume import prepare_results_file
-from .retry_policy import RetryPolicy
-from .side_files import JOB_SIDECARS, RunFile, check_apart, job_files
-from .status import RunStats, format_summary, summary_record
-from .terminal import hangup_proof_stderr
-from .token_estimation import TokenEstimator
-from .transport import AiohttpTransport
+from .core.arrivals import ARRIVAL_MODES
+from .core.budget import Budget
+from .core.costs import PriceBook
+from .core.limiter import DEFAULT_BURST_SECONDS, Limits
+from .core.retry_policy import RetryPolicy
+from .core.stats import RunStats
+from .files.request_io import read_requests
+from .files.resume import prepare_results_file
+from .files.side_files import JOB_SIDECARS, RunFile, check_apart, job_files
+from .jobs.batch_job import SIDECAR_KIND as BATCH_SIDECAR
+from .jobs.batch_job import BatchOptions, run_batch_job
+from .jobs.file_job import check_output_path, default_save_path, run_file_job, skip_done
+from .jobs.planning import format_plan, plan_requests
+from .jobs.preflight import check_input, check_key_for_provider, check_readable, check_request_url, check_writable, first_model
+from .jobs.probe import format_limits, probe_body, probe_limits
+from .providers.endpoints import endpoint_from_url, is_anthropic_url
+from .providers.token_estimation import TokenEstimator
+from .transport.http import AiohttpTransport
+from .ui.report import RunReport
+from .ui.summary import format_summary, summary_record
+from .ui.terminal import hangup_proof_stderr
 
 if TYPE_CHECKING:
-    from .metrics import MetricsServer
-    from .shared_limiter import RedisLimiterFactory
+    from .engine.shared_limiter import RedisLimiterFactory
+    from .ui.metrics import MetricsServer
 
 __all__ = ["main", "build_parser", "settings_from_args", "exit_code", "EXIT_MEANINGS", "UsageError"]
 
@@ -604,7 +605,7 @@ class _Command:
         parquet = self.args.output_format == "parquet"
         try:  # a dry run writes nothing, but reads the results file: it must still be one
             if parquet:
-                from .parquet_output import check_parquet_output
+                from .files.parquet import check_parquet_output
 
                 check_parquet_output(save_path)
             else:
@@ -731,7 +732,7 @@ def _check_metrics(args: argparse.Namespace) -> None:
         return
     if args.mode == "batch":
         raise UsageError("--metrics_port is for --mode online: a batch run waits on the Batch API, with nothing to watch per request")
-    from .metrics import MetricsServer
+    from .ui.metrics import MetricsServer
 
     MetricsServer(args.metrics_port)  # refuses, naming the extra, when prometheus-client is missing
 
@@ -742,7 +743,7 @@ def dry_run(
     """Plan the job as it would run now (lines with a row in the results file are skipped); send nothing."""
     prepare = prepare_results_file
     if parquet:
-        from .parquet_output import prepare_parquet_results as prepare
+        from .files.parquet import prepare_parquet_results as prepare
     try:
         done, _ = prepare(save_path, retry_failed=retry_failed, repair=False)
     except ResumeError as error:
@@ -760,7 +761,7 @@ async def shared_limiters(settings: Settings, redis_url: str | None, limit_key: 
     url = redis_url or os.environ.get(REDIS_URL_VARIABLE)
     if not url:
         return None
-    from .shared_limiter import RedisLimiterFactory  # noqa: F811 (the redis extra, loaded only when used)
+    from .engine.shared_limiter import RedisLimiterFactory  # noqa: F811 (the redis extra, loaded only when used)
 
     try:
         factory = await RedisLimiterFactory.connect(url, settings.request_url, limit_key=limit_key, accounts=max(1, len(settings.accounts)))
@@ -773,7 +774,7 @@ async def serve_metrics(args: argparse.Namespace, prices: PriceBook) -> MetricsS
     """/metrics listening (--metrics_port), before anything is sent; None without the flag."""
     if args.metrics_port is None:
         return None
-    from .metrics import MetricsServer  # noqa: F811 (the metrics extra, loaded only when used)
+    from .ui.metrics import MetricsServer  # noqa: F811 (the metrics extra, loaded only when used)
 
     served = await MetricsServer(args.metrics_port, host=args.metrics_host, prices=prices).start()
     logging.getLogger(PROG).info("serving Prometheus metrics at %s", served.url)
@@ -840,7 +841,7 @@ def _report_json(record: dict[str, Any]) -> str:
 
 def write_reports(record: dict[str, Any], json_path: str | None, html_path: str | None) -> None:
     """Write the benchmark report as JSON and as a page; a failure to write is said, and costs nothing else."""
-    from .report_html import render_html
+    from .ui.report_html import render_html
 
     for path, render in ((json_path, _report_json), (html_path, render_html)):
         if path is None:

@@ -53,10 +53,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import strict_json
-from .config import Account, Settings, key_variable_for
-from .errors import RunStopped, UsageError
-from .models import RequestResult
+from .base import strict_json
+from .base.errors import RunStopped, UsageError
+from .base.models import RequestResult
+from .config.settings import Account, Settings, key_variable_for
 
 if TYPE_CHECKING:
     import ray.data
@@ -162,7 +162,7 @@ class _Worker:
         return future.result()
 
     async def _start(self) -> None:
-        from .runner import Processor
+        from .engine.processor import Processor
 
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._waiting: dict[int, asyncio.Future[RequestResult]] = {}
@@ -173,7 +173,7 @@ class _Worker:
         if self.redis_url is not None:
             import redis.asyncio as redis
 
-            from .shared_limiter import RedisLimiterFactory
+            from .engine.shared_limiter import RedisLimiterFactory
 
             self._factory = await RedisLimiterFactory.connect(
                 self.redis_url, self.settings.request_url, limit_key=self.limit_key, accounts=max(1, len(self.settings.accounts)),

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from rate_limited_processor.core.retry_policy import RetryPolicy
 from rate_limited_processor.mock_server.record import ServedLog
-from rate_limited_processor.retry_policy import RetryPolicy
 
 #: Retries as the product does them, minus the waiting: loopback tests should take seconds.
 FAST_RETRY = RetryPolicy(max_attempts=5, initial_delay=0.01, max_delay=0.05, rate_limit_cooldown=0.2)

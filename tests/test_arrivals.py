@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import UNLIMITED, Limits, Processor, ResultKind, Settings, TransportRequest
-from rate_limited_processor.arrivals import Arrivals, gap
+from rate_limited_processor.core.arrivals import Arrivals, gap
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from tests.helpers import chat_request, mock_url
 from tests.virtual_time import run_virtual

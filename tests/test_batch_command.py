@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from rate_limited_processor.files.resume import sidecar_path
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from rate_limited_processor.mock_server.child import MockProcess
-from rate_limited_processor.resume import sidecar_path
 from tests.helpers import chat_request, read_rows, run_cli, write_jsonl
 from tests.test_costs import GPT_4O_MINI_BATCH_INPUT, GPT_4O_MINI_BATCH_OUTPUT
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from rate_limited_processor import endpoints
-from rate_limited_processor.endpoints import Endpoint, UnsupportedEndpoint, endpoint_from_url, resolve_url
+from rate_limited_processor.base.models import APIRequest, RejectedLine
+from rate_limited_processor.files.request_io import parse_request_line
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from rate_limited_processor.mock_server.responses import response_matches
-from rate_limited_processor.models import APIRequest, RejectedLine
-from rate_limited_processor.request_io import parse_request_line
+from rate_limited_processor.providers import endpoints
+from rate_limited_processor.providers.endpoints import Endpoint, UnsupportedEndpoint, endpoint_from_url, resolve_url
 from tests.helpers import chat_request, embedding_request, read_rows, run_cli, write_jsonl
 
 
@@ -191,7 +191,7 @@ async def test_a_batch_line_cannot_send_the_key_to_another_server_or_break_the_r
 
 
 def test_a_rejected_batch_line_reusing_an_id_is_a_duplicate_too(tmp_path: Path) -> None:
-    from rate_limited_processor.request_io import read_requests
+    from rate_limited_processor.files.request_io import read_requests
 
     path = write_jsonl(tmp_path / "batch.jsonl", [
         batch_line("a", "/v1/embeddings", {"model": "m", "input": "x"}),

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from rate_limited_processor import Settings
-from rate_limited_processor.batch_api import HTTPCall
-from rate_limited_processor.batch_mode import BatchOptions, run_batch_job
 from rate_limited_processor.cli import exit_code
+from rate_limited_processor.jobs.batch_api import HTTPCall
+from rate_limited_processor.jobs.batch_job import BatchOptions, run_batch_job
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.mock_server.responses import response_matches
-from rate_limited_processor.transport import TransportResponse
+from rate_limited_processor.transport.http import TransportResponse
 from tests.helpers import chat_request, mock_url, read_rows, write_jsonl
 from tests.virtual_time import run_virtual
 

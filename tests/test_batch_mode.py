@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import Settings
-from rate_limited_processor.batch_mode import BatchOptions, run_batch_job
-from rate_limited_processor.budget import Budget
-from rate_limited_processor.costs import PriceBook
+from rate_limited_processor.core.budget import Budget
+from rate_limited_processor.core.costs import PriceBook
+from rate_limited_processor.files.resume import prepare_results_file, sidecar_path
+from rate_limited_processor.jobs.batch_job import BatchOptions, run_batch_job
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.mock_server.responses import response_matches
-from rate_limited_processor.resume import prepare_results_file, sidecar_path
 from tests.helpers import MOCK_ORIGIN, chat_request, embedding_request, mock_url, read_rows, write_jsonl
 from tests.virtual_time import run_virtual
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from rate_limited_processor import UNLIMITED, Processor, Settings, TransportRequest, TransportResponse, json_response
-from rate_limited_processor.collector import RUN_THRESHOLD, fewer_collections
+from rate_limited_processor.engine.collector import RUN_THRESHOLD, fewer_collections
 from tests.helpers import chat_request, mock_url
 from tests.virtual_time import run_virtual
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import UNLIMITED, Settings, run_file_job
-from rate_limited_processor.budget import Budget
 from rate_limited_processor.cli import main
-from rate_limited_processor.costs import CostLedger, Price, PriceBook, format_dollars, usage_tokens
+from rate_limited_processor.core.budget import Budget
+from rate_limited_processor.core.costs import CostLedger, Price, PriceBook, format_dollars, usage_tokens
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from tests.helpers import read_rows, run_cli, write_jsonl
 
@@ -213,7 +213,7 @@ def test_a_budget_with_no_price_for_the_model_is_refused_before_sending(tmp_path
 
 
 def test_prices_looked_up_are_remembered_for_the_day_and_a_cache_not_ours_is_ignored(tmp_path: Path) -> None:
-    from rate_limited_processor.costs import _PriceCache
+    from rate_limited_processor.core.costs import _PriceCache
 
     path = tmp_path / "prices.json"
     cache = _PriceCache(path, "genai-prices 1.0, 2026-01-01")

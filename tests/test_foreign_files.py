@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import UNLIMITED, RetryPolicy, Settings, run_file_job
+from rate_limited_processor.base.errors import ResumeError, UsageError
 from rate_limited_processor.cli import main
-from rate_limited_processor.errors import ResumeError, UsageError
-from rate_limited_processor.job import OutputLock
+from rate_limited_processor.files.resume import prepare_results_file
+from rate_limited_processor.jobs.file_job import OutputLock
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
-from rate_limited_processor.resume import prepare_results_file
 from tests.helpers import chat_request, mock_url, read_rows, run_cli, write_jsonl
 from tests.virtual_time import run_virtual
 

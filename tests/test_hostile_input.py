@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import UNLIMITED, ResultKind, Settings, TransportRequest, process_requests_sync, run_file_job
+from rate_limited_processor.base.errors import ResumeError
+from rate_limited_processor.base.models import APIRequest, RejectedLine
 from rate_limited_processor.cli import main
-from rate_limited_processor.errors import ResumeError
+from rate_limited_processor.files.request_io import parse_request_line
+from rate_limited_processor.files.resume import prepare_results_file
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.mock_server.api import MockRequest
-from rate_limited_processor.models import APIRequest, RejectedLine
-from rate_limited_processor.request_io import parse_request_line
-from rate_limited_processor.resume import prepare_results_file
 from tests.helpers import chat_request, mock_url, write_jsonl
 from tests.virtual_time import run_virtual
 

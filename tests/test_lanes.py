@@ -18,12 +18,14 @@ import pytest
 
 from rate_limited_processor import Limits, Processor, RetryPolicy, Settings, run_file_job
 from rate_limited_processor.cli import exit_code
-from rate_limited_processor.config import Account, read_accounts
-from rate_limited_processor.lanes import Lanes
-from rate_limited_processor.limiter import InProcessLimiter
+from rate_limited_processor.config.settings import Account, read_accounts
+from rate_limited_processor.core.limiter import InProcessLimiter
+from rate_limited_processor.core.stats import RunStats
+from rate_limited_processor.engine.lanes import Lanes
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
-from rate_limited_processor.status import RunStats, bar_postfix, format_summary, summary_record
-from rate_limited_processor.transport import TransportRequest, TransportResponse
+from rate_limited_processor.transport.http import TransportRequest, TransportResponse
+from rate_limited_processor.ui.display import bar_postfix
+from rate_limited_processor.ui.summary import format_summary, summary_record
 from tests.helpers import chat_request, mock_url, read_rows, write_jsonl
 from tests.virtual_time import run_virtual, virtual_time
 
@@ -176,7 +178,7 @@ def test_keys_appear_in_no_log_row_summary_or_lane(tmp_path: Path, caplog: pytes
 
 
 def _clock() -> Any:
-    from rate_limited_processor.clock import Clock
+    from rate_limited_processor.base.clock import Clock
 
     return Clock(now=lambda: 0.0)
 
@@ -294,9 +296,9 @@ def test_anthropic_529s_are_retried_with_backoff_and_cost_no_line(tmp_path: Path
 def test_anthropic_dollars_are_estimated_at_each_prompt_and_its_max_tokens(tmp_path: Path) -> None:
     """Anthropic is charged its prompt alone against the input-token limit: the dollars' prompt is all of that
     charge, not the charge less max_tokens (as it is for OpenAI, whose charge holds the completion budget)."""
-    from rate_limited_processor.costs import PriceBook
-    from rate_limited_processor.endpoints import Endpoint
-    from rate_limited_processor.token_estimation import TokenEstimator
+    from rate_limited_processor.core.costs import PriceBook
+    from rate_limited_processor.providers.endpoints import Endpoint
+    from rate_limited_processor.providers.token_estimation import TokenEstimator
 
     requests = [claude_request(i) for i in range(20)]
     limits = Limits(4_000, 200_000, output_tokens_per_minute=80_000)
@@ -327,7 +329,7 @@ def test_anthropic_batch_lines_naming_v1_messages_go_to_anthropic_with_its_heade
 
 
 def test_an_anthropic_429_names_its_limit_and_says_when_to_come_back() -> None:
-    from rate_limited_processor.retry_policy import HTTPOutcome, Verdict, classify
+    from rate_limited_processor.core.retry_policy import HTTPOutcome, Verdict, classify
 
     message = "This request would exceed the rate limit for your organization of 8,000 output tokens per minute."
     body = {"type": "error", "error": {"type": "rate_limit_error", "message": message}}
@@ -381,7 +383,7 @@ def test_a_wrong_accounts_file_is_refused_naming_the_line_and_never_the_key(tmp_
 
 
 def test_summary_lists_each_lane_only_when_there_is_more_than_one() -> None:
-    from rate_limited_processor.lanes import LaneReport
+    from rate_limited_processor.engine.lanes import LaneReport
 
     stats = RunStats(Limits(None, None), started_at=0.0, finished_at=60.0)
     stats.lanes = [LaneReport("org-a", "gpt-4o-mini", 100, 99, 1, Limits(600, 60_000), None)]
@@ -459,8 +461,8 @@ async def test_the_command_speaks_anthropic_at_a_v1_messages_url(tmp_path: Path,
 
 
 def test_anthropic_gets_its_key_as_x_api_key_with_its_version_and_openai_as_a_bearer() -> None:
-    from rate_limited_processor.config import Secret
-    from rate_limited_processor.credentials import ANTHROPIC_VERSION, headers_for
+    from rate_limited_processor.config.credentials import ANTHROPIC_VERSION, headers_for
+    from rate_limited_processor.config.settings import Secret
 
     anthropic = headers_for("https://api.anthropic.com/v1/messages", Secret(ANTHROPIC_KEY), {"X-Trace": "1"})
     assert dict(anthropic) == {"x-api-key": ANTHROPIC_KEY, "anthropic-version": ANTHROPIC_VERSION, "X-Trace": "1"}
@@ -489,15 +491,15 @@ def test_the_key_variable_follows_the_url(monkeypatch: pytest.MonkeyPatch) -> No
     ],
 )
 def test_a_messages_line_without_model_max_tokens_or_messages_is_refused(body: dict[str, Any], says: str) -> None:
-    from rate_limited_processor.endpoints import Endpoint, missing_field_reason
+    from rate_limited_processor.providers.endpoints import Endpoint, missing_field_reason
 
     reason = missing_field_reason(Endpoint.MESSAGES, body)
     assert reason is not None and says in reason
 
 
 def test_a_refusal_of_the_whole_account_drops_it_while_another_is_left() -> None:
-    from rate_limited_processor.decisions import DropAccount, JobState, RunState, StopRun, next_step
-    from rate_limited_processor.retry_policy import Decision, RetryPolicy, Verdict
+    from rate_limited_processor.core.decisions import DropAccount, JobState, RunState, StopRun, next_step
+    from rate_limited_processor.core.retry_policy import Decision, RetryPolicy, Verdict
 
     refused = Decision(Verdict.STOP_RUN, "HTTP 401 invalid_api_key")
     quota_for_hours = Decision(Verdict.RETRY, "HTTP 429 tokens per day", retry_after=7_200, rate_limited=True)

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import UNLIMITED, Limits, RetryPolicy, Settings, run_file_job
-from rate_limited_processor.learned_limits import (
+from rate_limited_processor.core.learned_limits import (
     LimitTuner,
     RateLimitReport,
     SendMark,
     parse_rate_limit_headers,
     states_rate_limits,
 )
-from rate_limited_processor.limiter import TokenBucket
+from rate_limited_processor.core.limiter import TokenBucket
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockRequest, MockTransport
 from tests.helpers import chat_request, mock_url, write_jsonl
 from tests.virtual_time import run_virtual, virtual_time

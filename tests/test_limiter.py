@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from rate_limited_processor.limiter import InProcessLimiter, Limits, RateBuckets, RateLimiter, TokenBucket
+from rate_limited_processor.core.limiter import InProcessLimiter, Limits, RateBuckets, RateLimiter, TokenBucket
 from tests.virtual_time import run_virtual, virtual_time
 
 

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rate_limited_processor.limiter import InProcessLimiter, Limits, TokenBucket
+from rate_limited_processor.core.limiter import InProcessLimiter, Limits, TokenBucket
 
 #: Virtual time at which every limiter (and its empty buckets) is created.
 START = 100.0

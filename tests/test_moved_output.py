@@ -19,7 +19,7 @@ import pytest
 from rate_limited_processor import UNLIMITED, Limits, Settings, run_file_job
 from rate_limited_processor.cli import EXIT_STOPPED, exit_code, main
 from rate_limited_processor.mock_server import MockConfig, MockServer
-from rate_limited_processor.transport import TransportRequest
+from rate_limited_processor.transport.http import TransportRequest
 from tests.helpers import chat_request, read_rows, write_jsonl
 from tests.small_disk import fill, small_disk
 

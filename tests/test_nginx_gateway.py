@@ -13,7 +13,7 @@ import pytest
 
 from rate_limited_processor import Limits, RetryPolicy, Settings, run_file_job
 from rate_limited_processor.mock_server import MockConfig, MockServer
-from rate_limited_processor.status import format_summary
+from rate_limited_processor.ui.summary import format_summary
 from tests.helpers import chat_request, read_rows, write_jsonl
 from tests.nginx_gateway import nginx_gateway, require_nginx
 

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from rate_limited_processor import UNLIMITED, Processor, Settings, run_file_job
-from rate_limited_processor.job import Reorder
+from rate_limited_processor.base.models import RequestResult, ResultKind
+from rate_limited_processor.jobs.file_job import Reorder
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
-from rate_limited_processor.models import RequestResult, ResultKind
 from tests.helpers import embedding_request, mock_url, read_rows, write_jsonl
 from tests.virtual_time import run_virtual
 

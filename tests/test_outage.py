@@ -119,8 +119,8 @@ async def test_a_server_that_does_not_come_back_stops_the_run_with_exit_3_and_no
 
 
 def test_the_outage_rule_probes_then_stops_and_never_fails_the_line() -> None:
-    from rate_limited_processor.decisions import JobState, Probe, RunState, StopRun, next_step
-    from rate_limited_processor.retry_policy import Decision, Verdict
+    from rate_limited_processor.core.decisions import JobState, Probe, RunState, StopRun, next_step
+    from rate_limited_processor.core.retry_policy import Decision, Verdict
 
     policy = RetryPolicy(max_attempts=3, initial_delay=0.1, max_delay=5.0, max_outage=60.0)
     no_answer = Decision(Verdict.RETRY, "ClientConnectorError: connection refused", about_the_endpoint=True)

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from rate_limited_processor import Limits, Settings, run_file_job
-from rate_limited_processor.learned_limits import LimitTuner, SendMark, parse_rate_limit_headers
+from rate_limited_processor.core.learned_limits import LimitTuner, SendMark, parse_rate_limit_headers
 from rate_limited_processor.mock_server.anthropic import message_payload
 from tests.helpers import read_rows, serving, write_jsonl
 

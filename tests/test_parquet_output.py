@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from rate_limited_processor import UNLIMITED, Settings, run_file_job
-from rate_limited_processor.errors import ResumeError
+from rate_limited_processor.base.errors import ResumeError
 from rate_limited_processor.mock_server import MockConfig, MockServer, embedding_for
 from tests.helpers import FAST_RETRY, chat_request, embedding_request, run_cli, write_jsonl
 
 pa = pytest.importorskip("pyarrow", reason="the parquet extra (pyarrow) is not installed")
 import pyarrow.parquet as pq  # noqa: E402
 
-from rate_limited_processor.parquet_output import ParquetResultWriter, prepare_parquet_results, read_parquet_rows  # noqa: E402
+from rate_limited_processor.files.parquet import ParquetResultWriter, prepare_parquet_results, read_parquet_rows  # noqa: E402
 
 
 def settings_for(server: MockServer, endpoint: str = "embeddings") -> Settings:
@@ -79,7 +79,7 @@ async def test_failure_rows_count_as_done_and_retry_failed_sends_them_again(tmp_
 
 def test_row_groups_are_written_as_they_fill_each_a_whole_file(tmp_path: Path) -> None:
     """Rows beyond a group go to the next part; a killed run's temporary file is removed, and a foreign file refused."""
-    from rate_limited_processor.models import RequestResult, ResultKind
+    from rate_limited_processor.base.models import RequestResult, ResultKind
 
     results = tmp_path / "results.parquet"
     with ParquetResultWriter(results, rows_per_group=40) as writer:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from rate_limited_processor import Settings
-from rate_limited_processor.endpoints import Endpoint
+from rate_limited_processor.jobs.probe import LimitsSeen, format_limits, probe_body, probe_limits
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
-from rate_limited_processor.probe import LimitsSeen, format_limits, probe_body, probe_limits
+from rate_limited_processor.providers.endpoints import Endpoint
 from tests.helpers import mock_url
 from tests.virtual_time import run_virtual
 

@@ -15,8 +15,9 @@ import pytest
 
 from rate_limited_processor import Settings, run_file_job
 from rate_limited_processor.cli import configure_logging
+from rate_limited_processor.core.stats import RunStats
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
-from rate_limited_processor.status import RunStats, format_summary
+from rate_limited_processor.ui.summary import format_summary
 from tests.helpers import chat_request, mock_url, write_jsonl
 from tests.virtual_time import run_virtual
 

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import Limits, NoAnswer, RetryPolicy, Settings, TransportError, TransportRequest, TransportResponse, run_file_job
-from rate_limited_processor.decisions import Fail, JobState, Retry, RunState, StopRun, next_step
+from rate_limited_processor.core.decisions import Fail, JobState, Retry, RunState, StopRun, next_step
+from rate_limited_processor.core.rate_control import Answer, RateController
+from rate_limited_processor.core.retry_policy import Decision, Verdict
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
-from rate_limited_processor.rate_control import Answer, RateController
-from rate_limited_processor.retry_policy import Decision, Verdict
-from rate_limited_processor.status import format_summary
+from rate_limited_processor.ui.summary import format_summary
 from tests.helpers import chat_request, mock_url, read_rows, write_jsonl
 from tests.virtual_time import run_virtual, virtual_time
 

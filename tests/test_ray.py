@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import Settings
-from rate_limited_processor.errors import UsageError
+from rate_limited_processor.base.errors import UsageError
 from rate_limited_processor.mock_server.child import MockProcess
 from tests.helpers import chat_request
 from tests.redis_server import running_redis

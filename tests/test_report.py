@@ -10,13 +10,13 @@ import random
 import re
 from typing import Any
 
+from rate_limited_processor.base.models import AttemptTiming, RequestResult, RequestTimings, ResultKind
 from rate_limited_processor.cli import report_settings
-from rate_limited_processor.config import Settings
-from rate_limited_processor.limiter import Limits
-from rate_limited_processor.models import AttemptTiming, RequestResult, RequestTimings, ResultKind
-from rate_limited_processor.report import Distribution, RunReport
-from rate_limited_processor.report_html import render_html
-from rate_limited_processor.status import RunStats
+from rate_limited_processor.config.settings import Settings
+from rate_limited_processor.core.limiter import Limits
+from rate_limited_processor.core.stats import RunStats
+from rate_limited_processor.ui.report import Distribution, RunReport
+from rate_limited_processor.ui.report_html import render_html
 from tests.helpers import nearest_rank
 
 

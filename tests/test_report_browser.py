@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rate_limited_processor.report_html import COLORS
+from rate_limited_processor.ui.report_html import COLORS
 from tests.chromium import require_chromium, screenshot
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "benchmark_report.py"

@@ -6,8 +6,8 @@ import json
 import tracemalloc
 from pathlib import Path
 
-from rate_limited_processor.models import APIRequest, RejectedLine, RequestResult, ResultKind
-from rate_limited_processor.request_io import ResultWriter, count_lines, parse_request_line, read_requests
+from rate_limited_processor.base.models import APIRequest, RejectedLine, RequestResult, ResultKind
+from rate_limited_processor.files.request_io import ResultWriter, count_lines, parse_request_line, read_requests
 
 
 def test_reader_numbers_lines_as_an_editor_does_and_skips_blank_ones(tmp_path: Path) -> None:

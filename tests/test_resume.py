@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rate_limited_processor.models import RequestResult, ResultKind
-from rate_limited_processor.request_io import ResultWriter, parse_request_line
-from rate_limited_processor.resume import DoneIndex, ResumeError, identity, identity_of_item, prepare_results_file
+from rate_limited_processor.base.models import RequestResult, ResultKind
+from rate_limited_processor.files.request_io import ResultWriter, parse_request_line
+from rate_limited_processor.files.resume import DoneIndex, ResumeError, identity, identity_of_item, prepare_results_file
 
 
 def write_results(path: Path, results: list[RequestResult]) -> None:

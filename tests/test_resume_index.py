@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from rate_limited_processor import resume
-from rate_limited_processor.errors import ResumeError
-from rate_limited_processor.models import RequestResult, ResultKind
-from rate_limited_processor.request_io import ResultWriter
-from rate_limited_processor.resume import DoneIndex, IndexWriter, identity, prepare_results_file
+from rate_limited_processor.base.errors import ResumeError
+from rate_limited_processor.base.models import RequestResult, ResultKind
+from rate_limited_processor.files import resume
+from rate_limited_processor.files.request_io import ResultWriter
+from rate_limited_processor.files.resume import DoneIndex, IndexWriter, identity, prepare_results_file
 from tests.helpers import read_rows
 
 

@@ -16,9 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rate_limited_processor import retry_policy
-from rate_limited_processor.endpoints import Endpoint
-from rate_limited_processor.retry_policy import (
+from rate_limited_processor.core import retry_policy
+from rate_limited_processor.core.retry_policy import (
     Decision,
     HTTPOutcome,
     RetryPolicy,
@@ -27,6 +26,7 @@ from rate_limited_processor.retry_policy import (
     parse_duration,
     retry_after_seconds,
 )
+from rate_limited_processor.providers.endpoints import Endpoint
 
 
 def error_body(message: str | None = None, type: str | None = None, code: Any = None) -> dict[str, Any]:

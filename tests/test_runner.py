@@ -35,11 +35,11 @@ from rate_limited_processor import (
     process_requests_sync,
     run_file_job,
 )
-from rate_limited_processor.endpoints import endpoint_from_url
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.mock_server.record import request_key
 from rate_limited_processor.mock_server.responses import response_matches
-from rate_limited_processor.token_estimation import TokenEstimator
+from rate_limited_processor.providers.endpoints import endpoint_from_url
+from rate_limited_processor.providers.token_estimation import TokenEstimator
 from tests.helpers import chat_request, embedding_request, mock_url, read_rows, write_jsonl
 from tests.virtual_time import run_virtual, virtual_time
 

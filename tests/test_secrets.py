@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 
 from rate_limited_processor import UNLIMITED, Processor, RetryPolicy, Secret, Settings, run_file_job
-from rate_limited_processor.credentials import LEAKED_RUN, Scrubber
+from rate_limited_processor.config.credentials import LEAKED_RUN, Scrubber
 from rate_limited_processor.mock_server import MockConfig, MockServer
-from rate_limited_processor.transport import TransportRequest, TransportResponse
+from rate_limited_processor.transport.http import TransportRequest, TransportResponse
 from tests.helpers import chat_request, read_rows, run_cli, serving, unused_port, write_jsonl
 from tests.virtual_time import run_virtual
 

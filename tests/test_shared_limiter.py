@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rate_limited_processor.limiter import Limits
+from rate_limited_processor.core.limiter import Limits
+from rate_limited_processor.engine.shared_limiter import RedisLimiter, default_limit_key, redis_location
 from rate_limited_processor.mock_server import MockConfig, MockServer
-from rate_limited_processor.shared_limiter import RedisLimiter, default_limit_key, redis_location
 from tests.helpers import chat_request, read_rows, run_cli, unused_port, write_jsonl
 from tests.redis_server import running_redis
 
@@ -130,8 +130,8 @@ async def test_output_tokens_are_reserved_and_refunded_in_redis_as_in_process(re
 
 
 async def test_a_factory_gives_each_account_and_model_its_own_key_and_none_holds_the_api_key(redis_url: str) -> None:
-    from rate_limited_processor.config import Account
-    from rate_limited_processor.shared_limiter import RedisLimiterFactory
+    from rate_limited_processor.config.settings import Account
+    from rate_limited_processor.engine.shared_limiter import RedisLimiterFactory
 
     accounts = [Account("org-a", api_key="sk-secret-key-a-123"), Account("org-b", api_key="sk-secret-key-b-456")]
     factory = await RedisLimiterFactory.connect(redis_url, "https://api.openai.com/v1/chat/completions")

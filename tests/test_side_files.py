@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from rate_limited_processor import UNLIMITED, Settings, run_file_job
+from rate_limited_processor.base.errors import UsageError
 from rate_limited_processor.cli import main
-from rate_limited_processor.errors import UsageError
 from tests.helpers import chat_request, write_jsonl
 from tests.small_disk import fill, small_disk
 

@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import Limits, RetryPolicy, Settings, run_file_job
+from rate_limited_processor.core.rate_control import Answer, RateController
+from rate_limited_processor.core.stats import RunStats
 from rate_limited_processor.mock_server import MockApi, MockConfig
 from rate_limited_processor.mock_server.transport import MockTransport
-from rate_limited_processor.rate_control import Answer, RateController
-from rate_limited_processor.status import RunStats, bar_postfix, format_summary
-from rate_limited_processor.transport import TransportRequest, TransportResponse
+from rate_limited_processor.transport.http import TransportRequest, TransportResponse
+from rate_limited_processor.ui.display import bar_postfix
+from rate_limited_processor.ui.summary import format_summary
 from tests.helpers import chat_request, mock_url, read_rows, write_jsonl
 from tests.virtual_time import run_virtual, virtual_time
 

@@ -10,19 +10,12 @@ from typing import Any
 
 import pytest
 
-from rate_limited_processor.costs import PriceBook
-from rate_limited_processor.limiter import Limits
-from rate_limited_processor.models import RequestResult, ResultKind
-from rate_limited_processor.status import (
-    ProgressDisplay,
-    RateMeter,
-    RunStats,
-    StatusDigest,
-    describe_pace,
-    format_summary,
-    summary_record,
-    waiting_note,
-)
+from rate_limited_processor.base.models import RequestResult, ResultKind
+from rate_limited_processor.core.costs import PriceBook
+from rate_limited_processor.core.limiter import Limits
+from rate_limited_processor.core.stats import RateMeter, RunStats
+from rate_limited_processor.ui.display import ProgressDisplay, StatusDigest, describe_pace, waiting_note
+from rate_limited_processor.ui.summary import format_summary, summary_record
 
 
 class Clock:

@@ -14,14 +14,14 @@ import pytest
 from aiohttp import web
 
 from rate_limited_processor import Limits, NoAnswer, Settings, TransportError, TransportRequest, run_file_job
-from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.mock_server import MockConfig, MockServer
 from rate_limited_processor.mock_server.anthropic import message_payload
 from rate_limited_processor.mock_server.record import CUT, request_key
 from rate_limited_processor.mock_server.responses import success_payload
-from rate_limited_processor.report import RunReport
-from rate_limited_processor.streaming import streamed_body
-from rate_limited_processor.transport import AiohttpTransport
+from rate_limited_processor.providers.endpoints import Endpoint
+from rate_limited_processor.transport.http import AiohttpTransport
+from rate_limited_processor.transport.streaming import streamed_body
+from rate_limited_processor.ui.report import RunReport
 from tests.helpers import FAST_RETRY, chat_request, nearest_rank, read_rows, served_stream_times, write_jsonl
 
 

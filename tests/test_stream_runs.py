@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from rate_limited_processor import UNLIMITED, Limits, Processor, ResultKind, Settings, TransportRequest, TransportResponse, run_file_job
-from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.mock_server.anthropic import message_payload
 from rate_limited_processor.mock_server.record import CUT, request_key
 from rate_limited_processor.mock_server.responses import success_payload
-from rate_limited_processor.report import RunReport
-from rate_limited_processor.streaming import streamed_body
-from rate_limited_processor.transport import StreamingResponse
+from rate_limited_processor.providers.endpoints import Endpoint
+from rate_limited_processor.transport.http import StreamingResponse
+from rate_limited_processor.transport.streaming import streamed_body
+from rate_limited_processor.ui.report import RunReport
 from tests.helpers import chat_request, mock_url, nearest_rank, read_rows, served_stream_times, write_jsonl
 from tests.virtual_time import run_virtual
 

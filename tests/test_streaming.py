@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from rate_limited_processor.endpoints import Endpoint
 from rate_limited_processor.mock_server.anthropic import message_payload
 from rate_limited_processor.mock_server.record import request_key
 from rate_limited_processor.mock_server.responses import success_payload
 from rate_limited_processor.mock_server.streams import stream_frames
-from rate_limited_processor.streaming import EventStreamParser, ServerSentEvent, StreamAssembler, StreamProblem, streamed_body
+from rate_limited_processor.providers.endpoints import Endpoint
+from rate_limited_processor.transport.streaming import EventStreamParser, ServerSentEvent, StreamAssembler, StreamProblem, streamed_body
 
 
 def sse(*events: Any) -> bytes:

@@ -12,8 +12,8 @@ import struct
 
 import pytest
 
-from rate_limited_processor import strict_json
-from rate_limited_processor.strict_json import InvalidJSON, canonical, dumps, loads, unsendable
+from rate_limited_processor.base import strict_json
+from rate_limited_processor.base.strict_json import InvalidJSON, canonical, dumps, loads, unsendable
 
 
 @pytest.mark.parametrize(

@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 import tiktoken
 
-from rate_limited_processor import token_estimation
-from rate_limited_processor.budget import Budget
-from rate_limited_processor.costs import PriceBook
-from rate_limited_processor.endpoints import Endpoint
-from rate_limited_processor.token_estimation import (
+from rate_limited_processor.core.budget import Budget
+from rate_limited_processor.core.costs import PriceBook
+from rate_limited_processor.providers import token_estimation
+from rate_limited_processor.providers.endpoints import Endpoint
+from rate_limited_processor.providers.token_estimation import (
     DEFAULT_COMPLETION_TOKENS,
     REPLY_PRIMING_TOKENS,
     TOKENS_PER_MESSAGE,

@@ -30,9 +30,9 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .. import strict_json
-from ..clock import Now, loop_time
-from ..endpoints import Endpoint
+from ..base import strict_json
+from ..base.clock import Now, loop_time
+from ..providers.endpoints import Endpoint
 from . import anthropic, errors
 from .batches import MockBatches
 from .config import MockConfig

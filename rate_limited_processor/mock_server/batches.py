@@ -32,9 +32,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import strict_json
-from ..clock import Now
-from ..endpoints import Endpoint
+from ..base import strict_json
+from ..base.clock import Now
+from ..providers.endpoints import Endpoint
 from .config import ORGANIZATION, MockConfig
 from .counting import CountingError, TokenCounter
 from .record import request_key

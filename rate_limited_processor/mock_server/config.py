@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, get_args
 
-from ..limiter import Limits
+from ..core.limiter import Limits
 from .faults import validate_faults
 
 __all__ = ["MockConfig", "TokenCounting", "RateLimitStyle", "DEFAULT_MODEL", "ORGANIZATION"]

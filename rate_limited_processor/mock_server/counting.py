@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..endpoints import Endpoint
+from ..providers.endpoints import Endpoint
 from .config import TokenCounting
 
 __all__ = ["TokenCounter", "CountingError"]
@@ -47,7 +47,7 @@ class TokenCounter:
 
     def _load(self) -> CountFunction:
         """The counting function for the mode, bound once (a tokenizer is loaded here, not per request)."""
-        from .. import token_estimation  # lazily: see the module docstring
+        from ..providers import token_estimation  # lazily: see the module docstring
 
         self._estimation_error = token_estimation.EstimationError
         if self.mode == "chars":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from ..endpoints import Endpoint
+from ..providers.endpoints import Endpoint
 from .config import ORGANIZATION
 from .durations import ceil_milliseconds, go_duration
 from .reply import HTML, Reply, json_reply

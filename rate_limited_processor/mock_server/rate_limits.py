@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..limiter import OUTPUT_BURST_SECONDS, Limits, TokenBucket
+from ..core.limiter import OUTPUT_BURST_SECONDS, Limits, TokenBucket
 from .durations import go_duration
 from .errors import LimitName, format_limit
 

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .. import strict_json
-from ..endpoints import Endpoint
+from ..base import strict_json
+from ..providers.endpoints import Endpoint
 
 __all__ = ["Outcome", "Served", "ServedLog", "request_key", "raw_request_key", "RESET", "HANG", "DISCONNECTED", "CUT"]
 

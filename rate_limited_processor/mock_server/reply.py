@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .. import strict_json
+from ..base import strict_json
 
 __all__ = ["Reply", "json_reply", "JSON", "HTML"]
 

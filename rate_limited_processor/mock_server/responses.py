@@ -18,7 +18,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from ..endpoints import Endpoint, endpoint_from_url, missing_field_reason
+from ..providers.endpoints import Endpoint, endpoint_from_url, missing_field_reason
 
 __all__ = [
     "ECHO_PREFIX",

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..clock import Now, loop_time
+from ..base.clock import Now, loop_time
 from .api import AZURE_PREFIX, OPENAI_PREFIX, MockApi
 from .app import STATS_PATH, create_app
 from .config import MockConfig

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..endpoints import Endpoint
+from ..providers.endpoints import Endpoint
 
 __all__ = ["Frames", "stream_frames", "wants_stream", "CHARS_PER_TOKEN"]
 

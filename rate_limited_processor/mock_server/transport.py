@@ -20,9 +20,9 @@ import json
 from typing import IO
 from urllib.parse import parse_qsl, urlsplit
 
-from ..batch_api import HTTPCall
-from ..errors import NoAnswer, TransportError
-from ..transport import StreamingResponse, TransportRequest, TransportResponse, receive
+from ..base.errors import NoAnswer, TransportError
+from ..jobs.batch_api import HTTPCall
+from ..transport.http import StreamingResponse, TransportRequest, TransportResponse, receive
 from .api import Drop, MockApi, MockRequest, StreamReply
 from .reply import Reply
 

@@ -1,0 +1,176 @@
+"""Where each request goes: an account, and that account's buckets for the request's model (a "lane").
+
+Usage::
+
+    lanes = Lanes(settings, make_limiter=lambda account, model, limits: InProcessLimiter(limits), clock=clock)
+    lane = lanes.choose(model="gpt-4o-mini", tokens=120)   # the account that can take it soonest
+    await lane.limiter.acquire(120)
+    ...
+    lanes.drop(lane.account.name)                            # its key was refused: the others carry on
+
+Rate limits live per organisation (or key) and per model, so that is where the buckets are: one lane per
+(account, model), each with its own limiter (in process, or a key of its own in Redis), its own ceiling
+learned from its own headers (`LimitTuner`) and its own closed-loop control (`RateController`). The run is
+one loop over all of them: accounts, models and providers are lanes over the one `RateLimiter` interface,
+not copies of the loop.
+
+A request goes to the account whose lane for its model can take it soonest: the one its limiter would admit
+it first (`InProcessLimiter.wait_time`), a lane still waiting for its first answer counting as later than
+any other; where a limiter cannot say (Redis), the lane with the fewest requests in flight per unit of its
+rate. An account whose key is refused, or whose quota is gone, is dropped, and the run stops only when no
+account is left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..base.clock import Clock
+from ..config.credentials import Headers, headers_for
+from ..config.settings import Account, Settings
+from ..core.learned_limits import LimitTuner
+from ..core.limiter import Limits, RateLimiter
+from ..core.rate_control import RateController
+from ..core.stats import LaneReport
+from ..providers.endpoints import is_anthropic_url
+
+__all__ = ["Lane", "LaneReport", "Lanes", "LimiterFactory"]
+
+#: Makes the limiter of a new lane, given its account, its model and its first limits.
+LimiterFactory = Callable[[Account, str, Limits], RateLimiter]
+
+
+@dataclass(slots=True)
+class Lane:
+    """One account's buckets for one model: its limiter, its ceiling, its control, and its headers."""
+
+    account: Account
+    model: str
+    limiter: RateLimiter
+    tuner: LimitTuner
+    control: RateController
+    #: What the limiter was last told to send at.
+    applied: Limits
+    #: The account's key where the API looks for it, and its headers: never shown in a repr.
+    headers: Headers = field(repr=False)
+    #: It has been chosen once (its limiter set up).
+    started: bool = False
+    in_flight: int = 0
+    sent: int = 0
+    succeeded: int = 0
+    rate_limited: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.account.name}/{self.model}" if self.model else self.account.name
+
+    @property
+    def probing(self) -> bool:
+        """Its first request is out and no answer has come: the next one waits (it would learn nothing)."""
+        return self.tuner.awaiting_first_answer and self.in_flight > 0
+
+    def report(self) -> LaneReport:
+        learned = Limits(self.tuner.requests.learned, self.tuner.tokens.learned, output_tokens_per_minute=self.tuner.output_tokens.learned)
+        return LaneReport(self.account.name, self.model, self.sent, self.succeeded, self.rate_limited, learned, self.control.report().found_requests_per_minute)
+
+
+class Lanes:
+    """Every (account, model) lane of a run, made on first use, and the choice of lane for each request."""
+
+    __slots__ = ("_settings", "_make_limiter", "_clock", "_accounts", "_lanes", "_dropped")
+
+    def __init__(self, settings: Settings, *, make_limiter: LimiterFactory, clock: Clock) -> None:
+        self._settings = settings
+        self._make_limiter = make_limiter
+        self._clock = clock
+        #: The accounts still in use, in the order given.
+        self._accounts: list[Account] = list(settings.accounts) or [
+            Account("default", api_key=settings.key, headers=settings.extra_headers, limits=settings.limits)
+        ]
+        self._lanes: dict[tuple[str, str], Lane] = {}
+        #: Accounts taken out, and why.
+        self._dropped: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"Lanes({len(self._lanes)} lanes, accounts {[account.name for account in self._accounts]}, dropped {list(self._dropped)})"
+
+    @property
+    def accounts_left(self) -> int:
+        return len(self._accounts)
+
+    @property
+    def dropped(self) -> dict[str, str]:
+        """The accounts taken out, and why."""
+        return dict(self._dropped)
+
+    def is_dropped(self, account_name: str) -> bool:
+        return account_name in self._dropped
+
+    def all(self) -> list[Lane]:
+        return list(self._lanes.values())
+
+    def lane(self, account: Account, model: str) -> Lane:
+        """The lane of this account for this model, made on first use."""
+        key = (account.name, model)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = self._new_lane(account, model)
+        return lane
+
+    def choose(self, model: str, tokens: int, output_tokens: int = 0) -> Lane:
+        """The lane, among the accounts left, that can take a request of `tokens` for `model` soonest."""
+        if not self._accounts:
+            raise RuntimeError("no account is left")
+        if len(self._accounts) == 1:
+            return self.lane(self._accounts[0], model)
+        candidates = [self.lane(account, model) for account in self._accounts]
+        return min(candidates, key=lambda lane: self._soonest(lane, tokens, output_tokens))
+
+    def drop(self, account_name: str, reason: str) -> None:
+        """Take an account out (its key was refused, its quota is gone): its lanes get nothing more."""
+        self._accounts = [account for account in self._accounts if account.name != account_name]
+        self._dropped.setdefault(account_name, reason)
+
+    def reports(self) -> list[LaneReport]:
+        return [lane.report() for lane in self._lanes.values()]
+
+    def _soonest(self, lane: Lane, tokens: int, output_tokens: int) -> tuple[float, float]:
+        """When the lane could take the request: its limiter's own wait where it can tell, then a tie-break
+        by load (requests in flight per request per second of its rate)."""
+        if lane.probing:
+            return (math.inf, lane.in_flight)
+        wait_time = getattr(lane.limiter, "wait_time", None)
+        wait = wait_time(tokens, output_tokens) if callable(wait_time) else 0.0
+        rate = lane.applied.requests_per_minute
+        per_second = rate / 60 if rate is not None and math.isfinite(rate) and rate > 0 else 1.0
+        return (float(wait), (lane.in_flight + 1) / per_second)
+
+    def _new_lane(self, account: Account, model: str) -> Lane:
+        settings = self._settings
+        # A limit given for the run caps every account's too; the account's own, where given, is lower or equal.
+        given = _lower_limits(settings.limits, account.limits)
+        anthropic = is_anthropic_url(settings.request_url)
+        tuner = LimitTuner(given, headroom=settings.headroom, output_limit=anthropic)
+        now = self._clock.now()
+        control = RateController(requests_ceiling_known=given.requests_per_minute is not None, now=now)
+        applied = control.limits(tuner.limits(), now)
+        limiter = self._make_limiter(account, model, applied)
+        headers = headers_for(settings.request_url, account.key, {**settings.extra_headers, **account.headers})
+        return Lane(account, model, limiter, tuner, control, applied, headers)
+
+
+def _lower_limits(run: Limits, account: Limits) -> Limits:
+    """Each limit the lower of the run's and the account's (None where neither gives one)."""
+
+    def lower(a: float | None, b: float | None) -> float | None:
+        known = [value for value in (a, b) if value is not None]
+        return min(known) if known else None
+
+    return Limits(
+        lower(run.requests_per_minute, account.requests_per_minute),
+        lower(run.tokens_per_minute, account.tokens_per_minute),
+        burst_seconds=run.burst_seconds,
+        output_tokens_per_minute=lower(run.output_tokens_per_minute, account.output_tokens_per_minute),
+    )

@@ -1,0 +1,240 @@
+"""The Files and Batches API, as `--mode batch` uses it: upload an input file, create a batch, ask after it, download.
+
+Usage::
+
+    api = BatchAPI("https://api.openai.com/v1", headers, http=AiohttpBatchHTTP())
+    file = await api.upload("results.jsonl.part-0001.jsonl", content)              # POST /files, purpose batch
+    batch = await api.create(file["id"], "/v1/chat/completions", {"rlp_part": "…"})  # POST /batches, 24h
+    batch = await api.get(batch["id"])                                               # GET /batches/{id}
+    await api.download(batch["output_file_id"], sink)                                # GET /files/{id}/content
+
+Every call goes to the API root's origin, the only one the key is sent to; a redirect is not followed (it
+fails, naming its status). A call that gets no answer, a 429 or a 5xx is tried again after a backoff, up to
+`CALL_ATTEMPTS` times; any other error status raises `BatchAPIError` with the API's message, scrubbed of
+credentials. The HTTP itself is behind a seam (`BatchHTTP`): aiohttp here, the mock's `MockTransport` in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol, runtime_checkable
+
+import aiohttp
+
+from ..base import strict_json
+from ..base.clock import LOOP_CLOCK, Clock
+from ..base.errors import NoAnswer, ProcessorError, TransportError
+from ..config.credentials import Scrubber
+from ..transport.http import TransportResponse
+
+__all__ = ["HTTPCall", "BatchHTTP", "AiohttpBatchHTTP", "BatchAPI", "BatchAPIError", "CALL_ATTEMPTS", "multipart_form"]
+
+#: Tries of one call to the Files or Batches API before the run stops (no answer, 429, 5xx).
+CALL_ATTEMPTS = 6
+#: Seconds before the second try of a call; doubled for each after it, up to `MAX_CALL_DELAY`.
+FIRST_CALL_DELAY = 1.0
+MAX_CALL_DELAY = 30.0
+#: Seconds one call may take: an upload of 200 MB on a slow line takes minutes.
+CALL_TIMEOUT = 900.0
+#: Most batches looked through when finding one a killed run created but did not record.
+MAX_BATCHES_SEARCHED = 1_000
+
+
+class BatchAPIError(ProcessorError):
+    """The Files or Batches API refused a call, or gave no answer after every try. `status`: the refusal's HTTP
+    status (404: the API does not know the file or batch), None when no answer came."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPCall:
+    """One call: a method, a URL, headers (they hold the key: never shown) and a body."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    body: bytes = b""
+    timeout: float = CALL_TIMEOUT
+
+
+@runtime_checkable
+class BatchHTTP(Protocol):
+    """What batch mode needs from the network: one call, its answer. With `sink`, the body is written there."""
+
+    async def call(self, call: HTTPCall, sink: IO[bytes] | None = None) -> TransportResponse:
+        """The answer (status, headers, body, or b"" when written to `sink`); TransportError when none came."""
+        ...
+
+
+class AiohttpBatchHTTP:
+    """Real HTTP through one aiohttp session, made on the first call. Redirects are never followed."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return "AiohttpBatchHTTP()"
+
+    async def call(self, call: HTTPCall, sink: IO[bytes] | None = None) -> TransportResponse:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        timeout = aiohttp.ClientTimeout(total=call.timeout)
+        try:
+            async with self._session.request(
+                call.method, call.url, data=call.body or None, headers=call.headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                headers = {name.lower(): value for name, value in response.headers.items()}
+                if sink is not None and 200 <= response.status < 300:
+                    async for chunk in response.content.iter_chunked(1 << 20):
+                        sink.write(chunk)
+                    return TransportResponse(response.status, headers, b"")
+                return TransportResponse(response.status, headers, await response.read())
+        except TimeoutError:
+            raise TransportError(NoAnswer.TIMEOUT, f"TimeoutError: no complete response within {call.timeout:g}s") from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise TransportError(NoAnswer.BROKEN, f"{type(error).__name__}: {error}") from None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def multipart_form(fields: Mapping[str, str], file_field: str, filename: str, content: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with text fields and one file: (body, its content type)."""
+    boundary = f"rate-limited-processor-{secrets.token_hex(12)}"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode() for name, value in fields.items()]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{filename}"\r\n'
+        "Content-Type: application/jsonl\r\n\r\n".encode() + content + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class BatchAPI:
+    """The calls batch mode makes, to one API root ("https://api.openai.com/v1"), with the run's auth headers."""
+
+    __slots__ = ("root", "_headers", "_http", "_scrub", "_clock")
+
+    def __init__(self, root: str, headers: Mapping[str, str], *, http: BatchHTTP, scrub: Scrubber, clock: Clock = LOOP_CLOCK) -> None:
+        self.root = root.rstrip("/")
+        self._headers = dict(headers)
+        self._http = http
+        self._scrub = scrub
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"BatchAPI({self.root!r})"
+
+    async def upload(self, filename: str, content: bytes) -> dict[str, Any]:
+        body, content_type = multipart_form({"purpose": "batch"}, "file", filename, content)
+        return await self._json("POST", "/files", body, content_type)
+
+    async def create(self, input_file_id: str, endpoint: str, metadata: Mapping[str, str]) -> dict[str, Any]:
+        payload = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": "24h", "metadata": dict(metadata)}
+        return await self._json("POST", "/batches", json.dumps(payload).encode(), "application/json")
+
+    async def get(self, batch_id: str) -> dict[str, Any]:
+        return await self._json("GET", f"/batches/{batch_id}")
+
+    async def download(self, file_id: str, sink: IO[bytes]) -> None:
+        """Write a file's content to `sink` (output files can be larger than memory should hold)."""
+        start = sink.tell()
+
+        def rewind() -> None:  # a try cut short must not leave half a file before the next
+            sink.seek(start)
+            sink.truncate()
+
+        await self._call("GET", f"/files/{file_id}/content", sink=sink, before_retry=rewind)
+
+    async def find_file(self, filename: str) -> dict[str, Any] | None:
+        """The batch input file of this name, if one was uploaded (by a run killed before it recorded the id)."""
+        listing = await self._json("GET", "/files?purpose=batch&limit=10000")
+        return next((file for file in _data(listing) if file.get("filename") == filename), None)
+
+    async def find_batch(self, key: str, value: str) -> dict[str, Any] | None:
+        """The newest batch whose metadata has `key`: `value`, among the most recent `MAX_BATCHES_SEARCHED`."""
+        after = ""
+        for _ in range(MAX_BATCHES_SEARCHED // 100):
+            listing = await self._json("GET", f"/batches?limit=100{after}")
+            for batch in _data(listing):
+                metadata = batch.get("metadata")
+                if isinstance(metadata, dict) and metadata.get(key) == value:
+                    return batch
+            last = listing.get("last_id")
+            if not listing.get("has_more") or not isinstance(last, str):
+                return None
+            after = f"&after={last}"
+        return None
+
+    async def _json(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> dict[str, Any]:
+        response = await self._call(method, path, body, content_type)
+        try:
+            value = strict_json.loads(response.body.decode("utf-8"))
+        except (UnicodeDecodeError, strict_json.InvalidJSON) as error:
+            raise BatchAPIError(f"{method} {self.root}{_path_only(path)}: the answer is not JSON ({error})") from None
+        if not isinstance(value, dict):
+            raise BatchAPIError(f"{method} {self.root}{_path_only(path)}: the answer is not a JSON object")
+        return value
+
+    async def _call(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None, *,
+        sink: IO[bytes] | None = None, before_retry: Callable[[], None] | None = None,
+    ) -> TransportResponse:
+        headers = dict(self._headers)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        call = HTTPCall(method, self.root + path, headers, body)
+        where = f"{method} {self.root}{_path_only(path)}"
+        problem = ""
+        for attempt, delay in enumerate(_delays(), start=1):
+            try:
+                response = await self._http.call(call, sink)
+            except TransportError as error:
+                problem = self._scrub(str(error))
+            else:
+                if 200 <= response.status < 300:
+                    return response
+                problem = f"HTTP {response.status}: {self._message(response)}"
+                if response.status != 429 and response.status < 500:
+                    raise BatchAPIError(f"{where} failed: {problem}", status=response.status)
+            if attempt == CALL_ATTEMPTS:
+                break
+            if before_retry is not None:
+                before_retry()
+            await self._clock.sleep(delay)
+        raise BatchAPIError(f"{where} failed after {CALL_ATTEMPTS} tries: {problem}")
+
+    def _message(self, response: TransportResponse) -> str:
+        text = response.body.decode("utf-8", errors="replace")
+        try:
+            error = strict_json.loads(text).get("error")
+            message = error.get("message") if isinstance(error, dict) else None
+        except (strict_json.InvalidJSON, AttributeError):
+            message = None
+        return self._scrub(message if isinstance(message, str) else text[:500] or "(no body)")
+
+
+def _delays() -> Iterator[float]:
+    delay = FIRST_CALL_DELAY
+    while True:
+        yield delay
+        delay = min(delay * 2, MAX_CALL_DELAY)
+
+
+def _data(listing: Mapping[str, Any]) -> list[dict[str, Any]]:
+    data = listing.get("data")
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+
+
+def _path_only(path: str) -> str:
+    return path.partition("?")[0]
+
