@@ -28,11 +28,12 @@ Figures, per case:
     429s %         rate-limit 429s per request (the client's count: the mock's own, or nginx's)
     found          the limit the summary reports found ("next time: --max_requests_per_minute X"), or "-"
 
-Targets (from issue 23): nginx told 3x <= 1.30 x the ideal; told <= 1.05 and learned <= 1.10 of the
-reachable time (the issue's 1.15 and 1.20 at 1,200 requests, where the best possible is 1.08, put on a
-footing that holds at any N and latency), told <= 1% 429s; no failure rows. About 25 minutes with the
-defaults (600 requests, an ideal of 60 s a case); `--quick` runs 150 requests a case and the nginx judge at 300
-requests with answers of 5-15 s, about 7 minutes.
+Targets (from issue 23): nginx told 3x <= 1.30 x the ideal at the judge's own size (1,800 requests, 15-45 s)
+and, at any size, <= 1.05 of the reachable time; told <= 1.05 and learned <= 1.10 of the reachable time (the
+issue's 1.15 and 1.20 at 1,200 requests, where the best possible is 1.08, put on a footing that holds at any
+N and latency); told <= 1% 429s; no failure rows. About 25 minutes with the defaults (600 requests, an ideal
+of 60 s a case); `--quick` runs 150 requests a case and the nginx judge shortened by three as the e2e test
+runs it (600 requests, answers of 5-15 s), about 9 minutes.
 
 Run: .venv/bin/python benchmarks/slow_answers.py [--quick] [--requests 600] [--latencies 0.1,1,9,30]
          [--modes told,learned,plain] [--nginx_requests 1800] [--nginx_latency 30] [--skip_axis] [--skip_nginx]
@@ -69,7 +70,10 @@ NGINX_BURST = 5
 NGINX_TOLD = 3
 MODES = ("told", "learned", "plain")
 MOST_REACHABLE = {"told": 1.05, "learned": 1.10}
+#: The nginx judge's size, where its bar on time / ideal applies; at any size, `MOST_NGINX_REACHABLE`.
+NGINX_JUDGE = (1_800, 30.0)
 MOST_NGINX = 1.30
+MOST_NGINX_REACHABLE = 1.05
 MOST_429_PERCENT_TOLD = 1.0
 
 
@@ -262,7 +266,9 @@ def figures(runs: Sequence[Run]) -> list[Figure]:
             continue
         name = f"slow {run.case} {run.latency:g}s {run.mode}"
         if run.case == "nginx":
-            result.append(Figure(f"{name}: time / ideal", run.ratio, "<=", MOST_NGINX))
+            if (run.requests, run.latency) == NGINX_JUDGE:
+                result.append(Figure(f"{name}: time / ideal", run.ratio, "<=", MOST_NGINX))
+            result.append(Figure(f"{name}: time / reachable", run.reachable_ratio, "<=", MOST_NGINX_REACHABLE))
         else:
             result.append(Figure(f"{name}: time / reachable", run.reachable_ratio, "<=", MOST_REACHABLE[run.mode]))
             if run.mode == "told":
@@ -273,19 +279,19 @@ def figures(runs: Sequence[Run]) -> list[Figure]:
 
 def main(argv: Sequence[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="150 requests a case; nginx at 300 requests and answers of 5-15 s")
+    parser.add_argument("--quick", action="store_true", help="150 requests a case; nginx at 600 requests and answers of 5-15 s")
     parser.add_argument("--requests", type=int, help="requests per latency-axis case (default 600, --quick 150)")
     parser.add_argument("--latencies", default="0.1,1,9,30", help="middle answer times in seconds, comma-separated (default 0.1,1,9,30)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
     parser.add_argument("--sigma", type=float, default=0.0, help="lognormal latencies of this sigma around each latency (default 0: uniform L/2-3L/2)")
-    parser.add_argument("--nginx_requests", type=int, help="requests in the nginx judge (default 1800, --quick 300)")
+    parser.add_argument("--nginx_requests", type=int, help="requests in the nginx judge (default 1800, --quick 600)")
     parser.add_argument("--nginx_latency", type=float, help="its middle answer time (default 30: 15-45 s; --quick 10: 5-15 s)")
     parser.add_argument("--skip_axis", action="store_true", help="run the nginx judge only")
     parser.add_argument("--skip_nginx", action="store_true", help="run the latency axis only")
     args = parser.parse_args(argv)
     logging.getLogger("rate_limited_processor").setLevel(logging.ERROR)
     requests = args.requests or (150 if args.quick else 600)
-    nginx_requests = args.nginx_requests or (300 if args.quick else 1_800)
+    nginx_requests = args.nginx_requests or (600 if args.quick else 1_800)
     nginx_latency = args.nginx_latency or (10.0 if args.quick else 30.0)
     modes = [mode.strip() for mode in args.modes.split(",")]
     runs: list[Run] = []
