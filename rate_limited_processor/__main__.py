@@ -1,4 +1,4 @@
-"""`python -m rate_limited_processor`: see `cli.py`."""
+"""`python -m rate_limited_processor`: see the `cli` package."""
 
 import sys
 

@@ -86,11 +86,12 @@ async def test_azure_urls_send_the_key_as_api_key_header() -> None:
 
 def test_a_crash_is_reported_without_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from rate_limited_processor import cli
+    from rate_limited_processor.cli import dispatch
 
     async def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError(f"a bug that formats its headers: Authorization: Bearer {KEY}")
 
-    monkeypatch.setattr(cli, "run_file_job", crash)
+    monkeypatch.setattr(dispatch, "run_file_job", crash)
     requests = write_jsonl(tmp_path / "requests.jsonl", [chat_request(1)])
     code = cli.main(["--requests_filepath", str(requests), "--request_url", "http://127.0.0.1:9/v1/chat/completions", "--api_key", KEY])
     err = capsys.readouterr().err
