@@ -1,4 +1,5 @@
-"""The file job: the JSONL reader feeding the dispatch loop, drained into the JSONL writer.
+"""The file job, online: the JSONL reader feeding the dispatch loop, drained into the JSONL writer. It is the online
+mode of the job pipeline (`pipeline.py` holds the steps it shares with the batch mode, `batch_job.py`).
 
 Rerunning the same job resumes it: lines whose final row is already in the results file are skipped
 (see `resume.py`; the resume index beside the results file says which, without reading every row). What
