@@ -34,12 +34,12 @@ from ..files.request_io import OutputFormat, ResultWriter, read_requests
 from ..transport.http import SendFunction, Transport
 from ..ui.display import ProgressDisplay
 from ..ui.report import RunReport
-from .pipeline import JobOutput, default_save_path, note_repairs, on_stop_signals, opened_output, progress_display, skip_done, stop_signals
+from .pipeline import STOP_SIGNALS, JobOutput, default_save_path, note_repairs, on_stop_signals, opened_output, progress_display, skip_done, stop_signals
 
-#: `OutputLock` and `check_output_path` live in files.output_file, and `default_save_path`, `skip_done`, `note_repairs`
-#: and `on_stop_signals` in jobs.pipeline (the steps both modes share); re-exported here where earlier releases had them.
+#: `OutputLock` and `check_output_path` live in files.output_file, and `default_save_path`, `skip_done`, `note_repairs`,
+#: `on_stop_signals`, `STOP_SIGNALS` in jobs.pipeline (the steps both modes share); re-exported here where earlier releases had them.
 __all__ = [
-    "run_file_job", "skip_done", "default_save_path", "check_output_path", "note_repairs", "OutputLock", "Reorder", "on_stop_signals",
+    "run_file_job", "skip_done", "default_save_path", "check_output_path", "note_repairs", "OutputLock", "Reorder", "on_stop_signals", "STOP_SIGNALS",
 ]
 
 logger = logging.getLogger("rate_limited_processor")
