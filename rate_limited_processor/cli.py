@@ -59,7 +59,8 @@ from .jobs.file_job import check_output_path, default_save_path, run_file_job, s
 from .jobs.planning import format_plan, plan_requests
 from .jobs.preflight import check_input, check_key_for_provider, check_readable, check_request_url, check_writable, first_model
 from .jobs.probe import format_limits, probe_body, probe_limits
-from .providers.endpoints import endpoint_from_url, is_anthropic_url
+from .providers.endpoints import endpoint_from_url
+from .providers.registry import provider_for
 from .providers.token_estimation import TokenEstimator
 from .transport.http import AiohttpTransport
 from .ui.report import RunReport
@@ -703,7 +704,7 @@ def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
         raise UsageError("--output_format parquet is for --mode online: --mode batch writes JSONL rows")
     if args.accounts is not None:
         raise UsageError("--accounts is for --mode online: --mode batch sends the file through one account's Batch API")
-    if is_anthropic_url(request_url):
+    if not provider_for(request_url).speaks_batch_api:
         raise UsageError("--mode batch speaks OpenAI's Batch API; Anthropic's Message Batches API is not supported: use --mode online")
 
 

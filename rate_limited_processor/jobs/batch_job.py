@@ -51,6 +51,7 @@ from ..files.request_io import OutputFormat, ResultWriter, count_lines, detect_o
 from ..files.resume import identity_of_item, prepare_results_file, sidecar_path
 from ..files.side_files import JOB_SIDECARS, named
 from ..providers.endpoints import Endpoint, check_request, resolve_url
+from ..providers.registry import provider_for
 from ..providers.token_estimation import TokenEstimator
 from ..transport.http import SendFunction, Transport
 from ..ui.display import ProgressDisplay
@@ -222,8 +223,8 @@ class _BatchJob:
             return
         try:
             _, endpoint, prompt, completion = check_request(item, self.settings.request_url, self.estimator.estimate_parts)
-            if endpoint.is_anthropic:
-                raise InvalidRequest("Anthropic's /v1/messages is not an endpoint of OpenAI's Batch API (use --mode online)")
+            if (refusal := endpoint.batch_api_refusal) is not None:
+                raise InvalidRequest(refusal)
         except InvalidRequest as error:
             result = RequestResult(item.index, item.body, item.metadata, None, (f"{item.name}: {error}",), 0, ResultKind.INVALID, custom_id=item.custom_id)
             self._write(result)
@@ -561,7 +562,7 @@ class _BatchJob:
         lines = [f"{len(running)} batch{'es' if len(running) > 1 else ''} left running at the API:"]
         lines.extend(f"  {part.batch_id}: {part.describe()}" for part in running)
         lines.append(f"rerun the same command to collect their results (they are recorded in {self.state.path}), or cancel them:")
-        lines.extend(f"  curl -X POST {self.api.root}/batches/{part.batch_id}/cancel -H \"Authorization: Bearer $OPENAI_API_KEY\"" for part in running)
+        lines.extend(f"  curl -X POST {self.api.root}/batches/{part.batch_id}/cancel {provider_for(self.api.root).curl_auth()}" for part in running)
         logger.warning("%s", "\n".join(lines))
         if self.budget is not None and self.budget.in_flight:
             logger.warning("those batches may still cost up to %s (estimated)", format_dollars(self.budget.in_flight))
