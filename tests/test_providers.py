@@ -70,3 +70,22 @@ def test_names_of_earlier_releases_still_import() -> None:
     assert (ANTHROPIC_API_KEY_VARIABLE, ANTHROPIC_VERSION) == (anthropic.API_KEY_VARIABLE, anthropic.VERSION)
     with pytest.raises(ImportError):
         from rate_limited_processor.config import NO_SUCH_NAME  # noqa: F401
+
+
+def test_every_endpoint_has_a_probe_body_from_the_provider_that_serves_it() -> None:
+    from rate_limited_processor.providers.registry import PROBE_BODIES
+
+    assert list(PROBE_BODIES) == list(Endpoint)
+    assert PROBE_BODIES[Endpoint.MESSAGES] is anthropic.PROVIDER.probe_bodies["messages"]
+
+
+def test_an_error_is_read_in_every_providers_words() -> None:
+    from rate_limited_processor.providers.registry import ERRORS
+
+    assert ERRORS.relayed_status["overloaded_error"] == 529 and ERRORS.relayed_status["rate_limit_exceeded"] == 429
+    assert ERRORS.stops_run("", "", "Your credit balance is too low") and ERRORS.stops_run("insufficient_quota", "")
+    assert not ERRORS.stops_run("", "", "")
+    for words in ("Requests to the deployment have exceeded token rate limit", "Rate limit on tokens per min (TPM)", "50,000 input tokens per minute"):
+        assert ERRORS.names_token_limit("", words), words
+    pattern = ERRORS.wait_pattern()
+    assert pattern.search("Please retry after 6 seconds") and pattern.search("Please try again in 1.5s")

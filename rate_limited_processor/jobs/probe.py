@@ -18,20 +18,12 @@ from ..config.credentials import auth_headers, scrubber_for
 from ..config.settings import Settings
 from ..core.retry_policy import Verdict, classify
 from ..providers.endpoints import Endpoint
-from ..providers.registry import parse_rate_limit_headers
+from ..providers.registry import PROBE_BODIES, parse_rate_limit_headers
 from ..transport.http import Transport, TransportRequest, outcome_of, outcome_of_error
 from ..ui.text import format_duration
 
 __all__ = ["PROBE_BODIES", "LimitsSeen", "probe_body", "probe_limits", "format_limits"]
 
-#: The cheapest request each endpoint takes, with a model every OpenAI account may use.
-PROBE_BODIES: Mapping[Endpoint, Mapping[str, Any]] = {
-    Endpoint.CHAT_COMPLETIONS: {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
-    Endpoint.COMPLETIONS: {"model": "gpt-3.5-turbo-instruct", "prompt": "Hi", "max_tokens": 1},
-    Endpoint.EMBEDDINGS: {"model": "text-embedding-3-small", "input": "Hi"},
-    Endpoint.RESPONSES: {"model": "gpt-4o-mini", "input": "Hi", "max_output_tokens": 16},  # the API's smallest allowed
-    Endpoint.MESSAGES: {"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
-}
 #: Seconds the one request may take: a probe should not hang for the run's 10-minute default.
 PROBE_TIMEOUT = 60.0
 

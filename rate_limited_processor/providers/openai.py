@@ -103,5 +103,11 @@ PROVIDER = Provider(
     rate_limit_headers=_HEADERS,
     limit_floors=_LIMIT_FLOORS,
     errors=ERRORS,
+    probe_bodies={
+        "chat/completions": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+        "completions": {"model": "gpt-3.5-turbo-instruct", "prompt": "Hi", "max_tokens": 1},
+        "embeddings": {"model": "text-embedding-3-small", "input": "Hi"},
+        "responses": {"model": "gpt-4o-mini", "input": "Hi", "max_output_tokens": 16},  # the API's smallest allowed
+    },
     price_provider="openai",
 )

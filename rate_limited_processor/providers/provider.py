@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..base.durations import NUMBER, UNIT
@@ -107,6 +108,12 @@ class Provider:
     #: ...and the least a real account's limit can be, per limit header (a lower one is ignored, with a warning).
     limit_floors: Mapping[str, float]
     errors: ErrorDialect
+    #: Whether an answer's headers are its own kind, whatever the URL (a gateway may front it); None: the default
+    #: provider's kind, read when no other provider claims them.
+    claims_rate_limit_headers: Callable[[Mapping[str, str]], bool] | None = None
+    #: The cheapest request each of its endpoints takes (by the endpoint's path, "chat/completions"), with a
+    #: model every account may use: what `--show_limits` sends.
+    probe_bodies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: It limits output tokens apart (so that limit too is waited for before the first answer).
     limits_output_tokens: bool = False
     #: Why `--mode batch` cannot send its requests, or None when it speaks the Batch API (Files and Batches endpoints).

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from typing import Any
 
 from . import anthropic, azure, openai
+from .endpoints import Endpoint
 from .provider import ErrorDialect, Provider
 from .rate_limits import RateLimitReport
 
@@ -28,6 +30,7 @@ __all__ = [
     "parse_rate_limit_headers",
     "states_rate_limits",
     "limit_floor",
+    "PROBE_BODIES",
     "former_name",
 ]
 
@@ -74,8 +77,10 @@ def needs_a_key(url: str) -> bool:
     return any(provider.owns_host(url) for provider in PROVIDERS)
 
 
-#: Whose headers an answer carries, asked in this order: a provider with headers of its own, else OpenAI's form.
-_HEADER_DIALECTS = ((anthropic.states_its_rate_limits, anthropic.parse_rate_limits),)
+#: Whose headers an answer carries, asked in this order: a provider with headers of its own, else the default's.
+_HEADER_DIALECTS = tuple(
+    (provider.claims_rate_limit_headers, provider.parse_rate_limits) for provider in PROVIDERS if provider.claims_rate_limit_headers is not None
+)
 _READ_HEADERS = frozenset().union(*(provider.rate_limit_headers for provider in PROVIDERS))
 _FLOORS: Mapping[str, float] = {name: floor for provider in PROVIDERS for name, floor in provider.limit_floors.items()}
 
@@ -87,12 +92,18 @@ def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = 
     for states, parse in _HEADER_DIALECTS:
         if states(headers):
             return parse(headers, now)
-    return openai.parse_rate_limits(headers, now)
+    return DEFAULT_PROVIDER.parse_rate_limits(headers, now)
 
 
 def states_rate_limits(headers: Mapping[str, str]) -> bool:
     """Whether the headers hold any that `parse_rate_limit_headers` reads (a gateway's, a mock's may hold none)."""
     return not _READ_HEADERS.isdisjoint(headers)
+
+
+#: The cheapest request each endpoint takes, from the provider that serves it (`--show_limits` sends one).
+PROBE_BODIES: Mapping[Endpoint, Mapping[str, Any]] = {
+    Endpoint(path): body for provider in reversed(PROVIDERS) for path, body in provider.probe_bodies.items()
+}
 
 
 def limit_floor(header: str) -> float:
