@@ -40,7 +40,7 @@ def test_openai_headers_with_go_durations() -> None:
         "x-ratelimit-limit-requests": "5000", "x-ratelimit-limit-tokens": "2000000",
         "x-ratelimit-remaining-requests": "4999", "x-ratelimit-reset-requests": "12ms", "x-ratelimit-reset-tokens": "6m0s",
     })
-    assert report == RateLimitReport(limit_requests=5000, limit_tokens=2_000_000, reset_requests=0.012, reset_tokens=360.0)
+    assert report == RateLimitReport(limit_requests=5000, limit_tokens=2_000_000, reset_requests=0.012, reset_tokens=360.0, remaining_requests=4999)
 
 
 def test_azure_headers_with_bare_seconds_and_nonsense_ignored() -> None:

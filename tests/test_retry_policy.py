@@ -10,13 +10,15 @@ import inspect
 import json
 import random
 import time
+from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rate_limited_processor.core import retry_policy
+from rate_limited_processor.base import durations
+from rate_limited_processor.core import classification, retry_policy, wait_hints
 from rate_limited_processor.core.retry_policy import (
     Decision,
     HTTPOutcome,
@@ -581,9 +583,10 @@ def test_per_attempt_values_are_records() -> None:
     assert HTTPOutcome(200, {"x-request-id": "a"}) == HTTPOutcome(200, {"x-request-id": "a"})
 
 
-def test_module_is_pure() -> None:
+@pytest.mark.parametrize("module", [retry_policy, classification, wait_hints, durations])
+def test_module_is_pure(module: ModuleType) -> None:
     """No event loop, no network, no files: the loop composes this, not the other way round."""
-    tree = ast.parse(inspect.getsource(retry_policy))
+    tree = ast.parse(inspect.getsource(module))
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"asyncio", "aiohttp", "socket", "os", "io", "pathlib", "logging", "threading"}

@@ -18,7 +18,7 @@ from ..files.side_files import JOB_SIDECARS, RunFile, check_apart, job_files
 from ..jobs.batch_job import SIDECAR_KIND as BATCH_SIDECAR
 from ..jobs.file_job import check_output_path
 from ..jobs.preflight import check_key_for_provider, check_readable, check_request_url, check_writable, first_model
-from ..providers.endpoints import is_anthropic_url
+from ..providers.registry import provider_for
 
 
 def prices_from_args(args: argparse.Namespace, request_url: str) -> PriceBook:
@@ -97,7 +97,7 @@ def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
         raise UsageError("--output_format parquet is for --mode online: --mode batch writes JSONL rows")
     if args.accounts is not None:
         raise UsageError("--accounts is for --mode online: --mode batch sends the file through one account's Batch API")
-    if is_anthropic_url(request_url):
+    if not provider_for(request_url).speaks_batch_api:
         raise UsageError("--mode batch speaks OpenAI's Batch API; Anthropic's Message Batches API is not supported: use --mode online")
 
 

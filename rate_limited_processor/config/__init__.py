@@ -2,8 +2,8 @@
 `credentials` (keys, auth headers, scrubbing). The names of `settings` are re-exported here, where earlier
 releases had them (`rate_limited_processor.config`)."""
 
+from ..providers.registry import former_name
 from .settings import (
-    ANTHROPIC_API_KEY_VARIABLE,
     API_KEY_VARIABLE,
     BATCH_API_MAX_BYTES,
     BATCH_API_MAX_LINES,
@@ -34,7 +34,6 @@ __all__ = [
     "read_accounts",
     "FROM_ENVIRONMENT",
     "API_KEY_VARIABLE",
-    "ANTHROPIC_API_KEY_VARIABLE",
     "key_variable_for",
     "DEFAULT_REQUEST_URL",
     "DEFAULT_MAX_ATTEMPTS",
@@ -51,3 +50,8 @@ __all__ = [
     "DEFAULT_BATCH_MAX_LINES",
     "DEFAULT_BATCH_POLL_INTERVAL",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Names earlier releases had here that are a provider's now (`ANTHROPIC_API_KEY_VARIABLE`)."""
+    return former_name(__name__, name)

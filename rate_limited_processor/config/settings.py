@@ -19,6 +19,8 @@ from typing import Any
 from ..core.arrivals import ARRIVAL_MODES, ArrivalMode
 from ..core.limiter import DEFAULT_BURST_SECONDS, Limits
 from ..core.retry_policy import MAX_ATTEMPTS, RetryPolicy
+from ..providers.registry import DEFAULT_KEY_VARIABLE, DEFAULT_REQUEST_URL, former_name, key_variable_for
+from .scrubber import Scrubber
 
 __all__ = [
     "Secret",
@@ -27,7 +29,6 @@ __all__ = [
     "read_accounts",
     "FROM_ENVIRONMENT",
     "API_KEY_VARIABLE",
-    "ANTHROPIC_API_KEY_VARIABLE",
     "key_variable_for",
     "DEFAULT_REQUEST_URL",
     "DEFAULT_MAX_ATTEMPTS",
@@ -45,12 +46,10 @@ __all__ = [
     "DEFAULT_BATCH_POLL_INTERVAL",
 ]
 
-#: The cookbook script's default endpoint, kept so its users see no change.
-DEFAULT_REQUEST_URL = "https://api.openai.com/v1/embeddings"
-#: Where the key is read from when none is given, by the command and the library alike...
-API_KEY_VARIABLE = "OPENAI_API_KEY"
-#: ...or, for Anthropic's Messages API (a URL ending in /v1/messages), from here.
-ANTHROPIC_API_KEY_VARIABLE = "ANTHROPIC_API_KEY"
+#: The cookbook script's default endpoint, kept so its users see no change (`DEFAULT_REQUEST_URL`, from the
+#: providers' registry). Where the key is read from when none is given, by the command and the library alike:
+#: `API_KEY_VARIABLE`, or the variable of the provider the URL names (`key_variable_for`).
+API_KEY_VARIABLE = DEFAULT_KEY_VARIABLE
 #: Attempts per request in all, first try included (the cookbook's default).
 DEFAULT_MAX_ATTEMPTS = MAX_ATTEMPTS
 #: Seconds one attempt may take before it is abandoned and retried (openai-python's default).
@@ -105,13 +104,6 @@ class Secret:
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("a Secret cannot be pickled")
-
-
-def key_variable_for(request_url: str) -> str:
-    """The environment variable a key is read from for this URL: Anthropic's for its Messages API, else OpenAI's."""
-    from ..providers.endpoints import is_anthropic_url  # endpoints imports nothing of this module's; kept local all the same
-
-    return ANTHROPIC_API_KEY_VARIABLE if is_anthropic_url(request_url) else API_KEY_VARIABLE
 
 
 def checked_key(key: Secret | str | None) -> Secret | None:
@@ -223,8 +215,6 @@ def read_accounts(path: str | Path) -> tuple[Account, ...]:
 def _unshown(message: str, record: Any) -> str:
     """`message` with none of the line's strings that could be a key: any value (not the account's name) and
     any field that is no typo of a known one. A key put in the wrong field, or as a field, is not echoed."""
-    from .credentials import Scrubber  # credentials imports this module
-
     secrets: list[str] = []
 
     def collect(value: Any) -> None:
@@ -269,7 +259,7 @@ def _account_from(record: Any, where: str) -> Account:
         raise ValueError(f"{where}: give 'api_key_env' or 'api_key', not both")
     if "api_key_env" in record and not _VARIABLE_NAME.fullmatch(record["api_key_env"]):
         raise ValueError(
-            f"{where}: 'api_key_env' names the environment variable that holds the key (such as OPENAI_KEY_A), not the key itself "
+            f"{where}: 'api_key_env' names the environment variable that holds the key (such as KEY_TEAM_A), not the key itself "
             "(its value is not shown)"
         )
     headers = record.get("headers", {})
@@ -414,3 +404,8 @@ class Settings:
         """The key to send, as resolved when the settings were made (None: send none)."""
         key = self.api_key
         return key if isinstance(key, Secret) else None
+
+
+def __getattr__(name: str) -> object:
+    """Names earlier releases had here that are a provider's now (`ANTHROPIC_API_KEY_VARIABLE`)."""
+    return former_name(__name__, name)

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from ..base import strict_json
 from ..base.atomic_write import write_json_atomically
+from ..providers.registry import DEFAULT_API_ROOT, DEFAULT_PRICE_PROVIDER
 
 __all__ = [
     "Price",
@@ -62,7 +63,7 @@ UNKNOWN_MODEL = "(no model)"
 _PROBE_TOKENS = 1_000
 _MTOK = 1_000_000
 #: The provider priced when the URL names none the price data knows (localhost, a gateway).
-_DEFAULT_PROVIDER = "openai"
+_DEFAULT_PROVIDER = DEFAULT_PRICE_PROVIDER
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,7 @@ class PriceBook:
     def __init__(
         self,
         *,
-        request_url: str = "https://api.openai.com/v1",
+        request_url: str = DEFAULT_API_ROOT,
         batch: bool = False,
         input_per_mtok: float | None = None,
         output_per_mtok: float | None = None,

@@ -28,15 +28,18 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from ..providers.rate_limits import MIN_STATED_REQUESTS_PER_MINUTE, MIN_STATED_TOKENS_PER_MINUTE, NO_REPORT, RateLimitReport
+from ..providers.registry import limit_floor, parse_rate_limit_headers, states_rate_limits
 from .limiter import OUTPUT_BURST_SECONDS, Limits
-from .retry_policy import parse_duration
 
-__all__ = ["NO_REPORT", "RateLimitReport", "SendMark", "LimitTuner", "parse_rate_limit_headers", "states_rate_limits"]
+#: The report and its parsers are the providers' (`providers.rate_limits`, `providers.registry`); re-exported here.
+__all__ = [
+    "NO_REPORT", "RateLimitReport", "SendMark", "LimitTuner", "parse_rate_limit_headers", "states_rate_limits",
+    "MIN_STATED_REQUESTS_PER_MINUTE", "MIN_STATED_TOKENS_PER_MINUTE",
+]
 
 #: Seconds over which the server-consumption ratio is smoothed.
 RATIO_TIME_CONSTANT = 3.0
@@ -44,148 +47,6 @@ RATIO_TIME_CONSTANT = 3.0
 RESET_RESOLUTION = 0.002
 #: The ratio is kept within these bounds: measurement noise must not stall or unleash the run.
 MIN_RATIO, MAX_RATIO = 0.5, 20.0
-#: Stated limits below these are no account's limits (a garbled header, or a server that lies): one
-#: request per minute, a hundred tokens per minute. Adopting `x-ratelimit-limit-requests: 0.001` would
-#: send one request every 17 hours, in silence; such a limit is ignored, with one warning.
-MIN_STATED_REQUESTS_PER_MINUTE = 1.0
-MIN_STATED_TOKENS_PER_MINUTE = 100.0
-_LIMIT_HEADERS = (("x-ratelimit-limit-requests", MIN_STATED_REQUESTS_PER_MINUTE), ("x-ratelimit-limit-tokens", MIN_STATED_TOKENS_PER_MINUTE))
-#: Every limit header read, with the least a real account's limit can be: OpenAI's, Azure's and Anthropic's.
-_FLOORS = {
-    **dict(_LIMIT_HEADERS),
-    "anthropic-ratelimit-requests-limit": MIN_STATED_REQUESTS_PER_MINUTE,
-    "anthropic-ratelimit-input-tokens-limit": MIN_STATED_TOKENS_PER_MINUTE,
-    "anthropic-ratelimit-output-tokens-limit": MIN_STATED_TOKENS_PER_MINUTE,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitReport:
-    """The server's view, from one response's headers; None where a header was absent."""
-
-    limit_requests: float | None = None
-    limit_tokens: float | None = None
-    reset_requests: float | None = None
-    reset_tokens: float | None = None
-    #: Anthropic's output-token limit (OTPM).
-    limit_output_tokens: float | None = None
-    #: How finely the resets are given: OpenAI's Go durations to the millisecond, Azure's bare seconds,
-    #: Anthropic's RFC 3339 times to the second.
-    reset_resolution: float = 0.001
-    #: Limit headers that were present but ignored, as ("header", "value"): not a number, or below any real limit.
-    ignored: tuple[tuple[str, str], ...] = ()
-    #: A `remaining` header says 0 for a limit the same answer states: the server's bucket is empty at that limit,
-    #: so a 429 that carries it is the bucket working, not a sign of a lower limit than stated.
-    exhausted: bool = False
-    #: Anthropic's output tokens left now: what the server's output bucket holds at least.
-    remaining_output_tokens: float | None = None
-
-    @property
-    def empty(self) -> bool:
-        return (
-            self.limit_requests is None and self.limit_tokens is None and self.limit_output_tokens is None
-            and self.reset_requests is None and self.reset_tokens is None
-        )
-
-
-def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = None) -> RateLimitReport:
-    """OpenAI's `x-ratelimit-*` headers (resets as Go durations, "12ms", "6m0s"), Azure's (bare seconds), or
-    Anthropic's `anthropic-ratelimit-{requests,input-tokens,output-tokens}-*` (resets as RFC 3339 times,
-    relative to `now`, epoch seconds, default the wall clock).
-
-    A stated limit that is not a finite number at least `MIN_STATED_*` is left out, and listed in `ignored`.
-    Headers with none of these report nothing; `states_rate_limits` says so at less cost (and before `now` is read).
-    """
-    ignored: list[tuple[str, str]] = []
-
-    def limit(name: str) -> float | None:
-        text = headers.get(name)
-        value = _positive_number(text)
-        if text is not None and (value is None or value < _FLOORS[name]):
-            ignored.append((name, text))
-            return None
-        return value
-
-    if any(name.startswith("anthropic-ratelimit-") for name in headers):
-        at = time.time() if now is None else now
-        return RateLimitReport(
-            limit_requests=limit("anthropic-ratelimit-requests-limit"),
-            limit_tokens=limit("anthropic-ratelimit-input-tokens-limit"),
-            limit_output_tokens=limit("anthropic-ratelimit-output-tokens-limit"),
-            reset_requests=_until(headers.get("anthropic-ratelimit-requests-reset"), at),
-            reset_tokens=_until(headers.get("anthropic-ratelimit-input-tokens-reset"), at),
-            reset_resolution=1.0,
-            ignored=tuple(ignored),
-            exhausted=_exhausted(headers, _ANTHROPIC_REMAINING),
-            remaining_output_tokens=_positive_number(headers.get("anthropic-ratelimit-output-tokens-remaining")),
-        )
-    resets = [headers.get("x-ratelimit-reset-requests"), headers.get("x-ratelimit-reset-tokens")]
-    bare_seconds = any(text is not None and _positive_number(text) is not None for text in resets)
-    limits = [limit(name) for name, _ in _LIMIT_HEADERS]
-    return RateLimitReport(
-        limit_requests=limits[0],
-        limit_tokens=limits[1],
-        reset_requests=_duration(resets[0]),
-        reset_tokens=_duration(resets[1]),
-        reset_resolution=1.0 if bare_seconds else 0.001,
-        ignored=tuple(ignored),
-        exhausted=_exhausted(headers, _OPENAI_REMAINING),
-    )
-
-
-def states_rate_limits(headers: Mapping[str, str]) -> bool:
-    """Whether the headers hold any that `parse_rate_limit_headers` reads (a gateway's, a mock's may hold none)."""
-    return not _READ_HEADERS.isdisjoint(headers)
-
-
-#: What an answer without a rate-limit header reports.
-NO_REPORT = RateLimitReport()
-_ANTHROPIC_HEADERS = tuple(f"anthropic-ratelimit-{name}" for name in (
-    "requests-limit", "input-tokens-limit", "output-tokens-limit", "requests-reset", "input-tokens-reset",
-))
-#: (remaining, limit) header pairs: a remaining 0 beside a stated limit is an empty bucket.
-_OPENAI_REMAINING = tuple((f"x-ratelimit-remaining-{name}", f"x-ratelimit-limit-{name}") for name in ("requests", "tokens"))
-_ANTHROPIC_REMAINING = tuple(
-    (f"anthropic-ratelimit-{name}-remaining", f"anthropic-ratelimit-{name}-limit") for name in ("requests", "input-tokens", "output-tokens")
-)
-_READ_HEADERS = frozenset((
-    "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", *dict(_LIMIT_HEADERS), *_ANTHROPIC_HEADERS,
-    *(remaining for remaining, _ in (*_OPENAI_REMAINING, *_ANTHROPIC_REMAINING)),
-))
-
-
-def _exhausted(headers: Mapping[str, str], pairs: tuple[tuple[str, str], ...]) -> bool:
-    """Some limit is stated and its `remaining` is 0."""
-    for remaining, limit in pairs:
-        text = headers.get(remaining)
-        if text is not None and text.strip() == "0" and _positive_number(headers.get(limit)) is not None:
-            return True
-    return False
-
-
-def _until(text: str | None, now: float) -> float | None:
-    """Seconds from `now` to an RFC 3339 time ("2026-12-01T10:00:05Z"); None when unreadable."""
-    if not text:
-        return None
-    try:
-        at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return max(0.0, at.timestamp() - now)
-
-
-def _positive_number(text: str | None) -> float | None:
-    try:
-        value = float(text) if text is not None else math.nan
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value > 0 else None
-
-
-def _duration(text: str | None) -> float | None:
-    return parse_duration(text.strip()) if text else None
 
 
 @dataclass(slots=True)  # not frozen: one is made per request, and a frozen one costs a call per field
@@ -333,7 +194,7 @@ class LimitTuner:
             if name not in self._warned:
                 self._warned.add(name)
                 self._warn(f"ignoring the API's {name}: {text[:40]!r}, which is no account's limit (not a number, or below "
-                           f"{_FLOORS.get(name, 1):g} a minute); the pace follows the other limits and any 429s")
+                           f"{limit_floor(name):g} a minute); the pace follows the other limits and any 429s")
         if report.remaining_output_tokens is not None and report.remaining_output_tokens > self._output_held:
             self._output_held = report.remaining_output_tokens
             self._limits = None

@@ -34,7 +34,7 @@ from ..core.learned_limits import LimitTuner
 from ..core.limiter import Limits, RateLimiter
 from ..core.rate_control import RateController
 from ..core.stats import LaneReport
-from ..providers.endpoints import is_anthropic_url
+from ..providers.registry import provider_for
 
 __all__ = ["Lane", "LaneReport", "Lanes", "LimiterFactory"]
 
@@ -151,8 +151,8 @@ class Lanes:
         settings = self._settings
         # A limit given for the run caps every account's too; the account's own, where given, is lower or equal.
         given = _lower_limits(settings.limits, account.limits)
-        anthropic = is_anthropic_url(settings.request_url)
-        tuner = LimitTuner(given, headroom=settings.headroom, output_limit=anthropic)
+        output_limit = provider_for(settings.request_url).limits_output_tokens
+        tuner = LimitTuner(given, headroom=settings.headroom, output_limit=output_limit)
         now = self._clock.now()
         control = RateController(requests_ceiling_known=given.requests_per_minute is not None, now=now)
         applied = control.limits(tuner.limits(), now)

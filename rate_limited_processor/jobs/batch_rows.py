@@ -31,6 +31,7 @@ from ..engine.processor import Processor
 from ..files.request_io import ResultWriter, parse_request_line
 from ..files.resume import identity_of_item
 from ..providers.endpoints import Endpoint, check_request
+from ..providers.registry import provider_for
 from ..providers.token_estimation import TokenEstimator
 from ..transport.http import SendFunction, Transport
 from ..ui.display import ProgressDisplay
@@ -115,8 +116,8 @@ class BatchLines:
             return
         try:
             _, endpoint, prompt, completion = check_request(item, self.settings.request_url, self.estimator.estimate_parts)
-            if endpoint.is_anthropic:
-                raise InvalidRequest("Anthropic's /v1/messages is not an endpoint of OpenAI's Batch API (use --mode online)")
+            if (refusal := endpoint.batch_api_refusal) is not None:
+                raise InvalidRequest(refusal)
         except InvalidRequest as error:
             self.write(invalid_row(item, f"{item.name}: {error}"))
             return
@@ -320,7 +321,7 @@ def say_what_runs(state: BatchState, api_root: str, budget: Budget | None) -> No
     lines = [f"{len(running)} batch{'es' if len(running) > 1 else ''} left running at the API:"]
     lines.extend(f"  {part.batch_id}: {part.describe()}" for part in running)
     lines.append(f"rerun the same command to collect their results (they are recorded in {state.path}), or cancel them:")
-    lines.extend(f"  curl -X POST {api_root}/batches/{part.batch_id}/cancel -H \"Authorization: Bearer $OPENAI_API_KEY\"" for part in running)
+    lines.extend(f"  curl -X POST {api_root}/batches/{part.batch_id}/cancel {provider_for(api_root).curl_auth()}" for part in running)
     logger.warning("%s", "\n".join(lines))
     if budget is not None and budget.in_flight:
         logger.warning("those batches may still cost up to %s (estimated)", format_dollars(budget.in_flight))

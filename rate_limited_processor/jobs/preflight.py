@@ -22,6 +22,7 @@ from ..base.models import APIRequest, RejectedLine
 from ..config.settings import DEFAULT_REQUEST_URL, key_variable_for
 from ..files.request_io import read_requests
 from ..providers.endpoints import Endpoint, endpoint_from_url, missing_field_reason, resolve_url
+from ..providers.registry import EXAMPLE_REQUEST_URL, needs_a_key
 
 __all__ = [
     "INPUT_CHECK_LINES",
@@ -58,7 +59,7 @@ def check_request_url(url: str) -> None:
         nearest = difflib.get_close_matches(scheme.lower(), _SCHEMES, n=1, cutoff=0.0)[0]
         raise UsageError(f"--request_url: the scheme must be http or https, not {scheme!r}; did you mean {nearest}://{url.split('://', 1)[1]}?")
     if not parts.hostname:
-        raise UsageError(f"--request_url: {url!r} names no host, as in https://api.openai.com/v1/chat/completions")
+        raise UsageError(f"--request_url: {url!r} names no host, as in {EXAMPLE_REQUEST_URL}")
     try:
         endpoint_from_url(url)
     except ValueError:
@@ -67,9 +68,6 @@ def check_request_url(url: str) -> None:
             raise UsageError(f"--request_url: {parts.path!r} is not an endpoint this tool knows; did you mean {suggestion}?") from None
 
 
-#: Hosts that answer every request without a key with 401: a run there with no key would only be refused.
-_KEYED_HOSTS = ("api.openai.com", "api.anthropic.com")
-_KEYED_HOST_SUFFIXES = (".openai.azure.com", ".cognitiveservices.azure.com")
 #: Headers that carry a credential, so a key given with --header counts as a key.
 _AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
 
@@ -82,9 +80,9 @@ def check_key_for_provider(url: str, *, has_key: bool, headers: Mapping[str, str
     """
     if has_key or any(name.lower() in _AUTH_HEADERS for name in headers or {}):
         return
-    host = (urlsplit(url).hostname or "").lower()
-    if host not in _KEYED_HOSTS and not host.endswith(_KEYED_HOST_SUFFIXES):
+    if not needs_a_key(url):  # a provider's own host answers every request without a key with 401
         return
+    host = (urlsplit(url).hostname or "").lower()
     variable = key_variable_for(url)
     raise UsageError(
         f"no API key for {host}: set ${variable} (export {variable}=...), or give --api_key; nothing was sent"

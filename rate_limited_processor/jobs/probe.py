@@ -9,7 +9,6 @@ model when there is an input file, else a small default.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,22 +16,14 @@ from typing import Any
 from ..base.errors import TransportError
 from ..config.credentials import auth_headers, scrubber_for
 from ..config.settings import Settings
-from ..core.learned_limits import parse_rate_limit_headers
 from ..core.retry_policy import Verdict, classify
 from ..providers.endpoints import Endpoint
+from ..providers.registry import PROBE_BODIES, parse_rate_limit_headers
 from ..transport.http import Transport, TransportRequest, outcome_of, outcome_of_error
 from ..ui.text import format_duration
 
 __all__ = ["PROBE_BODIES", "LimitsSeen", "probe_body", "probe_limits", "format_limits"]
 
-#: The cheapest request each endpoint takes, with a model every OpenAI account may use.
-PROBE_BODIES: Mapping[Endpoint, Mapping[str, Any]] = {
-    Endpoint.CHAT_COMPLETIONS: {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
-    Endpoint.COMPLETIONS: {"model": "gpt-3.5-turbo-instruct", "prompt": "Hi", "max_tokens": 1},
-    Endpoint.EMBEDDINGS: {"model": "text-embedding-3-small", "input": "Hi"},
-    Endpoint.RESPONSES: {"model": "gpt-4o-mini", "input": "Hi", "max_output_tokens": 16},  # the API's smallest allowed
-    Endpoint.MESSAGES: {"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
-}
 #: Seconds the one request may take: a probe should not hang for the run's 10-minute default.
 PROBE_TIMEOUT = 60.0
 
@@ -61,7 +52,7 @@ class LimitsSeen:
     limit_tokens: float | None = None
     remaining_tokens: float | None = None
     reset_tokens: float | None = None
-    #: Anthropic's output-token limit (None elsewhere).
+    #: The output-token limit, where the API has one apart (None elsewhere).
     limit_output_tokens: float | None = None
     remaining_output_tokens: float | None = None
 
@@ -83,30 +74,20 @@ async def probe_limits(settings: Settings, body: Mapping[str, Any], transport: T
     except TransportError as error:
         outcome = outcome_of_error(error, scrub)
     decision = classify(outcome)
-    headers = outcome.headers
-    report = parse_rate_limit_headers(headers)
-    prefix = "anthropic-ratelimit-" if any(name.startswith("anthropic-ratelimit-") for name in headers) else None
+    report = parse_rate_limit_headers(outcome.headers)
     return LimitsSeen(
         outcome=scrub(decision.reason),
         answered=outcome.status is not None,
         succeeded=decision.verdict is Verdict.SUCCESS,
         limit_requests=report.limit_requests,
-        remaining_requests=_number(headers.get(f"{prefix}requests-remaining" if prefix else "x-ratelimit-remaining-requests")),
+        remaining_requests=report.remaining_requests,
         reset_requests=report.reset_requests,
         limit_tokens=report.limit_tokens,
-        remaining_tokens=_number(headers.get(f"{prefix}input-tokens-remaining" if prefix else "x-ratelimit-remaining-tokens")),
+        remaining_tokens=report.remaining_tokens,
         reset_tokens=report.reset_tokens,
         limit_output_tokens=report.limit_output_tokens,
-        remaining_output_tokens=_number(headers.get(f"{prefix}output-tokens-remaining")) if prefix else None,
+        remaining_output_tokens=report.remaining_output_tokens,
     )
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        value = float(text) if text is not None else math.nan
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _duration(seconds: float) -> str:

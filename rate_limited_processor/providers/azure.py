@@ -1,0 +1,52 @@
+"""Azure OpenAI: OpenAI's API on Azure's hosts, with its own ways.
+
+Its URLs name a deployment (`https://x.openai.azure.com/openai/deployments/{name}/chat/completions?api-version=...`)
+and the key goes in an `api-key` header rather than `Authorization: Bearer` (read from $OPENAI_API_KEY all the
+same). Its rate-limit headers are OpenAI's, with resets in bare seconds (`openai.parse_rate_limits` reads both);
+its errors say "Please retry after 6 seconds", and its API Management gateway "Try again in 20 seconds"; its
+429 for tokens says "token rate limit"; a daily quota may ask for a wait of a day ("retry after 86400 seconds"),
+which stops the run (`RetryPolicy.max_server_wait`). Requests without a "model" (a deployment names it) are
+counted with the default encoding and priced as "(no model)".
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from . import openai
+from .provider import ErrorDialect, Provider
+
+__all__ = ["PROVIDER", "serves", "is_azure_url", "auth_headers"]
+
+#: Its hosts: each resource has its own name under one of these.
+HOST_SUFFIXES = (".openai.azure.com", ".cognitiveservices.azure.com")
+
+
+def serves(url: str) -> bool:
+    """Azure's hosts, or any URL with its deployment path (a gateway in front of it)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return host.endswith(HOST_SUFFIXES) or "/openai/deployments/" in parts.path
+
+
+#: The name earlier releases had (`endpoints.is_azure_url`).
+is_azure_url = serves
+
+
+def auth_headers(key: str | None) -> dict[str, str]:
+    return {"api-key": key} if key is not None else {}
+
+
+ERRORS = ErrorDialect(token_limit_words=("token rate limit",), wait_words=("retry after",))
+
+PROVIDER = Provider(
+    name="Azure OpenAI",
+    serves=serves,
+    key_variable=openai.API_KEY_VARIABLE,
+    auth_headers=auth_headers,
+    own_hosts=HOST_SUFFIXES,
+    parse_rate_limits=openai.parse_rate_limits,
+    rate_limit_headers=openai.PROVIDER.rate_limit_headers,
+    limit_floors=openai.PROVIDER.limit_floors,
+    errors=ERRORS,
+)

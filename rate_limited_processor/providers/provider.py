@@ -1,0 +1,138 @@
+"""What a provider module declares: a `Provider` (its URLs, key, auth headers, rate-limit headers, limits) and
+its `ErrorDialect` (what its error bodies say). The modules `openai`, `azure` and `anthropic` each make one;
+`registry` picks the one for a URL. A new provider is a new module of that shape, and a line in `registry`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..base.durations import NUMBER, UNIT
+from .rate_limits import RateLimitReport
+
+__all__ = ["Provider", "ErrorDialect", "RateLimitParser", "host_of"]
+
+#: Reads one answer's rate-limit headers, at `now` (epoch seconds; None: the wall clock, for RFC 3339 resets).
+RateLimitParser = Callable[[Mapping[str, str], "float | None"], RateLimitReport]
+
+
+def host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDialect:
+    """What a provider's error bodies say, in the words classification looks for (all compared lower-case)."""
+
+    #: Error codes or types a 2xx's error body may carry in place of a status, and the status they stand for.
+    relayed_status: Mapping[str, int] = field(default_factory=dict)
+    #: Codes or types after which every request will fail the same way: no quota, no billing, no access.
+    stop_run_codes: frozenset[str] = frozenset()
+    #: ...or words of the message that say so.
+    stop_run_words: tuple[str, ...] = ()
+    #: A 429's type that names the token limit, or words of its message that do...
+    token_limit_types: tuple[str, ...] = ()
+    token_limit_words: tuple[str, ...] = ()
+    #: ...or the output-token limit.
+    output_token_words: tuple[str, ...] = ()
+    #: Words of a 429's message for one request larger than the whole token limit (it can never pass).
+    too_large_words: tuple[str, ...] = ()
+    #: Words that lead a wait in the message: "try again in" 1.5s, "retry after" 6 seconds.
+    wait_words: tuple[str, ...] = ()
+
+    @classmethod
+    def merged(cls, *dialects: ErrorDialect) -> ErrorDialect:
+        """Every dialect's words at once: an error is read alike whoever sent it (a gateway may relay any)."""
+
+        def union(name: str) -> tuple[str, ...]:
+            return tuple(dict.fromkeys(word for dialect in dialects for word in getattr(dialect, name)))
+
+        return cls(
+            relayed_status={code: status for dialect in dialects for code, status in dialect.relayed_status.items()},
+            stop_run_codes=frozenset().union(*(dialect.stop_run_codes for dialect in dialects)),
+            stop_run_words=union("stop_run_words"),
+            token_limit_types=union("token_limit_types"),
+            token_limit_words=union("token_limit_words"),
+            output_token_words=union("output_token_words"),
+            too_large_words=union("too_large_words"),
+            wait_words=union("wait_words"),
+        )
+
+    def stops_run(self, code: str, type_: str, message: str = "") -> bool:
+        text = message.lower()
+        return code.lower() in self.stop_run_codes or type_.lower() in self.stop_run_codes or any(word in text for word in self.stop_run_words)
+
+    def names_token_limit(self, type_: str, message: str) -> bool:
+        text = message.lower()
+        return type_.lower() in self.token_limit_types or any(word in text for word in self.token_limit_words)
+
+    def names_output_token_limit(self, message: str) -> bool:
+        text = message.lower()
+        return any(word in text for word in self.output_token_words)
+
+    def too_large(self, message: str) -> bool:
+        text = message.lower()
+        return any(word in text for word in self.too_large_words)
+
+    def wait_pattern(self) -> re.Pattern[str]:
+        """A wait stated in a message: a Go duration, or a number of seconds, after one of `wait_words`."""
+        lead = "|".join(re.escape(word) for word in self.wait_words) or "(?!)"
+        return re.compile(
+            rf"(?:{lead})\s+(?:(?P<duration>(?:{NUMBER}{UNIT})+)(?!\w)|(?P<seconds>{NUMBER})\s*(?:seconds?|secs?)\b)",
+            re.IGNORECASE,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """All the run needs to know of one provider's API that is not the same for every API."""
+
+    #: As people write it: "OpenAI", "Azure OpenAI", "Anthropic".
+    name: str
+    #: Whether a request URL is this provider's API.
+    serves: Callable[[str], bool]
+    #: The environment variable its key is read from when none is given.
+    key_variable: str
+    #: The headers that carry a key (and any version header every request must name).
+    auth_headers: Callable[[str | None], dict[str, str]]
+    #: Hosts (or, starting with ".", host suffixes) of its own API, which refuse every request without a key.
+    own_hosts: tuple[str, ...]
+    #: Reads its rate-limit headers...
+    parse_rate_limits: RateLimitParser
+    #: ...when an answer carries any of these...
+    rate_limit_headers: frozenset[str]
+    #: ...and the least a real account's limit can be, per limit header (a lower one is ignored, with a warning).
+    limit_floors: Mapping[str, float]
+    errors: ErrorDialect
+    #: Whether an answer's headers are its own kind, whatever the URL (a gateway may front it); None: the default
+    #: provider's kind, read when no other provider claims them.
+    claims_rate_limit_headers: Callable[[Mapping[str, str]], bool] | None = None
+    #: The cheapest request each of its endpoints takes (by the endpoint's path, "chat/completions"), with a
+    #: model every account may use: what `--show_limits` sends.
+    probe_bodies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: It limits output tokens apart (so that limit too is waited for before the first answer).
+    limits_output_tokens: bool = False
+    #: Why `--mode batch` cannot send its requests, or None when it speaks the Batch API (Files and Batches endpoints).
+    batch_api_refusal: str | None = None
+    #: Its id in the price data (`genai-prices`), for a URL the price data does not recognise.
+    price_provider: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Provider({self.name!r})"
+
+    @property
+    def speaks_batch_api(self) -> bool:
+        return self.batch_api_refusal is None
+
+    def curl_auth(self) -> str:
+        """Its auth headers as curl options, the key left in its variable: for a command to copy (never the key)."""
+        return " ".join(f'-H "{name}: {value}"' for name, value in self.auth_headers(f"${self.key_variable}").items())
+
+    def owns_host(self, url: str) -> bool:
+        """The URL is on this provider's own API host (not a gateway, not a local server)."""
+        host = host_of(url)
+        return any(host == own or (own.startswith(".") and host.endswith(own)) for own in self.own_hosts)

@@ -1,0 +1,125 @@
+"""The providers, and which one a URL or an answer's headers belong to.
+
+The rest of the package asks here (`provider_for(url)`), never names a provider: a new provider is a module
+like `openai`, `azure` or `anthropic`, and a line in `PROVIDERS`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from . import anthropic, azure, openai
+from .endpoints import Endpoint
+from .provider import ErrorDialect, Provider
+from .rate_limits import RateLimitReport
+
+__all__ = [
+    "PROVIDERS",
+    "DEFAULT_PROVIDER",
+    "DEFAULT_REQUEST_URL",
+    "EXAMPLE_REQUEST_URL",
+    "DEFAULT_API_ROOT",
+    "DEFAULT_PRICE_PROVIDER",
+    "ERRORS",
+    "provider_for",
+    "key_variable_for",
+    "auth_headers_for",
+    "needs_a_key",
+    "parse_rate_limit_headers",
+    "states_rate_limits",
+    "limit_floor",
+    "PROBE_BODIES",
+    "former_name",
+]
+
+#: Asked in this order; the last serves any URL (OpenAI-compatible servers).
+PROVIDERS: tuple[Provider, ...] = (anthropic.PROVIDER, azure.PROVIDER, openai.PROVIDER)
+#: What a URL that names no provider speaks.
+DEFAULT_PROVIDER = openai.PROVIDER
+#: The URL a run posts to when none is given.
+DEFAULT_REQUEST_URL = openai.DEFAULT_URL
+#: The API root priced when none is given.
+DEFAULT_API_ROOT = openai.API_ROOT
+#: A request URL, as an example in messages.
+EXAMPLE_REQUEST_URL = openai.EXAMPLE_URL
+#: The provider priced when the price data knows none for the URL (localhost, a gateway).
+DEFAULT_PRICE_PROVIDER: str = openai.PROVIDER.price_provider or ""
+#: Every provider's error words at once: an error is read alike whoever sent it.
+ERRORS = ErrorDialect.merged(*(provider.errors for provider in PROVIDERS))
+#: The key variable of a URL that names no provider (the command's default).
+DEFAULT_KEY_VARIABLE = DEFAULT_PROVIDER.key_variable
+
+
+@functools.lru_cache(maxsize=64)
+def provider_for(url: str) -> Provider:
+    """The provider whose API `url` is: the first in `PROVIDERS` that serves it."""
+    for provider in PROVIDERS:
+        if provider.serves(url):
+            return provider
+    return DEFAULT_PROVIDER
+
+
+def key_variable_for(request_url: str) -> str:
+    """The environment variable a key is read from for this URL."""
+    return provider_for(request_url).key_variable
+
+
+def auth_headers_for(request_url: str, key: str | None) -> dict[str, str]:
+    """The key where the API at `request_url` looks for it, and any version header it wants."""
+    return provider_for(request_url).auth_headers(key)
+
+
+def needs_a_key(url: str) -> bool:
+    """The URL is on a provider's own API host, which refuses every request without a key (a local or self-hosted
+    server may want none)."""
+    return any(provider.owns_host(url) for provider in PROVIDERS)
+
+
+#: Whose headers an answer carries, asked in this order: a provider with headers of its own, else the default's.
+_HEADER_DIALECTS = tuple(
+    (provider.claims_rate_limit_headers, provider.parse_rate_limits) for provider in PROVIDERS if provider.claims_rate_limit_headers is not None
+)
+_READ_HEADERS = frozenset().union(*(provider.rate_limit_headers for provider in PROVIDERS))
+_FLOORS: Mapping[str, float] = {name: floor for provider in PROVIDERS for name, floor in provider.limit_floors.items()}
+
+
+def parse_rate_limit_headers(headers: Mapping[str, str], *, now: float | None = None) -> RateLimitReport:
+    """What an answer's rate-limit headers say, read by the provider whose headers they are (told by their names,
+    not the URL: a gateway may front any API). Resets given as times are read relative to `now` (epoch seconds,
+    default the wall clock). Headers with none of these report nothing; `states_rate_limits` says so at less cost."""
+    for states, parse in _HEADER_DIALECTS:
+        if states(headers):
+            return parse(headers, now)
+    return DEFAULT_PROVIDER.parse_rate_limits(headers, now)
+
+
+def states_rate_limits(headers: Mapping[str, str]) -> bool:
+    """Whether the headers hold any that `parse_rate_limit_headers` reads (a gateway's, a mock's may hold none)."""
+    return not _READ_HEADERS.isdisjoint(headers)
+
+
+#: The cheapest request each endpoint takes, from the provider that serves it (`--show_limits` sends one).
+PROBE_BODIES: Mapping[Endpoint, Mapping[str, Any]] = {
+    Endpoint(path): body for provider in reversed(PROVIDERS) for path, body in provider.probe_bodies.items()
+}
+
+
+def limit_floor(header: str) -> float:
+    """The least a real account's limit stated in this header can be."""
+    return _FLOORS.get(header, 1)
+
+
+#: Names that modules outside providers/ had in earlier releases, and are a provider's now.
+_FORMER_NAMES: Mapping[str, object] = {
+    "ANTHROPIC_API_KEY_VARIABLE": anthropic.API_KEY_VARIABLE,
+    "ANTHROPIC_VERSION": anthropic.VERSION,
+}
+
+
+def former_name(module: str, name: str) -> object:
+    """A module's `__getattr__`: the value of one of its names of earlier releases, or AttributeError."""
+    if name in _FORMER_NAMES:
+        return _FORMER_NAMES[name]
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
