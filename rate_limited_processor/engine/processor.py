@@ -38,19 +38,19 @@ import math
 import queue
 import threading
 import traceback
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 from ..base import strict_json
 from ..base.clock import LOOP_CLOCK, Clock, bound_to_loop
 from ..base.errors import InvalidRequest, NoAnswer, RunStopped, TransportError
-from ..base.models import APIRequest, AttemptTiming, RejectedLine, RequestResult, RequestTimings, ResultKind
+from ..base.models import APIRequest, AttemptTiming, RejectedLine, RequestResult, ResultKind
 from ..config.credentials import scrubber_for
 from ..config.settings import Settings
 from ..core.arrivals import Arrivals
 from ..core.budget import Budget
-from ..core.decisions import DropAccount, Fail, JobState, Probe, Retry, RunState, StopRun, Succeed, next_step
+from ..core.decisions import DropAccount, Fail, Probe, Retry, RunState, StopRun, Succeed, next_step
 from ..core.learned_limits import NO_REPORT, SendMark, parse_rate_limit_headers, states_rate_limits
 from ..core.limiter import InProcessLimiter, Limits, RateLimiter
 from ..core.rate_control import Answer
@@ -59,19 +59,17 @@ from ..core.scheduler import Scheduler
 from ..core.stats import RunStats
 from ..providers.endpoints import Endpoint, UnsupportedEndpoint, cached_endpoint, check_request, likely_url
 from ..providers.token_estimation import TokenEstimator, output_reservation
-from ..transport.http import AiohttpTransport, ReceiveTimings, SendFunction, Transport, TransportRequest, as_transport, outcome_of, outcome_of_error
+from ..transport.http import AiohttpTransport, SendFunction, Transport, TransportRequest, as_transport, outcome_of, outcome_of_error
 from ..transport.streaming import STREAMED_ENDPOINTS, streamed_body
 from .collector import fewer_collections
+from .job import Job
 from .lanes import Lane, Lanes, LimiterFactory
+from .source import END, PENDING, RequestItem, RequestSource, Source, from_mapping
 
 __all__ = ["Processor", "Results", "process_requests", "process_requests_sync", "RequestItem", "RequestSource", "Store"]
 
 logger = logging.getLogger("rate_limited_processor")
 
-#: What a run accepts: request bodies (an optional "metadata" key rides along unsent), prepared
-#: requests, or lines the reader already rejected; from a plain or an async iterable.
-RequestItem = Mapping[str, Any] | APIRequest | RejectedLine
-RequestSource = Iterable[RequestItem] | AsyncIterable[RequestItem]
 #: Where `Processor.process_into` hands each final result: True once it is kept.
 Store = Callable[[RequestResult], bool]
 
@@ -81,140 +79,6 @@ _SUCCESS, _SUCCEEDED = Verdict.SUCCESS, ResultKind.SUCCEEDED
 #: Attempts in a row, across the run, that got no answer while nobody was answered: from this many on, it is an
 #: outage of the server, not the bad luck of a few requests (one connection reset is not an outage).
 OUTAGE_ATTEMPTS = 3
-
-_END: Any = object()
-_PENDING: Any = object()
-
-
-@dataclass(slots=True)
-class _Job:
-    """A request on its way: where it goes, its place in the run, and what went wrong on each attempt."""
-
-    request: APIRequest
-    url: str
-    #: What its answer must hold to be a success (`retry_policy.answer_problem`).
-    endpoint: Endpoint
-    #: What it is charged against the token limit, of which its prompt and its completion budget.
-    tokens: int
-    prompt_tokens: int
-    completion_tokens: int
-    position: int
-    #: Whose buckets it goes through: the lane for its model (made on first use), per account.
-    model: str = ""
-    #: Output tokens it reserves (Anthropic's max_tokens), refunded to what its answer used.
-    output_tokens: int = 0
-    #: The lane of the current attempt.
-    lane: Lane | None = None
-    #: HTTP attempts made, rate-limit 429s included...
-    attempts: int = 0
-    #: ...of which this many used none of max_attempts: rate-limit 429s (only time, since the first of them),
-    #: and refusals by an account that was then dropped.
-    rate_limited: int = 0
-    first_rate_limited_at: float | None = None
-    errors: list[str] = field(default_factory=list)
-    #: When the current attempt was sent, and what we had sent by then: for learning the server's view.
-    mark: SendMark | None = None
-    #: When it was first let go to the limiter, and how each attempt went (for `RequestResult.timings`).
-    scheduled_at: float | None = None
-    attempt_log: list[AttemptTiming] = field(default_factory=list)
-    received: ReceiveTimings | None = None
-    #: The dollars the attempt in flight holds of the run's budget (`--max_cost_usd`).
-    cost: float = 0.0
-    #: A successful answer not yet delivered: a bug in what follows it (learning from its headers) must not
-    #: throw away what was paid for (`Processor._attempt` delivers it).
-    answer: HTTPOutcome | None = None
-
-    def state(self, now: float) -> JobState:
-        """What the decision step needs to know of this request."""
-        waited = now - self.first_rate_limited_at if self.first_rate_limited_at is not None else 0.0
-        return JobState(attempts=self.attempts - self.rate_limited, rate_limited_for=waited, url=self.url)
-
-    def result(self, outcome: HTTPOutcome | None, kind: ResultKind) -> RequestResult:
-        succeeded = kind is _SUCCEEDED
-        return RequestResult(
-            index=self.request.index,
-            request=self.request.body,
-            metadata=self.request.metadata,
-            response=outcome.body if succeeded and outcome is not None else None,
-            errors=tuple(self.errors),
-            attempts=self.attempts,
-            kind=kind,
-            estimated_tokens=self.tokens,
-            estimated_output_tokens=self.completion_tokens,
-            estimated_prompt_tokens=self.prompt_tokens,
-            custom_id=self.request.custom_id,
-            status=outcome.status if outcome is not None else None,
-            request_id=outcome.headers.get("x-request-id") if outcome is not None else None,
-            error_body=outcome.body if not succeeded and outcome is not None else None,
-            position=self.position,
-            timings=self.timings(),
-        )
-
-    def timings(self) -> RequestTimings | None:
-        if not self.attempt_log:
-            return None
-        last, received = self.attempt_log[-1], self.received
-        scheduled = self.scheduled_at if self.scheduled_at is not None else last.sent
-        if received is None:
-            return RequestTimings(scheduled, last.sent, last.ended, attempts=tuple(self.attempt_log))
-        return RequestTimings(
-            scheduled, last.sent, last.ended, first_byte=last.sent + received.first_byte,
-            tokens=tuple(last.sent + at for at in received.tokens), attempts=tuple(self.attempt_log),
-        )
-
-
-class _Source:
-    """The next input item, fetched without blocking the feeder.
-
-    A plain iterable is read directly. An async one is read in a task, so a slow source (a pipeline
-    waiting on its own consumer) never holds up retries that are due. At most one item is read ahead.
-    """
-
-    __slots__ = ("_iterator", "_async_iterator", "_fetch", "exhausted")
-
-    def __init__(self, requests: RequestSource) -> None:
-        self._iterator: Iterator[RequestItem] | None = None
-        self._async_iterator: AsyncIterator[RequestItem] | None = None
-        if isinstance(requests, AsyncIterable):
-            self._async_iterator = aiter(requests)
-        else:
-            self._iterator = iter(requests)
-        self._fetch: asyncio.Future[Any] | None = None
-        self.exhausted = False
-
-    @property
-    def fetching(self) -> asyncio.Future[Any] | None:
-        """The read in progress, to wait on; None when nothing is being read."""
-        return self._fetch
-
-    def poll(self) -> Any:
-        """The next item, `_PENDING` while an async read is in progress, or `_END`."""
-        if self._iterator is not None:
-            item = next(self._iterator, _END)
-        else:
-            if self._fetch is None:
-                assert self._async_iterator is not None
-                self._fetch = asyncio.ensure_future(anext(self._async_iterator, _END))
-            if not self._fetch.done():
-                return _PENDING
-            fetch, self._fetch = self._fetch, None
-            item = fetch.result()
-        if item is _END:
-            self.exhausted = True
-        return item
-
-    async def aclose(self) -> None:
-        """Close the source (the input file, the user's generator) when the run ends, however it ends."""
-        if self._fetch is not None:
-            self._fetch.cancel()
-        close = getattr(self._iterator, "close", None)
-        if close is not None:
-            close()
-        aclose = getattr(self._async_iterator, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(RuntimeError):  # still running inside the cancelled fetch: closing already
-                await aclose()
-
 
 class Results:
     """The results of a run as they finish, in completion order (an async iterator).
@@ -242,7 +106,7 @@ class Results:
         if self._ended:
             raise StopAsyncIteration
         result = await self._queue.get()
-        if result is _END:
+        if result is END:
             self._ended = True
             stop_reason = self._processor.stats.stop_reason
             if stop_reason is not None:
@@ -295,7 +159,7 @@ class Processor:
         self.estimator = estimator if estimator is not None else TokenEstimator(settings.token_encoding_name)
         self.stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, max_in_flight=settings.max_in_flight)
         self._transport = as_transport(transport) if transport is not None else None
-        self._scheduler: Scheduler[_Job] = Scheduler(max_waiting_retries=settings.max_in_flight, max_ahead=max_ahead)
+        self._scheduler: Scheduler[Job] = Scheduler(max_waiting_retries=settings.max_in_flight, max_ahead=max_ahead)
         self._scrub = scrubber_for(settings)
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._arrivals = Arrivals(settings.arrivals, seed=settings.arrival_seed)
@@ -370,7 +234,7 @@ class Processor:
             try:
                 async with asyncio.TaskGroup() as tasks:
                     self._tasks = tasks
-                    self._feeder = tasks.create_task(self._feed(_Source(requests), transport))
+                    self._feeder = tasks.create_task(self._feed(Source(requests), transport))
                     if self.stopping:  # stopped before it started
                         self._feeder.cancel()
                     finisher = tasks.create_task(self._finish())
@@ -448,7 +312,7 @@ class Processor:
 
     # -- the feeder -------------------------------------------------------------------------------
 
-    async def _feed(self, source: _Source, transport: Transport) -> None:
+    async def _feed(self, source: Source, transport: Transport) -> None:
         try:
             while True:
                 if self._slots.locked():  # every slot is taken: --max_in_flight, not the limits, sets the pace now
@@ -500,12 +364,12 @@ class Processor:
         requests in flight; but always when nothing at all is in flight."""
         return not (lane.probing or lane.in_flight >= lane.control.window(self._now())) or not self._in_flight
 
-    def _lane_now(self, job: _Job) -> Lane | None:
+    def _lane_now(self, job: Job) -> Lane | None:
         """The lane for this job if it can take it at once (as `_lane_for` would say); None to ask `_lane_for`."""
         lane = self.lanes.choose(job.model, job.tokens, job.output_tokens)
         return lane if lane.started and self._may_take_one_more(lane) else None
 
-    async def _lane_for(self, job: _Job) -> Lane:
+    async def _lane_for(self, job: Job) -> Lane:
         """The lane that can take this job soonest, once it may take one more: not while its first request
         awaits the answer that tells its limits, nor beyond its window of requests in flight."""
         while True:
@@ -532,7 +396,7 @@ class Processor:
         due = self._arrivals.due(rate)
         return due - self._now() if due is not None else 0.0
 
-    def _arrived(self, job: _Job) -> None:
+    def _arrived(self, job: Job) -> None:
         """The arrival process let the job go: it counts as scheduled from now."""
         now = self._now()
         self._arrivals.released(now)
@@ -546,7 +410,7 @@ class Processor:
         one probes for everyone). Each lane's first request also goes alone (`_lane_for`)."""
         return (self._endpoint_failing and not self._any_succeeded) or self._silent_attempts >= OUTAGE_ATTEMPTS
 
-    async def _next_job(self, source: _Source) -> _Job | None:
+    async def _next_job(self, source: Source) -> Job | None:
         """A retry that is due, else a new request; waits while only future retries remain."""
         while True:
             self._changed.clear()
@@ -557,11 +421,11 @@ class Processor:
             held_back = self._one_at_a_time and self._scheduler.retries_waiting > 0
             if not source.exhausted and self._scheduler.may_read() and not held_back:
                 item = source.poll()
-                if item is _END:
+                if item is END:
                     continue
-                if item is not _PENDING:
+                if item is not PENDING:
                     admitted = self._admit(item)
-                    if isinstance(admitted, _Job):
+                    if isinstance(admitted, Job):
                         return admitted
                     await self._deliver(admitted)
                     continue
@@ -569,7 +433,7 @@ class Processor:
                 return None
             await self._wait_for_change(self._scheduler.next_retry_at(), source.fetching)
 
-    async def _reserve_cost(self, job: _Job, budget: Budget) -> bool:
+    async def _reserve_cost(self, job: Job, budget: Budget) -> bool:
         """Hold this attempt's estimated cost in the budget. While it does not fit, wait for the attempts in flight to
         settle (answers usually cost less than estimated); when nothing in flight can make room, stop the run."""
         cost = budget.estimate(job.request.body, job.prompt_tokens, job.completion_tokens)
@@ -601,7 +465,7 @@ class Processor:
             for waiter in waiters:
                 waiter.cancel()
 
-    def _admit(self, item: RequestItem) -> _Job | RequestResult:
+    def _admit(self, item: RequestItem) -> Job | RequestResult:
         """Validate and estimate a request; a line that cannot be sent becomes its failure result."""
         position = self._scheduler.open()
         if isinstance(item, RejectedLine):
@@ -609,7 +473,7 @@ class Processor:
             return self._invalid(item.index, item.content, metadata, item.reason, item.custom_id, position)
         if not isinstance(item, APIRequest):
             self._positions += 1
-            item = _from_mapping(item, self._positions)
+            item = from_mapping(item, self._positions)
             problem = strict_json.unsendable(item.body)  # a file's lines were read strictly; a caller's dicts were not
             if problem is not None:
                 return self._invalid(item.index, item.body, item.metadata, f"{item.name}: the request body {problem}", item.custom_id, position)
@@ -620,7 +484,7 @@ class Processor:
             return self._invalid(item.index, item.body, item.metadata, f"{item.name}: {error}", item.custom_id, position)
         model = item.body.get("model")
         tokens = endpoint.charged_tokens(prompt, completion)
-        return _Job(item, url, endpoint, tokens, prompt, completion, position, model=model if isinstance(model, str) else "", output_tokens=output_tokens)
+        return Job(item, url, endpoint, tokens, prompt, completion, position, model=model if isinstance(model, str) else "", output_tokens=output_tokens)
 
     def _invalid(self, index: int, content: Any, metadata: Any, reason: str, custom_id: str | None, position: int) -> RequestResult:
         logger.error("%s (not sent)", reason)
@@ -648,7 +512,7 @@ class Processor:
 
     # -- one attempt --------------------------------------------------------------------------------
 
-    async def _attempt(self, job: _Job, transport: Transport) -> None:
+    async def _attempt(self, job: Job, transport: Transport) -> None:
         try:
             await self._try_once(job, transport)
         except Exception as error:  # a bug of ours must not lose the request silently, nor a paid answer
@@ -662,7 +526,7 @@ class Processor:
                 self._in_flight.discard(task)
             self._changed.set()
 
-    async def _try_once(self, job: _Job, transport: Transport) -> None:
+    async def _try_once(self, job: Job, transport: Transport) -> None:
         """Send once, classify the answer, and carry out the step `next_step` chooses."""
         settings = self.settings
         job.attempts += 1
@@ -771,7 +635,7 @@ class Processor:
                 logger.error("%s: %s; stopping the run", job.request.name, self._scrub(why))
                 self.stop(self._scrub(why))
 
-    async def _learn(self, job: _Job, lane: Lane, outcome: HTTPOutcome, decision: Decision, now: float) -> bool:
+    async def _learn(self, job: Job, lane: Lane, outcome: HTTPOutcome, decision: Decision, now: float) -> bool:
         """Let the lane's tuner and control learn from this answer (which came at `now`), and move its limiter to
         what they ask. False if the limiter failed."""
         headers = outcome.headers
@@ -827,7 +691,7 @@ class Processor:
         if sent:
             self.stats.server_token_ratio = sum(lane.tuner.tokens.ratio * lane.sent for lane in lanes) / sent
 
-    async def _pause_everyone(self, job: _Job, lane: Lane, pause: float) -> bool:
+    async def _pause_everyone(self, job: Job, lane: Lane, pause: float) -> bool:
         """After a rate-limit 429, nobody sends through that lane until the pause has passed. False if the
         limiter failed."""
         logger.debug("%s: rate limited; all sending through %s paused for %.3fs", job.request.name, lane.name, pause)
@@ -840,7 +704,7 @@ class Processor:
             return False
         return True
 
-    def _transport_failed(self, job: _Job, error: Exception) -> None:
+    def _transport_failed(self, job: Job, error: Exception) -> None:
         """The transport raised what is not a network error (a bug in a custom transport, say): retrying would hide
         it behind a failure row. Stop the run, with its traceback logged and raised as RunStopped's cause; the
         request stays unfinished, for a rerun once the transport is fixed."""
@@ -848,7 +712,7 @@ class Processor:
                        f"'no answer' with TransportError)", error)
         logger.error("%s", self._scrub("".join(traceback.format_exception(error))))
 
-    def _internal_error(self, job: _Job, error: Exception) -> RequestResult:
+    def _internal_error(self, job: Job, error: Exception) -> RequestResult:
         details = self._scrub("".join(traceback.format_exception(error)))
         if job.answer is not None:  # the answer came and was good: it is the result, whatever failed after it
             logger.error("%s: internal error after its answer came (a bug; please report it); the answer is kept:\n%s", job.request.name, details)
@@ -866,7 +730,7 @@ class Processor:
         await asyncio.wait([self._feeder])
         while self._in_flight:
             await asyncio.wait(set(self._in_flight))
-        await self._results.put(_END)
+        await self._results.put(END)
 
 
 def _likely_url_hint(url: str, outcome: HTTPOutcome) -> str:
@@ -919,11 +783,6 @@ def _endpoint_or_none(url: str) -> Endpoint | None:
         return None
 
 
-def _from_mapping(item: Mapping[str, Any], index: int) -> APIRequest:
-    body = dict(item)
-    metadata = body.pop("metadata", None)
-    return APIRequest(index=index, body=body, metadata=metadata)
-
 
 async def process_requests(
     requests: RequestSource,
@@ -968,13 +827,13 @@ def process_requests_sync(
         except BaseException as error:  # RunStopped, or anything else: raised again in the caller's thread
             handoff.put(_Raised(error))
         else:
-            handoff.put(_END)
+            handoff.put(END)
 
     task = loop.create_task(pump())
     thread = threading.Thread(target=loop.run_until_complete, args=(task,), name="rate_limited_processor", daemon=True)
     thread.start()
     try:
-        while (item := handoff.get()) is not _END:
+        while (item := handoff.get()) is not END:
             if isinstance(item, _Raised):
                 raise item.error
             yield item
