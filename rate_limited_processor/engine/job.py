@@ -61,6 +61,12 @@ class Job:
         waited = now - self.first_rate_limited_at if self.first_rate_limited_at is not None else 0.0
         return JobState(attempts=self.attempts - self.rate_limited, rate_limited_for=waited, url=self.url)
 
+    def rate_limited_at(self, now: float) -> None:
+        """Its attempt was refused by the rate limit (at `now`): it costs no attempt, only time from the first."""
+        self.rate_limited += 1
+        if self.first_rate_limited_at is None:
+            self.first_rate_limited_at = now
+
     def result(self, outcome: HTTPOutcome | None, kind: ResultKind) -> RequestResult:
         succeeded = kind is _SUCCEEDED
         return RequestResult(
