@@ -53,7 +53,7 @@ class Job:
     #: The dollars the attempt in flight holds of the run's budget (`--max_cost_usd`).
     cost: float = 0.0
     #: A successful answer not yet delivered: a bug in what follows it (learning from its headers) must not
-    #: throw away what was paid for (`Processor._attempt` delivers it).
+    #: throw away what was paid for (`Attempts.run` delivers it).
     answer: HTTPOutcome | None = None
 
     def state(self, now: float) -> JobState:

@@ -57,6 +57,7 @@ from .collector import fewer_collections
 from .context import RunContext, Store
 from .feedback import Feedback
 from .gates import ArrivalsGate, BudgetGate, Gate, LaneGate, LimiterGate, OneAtATime, Slots
+from .health import OUTAGE_ATTEMPTS as OUTAGE_ATTEMPTS  # the old `runner.OUTAGE_ATTEMPTS` still imports
 from .intake import Intake
 from .job import Job
 from .lanes import Lanes, LimiterFactory
