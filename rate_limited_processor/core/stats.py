@@ -1,8 +1,9 @@
 """The run's counters: what was sent, answered, retried and spent, and the rates measured.
 
-`RunStats` is written by the dispatch loop (one place); the display, the status line and the summary (`ui/`)
-only read it. At the default log level nothing is logged per request: retries, 429s and failures are counted
-here, shown on the bar and in the status line, and logged one by one at INFO.
+`RunStats` is written through its methods by the engine (the jobs set what they know of the input: its total,
+the rows an earlier run left); the display, the status line and the summary (`ui/`) only read it. At the
+default log level nothing is logged per request: retries, 429s and failures are counted here, shown on the
+bar and in the status line, and logged one by one at INFO.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class RateMeter:
 
 @dataclass(slots=True)
 class RunStats:
-    """Counters for one run. Written by the dispatch loop; read by the display and the summary."""
+    """Counters for one run. Written by the engine through its methods; read by the display and the summary."""
 
     limits: Limits
     started_at: float = field(default_factory=time.monotonic)
@@ -162,6 +163,39 @@ class RunStats:
     def elapsed(self) -> float:
         end = self.finished_at if self.finished_at is not None else self.clock()
         return max(end - self.started_at, 1e-9)
+
+    def start(self, clock: Clock) -> None:
+        """The run starts now, on this clock (the meter reads the same time, at less cost per attempt)."""
+        self.clock = self.meter.clock = clock
+        self.started_at = clock()
+
+    def stop(self, reason: str) -> None:
+        """The run takes no more requests, for this reason. The first reason wins."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def waiting_for_slot(self, waiting: bool) -> None:
+        """Every in-flight slot is taken (`--max_in_flight`, not the limits, sets the pace now), or one came free."""
+        self.in_flight_cap_waits += waiting
+        self.at_in_flight_cap = waiting
+
+    def pace(self, limits: Limits, server_token_ratio: float | None) -> None:
+        """The limits the run's pace is held against, and the servers' token count over ours (None: not known)."""
+        self.limits = limits
+        if server_token_ratio is not None:
+            self.server_token_ratio = server_token_ratio
+
+    def finish(
+        self, now: float, *, unfinished: int, control: ControlReport | None, needed_in_flight: float | None,
+        lanes: list[LaneReport], dropped_accounts: dict[str, str],
+    ) -> None:
+        """The run ended at `now`: what it left unfinished, and what its rate control and lanes found."""
+        self.unfinished = unfinished
+        self.finished_at = now
+        self.control = control
+        self.needed_in_flight = needed_in_flight
+        self.lanes = lanes
+        self.dropped_accounts = dropped_accounts
 
     def record_attempt(self, tokens: int, *, is_retry: bool) -> None:
         self.attempts += 1

@@ -32,7 +32,7 @@ from ..config.credentials import Headers, headers_for
 from ..config.settings import Account, Settings
 from ..core.learned_limits import LimitTuner
 from ..core.limiter import Limits, RateLimiter
-from ..core.rate_control import RateController
+from ..core.rate_control import ControlReport, RateController
 from ..core.stats import LaneReport
 from ..providers.registry import provider_for
 
@@ -70,6 +70,26 @@ class Lane:
     def probing(self) -> bool:
         """Its first request is out and no answer has come: the next one waits (it would learn nothing)."""
         return self.tuner.awaiting_first_answer and self.in_flight > 0
+
+    def may_take_one_more(self, now: float, *, anything_in_flight: bool) -> bool:
+        """Not while its first request awaits the answer that tells its limits, nor beyond its window of requests in
+        flight; but always when nothing at all is in flight."""
+        return not (self.probing or self.in_flight >= self.control.window(now)) or not anything_in_flight
+
+    def sending(self, now: float) -> None:
+        """A request was admitted by its limiter at `now` and goes out through this lane."""
+        self.in_flight += 1
+        self.sent += 1
+        self.control.sent(now)
+
+    def answered(self, *, succeeded: bool, rate_limited: bool) -> None:
+        """An attempt through this lane ended: how it went, for the summary."""
+        self.succeeded += succeeded
+        self.rate_limited += rate_limited
+
+    def ended(self) -> None:
+        """An attempt through this lane is over (answered, failed, or abandoned)."""
+        self.in_flight -= 1
 
     def report(self) -> LaneReport:
         learned = Limits(self.tuner.requests.learned, self.tuner.tokens.learned, output_tokens_per_minute=self.tuner.output_tokens.learned)
@@ -136,6 +156,29 @@ class Lanes:
     def reports(self) -> list[LaneReport]:
         return [lane.report() for lane in self._lanes.values()]
 
+    def pace(self) -> tuple[Limits, float | None] | None:
+        """The limits the display and the summary hold the run's pace against, and how the servers' token counts
+        compare with our estimates (None: not known). Its one lane's limits as the server states them, or those
+        of every lane of an account still in use added up, and the ratio weighted by what each lane has sent.
+        None when no lane was made: the limits given stand."""
+        lanes = self.all()
+        if not lanes:
+            return None
+        if len(lanes) == 1:
+            return lanes[0].tuner.server_limits(), lanes[0].tuner.tokens.ratio
+        in_use = [lane for lane in lanes if not self.is_dropped(lane.account.name)] or lanes
+        sent = sum(lane.sent for lane in lanes)
+        ratio = sum(lane.tuner.tokens.ratio * lane.sent for lane in lanes) / sent if sent else None
+        return _combined([lane.tuner.server_limits() for lane in in_use]), ratio
+
+    def end_report(self, now: float) -> tuple[ControlReport | None, float | None]:
+        """At the run's end: what the rate control found (one lane only), and the requests in flight the limits in
+        force needed at the latency seen, over all lanes (None when no lane was made)."""
+        lanes = self.all()
+        control = lanes[0].control.report() if len(lanes) == 1 else None
+        needed = sum(lane.control.needed_in_flight(now) for lane in lanes) if lanes else None
+        return control, needed
+
     def _soonest(self, lane: Lane, tokens: int, output_tokens: int) -> tuple[float, float]:
         """When the lane could take the request: its limiter's own wait where it can tell, then a tie-break
         by load (requests in flight per request per second of its rate)."""
@@ -173,4 +216,17 @@ def _lower_limits(run: Limits, account: Limits) -> Limits:
         lower(run.tokens_per_minute, account.tokens_per_minute),
         burst_seconds=run.burst_seconds,
         output_tokens_per_minute=lower(run.output_tokens_per_minute, account.output_tokens_per_minute),
+    )
+
+
+def _combined(limits: list[Limits]) -> Limits:
+    """The lanes' limits added up: what the run could send at in all (None where a lane's is not known)."""
+
+    def total(values: list[float | None]) -> float | None:
+        return None if any(value is None for value in values) else sum(value for value in values if value is not None)
+
+    return Limits(
+        total([each.requests_per_minute for each in limits]),
+        total([each.tokens_per_minute for each in limits]),
+        output_tokens_per_minute=total([each.output_tokens_per_minute for each in limits]),
     )
