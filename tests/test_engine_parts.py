@@ -65,8 +65,9 @@ def test_a_lane_counts_what_went_through_it_and_holds_the_next_request_while_its
     lane = lanes.choose("m", tokens=10)
     assert lane.may_take_one_more(0.0, anything_in_flight=False)
     lane.sending(0.0)
-    assert (lane.in_flight, lane.sent) == (1, 1) and lane.probing
+    assert (lane.in_flight, lane.sent) == (1, 1) and lane.probing(0.1)
     assert not lane.may_take_one_more(0.1, anything_in_flight=True), "its first answer tells its limits: wait for it"
+    assert not lane.probing(2.5) and lane.may_take_one_more(2.5, anything_in_flight=True), "an overdue answer: the others start"
     assert lane.may_take_one_more(0.1, anything_in_flight=False), "nothing in flight: always one more"
     lane.answered(succeeded=False, rate_limited=True)
     lane.ended()

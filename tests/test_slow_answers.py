@@ -223,3 +223,18 @@ def test_a_run_that_never_fills_its_slots_says_nothing_of_them(tmp_path: Path) -
     _, stats, _ = run(tmp_path, chat_settings(Limits(RPM, math.inf), max_in_flight=500), [chat_request(i) for i in range(300)], MockTransport(api))
     assert stats.in_flight_cap_waits == 0
     assert "--max_in_flight" not in format_summary(stats)
+
+
+def test_limits_learned_from_slow_first_answers_cost_seconds_not_a_round_trip(tmp_path: Path) -> None:
+    # The first request goes alone, for its answer's headers to tell the limits; answered after 15-45 s, it is
+    # overdue after 2 s, and the rest start at 1 request a second, doubling every half second, until an answer
+    # (a 429 comes back at once, with the headers) tells the limits. Before: everything waited for that answer.
+    n = 1_200
+    times: dict[bool, float] = {}
+    for told in (True, False):
+        (tmp_path / str(told)).mkdir()
+        api = MockApi(MockConfig(requests_per_minute=RPM, latency=15.0, latency_jitter=30.0))
+        limits = Limits(RPM, math.inf) if told else UNKNOWN
+        times[told], _, _ = run(tmp_path / str(told), chat_settings(limits), [chat_request(i) for i in range(n)], MockTransport(api))
+        assert api.record.count(429) <= 0.01 * n
+    assert times[False] <= 1.05 * times[True], f"learned {times[False]:.1f}s against told {times[True]:.1f}s"

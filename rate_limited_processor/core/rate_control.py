@@ -86,6 +86,9 @@ from .rate_tuning import (
     FALLBACK_CUT as FALLBACK_CUT,
 )
 from .rate_tuning import (
+    FIRST_ANSWER_PATIENCE as FIRST_ANSWER_PATIENCE,
+)
+from .rate_tuning import (
     HISTORY_ANSWERS as HISTORY_ANSWERS,
 )
 from .rate_tuning import (
@@ -117,6 +120,9 @@ from .rate_tuning import (
 )
 from .rate_tuning import (
     MIN_SAMPLES as MIN_SAMPLES,
+)
+from .rate_tuning import (
+    OVERDUE_START_RATE as OVERDUE_START_RATE,
 )
 from .rate_tuning import (
     PRESSING as PRESSING,
@@ -229,10 +235,8 @@ class RateController:
         self.cuts = 0
 
     def __repr__(self) -> str:
-        return (
-            f"RateController(requests={self._requests.per_second:.3g}/s, tokens={self._tokens.per_second:.3g}/s, "
-            f"cuts={self.cuts}, slow_start={self._slow_start})"
-        )
+        requests, tokens = self._requests.per_second, self._tokens.per_second
+        return f"RateController(requests={requests:.3g}/s, tokens={tokens:.3g}/s, cuts={self.cuts}, slow_start={self._slow_start})"
 
     # -- what to send at ----------------------------------------------------------------------------
 
@@ -291,8 +295,7 @@ class RateController:
         if not math.isfinite(rate):
             return math.inf
         latency = self._round_trip.smoothed + LATENCY_DEVIATIONS * self._round_trip.deviation
-        oldest = self._in_flight.oldest()
-        if oldest is not None:
+        if (oldest := self._in_flight.oldest()) is not None:
             latency = max(latency, now - oldest)
         return rate * latency
 
@@ -415,13 +418,18 @@ class RateController:
         if math.isinf(self._requests.per_second):
             if self._round_trip.smoothed is not None:  # the first answer is in: start from a round trip's worth
                 self._requests.per_second = INITIAL_REQUESTS_PER_ROUND_TRIP / max(self._round_trip.smoothed, 1e-3)
+            elif (overdue_at := self.first_answer_overdue_at()) is not None and now >= overdue_at:  # slow: start slowly, grow by time
+                self._requests.per_second = OVERDUE_START_RATE
             return
         if sending <= 0 or not self._using_the_rate(now):
             return
-        # At most one doubling per update: answers can come in bunches after a long latency.
-        fastest, slowest = SLOW_START_DOUBLING
-        doubling = min(slowest, max(fastest, self._round_trip.or_default()))
+        fastest, slowest = SLOW_START_DOUBLING  # at most one doubling per update: answers come in bunches after a long latency
+        doubling = min(slowest, max(fastest, self._round_trip.or_default())) if self._round_trip.smoothed is not None else slowest
         self._requests.per_second *= 2.0 ** min(1.0, sending / doubling)
+
+    def first_answer_overdue_at(self) -> float | None:
+        """When the first answer is overdue (`FIRST_ANSWER_PATIENCE` after the first send); None once one told a latency."""
+        return self._first_sent + FIRST_ANSWER_PATIENCE if self._round_trip.smoothed is None and self._first_sent is not None else None
 
     def _using_the_rate(self, now: float) -> bool:
         """We send at half our request cap or more (an uncapped rate is used by definition)."""

@@ -25,6 +25,12 @@ SLOW_START_DOUBLING = (0.1, 0.5)
 MAX_GROWTH_PER_SECOND = 0.1
 #: Slow start begins at this many requests per round trip.
 INITIAL_REQUESTS_PER_ROUND_TRIP = 4.0
+#: With no limit known, the first request goes alone: its answer's headers tell the limits. When that answer has
+#: not come after this many seconds (a reasoning model's takes 30), the others start anyway, at
+#: `OVERDUE_START_RATE` requests a second doubling every `SLOW_START_DOUBLING[1]` seconds: time, not the first
+#: round trip, is the clock. The first 429 (at once, whatever the latency) or answer then tells the limits.
+FIRST_ANSWER_PATIENCE = 2.0
+OVERDUE_START_RATE = 1.0
 #: This many admitted answers in a row end a storm (refusals come back at once, admissions after the latency).
 STORM_OVER_ANSWERS = 4
 #: Requests in flight at most before any answer, growing by one per admitted answer, halved at a cut. Each

@@ -70,6 +70,10 @@ class Feedback:
                 lane.control.answered(answer, now)
             else:  # a 5xx or no answer says nothing about the server's rate limiter
                 lane.control.lost(mark.sent_at)
+        return await self.retune(lane, now)
+
+    async def retune(self, lane: Lane, now: float) -> bool:
+        """The lane's limiter at the limits its tuner and rate control give now (unchanged when within 1%)."""
         limits = lane.control.limits(lane.tuner.limits(), now)
         if _close(limits, lane.applied):
             return True

@@ -132,6 +132,9 @@ class LaneGate:
         lane = run.lanes.choose(job.model, job.tokens, job.output_tokens)
         if not (lane.started and lane.may_take_one_more(run.now(), anything_in_flight=bool(run.in_flight))):
             lane = await self._soonest(job)
+        # No answer yet to pace by: the rate control's start, growing with time, goes to the limiter at each send.
+        if lane.tuner.awaiting_first_answer and lane.first_answer_overdue(run.now()) and not await self._feedback.retune(lane, run.now()):
+            return False
         job.lane = lane
         return True
 
@@ -147,7 +150,7 @@ class LaneGate:
             if lane.may_take_one_more(run.now(), anything_in_flight=bool(run.in_flight)):
                 return lane
             run.changed.clear()
-            await run.wait_for_change()
+            await run.wait_for_change(until=lane.control.first_answer_overdue_at() if lane.probing(run.now()) else None)
 
 
 class ArrivalsGate:

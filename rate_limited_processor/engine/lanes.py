@@ -66,15 +66,19 @@ class Lane:
     def name(self) -> str:
         return f"{self.account.name}/{self.model}" if self.model else self.account.name
 
-    @property
-    def probing(self) -> bool:
-        """Its first request is out and no answer has come: the next one waits (it would learn nothing)."""
-        return self.tuner.awaiting_first_answer and self.in_flight > 0
+    def probing(self, now: float) -> bool:
+        """Its first request is out and no answer has come: the next one waits (it would learn nothing), unless
+        that answer is overdue (`FIRST_ANSWER_PATIENCE`): then the others start, slowly, on the clock."""
+        return self.tuner.awaiting_first_answer and self.in_flight > 0 and not self.first_answer_overdue(now)
+
+    def first_answer_overdue(self, now: float) -> bool:
+        """No answer has told the limits, nor a latency, `FIRST_ANSWER_PATIENCE` seconds after the first send."""
+        return (at := self.control.first_answer_overdue_at()) is not None and now >= at
 
     def may_take_one_more(self, now: float, *, anything_in_flight: bool) -> bool:
         """Not while its first request awaits the answer that tells its limits, nor beyond its window of requests in
         flight; but always when nothing at all is in flight."""
-        return not (self.probing or self.in_flight >= self.control.window(now)) or not anything_in_flight
+        return not (self.probing(now) or self.in_flight >= self.control.window(now)) or not anything_in_flight
 
     def sending(self, now: float) -> None:
         """A request was admitted by its limiter at `now` and goes out through this lane."""
@@ -182,7 +186,7 @@ class Lanes:
     def _soonest(self, lane: Lane, tokens: int, output_tokens: int) -> tuple[float, float]:
         """When the lane could take the request: its limiter's own wait where it can tell, then a tie-break
         by load (requests in flight per request per second of its rate)."""
-        if lane.probing:
+        if lane.probing(self._clock.now()):
             return (math.inf, lane.in_flight)
         wait_time = getattr(lane.limiter, "wait_time", None)
         wait = wait_time(tokens, output_tokens) if callable(wait_time) else 0.0
