@@ -98,7 +98,7 @@ class OutputLock:
     def follow(self) -> None:
         """Lock the results file as its path names it now (again after a rewrite replaced it)."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            fd = self._open_results()
         except OSError as error:
             raise UsageError(f"cannot write {self.path}: {error.strerror}") from None
         info = os.fstat(fd)
@@ -114,6 +114,9 @@ class OutputLock:
         if self._results is not None:
             os.close(self._results)
         self._results, self._results_id = fd, (info.st_dev, info.st_ino)
+
+    def _open_results(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def release(self) -> None:
         if self._sidecar is not None:

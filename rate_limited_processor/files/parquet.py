@@ -43,8 +43,9 @@ from typing import Any
 from ..base import strict_json
 from ..base.errors import ResumeError, UsageError
 from ..base.models import RequestResult, ResultKind
-from .output_file import OutputLock, try_lock
+from .output_file import OutputLock
 from .resume import DoneIndex, ResumeReport, identity_of_result
+from .side_files import still_names
 
 __all__ = [
     "ROWS_PER_GROUP",
@@ -192,11 +193,7 @@ class ParquetResultWriter:
 
     def check_moved(self) -> str | None:
         """Whether the path still names the directory this run began with (a cleanup or a rename takes it away)."""
-        try:
-            named = os.stat(self.path)
-        except OSError:
-            named = None
-        if named is not None and (named.st_dev, named.st_ino) == self._identity:
+        if still_names(self.path, self._identity):
             return None
         return (f"{self.path} was moved or deleted during the run: the parts written to it went with it, and the rows still "
                 f"held went to a new {self.path} (part numbers continue, so none clash); move those parts into the old "
@@ -275,22 +272,9 @@ class ParquetResultWriter:
 class ParquetOutputLock(OutputLock):
     """`OutputLock` for a results directory: the sidecar lock beside it, and a lock on the directory itself."""
 
-    def follow(self) -> None:
-        try:
-            self.path.mkdir(exist_ok=True)
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as error:
-            raise UsageError(f"cannot write {self.path}: {error.strerror}") from None
-        info = os.fstat(fd)
-        if (info.st_dev, info.st_ino) == self._results_id:
-            os.close(fd)
-            return
-        if not try_lock(fd, self.path):
-            os.close(fd)
-            raise UsageError(f"{self.path} is being written by another run under another name; wait for it, or give this one another output")
-        if self._results is not None:
-            os.close(self._results)
-        self._results, self._results_id = fd, (info.st_dev, info.st_ino)
+    def _open_results(self) -> int:
+        self.path.mkdir(exist_ok=True)
+        return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def check_parquet_output(save_path: str | Path) -> None:

@@ -25,6 +25,7 @@ from typing import IO, Any, Literal
 from ..base import strict_json
 from ..base.models import APIRequest, RejectedLine, RequestResult, ResultKind
 from .resume import IndexWriter, batch_row_id, identity_of_result
+from .side_files import still_names
 
 __all__ = [
     "OutputFormat",
@@ -236,11 +237,7 @@ class ResultWriter:
     def check_moved(self) -> str | None:
         """Whether the path still names the file held (log rotation renames it, a cleanup deletes it), and if not, what
         became of the rows written to it."""
-        try:
-            named = os.stat(self.path)
-        except OSError:
-            named = None
-        if named is not None and (named.st_dev, named.st_ino) == self._identity:
+        if still_names(self.path, self._identity):
             return None
         if os.fstat(self._file.fileno()).st_nlink == 0:
             return (f"{self.path} was deleted during the run: the rows written to it are gone with it, and a rerun sends "

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..base.errors import UsageError
 from .resume import sidecar_path
 
-__all__ = ["RunFile", "check_apart", "job_files", "same_file_key", "named"]
+__all__ = ["RunFile", "check_apart", "job_files", "same_file_key", "named", "still_names"]
 
 #: The sidecars every file job writes beside its results: `<results>.lock` and `<results>.index`.
 JOB_SIDECARS = ("lock", "index")
@@ -79,3 +79,13 @@ def named(error: OSError, path: str | Path) -> OSError:
     if error.filename is None:
         error.filename = str(path)
     return error
+
+
+def still_names(path: str | Path, identity: tuple[int, int]) -> bool:
+    """Whether `path` still names the file or directory whose (device, inode) is `identity`: log rotation renames,
+    a cleanup deletes, and a writer holding the old one writes on where nobody will look."""
+    try:
+        named = os.stat(path)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == identity
