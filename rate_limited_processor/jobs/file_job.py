@@ -25,10 +25,12 @@ from ..base.errors import RunStopped
 from ..base.models import RequestResult
 from ..config.settings import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, Settings
 from ..core.budget import Budget
+from ..core.daily_limit import DailyLimit
 from ..core.limiter import RateLimiter
 from ..core.stats import RunStats
 from ..engine.lanes import LimiterFactory
 from ..engine.processor import Processor
+from ..files.day_file import read_day_record, write_day_record
 from ..files.output_file import OutputLock, check_output_path
 from ..files.request_io import OutputFormat, ResultWriter, read_requests
 from ..transport.http import SendFunction, Transport
@@ -85,9 +87,11 @@ async def run_file_job(
     `watch` is called with the run's `Processor` before it starts (`--metrics_port` reads it when scraped).
     """
     with opened_output(requests_path, save_path, output_format, retry_failed=retry_failed, tidy=True) as output:
+        daily = _daily_limit(settings, save_path)
         processor = Processor(
             settings, limiter=limiter, limiter_factory=limiter_factory, transport=transport, clock=clock,
             max_ahead=ordered_window if ordered else None, budget=budget,
+            daily=daily, save_day=(lambda record: write_day_record(save_path, record)) if daily is not None else None,
         )
         if watch is not None:
             watch(processor)
@@ -104,6 +108,8 @@ async def run_file_job(
             display.close()
             if limiter is not None:
                 await limiter.aclose()
+            if daily is not None and daily.day:
+                _keep_day(save_path, daily)
         if stats.stop_reason is None and output.done.unclaimed:
             stats.orphan_rows = output.done.unclaimed
             logger.warning(
@@ -111,6 +117,23 @@ async def run_file_job(
                 save_path, output.done.unclaimed, requests_path,
             )
         return stats
+
+
+def _daily_limit(settings: Settings, save_path: str | Path) -> DailyLimit | None:
+    """The settings' per-day limits, with what earlier runs of this output spent (`<results>.day`); None without any."""
+    if settings.max_requests_per_day is None and settings.max_tokens_per_day is None:
+        return None
+    daily = DailyLimit(settings.max_requests_per_day, settings.max_tokens_per_day)
+    daily.restore(read_day_record(save_path))
+    return daily
+
+
+def _keep_day(save_path: str | Path, daily: DailyLimit) -> None:
+    """The day's spend, as the run ends: saved during the run at most once a second, so the last second is saved here."""
+    try:
+        write_day_record(save_path, daily.record())
+    except OSError as error:
+        logger.warning("cannot write the day's spend beside %s: %s", save_path, error.strerror or error)
 
 
 async def _write_rows(
