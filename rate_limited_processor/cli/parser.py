@@ -210,14 +210,9 @@ def _limits(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--max_requests_per_day", type=_positive_int, default=None, metavar="N",
-        help="send at most this many requests (retries included) per UTC day, counted across reruns of the same output (kept in "
-        "<results>.day); then stop (exit 3) naming the limit and when it resets, and a rerun after 00:00 UTC sends the rest",
+        help="requests per UTC day, across reruns of one output; then stop (exit 3) until 00:00 UTC",
     )
-    add(
-        "--max_tokens_per_day", type=_positive_int, default=None, metavar="TOKENS",
-        help="send at most this many tokens (estimated as the per-minute limit counts them: prompt + completion budget) per UTC day, "
-        "counted and stopped as above",
-    )
+    add("--max_tokens_per_day", type=_positive_int, default=None, metavar="T", help="estimated tokens per UTC day, as above")
     add(
         "--price_input_per_mtok", type=_non_negative_float, default=None, metavar="DOLLARS",
         help="US dollars per million input tokens, for every model, instead of the genai-prices data (private deployments, models "
