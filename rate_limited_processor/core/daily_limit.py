@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["DailyLimit", "day_of", "resets_at"]
+__all__ = ["DailyLimit", "SharedDaySpend", "day_of", "resets_at"]
 
 _SECONDS_PER_DAY = 86_400
 
@@ -34,6 +34,15 @@ def day_of(wall: float) -> str:
 def resets_at(wall: float) -> float:
     """Epoch seconds of the next 00:00 UTC after `wall`: when a daily limit's count starts again."""
     return float((int(wall) // _SECONDS_PER_DAY + 1) * _SECONDS_PER_DAY)
+
+
+class SharedDaySpend(Protocol):
+    """A day's spend kept where several processes count it (Redis, `engine/shared_day.py`)."""
+
+    async def take(self, day: str, tokens: int, requests_limit: int | None, tokens_limit: int | None) -> tuple[bool, int, int]:
+        """Count one request charged `tokens` in `day` if it passes neither limit: (counted, requests, tokens), the
+        totals after it if counted, else as they stand."""
+        ...
 
 
 @dataclass(slots=True)
@@ -68,6 +77,10 @@ class DailyLimit:
         self._roll(wall)
         self.spent_requests += 1
         self.spent_tokens += tokens
+
+    def adopt(self, day: str, requests: int, tokens: int) -> None:
+        """Take the day's totals as a shared count states them (every process's spend, this one's included)."""
+        self.day, self.spent_requests, self.spent_tokens = day, requests, tokens
 
     def _over(self, tokens: int) -> str | None:
         """The flag of the first daily limit one more request charged `tokens` would pass, if any."""

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..core.arrivals import Arrivals
 from ..core.budget import Budget
-from ..core.daily_limit import DailyLimit
+from ..core.daily_limit import DailyLimit, SharedDaySpend, day_of
 from ..core.learned_limits import SendMark
 from .context import RunContext
 from .feedback import Feedback
@@ -219,27 +219,50 @@ DAY_SAVE_INTERVAL = 1.0
 
 class DailyGate:
     """`--max_requests_per_day`, `--max_tokens_per_day`: count the request in the day's spend, or, when it would pass a
-    daily limit, stop the run (spend does not come back, so nothing is worth waiting for). `save` is given the
-    day's record (`DailyLimit.record`) at most every `DAY_SAVE_INTERVAL` seconds and when the run stops here."""
+    daily limit, stop the run (spend does not come back, so nothing is worth waiting for). With `shared` (Redis), the
+    day's count is every process's on the same limit key. `save` is given the day's record (`DailyLimit.record`) at
+    most every `DAY_SAVE_INTERVAL` seconds and when the run stops here."""
 
-    __slots__ = ("_run", "_daily", "_save", "_saved_at")
+    __slots__ = ("_run", "_daily", "_save", "_saved_at", "_shared")
 
-    def __init__(self, run: RunContext, daily: DailyLimit, save: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self, run: RunContext, daily: DailyLimit, save: Callable[[dict[str, Any]], None] | None = None, shared: SharedDaySpend | None = None,
+    ) -> None:
         self._run = run
         self._daily = daily
         self._save = save
         self._saved_at = float("-inf")
+        self._shared = shared
 
     async def wait(self, job: Job, /) -> bool:
         daily, wall = self._daily, self._run.clock.wall()
-        if not daily.fits(job.tokens, wall):
+        if self._shared is not None:
+            counted = await self._take_shared(job.tokens, wall)
+            if counted is None:
+                return False
+        else:
+            counted = daily.fits(job.tokens, wall)
+            if counted:
+                daily.spend(job.tokens, wall)
+        if not counted:
             reason = daily.stop_reason(job.tokens, wall)
             logger.warning("%s; stopping the run", reason)
             self._run.stop(reason)
             self._write(wall)
             return False
-        daily.spend(job.tokens, wall)
         return wall - self._saved_at < DAY_SAVE_INTERVAL or self._write(wall)
+
+    async def _take_shared(self, tokens: int, wall: float) -> bool | None:
+        """Count the request in the shared day's spend: whether it fitted, or None when the count cannot be reached."""
+        assert self._shared is not None
+        daily, day = self._daily, day_of(wall)
+        try:
+            counted, requests, spent_tokens = await self._shared.take(day, tokens, daily.requests, daily.tokens)
+        except Exception as error:
+            self._run.limiter_failed(error)
+            return None
+        daily.adopt(day, requests, spent_tokens)
+        return counted
 
     def _write(self, wall: float) -> bool:
         """Save the day's record; a spend that cannot be kept stops the run (a rerun would not know it)."""

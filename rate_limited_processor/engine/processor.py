@@ -46,7 +46,7 @@ from ..base.models import RequestResult
 from ..config.credentials import scrubber_for
 from ..config.settings import Settings
 from ..core.budget import Budget
-from ..core.daily_limit import DailyLimit
+from ..core.daily_limit import DailyLimit, SharedDaySpend
 from ..core.limiter import InProcessLimiter, RateLimiter
 from ..core.scheduler import Scheduler
 from ..core.stats import RunStats
@@ -119,13 +119,15 @@ class Processor:
         budget: Budget | None = None,
         daily: DailyLimit | None = None,
         save_day: Callable[[dict[str, Any]], None] | None = None,
+        shared_day: SharedDaySpend | None = None,
     ) -> None:
         """`transport` replaces the network (real HTTP through aiohttp by default); the run never closes one
         it was given. `clock` is where every wait and deadline is read from. `max_ahead` bounds how far past
         the oldest unfinished request the run may read, for a consumer that restores input order. `budget`
         (`--max_cost_usd`) stops the run before a request whose estimated cost would not fit in it. `daily` (made from
         the settings' per-day limits when not given) stops it before a request that would pass a daily limit, and
-        `save_day` is given its record to keep (the file job writes it beside the results).
+        `save_day` is given its record to keep (the file job writes it beside the results); `shared_day` (Redis) counts
+        every process's spend on one key instead of this one's alone.
 
         Each (account, model) lane gets a limiter of its own: an `InProcessLimiter` by default, or what
         `limiter_factory(account, model, limits)` makes (Redis, with the lane in the key); the run closes
@@ -164,7 +166,7 @@ class Processor:
             LaneGate(run, self._feedback, tell_new_lanes=limiter is not None),
             ArrivalsGate(run),
             LimiterGate(run),
-            *((DailyGate(run, daily, save_day),) if daily is not None else ()),
+            *((DailyGate(run, daily, save_day, shared_day),) if daily is not None else ()),
         )
         self._started = False
 

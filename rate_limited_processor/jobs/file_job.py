@@ -25,7 +25,7 @@ from ..base.errors import RunStopped
 from ..base.models import RequestResult
 from ..config.settings import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, Settings
 from ..core.budget import Budget
-from ..core.daily_limit import DailyLimit
+from ..core.daily_limit import DailyLimit, SharedDaySpend
 from ..core.limiter import RateLimiter
 from ..core.stats import RunStats
 from ..engine.lanes import LimiterFactory
@@ -70,6 +70,7 @@ async def run_file_job(
     benchmark: RunReport | None = None,
     budget: Budget | None = None,
     watch: Callable[[Processor], None] | None = None,
+    shared_day: SharedDaySpend | None = None,
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
@@ -85,13 +86,14 @@ async def run_file_job(
     `benchmark` is given every result written, for the benchmark report (`RunReport.build` after the run).
     `budget` (`--max_cost_usd`) stops the run, as a signal does, before a request that would not fit in it.
     `watch` is called with the run's `Processor` before it starts (`--metrics_port` reads it when scraped).
+    `shared_day` (`--redis_url`) counts the per-day limits across processes; `<results>.day` is still written.
     """
     with opened_output(requests_path, save_path, output_format, retry_failed=retry_failed, tidy=True) as output:
         daily = _daily_limit(settings, save_path)
         processor = Processor(
             settings, limiter=limiter, limiter_factory=limiter_factory, transport=transport, clock=clock,
             max_ahead=ordered_window if ordered else None, budget=budget,
-            daily=daily, save_day=(lambda record: write_day_record(save_path, record)) if daily is not None else None,
+            daily=daily, save_day=(lambda record: write_day_record(save_path, record)) if daily is not None else None, shared_day=shared_day,
         )
         if watch is not None:
             watch(processor)
