@@ -139,6 +139,7 @@ DASHED_FLAGS: dict[str, str | None] = {
     "--shutdown-grace": "4", "--max-input-tokens-per-minute": "1000", "--max-output-tokens-per-minute": "800",
     "--accounts": "accounts.jsonl", "--stream": None, "--arrivals": "poisson", "--request-rate": "12.5", "--report": "b.json",
     "--report-html": "b.html",
+    "--max-requests-per-day": "300", "--max-tokens-per-day": "90000",
     "--max-cost-usd": "2.5", "--price-input-per-mtok": "0.15", "--price-output-per-mtok": "0.6", "--mode": "batch",
     "--batch-max-lines": "500", "--batch-poll-interval": "5", "--batch-fallback": "online",
 }

@@ -73,6 +73,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             stream=args.stream,
             arrivals=args.arrivals,
             request_rate=args.request_rate,
+            max_requests_per_day=args.max_requests_per_day,
+            max_tokens_per_day=args.max_tokens_per_day,
         )
     except ValueError as error:
         message = str(error)
@@ -93,6 +95,9 @@ def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
     """What --mode batch does not do, said before anything is sent."""
     if args.ordered:
         raise UsageError("--ordered is for --mode online: a batch's results come back when the batch ends")
+    for flag in ("--max_requests_per_day", "--max_tokens_per_day"):
+        if getattr(args, flag[2:]) is not None:
+            raise UsageError(f"{flag} is for --mode online: a batch is counted by the Batch API's own limits")
     if args.output_format == "parquet":
         raise UsageError("--output_format parquet is for --mode online: --mode batch writes JSONL rows")
     if args.accounts is not None:

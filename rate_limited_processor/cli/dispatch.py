@@ -17,7 +17,7 @@ from yarl import URL
 from ..base.atomic_write import write_text_atomically
 from ..base.errors import LimiterUnavailable, ResumeError
 from ..config.credentials import scrubber_for
-from ..config.settings import REDIS_URL_VARIABLE, Settings
+from ..config.settings import REDIS_URL_VARIABLE, Secret, Settings
 from ..core.budget import Budget
 from ..core.costs import PriceBook
 from ..core.stats import RunStats
@@ -95,6 +95,9 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
                 retry_failed=args.retry_failed, handle_signals=True, show_progress=show_progress, status_interval=args.status_interval or None,
             )
     factory = await shared_limiters(settings, args.redis_url, args.limit_key)
+    daily = settings.max_requests_per_day is not None or settings.max_tokens_per_day is not None
+    key = settings.api_key.reveal() if isinstance(settings.api_key, Secret) else None
+    shared_day = factory.day_spend(key) if factory is not None and daily else None
     benchmark = RunReport(streamed=settings.stream, settings=report_settings(settings)) if args.report or args.report_html else None
     served = None
     try:
@@ -105,7 +108,7 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
                 show_progress=show_progress, status_interval=args.status_interval or None, retry_failed=args.retry_failed,
                 handle_signals=True, shutdown_grace=args.shutdown_grace, output_format=args.output_format,
                 ordered=args.ordered, ordered_window=args.ordered_window, benchmark=benchmark, budget=budget,
-                watch=served.watch if served is not None else None,
+                watch=served.watch if served is not None else None, shared_day=shared_day,
             )
     finally:
         if served is not None:

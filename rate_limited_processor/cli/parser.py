@@ -209,6 +209,11 @@ def _limits(parser: argparse.ArgumentParser) -> None:
         "their reported usage, plus the estimates of those in flight) past this many US dollars; then stop as Ctrl-C does (exit 3)",
     )
     add(
+        "--max_requests_per_day", type=_positive_int, default=None, metavar="N",
+        help="requests per UTC day, across reruns of one output; then stop (exit 3) until 00:00 UTC",
+    )
+    add("--max_tokens_per_day", type=_positive_int, default=None, metavar="T", help="estimated tokens per UTC day, as above")
+    add(
         "--price_input_per_mtok", type=_non_negative_float, default=None, metavar="DOLLARS",
         help="US dollars per million input tokens, for every model, instead of the genai-prices data (private deployments, models "
         "it does not know); with --price_output_per_mtok",

@@ -345,6 +345,11 @@ class Settings:
     request_rate: float | None = None
     #: Seeds the Poisson gaps, so a benchmark can be replayed; None: a different draw each run.
     arrival_seed: int | None = 0
+    #: Daily limits, per UTC day (`core.daily_limit`): reached, the run stops (exit 3 on the command line) before the
+    #: request that would pass one. A file job counts across reruns of its output (`<results>.day`); a bare
+    #: `Processor` counts what it sends. None: no limit.
+    max_requests_per_day: int | None = None
+    max_tokens_per_day: int | None = None
     # The command's flag names, as keyword arguments, so what works on the command line works here
     # (`Settings(url, max_attempts=2, max_requests_per_minute=500)`). Each sets its field of `retry` or
     # `limits`; "auto" (or None) leaves a limit to be learned. Not stored: read them from `retry` and `limits`.
@@ -396,6 +401,10 @@ class Settings:
             raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.arrivals not in ARRIVAL_MODES:
             raise ValueError(f"arrivals must be one of {ARRIVAL_MODES}, got {self.arrivals!r}")
+        for name in ("max_requests_per_day", "max_tokens_per_day"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
         if self.request_rate is not None and not 0 < self.request_rate < float("inf"):
             raise ValueError(f"request_rate must be a positive number of requests per second, got {self.request_rate}")
 

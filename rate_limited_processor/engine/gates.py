@@ -5,15 +5,16 @@ Usage (the feeder; each gate is an object with one method, as aiometer's meters 
     for gate in (Slots(run), OneAtATime(run)):                  # before the next request is read
         await gate.wait(None)
     job = await intake.next_job(source)
-    for gate in (BudgetGate(run, budget), LaneGate(run, feedback), ArrivalsGate(run), LimiterGate(run)):
+    for gate in (BudgetGate(run, budget), LaneGate(run, feedback), ArrivalsGate(run), LimiterGate(run), DailyGate(run, daily)):
         if not await gate.wait(job):                            # False: the run stops
             return
 
 In order: a slot of `--max_in_flight`; one request at a time while the endpoint fails or the server answers
 nobody (`Health.one_at_a_time`); the request's estimated cost in `--max_cost_usd`; the lane (account, model)
 that can take it soonest, once it may take one more (not while its first request awaits the answer that tells its
-limits, nor beyond its window of requests in flight); the arrival process (`--arrivals`, none by default); and
-the lane's limiter, for its estimated tokens. A gate that lets the request through at once does not yield to the
+limits, nor beyond its window of requests in flight); the arrival process (`--arrivals`, none by default);
+the lane's limiter, for its estimated tokens; and the day's limits (`--max_requests_per_day`, `--max_tokens_per_day`),
+last, so the day counts exactly the requests sent. A gate that lets the request through at once does not yield to the
 event loop.
 """
 
@@ -21,17 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from ..core.arrivals import Arrivals
 from ..core.budget import Budget
+from ..core.daily_limit import DailyLimit, SharedDaySpend, day_of
 from ..core.learned_limits import SendMark
 from .context import RunContext
 from .feedback import Feedback
 from .job import Job
 from .lanes import Lane
 
-__all__ = ["ArrivalsGate", "BudgetGate", "Gate", "LaneGate", "LimiterGate", "OneAtATime", "Slots"]
+__all__ = ["ArrivalsGate", "BudgetGate", "DailyGate", "Gate", "LaneGate", "LimiterGate", "OneAtATime", "Slots"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -207,4 +210,68 @@ class LimiterGate:
             self._run.limiter_failed(error)
             return False
         job.mark = SendMark(self._run.now(), admitted.requests, admitted.tokens)
+        return True
+
+
+#: Seconds of wall time between two saves of the day's spend while requests go (and one at each stop and run end).
+DAY_SAVE_INTERVAL = 1.0
+
+
+class DailyGate:
+    """`--max_requests_per_day`, `--max_tokens_per_day`: count the request in the day's spend, or, when it would pass a
+    daily limit, stop the run (spend does not come back, so nothing is worth waiting for). With `shared` (Redis), the
+    day's count is every process's on the same limit key. `save` is given the day's record (`DailyLimit.record`) at
+    most every `DAY_SAVE_INTERVAL` seconds and when the run stops here."""
+
+    __slots__ = ("_run", "_daily", "_save", "_saved_at", "_shared")
+
+    def __init__(
+        self, run: RunContext, daily: DailyLimit, save: Callable[[dict[str, Any]], None] | None = None, shared: SharedDaySpend | None = None,
+    ) -> None:
+        self._run = run
+        self._daily = daily
+        self._save = save
+        self._saved_at = float("-inf")
+        self._shared = shared
+
+    async def wait(self, job: Job, /) -> bool:
+        daily, wall = self._daily, self._run.clock.wall()
+        if self._shared is not None:
+            counted = await self._take_shared(job.tokens, wall)
+            if counted is None:
+                return False
+        else:
+            counted = daily.fits(job.tokens, wall)
+            if counted:
+                daily.spend(job.tokens, wall)
+        if not counted:
+            reason = daily.stop_reason(job.tokens, wall)
+            logger.warning("%s; stopping the run", reason)
+            self._run.stop(reason)
+            self._write(wall)
+            return False
+        return wall - self._saved_at < DAY_SAVE_INTERVAL or self._write(wall)
+
+    async def _take_shared(self, tokens: int, wall: float) -> bool | None:
+        """Count the request in the shared day's spend: whether it fitted, or None when the count cannot be reached."""
+        assert self._shared is not None
+        daily, day = self._daily, day_of(wall)
+        try:
+            counted, requests, spent_tokens = await self._shared.take(day, tokens, daily.requests, daily.tokens)
+        except Exception as error:
+            self._run.limiter_failed(error)
+            return None
+        daily.adopt(day, requests, spent_tokens)
+        return counted
+
+    def _write(self, wall: float) -> bool:
+        """Save the day's record; a spend that cannot be kept stops the run (a rerun would not know it)."""
+        if self._save is None:
+            return True
+        try:
+            self._save(self._daily.record())
+        except OSError as error:
+            self._run.stop(f"cannot write the day's spend ({error.filename or 'the day file'}): {error.strerror or error}; a rerun resumes")
+            return False
+        self._saved_at = wall
         return True

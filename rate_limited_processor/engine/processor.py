@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -46,6 +46,7 @@ from ..base.models import RequestResult
 from ..config.credentials import scrubber_for
 from ..config.settings import Settings
 from ..core.budget import Budget
+from ..core.daily_limit import DailyLimit, SharedDaySpend
 from ..core.limiter import InProcessLimiter, RateLimiter
 from ..core.scheduler import Scheduler
 from ..core.stats import RunStats
@@ -56,7 +57,7 @@ from .attempt import Attempts
 from .collector import fewer_collections
 from .context import RunContext, Store
 from .feedback import Feedback
-from .gates import ArrivalsGate, BudgetGate, Gate, LaneGate, LimiterGate, OneAtATime, Slots
+from .gates import ArrivalsGate, BudgetGate, DailyGate, Gate, LaneGate, LimiterGate, OneAtATime, Slots
 from .health import OUTAGE_ATTEMPTS as OUTAGE_ATTEMPTS  # the old `runner.OUTAGE_ATTEMPTS` still imports
 from .intake import Intake
 from .job import Job
@@ -116,17 +117,27 @@ class Processor:
         max_ahead: int | None = None,
         limiter_factory: LimiterFactory | None = None,
         budget: Budget | None = None,
+        daily: DailyLimit | None = None,
+        save_day: Callable[[dict[str, Any]], None] | None = None,
+        shared_day: SharedDaySpend | None = None,
     ) -> None:
         """`transport` replaces the network (real HTTP through aiohttp by default); the run never closes one
         it was given. `clock` is where every wait and deadline is read from. `max_ahead` bounds how far past
         the oldest unfinished request the run may read, for a consumer that restores input order. `budget`
-        (`--max_cost_usd`) stops the run before a request whose estimated cost would not fit in it.
+        (`--max_cost_usd`) stops the run before a request whose estimated cost would not fit in it. `daily` (made from
+        the settings' per-day limits when not given) stops it before a request that would pass a daily limit, and
+        `save_day` is given its record to keep (the file job writes it beside the results); `shared_day` (Redis) counts
+        every process's spend on one key instead of this one's alone.
 
         Each (account, model) lane gets a limiter of its own: an `InProcessLimiter` by default, or what
         `limiter_factory(account, model, limits)` makes (Redis, with the lane in the key); the run closes
         those at its end. A single `limiter` instead is shared by every lane, and left open."""
         self.settings = settings
         self.budget = budget
+        if daily is None and (settings.max_requests_per_day is not None or settings.max_tokens_per_day is not None):
+            daily = DailyLimit(settings.max_requests_per_day, settings.max_tokens_per_day)
+        #: The day's spend against `--max_requests_per_day` / `--max_tokens_per_day`; None without either.
+        self.daily = daily
         self.clock = clock
         #: The run's endpoint. None when `request_url` is only an API root ("https://api.openai.com/v1"),
         #: for Batch input whose lines name their own; then lines without a url are rejected.
@@ -155,6 +166,7 @@ class Processor:
             LaneGate(run, self._feedback, tell_new_lanes=limiter is not None),
             ArrivalsGate(run),
             LimiterGate(run),
+            *((DailyGate(run, daily, save_day, shared_day),) if daily is not None else ()),
         )
         self._started = False
 

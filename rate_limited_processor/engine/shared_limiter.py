@@ -31,12 +31,15 @@ import os
 import random
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..base.errors import LimiterUnavailable
 from ..config.settings import Account
 from ..core.limiter import Admission, Limits
+
+if TYPE_CHECKING:
+    from .shared_day import RedisDaySpend
 
 __all__ = ["RedisLimiter", "RedisLimiterFactory", "SharedLimiterUnavailable", "default_limit_key", "redis_location"]
 
@@ -297,6 +300,13 @@ class RedisLimiterFactory:
         key = self.key_for(account, model)
         self.keys.append(key)
         return RedisLimiter(self._client, key, limits, owns_client=False, **self._kwargs)
+
+    def day_spend(self, api_key: str | None) -> RedisDaySpend:
+        """The per-day limits' count, one per run's key: `--limit_key`, else the API's host and a hash of `api_key`
+        (across models: a daily quota is the key's, not a model's)."""
+        from .shared_day import RedisDaySpend
+
+        return RedisDaySpend(self._client, self._limit_key or default_limit_key(self._request_url, None, api_key))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -3,7 +3,7 @@
 A summary pointed at the results file would replace the paid results; a report pointed at the input, the
 input; a lock file that happens to be the accounts file, the accounts. So before anything is opened for
 writing, each file the run will write (the results, their lock and resume index, the batch record, the
-summary, the reports) is compared with every other file of the run (the input, the accounts file, ...), and a
+summary, the reports, the day's spend) is compared with every other file of the run (the input, the accounts file, ...), and a
 run where two are one file is refused, writing nothing. Files are compared as the system knows them: an
 existing file by its device and inode (so a hard link or a symlink is caught), one not yet made by its path
 with every symlink resolved.
@@ -25,8 +25,9 @@ from .resume import sidecar_path
 
 __all__ = ["RunFile", "check_apart", "job_files", "same_file_key", "named", "still_names"]
 
-#: The sidecars every file job writes beside its results: `<results>.lock` and `<results>.index`.
-JOB_SIDECARS = ("lock", "index")
+#: The sidecars every file job writes beside its results: `<results>.lock` and `<results>.index`, and
+#: `<results>.day` with a daily limit (`day_file.py`).
+JOB_SIDECARS = ("lock", "index", "day")
 
 
 @dataclass(frozen=True, slots=True)

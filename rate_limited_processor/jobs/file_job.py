@@ -25,10 +25,12 @@ from ..base.errors import RunStopped
 from ..base.models import RequestResult
 from ..config.settings import DEFAULT_ORDERED_WINDOW, DEFAULT_SHUTDOWN_GRACE, Settings
 from ..core.budget import Budget
+from ..core.daily_limit import DailyLimit, SharedDaySpend
 from ..core.limiter import RateLimiter
 from ..core.stats import RunStats
 from ..engine.lanes import LimiterFactory
 from ..engine.processor import Processor
+from ..files.day_file import read_day_record, write_day_record
 from ..files.output_file import OutputLock, check_output_path
 from ..files.request_io import OutputFormat, ResultWriter, read_requests
 from ..transport.http import SendFunction, Transport
@@ -68,6 +70,7 @@ async def run_file_job(
     benchmark: RunReport | None = None,
     budget: Budget | None = None,
     watch: Callable[[Processor], None] | None = None,
+    shared_day: SharedDaySpend | None = None,
 ) -> RunStats:
     """Process every line of `requests_path` that has no final row in `save_path` yet, appending one.
 
@@ -83,11 +86,14 @@ async def run_file_job(
     `benchmark` is given every result written, for the benchmark report (`RunReport.build` after the run).
     `budget` (`--max_cost_usd`) stops the run, as a signal does, before a request that would not fit in it.
     `watch` is called with the run's `Processor` before it starts (`--metrics_port` reads it when scraped).
+    `shared_day` (`--redis_url`) counts the per-day limits across processes; `<results>.day` is still written.
     """
     with opened_output(requests_path, save_path, output_format, retry_failed=retry_failed, tidy=True) as output:
+        daily = _daily_limit(settings, save_path)
         processor = Processor(
             settings, limiter=limiter, limiter_factory=limiter_factory, transport=transport, clock=clock,
             max_ahead=ordered_window if ordered else None, budget=budget,
+            daily=daily, save_day=(lambda record: write_day_record(save_path, record)) if daily is not None else None, shared_day=shared_day,
         )
         if watch is not None:
             watch(processor)
@@ -104,6 +110,8 @@ async def run_file_job(
             display.close()
             if limiter is not None:
                 await limiter.aclose()
+            if daily is not None and daily.day:
+                _keep_day(save_path, daily)
         if stats.stop_reason is None and output.done.unclaimed:
             stats.orphan_rows = output.done.unclaimed
             logger.warning(
@@ -111,6 +119,23 @@ async def run_file_job(
                 save_path, output.done.unclaimed, requests_path,
             )
         return stats
+
+
+def _daily_limit(settings: Settings, save_path: str | Path) -> DailyLimit | None:
+    """The settings' per-day limits, with what earlier runs of this output spent (`<results>.day`); None without any."""
+    if settings.max_requests_per_day is None and settings.max_tokens_per_day is None:
+        return None
+    daily = DailyLimit(settings.max_requests_per_day, settings.max_tokens_per_day)
+    daily.restore(read_day_record(save_path))
+    return daily
+
+
+def _keep_day(save_path: str | Path, daily: DailyLimit) -> None:
+    """The day's spend, as the run ends: saved during the run at most once a second, so the last second is saved here."""
+    try:
+        write_day_record(save_path, daily.record())
+    except OSError as error:
+        logger.warning("cannot write the day's spend beside %s: %s", save_path, error.strerror or error)
 
 
 async def _write_rows(
