@@ -52,6 +52,9 @@ def test_a_generate_content_url_on_any_host_is_geminis_and_names_the_endpoint_an
     assert gemini.model_of_url(URL) == "gemini-2.0-flash"
     assert needs_a_key(URL) and not needs_a_key(MOCK_URL)
     assert provider_for("https://api.openai.com/v1/chat/completions") is not gemini.PROVIDER
+    # Its OpenAI-compatible API on the same host speaks OpenAI's bodies and Bearer keys.
+    compatible = "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions"
+    assert provider_for(compatible) is not gemini.PROVIDER and auth_headers_for(compatible, "k") == {"Authorization": "Bearer k"}
 
 
 def test_the_key_goes_in_x_goog_api_key_read_from_gemini_api_key_then_google_api_key() -> None:

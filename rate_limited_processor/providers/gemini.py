@@ -49,9 +49,11 @@ _MODEL_PATH = re.compile(r"/models/(?P<model>[^/:]+):" + METHOD + r"$")
 
 
 def serves(url: str) -> bool:
-    """Any URL whose path ends in `:generateContent`, or any on its host."""
+    """Any URL whose path ends in `:generateContent`, or any on its host but its OpenAI-compatible API
+    (`/v1beta/openai/chat/completions`, which takes OpenAI's bodies and `Authorization: Bearer`)."""
     parts = urlsplit(url)
-    return parts.path.rstrip("/").endswith(":" + METHOD) or parts.hostname == HOST
+    path = parts.path.rstrip("/")
+    return path.endswith(":" + METHOD) or (parts.hostname == HOST and "/openai/" not in f"{path}/")
 
 
 def auth_headers(key: str | None) -> dict[str, str]:
