@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rate_limited_processor"
 #: The mock API is a test double with its own layout, not part of the product's layers.
 OUTSIDE = {"mock_server"}
 MOST_MODULE_LINES, MOST_CLASS_LINES, MOST_FUNCTION_LINES = 500, 250, 80
-PROVIDERS = ("anthropic", "azure", "openai")
+PROVIDERS = ("anthropic", "azure", "gemini", "openai")
 #: Modules outside providers/ that may still name a provider in code: the CLI's help text and examples.
 MOST_MODULES_NAMING_A_PROVIDER = 3
 

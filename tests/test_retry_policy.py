@@ -600,6 +600,7 @@ ANSWERS: dict[Endpoint, dict[str, Any]] = {
     Endpoint.EMBEDDINGS: {"object": "list", "data": [{"index": 0, "embedding": [0.1]}]},
     Endpoint.RESPONSES: {"id": "resp_1", "status": "completed", "output": []},
     Endpoint.MESSAGES: {"id": "msg_1", "type": "message", "content": [{"type": "text", "text": "hi"}], "usage": {"output_tokens": 1}},
+    Endpoint.GENERATE_CONTENT: {"candidates": [{"content": {"parts": [{"text": "hi"}], "role": "model"}}], "usageMetadata": {"promptTokenCount": 1}},
 }
 
 

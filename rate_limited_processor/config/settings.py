@@ -19,7 +19,7 @@ from typing import Any
 from ..core.arrivals import ARRIVAL_MODES, ArrivalMode
 from ..core.limiter import DEFAULT_BURST_SECONDS, Limits
 from ..core.retry_policy import MAX_ATTEMPTS, RetryPolicy
-from ..providers.registry import DEFAULT_KEY_VARIABLE, DEFAULT_REQUEST_URL, former_name, key_variable_for
+from ..providers.registry import DEFAULT_KEY_VARIABLE, DEFAULT_REQUEST_URL, former_name, key_from_environment, key_variable_for
 from .scrubber import Scrubber
 
 __all__ = [
@@ -386,7 +386,7 @@ class Settings:
             object.__setattr__(self, "limits", replace(self.limits, **limits))  # type: ignore[arg-type]  # burst_seconds is never None
         key = self.api_key
         if key is FROM_ENVIRONMENT:
-            key = os.environ.get(key_variable_for(self.request_url)) or None
+            key = key_from_environment(self.request_url, os.environ)
         object.__setattr__(self, "api_key", checked_key(key))
         check_headers(self.extra_headers)
         object.__setattr__(self, "accounts", tuple(self.accounts))

@@ -44,6 +44,7 @@ _ANSWER_FIELDS: Mapping[Endpoint, tuple[tuple[str, type], ...]] = {
     # A finished response has its output; one still running in the background has only its status.
     Endpoint.RESPONSES: (("output", list), ("status", str)),
     Endpoint.MESSAGES: (("content", list),),
+    Endpoint.GENERATE_CONTENT: (("candidates", list),),
 }
 
 
@@ -132,7 +133,7 @@ def classify(outcome: HTTPOutcome, *, endpoint: Endpoint | None = None, now: flo
     reason = _reason(outcome, code, type_, message, relayed=relayed_error, not_the_answer=not_the_answer)
     if relayed_error:  # a proxy relaying an error inside a 2xx: judged by the error, not the 2xx
         status = _status_of_relayed_error(body, code, type_)
-    hint = retry_after_seconds(outcome.headers, message or outcome.text, now=now)
+    hint = retry_after_seconds(outcome.headers, message or outcome.text, now=now, body=body)
     server_says = _should_retry_header(outcome.headers)
     too_large = status == 429 and _is_request_too_large(code, type_, message)
 

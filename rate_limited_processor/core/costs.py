@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from ..base import strict_json
 from ..base.atomic_write import write_json_atomically
-from ..providers.registry import DEFAULT_API_ROOT, DEFAULT_PRICE_PROVIDER
+from ..providers.registry import DEFAULT_API_ROOT, DEFAULT_PRICE_PROVIDER, usage_in_answer
 
 __all__ = [
     "Price",
@@ -229,10 +229,11 @@ def model_of(body: Mapping[str, Any], response: Mapping[str, Any] | None = None)
 
 
 def usage_tokens(response: Mapping[str, Any] | None) -> tuple[int, int] | None:
-    """(input, output) tokens the API's `usage` reports (chat, completions, embeddings, responses); None if none."""
+    """(input, output) tokens the API's `usage` reports (chat, completions, embeddings, responses), or a provider's
+    own field for them (`registry.usage_in_answer`); None if none."""
     usage = response.get("usage") if isinstance(response, (dict, Mapping)) else None
     if not isinstance(usage, (dict, Mapping)):
-        return None
+        return usage_in_answer(response) if isinstance(response, (dict, Mapping)) else None
     prompt, output = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if prompt.__class__ is int and output.__class__ is int and prompt >= 0 and output >= 0 and not _CACHE_FIELDS & usage.keys():
         return prompt, output  # OpenAI's chat and completions: what the general reading below gives, at a glance

@@ -1,4 +1,5 @@
-"""The wait a server asks for: its `retry-after-ms` or `retry-after` header, else the words of its message.
+"""The wait a server asks for: its `retry-after-ms` or `retry-after` header, else its error body's own field
+(Gemini's RetryInfo), else the words of its message.
 
 Pure: the one clock read (for an HTTP-date `retry-after`) can be replaced by passing `now`.
 """
@@ -7,9 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from ..base.durations import http_date, non_negative_number, parse_duration
-from ..providers.registry import ERRORS
+from ..providers.registry import ERRORS, wait_in_body
 
 __all__ = ["retry_after_seconds"]
 
@@ -17,13 +19,14 @@ __all__ = ["retry_after_seconds"]
 _MESSAGE_HINT_RE = ERRORS.wait_pattern()
 
 
-def retry_after_seconds(headers: Mapping[str, str], message: str = "", *, now: float | None = None) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str], message: str = "", *, now: float | None = None, body: Any = None) -> float | None:
     """The wait the server asked for, in seconds, from the first source that gives a sane value:
 
     1. `retry-after-ms` header (milliseconds);
     2. `retry-after` header as seconds, else as an HTTP date (relative to `now`, default `time.time()`;
        a date in the past means 0);
-    3. the message: "Please try again in 1.574s" / "in 7m12s" (Go durations), "Please retry after
+    3. the error `body`'s own field for it, where a provider has one (Gemini's `RetryInfo.retryDelay`);
+    4. the message: "Please try again in 1.574s" / "in 7m12s" (Go durations), "Please retry after
        6 seconds" / "Try again in 20 seconds" (Azure).
 
     A source with a nonsense value (negative, NaN, infinite, garbage) is skipped. None when none applies.
@@ -38,6 +41,10 @@ def retry_after_seconds(headers: Mapping[str, str], message: str = "", *, now: f
     at = http_date(retry_after)
     if at is not None:
         return max(0.0, at - (time.time() if now is None else now))
+    if body is not None:
+        seconds = wait_in_body(body)
+        if seconds is not None:
+            return seconds
     return _message_hint(message)
 
 

@@ -16,6 +16,7 @@ runner's transport, so a whole run can be rehearsed against the same strict mock
 Paths:
     POST /v1/{chat/completions, completions, embeddings, responses}
     POST /v1/messages                                                   (Anthropic's, see `anthropic.py`)
+    POST /{version}/models/{model}:generateContent                      (Gemini's, see `gemini.py`)
     POST /openai/deployments/{deployment}/{endpoint}?api-version=...   (Azure's form)
     /v1/files..., /v1/batches...                                        (the Batch API: `batches.py`)
 """
@@ -33,7 +34,7 @@ from typing import Any
 from ..base import strict_json
 from ..base.clock import Now, loop_time
 from ..providers.endpoints import Endpoint
-from . import anthropic, errors
+from . import anthropic, errors, gemini
 from .batches import MockBatches
 from .config import MockConfig
 from .counting import CountingError, TokenCounter
@@ -91,6 +92,8 @@ _STREAMED = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint
 
 def route(path: str) -> tuple[Endpoint, str | None] | None:
     """The endpoint a path names, and the Azure deployment when it has one; None for a path not served."""
+    if gemini.serves(path):
+        return Endpoint.GENERATE_CONTENT, None
     if path.startswith(OPENAI_PREFIX + "/"):
         deployment, rest = None, path[len(OPENAI_PREFIX) + 1 :]
     elif path.startswith(AZURE_PREFIX + "/"):
@@ -119,6 +122,9 @@ def _presented_keys(request: MockRequest) -> list[str]:
     wrong header is caught."""
     if request.path.rstrip("/").endswith("/" + Endpoint.MESSAGES.value):
         key = anthropic.presented_key(request.headers)
+        return [] if key is None else [key]
+    if gemini.serves(request.path):
+        key = gemini.presented_key(request.headers)
         return [] if key is None else [key]
     if request.path.startswith(AZURE_PREFIX):
         api_key = request.headers.get("api-key")
@@ -237,14 +243,16 @@ class MockApi:
     def _rate_limit_headers(self, endpoint: Endpoint) -> dict[str, str]:
         """The x-ratelimit-* headers (Anthropic's own for /v1/messages) as they stand now; none when playing
         a gateway that sends none."""
-        if not (self.config.ratelimit_headers and self.config.rate_limit_style == "openai"):
-            return {}
+        if not (self.config.ratelimit_headers and self.config.rate_limit_style == "openai") or endpoint is Endpoint.GENERATE_CONTENT:
+            return {}  # Gemini states no limits in headers
         if endpoint is Endpoint.MESSAGES:
             return anthropic.headers(self._gate, self._clock(), self._wall())
         return self._gate.headers(self._clock())
 
     def _decide(self, request: MockRequest, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
         """401, 400, 429 or 200, with the rate-limit headers as they stand after the decision."""
+        if endpoint is Endpoint.GENERATE_CONTENT:
+            return self._check_gemini(request, body, key)
         decision = (
             self._check_message(request, body, key, model)
             if endpoint is Endpoint.MESSAGES
@@ -276,6 +284,27 @@ class MockApi:
         used = anthropic.output_used(body, self.config.output_tokens)
         payload = anthropic.message_payload(body, model=model, key=key, input_tokens=tokens, output_tokens=used)
         return _Decision(json_reply(200, payload), tokens, output_refund=reserved - used)
+
+    def _check_gemini(self, request: MockRequest, body: Any, key: str) -> _Decision:
+        """Gemini's generateContent: its key header, its 400s, a 429 whose wait is in the body, no headers."""
+        if self._auth_failure(request) is not None:
+            return _Decision(gemini.invalid_api_key())
+        problem = "Invalid JSON payload received." if body is _NOT_JSON else gemini.body_problem(body)
+        if problem is not None:
+            return _Decision(gemini.invalid_request(problem))
+        tokens = 0
+        if self._gate.counts_tokens:
+            try:
+                tokens = self._counter.count(Endpoint.GENERATE_CONTENT, body)
+            except CountingError as error:
+                return _Decision(gemini.invalid_request(str(error)))
+        model = gemini.model_of_path(request.path) or self.config.model
+        rejection = self._gate.admit(tokens, self._clock())
+        if rejection is not None:
+            wait = rejection.wait if self.config.rate_limit_hint is None else self.config.rate_limit_hint
+            return _Decision(gemini.rate_limited(rejection, model, wait=wait), retry_after=gemini.announced_wait(wait))
+        answer = gemini.payload(body, model=model, key=key, input_tokens=tokens, output_tokens=self.config.output_tokens)
+        return _Decision(json_reply(200, answer), tokens)
 
     def _check(self, request: MockRequest, endpoint: Endpoint, body: Any, key: str, model: str) -> _Decision:
         auth_failure = self._auth_failure(request)

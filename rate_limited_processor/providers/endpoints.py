@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..base.errors import InvalidRequest, UnsupportedEndpoint
-from . import anthropic
+from . import anthropic, gemini
 from .anthropic import is_anthropic_url
 from .azure import is_azure_url
 
@@ -40,6 +40,8 @@ class Endpoint(enum.Enum):
     RESPONSES = "responses"
     #: Anthropic's Messages API (`https://api.anthropic.com/v1/messages`).
     MESSAGES = "messages"
+    #: Gemini's native API (`.../v1beta/models/MODEL:generateContent`): the path names the model, after a colon.
+    GENERATE_CONTENT = gemini.METHOD
 
     # Members are singletons, compared by identity: hash them so, in C (Enum's own __hash__ is a Python call,
     # and every request looks its endpoint up in a table or two).
@@ -53,11 +55,13 @@ class Endpoint(enum.Enum):
     def charged_tokens(self, prompt_tokens: int, completion_tokens: int) -> int:
         """What a request counts against the tokens-per-minute limit when sent: OpenAI's prompt plus its completion
         budget; Anthropic's input-token limit counts the prompt alone (its output tokens are limited apart)."""
-        return prompt_tokens if self is _MESSAGES else prompt_tokens + completion_tokens
+        return prompt_tokens if self is _MESSAGES or self is _GENERATE_CONTENT else prompt_tokens + completion_tokens
 
     @property
     def batch_api_refusal(self) -> str | None:
         """Why the Batch API (`--mode batch`) cannot take this endpoint's requests; None when it can."""
+        if self is _GENERATE_CONTENT:
+            return gemini.PROVIDER.batch_api_refusal
         return anthropic.PROVIDER.batch_api_refusal if self is _MESSAGES else None
 
     @property
@@ -67,7 +71,7 @@ class Endpoint(enum.Enum):
 
 
 # Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
-_CHAT_COMPLETIONS, _MESSAGES = Endpoint.CHAT_COMPLETIONS, Endpoint.MESSAGES
+_CHAT_COMPLETIONS, _MESSAGES, _GENERATE_CONTENT = Endpoint.CHAT_COMPLETIONS, Endpoint.MESSAGES, Endpoint.GENERATE_CONTENT
 
 _REQUIRED_FIELD = {
     Endpoint.CHAT_COMPLETIONS: "messages",
@@ -75,6 +79,7 @@ _REQUIRED_FIELD = {
     Endpoint.EMBEDDINGS: "input",
     Endpoint.RESPONSES: "input",
     Endpoint.MESSAGES: "messages",
+    Endpoint.GENERATE_CONTENT: "contents",
 }
 
 # Longest suffix first, so ".../chat/completions" is not taken for ".../completions".
@@ -90,10 +95,12 @@ def endpoint_from_url(url: str) -> Endpoint:
     <Endpoint.EMBEDDINGS: 'embeddings'>
     """
     path = urlsplit(url).path.rstrip("/")
+    if path.endswith(":" + _GENERATE_CONTENT.value):
+        return _GENERATE_CONTENT
     for endpoint in _SUFFIXES:
         if path == endpoint.value or path.endswith("/" + endpoint.value):
             return endpoint
-    supported = ", ".join(f"/{e.value}" for e in Endpoint)
+    supported = ", ".join(f":{e.value}" if e is _GENERATE_CONTENT else f"/{e.value}" for e in Endpoint)
     raise UnsupportedEndpoint(f"cannot estimate token cost for {path or url!r}: the URL must end in one of {supported}")
 
 
@@ -135,8 +142,8 @@ def missing_field_reason(endpoint: Endpoint, body: Mapping[str, Any]) -> str | N
     value = body.get(field)
     if value is None:
         return f"missing required field {field!r} for /{endpoint.value}"
-    if (endpoint is _CHAT_COMPLETIONS or endpoint is _MESSAGES) and not (isinstance(value, list) and value):
-        return "field 'messages' must be a non-empty list"
+    if (endpoint is _CHAT_COMPLETIONS or endpoint is _MESSAGES or endpoint is _GENERATE_CONTENT) and not (isinstance(value, list) and value):
+        return f"field {field!r} must be a non-empty list"
     if endpoint is _MESSAGES:
         if not isinstance(body.get("model"), str):
             return "missing required field 'model' for /v1/messages (Anthropic's Messages API names the model in every request)"

@@ -148,6 +148,26 @@ def _messages_pieces(body: Mapping[str, Any]) -> Iterator[Piece]:
     yield from _conversation_pieces(body)
 
 
+def _generate_content_pieces(body: Mapping[str, Any]) -> Iterator[Piece]:
+    """Gemini's: the system instruction and each of `contents` (a role and its parts), and the tools. Inline
+    or uploaded media (`inlineData`, `fileData`) count a flat image's tokens, not their base64 text."""
+    contents = body.get("contents")
+    if not isinstance(contents, list):
+        raise EstimationError(f"'contents' must be a list of contents, not {json_kind(contents)}")
+    system = body.get("systemInstruction")
+    for index, content in enumerate([system, *contents] if system is not None else contents):
+        if not isinstance(content, Mapping):
+            raise EstimationError(f"contents[{index}] must be an object, not {json_kind(content)}")
+        yield TOKENS_PER_MESSAGE
+        parts = content.get("parts")
+        for part in parts if isinstance(parts, list) else [parts]:
+            if isinstance(part, Mapping) and ("inlineData" in part or "fileData" in part):
+                yield IMAGE_TOKENS
+            else:
+                yield from _walk(part)
+    yield from _tool_pieces(body, "tools")
+
+
 def _embeddings_pieces(body: Mapping[str, Any]) -> Iterator[Piece]:
     return token_input_pieces(body.get("input"), "input")
 
@@ -159,6 +179,7 @@ _PIECES: Mapping[Endpoint, Callable[[Mapping[str, Any]], Iterable[Piece]]] = Map
         Endpoint.EMBEDDINGS: _embeddings_pieces,
         Endpoint.RESPONSES: _responses_pieces,
         Endpoint.MESSAGES: _messages_pieces,
+        Endpoint.GENERATE_CONTENT: _generate_content_pieces,
     }
 )
 

@@ -1,5 +1,5 @@
 """What a provider module declares: a `Provider` (its URLs, key, auth headers, rate-limit headers, limits) and
-its `ErrorDialect` (what its error bodies say). The modules `openai`, `azure` and `anthropic` each make one;
+its `ErrorDialect` (what its error bodies say). The modules `openai`, `azure`, `anthropic` and `gemini` each make one;
 `registry` picks the one for a URL. A new provider is a new module of that shape, and a line in `registry`.
 """
 
@@ -120,6 +120,13 @@ class Provider:
     batch_api_refusal: str | None = None
     #: Its id in the price data (`genai-prices`), for a URL the price data does not recognise.
     price_provider: str | None = None
+    #: Variables its key is read from, in turn, when `key_variable` is not set (Gemini's $GOOGLE_API_KEY).
+    more_key_variables: tuple[str, ...] = ()
+    #: Reads the wait an error body asks for, where the provider says it there and not in a header (Gemini's
+    #: RetryInfo); None: its bodies say no wait but in words (`ErrorDialect.wait_words`).
+    wait_in_body: Callable[[Any], float | None] | None = None
+    #: Reads (input, output) tokens from an answer that has no OpenAI-style `usage` (Gemini's usageMetadata).
+    usage_in_answer: Callable[[Mapping[str, Any]], tuple[int, int] | None] | None = None
 
     def __repr__(self) -> str:
         return f"Provider({self.name!r})"

@@ -1,7 +1,7 @@
 """The providers, and which one a URL or an answer's headers belong to.
 
 The rest of the package asks here (`provider_for(url)`), never names a provider: a new provider is a module
-like `openai`, `azure` or `anthropic`, and a line in `PROVIDERS`.
+like `openai`, `azure`, `anthropic` or `gemini`, and a line in `PROVIDERS`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from . import anthropic, azure, openai
+from . import anthropic, azure, gemini, openai
 from .endpoints import Endpoint
 from .provider import ErrorDialect, Provider
 from .rate_limits import RateLimitReport
@@ -25,6 +25,9 @@ __all__ = [
     "ERRORS",
     "provider_for",
     "key_variable_for",
+    "key_from_environment",
+    "wait_in_body",
+    "usage_in_answer",
     "auth_headers_for",
     "needs_a_key",
     "parse_rate_limit_headers",
@@ -35,7 +38,7 @@ __all__ = [
 ]
 
 #: Asked in this order; the last serves any URL (OpenAI-compatible servers).
-PROVIDERS: tuple[Provider, ...] = (anthropic.PROVIDER, azure.PROVIDER, openai.PROVIDER)
+PROVIDERS: tuple[Provider, ...] = (anthropic.PROVIDER, gemini.PROVIDER, azure.PROVIDER, openai.PROVIDER)
 #: What a URL that names no provider speaks.
 DEFAULT_PROVIDER = openai.PROVIDER
 #: The URL a run posts to when none is given.
@@ -64,6 +67,40 @@ def provider_for(url: str) -> Provider:
 def key_variable_for(request_url: str) -> str:
     """The environment variable a key is read from for this URL."""
     return provider_for(request_url).key_variable
+
+
+def key_from_environment(request_url: str, environment: Mapping[str, str]) -> str | None:
+    """The key for this URL from the environment: its provider's variable, else its others in turn (Gemini's)."""
+    provider = provider_for(request_url)
+    for variable in (provider.key_variable, *provider.more_key_variables):
+        if environment.get(variable):
+            return environment[variable]
+    return None
+
+
+#: The providers that say a wait in their error bodies, apart from their words.
+_BODY_WAITS = tuple(provider.wait_in_body for provider in PROVIDERS if provider.wait_in_body is not None)
+
+
+def wait_in_body(body: Any) -> float | None:
+    """The wait an error body asks for in a provider's own field (Gemini's RetryInfo.retryDelay); None if none."""
+    for read in _BODY_WAITS:
+        seconds = read(body)
+        if seconds is not None:
+            return seconds
+    return None
+
+
+_USAGE_READERS = tuple(provider.usage_in_answer for provider in PROVIDERS if provider.usage_in_answer is not None)
+
+
+def usage_in_answer(answer: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(input, output) tokens an answer counts in a provider's own field, not `usage` (Gemini's usageMetadata)."""
+    for read in _USAGE_READERS:
+        counts = read(answer)
+        if counts is not None:
+            return counts
+    return None
 
 
 def auth_headers_for(request_url: str, key: str | None) -> dict[str, str]:

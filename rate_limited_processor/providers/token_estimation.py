@@ -33,7 +33,7 @@ from typing import Any
 import tiktoken
 
 from ..base.errors import EstimationError
-from . import anthropic, openai
+from . import anthropic, gemini, openai
 from .endpoints import Endpoint
 from .prompt_pieces import (
     AUDIO_TOKENS,
@@ -85,11 +85,12 @@ DEFAULT_COMPLETION_TOKENS_BY_ENDPOINT: Mapping[Endpoint, int] = MappingProxyType
         Endpoint.EMBEDDINGS: 0,
         Endpoint.RESPONSES: DEFAULT_COMPLETION_TOKENS,
         Endpoint.MESSAGES: DEFAULT_COMPLETION_TOKENS,  # never used: Anthropic requires max_tokens
+        Endpoint.GENERATE_CONTENT: gemini.DEFAULT_OUTPUT_TOKENS,  # never used: `gemini.output_budget` reads its own
     }
 )
 # Enum members read per request, as globals: on Python 3.11 reading one off its class (EnumType's __getattr__ hook) costs a few times more.
-_CHAT_COMPLETIONS, _COMPLETIONS, _EMBEDDINGS, _RESPONSES, _MESSAGES = (
-    Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS, Endpoint.RESPONSES, Endpoint.MESSAGES,
+_CHAT_COMPLETIONS, _COMPLETIONS, _EMBEDDINGS, _RESPONSES, _MESSAGES, _GENERATE_CONTENT = (
+    Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS, Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.GENERATE_CONTENT,
 )
 #: Fields that cap the tokens generated per choice, in the order we honour them: the current chat name, the
 #: older one (still the only one /completions knows), then the /responses name.
@@ -119,7 +120,7 @@ class TokenEstimator:
     once per machine: `warn_once_per_machine`).
     """
 
-    __slots__ = ("_encoding_name", "_warn", "_fallback_warn", "_counters", "_fallback_used", "_claude_noted")
+    __slots__ = ("_encoding_name", "_warn", "_fallback_warn", "_counters", "_fallback_used", "_noted")
 
     #: Forced encoding, or None to go by each request's model.
     _encoding_name: str | None
@@ -139,7 +140,8 @@ class TokenEstimator:
         self._fallback_warn = warn if warn is not None else warn_once_per_machine
         self._counters = {}
         self._fallback_used = False
-        self._claude_noted = False
+        #: The approximations already said once (Claude's, Gemini's tokenizer notes).
+        self._noted: set[str] = set()
 
     @property
     def fallback_used(self) -> bool:
@@ -165,7 +167,9 @@ class TokenEstimator:
         if self._encoding_name is not None:  # forced for every request, Claude's included
             count_text = self._counter(self._encoding_name)
         elif endpoint.is_anthropic:
-            count_text = self._claude_counter()
+            count_text = self._noted_counter(anthropic.TOKENIZER_NOTE, anthropic.approximate_tokens)
+        elif endpoint is _GENERATE_CONTENT:
+            count_text = self._noted_counter(gemini.TOKENIZER_NOTE, gemini.approximate_tokens)
         else:
             count_text = self._counter(_model_encoding(body))
         if endpoint is _CHAT_COMPLETIONS:
@@ -177,13 +181,13 @@ class TokenEstimator:
             total += count_text(piece) if isinstance(piece, str) else piece
         return total
 
-    def _claude_counter(self) -> _TextCounter:
-        """Claude's tokenizer is not public: 1 token per 4 characters, said once. The tuner's server-side ratio,
-        learned from Anthropic's rate-limit headers, corrects the pace for how far off that is."""
-        if not self._claude_noted:
-            self._claude_noted = True
-            self._warn(anthropic.TOKENIZER_NOTE)
-        return anthropic.approximate_tokens
+    def _noted_counter(self, note: str, counter: _TextCounter) -> _TextCounter:
+        """A tokenizer that is not tiktoken's (Claude's is not public, Gemini's not offline): its approximation,
+        said once. Anthropic's rate-limit headers let the tuner correct the pace for how far off that is."""
+        if note not in self._noted:
+            self._noted.add(note)
+            self._warn(note)
+        return counter
 
     def _counter(self, encoding_name: str) -> _TextCounter:
         counter = self._counters.get(encoding_name)
@@ -256,6 +260,8 @@ def completion_budget(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
     require_object(body)
     if endpoint is _EMBEDDINGS:
         return 0
+    if endpoint is _GENERATE_CONTENT:
+        return gemini.output_budget(body)
     per_choice = _per_choice_budget(endpoint, body)
     if endpoint is _RESPONSES or endpoint is _MESSAGES:
         return per_choice
