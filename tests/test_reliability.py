@@ -88,7 +88,9 @@ async def test_ctrl_c_finishes_in_flight_requests_writes_them_and_exits_3_then_a
     input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(n)])
     output_path = tmp_path / "results.jsonl"
     async with MockServer(MockConfig(latency=0.3)) as server:
-        argv = command(input_path, output_path, server.url("chat/completions"))
+        # 50 a second: the run lasts 8 s, so a test process the machine starves for a few seconds still signals it
+        # with requests in flight (at 100 a second, one starved for 4 s signalled after the last send).
+        argv = command(input_path, output_path, server.url("chat/completions"), "--max_requests_per_minute", "3000")
         first = await start(argv)
         await wait_for_rows(output_path, 50)
         first.send_signal(signal.SIGINT)
