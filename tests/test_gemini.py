@@ -223,3 +223,14 @@ def test_the_judge_of_retry_delays_sees_a_line_sent_too_soon() -> None:
     api.record.append(Served(1.0, Endpoint.GENERATE_CONTENT, 429, "a", retry_after=0.1))
     api.record.append(Served(1.05, Endpoint.GENERATE_CONTENT, 200, "a"))
     assert _sent_before_the_delay(api) == [(1.0, 0.1, 1.05)]
+
+
+@pytest.mark.parametrize("header", ["x-goog-api-key", "X-Goog-Api-Key", "Authorization", "api-key", "x-api-key"])
+def test_a_key_given_with_header_counts_as_a_key_for_every_providers_own_header(header: str) -> None:
+    from rate_limited_processor.base.errors import UsageError
+    from rate_limited_processor.jobs.preflight import check_key_for_provider
+
+    url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent"
+    check_key_for_provider(url, has_key=False, headers={header: "its key"})  # refused before: x-goog-api-key was not known
+    with pytest.raises(UsageError, match="GEMINI_API_KEY"):
+        check_key_for_provider(url, has_key=False, headers={"anthropic-version": "2023-06-01"})

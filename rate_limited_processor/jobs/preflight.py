@@ -22,7 +22,7 @@ from ..base.models import APIRequest, RejectedLine
 from ..config.settings import DEFAULT_REQUEST_URL, key_variable_for
 from ..files.request_io import read_requests
 from ..providers.endpoints import Endpoint, endpoint_from_url, missing_field_reason, resolve_url
-from ..providers.registry import EXAMPLE_REQUEST_URL, needs_a_key
+from ..providers.registry import EXAMPLE_REQUEST_URL, KEY_HEADERS, needs_a_key
 
 __all__ = [
     "INPUT_CHECK_LINES",
@@ -68,17 +68,13 @@ def check_request_url(url: str) -> None:
             raise UsageError(f"--request_url: {parts.path!r} is not an endpoint this tool knows; did you mean {suggestion}?") from None
 
 
-#: Headers that carry a credential, so a key given with --header counts as a key.
-_AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
-
-
 def check_key_for_provider(url: str, *, has_key: bool, headers: Mapping[str, str] | None = None) -> None:
     """Refuse to start without a key when the URL is a provider's own API, naming the variable to set.
 
     Such an API refuses every keyless request (401), so the run would only connect to be told so. A local or
     self-hosted server (vLLM, a gateway, the mock) may want no key, and is left alone.
     """
-    if has_key or any(name.lower() in _AUTH_HEADERS for name in headers or {}):
+    if has_key or any(name.lower() in KEY_HEADERS for name in headers or {}):  # a key given with --header counts
         return
     if not needs_a_key(url):  # a provider's own host answers every request without a key with 401
         return

@@ -29,6 +29,7 @@ __all__ = [
     "wait_in_body",
     "usage_in_answer",
     "auth_headers_for",
+    "KEY_HEADERS",
     "needs_a_key",
     "parse_rate_limit_headers",
     "states_rate_limits",
@@ -101,6 +102,12 @@ def usage_in_answer(answer: Mapping[str, Any]) -> tuple[int, int] | None:
         if counts is not None:
             return counts
     return None
+
+
+#: The headers that carry a key, for any provider (lower case): those its auth headers hold only when given a key.
+KEY_HEADERS = frozenset(
+    name.lower() for provider in PROVIDERS for name in provider.auth_headers("key").keys() - provider.auth_headers(None).keys()
+)
 
 
 def auth_headers_for(request_url: str, key: str | None) -> dict[str, str]:
