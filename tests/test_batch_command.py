@@ -91,7 +91,7 @@ async def test_kill_9_after_the_first_batch_was_created_then_a_rerun_makes_4_bat
     [
         (["--ordered"], "http://127.0.0.1:9/v1/chat/completions", "--ordered is for --mode online"),
         (["--accounts", "accounts.jsonl"], "http://127.0.0.1:9/v1/chat/completions", "--accounts is for --mode online"),
-        ([], "https://api.anthropic.com/v1/messages", "Anthropic's Message Batches API is not supported"),
+        ([], "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent", "not an endpoint of OpenAI's Batch API"),
     ],
 )
 def test_what_batch_mode_does_not_do_is_refused_before_anything_is_sent(

@@ -116,14 +116,14 @@ class BatchLines:
             return
         try:
             _, endpoint, prompt, completion = check_request(item, self.settings.request_url, self.estimator.estimate_parts)
-            if (refusal := endpoint.batch_api_refusal) is not None:
+            if (refusal := self.refusal(endpoint)) is not None:
                 raise InvalidRequest(refusal)
         except InvalidRequest as error:
             self.write(invalid_row(item, f"{item.name}: {error}"))
             return
         model = item.body.get("model") if isinstance(item.body.get("model"), str) else None
-        key = (f"/v1/{endpoint.value}", model)
-        size = _batch_line_size(item, key[0])
+        key = self.group_key(endpoint, model)
+        size = self.line_size(item, key[0])
         group = self._groups.setdefault(key, _Group())
         if group.lines and (len(group.lines) >= self.options.max_lines or group.bytes + size > self.options.max_bytes):
             self._close_group(key)
@@ -134,6 +134,30 @@ class BatchLines:
         group.bytes += size
         group.input_tokens += prompt
         group.output_tokens += completion
+
+    # The batch API's own rules, overridden for another batch API (`message_batches.MessageBatchLines`).
+
+    def refusal(self, endpoint: Endpoint) -> str | None:
+        """Why this batch API cannot take a line for `endpoint`; None when it can."""
+        return endpoint.batch_api_refusal
+
+    def group_key(self, endpoint: Endpoint, model: str | None) -> tuple[str, str | None]:
+        """What lines of one part share: the endpoint's path and the model (a batch takes one of each)."""
+        return (f"/v1/{endpoint.value}", model)
+
+    def line_size(self, item: APIRequest, endpoint: str) -> int:
+        """The bytes the line takes in its part's upload."""
+        return _batch_line_size(item, endpoint)
+
+    def custom_id(self, part: Part, item: APIRequest) -> str:
+        """The custom_id the line is sent under (its answer is found by it)."""
+        return _custom_id(item)
+
+    def read_result(
+        self, item: APIRequest, endpoint: Endpoint, answer: dict[str, Any] | None, batch: dict[str, Any], estimate: tuple[int, int, int],
+    ) -> tuple[RequestResult, bool]:
+        """A line's row from its answer, and whether another try could change it (for the fallback)."""
+        return _result(item, endpoint, answer, batch, estimate)
 
     def close_groups(self) -> None:
         """The lines gathered last become parts too: every line planned is now in a part."""
@@ -158,14 +182,14 @@ class BatchLines:
         endpoint = Endpoint(part.endpoint.removeprefix("/v1/"))
         spent = 0.0
         outcomes: Counter[str] = Counter()
-        expected = {_custom_id(item): item for item in self._items(self.pending[part.number]) if isinstance(item, APIRequest)}
+        expected = {self.custom_id(part, item): item for item in self._items(self.pending[part.number]) if isinstance(item, APIRequest)}
         foreign = sum(1 for custom_id in answers if custom_id not in expected)
         if foreign:  # a mangled or foreign custom_id is nobody's answer, and takes no line's place
             logger.warning("batch %s: %d output lines carry a custom_id this run did not send for them; they are ignored", part.batch_id, foreign)
         for custom_id, item in expected.items():
             offset = answers.get(custom_id)
             answer = self._read_answer(output, offset) if offset is not None else None
-            result, retryable = _result(item, endpoint, answer, batch, self._estimate(item))
+            result, retryable = self.read_result(item, endpoint, answer, batch, self._estimate(item))
             self.stats.record_answer(self.clock.now(), rate_limited=False)
             if retryable and self.options.fallback == "online":
                 self.fallback.add(item.index)
@@ -235,6 +259,10 @@ class BatchLines:
         usage = usage_tokens(result.response)
         price = self.prices.price(result.request.get("model")) if self.prices is not None and usage is not None else None
         return price.dollars(*usage) if price is not None and usage is not None else 0.0
+
+    def items(self, lines: set[int]) -> Iterator[APIRequest | RejectedLine]:
+        """The input lines with these numbers, read again."""
+        return self._items(lines)
 
     def _items(self, lines: set[int]) -> Iterator[APIRequest | RejectedLine]:
         """The input lines with these numbers, read again (only those are parsed)."""

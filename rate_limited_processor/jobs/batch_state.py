@@ -49,6 +49,11 @@ class Part:
     batch_ids: list[str] = field(default_factory=list)
     #: Its results are written (every line has its row).
     done: bool = False
+    #: Message Batches (no metadata, no input file): when (epoch seconds, this machine's clock) its create call
+    #: was about to be made, recorded first, so a rerun looks for an unrecorded batch only among those created since...
+    create_started_at: float | None = None
+    #: ...and the batches such a look found and proved not its (their results carried none of its custom_ids).
+    passed_over: list[str] = field(default_factory=list)
 
     @property
     def filename(self) -> str:

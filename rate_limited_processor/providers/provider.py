@@ -116,8 +116,11 @@ class Provider:
     probe_bodies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: It limits output tokens apart (so that limit too is waited for before the first answer).
     limits_output_tokens: bool = False
-    #: Why `--mode batch` cannot send its requests, or None when it speaks the Batch API (Files and Batches endpoints).
+    #: Why `--mode batch` cannot send its requests, or None when it speaks a batch API.
     batch_api_refusal: str | None = None
+    #: Its `--mode batch` is a Message Batches API (requests in the create call, results by URL), not OpenAI's
+    #: Files and Batches endpoints.
+    message_batches: bool = False
     #: Its id in the price data (`genai-prices`), for a URL the price data does not recognise.
     price_provider: str | None = None
     #: Variables its key is read from, in turn, when `key_variable` is not set (Gemini's $GOOGLE_API_KEY).
