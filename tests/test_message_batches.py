@@ -117,9 +117,8 @@ def test_a_look_alike_batch_of_someone_elses_is_waited_for_proved_not_the_parts_
     assert api.message_batches.created == []
 
     async def someone_else() -> None:  # ...and another client made a batch of the same size meanwhile
-        body = {"requests": [{"custom_id": f"theirs-{i}", "params": message_request(i)} for i in range(100)]}
-        for request in body["requests"]:
-            request["params"].pop("metadata")
+        params = [{name: value for name, value in message_request(i).items() if name != "metadata"} for i in range(100)]
+        body = {"requests": [{"custom_id": f"theirs-{i}", "params": params[i]} for i in range(100)]}
         headers = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
         answer = await MockTransport(api).call(HTTPCall("POST", f"{MOCK_ORIGIN}/v1/messages/batches", headers, json.dumps(body).encode()))
         assert answer.status == 200, answer.body
