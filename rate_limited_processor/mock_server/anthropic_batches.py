@@ -12,8 +12,8 @@ custom_id (`^[a-zA-Z0-9_-]{1,64}$`, unique in the batch), at most 100,000 reques
 (413 request_too_large). A request's `params` are checked when it runs, as the real API does: a bad one ends
 `errored` with invalid_request_error. A batch is `in_progress` for `batch_processing_seconds` after creation,
 then `ended`; `batch_failed_lines` of its requests end errored (api_error) and `batch_expired_lines` expired,
-drawn by seed and custom_id. `batch_never_ends` keeps batches in progress until cancelled (then `canceling`,
-and ended with every request canceled at the next look). `batch_create_delay` holds the create's answer that
+drawn by seed and custom_id. `batch_never_ends` keeps batches in progress until cancelled (then `canceling`
+for a second, and ended with every request not yet ended canceled). `batch_create_delay` holds the create's answer that
 many seconds after the batch exists (a client killed meanwhile never learns its id). Results are served in an
 order shuffled by seed. It says nothing the real API would not say.
 
@@ -50,6 +50,8 @@ MAX_REQUESTS = 100_000
 MAX_BODY_BYTES = 256 * 1024**2
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _WINDOW_SECONDS = 24 * 3600
+#: Seconds a cancelled batch is "canceling" before it ends.
+_CANCEL_SECONDS = 1.0
 _COUNT_NAMES = ("processing", "succeeded", "errored", "canceled", "expired")
 
 
@@ -61,6 +63,7 @@ class _Batch:
     created_wall: float
     status: str = "in_progress"
     cancel_at: float | None = None
+    cancel_clock: float = 0.0
     ended_wall: float | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
 
@@ -175,6 +178,7 @@ class MockMessageBatches:
         if batch.status == "in_progress":
             batch.status = "canceling"
             batch.cancel_at = self._wall()
+            batch.cancel_clock = self._clock()
         return json_reply(200, self._object(batch, origin))
 
     def _results(self, batch: _Batch) -> Reply:
@@ -190,7 +194,8 @@ class MockMessageBatches:
         if batch.status == "ended":
             return
         if batch.status == "canceling":
-            self._end(batch, canceled=True)
+            if self._clock() >= batch.cancel_clock + _CANCEL_SECONDS:
+                self._end(batch, canceled=True)
         elif not self.config.batch_never_ends and self._clock() >= batch.created_at + self.config.batch_processing_seconds:
             self._end(batch, canceled=False)
 
