@@ -16,6 +16,10 @@ is sent only when its estimated cost (at batch prices) fits beside what the ende
 of those running. Lines a batch failed or let expire end as failure rows, or with `fallback="online"` are sent
 online once the batches are done. Ctrl-C leaves the batches running and says how to collect or cancel them.
 
+With a Messages URL the batch API is a Message Batches API (`message_batches.py`): `_MessageBatchJob` replaces
+the steps that differ (`_send`: the requests go in the create call; `_poll`, `_fetch`: ended, then the results
+URL; `_owns`: a batch found by listing is the part's only if its results say so), and the rest is shared.
+
 This module is the batch mode of the job pipeline (`pipeline.py` holds the steps it shares with the online mode): the
 run and its batches. The lines, their parts and their rows are in `batch_rows.py`.
 """
