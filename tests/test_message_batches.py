@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 
 from rate_limited_processor import Settings
+from rate_limited_processor.base.errors import NoAnswer, TransportError
 from rate_limited_processor.files.resume import sidecar_path
 from rate_limited_processor.jobs.batch_api import HTTPCall
 from rate_limited_processor.jobs.batch_job import BatchOptions, run_batch_job
@@ -179,3 +180,32 @@ def test_a_bad_line_is_an_errored_result_and_a_line_for_another_endpoint_is_refu
     assert rows[2][1][0].startswith("line 3: missing required field 'messages'"), rows[2]
     assert len(api.message_batches.received) == 2, "the line that cannot be a Messages request was never sent"
     assert MessageBatchLines.refusal(cast(Any, None), Endpoint.EMBEDDINGS) is not None and MessageBatchLines.refusal(cast(Any, None), Endpoint.MESSAGES) is None
+
+
+class LosesCreateAnswers:
+    """The mock behind a network that loses the first create: after it reached the API (`reached`) or before."""
+
+    def __init__(self, api: MockApi, *, reached: bool) -> None:
+        self.transport = MockTransport(api)
+        self.reached, self.lost = reached, 0
+
+    async def call(self, call: Any, sink: Any = None) -> Any:
+        creating = call.method == "POST" and call.url.endswith("/v1/messages/batches")
+        if creating and not self.lost:
+            self.lost += 1
+            if self.reached:
+                await self.transport.call(call, sink)
+            raise TransportError(NoAnswer.BROKEN, "ClientOSError: [Errno 104] Connection reset by peer")
+        return await self.transport.call(call, sink)
+
+
+@pytest.mark.parametrize("reached", [True, False], ids=["made-then-lost", "lost-on-the-way"])
+def test_a_create_that_gets_no_answer_is_looked_for_before_it_is_tried_again(tmp_path: Path, reached: bool) -> None:
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [message_request(i) for i in range(150)])
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(**QUICK))
+
+    stats = run_batch(api, input_path, output_path, http=LosesCreateAnswers(api, reached=reached), max_lines=100)
+
+    assert stats.stop_reason is None and ids_of(read_rows(output_path)) == Counter(range(150))
+    assert len(api.message_batches.created) == 2 and max(api.message_batches.received.values()) == 1

@@ -45,11 +45,13 @@ MAX_BATCHES_SEARCHED = 1_000
 
 class BatchAPIError(ProcessorError):
     """The Files or Batches API refused a call, or gave no answer after every try. `status`: the refusal's HTTP
-    status (404: the API does not know the file or batch), None when no answer came."""
+    status (404: the API does not know the file or batch), None when no answer came. `unanswered`: the call got
+    no answer and was not tried again (asked for by a call that may have been made all the same)."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, unanswered: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.unanswered = unanswered
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +177,10 @@ class BatchAPI:
             after = f"&after={last}"
         return None
 
-    async def _json(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> dict[str, Any]:
-        response = await self._call(method, path, body, content_type)
+    async def _json(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None, *, once_unanswered: bool = False,
+    ) -> dict[str, Any]:
+        response = await self._call(method, path, body, content_type, once_unanswered=once_unanswered)
         try:
             value = strict_json.loads(response.body.decode("utf-8"))
         except (UnicodeDecodeError, strict_json.InvalidJSON) as error:
@@ -187,8 +191,10 @@ class BatchAPI:
 
     async def _call(
         self, method: str, path: str, body: bytes = b"", content_type: str | None = None, *,
-        sink: IO[bytes] | None = None, before_retry: Callable[[], None] | None = None,
+        sink: IO[bytes] | None = None, before_retry: Callable[[], None] | None = None, once_unanswered: bool = False,
     ) -> TransportResponse:
+        """The call's 2xx answer; tried again after no answer (unless `once_unanswered`: then BatchAPIError with
+        `unanswered`), a 429 or a 5xx, up to `CALL_ATTEMPTS` times."""
         headers = dict(self._headers)
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -200,6 +206,8 @@ class BatchAPI:
                 response = await self._http.call(call, sink)
             except TransportError as error:
                 problem = self._scrub(str(error))
+                if once_unanswered:
+                    raise BatchAPIError(f"{where}: no answer ({problem})", unanswered=True) from None
             else:
                 if 200 <= response.status < 300:
                     return response

@@ -372,15 +372,15 @@ class _MessageBatchJob(_BatchJob):
 
     async def _send(self, part: Part, recorded: bool) -> dict[str, Any]:
         """Create the part's batch, recording first when its create began; or find the one a killed run created."""
+        known = {batch_id for other in self.state.parts for batch_id in other.batch_ids}
         if recorded and part.create_started_at is not None:
-            known = {batch_id for other in self.state.parts for batch_id in other.batch_ids}
             found = await self.api.unrecorded_batch(part, known)
             if found is not None:
                 self.display.note(f"{part.describe()}: batch {found.get('id')} seems the one a stopped run created for it; its results will tell")
                 return found
         part.create_started_at = self.clock.wall()
         self.state.save()  # before the create: a rerun knows to look for a batch it may have made
-        return await self.api.create_batch(self.lines.content(part))
+        return await self.api.create_batch(part, self.lines.content(part), known)
 
     async def _poll(self) -> bool:
         ended = False

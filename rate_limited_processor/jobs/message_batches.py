@@ -35,7 +35,7 @@ from ..core.retry_policy import answer_problem
 from ..files.resume import identity_of_item
 from ..providers import anthropic as api_shapes
 from ..providers.endpoints import Endpoint
-from .batch_api import MAX_BATCHES_SEARCHED, BatchAPI, BatchAPIError
+from .batch_api import CALL_ATTEMPTS, FIRST_CALL_DELAY, MAX_BATCHES_SEARCHED, MAX_CALL_DELAY, BatchAPI, BatchAPIError
 from .batch_rows import BatchLines
 from .batch_state import Part
 
@@ -44,6 +44,8 @@ __all__ = ["MessageBatchesAPI", "MessageBatchLines", "messages_root", "owns_answ
 #: Seconds this machine's clock and the API's may disagree by, when listing the batches created since a create began.
 CLOCK_SLACK = 300.0
 _PAGE = 100
+#: A custom_id's length but for its line number: "rlp-<16 hex>-part-0001-" and "-<16 hex>" (a part number past 9,999 adds a digit).
+_CUSTOM_ID_LENGTH = len("rlp-0123456789abcdef-part-00001-") + 17
 
 
 def messages_root(request_url: str) -> str:
@@ -65,9 +67,22 @@ class MessageBatchesAPI(BatchAPI):
         """Whether a batch has ended (every request succeeded, errored, was canceled or expired)."""
         return api_shapes.batch_ended(batch)
 
-    async def create_batch(self, body: bytes) -> dict[str, Any]:
-        """POST {root}/batches with the part's requests."""
-        return await self._json("POST", api_shapes.BATCHES, body, "application/json")
+    async def create_batch(self, part: Part, body: bytes, known: set[str]) -> dict[str, Any]:
+        """POST {root}/batches with the part's requests. A create that gets no answer may have been made all the
+        same: before it is tried again, the batch it may have made is looked for (`unrecorded_batch`)."""
+        delay = FIRST_CALL_DELAY
+        for attempt in range(1, CALL_ATTEMPTS + 1):
+            try:
+                return await self._json("POST", api_shapes.BATCHES, body, "application/json", once_unanswered=True)
+            except BatchAPIError as error:
+                if not error.unanswered or attempt == CALL_ATTEMPTS:
+                    raise
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, MAX_CALL_DELAY)
+            found = await self.unrecorded_batch(part, known)
+            if found is not None:
+                return found
+        raise AssertionError("unreachable: the last try raises")
 
     async def get(self, batch_id: str) -> dict[str, Any]:
         return await self._json("GET", f"{api_shapes.BATCHES}/{batch_id}")
@@ -129,7 +144,7 @@ class MessageBatchLines(BatchLines):
 
     def line_size(self, item: APIRequest, endpoint: str) -> int:
         params = json.dumps(item.body, ensure_ascii=False, separators=(",", ":")).encode()
-        return api_shapes.batch_request_size("x" * (len("rlp--part-0000---") + 32 + len(str(item.index))), params)
+        return api_shapes.batch_request_size("x" * (_CUSTOM_ID_LENGTH + len(str(item.index))), params)
 
     def custom_id(self, part: Part, item: APIRequest) -> str:
         return f"{part.token}-{item.index}-{identity_of_item(item):016x}"
