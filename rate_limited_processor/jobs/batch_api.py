@@ -124,9 +124,13 @@ def multipart_form(fields: Mapping[str, str], file_field: str, filename: str, co
 class BatchAPI:
     """The calls batch mode makes, to one API root ("https://api.openai.com/v1"), with the run's auth headers."""
 
-    __slots__ = ("root", "_headers", "_http", "_scrub", "_clock")
+    __slots__ = ("root", "query", "_headers", "_http", "_scrub", "_clock")
 
-    def __init__(self, root: str, headers: Mapping[str, str], *, http: BatchHTTP, scrub: Scrubber, clock: Clock = LOOP_CLOCK) -> None:
+    def __init__(
+        self, root: str, headers: Mapping[str, str], *, http: BatchHTTP, scrub: Scrubber, clock: Clock = LOOP_CLOCK, query: str = "",
+    ) -> None:
+        """`query` is added to every call's URL (Azure's "api-version=...")."""
+        self.query = query
         self.root = root.rstrip("/")
         self._headers = dict(headers)
         self._http = http
@@ -198,7 +202,7 @@ class BatchAPI:
         headers = dict(self._headers)
         if content_type is not None:
             headers["Content-Type"] = content_type
-        call = HTTPCall(method, self.root + path, headers, body)
+        call = HTTPCall(method, self.root + _with_query(path, self.query), headers, body)
         where = f"{method} {self.root}{_path_only(path)}"
         problem = ""
         for attempt, delay in enumerate(_delays(), start=1):
@@ -241,6 +245,10 @@ def _delays() -> Iterator[float]:
 def _data(listing: Mapping[str, Any]) -> list[dict[str, Any]]:
     data = listing.get("data")
     return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+
+
+def _with_query(path: str, query: str) -> str:
+    return f"{path}{'&' if '?' in path else '?'}{query}" if query else path
 
 
 def _path_only(path: str) -> str:

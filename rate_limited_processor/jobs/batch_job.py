@@ -92,18 +92,22 @@ async def run_batch_job(
     requests_path, save_path = Path(requests_path), Path(save_path)
     sidecars = (*JOB_SIDECARS, SIDECAR_KIND)
     with opened_output(requests_path, save_path, output_format, retry_failed=retry_failed, sidecars=sidecars) as output:
-        message_batches = provider_for(settings.request_url).message_batches
-        root = messages_root(settings.request_url) if message_batches else api_root(settings.request_url)
+        provider = provider_for(settings.request_url)
+        message_batches = provider.message_batches
+        place = provider.batch_place(settings.request_url) if provider.batch_place is not None else None
+        root = messages_root(settings.request_url) if message_batches else place.root if place is not None else api_root(settings.request_url)
         state = BatchState.load(sidecar_path(save_path, SIDECAR_KIND), root)
         network = http if http is not None else AiohttpBatchHTTP()
-        api = (MessageBatchesAPI if message_batches else BatchAPI)(root, auth_headers(settings), http=network, scrub=scrubber_for(settings), clock=clock)
+        api = (MessageBatchesAPI if message_batches else BatchAPI)(
+            root, auth_headers(settings), http=network, scrub=scrubber_for(settings), clock=clock, query=place.query if place is not None else "",
+        )
         stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, batch=True)
         output.count_earlier(stats)
         display = progress_display(stats, settings, requests_path, show_progress, status_interval, count=True)
         try:
             with ResultWriter(save_path, cast(OutputFormat, output.format), index=True) as writer:
                 lines = (MessageBatchLines if message_batches else BatchLines)(
-                    settings, requests_path, writer, state, options, budget.prices if budget is not None else prices, clock, stats, display,
+                    settings, requests_path, writer, state, options, budget.prices if budget is not None else prices, clock, stats, display, place,
                 )
                 job = (_MessageBatchJob if message_batches else _BatchJob)(lines, api, budget, transport)
                 with stop_signals(handle_signals, job.stop, job.stop_again):
@@ -189,7 +193,7 @@ class _BatchJob:
             logger.error("%s", self.stop_reason)
         if self.stop_reason is not None:
             self.stats.stop_reason = self.stop_reason
-            say_what_runs(self.state, self.api.root, self.budget)
+            say_what_runs(self.state, self.api.root, self.budget, self.api.query)
         self.state.save()
         if self.stop_reason is None and not self.stats.unfinished:
             self.state.remove()
@@ -274,7 +278,7 @@ class _BatchJob:
         found = await self.api.find_batch(PART_METADATA_KEY, part.token) if recorded else None
         if found is not None and found.get("input_file_id") == part.file_id and found.get("id") not in part.batch_ids:
             return found
-        return await self.api.create(part.file_id, part.endpoint, {PART_METADATA_KEY: part.token})
+        return await self.api.create(part.file_id, self.lines.batch_endpoint(part), {PART_METADATA_KEY: part.token})
 
     async def _poll(self) -> bool:
         """Ask after every running batch; collect the ones that ended. True when one ended (room may have freed)."""

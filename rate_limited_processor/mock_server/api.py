@@ -128,7 +128,7 @@ def _presented_keys(request: MockRequest) -> list[str]:
     if gemini.serves(request.path):
         key = gemini.presented_key(request.headers)
         return [] if key is None else [key]
-    if request.path.startswith(AZURE_PREFIX):
+    if request.path.startswith(AZURE_PREFIX) or request.path.startswith(("/openai/files", "/openai/batches")):
         api_key = request.headers.get("api-key")
         return [] if api_key is None else [api_key.strip()]
     authorization = request.headers.get("authorization", "")
