@@ -209,3 +209,27 @@ def test_a_create_that_gets_no_answer_is_looked_for_before_it_is_tried_again(tmp
 
     assert stats.stop_reason is None and ids_of(read_rows(output_path)) == Counter(range(150))
     assert len(api.message_batches.created) == 2 and max(api.message_batches.received.values()) == 1
+
+
+def test_every_batch_call_carries_the_key_in_x_api_key_and_the_version_header(tmp_path: Path) -> None:
+    key = "sk-ant-test-0123456789abcdef"
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [message_request(i) for i in range(20)])
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(**QUICK, api_key=key))
+    seen: list[dict[str, str]] = []
+
+    class Watched(MockTransport):
+        async def call(self, call: Any, sink: Any = None) -> Any:
+            seen.append({name.lower(): value for name, value in call.headers.items()})
+            return await super().call(call, sink)
+
+    async def main() -> Any:
+        return await run_batch_job(
+            Settings(request_url=MESSAGES_URL, api_key=key), input_path, output_path, options=BatchOptions(poll_interval=10.0),
+            http=Watched(api), show_progress=False,
+        )
+
+    stats = run_virtual(main())
+    assert (stats.succeeded, stats.stop_reason) == (20, None)
+    assert seen and all(headers.get("x-api-key") == key and headers.get("anthropic-version") == "2023-06-01" for headers in seen)
+    assert all("authorization" not in headers for headers in seen)
