@@ -125,9 +125,10 @@ def test_a_look_alike_batch_of_someone_elses_is_waited_for_proved_not_the_parts_
         assert answer.status == 200, answer.body
 
     run_virtual(someone_else())
-    run_batch(api, input_path, output_path, max_lines=100)
+    stats = run_batch(api, input_path, output_path, max_lines=100)
 
     assert ids_of(read_rows(output_path)) == Counter(range(100))
+    assert (stats.succeeded, stats.failed) == (100, 0), "every row from the part's own batch, none from the look-alike"
     theirs, ours = api.message_batches.created
     assert api.message_batches._batches[theirs].status == "ended" and api.message_batches.outcomes["canceled"] == 0, "never cancelled"
     assert len(api.message_batches.received) == 200 and max(api.message_batches.received.values()) == 1
