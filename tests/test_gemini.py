@@ -141,6 +141,8 @@ def test_the_double_answers_geminis_shapes_with_no_rate_limit_headers() -> None:
     assert _ask(api, gemini_request(1), {"authorization": "Bearer secret"}).status == 400  # not where Gemini reads it
     ok = _ask(api, gemini_request(1), {"x-goog-api-key": "secret"})
     assert ok.status == 200 and isinstance(ok.json()["candidates"], list) and ok.json()["usageMetadata"]["candidatesTokenCount"] > 0
+    # Its output stops at the request's maxOutputTokens (8), as Gemini's does, though the mock would say 40.
+    assert ok.json()["usageMetadata"]["candidatesTokenCount"] == 8 and ok.json()["candidates"][0]["finishReason"] == "MAX_TOKENS"
     assert not states_rate_limits(ok.headers)
     refused = _ask(api, gemini_request(2), {"x-goog-api-key": "secret"})  # the one-second bucket holds one request
     assert refused.status == 429 and not states_rate_limits(refused.headers) and "retry-after" not in refused.headers

@@ -172,9 +172,16 @@ def body_problem(body: Any) -> str | None:
 
 
 def payload(body: Mapping[str, Any], *, model: str, key: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    """The 200 body: one candidate of `output_tokens` words, and its usageMetadata."""
+    """The 200 body: one candidate of `output_tokens` words, cut off at the request's `maxOutputTokens` (finishReason
+    MAX_TOKENS), and its usageMetadata."""
+    config = body.get("generationConfig")
+    most = config.get("maxOutputTokens") if isinstance(config, Mapping) else None
+    cut = isinstance(most, int) and 0 < most < output_tokens
+    if isinstance(most, int) and cut:
+        output_tokens = most
+    finish = "MAX_TOKENS" if cut else "STOP"
     return {
-        "candidates": [{"content": {"parts": [{"text": " ".join(["echo"] * output_tokens)}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+        "candidates": [{"content": {"parts": [{"text": " ".join(["echo"] * output_tokens)}], "role": "model"}, "finishReason": finish, "index": 0}],
         "usageMetadata": {"promptTokenCount": input_tokens, "candidatesTokenCount": output_tokens, "totalTokenCount": input_tokens + output_tokens},
         "modelVersion": model,
         "responseId": hashlib.sha256(key.encode()).hexdigest()[:24],
