@@ -91,7 +91,7 @@ async def test_kill_9_after_the_first_batch_was_created_then_a_rerun_makes_4_bat
     [
         (["--ordered"], "http://127.0.0.1:9/v1/chat/completions", "--ordered is for --mode online"),
         (["--accounts", "accounts.jsonl"], "http://127.0.0.1:9/v1/chat/completions", "--accounts is for --mode online"),
-        ([], "https://api.anthropic.com/v1/messages", "Anthropic's Message Batches API is not supported"),
+        ([], "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent", "not an endpoint of OpenAI's Batch API"),
     ],
 )
 def test_what_batch_mode_does_not_do_is_refused_before_anything_is_sent(
@@ -99,8 +99,9 @@ def test_what_batch_mode_does_not_do_is_refused_before_anything_is_sent(
 ) -> None:
     from rate_limited_processor.cli import main
 
-    body = {"model": "claude-haiku-4-5", "max_tokens": 8} if "anthropic" in url else {"model": "gpt-4o-mini"}
-    input_path = write_jsonl(tmp_path / "requests.jsonl", [{**body, "messages": [{"role": "user", "content": "hi"}]}])
+    gemini = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    line = gemini if "generateContent" in url else {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [line])
     write_jsonl(tmp_path / "accounts.jsonl", [{"name": "a", "api_key": "sk-a-0123456789"}])
     flags = [str(tmp_path / flag) if flag.endswith(".jsonl") else flag for flag in extra]
     code = main(["--requests_filepath", str(input_path), "--request_url", url, "--mode", "batch", *flags])

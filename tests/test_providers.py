@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rate_limited_processor.providers import anthropic, azure, openai
+from rate_limited_processor.providers import anthropic, azure, gemini, openai
 from rate_limited_processor.providers.endpoints import Endpoint
 from rate_limited_processor.providers.registry import (
     DEFAULT_PROVIDER,
@@ -57,9 +57,10 @@ def test_the_headers_say_whose_they_are_whatever_the_url() -> None:
     assert states_rate_limits(anthropic_headers) and not states_rate_limits({"x-request-id": "1"})
 
 
-def test_only_the_messages_and_gemini_apis_are_refused_by_the_batch_api() -> None:
+def test_only_the_messages_and_gemini_apis_are_refused_by_the_files_and_batches_api_and_anthropic_speaks_its_own() -> None:
     assert [endpoint for endpoint in Endpoint if endpoint.batch_api_refusal is not None] == [Endpoint.MESSAGES, Endpoint.GENERATE_CONTENT]
-    assert not anthropic.PROVIDER.speaks_batch_api and openai.PROVIDER.speaks_batch_api and azure.PROVIDER.speaks_batch_api
+    assert openai.PROVIDER.speaks_batch_api and azure.PROVIDER.speaks_batch_api and not gemini.PROVIDER.speaks_batch_api
+    assert anthropic.PROVIDER.speaks_batch_api and anthropic.PROVIDER.message_batches and not openai.PROVIDER.message_batches
     assert openai.PROVIDER.curl_auth() == '-H "Authorization: Bearer $OPENAI_API_KEY"'
 
 

@@ -102,8 +102,9 @@ def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
         raise UsageError("--output_format parquet is for --mode online: --mode batch writes JSONL rows")
     if args.accounts is not None:
         raise UsageError("--accounts is for --mode online: --mode batch sends the file through one account's Batch API")
-    if not provider_for(request_url).speaks_batch_api:
-        raise UsageError("--mode batch speaks OpenAI's Batch API; Anthropic's Message Batches API is not supported: use --mode online")
+    provider = provider_for(request_url)
+    if not provider.speaks_batch_api:
+        raise UsageError(f"--mode batch: {provider.batch_api_refusal}")
 
 
 def _check_key(settings: Settings) -> None:

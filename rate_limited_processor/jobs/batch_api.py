@@ -45,11 +45,13 @@ MAX_BATCHES_SEARCHED = 1_000
 
 class BatchAPIError(ProcessorError):
     """The Files or Batches API refused a call, or gave no answer after every try. `status`: the refusal's HTTP
-    status (404: the API does not know the file or batch), None when no answer came."""
+    status (404: the API does not know the file or batch), None when no answer came. `unanswered`: the call got
+    no answer and was not tried again (asked for by a call that may have been made all the same)."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, unanswered: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.unanswered = unanswered
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +124,13 @@ def multipart_form(fields: Mapping[str, str], file_field: str, filename: str, co
 class BatchAPI:
     """The calls batch mode makes, to one API root ("https://api.openai.com/v1"), with the run's auth headers."""
 
-    __slots__ = ("root", "_headers", "_http", "_scrub", "_clock")
+    __slots__ = ("root", "query", "_headers", "_http", "_scrub", "_clock")
 
-    def __init__(self, root: str, headers: Mapping[str, str], *, http: BatchHTTP, scrub: Scrubber, clock: Clock = LOOP_CLOCK) -> None:
+    def __init__(
+        self, root: str, headers: Mapping[str, str], *, http: BatchHTTP, scrub: Scrubber, clock: Clock = LOOP_CLOCK, query: str = "",
+    ) -> None:
+        """`query` is added to every call's URL (Azure's "api-version=...")."""
+        self.query = query
         self.root = root.rstrip("/")
         self._headers = dict(headers)
         self._http = http
@@ -175,8 +181,10 @@ class BatchAPI:
             after = f"&after={last}"
         return None
 
-    async def _json(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> dict[str, Any]:
-        response = await self._call(method, path, body, content_type)
+    async def _json(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None, *, once_unanswered: bool = False,
+    ) -> dict[str, Any]:
+        response = await self._call(method, path, body, content_type, once_unanswered=once_unanswered)
         try:
             value = strict_json.loads(response.body.decode("utf-8"))
         except (UnicodeDecodeError, strict_json.InvalidJSON) as error:
@@ -187,12 +195,14 @@ class BatchAPI:
 
     async def _call(
         self, method: str, path: str, body: bytes = b"", content_type: str | None = None, *,
-        sink: IO[bytes] | None = None, before_retry: Callable[[], None] | None = None,
+        sink: IO[bytes] | None = None, before_retry: Callable[[], None] | None = None, once_unanswered: bool = False,
     ) -> TransportResponse:
+        """The call's 2xx answer; tried again after no answer (unless `once_unanswered`: then BatchAPIError with
+        `unanswered`), a 429 or a 5xx, up to `CALL_ATTEMPTS` times."""
         headers = dict(self._headers)
         if content_type is not None:
             headers["Content-Type"] = content_type
-        call = HTTPCall(method, self.root + path, headers, body)
+        call = HTTPCall(method, self.root + _with_query(path, self.query), headers, body)
         where = f"{method} {self.root}{_path_only(path)}"
         problem = ""
         for attempt, delay in enumerate(_delays(), start=1):
@@ -200,6 +210,8 @@ class BatchAPI:
                 response = await self._http.call(call, sink)
             except TransportError as error:
                 problem = self._scrub(str(error))
+                if once_unanswered:
+                    raise BatchAPIError(f"{where}: no answer ({problem})", unanswered=True) from None
             else:
                 if 200 <= response.status < 300:
                     return response
@@ -233,6 +245,10 @@ def _delays() -> Iterator[float]:
 def _data(listing: Mapping[str, Any]) -> list[dict[str, Any]]:
     data = listing.get("data")
     return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+
+
+def _with_query(path: str, query: str) -> str:
+    return f"{path}{'&' if '?' in path else '?'}{query}" if query else path
 
 
 def _path_only(path: str) -> str:

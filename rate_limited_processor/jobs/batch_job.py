@@ -16,6 +16,10 @@ is sent only when its estimated cost (at batch prices) fits beside what the ende
 of those running. Lines a batch failed or let expire end as failure rows, or with `fallback="online"` are sent
 online once the batches are done. Ctrl-C leaves the batches running and says how to collect or cancel them.
 
+With a Messages URL the batch API is a Message Batches API (`message_batches.py`): `_MessageBatchJob` replaces
+the steps that differ (`_send`: the requests go in the create call; `_poll`, `_fetch`: ended, then the results
+URL; `_owns`: a batch found by listing is the part's only if its results say so), and the rest is shared.
+
 This module is the batch mode of the job pipeline (`pipeline.py` holds the steps it shares with the online mode): the
 run and its batches. The lines, their parts and their rows are in `batch_rows.py`.
 """
@@ -26,7 +30,7 @@ import asyncio
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import IO, Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from ..base.clock import LOOP_CLOCK, Clock
@@ -39,11 +43,13 @@ from ..files.request_io import OutputFormat, ResultWriter, read_requests
 from ..files.resume import sidecar_path
 from ..files.side_files import JOB_SIDECARS
 from ..providers.endpoints import resolve_url
+from ..providers.registry import provider_for
 from ..transport.http import SendFunction, Transport
 from ..ui.display import ProgressDisplay
 from .batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, BatchHTTP
 from .batch_rows import BatchLines, BatchOptions, Fallback, index_answers, say_what_runs
 from .batch_state import PART_METADATA_KEY, BatchState, Part
+from .message_batches import MessageBatchesAPI, MessageBatchLines, messages_root, owns_answers
 from .pipeline import opened_output, progress_display, skip_done, stop_signals
 
 __all__ = ["BatchOptions", "Fallback", "run_batch_job", "api_root", "SIDECAR_KIND"]
@@ -86,19 +92,24 @@ async def run_batch_job(
     requests_path, save_path = Path(requests_path), Path(save_path)
     sidecars = (*JOB_SIDECARS, SIDECAR_KIND)
     with opened_output(requests_path, save_path, output_format, retry_failed=retry_failed, sidecars=sidecars) as output:
-        root = api_root(settings.request_url)
+        provider = provider_for(settings.request_url)
+        message_batches = provider.message_batches
+        place = provider.batch_place(settings.request_url) if provider.batch_place is not None else None
+        root = messages_root(settings.request_url) if message_batches else place.root if place is not None else api_root(settings.request_url)
         state = BatchState.load(sidecar_path(save_path, SIDECAR_KIND), root)
         network = http if http is not None else AiohttpBatchHTTP()
-        api = BatchAPI(root, auth_headers(settings), http=network, scrub=scrubber_for(settings), clock=clock)
+        api = (MessageBatchesAPI if message_batches else BatchAPI)(
+            root, auth_headers(settings), http=network, scrub=scrubber_for(settings), clock=clock, query=place.query if place is not None else "",
+        )
         stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, batch=True)
         output.count_earlier(stats)
         display = progress_display(stats, settings, requests_path, show_progress, status_interval, count=True)
         try:
             with ResultWriter(save_path, cast(OutputFormat, output.format), index=True) as writer:
-                lines = BatchLines(
-                    settings, requests_path, writer, state, options, budget.prices if budget is not None else prices, clock, stats, display,
+                lines = (MessageBatchLines if message_batches else BatchLines)(
+                    settings, requests_path, writer, state, options, budget.prices if budget is not None else prices, clock, stats, display, place,
                 )
-                job = _BatchJob(lines, api, budget, transport)
+                job = (_MessageBatchJob if message_batches else _BatchJob)(lines, api, budget, transport)
                 with stop_signals(handle_signals, job.stop, job.stop_again):
                     for item in skip_done(read_requests(requests_path), output.done):
                         lines.plan(item)
@@ -138,6 +149,8 @@ class _BatchJob:
         self.waiting: list[Part] = []
         #: Parts tried again for room while none of this run's batches ran: refused again, they stop the run.
         self._tried_alone: set[int] = set()
+        #: Parts to send again at once (a Message Batch found for a part proved another's).
+        self.requeued: list[Part] = []
         #: Parts' dollars held in the budget while they run.
         self._reserved: dict[int, float] = {}
         self.stop_reason: str | None = None
@@ -180,7 +193,7 @@ class _BatchJob:
             logger.error("%s", self.stop_reason)
         if self.stop_reason is not None:
             self.stats.stop_reason = self.stop_reason
-            say_what_runs(self.state, self.api.root, self.budget)
+            say_what_runs(self.state, self.api.root, self.budget, self.api.query)
         self.state.save()
         if self.stop_reason is None and not self.stats.unfinished:
             self.state.remove()
@@ -207,6 +220,8 @@ class _BatchJob:
                 return
             await self.clock.sleep(self.options.poll_interval)
             ended = await self._poll()
+            queue[:0] = self.requeued
+            self.requeued.clear()
             self.display.tick()  # the bar moves, and a status line is printed when one is due
             if ended and self.waiting:
                 queue[:0] = self.waiting  # room may have freed: they go first, from their uploaded files
@@ -237,19 +252,8 @@ class _BatchJob:
         return None if price is None else price.dollars(part.input_tokens, part.output_tokens)
 
     async def _submit(self, part: Part) -> None:
-        """Upload the part's input file (unless it is on record or was uploaded unrecorded), then create its batch."""
-        recorded = part.number in self.recorded
-        if part.file_id is None:
-            found = await self.api.find_file(part.filename) if recorded else None
-            if found is None:
-                found = await self.api.upload(part.filename, self.lines.content(part))
-            part.file_id = _id_of(found, "file")
-            self.state.save()
-        found = await self.api.find_batch(PART_METADATA_KEY, part.token) if recorded else None
-        if found is not None and found.get("input_file_id") == part.file_id and found.get("id") not in part.batch_ids:
-            batch = found
-        else:
-            batch = await self.api.create(part.file_id, part.endpoint, {PART_METADATA_KEY: part.token})
+        """Send the part (`_send`), record its batch, and watch it."""
+        batch = await self._send(part, part.number in self.recorded)
         part.batch_ids.append(_id_of(batch, "batch"))
         self.state.save()
         self.recorded.add(part.number)  # on record now: a later try of it looks for what this one made
@@ -259,7 +263,22 @@ class _BatchJob:
             self._reserved[part.number] = cost
         self.stats.attempts += len(self.lines.pending[part.number])
         self.running.append(part)
-        self.display.note(f"{part.describe()}: batch {part.batch_id} created from file {part.file_id}")
+        via = f" from file {part.file_id}" if part.file_id is not None else ""
+        self.display.note(f"{part.describe()}: batch {part.batch_id} created{via}")
+
+    async def _send(self, part: Part, recorded: bool) -> dict[str, Any]:
+        """Upload the part's input file (unless it is on record or was uploaded unrecorded), then create its batch
+        (or find the one a killed run created unrecorded)."""
+        if part.file_id is None:
+            found = await self.api.find_file(part.filename) if recorded else None
+            if found is None:
+                found = await self.api.upload(part.filename, self.lines.content(part))
+            part.file_id = _id_of(found, "file")
+            self.state.save()
+        found = await self.api.find_batch(PART_METADATA_KEY, part.token) if recorded else None
+        if found is not None and found.get("input_file_id") == part.file_id and found.get("id") not in part.batch_ids:
+            return found
+        return await self.api.create(part.file_id, self.lines.batch_endpoint(part), {PART_METADATA_KEY: part.token})
 
     async def _poll(self) -> bool:
         """Ask after every running batch; collect the ones that ended. True when one ended (room may have freed)."""
@@ -299,18 +318,28 @@ class _BatchJob:
         """Download what the batch answered and write a row for each of the part's lines without one."""
         with tempfile.TemporaryFile(dir=self.lines.writer.path.parent) as output:
             answers: dict[str, int] = {}
-            for name in ("output_file_id", "error_file_id"):
-                file_id = batch.get(name)
-                if isinstance(file_id, str):
-                    start = output.seek(0, 2)
-                    await self.api.download(file_id, output)
-                    index_answers(output, start, answers)
+            await self._fetch(batch, output, answers)
+            if not self._owns(part, batch, answers):
+                return
             spent, outcomes = self.lines.collect(part, batch, output, answers)
         self._release(part, spent)
         part.done = not self.lines.pending[part.number]
         self.state.save()
         counts = ", ".join(f"{count:,} {outcome}" for outcome, count in outcomes.items()) or "no rows to write"
-        self.display.note(f"{part.describe()}: batch {part.batch_id} {batch.get('status')}: {counts}")
+        self.display.note(f"{part.describe()}: batch {part.batch_id} {batch.get('status') or batch.get('processing_status')}: {counts}")
+
+    async def _fetch(self, batch: dict[str, Any], output: IO[bytes], answers: dict[str, int]) -> None:
+        """Download what an ended batch answered into `output`, indexing each answer by its custom_id."""
+        for name in ("output_file_id", "error_file_id"):
+            file_id = batch.get(name)
+            if isinstance(file_id, str):
+                start = output.seek(0, 2)
+                await self.api.download(file_id, output)
+                index_answers(output, start, answers)
+
+    def _owns(self, part: Part, batch: dict[str, Any], answers: dict[str, int]) -> bool:
+        """Whether the batch's answers are the part's (a batch found by its metadata always is)."""
+        return True
 
     def _fail_part(self, part: Part, reason: str) -> None:
         """The whole batch failed (not for room): its lines end as failures, or go online with the fallback."""
@@ -337,6 +366,64 @@ class _BatchJob:
     def stop_again(self, name: str) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+
+class _MessageBatchJob(_BatchJob):
+    """A Message Batches API's run (`message_batches.py`): a part's requests go in its create call, its batch is
+    asked after until it has ended, and its results are read from its results URL."""
+
+    api: MessageBatchesAPI
+
+    async def _send(self, part: Part, recorded: bool) -> dict[str, Any]:
+        """Create the part's batch, recording first when its create began; or find the one a killed run created."""
+        known = {batch_id for other in self.state.parts for batch_id in other.batch_ids}
+        if recorded and part.create_started_at is not None:
+            found = await self.api.unrecorded_batch(part, known)
+            if found is not None:
+                self.display.note(f"{part.describe()}: batch {found.get('id')} seems the one a stopped run created for it; its results will tell")
+                return found
+        part.create_started_at = self.clock.wall()
+        self.state.save()  # before the create: a rerun knows to look for a batch it may have made
+        return await self.api.create_batch(part, self.lines.content(part), known)
+
+    async def _poll(self) -> bool:
+        ended = False
+        for part in list(self.running):
+            assert part.batch_id is not None
+            try:
+                batch = await self.api.get(part.batch_id)
+            except BatchAPIError as error:
+                if error.status != 404:
+                    raise
+                self.running.remove(part)
+                ended = True
+                self._fail_part(part, (
+                    f"batch {part.batch_id} is not known to the API (HTTP 404: deleted, or created with another key or workspace), so "
+                    "its results cannot be had; rerun with --retry_failed to send these lines again"
+                ))
+                continue
+            if self.api.ended(batch):
+                self.running.remove(part)
+                ended = True
+                await self._collect(part, batch)
+        return ended
+
+    async def _fetch(self, batch: dict[str, Any], output: IO[bytes], answers: dict[str, int]) -> None:
+        await self.api.results(batch, output)
+        index_answers(output, 0, answers)
+
+    def _owns(self, part: Part, batch: dict[str, Any], answers: dict[str, int]) -> bool:
+        """A batch found by listing is the part's only if its results carry the part's custom_ids; else it is set
+        aside (never cancelled: it is someone else's) and the part is sent again."""
+        if not answers or owns_answers(part, answers):
+            return True
+        batch_id = part.batch_ids.pop()
+        part.passed_over.append(batch_id)
+        self._release(part, 0.0)
+        self.state.save()
+        self.display.note(f"{part.describe()}: batch {batch_id} proved another's (none of its results is this part's); the part is sent again")
+        self.requeued.append(part)
+        return False
 
 
 def api_root(request_url: str) -> str:

@@ -31,6 +31,7 @@ from ..engine.processor import Processor
 from ..files.request_io import ResultWriter, parse_request_line
 from ..files.resume import identity_of_item
 from ..providers.endpoints import Endpoint, check_request
+from ..providers.provider import BatchPlace
 from ..providers.registry import provider_for
 from ..providers.token_estimation import TokenEstimator
 from ..transport.http import SendFunction, Transport
@@ -77,8 +78,11 @@ class BatchLines:
 
     def __init__(
         self, settings: Settings, requests_path: Path, writer: ResultWriter, state: BatchState, options: BatchOptions,
-        prices: PriceBook | None, clock: Clock, stats: RunStats, display: ProgressDisplay,
+        prices: PriceBook | None, clock: Clock, stats: RunStats, display: ProgressDisplay, place: BatchPlace | None = None,
     ) -> None:
+        """`place`: where the provider keeps its Batch API when not OpenAI's way (how it names endpoints, the model
+        of a line naming none)."""
+        self.place = place
         self.settings = settings
         self.requests_path = requests_path
         self.writer = writer
@@ -116,14 +120,14 @@ class BatchLines:
             return
         try:
             _, endpoint, prompt, completion = check_request(item, self.settings.request_url, self.estimator.estimate_parts)
-            if (refusal := endpoint.batch_api_refusal) is not None:
+            if (refusal := self.refusal(endpoint)) is not None:
                 raise InvalidRequest(refusal)
         except InvalidRequest as error:
             self.write(invalid_row(item, f"{item.name}: {error}"))
             return
-        model = item.body.get("model") if isinstance(item.body.get("model"), str) else None
-        key = (f"/v1/{endpoint.value}", model)
-        size = _batch_line_size(item, key[0])
+        model = item.body.get("model") if isinstance(item.body.get("model"), str) else self.place.model if self.place is not None else None
+        key = self.group_key(endpoint, model)
+        size = self.line_size(item, key[0])
         group = self._groups.setdefault(key, _Group())
         if group.lines and (len(group.lines) >= self.options.max_lines or group.bytes + size > self.options.max_bytes):
             self._close_group(key)
@@ -134,6 +138,30 @@ class BatchLines:
         group.bytes += size
         group.input_tokens += prompt
         group.output_tokens += completion
+
+    # The batch API's own rules, overridden for another batch API (`message_batches.MessageBatchLines`).
+
+    def refusal(self, endpoint: Endpoint) -> str | None:
+        """Why this batch API cannot take a line for `endpoint`; None when it can."""
+        return endpoint.batch_api_refusal
+
+    def group_key(self, endpoint: Endpoint, model: str | None) -> tuple[str, str | None]:
+        """What lines of one part share: the endpoint's path and the model (a batch takes one of each)."""
+        return (f"/v1/{endpoint.value}", model)
+
+    def line_size(self, item: APIRequest, endpoint: str) -> int:
+        """The bytes the line takes in its part's upload."""
+        return _batch_line_size(item, endpoint)
+
+    def custom_id(self, part: Part, item: APIRequest) -> str:
+        """The custom_id the line is sent under (its answer is found by it)."""
+        return _custom_id(item)
+
+    def read_result(
+        self, item: APIRequest, endpoint: Endpoint, answer: dict[str, Any] | None, batch: dict[str, Any], estimate: tuple[int, int, int],
+    ) -> tuple[RequestResult, bool]:
+        """A line's row from its answer, and whether another try could change it (for the fallback)."""
+        return _result(item, endpoint, answer, batch, estimate)
 
     def close_groups(self) -> None:
         """The lines gathered last become parts too: every line planned is now in a part."""
@@ -147,8 +175,20 @@ class BatchLines:
 
     def content(self, part: Part) -> bytes:
         """The part's Batch input file: one line per input line of it, as the Batch API takes them."""
-        lines = [_batch_line(item, part.endpoint) for item in self._items(set(part.line_numbers())) if isinstance(item, APIRequest)]
+        endpoint = self.batch_endpoint(part)
+        lines = [_batch_line(item, endpoint, self._body_sent(item)) for item in self._items(set(part.line_numbers())) if isinstance(item, APIRequest)]
         return ("\n".join(lines) + "\n").encode()
+
+    def batch_endpoint(self, part: Part) -> str:
+        """How the batch and its lines name the part's endpoint ("/v1/chat/completions"; Azure's without /v1)."""
+        return self.place.endpoint(part.endpoint) if self.place is not None else part.endpoint
+
+    def _body_sent(self, item: APIRequest) -> dict[str, Any]:
+        """The line's body as its batch sends it: naming the place's model when it names none (its custom_id is
+        still the line's own)."""
+        if self.place is None or self.place.model is None or isinstance(item.body.get("model"), str):
+            return item.body
+        return {**item.body, "model": self.place.model}
 
     # -- rows ---------------------------------------------------------------------------------------------
 
@@ -158,14 +198,14 @@ class BatchLines:
         endpoint = Endpoint(part.endpoint.removeprefix("/v1/"))
         spent = 0.0
         outcomes: Counter[str] = Counter()
-        expected = {_custom_id(item): item for item in self._items(self.pending[part.number]) if isinstance(item, APIRequest)}
+        expected = {self.custom_id(part, item): item for item in self._items(self.pending[part.number]) if isinstance(item, APIRequest)}
         foreign = sum(1 for custom_id in answers if custom_id not in expected)
         if foreign:  # a mangled or foreign custom_id is nobody's answer, and takes no line's place
             logger.warning("batch %s: %d output lines carry a custom_id this run did not send for them; they are ignored", part.batch_id, foreign)
         for custom_id, item in expected.items():
             offset = answers.get(custom_id)
             answer = self._read_answer(output, offset) if offset is not None else None
-            result, retryable = _result(item, endpoint, answer, batch, self._estimate(item))
+            result, retryable = self.read_result(item, endpoint, answer, batch, self._estimate(item))
             self.stats.record_answer(self.clock.now(), rate_limited=False)
             if retryable and self.options.fallback == "online":
                 self.fallback.add(item.index)
@@ -236,6 +276,10 @@ class BatchLines:
         price = self.prices.price(result.request.get("model")) if self.prices is not None and usage is not None else None
         return price.dollars(*usage) if price is not None and usage is not None else 0.0
 
+    def items(self, lines: set[int]) -> Iterator[APIRequest | RejectedLine]:
+        """The input lines with these numbers, read again."""
+        return self._items(lines)
+
     def _items(self, lines: set[int]) -> Iterator[APIRequest | RejectedLine]:
         """The input lines with these numbers, read again (only those are parsed)."""
         if not lines:
@@ -276,8 +320,9 @@ def _result(
     return replace(failed, errors=(f"{code or 'error'}: {_message_of({'error': error})}",)), code in _RETRYABLE_CODES
 
 
-def _batch_line(item: APIRequest, endpoint: str) -> str:
-    return json.dumps({"custom_id": _custom_id(item), "method": "POST", "url": endpoint, "body": item.body}, ensure_ascii=False, separators=(",", ":"))
+def _batch_line(item: APIRequest, endpoint: str, body: dict[str, Any] | None = None) -> str:
+    body = item.body if body is None else body
+    return json.dumps({"custom_id": _custom_id(item), "method": "POST", "url": endpoint, "body": body}, ensure_ascii=False, separators=(",", ":"))
 
 
 def _batch_line_size(item: APIRequest, endpoint: str) -> int:
@@ -313,7 +358,7 @@ def _message_of(body: Any) -> str:
     return "(no error message)"
 
 
-def say_what_runs(state: BatchState, api_root: str, budget: Budget | None) -> None:
+def say_what_runs(state: BatchState, api_root: str, budget: Budget | None, query: str = "") -> None:
     """How to collect or cancel the batches left running (never the key: the variable it comes from)."""
     running = [part for part in state.parts if not part.done and part.batch_id is not None]
     if not running:
@@ -321,7 +366,10 @@ def say_what_runs(state: BatchState, api_root: str, budget: Budget | None) -> No
     lines = [f"{len(running)} batch{'es' if len(running) > 1 else ''} left running at the API:"]
     lines.extend(f"  {part.batch_id}: {part.describe()}" for part in running)
     lines.append(f"rerun the same command to collect their results (they are recorded in {state.path}), or cancel them:")
-    lines.extend(f"  curl -X POST {api_root}/batches/{part.batch_id}/cancel {provider_for(api_root).curl_auth()}" for part in running)
+    def cancel_url(batch_id: str | None) -> str:  # quoted when it has a query (a shell reads & and ?)
+        return f"'{api_root}/batches/{batch_id}/cancel?{query}'" if query else f"{api_root}/batches/{batch_id}/cancel"
+
+    lines.extend(f"  curl -X POST {cancel_url(part.batch_id)} {provider_for(api_root).curl_auth()}" for part in running)
     logger.warning("%s", "\n".join(lines))
     if budget is not None and budget.in_flight:
         logger.warning("those batches may still cost up to %s (estimated)", format_dollars(budget.in_flight))

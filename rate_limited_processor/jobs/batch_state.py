@@ -4,7 +4,8 @@ A part is a set of input lines sent as one Batch input file. It is recorded befo
 and again after each step (uploaded: its file id; submitted: its batch ids), always by replacing the whole
 file atomically. So a run killed at any point leaves a record a rerun can trust: it resumes the batches
 already created, finds an upload or a batch the killed run made but did not record (by the part's token,
-which names the file and rides in the batch's metadata), and never sends a line twice.
+which names the file and rides in the batch's metadata; for Message Batches, which have neither, by when
+its create began and its custom_ids: `message_batches.py`), and never sends a line twice.
 
 No credentials are kept: the API root (scheme, host, path), ids, line numbers and token counts only.
 """
@@ -49,6 +50,11 @@ class Part:
     batch_ids: list[str] = field(default_factory=list)
     #: Its results are written (every line has its row).
     done: bool = False
+    #: Message Batches (no metadata, no input file): when (epoch seconds, this machine's clock) its create call
+    #: was about to be made, recorded first, so a rerun looks for an unrecorded batch only among those created since...
+    create_started_at: float | None = None
+    #: ...and the batches such a look found and proved not its (their results carried none of its custom_ids).
+    passed_over: list[str] = field(default_factory=list)
 
     @property
     def filename(self) -> str:

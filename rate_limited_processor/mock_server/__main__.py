@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_validation_seconds", type=float, default=0.5, help="the Batch API: seconds a new batch validates (default: 0.5)")
     add("--batch_processing_seconds", type=float, default=5.0, help="the Batch API: seconds from a batch's creation to its end (default: 5)")
     add("--batch_failed_lines", type=float, default=0.0, help="the Batch API: fraction of lines answered 500 (default: 0)")
+    add("--batch_never_ends", action="store_true", help="Message Batches: batches stay in progress until cancelled")
+    add("--batch_create_delay", type=float, default=0.0, help="Message Batches: seconds the create's answer is held after the batch exists")
     add("--batch_expired_lines", type=float, default=0.0, help="the Batch API: fraction of lines left to expire; their batch ends expired (default: 0)")
     add(
         "--batch_enqueued_token_limit", type=int, default=None,
@@ -167,6 +169,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         batch_processing_seconds=args.batch_processing_seconds,
         batch_failed_lines=args.batch_failed_lines,
         batch_expired_lines=args.batch_expired_lines,
+        batch_never_ends=args.batch_never_ends,
+        batch_create_delay=args.batch_create_delay,
         batch_enqueued_token_limit=args.batch_enqueued_token_limit,
     )
 

@@ -31,6 +31,7 @@ __all__ = [
     "headers",
     "invalid_api_key",
     "invalid_request",
+    "missing_api_key",
     "message_payload",
     "overloaded",
     "presented_key",
@@ -55,6 +56,10 @@ def _error(status: int, type_: str, message: str, headers: Mapping[str, str] | N
 
 def invalid_api_key() -> Reply:
     return _error(401, "authentication_error", "invalid x-api-key")
+
+
+def missing_api_key() -> Reply:
+    return _error(401, "authentication_error", "x-api-key header is required")
 
 
 def invalid_request(message: str) -> Reply:

@@ -19,6 +19,7 @@ Paths:
     POST /{version}/models/{model}:generateContent                      (Gemini's, see `gemini.py`)
     POST /openai/deployments/{deployment}/{endpoint}?api-version=...   (Azure's form)
     /v1/files..., /v1/batches...                                        (the Batch API: `batches.py`)
+    /v1/messages/batches...                                             (Message Batches: `anthropic_batches.py`)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..base import strict_json
 from ..base.clock import Now, loop_time
 from ..providers.endpoints import Endpoint
 from . import anthropic, errors, gemini
+from .anthropic_batches import MockMessageBatches
 from .batches import MockBatches
 from .config import MockConfig
 from .counting import CountingError, TokenCounter
@@ -120,13 +122,13 @@ def _presented_keys(request: MockRequest) -> list[str]:
     """The key a request carries where its API looks for it: `api-key` on Azure paths (as Azure's key
     auth does), `x-api-key` on Anthropic's, `Authorization: Bearer …` elsewhere, so a client sending the
     wrong header is caught."""
-    if request.path.rstrip("/").endswith("/" + Endpoint.MESSAGES.value):
+    if request.path.rstrip("/").endswith("/" + Endpoint.MESSAGES.value) or MockMessageBatches.serves(request.path):
         key = anthropic.presented_key(request.headers)
         return [] if key is None else [key]
     if gemini.serves(request.path):
         key = gemini.presented_key(request.headers)
         return [] if key is None else [key]
-    if request.path.startswith(AZURE_PREFIX):
+    if request.path.startswith(AZURE_PREFIX) or request.path.startswith(("/openai/files", "/openai/batches")):
         api_key = request.headers.get("api-key")
         return [] if api_key is None else [api_key.strip()]
     authorization = request.headers.get("authorization", "")
@@ -155,13 +157,18 @@ class MockApi:
     and the latency both run on virtual time.
     """
 
-    __slots__ = ("config", "record", "batches", "gemini_day", "_clock", "_wall", "_faults", "_gate", "_counter", "_latency_rng", "_in_flight")
+    __slots__ = (
+        "config", "record", "batches", "message_batches", "gemini_day", "_clock", "_wall", "_faults", "_gate", "_counter", "_latency_rng",
+        "_in_flight",
+    )
 
     config: MockConfig
     #: Every request that reached the handler, and what it was answered (the online endpoints').
     record: ServedLog
     #: The files and batches of the Batch API.
     batches: MockBatches
+    #: The Message Batches.
+    message_batches: MockMessageBatches
     #: Gemini's requests per day (`MockConfig.requests_per_day`); `gemini_day.turn_the_day()` reaches tomorrow.
     gemini_day: gemini.RequestsPerDay
 
@@ -176,6 +183,7 @@ class MockApi:
         self._clock = clock
         self._wall = wall if wall is not None else (lambda: time.time() - time.monotonic() + clock())
         self.batches = MockBatches(config, clock)
+        self.message_batches = MockMessageBatches(config, clock, self._wall)
         self.gemini_day = gemini.RequestsPerDay(config.requests_per_day, self._wall)
         self._faults = FaultPlan(config.faults, seed=config.seed, after=config.faults_after)
         self._gate = RateLimitGate(config.limits, now=clock(), output_burst_seconds=config.output_burst_seconds)
@@ -200,6 +208,8 @@ class MockApi:
 
     async def answer(self, request: MockRequest) -> Answer:
         """The answer to one request: a reply, or `Drop` for a reset. A hang waits until it is cancelled."""
+        if MockMessageBatches.serves(request.path):
+            return await self._message_batches(request)
         if MockBatches.serves(request.path):
             auth_failure = self._auth_failure(request)
             if auth_failure is not None:
@@ -240,6 +250,17 @@ class MockApi:
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+
+    async def _message_batches(self, request: MockRequest) -> Answer:
+        auth_failure = self._auth_failure(request)
+        if auth_failure is not None:
+            return anthropic.invalid_api_key() if request.headers.get("x-api-key") else anthropic.missing_api_key()
+        origin = f"http://{request.headers.get('host', 'localhost')}"
+        created = len(self.message_batches.created)
+        reply = self.message_batches.answer(request.method, request.path, request.query, request.headers, request.body, origin)
+        if len(self.message_batches.created) > created and self.config.batch_create_delay:
+            await asyncio.sleep(self.config.batch_create_delay)  # the batch exists; its id is not yet told
+        return reply
 
     # --- The request, step by step ---------------------------------------------------------------------
 

@@ -75,7 +75,7 @@ def create_app(api: MockApi) -> web.Application:
         return _to_response(answer)
 
     async def stats(request: web.Request) -> web.StreamResponse:
-        return _to_response(json_reply(200, {**api.record.summary(), "batches": api.batches.summary()}))
+        return _to_response(json_reply(200, {**api.record.summary(), "batches": api.batches.summary(), "message_batches": api.message_batches.summary()}))
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_get(STATS_PATH, stats)

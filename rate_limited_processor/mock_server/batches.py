@@ -10,6 +10,10 @@ Paths, as OpenAI serves them:
     GET  /v1/batches/{id}
     POST /v1/batches/{id}/cancel
 
+Azure OpenAI's Batch API (dated versions) is the same under /openai/files and /openai/batches, with
+`?api-version=` on every call (none: 404), endpoints named without /v1 ("/chat/completions"), and every line's
+body naming its model (a Global Batch deployment).
+
 A batch's life runs on the mock's clock: "validating" for `batch_validation_seconds`, then "failed" (a line the
 API would refuse, or the enqueued-token limit reached) or "in_progress", then `batch_processing_seconds` after
 it was created "completed", or "expired" when some lines were drawn to expire. Each line is answered as the
@@ -52,6 +56,10 @@ COMPLETION_WINDOW = "24h"
 _WINDOW_SECONDS = 24 * 3600
 #: The endpoints OpenAI's Batch API takes (Anthropic's Messages API has a batch API of its own).
 _ENDPOINTS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint if not endpoint.is_anthropic}
+#: Azure OpenAI's (dated api-version) Batch API: the same endpoints under /openai, named without /v1.
+AZURE_ROOT = "/openai"
+_AZURE_ENDPOINTS = {name.removeprefix("/v1"): endpoint for name, endpoint in _ENDPOINTS.items()}
+_ALL_ENDPOINTS = {**_ENDPOINTS, **_AZURE_ENDPOINTS}
 _ACTIVE = ("validating", "in_progress", "finalizing")
 _DONE = ("completed", "failed", "expired", "cancelled")
 _MAX_METADATA_PAIRS = 16
@@ -114,7 +122,8 @@ class MockBatches:
 
     @staticmethod
     def serves(path: str) -> bool:
-        return path == FILES_PATH or path.startswith((FILES_PATH + "/", BATCHES_PATH))
+        azure_files, azure_batches = AZURE_ROOT + "/files", AZURE_ROOT + "/batches"
+        return path in (FILES_PATH, azure_files) or path.startswith((FILES_PATH + "/", BATCHES_PATH, azure_files + "/", azure_batches))
 
     def summary(self) -> dict[str, Any]:
         """For GET /mock/stats: input files uploaded, batches created, and batches by status."""
@@ -128,8 +137,11 @@ class MockBatches:
         return list(self.created)
 
     def answer(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes) -> Reply:
-        parts = path.strip("/").split("/")  # ["v1", "files", id, "content"]
+        parts = path.strip("/").split("/")  # ["v1", "files", id, "content"], or Azure's ["openai", "files", ...]
         kind, rest = parts[1], parts[2:]
+        azure = parts[0] == AZURE_ROOT.strip("/")
+        if azure and "api-version" not in query:  # as Azure answers a call without its api-version
+            return json_reply(404, {"error": {"code": "404", "message": "Resource not found"}})
         if kind == "files":
             if method == "POST" and not rest:
                 return self._upload(headers.get("content-type", ""), body)
@@ -144,7 +156,7 @@ class MockBatches:
                 return _error(404, f"No such File object: {rest[0]}", "invalid_request_error", "id")
         elif kind == "batches":
             if method == "POST" and not rest:
-                return self._create(body)
+                return self._create(body, _AZURE_ENDPOINTS if azure else _ENDPOINTS)
             if method == "GET" and not rest:
                 return self._list("batches", query)
             batch = self._batches.get(rest[0]) if rest else None
@@ -200,7 +212,7 @@ class MockBatches:
 
     # --- Batches ---------------------------------------------------------------------------------------
 
-    def _create(self, raw: bytes) -> Reply:
+    def _create(self, raw: bytes, endpoints: Mapping[str, Endpoint]) -> Reply:
         try:
             body = strict_json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, strict_json.InvalidJSON):
@@ -213,8 +225,8 @@ class MockBatches:
         unknown = set(body) - {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
         if unknown:
             return _error(400, f"Unrecognized request argument supplied: {sorted(unknown)[0]}", "invalid_request_error", None)
-        if body["endpoint"] not in _ENDPOINTS:
-            return _error(400, f"Invalid 'endpoint': {body['endpoint']!r} is not one of {sorted(_ENDPOINTS)}.", "invalid_request_error", "endpoint")
+        if body["endpoint"] not in endpoints:
+            return _error(400, f"Invalid 'endpoint': {body['endpoint']!r} is not one of {sorted(endpoints)}.", "invalid_request_error", "endpoint")
         if body["completion_window"] != COMPLETION_WINDOW:
             return _error(400, f"Invalid 'completion_window': only '{COMPLETION_WINDOW}' is supported.", "invalid_request_error", "completion_window")
         metadata = body.get("metadata")
@@ -240,7 +252,7 @@ class MockBatches:
             batch.errors.append(_line_error("too_many_requests", f"The input file has {len(lines):,} lines; a batch takes at most {MAX_BATCH_LINES:,}.", None))
             return
         seen: set[str] = set()
-        endpoint = _ENDPOINTS[batch.endpoint]
+        endpoint = _ALL_ENDPOINTS[batch.endpoint]
         for number, raw in enumerate(lines, start=1):
             problem = self._line_problem(raw, batch, endpoint, seen)
             if problem is not None:
@@ -265,6 +277,8 @@ class MockBatches:
             return "duplicate_custom_id", f"The custom_id {line['custom_id']!r} is not unique in the file."
         seen.add(line["custom_id"])
         model = line["body"].get("model")
+        if not isinstance(model, str) and batch.endpoint in _AZURE_ENDPOINTS:
+            return "invalid_request", "Each line's body must name the model: the name of a Global Batch deployment."
         if batch.model is None:
             batch.model = model if isinstance(model, str) else None
         elif model != batch.model:
@@ -327,7 +341,7 @@ class MockBatches:
         outputs: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         expired_any = False
-        endpoint = _ENDPOINTS[batch.endpoint]
+        endpoint = _ALL_ENDPOINTS[batch.endpoint]
         for line in batch.lines:
             fate = cancelled or self._draw(line["custom_id"])
             row, ok = self._run_line(line, endpoint, fate)

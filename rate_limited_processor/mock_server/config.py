@@ -87,6 +87,10 @@ class MockConfig:
     #: Tokens (as `token_counting` counts them) a model's running batches may hold; a batch past it fails
     #: with `token_limit_exceeded`. None: no limit.
     batch_enqueued_token_limit: int | None = None
+    #: Message Batches (see `anthropic_batches.py`): batches stay in progress until cancelled; and seconds the
+    #: create's answer is held after the batch exists.
+    batch_never_ends: bool = False
+    batch_create_delay: float = 0.0
 
     def __post_init__(self) -> None:
         _ = self.limits  # Limits checks the rates and burst_seconds
@@ -113,6 +117,8 @@ class MockConfig:
         fractions = (self.batch_failed_lines, self.batch_expired_lines)
         if min(fractions) < 0 or sum(fractions) > 1:
             raise ValueError("batch_failed_lines and batch_expired_lines must be fractions adding up to at most 1")
+        if not self.batch_create_delay >= 0:
+            raise ValueError(f"batch_create_delay must be seconds >= 0, got {self.batch_create_delay}")
         if self.faults_after < 0:
             raise ValueError(f"faults_after must not be negative, got {self.faults_after}")
         checked = validate_faults(self.faults)

@@ -61,6 +61,7 @@ class MockTransport:
         """A call of the Batch API (a GET, a multipart upload), answered by the same mock."""
         url = urlsplit(call.url)
         headers = {name.lower(): value for name, value in call.headers.items()}
+        headers.setdefault("host", url.netloc)  # as HTTP sends it
         answer = await self.api.answer(MockRequest(url.path, call.body, headers, dict(parse_qsl(url.query)), call.method))
         if isinstance(answer, Drop):
             raise TransportError(NoAnswer.BROKEN, "ClientOSError: [Errno 104] Connection reset by peer")

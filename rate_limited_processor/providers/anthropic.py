@@ -7,14 +7,22 @@ request is charged its prompt against the input-token limit, and reserves its `m
 output-token limit (`Endpoint.charged_tokens`, `token_estimation.output_reservation`). Claude's tokenizer is
 not public: its tokens are estimated at one per `CHARACTERS_PER_TOKEN` characters, and the tuner corrects the
 pace by what the headers say was spent. Its errors are `{"type": "error", "error": {"type", "message"}}`, an
-overloaded API answers 529 `overloaded_error`, and an empty account says so in words. It has no OpenAI Batch API
-(its Message Batches API is not spoken here).
+overloaded API answers 529 `overloaded_error`, and an empty account says so in words.
+
+`--mode batch` speaks its Message Batches API (not OpenAI's Files and Batches): POST {"requests": [{"custom_id",
+"params"}]} to /v1/messages/batches, GET the batch until its `processing_status` is "ended", then read its
+`results_url` (JSONL in any order; each line's `result.type` is succeeded, errored, canceled or expired). Its paths,
+limits, custom_id rule, statuses and result shapes are below; the calls are made by `jobs/message_batches.py`.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..base.durations import seconds_until
@@ -31,6 +39,9 @@ from .rate_limits import (
 __all__ = [
     "PROVIDER", "HOST", "API_KEY_VARIABLE", "VERSION", "CHARACTERS_PER_TOKEN", "serves", "is_anthropic_url", "auth_headers",
     "parse_rate_limits", "states_its_rate_limits", "approximate_tokens", "TOKENIZER_NOTE",
+    "BATCHES", "BATCH_MAX_REQUESTS", "BATCH_MAX_BYTES", "CUSTOM_ID", "BATCH_ENDED", "BATCH_STATUSES", "RESULT_TYPES",
+    "FILES_BATCHES_REFUSAL", "messages_root", "batch_request", "batch_request_size", "batch_create_body", "batch_ended",
+    "batch_total", "batch_created_at", "BatchResult", "read_batch_result",
 ]
 
 #: Its own host: an API root there ("https://api.anthropic.com/v1", for Batch lines naming "/v1/messages") is its too.
@@ -125,6 +136,102 @@ PROVIDER = Provider(
     claims_rate_limit_headers=states_its_rate_limits,
     probe_bodies={"messages": {"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}},
     limits_output_tokens=True,
-    batch_api_refusal="Anthropic's /v1/messages is not an endpoint of OpenAI's Batch API (use --mode online)",
+    message_batches=True,
     price_provider="anthropic",
 )
+
+
+# --- Message Batches (`--mode batch`) ---------------------------------------------------------------------
+
+#: Its batch API's collection, under the API root ("https://api.anthropic.com/v1/messages" + this).
+BATCHES = "/batches"
+#: The most requests, and bytes of the create call's body, one batch takes.
+BATCH_MAX_REQUESTS = 100_000
+BATCH_MAX_BYTES = 256 * 1024**2
+#: What a request's custom_id must match; custom_ids are unique within a batch.
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+#: A batch's `processing_status`es: it runs until "ended" (a cancel passes through "canceling").
+BATCH_ENDED = "ended"
+BATCH_STATUSES = ("in_progress", "canceling", BATCH_ENDED)
+#: How a line's result ends (`result.type`), and the results another try (online) could change.
+RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
+_RETRYABLE_RESULTS = frozenset({"canceled", "expired"})
+#: Error types of an errored result that the online API would answer the same way: not worth sending again.
+_FINAL_ERRORS = frozenset({"invalid_request_error", "authentication_error", "permission_error", "not_found_error", "request_too_large"})
+#: Why OpenAI's Files and Batches endpoints cannot take a /v1/messages line (its own batch API can).
+FILES_BATCHES_REFUSAL = "/v1/messages lines go through Anthropic's Message Batches API: use a /v1/messages --request_url for them"
+
+
+def messages_root(request_url: str) -> str:
+    """Where the Message Batches API hangs from: the request URL up to and including /v1/messages."""
+    parts = urlsplit(request_url)
+    path = parts.path.rstrip("/")
+    path = path if path.endswith("/v1/messages") else "/v1/messages"
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def batch_request(custom_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """One request of a create call's `requests` list: the Messages body as `params`."""
+    return {"custom_id": custom_id, "params": dict(params)}
+
+
+def batch_request_size(custom_id: str, params_json: bytes) -> int:
+    """The bytes `batch_request` takes in the create body (comma included), from the params' compact JSON."""
+    return len(params_json) + len(custom_id) + len('{"custom_id":"","params":},')
+
+
+def batch_create_body(requests_json: list[bytes]) -> bytes:
+    """The create call's body, from each request's compact JSON: `{"requests": [...]}`."""
+    return b'{"requests":[' + b",".join(requests_json) + b"]}"
+
+
+def batch_ended(batch: Mapping[str, Any]) -> bool:
+    return batch.get("processing_status") == BATCH_ENDED
+
+
+def batch_total(batch: Mapping[str, Any]) -> int:
+    """How many requests a batch holds: the sum of its `request_counts`."""
+    counts = batch.get("request_counts")
+    return sum(value for value in counts.values() if isinstance(value, int)) if isinstance(counts, Mapping) else 0
+
+
+def batch_created_at(batch: Mapping[str, Any]) -> float | None:
+    """Its `created_at` (RFC 3339) as epoch seconds; None when it has none that reads."""
+    created = batch.get("created_at")
+    if not isinstance(created, str):
+        return None
+    try:
+        return datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One line's result, read: its answer (a Messages body), or why not and the status that stands for it."""
+
+    message: dict[str, Any] | None
+    reason: str = ""
+    status: int | None = None
+    error_body: dict[str, Any] | None = None
+    #: Another try (online) could change it: it expired, was canceled, or the server failed it.
+    retryable: bool = False
+
+
+def read_batch_result(result: Any) -> BatchResult:
+    """A results line's `result`: {"type": "succeeded", "message"} or "errored" with its `error` (an error
+    response), "canceled" or "expired"."""
+    kind = result.get("type") if isinstance(result, Mapping) else None
+    if kind == "succeeded" and isinstance(result.get("message"), dict):
+        return BatchResult(result["message"], status=200)
+    if kind in _RETRYABLE_RESULTS:
+        why = "expired before the batch ran it (24 hours)" if kind == "expired" else "canceled with its batch"
+        return BatchResult(None, f"{kind}: {why}", retryable=True)
+    error = result.get("error") if isinstance(result, Mapping) else None
+    inner = error.get("error") if isinstance(error, Mapping) else None
+    inner = inner if isinstance(inner, Mapping) else error if isinstance(error, Mapping) else {}
+    type_ = str(inner.get("type") or "error")
+    message = str(inner.get("message") or "(no error message)")
+    status = ERRORS.relayed_status.get(type_, 400 if type_ == "invalid_request_error" else None)
+    body = dict(error) if isinstance(error, Mapping) else None
+    return BatchResult(None, f"errored: {type_}: {message}", status=status, error_body=body, retryable=type_ not in _FINAL_ERRORS)

@@ -59,10 +59,10 @@ class Endpoint(enum.Enum):
 
     @property
     def batch_api_refusal(self) -> str | None:
-        """Why the Batch API (`--mode batch`) cannot take this endpoint's requests; None when it can."""
+        """Why OpenAI's Files and Batches API (`--mode batch`) cannot take this endpoint's requests; None when it can."""
         if self is _GENERATE_CONTENT:
             return gemini.PROVIDER.batch_api_refusal
-        return anthropic.PROVIDER.batch_api_refusal if self is _MESSAGES else None
+        return anthropic.FILES_BATCHES_REFUSAL if self is _MESSAGES else None
 
     @property
     def required_field(self) -> str:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from ..base.durations import NUMBER, UNIT
 from .rate_limits import RateLimitReport
 
-__all__ = ["Provider", "ErrorDialect", "RateLimitParser", "host_of"]
+__all__ = ["Provider", "ErrorDialect", "RateLimitParser", "BatchPlace", "host_of"]
 
 #: Reads one answer's rate-limit headers, at `now` (epoch seconds; None: the wall clock, for RFC 3339 resets).
 RateLimitParser = Callable[[Mapping[str, str], "float | None"], RateLimitReport]
@@ -88,6 +88,21 @@ class ErrorDialect:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchPlace:
+    """Where a provider keeps its Files and Batches API for a request URL, when not where OpenAI keeps it (the URL's
+    root, endpoints named "/v1/...", lines naming their model)."""
+
+    #: The root the /files and /batches paths hang from ("https://x.openai.azure.com/openai").
+    root: str
+    #: Added to every call's query ("api-version=2024-10-21").
+    query: str
+    #: How a batch and its lines name the endpoint, from its OpenAI name ("/v1/chat/completions" -> "/chat/completions").
+    endpoint: Callable[[str], str]
+    #: The model a line naming none is sent with (Azure's deployment).
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     """All the run needs to know of one provider's API that is not the same for every API."""
 
@@ -116,8 +131,13 @@ class Provider:
     probe_bodies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: It limits output tokens apart (so that limit too is waited for before the first answer).
     limits_output_tokens: bool = False
-    #: Why `--mode batch` cannot send its requests, or None when it speaks the Batch API (Files and Batches endpoints).
+    #: Why `--mode batch` cannot send its requests, or None when it speaks a batch API.
     batch_api_refusal: str | None = None
+    #: Its `--mode batch` is a Message Batches API (requests in the create call, results by URL), not OpenAI's
+    #: Files and Batches endpoints.
+    message_batches: bool = False
+    #: Where its Files and Batches API is for a request URL, when not OpenAI's way (None: the URL's root).
+    batch_place: Callable[[str], BatchPlace | None] | None = None
     #: Its id in the price data (`genai-prices`), for a URL the price data does not recognise.
     price_provider: str | None = None
     #: Variables its key is read from, in turn, when `key_variable` is not set (Gemini's $GOOGLE_API_KEY).
