@@ -75,6 +75,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             request_rate=args.request_rate,
             max_requests_per_day=args.max_requests_per_day,
             max_tokens_per_day=args.max_tokens_per_day,
+            service_tier=args.service_tier,
         )
     except ValueError as error:
         message = str(error)

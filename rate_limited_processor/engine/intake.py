@@ -6,6 +6,7 @@ cannot be sent becomes its failure result at once (`ResultKind.INVALID`), withou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -13,6 +14,7 @@ from ..base import strict_json
 from ..base.errors import InvalidRequest
 from ..base.models import APIRequest, RejectedLine, RequestResult, ResultKind
 from ..providers.endpoints import check_request
+from ..providers.registry import with_service_tier
 from ..providers.token_estimation import TokenEstimator, output_reservation
 from .context import RunContext
 from .job import Job
@@ -70,6 +72,9 @@ class Intake:
             problem = strict_json.unsendable(item.body)  # a file's lines were read strictly; a caller's dicts were not
             if problem is not None:
                 return _invalid(item.index, item.body, item.metadata, f"{item.name}: the request body {problem}", item.custom_id, position)
+        tier = self._run.settings.service_tier
+        if tier is not None and "service_tier" not in item.body:  # --service_tier: for the lines that name none
+            item = dataclasses.replace(item, body=with_service_tier(item.body, tier))
         try:
             url, endpoint, prompt, completion = check_request(item, self._run.settings.request_url, self._estimator.estimate_parts)
             output_tokens = output_reservation(endpoint, item.body)

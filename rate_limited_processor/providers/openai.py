@@ -5,6 +5,11 @@ Its key goes in `Authorization: Bearer`, read from $OPENAI_API_KEY. Its answers 
 bare seconds where a server (Azure) writes them so. Its rate limiter counts a request's prompt plus its whole
 completion budget against the tokens-per-minute limit (`Endpoint.charged_tokens`), and counts characters, not
 tokenizer tokens: about one token per `CHARACTERS_PER_TOKEN` characters (`estimate_from_characters`).
+
+Flex processing (`"service_tier": "flex"` in a chat or Responses body) is priced at the Batch API's rates, answers
+more slowly (its guide advises a 15-minute timeout, `FLEX_REQUEST_TIMEOUT`), and when it has no capacity answers
+429 with code `resource_unavailable` ("Resource unavailable. Please try again later."): not the account's rate
+limit, and not charged, so it is retried with backoff and moves no rate (`ERRORS.no_capacity_codes`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from .rate_limits import (
     positive_number,
 )
 
-__all__ = ["PROVIDER", "DEFAULT_URL", "API_KEY_VARIABLE", "CHARACTERS_PER_TOKEN", "parse_rate_limits", "serves", "auth_headers"]
+__all__ = [
+    "PROVIDER", "DEFAULT_URL", "API_KEY_VARIABLE", "CHARACTERS_PER_TOKEN", "parse_rate_limits", "serves", "auth_headers",
+    "SERVICE_TIERS", "FLEX_TIER", "FLEX_REQUEST_TIMEOUT", "NO_CAPACITY_CODE", "is_flex", "with_service_tier",
+]
 
 #: The cookbook script's default endpoint, kept so its users see no change.
 DEFAULT_URL = "https://api.openai.com/v1/embeddings"
@@ -37,6 +45,15 @@ API_KEY_VARIABLE = "OPENAI_API_KEY"
 CHARACTERS_PER_TOKEN = 4
 #: Its own API host, which refuses every request without a key.
 HOST = "api.openai.com"
+
+#: The body's `service_tier` values the API takes: "auto" (the project's default), "default", "flex", "priority".
+SERVICE_TIERS = ("auto", "default", "flex", "priority")
+#: The tier that is half price, slower, and sometimes without capacity.
+FLEX_TIER = "flex"
+#: Seconds a Flex request may take: its guide raises the client's timeout to 15 minutes, as its answers queue.
+FLEX_REQUEST_TIMEOUT = 900.0
+#: The code of Flex's 429 when it has no capacity now ("Resource unavailable. Please try again later.").
+NO_CAPACITY_CODE = "resource_unavailable"
 
 _LIMIT_FLOORS = {"x-ratelimit-limit-requests": MIN_STATED_REQUESTS_PER_MINUTE, "x-ratelimit-limit-tokens": MIN_STATED_TOKENS_PER_MINUTE}
 #: (remaining, limit) header pairs: a remaining 0 beside a stated limit is an empty bucket.
@@ -73,6 +90,18 @@ def parse_rate_limits(headers: Mapping[str, str], now: float | None = None) -> R
     )
 
 
+def is_flex(body: Mapping[str, object]) -> bool:
+    """The request asks for Flex processing."""
+    return body.get("service_tier") == FLEX_TIER
+
+
+def with_service_tier(body: dict[str, object], tier: str | None) -> dict[str, object]:
+    """The body with `service_tier` set to `tier` when it sets none of its own (a line's own choice stands)."""
+    if tier is None or "service_tier" in body:
+        return body
+    return {**body, "service_tier": tier}
+
+
 def _duration(text: str | None) -> float | None:
     return parse_duration(text.strip()) if text else None
 
@@ -91,6 +120,7 @@ ERRORS = ErrorDialect(
     # One request bigger than the whole TPM limit: 'Request too large for gpt-4o ... on tokens per min (TPM): Limit 30000, Requested 36278.'
     too_large_words=("request too large",),
     wait_words=("try again in",),  # "Please try again in 1.574s"
+    no_capacity_codes=frozenset({NO_CAPACITY_CODE}),  # Flex: "Resource unavailable. Please try again later."
 )
 
 PROVIDER = Provider(
