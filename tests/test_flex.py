@@ -24,7 +24,7 @@ from rate_limited_processor.core.stats import RunStats
 from rate_limited_processor.mock_server import MockApi, MockConfig
 from rate_limited_processor.mock_server.api import MockRequest
 from rate_limited_processor.mock_server.transport import MockTransport
-from rate_limited_processor.providers import openai
+from rate_limited_processor.providers import openai, registry
 from rate_limited_processor.transport.http import TransportRequest, TransportResponse
 from rate_limited_processor.ui.summary import format_summary
 from tests.helpers import read_rows, write_jsonl
@@ -121,7 +121,7 @@ def test_flex_with_30_percent_no_capacity_429s_finishes_every_line_without_cutti
     tmp_path: Path, read: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not read:
-        monkeypatch.setattr(classification, "ERRORS", dataclasses.replace(classification.ERRORS, no_capacity_codes=frozenset()))
+        monkeypatch.setattr(classification, "ERRORS", dataclasses.replace(registry.ERRORS, no_capacity_codes=frozenset()))
     n = 1_200
     elapsed, stats, api = run(tmp_path, [chat_request(i, service_tier="flex") for i in range(n)])
     rows = read_rows(tmp_path / "results.jsonl")
