@@ -55,6 +55,10 @@ FLEX_REQUEST_TIMEOUT = 900.0
 #: The code of Flex's 429 when it has no capacity now ("Resource unavailable. Please try again later.").
 NO_CAPACITY_CODE = "resource_unavailable"
 
+#: Limits Azure states when it does not know them (`x-ratelimit-limit-tokens: -1` beside `x-ratelimit-reset-tokens: 0`):
+#: no limit is learned from them, and no warning given.
+UNKNOWN_LIMITS = frozenset({-1.0, 0.0})
+
 _LIMIT_FLOORS = {"x-ratelimit-limit-requests": MIN_STATED_REQUESTS_PER_MINUTE, "x-ratelimit-limit-tokens": MIN_STATED_TOKENS_PER_MINUTE}
 #: (remaining, limit) header pairs: a remaining 0 beside a stated limit is an empty bucket.
 _REMAINING = tuple((f"x-ratelimit-remaining-{name}", f"x-ratelimit-limit-{name}") for name in ("requests", "tokens"))
@@ -72,11 +76,15 @@ def auth_headers(key: str | None) -> dict[str, str]:
 
 def parse_rate_limits(headers: Mapping[str, str], now: float | None = None) -> RateLimitReport:
     """Its `x-ratelimit-*` headers (resets as Go durations, or bare seconds). A stated limit that is not a finite
-    number at least `MIN_STATED_*` is left out, and listed in `ignored`. `now` is not needed: resets are relative."""
-    limit = StatedLimits(headers, _LIMIT_FLOORS)
-    resets = [headers.get("x-ratelimit-reset-requests"), headers.get("x-ratelimit-reset-tokens")]
-    bare_seconds = any(text is not None and positive_number(text) is not None for text in resets)
+    number at least `MIN_STATED_*` is left out, and listed in `ignored`; a limit of -1 or 0 (`UNKNOWN_LIMITS`) is
+    Azure saying it does not know, and that limit's remaining and reset headers say nothing either. `now` is not
+    needed: resets are relative."""
+    limit = StatedLimits(headers, _LIMIT_FLOORS, UNKNOWN_LIMITS)
     limit_requests, limit_tokens = limit("x-ratelimit-limit-requests"), limit("x-ratelimit-limit-tokens")
+    unknown = limit.unstated
+    requests_known, tokens_known = "x-ratelimit-limit-requests" not in unknown, "x-ratelimit-limit-tokens" not in unknown
+    resets = [headers.get("x-ratelimit-reset-requests") if requests_known else None, headers.get("x-ratelimit-reset-tokens") if tokens_known else None]
+    bare_seconds = any(text is not None and positive_number(text) is not None for text in resets)
     return RateLimitReport(
         limit_requests=limit_requests,
         limit_tokens=limit_tokens,
@@ -85,8 +93,9 @@ def parse_rate_limits(headers: Mapping[str, str], now: float | None = None) -> R
         reset_resolution=1.0 if bare_seconds else 0.001,
         ignored=tuple(limit.ignored),
         exhausted=exhausted(headers, _REMAINING),
-        remaining_requests=count_left(headers.get("x-ratelimit-remaining-requests")),
-        remaining_tokens=count_left(headers.get("x-ratelimit-remaining-tokens")),
+        remaining_requests=count_left(headers.get("x-ratelimit-remaining-requests")) if requests_known else None,
+        remaining_tokens=count_left(headers.get("x-ratelimit-remaining-tokens")) if tokens_known else None,
+        unknown=tuple(unknown),
     )
 
 
