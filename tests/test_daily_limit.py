@@ -176,11 +176,11 @@ async def test_the_command_stops_with_exit_3_naming_the_daily_limit_and_keeps_th
         assert len(read_rows(output_path)) == 12 and len(server.record.entries) == 12
 
 
-def test_the_daily_limits_are_refused_in_batch_mode(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--max_requests_per_day", "--max_tokens_per_day"])
+def test_the_daily_limits_are_refused_in_batch_mode(capsys: pytest.CaptureFixture[str], tmp_path: Path, flag: str) -> None:
     input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(0)])
-    code = main(["--requests_filepath", str(input_path), "--request_url", "http://127.0.0.1:9/v1/chat/completions", "--mode", "batch",
-                 "--max_requests_per_day", "10"])
-    assert code == 2 and "--max_requests_per_day is for --mode online" in capsys.readouterr().err
+    code = main(["--requests_filepath", str(input_path), "--request_url", "http://127.0.0.1:9/v1/chat/completions", "--mode", "batch", flag, "10"])
+    assert code == 2 and f"{flag} is for --mode online" in capsys.readouterr().err
 
 
 def test_the_day_file_may_not_be_the_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

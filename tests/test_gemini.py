@@ -141,6 +141,8 @@ def test_the_double_answers_geminis_shapes_with_no_rate_limit_headers() -> None:
     assert _ask(api, gemini_request(1), {"authorization": "Bearer secret"}).status == 400  # not where Gemini reads it
     ok = _ask(api, gemini_request(1), {"x-goog-api-key": "secret"})
     assert ok.status == 200 and isinstance(ok.json()["candidates"], list) and ok.json()["usageMetadata"]["candidatesTokenCount"] > 0
+    # Its output stops at the request's maxOutputTokens (8), as Gemini's does, though the mock would say 40.
+    assert ok.json()["usageMetadata"]["candidatesTokenCount"] == 8 and ok.json()["candidates"][0]["finishReason"] == "MAX_TOKENS"
     assert not states_rate_limits(ok.headers)
     refused = _ask(api, gemini_request(2), {"x-goog-api-key": "secret"})  # the one-second bucket holds one request
     assert refused.status == 429 and not states_rate_limits(refused.headers) and "retry-after" not in refused.headers
@@ -234,3 +236,33 @@ def test_a_key_given_with_header_counts_as_a_key_for_every_providers_own_header(
     check_key_for_provider(url, has_key=False, headers={header: "its key"})  # refused before: x-goog-api-key was not known
     with pytest.raises(UsageError, match="GEMINI_API_KEY"):
         check_key_for_provider(url, has_key=False, headers={"anthropic-version": "2023-06-01"})
+
+
+# --------------------------------------------------------------------------------------- prices
+
+
+def test_a_body_without_a_model_is_priced_as_the_model_in_the_url_at_googles_prices_on_any_host() -> None:
+    from rate_limited_processor.core.costs import PriceBook
+
+    for url in (URL, MOCK_URL, "http://127.0.0.1:8000/v1beta/models/gemini-2.0-flash:generateContent"):
+        prices = PriceBook(request_url=url)
+        price = prices.price(None)
+        assert prices.url_model == "gemini-2.0-flash" and price is not None and "google" in price.source, url
+        assert 0 < price.input_per_mtok < price.output_per_mtok
+    # An OpenAI URL names no model: a body without one still has no price (none is made up).
+    assert PriceBook(request_url="https://api.openai.com/v1/chat/completions").price(None) is None
+
+
+def test_a_gemini_runs_summary_shows_dollars_for_the_model_in_the_url(tmp_path: Path) -> None:
+    from rate_limited_processor.core.costs import PriceBook
+    from rate_limited_processor.ui.summary import format_summary
+
+    _, stats, _ = run(tmp_path, Limits(RPM, math.inf), 20)
+    prices = PriceBook(request_url=MOCK_URL)
+    spent = stats.spent.priced(prices)
+    assert [(cost.model, cost.requests) for cost in spent.by_model] == [("gemini-2.0-flash", 20)]
+    assert spent.total > 0 and not spent.unpriced and stats.estimated_cost.priced(prices).total > 0
+    summary = format_summary(stats, prices=prices)
+    assert "gemini-2.0-flash" in summary and "no price known" not in summary and "(no model)" not in summary
+    # The judge can fail: priced as the mock's host alone (OpenAI's), the model has no price.
+    assert stats.spent.priced(PriceBook(request_url="http://mock.invalid/v1/chat/completions")).unpriced == ("(no model)",)

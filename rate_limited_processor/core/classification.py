@@ -19,7 +19,7 @@ from typing import Any
 from ..base.errors import NoAnswer
 from ..base.records import record
 from ..providers.endpoints import Endpoint
-from ..providers.registry import ERRORS
+from ..providers.registry import ERRORS, quota_exhausted_for_the_day
 from .wait_hints import retry_after_seconds
 
 __all__ = ["Verdict", "HTTPOutcome", "Decision", "classify", "answer_problem", "STOP_RUN_ERROR_CODES", "MAX_REASON_CHARS", "MAX_BODY_SNIPPET_CHARS"]
@@ -107,7 +107,7 @@ class Decision:
 def classify(outcome: HTTPOutcome, *, endpoint: Endpoint | None = None, now: float | None = None) -> Decision:
     """Turn one attempt's outcome into a decision.
 
-    Precedence, top to bottom: no response, success, the two run-stopping errors, the server's
+    Precedence, top to bottom: no response, success, the three run-stopping errors, the server's
     `x-should-retry`, then status rules. Run-stopping errors beat `x-should-retry: true` because a bad key
     or an empty account fails every request however often we retry; a 2xx with the endpoint's answer is a
     success whatever the header says. A 2xx is a success only with the answer `endpoint` promises (see
@@ -146,6 +146,10 @@ def classify(outcome: HTTPOutcome, *, endpoint: Endpoint | None = None, now: flo
     # No quota, billing off, access terminated: every request will fail the same way.
     if 400 <= status < 500 and _is_stop_run_code(code, type_, message):
         return Decision(Verdict.STOP_RUN, reason)
+    # A per-day quota used up (Gemini's): nothing passes before it resets, however short a wait the 429 asks for.
+    daily_quota = quota_exhausted_for_the_day(body, now) if status == 429 else None
+    if daily_quota is not None:
+        return Decision(Verdict.STOP_RUN, _clip(f"HTTP {status}: {daily_quota}"))
     on_output_tokens = status == 429 and ERRORS.names_output_token_limit(message)
     on_tokens = status == 429 and not on_output_tokens and _names_the_token_limit(type_, message)
     named = {"on_tokens": on_tokens, "on_output_tokens": on_output_tokens}

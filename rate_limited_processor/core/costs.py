@@ -11,14 +11,15 @@ Usage::
     report = ledger.priced(prices)             # per model and in total; models without a price are named
 
 Prices come from `genai-prices` (Pydantic's maintained price data, bundled in the package: nothing is fetched),
-for the provider whose API the URL names, else OpenAI's (the API this tool speaks; a local mock or gateway in
-front of OpenAI is priced as OpenAI). `--price_input_per_mtok` / `--price_output_per_mtok` replace it for every
+for the provider whose API the URL names (by its host, else by its path: Gemini's on any host), else OpenAI's (the
+API this tool speaks; a local mock or gateway in front of OpenAI is priced as OpenAI). `--price_input_per_mtok` / `--price_output_per_mtok` replace it for every
 model (private deployments, models it does not know). Batch prices are the package's batch price where it has
 one (it differs from the online price), else half the online price, which is the Batch API's discount. A Flex
 request (`"service_tier": "flex"`, `registry.is_flex`) is priced at that batch price too, as OpenAI prices Flex at
 Batch API rates; the reports show its models apart, as "gpt-4o-mini (flex)".
 
-An estimate prices the prompt at the input price and the whole completion budget at the output price: an
+A body that names no model is priced as the model the URL names, where it names one (Gemini's
+`.../models/MODEL:generateContent`). An estimate prices the prompt at the input price and the whole completion budget at the output price: an
 upper bound, as the token estimate is. Actual cost prices the API's reported `usage` (prompt or input tokens,
 completion or output tokens); cached input tokens are priced as uncached ones, so it errs high too.
 Pure apart from the price lookup, which reads the bundled data once per model, and remembers what it found for the
@@ -41,7 +42,7 @@ from urllib.parse import urlsplit
 
 from ..base import strict_json
 from ..base.atomic_write import write_json_atomically
-from ..providers.registry import DEFAULT_API_ROOT, DEFAULT_PRICE_PROVIDER, is_flex, usage_in_answer
+from ..providers.registry import DEFAULT_API_ROOT, DEFAULT_PRICE_PROVIDER, is_flex, model_in_url, price_provider_for, usage_in_answer
 
 __all__ = [
     "Price",
@@ -89,14 +90,16 @@ PriceLookup = Callable[[str, str, bool], Price | None]
 
 
 def package_price(model: str, request_url: str, batch: bool) -> Price | None:
-    """The price `genai-prices` has for `model` at the provider `request_url` names (else OpenAI); None if none."""
+    """The price `genai-prices` has for `model` at the provider `request_url` names: by its host, else by the API its
+    path speaks (a mock or gateway in front of Gemini is priced as Google), else OpenAI; None if none."""
     parts = urlsplit(request_url)
     host = f"{parts.scheme}://{parts.hostname or ''}"  # providers are told apart by host; a local mock's port changes
-    key = f"{host} {model} {'batch' if batch else 'online'}"
+    speaks = price_provider_for(request_url)
+    key = f"{host} {speaks} {model} {'batch' if batch else 'online'}"
     cache = _price_cache()
     if key in cache.prices:
         return cache.prices[key]
-    price = _package_price(model, _provider_for(host), batch)
+    price = _package_price(model, _provider_for(host, speaks), batch)
     cache.remember(key, price)
     return price
 
@@ -151,13 +154,14 @@ def _price_cache() -> _PriceCache:
 
 
 @functools.cache
-def _provider_for(request_url: str) -> str:
+def _provider_for(request_url: str, speaks: str = _DEFAULT_PROVIDER) -> str:
+    """The price data's provider for a host, else `speaks` (the provider whose API the URL's path is)."""
     from genai_prices import data_snapshot
 
     try:
         return str(data_snapshot.get_snapshot().find_provider(None, None, request_url).id)
     except LookupError:
-        return _DEFAULT_PROVIDER
+        return speaks
 
 
 @functools.cache
@@ -187,7 +191,7 @@ def _package_price(model: str, provider: str, batch: bool) -> Price | None:
 class PriceBook:
     """The price of each model for one run: the flags' prices if given, else the price data's. Remembered per model."""
 
-    __slots__ = ("request_url", "batch", "_override", "_lookup", "_prices", "_flex_prices")
+    __slots__ = ("request_url", "batch", "url_model", "_override", "_lookup", "_prices", "_flex_prices")
 
     def __init__(
         self,
@@ -205,6 +209,8 @@ class PriceBook:
                 raise ValueError(f"a price per million tokens must be a number >= 0, got {value}")
         self.request_url = request_url
         self.batch = batch
+        #: The model the URL names (Gemini's .../models/MODEL:generateContent): a body without one is priced as it.
+        self.url_model = model_in_url(request_url)
         self._override: Price | None = None
         if input_per_mtok is not None and output_per_mtok is not None:
             scale = BATCH_DISCOUNT if batch else 1.0
@@ -218,8 +224,9 @@ class PriceBook:
         return f"PriceBook(batch={self.batch}, override={self._override})"
 
     def price(self, model: str | None, *, flex: bool = False) -> Price | None:
-        """The price for requests of `model` (`flex`: Flex ones, at the batch price); None when no price is known for
-        it (no figure is made up)."""
+        """The price for requests of `model` (None: the model the URL names, if any; `flex`: Flex ones, at the batch
+        price); None when no price is known for it (no figure is made up)."""
+        model = model or self.url_model
         if flex and not self.batch:
             return self._flex_price(model)
         if self._override is not None:
@@ -364,7 +371,8 @@ class CostLedger:
         for (model, flex), tally in sorted(self._by_model.items(), key=lambda item: -item[1].requests):
             price = prices.price(None if model == UNKNOWN_MODEL else model, flex=flex)
             dollars = price.dollars(tally.input_tokens, tally.output_tokens) if price is not None else None
-            name = model + FLEX_SUFFIX if flex else model
+            name = prices.url_model or model if model == UNKNOWN_MODEL else model  # bodies without a model: the URL's
+            name = name + FLEX_SUFFIX if flex else name
             costs.append(ModelCost(name, tally.requests, tally.input_tokens, tally.output_tokens, dollars, price))
         return CostReport(tuple(costs))
 

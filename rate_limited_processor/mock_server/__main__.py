@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host", default=DEFAULT_HOST, help=f"interface to listen on (default: {DEFAULT_HOST})")
     add("--port", type=int, default=DEFAULT_PORT, help=f"port; 0 picks a free one (default: {DEFAULT_PORT})")
     add("--requests_per_minute", type=float, default=None, help="RPM limit (default: unlimited)")
+    add("--requests_per_day", type=int, default=None, help="Gemini's requests per Pacific day (default: unlimited)")
     add("--tokens_per_minute", type=float, default=None, help="TPM limit; for /v1/messages, Anthropic's input tokens (default: unlimited)")
     add(
         "--output_tokens_per_minute", type=float, default=None,
@@ -144,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         faults[kind.value] = probability
     return MockConfig(
         requests_per_minute=args.requests_per_minute,
+        requests_per_day=args.requests_per_day,
         tokens_per_minute=args.tokens_per_minute,
         output_tokens_per_minute=args.output_tokens_per_minute,
         output_tokens=args.output_tokens,

@@ -155,13 +155,15 @@ class MockApi:
     and the latency both run on virtual time.
     """
 
-    __slots__ = ("config", "record", "batches", "_clock", "_wall", "_faults", "_gate", "_counter", "_latency_rng", "_flex_rng", "_in_flight")
+    __slots__ = ("config", "record", "batches", "gemini_day", "_clock", "_wall", "_faults", "_gate", "_counter", "_latency_rng", "_flex_rng", "_in_flight")
 
     config: MockConfig
     #: Every request that reached the handler, and what it was answered (the online endpoints').
     record: ServedLog
     #: The files and batches of the Batch API.
     batches: MockBatches
+    #: Gemini's requests per day (`MockConfig.requests_per_day`); `gemini_day.turn_the_day()` reaches tomorrow.
+    gemini_day: gemini.RequestsPerDay
 
     def __init__(
         self, config: MockConfig | None = None, *, record: ServedLog | None = None, clock: Now = loop_time, wall: Now | None = None
@@ -174,6 +176,7 @@ class MockApi:
         self._clock = clock
         self._wall = wall if wall is not None else (lambda: time.time() - time.monotonic() + clock())
         self.batches = MockBatches(config, clock)
+        self.gemini_day = gemini.RequestsPerDay(config.requests_per_day, self._wall)
         self._faults = FaultPlan(config.faults, seed=config.seed, after=config.faults_after)
         self._gate = RateLimitGate(config.limits, now=clock(), output_burst_seconds=config.output_burst_seconds)
         self._counter = TokenCounter(config.token_counting, config.token_encoding_name)
@@ -300,10 +303,15 @@ class MockApi:
             except CountingError as error:
                 return _Decision(gemini.invalid_request(str(error)))
         model = gemini.model_of_path(request.path) or self.config.model
+        day = self.gemini_day
+        if day.limit is not None and day.exhausted():
+            wait = day.seconds_to_next_minute()
+            return _Decision(gemini.day_quota_exhausted(model, day.limit, wait=wait), retry_after=gemini.announced_wait(wait))
         rejection = self._gate.admit(tokens, self._clock())
         if rejection is not None:
             wait = rejection.wait if self.config.rate_limit_hint is None else self.config.rate_limit_hint
             return _Decision(gemini.rate_limited(rejection, model, wait=wait), retry_after=gemini.announced_wait(wait))
+        day.admitted()
         answer = gemini.payload(body, model=model, key=key, input_tokens=tokens, output_tokens=self.config.output_tokens)
         return _Decision(json_reply(200, answer), tokens)
 

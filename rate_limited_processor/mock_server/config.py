@@ -34,6 +34,8 @@ class MockConfig:
     tokens_per_minute: float | None = None
     #: Output tokens per minute (Anthropic's OTPM, for /v1/messages): charged at max_tokens, refunded to use.
     output_tokens_per_minute: float | None = None
+    #: Gemini's requests per day (generateContent only), counted per Pacific calendar day; None means unlimited.
+    requests_per_day: int | None = None
     #: Output tokens each Messages answer generates (cut off at the request's max_tokens).
     output_tokens: int = 40
     #: Bucket capacity in seconds of the limit: 60 allows a whole minute at once, 1 (OpenAI-like) one second.
@@ -103,6 +105,8 @@ class MockConfig:
             )
         if self.output_burst_seconds is not None and not self.output_burst_seconds > 0:
             raise ValueError(f"output_burst_seconds must be positive, got {self.output_burst_seconds}")
+        if self.requests_per_day is not None and self.requests_per_day < 1:
+            raise ValueError(f"requests_per_day must be at least 1, got {self.requests_per_day}")
         if self.output_tokens < 1:
             raise ValueError(f"output_tokens must be at least 1, got {self.output_tokens}")
         if not (self.time_to_first_token >= 0 and self.inter_token_gap >= 0):

@@ -8,28 +8,42 @@ What differs from OpenAI, as Google documents it, and what this module copies:
 - No rate-limit headers, ever. A 429 says how long to wait only in its body: a `google.rpc.RetryInfo` detail
   (`"retryDelay": "0.1s"`) beside a `google.rpc.QuotaFailure` naming the per-minute quota that ran out.
 - The body needs a non-empty `contents` list of objects; the answer has `candidates` and `usageMetadata`.
+- Requests per day (`RequestsPerDay`, when configured): counted per Pacific calendar day, reset at midnight
+  Pacific time. Past it, the same 429 RESOURCE_EXHAUSTED, its QuotaFailure naming the per-day quota, and a
+  RetryInfo asking, as Gemini's does, for seconds (to the next whole minute): the wait says nothing of the day.
 
-Pure: the time is not needed (the gate's rejection carries the wait).
+Pure but for the day's count, which reads the wall clock it is given.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from .rate_limits import Rejection
 from .reply import Reply, json_reply
 
 __all__ = ["METHOD", "serves", "model_of_path", "presented_key", "body_problem", "invalid_api_key", "invalid_request", "rate_limited", "payload",
-           "announced_wait", "retry_delay"]
+           "announced_wait", "retry_delay", "RequestsPerDay", "day_quota_exhausted", "PER_DAY_QUOTA_ID"]
 
 METHOD = ":generateContent"
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 #: What each of the gate's limits is called in a QuotaFailure's quotaId.
 _QUOTA_IDS = {"requests": "GenerateRequestsPerMinutePerProjectPerModel", "tokens": "GenerateContentInputTokensPerModelPerMinute"}
+#: The requests-per-day quota's quotaId.
+PER_DAY_QUOTA_ID = "GenerateRequestsPerDayPerProjectPerModel"
+_REQUESTS_METRIC = "generativelanguage.googleapis.com/generate_content_requests"
+#: Per-day quotas reset at midnight Pacific time.
+_PACIFIC = ZoneInfo("America/Los_Angeles")
+_QUOTA_MESSAGE = (
+    "You exceeded your current quota, please check your plan and billing details. For more information on this "
+    "error, head to: https://ai.google.dev/gemini-api/docs/rate-limits."
+)
 
 
 def serves(path: str) -> bool:
@@ -84,9 +98,62 @@ def rate_limited(rejection: Rejection, model: str, *, wait: float) -> Reply:
                                                  "quotaId": quota_id, "quotaDimensions": {"model": model}, "quotaValue": f"{rejection.limit:g}"}]},
         {"@type": RETRY_INFO, "retryDelay": retry_delay(wait)},
     ]
+    return _error(429, "RESOURCE_EXHAUSTED", _QUOTA_MESSAGE, details)
+
+
+class RequestsPerDay:
+    """A project's requests per day for one model: the requests admitted on each Pacific calendar day, against
+    `limit` (None: no such quota). `turn_the_day` moves its calendar a day on, so a test can reach tomorrow."""
+
+    __slots__ = ("limit", "_wall", "_days_ahead", "_day", "_used")
+
+    def __init__(self, limit: int | None, wall: Callable[[], float]) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"requests_per_day must be at least 1, got {limit}")
+        self.limit = limit
+        self._wall = wall
+        self._days_ahead = 0
+        self._day: date | None = None
+        self._used = 0
+
+    def today(self) -> date:
+        """The Pacific calendar day it counts in now."""
+        return datetime.fromtimestamp(self._wall(), _PACIFIC).date() + timedelta(days=self._days_ahead)
+
+    def _roll(self) -> None:
+        today = self.today()
+        if today != self._day:
+            self._day, self._used = today, 0
+
+    def exhausted(self) -> bool:
+        """No request passes before midnight Pacific."""
+        self._roll()
+        return self.limit is not None and self._used >= self.limit
+
+    def admitted(self) -> None:
+        """One more request was let through today."""
+        self._roll()
+        self._used += 1
+
+    def turn_the_day(self) -> None:
+        self._days_ahead += 1
+
+    def seconds_to_next_minute(self) -> float:
+        """What Gemini's RetryInfo asks for even when the day's quota is gone: a wait to about the next minute."""
+        return max(1.0, 60.0 - self._wall() % 60.0)
+
+
+def day_quota_exhausted(model: str, limit: int, *, wait: float) -> Reply:
+    """429 RESOURCE_EXHAUSTED for the per-day quota: its QuotaFailure violation names it (`PER_DAY_QUOTA_ID`), and
+    its RetryInfo asks for `wait` seconds all the same, as Gemini's does."""
+    details: list[dict[str, Any]] = [
+        {"@type": QUOTA_FAILURE, "violations": [{"quotaMetric": _REQUESTS_METRIC, "quotaId": PER_DAY_QUOTA_ID,
+                                                 "quotaDimensions": {"location": "global", "model": model}, "quotaValue": str(limit)}]},
+        {"@type": RETRY_INFO, "retryDelay": retry_delay(wait)},
+    ]
     message = (
-        "You exceeded your current quota, please check your plan and billing details. For more information on this "
-        "error, head to: https://ai.google.dev/gemini-api/docs/rate-limits."
+        f"{_QUOTA_MESSAGE}\n* Quota exceeded for metric: {_REQUESTS_METRIC}, limit: {limit}, model: {model}\n"
+        f"Please retry in {announced_wait(wait):g}s."
     )
     return _error(429, "RESOURCE_EXHAUSTED", message, details)
 
@@ -105,9 +172,16 @@ def body_problem(body: Any) -> str | None:
 
 
 def payload(body: Mapping[str, Any], *, model: str, key: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    """The 200 body: one candidate of `output_tokens` words, and its usageMetadata."""
+    """The 200 body: one candidate of `output_tokens` words, cut off at the request's `maxOutputTokens` (finishReason
+    MAX_TOKENS), and its usageMetadata."""
+    config = body.get("generationConfig")
+    most = config.get("maxOutputTokens") if isinstance(config, Mapping) else None
+    cut = isinstance(most, int) and 0 < most < output_tokens
+    if isinstance(most, int) and cut:
+        output_tokens = most
+    finish = "MAX_TOKENS" if cut else "STOP"
     return {
-        "candidates": [{"content": {"parts": [{"text": " ".join(["echo"] * output_tokens)}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+        "candidates": [{"content": {"parts": [{"text": " ".join(["echo"] * output_tokens)}], "role": "model"}, "finishReason": finish, "index": 0}],
         "usageMetadata": {"promptTokenCount": input_tokens, "candidatesTokenCount": output_tokens, "totalTokenCount": input_tokens + output_tokens},
         "modelVersion": model,
         "responseId": hashlib.sha256(key.encode()).hexdigest()[:24],

@@ -135,6 +135,11 @@ class Provider:
     wait_in_body: Callable[[Any], float | None] | None = None
     #: Reads (input, output) tokens from an answer that has no OpenAI-style `usage` (Gemini's usageMetadata).
     usage_in_answer: Callable[[Mapping[str, Any]], tuple[int, int] | None] | None = None
+    #: Reads an error body that says a per-day quota ran out (Gemini's QuotaFailure), at `now` (epoch seconds; None:
+    #: the wall clock): which quota and when it resets, or None. Nothing passes before then: the run stops.
+    quota_exhausted_for_the_day: Callable[[Any, float | None], str | None] | None = None
+    #: The model a request URL names, where the URL names it and the body does not (Gemini's .../models/M:...).
+    model_in_url: Callable[[str], str | None] | None = None
 
     def __repr__(self) -> str:
         return f"Provider({self.name!r})"

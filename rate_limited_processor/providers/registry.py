@@ -28,6 +28,9 @@ __all__ = [
     "key_from_environment",
     "wait_in_body",
     "usage_in_answer",
+    "quota_exhausted_for_the_day",
+    "model_in_url",
+    "price_provider_for",
     "auth_headers_for",
     "KEY_HEADERS",
     "needs_a_key",
@@ -113,6 +116,32 @@ def usage_in_answer(answer: Mapping[str, Any]) -> tuple[int, int] | None:
         if counts is not None:
             return counts
     return None
+
+
+_DAILY_QUOTA_READERS = tuple(
+    provider.quota_exhausted_for_the_day for provider in PROVIDERS if provider.quota_exhausted_for_the_day is not None
+)
+
+
+def quota_exhausted_for_the_day(body: Any, now: float | None = None) -> str | None:
+    """Which per-day quota an error body says ran out, and when it resets (Gemini's QuotaFailure); None if none does.
+    `now`: epoch seconds (None: the wall clock)."""
+    for read in _DAILY_QUOTA_READERS:
+        quota = read(body, now)
+        if quota is not None:
+            return quota
+    return None
+
+
+def model_in_url(url: str) -> str | None:
+    """The model the request URL names, for a provider whose URLs name it (Gemini's); None otherwise."""
+    read = provider_for(url).model_in_url
+    return read(url) if read is not None else None
+
+
+def price_provider_for(url: str) -> str:
+    """The provider's id in the price data for a URL whose host the price data does not know (a gateway, a mock)."""
+    return provider_for(url).price_provider or DEFAULT_PRICE_PROVIDER
 
 
 #: The headers that carry a key, for any provider (lower case): those its auth headers hold only when given a key.
