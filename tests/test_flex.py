@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import Limits, RetryPolicy, Settings, run_file_job
+from rate_limited_processor.cli import main
 from rate_limited_processor.core import classification
 from rate_limited_processor.core.classification import HTTPOutcome, Verdict, classify
 from rate_limited_processor.core.costs import CostLedger, Price, PriceBook
@@ -233,3 +234,17 @@ def test_flex_requests_get_the_15_minute_timeout_its_guide_advises(tmp_path: Pat
     run_virtual(run_file_job(settings, input_path, tmp_path / "results.jsonl", show_progress=False, transport=transport))
     assert transport.timeouts == {"standard": request_timeout, "flex": flex_timeout}
     assert openai.FLEX_REQUEST_TIMEOUT == 15 * 60
+
+
+@pytest.mark.parametrize(("flag", "flex_lines"), [([], 1), (["--service_tier", "flex"], 3)], ids=["lines' own tiers", "--service_tier flex"])
+def test_the_dry_runs_plan_prices_flex_lines_apart_at_half_price(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str], flex_lines: int
+) -> None:
+    lines = [chat_request(0), chat_request(1, service_tier="flex"), chat_request(2), chat_request(3, service_tier="default")]
+    requests = write_jsonl(tmp_path / "requests.jsonl", lines)
+    argv = ["--requests_filepath", str(requests), "--request_url", "https://api.openai.com/v1/chat/completions", "--dry_run", *flag,
+            "--price_input_per_mtok", "2", "--price_output_per_mtok", "8"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"gpt-4o-mini (flex): {flex_lines:,} requests" in out and f"gpt-4o-mini: {4 - flex_lines:,} requests" in out
+    assert "x $1 + " in out and "x $4 per million" in out  # flex: half of the given prices
