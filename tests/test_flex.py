@@ -19,6 +19,7 @@ import pytest
 
 from rate_limited_processor import Limits, RetryPolicy, Settings, run_file_job
 from rate_limited_processor.cli import main
+from rate_limited_processor.cli.exits import EXIT_USAGE
 from rate_limited_processor.core import classification
 from rate_limited_processor.core.classification import HTTPOutcome, Verdict, classify
 from rate_limited_processor.core.costs import CostLedger, Price, PriceBook
@@ -248,3 +249,11 @@ def test_the_dry_runs_plan_prices_flex_lines_apart_at_half_price(
     out = capsys.readouterr().out
     assert f"gpt-4o-mini (flex): {flex_lines:,} requests" in out and f"gpt-4o-mini: {4 - flex_lines:,} requests" in out
     assert "x $1 + " in out and "x $4 per million" in out  # flex: half of the given prices
+
+
+def test_service_tier_is_refused_with_batch_mode_before_anything_is_sent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    requests = write_jsonl(tmp_path / "requests.jsonl", [chat_request(0)])
+    argv = ["--requests_filepath", str(requests), "--request_url", "http://127.0.0.1:9/v1/chat/completions", "--mode", "batch", "--service_tier", "flex"]
+    assert main(argv) == EXIT_USAGE
+    assert "--service_tier is for --mode online" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["requests.jsonl"]
