@@ -25,7 +25,7 @@ from rate_limited_processor.core.classification import HTTPOutcome, Verdict, cla
 from rate_limited_processor.core.costs import CostLedger, Price, PriceBook
 from rate_limited_processor.core.decisions import JobState, Retry, RunState, next_step
 from rate_limited_processor.core.stats import RunStats
-from rate_limited_processor.mock_server import MockApi, MockConfig
+from rate_limited_processor.mock_server import MockApi, MockConfig, MockServer
 from rate_limited_processor.mock_server.api import MockRequest
 from rate_limited_processor.mock_server.transport import MockTransport
 from rate_limited_processor.providers import openai, registry
@@ -257,3 +257,19 @@ def test_service_tier_is_refused_with_batch_mode_before_anything_is_sent(tmp_pat
     assert main(argv) == EXIT_USAGE
     assert "--service_tier is for --mode online" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["requests.jsonl"]
+
+
+async def test_over_real_http_flex_refusals_are_retried_and_counted_apart(tmp_path: Path) -> None:
+    lines = [chat_request(i, service_tier="flex") for i in range(150)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", lines)
+    async with MockServer(MockConfig(requests_per_minute=36_000, flex_unavailable=0.3, seed=3)) as server:
+        settings = Settings(
+            request_url=server.url("chat/completions"), api_key=None, limits=Limits(36_000, math.inf),
+            retry=RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.05),  # no capacity costs no attempt
+        )
+        stats = await run_file_job(settings, input_path, tmp_path / "results.jsonl", show_progress=False)
+        refused = server.record.count(429)
+    rows = read_rows(tmp_path / "results.jsonl")
+    assert sorted(row[2]["id"] for row in rows) == list(range(150)) and all(row[1]["service_tier"] == "flex" for row in rows)
+    assert refused > 20 and (stats.no_capacity_errors, stats.rate_limit_errors, stats.failed) == (refused, 0, 0)
+    assert stats.control is not None and stats.control.cuts == 0
