@@ -75,6 +75,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             request_rate=args.request_rate,
             max_requests_per_day=args.max_requests_per_day,
             max_tokens_per_day=args.max_tokens_per_day,
+            service_tier=args.service_tier,
         )
     except ValueError as error:
         message = str(error)
@@ -98,6 +99,8 @@ def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
     for flag in ("--max_requests_per_day", "--max_tokens_per_day"):
         if getattr(args, flag[2:]) is not None:
             raise UsageError(f"{flag} is for --mode online: a batch is counted by the Batch API's own limits")
+    if args.service_tier is not None:
+        raise UsageError("--service_tier is for --mode online: a batch is half price already, at the Batch API's own tier")
     if args.output_format == "parquet":
         raise UsageError("--output_format parquet is for --mode online: --mode batch writes JSONL rows")
     if args.accounts is not None:

@@ -16,11 +16,13 @@ from yarl import URL
 
 from ..base.atomic_write import write_text_atomically
 from ..base.errors import LimiterUnavailable, ResumeError
+from ..base.models import APIRequest
 from ..config.credentials import scrubber_for
 from ..config.settings import REDIS_URL_VARIABLE, Secret, Settings
 from ..core.budget import Budget
 from ..core.costs import PriceBook
 from ..core.stats import RunStats
+from ..engine.intake import with_tier
 from ..files.request_io import read_requests
 from ..files.resume import prepare_results_file
 from ..jobs.batch_job import BatchOptions, run_batch_job
@@ -49,7 +51,9 @@ def dry_run(
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     estimator = TokenEstimator(settings.token_encoding_name)
-    plan = plan_requests(skip_done(read_requests(requests_path), done), settings.request_url, estimator)
+    tier = settings.service_tier
+    items = (with_tier(item, tier) if isinstance(item, APIRequest) else item for item in skip_done(read_requests(requests_path), done))
+    plan = plan_requests(items, settings.request_url, estimator)
     plan.already_done = done.claimed
     print(format_plan(plan, settings.limits, headroom=settings.headroom, prices=prices))
     return EXIT_OK

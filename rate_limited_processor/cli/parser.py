@@ -22,6 +22,7 @@ from ..config.settings import (
 )
 from ..core.arrivals import ARRIVAL_MODES
 from ..core.limiter import DEFAULT_BURST_SECONDS
+from ..providers.registry import SERVICE_TIERS
 from .exits import EXIT_USAGE, PROG
 from .values import _batch_lines, _fraction, _limit, _logging_level, _non_negative_float, _port, _positive_float, _positive_int
 
@@ -251,6 +252,10 @@ def _accounts_and_providers(parser: argparse.ArgumentParser) -> None:
     add(
         "--header", action="append", default=[], metavar="'NAME: VALUE'",
         help="an extra HTTP header for every request, repeatable (e.g. for a gateway); values are never logged",
+    )
+    add(
+        "--service_tier", choices=SERVICE_TIERS, default=None,
+        help="set service_tier in every body that has none (flex: half price, slower, its no-capacity 429s retried)",
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from ..core.arrivals import ARRIVAL_MODES, ArrivalMode
 from ..core.limiter import DEFAULT_BURST_SECONDS, Limits
 from ..core.retry_policy import MAX_ATTEMPTS, RetryPolicy
-from ..providers.registry import DEFAULT_KEY_VARIABLE, DEFAULT_REQUEST_URL, former_name, key_from_environment, key_variable_for
+from ..providers.registry import DEFAULT_KEY_VARIABLE, DEFAULT_REQUEST_URL, SERVICE_TIERS, former_name, key_from_environment, key_variable_for
 from .scrubber import Scrubber
 
 __all__ = [
@@ -350,6 +350,9 @@ class Settings:
     #: `Processor` counts what it sends. None: no limit.
     max_requests_per_day: int | None = None
     max_tokens_per_day: int | None = None
+    #: The `service_tier` set in every request body that names none ("flex": half price, slower, 429s when it has
+    #: no capacity); a line's own stands. None: bodies are sent as they are.
+    service_tier: str | None = None
     # The command's flag names, as keyword arguments, so what works on the command line works here
     # (`Settings(url, max_attempts=2, max_requests_per_minute=500)`). Each sets its field of `retry` or
     # `limits`; "auto" (or None) leaves a limit to be learned. Not stored: read them from `retry` and `limits`.
@@ -405,6 +408,8 @@ class Settings:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        if self.service_tier is not None and self.service_tier not in SERVICE_TIERS:
+            raise ValueError(f"service_tier must be one of {', '.join(SERVICE_TIERS)}, got {self.service_tier!r}")
         if self.request_rate is not None and not 0 < self.request_rate < float("inf"):
             raise ValueError(f"request_rate must be a positive number of requests per second, got {self.request_rate}")
 

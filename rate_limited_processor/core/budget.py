@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .costs import PriceBook, format_dollars, model_of, usage_tokens
+from .costs import PriceBook, format_dollars, is_flex, model_of, usage_tokens
 
 __all__ = ["Budget"]
 
@@ -67,7 +67,7 @@ class Budget:
     def estimate(self, body: Mapping[str, Any], prompt_tokens: int, completion_tokens: int) -> float | None:
         """The dollars an attempt may cost: its prompt at the input price, its completion budget at the output price
         (`TokenEstimator.estimate_parts`)."""
-        price = self.prices.price(model_of(body))
+        price = self.prices.price(model_of(body), flex=is_flex(body))
         if price is None:
             return None
         return price.dollars(prompt_tokens, completion_tokens)
@@ -77,7 +77,7 @@ class Budget:
         reports no usage, or no answer at all), else nothing (an error answer is not billed)."""
         response = answer if isinstance(answer, Mapping) else None
         usage = usage_tokens(response)
-        price = self.prices.price(model_of(body, response))
+        price = self.prices.price(model_of(body, response), flex=is_flex(body))
         if usage is not None and price is not None:
             return price.dollars(*usage)
         return estimate if succeeded or not answered else 0.0

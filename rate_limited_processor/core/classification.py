@@ -99,6 +99,9 @@ class Decision:
     #: The failure is about the URL, not the line: nothing listens there, the name does not resolve, TLS
     #: fails, or the path does not exist (a 404 or 405 that names no model). Every request would fail alike.
     about_the_endpoint: bool = False
+    #: A 429 that says the provider has no capacity now (OpenAI Flex's `resource_unavailable`), not the account's
+    #: rate limit: this request alone backs off, no sender pauses, and the rate stays.
+    no_capacity: bool = False
 
 
 def classify(outcome: HTTPOutcome, *, endpoint: Endpoint | None = None, now: float | None = None) -> Decision:
@@ -150,6 +153,9 @@ def classify(outcome: HTTPOutcome, *, endpoint: Endpoint | None = None, now: flo
     on_output_tokens = status == 429 and ERRORS.names_output_token_limit(message)
     on_tokens = status == 429 and not on_output_tokens and _names_the_token_limit(type_, message)
     named = {"on_tokens": on_tokens, "on_output_tokens": on_output_tokens}
+    # No capacity for now (Flex): not our rate limit, whatever else the answer says; this request alone backs off.
+    if status == 429 and ERRORS.no_capacity(code, type_):
+        return Decision(Verdict.RETRY, reason, hint, no_capacity=True)
     # The server's own word beats the status rules below; a 429 it says to retry still pauses everyone.
     if server_says is True:
         return Decision(Verdict.RETRY, reason, hint, rate_limited=status == 429 and not too_large, **named)

@@ -3,7 +3,7 @@
 Usage::
 
     prices = PriceBook(request_url="https://api.openai.com/v1/chat/completions")   # batch=True for the Batch API
-    price = prices.price("gpt-4o-mini")        # None: no price known (no dollar figure is made up)
+    price = prices.price("gpt-4o-mini")        # None: no price known (no dollar figure is made up); flex=True: Flex
     price.dollars(input_tokens=1_200, output_tokens=300)
 
     ledger = CostLedger()
@@ -14,7 +14,9 @@ Prices come from `genai-prices` (Pydantic's maintained price data, bundled in th
 for the provider whose API the URL names (by its host, else by its path: Gemini's on any host), else OpenAI's (the
 API this tool speaks; a local mock or gateway in front of OpenAI is priced as OpenAI). `--price_input_per_mtok` / `--price_output_per_mtok` replace it for every
 model (private deployments, models it does not know). Batch prices are the package's batch price where it has
-one (it differs from the online price), else half the online price, which is the Batch API's discount.
+one (it differs from the online price), else half the online price, which is the Batch API's discount. A Flex
+request (`"service_tier": "flex"`, `registry.is_flex`) is priced at that batch price too, as OpenAI prices Flex at
+Batch API rates; the reports show its models apart, as "gpt-4o-mini (flex)".
 
 A body that names no model is priced as the model the URL names, where it names one (Gemini's
 `.../models/MODEL:generateContent`). An estimate prices the prompt at the input price and the whole completion budget at the output price: an
@@ -40,7 +42,7 @@ from urllib.parse import urlsplit
 
 from ..base import strict_json
 from ..base.atomic_write import write_json_atomically
-from ..providers.registry import DEFAULT_API_ROOT, DEFAULT_PRICE_PROVIDER, model_in_url, price_provider_for, usage_in_answer
+from ..providers.registry import DEFAULT_API_ROOT, DEFAULT_PRICE_PROVIDER, is_flex, model_in_url, price_provider_for, usage_in_answer
 
 __all__ = [
     "Price",
@@ -54,12 +56,16 @@ __all__ = [
     "format_dollars",
     "BATCH_DISCOUNT",
     "UNKNOWN_MODEL",
+    "FLEX_SUFFIX",
+    "is_flex",
 ]
 
 #: What the Batch API charges of the online price, where the price data has no batch price of its own.
 BATCH_DISCOUNT = 0.5
 #: How a request without a model (an Azure deployment, a server that needs none) is named in cost reports.
 UNKNOWN_MODEL = "(no model)"
+#: How a model's Flex requests are named in cost reports, after the model.
+FLEX_SUFFIX = " (flex)"
 #: Tokens priced per lookup, scaled up to a million: small enough that no long-context tier applies.
 _PROBE_TOKENS = 1_000
 _MTOK = 1_000_000
@@ -185,7 +191,7 @@ def _package_price(model: str, provider: str, batch: bool) -> Price | None:
 class PriceBook:
     """The price of each model for one run: the flags' prices if given, else the price data's. Remembered per model."""
 
-    __slots__ = ("request_url", "batch", "url_model", "_override", "_lookup", "_prices")
+    __slots__ = ("request_url", "batch", "url_model", "_override", "_lookup", "_prices", "_flex_prices")
 
     def __init__(
         self,
@@ -212,19 +218,35 @@ class PriceBook:
             self._override = Price(input_per_mtok * scale, output_per_mtok * scale, source)
         self._lookup = lookup
         self._prices: dict[str | None, Price | None] = {}
+        self._flex_prices: dict[str | None, Price | None] = {}
 
     def __repr__(self) -> str:
         return f"PriceBook(batch={self.batch}, override={self._override})"
 
-    def price(self, model: str | None) -> Price | None:
-        """The price for requests of `model` (None: the model the URL names, if any); None when no price is known
-        for it (no figure is made up)."""
+    def price(self, model: str | None, *, flex: bool = False) -> Price | None:
+        """The price for requests of `model` (None: the model the URL names, if any; `flex`: Flex ones, at the batch
+        price); None when no price is known for it (no figure is made up)."""
+        model = model or self.url_model
+        if flex and not self.batch:
+            return self._flex_price(model)
         if self._override is not None:
             return self._override
-        model = model or self.url_model
         if model not in self._prices:
             self._prices[model] = self._lookup(model, self.request_url, self.batch) if model else None
         return self._prices[model]
+
+    def _flex_price(self, model: str | None) -> Price | None:
+        """Flex's price: the batch price (OpenAI prices Flex at Batch API rates)."""
+        if model not in self._flex_prices:
+            override = self._override
+            if override is not None:
+                half = (override.input_per_mtok * BATCH_DISCOUNT, override.output_per_mtok * BATCH_DISCOUNT)
+                price: Price | None = Price(*half, f"{override.source}, half for flex")
+            else:
+                batch = self._lookup(model, self.request_url, True) if model else None
+                price = None if batch is None else Price(batch.input_per_mtok, batch.output_per_mtok, f"{batch.source} (flex: the batch price)")
+            self._flex_prices[model] = price
+        return self._flex_prices[model]
 
 
 def model_of(body: Mapping[str, Any], response: Mapping[str, Any] | None = None) -> str | None:
@@ -329,25 +351,28 @@ class CostReport:
 class CostLedger:
     """Tokens counted per model (requests, input, output), priced when asked: the estimate or the spend of a run."""
 
-    _by_model: dict[str, _Tally] = field(default_factory=dict)
+    #: Per (model, Flex or not): Flex requests are priced apart.
+    _by_model: dict[tuple[str, bool], _Tally] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self._by_model)
 
-    def add(self, model: str | None, input_tokens: int, output_tokens: int) -> None:
-        tally = self._by_model.get(model or UNKNOWN_MODEL)
+    def add(self, model: str | None, input_tokens: int, output_tokens: int, *, flex: bool = False) -> None:
+        key = (model or UNKNOWN_MODEL, flex)
+        tally = self._by_model.get(key)
         if tally is None:
-            tally = self._by_model[model or UNKNOWN_MODEL] = _Tally()
+            tally = self._by_model[key] = _Tally()
         tally.requests += 1
         tally.input_tokens += input_tokens
         tally.output_tokens += output_tokens
 
     def priced(self, prices: PriceBook) -> CostReport:
         costs = []
-        for model, tally in sorted(self._by_model.items(), key=lambda item: -item[1].requests):
-            price = prices.price(None if model == UNKNOWN_MODEL else model)
+        for (model, flex), tally in sorted(self._by_model.items(), key=lambda item: -item[1].requests):
+            price = prices.price(None if model == UNKNOWN_MODEL else model, flex=flex)
             dollars = price.dollars(tally.input_tokens, tally.output_tokens) if price is not None else None
             name = prices.url_model or model if model == UNKNOWN_MODEL else model  # bodies without a model: the URL's
+            name = name + FLEX_SUFFIX if flex else name
             costs.append(ModelCost(name, tally.requests, tally.input_tokens, tally.output_tokens, dollars, price))
         return CostReport(tuple(costs))
 

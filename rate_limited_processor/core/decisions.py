@@ -15,6 +15,9 @@ out and decides nothing itself. Three rules matter most:
 * **A rate-limit 429 costs no attempt.** It is the server saying "not now", not a failed request: the
   request waits out the pause and goes again, however often, bounded by time instead
   (`RetryPolicy.max_rate_limited_wait`, 15 minutes): past that the run stops for a rerun.
+* **No capacity is not a rate limit.** A 429 that says the provider has no capacity now (OpenAI Flex's
+  `resource_unavailable`) costs no attempt either: this request alone backs off exponentially (the server's hint
+  when it gives one), nobody else pauses, and the rate is not cut; bounded by the same time as rate limits.
 * **A failure about the endpoint stops the run while nothing has succeeded.** Connection refused, a name
   that does not resolve, a TLS failure, a 404 or 405 on the path: if no request has succeeded yet, such a
   failure is retried with the usual backoff (a server that comes up a few seconds late is not a reason to
@@ -65,6 +68,8 @@ class Retry:
     pause_everyone: float | None = None
     #: A rate-limit 429: it used no attempt, and is not an error of the request's.
     rate_limited: bool = False
+    #: A no-capacity 429 (Flex): it used no attempt, and only this request waits.
+    no_capacity: bool = False
 
 
 @record
@@ -104,8 +109,10 @@ class JobState:
 
     #: Attempts that count against `max_attempts`, this one included: every attempt but rate-limit 429s.
     attempts: int
-    #: Seconds since this request's first rate-limit 429 (0 when it has had none).
+    #: Seconds since this request's first rate-limit or no-capacity 429 (0 when it has had none).
     rate_limited_for: float = 0.0
+    #: No-capacity 429s this request has had, this one included: its backoff grows with them.
+    no_capacity: int = 0
     #: Where it was sent, for a message about the endpoint.
     url: str = ""
 
@@ -152,6 +159,11 @@ def next_step(
     # Stopping: whatever would be tried again is left for the rerun.
     if run.stopping and (decision.verdict is Verdict.RETRY or decision.about_the_endpoint):
         return StopRun("the run is stopping")
+    # No capacity now (Flex): no attempt used; this request alone backs off, the rate stays.
+    if decision.no_capacity:
+        if job.rate_limited_for > policy.max_rate_limited_wait:
+            return StopRun(f"{decision.reason} (a request has waited over {policy.max_rate_limited_wait:g}s for capacity; rerun later)")
+        return Retry(policy.retry_delay(decision, max(1, job.no_capacity), random=random), no_capacity=True)
     # Rate limited: no attempt used; wait out the pause (the server's hint, else about a round trip).
     if decision.rate_limited:
         if job.rate_limited_for > policy.max_rate_limited_wait:

@@ -195,6 +195,10 @@ class LimitTuner:
                 self._warned.add(name)
                 self._warn(f"ignoring the API's {name}: {text[:40]!r}, which is no account's limit (not a number, or below "
                            f"{limit_floor(name):g} a minute); the pace follows the other limits and any 429s")
+        for name in report.unknown:
+            if name not in self._warned:  # Azure's -1 or 0: it does not know; nothing to warn about
+                self._warned.add(name)
+                logging.getLogger("rate_limited_processor").debug("the API's %s says it does not know that limit (-1 or 0): none is learned from it", name)
         if report.remaining_output_tokens is not None and report.remaining_output_tokens > self._output_held:
             self._output_held = report.remaining_output_tokens
             self._limits = None

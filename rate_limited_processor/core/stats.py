@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..base.models import RequestResult, ResultKind
-from .costs import CostLedger, model_of, usage_tokens
+from .costs import CostLedger, is_flex, model_of, usage_tokens
 from .limiter import Limits
 from .rate_control import ControlReport
 
@@ -95,6 +95,8 @@ class RunStats:
     retries: int = 0
     #: Rate-limit 429s received.
     rate_limit_errors: int = 0
+    #: No-capacity 429s received (Flex's `resource_unavailable`): the provider's capacity, not our rate limit.
+    no_capacity_errors: int = 0
     #: Attempts that have ended: an answer came, or none will (a reset, a timeout).
     answers: int = 0
     #: When the last attempt ended (the run's clock); None before the first.
@@ -203,12 +205,13 @@ class RunStats:
         self.tokens_charged += tokens
         self.meter.record(tokens)
 
-    def record_answer(self, now: float, *, rate_limited: bool, took: float = 0.0) -> None:
+    def record_answer(self, now: float, *, rate_limited: bool, took: float = 0.0, no_capacity: bool = False) -> None:
         """An attempt ended (answered, or given up on), `took` seconds after it was sent."""
         self.answers += 1
         self.last_answer_at = now
         self.slowest_answer = max(self.slowest_answer, took)
         self.rate_limit_errors += rate_limited
+        self.no_capacity_errors += no_capacity
 
     def record_result(self, result: RequestResult) -> None:
         """Count a result the consumer has taken (so one that could not be written is not counted)."""
@@ -225,12 +228,13 @@ class RunStats:
     def _record_tokens(self, result: RequestResult, response: dict[str, Any]) -> None:
         """A succeeded request's tokens: our estimate against the API's `usage` (`costs.usage_tokens`, read
         once), in all and per model for the summary's dollars."""
-        model = model_of(result.request if isinstance(result.request, dict) else {}, response)
+        body = result.request if isinstance(result.request, dict) else {}
+        model, flex = model_of(body, response), is_flex(body)
         self.estimated_tokens_succeeded += result.estimated_tokens
-        self.estimated_cost.add(model, result.estimated_prompt_tokens, result.estimated_output_tokens)
+        self.estimated_cost.add(model, result.estimated_prompt_tokens, result.estimated_output_tokens, flex=flex)
         usage = usage_tokens(response)
         if usage is not None:
             prompt, output = usage
             self.reported_prompt_tokens += prompt
             self.reported_total_tokens += prompt + output
-            self.spent.add(model, prompt, output)
+            self.spent.add(model, prompt, output, flex=flex)

@@ -18,6 +18,7 @@ from ..core.budget import Budget
 from ..core.decisions import DropAccount, Fail, Probe, Retry, RunState, Step, StopRun, Succeed, next_step
 from ..core.retry_policy import Decision, HTTPOutcome, Verdict, classify
 from ..providers.endpoints import likely_url
+from ..providers.registry import FLEX_REQUEST_TIMEOUT, is_flex
 from ..transport.http import Transport, TransportRequest, outcome_of, outcome_of_error
 from ..transport.streaming import STREAMED_ENDPOINTS, streamed_body
 from .context import RunContext
@@ -94,7 +95,9 @@ class Attempts:
             logger.info("%s: sending, attempt %d/%d, ~%d tokens", job.request.name, job.attempts, settings.retry.max_attempts, job.tokens)
         stream = settings.stream and job.endpoint in STREAMED_ENDPOINTS
         body = streamed_body(job.endpoint, job.request.body) if stream else job.request.body
-        request = TransportRequest(job.url, body, lane.headers, settings.request_timeout, stream=stream)
+        # Flex answers queue: its guide gives them 15 minutes (a longer timeout of the user's stands).
+        timeout = max(settings.request_timeout, FLEX_REQUEST_TIMEOUT) if is_flex(body) else settings.request_timeout
+        request = TransportRequest(job.url, body, lane.headers, timeout, stream=stream)
         started = run.now()
         try:
             response = await self._transport.send(request)
@@ -123,10 +126,12 @@ class Attempts:
         now = run.now()
         ended = outcome.status if outcome.status is not None else outcome.no_answer.value if outcome.no_answer is not None else "no answer"
         job.attempt_log.append(AttemptTiming(started, now, ended, decision.rate_limited))
-        run.stats.record_answer(now, rate_limited=decision.rate_limited, took=now - started)
+        run.stats.record_answer(now, rate_limited=decision.rate_limited, took=now - started, no_capacity=decision.no_capacity)
         lane.answered(succeeded=succeeded, rate_limited=decision.rate_limited)
         if decision.rate_limited:
             job.rate_limited_at(now)
+        elif decision.no_capacity:
+            job.no_capacity_at(now)
         outage_for = run.health.observe(
             succeeded=succeeded, about_the_endpoint=decision.about_the_endpoint, answered=outcome.status is not None,
             started=started, now=now, reason=decision.reason,
@@ -142,6 +147,8 @@ class Attempts:
                 await self._fail(job, outcome, reason)
             case Retry(delay=delay, pause_everyone=pause, rate_limited=True):
                 await self._retry_rate_limited(job, lane, reason, delay, pause)
+            case Retry(delay=delay, no_capacity=True):
+                self._retry_no_capacity(job, reason, delay)
             case Retry(delay=delay):
                 self._retry(job, reason, delay)
             case Probe(delay=delay):
@@ -169,6 +176,10 @@ class Attempts:
         if pause is not None and not await self._feedback.pause_everyone(job, lane, pause):
             return
         logger.info("%s: rate limited (%s); retrying in %.2fs", job.request.name, reason, delay)
+        self._run.scheduler.add_retry(job, self._run.now() + delay)
+
+    def _retry_no_capacity(self, job: Job, reason: str, delay: float) -> None:
+        logger.info("%s: no capacity (%s); retrying in %.2fs", job.request.name, reason, delay)
         self._run.scheduler.add_retry(job, self._run.now() + delay)
 
     def _retry(self, job: Job, reason: str, delay: float) -> None:

@@ -62,13 +62,14 @@ class Feedback:
         from_the_api = outcome.status is not None and outcome.status < 500
         if mark is not None:
             lane.tuner.observe(mark, report, from_the_api=from_the_api)
-            if from_the_api:
+            # No capacity (Flex) says nothing about the rate limiter: like no answer, it moves no rate.
+            if from_the_api and not decision.no_capacity:
                 answer = Answer(
                     mark.sent_at, job.tokens, decision.rate_limited, decision.on_tokens, decision.on_output_tokens, used,
                     explained=decision.rate_limited and report.exhausted,
                 )
                 lane.control.answered(answer, now)
-            else:  # a 5xx or no answer says nothing about the server's rate limiter
+            else:  # a 5xx, no answer or no capacity says nothing about the server's rate limiter
                 lane.control.lost(mark.sent_at)
         return await self.retune(lane, now)
 

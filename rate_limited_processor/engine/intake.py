@@ -6,6 +6,7 @@ cannot be sent becomes its failure result at once (`ResultKind.INVALID`), withou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -13,12 +14,13 @@ from ..base import strict_json
 from ..base.errors import InvalidRequest
 from ..base.models import APIRequest, RejectedLine, RequestResult, ResultKind
 from ..providers.endpoints import check_request
+from ..providers.registry import with_service_tier
 from ..providers.token_estimation import TokenEstimator, output_reservation
 from .context import RunContext
 from .job import Job
 from .source import END, PENDING, RequestItem, Source, from_mapping
 
-__all__ = ["Intake"]
+__all__ = ["Intake", "with_tier"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -70,6 +72,7 @@ class Intake:
             problem = strict_json.unsendable(item.body)  # a file's lines were read strictly; a caller's dicts were not
             if problem is not None:
                 return _invalid(item.index, item.body, item.metadata, f"{item.name}: the request body {problem}", item.custom_id, position)
+        item = with_tier(item, self._run.settings.service_tier)
         try:
             url, endpoint, prompt, completion = check_request(item, self._run.settings.request_url, self._estimator.estimate_parts)
             output_tokens = output_reservation(endpoint, item.body)
@@ -78,6 +81,13 @@ class Intake:
         model = item.body.get("model")
         tokens = endpoint.charged_tokens(prompt, completion)
         return Job(item, url, endpoint, tokens, prompt, completion, position, model=model if isinstance(model, str) else "", output_tokens=output_tokens)
+
+
+def with_tier(item: APIRequest, tier: str | None) -> APIRequest:
+    """A request with `service_tier` set to `tier` (`--service_tier`) when its body names none; a line's own stands."""
+    if tier is None or "service_tier" in item.body:
+        return item
+    return dataclasses.replace(item, body=with_service_tier(item.body, tier))
 
 
 def _invalid(index: int, content: Any, metadata: Any, reason: str, custom_id: str | None, position: int) -> RequestResult:

@@ -39,10 +39,12 @@ class Job:
     lane: Lane | None = None
     #: HTTP attempts made, rate-limit 429s included...
     attempts: int = 0
-    #: ...of which this many used none of max_attempts: rate-limit 429s (only time, since the first of them),
-    #: and refusals by an account that was then dropped.
+    #: ...of which this many used none of max_attempts: rate-limit and no-capacity 429s (only time, since the
+    #: first of them), and refusals by an account that was then dropped.
     rate_limited: int = 0
     first_rate_limited_at: float | None = None
+    #: No-capacity 429s (Flex's `resource_unavailable`) among them: its backoff grows with them.
+    no_capacity: int = 0
     errors: list[str] = field(default_factory=list)
     #: When the current attempt was sent, and what we had sent by then: for learning the server's view.
     mark: SendMark | None = None
@@ -59,13 +61,18 @@ class Job:
     def state(self, now: float) -> JobState:
         """What the decision step needs to know of this request."""
         waited = now - self.first_rate_limited_at if self.first_rate_limited_at is not None else 0.0
-        return JobState(attempts=self.attempts - self.rate_limited, rate_limited_for=waited, url=self.url)
+        return JobState(attempts=self.attempts - self.rate_limited, rate_limited_for=waited, no_capacity=self.no_capacity, url=self.url)
 
     def rate_limited_at(self, now: float) -> None:
         """Its attempt was refused by the rate limit (at `now`): it costs no attempt, only time from the first."""
         self.rate_limited += 1
         if self.first_rate_limited_at is None:
             self.first_rate_limited_at = now
+
+    def no_capacity_at(self, now: float) -> None:
+        """Its attempt found the provider without capacity (at `now`): like a rate limit, it costs no attempt."""
+        self.rate_limited_at(now)
+        self.no_capacity += 1
 
     def result(self, outcome: HTTPOutcome | None, kind: ResultKind) -> RequestResult:
         succeeded = kind is _SUCCEEDED

@@ -9,9 +9,10 @@ Usage::
     await api.download(batch["output_file_id"], sink)                                # GET /files/{id}/content
 
 Every call goes to the API root's origin, the only one the key is sent to; a redirect is not followed (it
-fails, naming its status). A call that gets no answer, a 429 or a 5xx is tried again after a backoff, up to
-`CALL_ATTEMPTS` times; any other error status raises `BatchAPIError` with the API's message, scrubbed of
-credentials. The HTTP itself is behind a seam (`BatchHTTP`): aiohttp here, the mock's `MockTransport` in tests.
+fails, naming its status). A call that gets no answer, a 429 or a 5xx is tried again after a backoff (or the wait its
+`retry-after-ms` or `retry-after` header asks for, up to `MAX_HINTED_CALL_DELAY`), up to `CALL_ATTEMPTS` times; any
+other error status raises `BatchAPIError` with the API's message, scrubbed of credentials. The HTTP itself is behind
+a seam (`BatchHTTP`): aiohttp here, the mock's `MockTransport` in tests.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..base import strict_json
 from ..base.clock import LOOP_CLOCK, Clock
 from ..base.errors import NoAnswer, ProcessorError, TransportError
 from ..config.credentials import Scrubber
+from ..core.wait_hints import retry_after_seconds
 from ..transport.http import TransportResponse
 
 __all__ = ["HTTPCall", "BatchHTTP", "AiohttpBatchHTTP", "BatchAPI", "BatchAPIError", "CALL_ATTEMPTS", "multipart_form"]
@@ -37,6 +39,9 @@ CALL_ATTEMPTS = 6
 #: Seconds before the second try of a call; doubled for each after it, up to `MAX_CALL_DELAY`.
 FIRST_CALL_DELAY = 1.0
 MAX_CALL_DELAY = 30.0
+#: The longest wait between tries a server's `retry-after-ms` or `retry-after` is obeyed for; its hint replaces the
+#: backoff, up to this.
+MAX_HINTED_CALL_DELAY = 120.0
 #: Seconds one call may take: an upload of 200 MB on a slow line takes minutes.
 CALL_TIMEOUT = 900.0
 #: Most batches looked through when finding one a killed run created but did not record.
@@ -206,6 +211,7 @@ class BatchAPI:
         where = f"{method} {self.root}{_path_only(path)}"
         problem = ""
         for attempt, delay in enumerate(_delays(), start=1):
+            hint = None
             try:
                 response = await self._http.call(call, sink)
             except TransportError as error:
@@ -218,11 +224,12 @@ class BatchAPI:
                 problem = f"HTTP {response.status}: {self._message(response)}"
                 if response.status != 429 and response.status < 500:
                     raise BatchAPIError(f"{where} failed: {problem}", status=response.status)
+                hint = _server_wait(response)
             if attempt == CALL_ATTEMPTS:
                 break
             if before_retry is not None:
                 before_retry()
-            await self._clock.sleep(delay)
+            await self._clock.sleep(hint if hint is not None else delay)
         raise BatchAPIError(f"{where} failed after {CALL_ATTEMPTS} tries: {problem}")
 
     def _message(self, response: TransportResponse) -> str:
@@ -233,6 +240,13 @@ class BatchAPI:
         except (strict_json.InvalidJSON, AttributeError):
             message = None
         return self._scrub(message if isinstance(message, str) else text[:500] or "(no body)")
+
+
+def _server_wait(response: TransportResponse) -> float | None:
+    """The wait a 429 or 5xx asks for in its `retry-after-ms` or `retry-after` header, at most `MAX_HINTED_CALL_DELAY`
+    (a longer one is waited out that long, and asked again); None when it asks for none."""
+    seconds = retry_after_seconds({name.lower(): value for name, value in response.headers.items()})
+    return min(seconds, MAX_HINTED_CALL_DELAY) if seconds is not None else None
 
 
 def _delays() -> Iterator[float]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..base.errors import InvalidRequest
 from ..base.models import APIRequest, RejectedLine
-from ..core.costs import CostLedger, PriceBook, format_dollars, model_of
+from ..core.costs import CostLedger, PriceBook, format_dollars, is_flex, model_of
 from ..core.limiter import Limits
 from ..providers.endpoints import Endpoint, check_request
 from ..providers.token_estimation import TokenEstimator
@@ -65,7 +65,7 @@ def plan_requests(items: Iterable[APIRequest | RejectedLine], request_url: str, 
             _count_problem(plan, f"{item.name}: {error}")
             continue
         tokens = endpoint.charged_tokens(prompt, completion)
-        plan.costs.add(model_of(item.body), input_tokens=prompt, output_tokens=completion)
+        plan.costs.add(model_of(item.body), input_tokens=prompt, output_tokens=completion, flex=is_flex(item.body))
         plan.requests += 1
         plan.tokens += tokens
         plan.largest_request = max(plan.largest_request, tokens)

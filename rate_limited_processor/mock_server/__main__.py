@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Kinds: " + ", ".join(kind.value for kind in FaultKind),
     )
     add("--faults_after", type=int, default=0, help="never fault the first N requests (default: 0)")
+    add(
+        "--flex_unavailable", type=float, default=0.0, metavar="P",
+        help='chance that a "service_tier": "flex" request gets 429 resource_unavailable (default: 0)',
+    )
     add("--seed", type=int, default=0, help="seed for faults and latency jitter, to replay a run (default: 0)")
     add(
         "--api_key",
@@ -158,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         inter_token_gap=args.inter_token_gap,
         faults=faults,
         faults_after=args.faults_after,
+        flex_unavailable=args.flex_unavailable,
         seed=args.seed,
         api_key=args.api_key,
         retry_after_header=args.retry_after_header,

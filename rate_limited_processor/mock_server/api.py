@@ -159,7 +159,7 @@ class MockApi:
 
     __slots__ = (
         "config", "record", "batches", "message_batches", "gemini_day", "_clock", "_wall", "_faults", "_gate", "_counter", "_latency_rng",
-        "_in_flight",
+        "_flex_rng", "_in_flight",
     )
 
     config: MockConfig
@@ -190,6 +190,7 @@ class MockApi:
         self._counter = TokenCounter(config.token_counting, config.token_encoding_name)
         # Its own generator, so the latency drawn never shifts the fault sequence.
         self._latency_rng = random.Random(f"latency-{config.seed}")
+        self._flex_rng = random.Random(f"flex-{config.seed}")
         self._in_flight: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
@@ -353,6 +354,8 @@ class MockApi:
             if self._gate.too_large(tokens):
                 limit = self.config.tokens_per_minute or 0
                 return _Decision(errors.request_too_large(model=model, limit=limit, requested=tokens))
+        if body.get("service_tier") == "flex" and self.config.flex_unavailable and self._flex_rng.random() < self.config.flex_unavailable:
+            return _Decision(errors.flex_unavailable())  # Flex has no capacity now: charged to no limit
         rejection = self._gate.admit(tokens, self._clock())
         if rejection is not None:
             return _Decision(self._rate_limited(rejection, model), retry_after=rejection.wait)

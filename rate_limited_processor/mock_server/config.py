@@ -64,6 +64,9 @@ class MockConfig:
     faults: Mapping[str, float] = field(default_factory=dict)
     #: The first this many requests are never faulted (so a run can get going before trouble starts).
     faults_after: int = 0
+    #: The chance that a Flex request (`"service_tier": "flex"`) finds no capacity: a 429 `resource_unavailable`,
+    #: charged to no limit. Drawn per Flex request in arrival order, seeded by `seed`.
+    flex_unavailable: float = 0.0
     #: Seeds the fault draws and the latency jitter, so a run can be replayed.
     seed: int = 0
     #: When set, requests must carry `Authorization: Bearer <key>` (or `api-key: <key>` on Azure paths).
@@ -119,6 +122,8 @@ class MockConfig:
             raise ValueError("batch_failed_lines and batch_expired_lines must be fractions adding up to at most 1")
         if not self.batch_create_delay >= 0:
             raise ValueError(f"batch_create_delay must be seconds >= 0, got {self.batch_create_delay}")
+        if not 0 <= self.flex_unavailable <= 1:
+            raise ValueError(f"flex_unavailable must be a probability within [0, 1], got {self.flex_unavailable}")
         if self.faults_after < 0:
             raise ValueError(f"faults_after must not be negative, got {self.faults_after}")
         checked = validate_faults(self.faults)

@@ -26,6 +26,7 @@ __all__ = [
     "rate_limited",
     "request_too_large",
     "insufficient_quota",
+    "flex_unavailable",
     "server_error",
     "overloaded",
     "html_bad_gateway",
@@ -167,6 +168,12 @@ def insufficient_quota() -> Reply:
         "insufficient_quota",
         "insufficient_quota",
     )
+
+
+def flex_unavailable() -> Reply:
+    """429 for a Flex request when Flex has no capacity now: not the account's rate limit, and not charged (OpenAI's
+    Flex guide: "429 Resource Unavailable", code `resource_unavailable`; retry later, or send at the default tier)."""
+    return _error(429, "Resource unavailable. Please try again later.", "invalid_request_error", "resource_unavailable")
 
 
 def server_error() -> Reply:

@@ -224,7 +224,16 @@ def _id(prefix: str, key: str) -> str:
 
 
 def success_payload(endpoint: Endpoint, body: Mapping[str, Any], *, model: str, key: str) -> dict[str, Any]:
-    """The 200 body for a valid request (`body_problem` returned None). `key` identifies the request."""
+    """The 200 body for a valid request (`body_problem` returned None). `key` identifies the request. A chat or
+    Responses answer names the `service_tier` that served it, when the request asked for one ("auto": "default")."""
+    payload = _payload(endpoint, body, model=model, key=key)
+    tier = body.get("service_tier")
+    if isinstance(tier, str) and endpoint in (Endpoint.CHAT_COMPLETIONS, Endpoint.RESPONSES):
+        payload["service_tier"] = "default" if tier == "auto" else tier
+    return payload
+
+
+def _payload(endpoint: Endpoint, body: Mapping[str, Any], *, model: str, key: str) -> dict[str, Any]:
     echo = expected_echo(endpoint, body)
     prompt_tokens = _approx_tokens(_input_text(endpoint, body))
     if endpoint is Endpoint.EMBEDDINGS:

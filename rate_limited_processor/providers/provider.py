@@ -43,6 +43,9 @@ class ErrorDialect:
     too_large_words: tuple[str, ...] = ()
     #: Words that lead a wait in the message: "try again in" 1.5s, "retry after" 6 seconds.
     wait_words: tuple[str, ...] = ()
+    #: Codes of a 429 that says the provider has no capacity now (OpenAI Flex's "resource_unavailable"): not the
+    #: account's rate limit, so it is retried with backoff and moves no rate.
+    no_capacity_codes: frozenset[str] = frozenset()
 
     @classmethod
     def merged(cls, *dialects: ErrorDialect) -> ErrorDialect:
@@ -60,11 +63,16 @@ class ErrorDialect:
             output_token_words=union("output_token_words"),
             too_large_words=union("too_large_words"),
             wait_words=union("wait_words"),
+            no_capacity_codes=frozenset().union(*(dialect.no_capacity_codes for dialect in dialects)),
         )
 
     def stops_run(self, code: str, type_: str, message: str = "") -> bool:
         text = message.lower()
         return code.lower() in self.stop_run_codes or type_.lower() in self.stop_run_codes or any(word in text for word in self.stop_run_words)
+
+    def no_capacity(self, code: str, type_: str) -> bool:
+        """A 429 about the provider's capacity, not the account's rate limit."""
+        return code.lower() in self.no_capacity_codes or type_.lower() in self.no_capacity_codes
 
     def names_token_limit(self, type_: str, message: str) -> bool:
         text = message.lower()

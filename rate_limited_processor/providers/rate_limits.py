@@ -44,6 +44,8 @@ class RateLimitReport:
     reset_resolution: float = 0.001
     #: Limit headers that were present but ignored, as ("header", "value"): not a number, or below any real limit.
     ignored: tuple[tuple[str, str], ...] = ()
+    #: Limit headers whose value says the server does not know the limit (Azure's -1 and 0): no limit, no warning.
+    unknown: tuple[str, ...] = ()
     #: A `remaining` header says 0 for a limit the same answer states: the server's bucket is empty at that limit,
     #: so a 429 that carries it is the bucket working, not a sign of a lower limit than stated.
     exhausted: bool = False
@@ -68,16 +70,23 @@ NO_REPORT = RateLimitReport()
 class StatedLimits:
     """Reads stated limits off one answer's headers, each checked against its floor; the ignored ones are kept."""
 
-    __slots__ = ("headers", "floors", "ignored")
+    __slots__ = ("headers", "floors", "unknown", "ignored", "unstated")
 
-    def __init__(self, headers: Mapping[str, str], floors: Mapping[str, float]) -> None:
+    def __init__(self, headers: Mapping[str, str], floors: Mapping[str, float], unknown: frozenset[float] = frozenset()) -> None:
+        """`unknown`: values that are the server's way of saying it does not know the limit (Azure's -1 and 0): read
+        as no header at all, without a warning, and listed in `unstated`."""
         self.headers = headers
         self.floors = floors
+        self.unknown = unknown
         self.ignored: list[tuple[str, str]] = []
+        self.unstated: list[str] = []
 
     def __call__(self, name: str) -> float | None:
         text = self.headers.get(name)
         value = positive_number(text)
+        if text is not None and self.unknown and _number(text) in self.unknown:
+            self.unstated.append(name)
+            return None
         if text is not None and (value is None or value < self.floors[name]):
             self.ignored.append((name, text))
             return None
@@ -94,11 +103,17 @@ def exhausted(headers: Mapping[str, str], pairs: tuple[tuple[str, str], ...]) ->
 
 
 def positive_number(text: str | None) -> float | None:
+    value = _number(text)
+    return value if value is not None and value > 0 else None
+
+
+def _number(text: str | None) -> float | None:
+    """A finite number, or None."""
     try:
         value = float(text) if text is not None else math.nan
     except ValueError:
         return None
-    return value if math.isfinite(value) and value > 0 else None
+    return value if math.isfinite(value) else None
 
 
 def count_left(text: str | None) -> float | None:

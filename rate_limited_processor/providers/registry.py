@@ -39,6 +39,10 @@ __all__ = [
     "limit_floor",
     "PROBE_BODIES",
     "former_name",
+    "SERVICE_TIERS",
+    "FLEX_REQUEST_TIMEOUT",
+    "is_flex",
+    "with_service_tier",
 ]
 
 #: Asked in this order; the last serves any URL (OpenAI-compatible servers).
@@ -55,6 +59,13 @@ EXAMPLE_REQUEST_URL = openai.EXAMPLE_URL
 DEFAULT_PRICE_PROVIDER: str = openai.PROVIDER.price_provider or ""
 #: Every provider's error words at once: an error is read alike whoever sent it.
 ERRORS = ErrorDialect.merged(*(provider.errors for provider in PROVIDERS))
+#: The `service_tier` values a body may name (`--service_tier`), and how a body gets one it lacks.
+SERVICE_TIERS = openai.SERVICE_TIERS
+with_service_tier = openai.with_service_tier
+#: Whether a body asks for the slow, half-price tier (OpenAI's Flex): priced at the batch price, and given at
+#: least `FLEX_REQUEST_TIMEOUT` seconds to answer.
+is_flex = openai.is_flex
+FLEX_REQUEST_TIMEOUT = openai.FLEX_REQUEST_TIMEOUT
 #: The key variable of a URL that names no provider (the command's default).
 DEFAULT_KEY_VARIABLE = DEFAULT_PROVIDER.key_variable
 

@@ -43,7 +43,8 @@ def format_summary(
     if stats.stop_reason:
         not_done = f"{stats.total - stats.done - stats.already_done:,}" if stats.total is not None else "the rest"
         lines.append(f"    not finished   {not_done} (no final answer, so no row); rerun to send them")
-    lines.append(f"  attempts         {stats.attempts:,} ({stats.retries:,} retries, {stats.rate_limit_errors:,} rate-limit 429s)")
+    no_capacity = f", {stats.no_capacity_errors:,} no-capacity 429s (not a rate limit)" if stats.no_capacity_errors else ""
+    lines.append(f"  attempts         {stats.attempts:,} ({stats.retries:,} retries, {stats.rate_limit_errors:,} rate-limit 429s{no_capacity})")
     lines.append(f"  elapsed          {format_duration(stats.elapsed)}")
     lines.extend(_throughput_lines(stats, rpm, tpm, given))
     if stats.succeeded:
@@ -230,6 +231,7 @@ def summary_record(
         "attempts": stats.attempts,
         "retries": stats.retries,
         "rate_limit_429s": stats.rate_limit_errors,
+        "no_capacity_429s": stats.no_capacity_errors,
         "elapsed_s": round(stats.elapsed, 3),
         "tokens_charged": stats.tokens_charged,
         "tokens_estimated_succeeded": stats.estimated_tokens_succeeded,
