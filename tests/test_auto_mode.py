@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rate_limited_processor import Settings
 from rate_limited_processor.core.costs import PriceBook
 from rate_limited_processor.core.stats import RunStats
@@ -27,13 +29,13 @@ PRICES = AutoPrices(
 )
 
 
-def run_auto(api: MockApi, input_path: Path, output_path: Path, *, deadline: float, rpm: float, **options: Any) -> RunStats:
+def run_auto(api: MockApi, input_path: Path, output_path: Path, *, deadline: float, rpm: float, http: Any = None, **options: Any) -> RunStats:
     async def main() -> RunStats:
         transport = MockTransport(api)
         settings = Settings(request_url=mock_url(), api_key=None, max_requests_per_minute=rpm)
         return await run_auto_job(
             settings, input_path, output_path, deadline_seconds=deadline, options=BatchOptions(poll_interval=1.0, **options),
-            prices=PRICES, http=transport, transport=transport, show_progress=False,
+            prices=PRICES, http=http or transport, transport=transport, show_progress=False,
         )
 
     return run_virtual(main())
@@ -113,3 +115,45 @@ def test_a_deadline_too_near_for_any_batch_sends_everything_online_at_once(tmp_p
 
     assert not api.batches.uploads and not api.batches.created, "no batch was tried"
     assert ways(api, requests)[1] == Counter(range(100)) and stats.deadline_plan is not None and stats.deadline_plan.online == 100
+
+
+class Killed(BaseException):
+    """The process dies here: nothing after it runs."""
+
+
+class DiesAt:
+    """The mock, and a process that dies right after the API did the n-th Files or Batches call of a kind (before it hears back)."""
+
+    def __init__(self, api: MockApi, method: str, path_end: str, nth: int) -> None:
+        self.transport = MockTransport(api)
+        self.method, self.path_end, self.nth = method, path_end, nth
+        self.seen = 0
+
+    async def call(self, call: Any, sink: Any = None) -> Any:
+        answer = await self.transport.call(call, sink)
+        if call.method == self.method and call.url.partition("?")[0].endswith(self.path_end):
+            self.seen += 1
+            if self.seen == self.nth:
+                raise Killed
+        return answer
+
+
+@pytest.mark.parametrize("method, path_end, nth", [("POST", "/files", 2), ("POST", "/batches", 2), ("POST", "/cancel", 1), ("POST", "/cancel", 3)])
+def test_a_run_killed_at_any_step_is_continued_by_a_rerun_that_pays_for_no_line_twice(tmp_path: Path, method: str, path_end: str, nth: int) -> None:
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    config = MockConfig(requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10.0, batch_stall_at=0.5)
+    api = MockApi(config)
+
+    with pytest.raises(Killed):
+        run_auto(api, input_path, output_path, deadline=60.0, rpm=1_200, max_lines=100, http=DiesAt(api, method, path_end, nth))
+    assert sidecar_path(output_path, "deadline").exists() and sidecar_path(output_path, "batches").exists()
+    stats = run_auto(api, input_path, output_path, deadline=60.0, rpm=1_200, max_lines=100)
+
+    assert Counter(row[2]["id"] for row in read_rows(output_path)) == Counter(range(LINES))
+    batched, online = ways(api, requests)
+    assert max((batched + online).values()) == 1, "no line was answered twice, by a batch or online"
+    assert batched + online == Counter(range(LINES))
+    assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4), "no part was uploaded or created twice"
+    assert stats.stop_reason is None and not sidecar_path(output_path, "deadline").exists()
