@@ -7,7 +7,8 @@ import math
 import pytest
 
 from rate_limited_processor.core.deadline_plan import (
-    CANCEL_ALLOWANCE_SECONDS,
+    MAX_CANCEL_SECONDS,
+    MIN_CANCEL_SECONDS,
     MIN_MARGIN_SECONDS,
     Decision,
     OnlineCapacity,
@@ -36,29 +37,29 @@ def test_the_online_time_is_set_by_the_limit_that_binds_and_the_headroom() -> No
 
 def test_the_rescue_starts_when_the_unfinished_lines_could_only_just_be_finished_online_with_the_margin() -> None:
     work = Work(400, 0)
-    margin = margin_seconds(20.0, poll_interval=1.0)
-    assert margin == MIN_MARGIN_SECONDS + 1.0 + CANCEL_ALLOWANCE_SECONDS
-    assert rescue_at(60.0, RPM_1200, work, 1.0) == 60.0 - 20.0 - margin
-    start = rescue_at(60.0, RPM_1200, work, 1.0)
-    assert decide(start - 0.001, 60.0, RPM_1200, work, 1.0) is Decision.WAIT
-    assert decide(start, 60.0, RPM_1200, work, 1.0) is Decision.RESCUE
-    fewer = Work(100, 0)  # batches finished lines: the rescue may wait longer
-    assert decide(start, 60.0, RPM_1200, fewer, 1.0) is Decision.WAIT
-    assert decide(59.9, 60.0, RPM_1200, Work(0, 0), 1.0) is Decision.WAIT, "nothing left: nothing to rescue"
+    assert margin_seconds(20.0, seconds_left=30.0) == MIN_MARGIN_SECONDS + MIN_CANCEL_SECONDS
+    start = rescue_at(0.0, 60.0, RPM_1200, work)
+    assert start == 60.0 - 20.0 - MIN_MARGIN_SECONDS - 3.0, "seen from the start, a twentieth of the 60 s left for the cancel"
+    assert decide(30.0, 60.0, RPM_1200, work) is Decision.WAIT
+    assert decide(35.0, 60.0, RPM_1200, work) is Decision.RESCUE, "60 - 20 online - 3 - 2 for the cancel = 35"
+    assert decide(34.99, 60.0, RPM_1200, work) is Decision.WAIT
+    assert decide(35.0, 60.0, RPM_1200, Work(100, 0)) is Decision.WAIT, "batches finished lines: the rescue may wait longer"
+    assert decide(59.9, 60.0, RPM_1200, Work(0, 0)) is Decision.WAIT, "nothing left: nothing to rescue"
 
 
-def test_the_margin_grows_with_the_online_time() -> None:
-    assert margin_seconds(3_600.0, poll_interval=60.0) == 360.0 + 60.0 + CANCEL_ALLOWANCE_SECONDS
+def test_the_margin_grows_with_the_online_time_and_the_time_left_for_a_cancel() -> None:
+    assert margin_seconds(3_600.0, seconds_left=7_200.0) == 360.0 + 360.0
+    assert margin_seconds(3_600.0, seconds_left=86_400.0) == 360.0 + MAX_CANCEL_SECONDS, "OpenAI: cancelling takes up to 10 minutes"
 
 
 def test_a_deadline_with_time_for_a_batch_plans_batches_and_one_without_plans_all_online() -> None:
-    roomy = estimate(0.0, 60.0, RPM_1200, Work(400, 24_000), 1.0, batch_dollars=1.0, online_dollars=2.0)
-    assert roomy.route is Route.BATCH and roomy.rescue_in == pytest.approx(60.0 - 20.0 - 6.0)
+    roomy = estimate(0.0, 60.0, RPM_1200, Work(400, 24_000), batch_dollars=1.0, online_dollars=2.0)
+    assert roomy.route is Route.BATCH and roomy.rescue_in == pytest.approx(60.0 - 20.0 - 3.0 - 3.0)
     text = format_estimate(roomy)
     assert "all online at the limits: 20 s" in text and "$1.00" in text and "$2.00" in text and "through batches" in text
-    tight = estimate(0.0, 24.0, RPM_1200, Work(400, 24_000), 1.0, batch_dollars=1.0, online_dollars=2.0)
+    tight = estimate(0.0, 24.0, RPM_1200, Work(400, 24_000), batch_dollars=1.0, online_dollars=2.0)
     assert tight.route is Route.ONLINE and "all online now" in format_estimate(tight)
-    unknown = estimate(0.0, 3_600.0, OnlineCapacity(None, None), Work(10, 10), 1.0, None, None)
+    unknown = estimate(0.0, 3_600.0, OnlineCapacity(None, None), Work(10, 10), None, None)
     assert unknown.route is Route.ONLINE and "give --max_requests_per_minute" in format_estimate(unknown)
 
 

@@ -17,7 +17,7 @@ from yarl import URL
 from ..base.atomic_write import write_text_atomically
 from ..base.errors import LimiterUnavailable, ResumeError
 from ..config.credentials import scrubber_for
-from ..config.settings import DEFAULT_BATCH_POLL_INTERVAL, REDIS_URL_VARIABLE, Secret, Settings
+from ..config.settings import REDIS_URL_VARIABLE, Secret, Settings
 from ..core.budget import Budget
 from ..core.costs import PriceBook
 from ..core.deadline_plan import OnlineCapacity, Work, estimate, format_estimate
@@ -42,7 +42,7 @@ from .exits import EXIT_OK, EXIT_USAGE, PROG
 
 def dry_run(
     settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool, prices: PriceBook | None = None, parquet: bool = False,
-    deadline: float | None = None, poll_interval: float = DEFAULT_BATCH_POLL_INTERVAL, both_prices: AutoPrices | None = None,
+    deadline: float | None = None, both_prices: AutoPrices | None = None,
 ) -> int:
     """Plan the job as it would run now (lines with a row in the results file are skipped); send nothing. With a
     `deadline` (--mode auto), the plan's estimate too: the online time at the limits, both costs, the plan."""
@@ -62,7 +62,7 @@ def dry_run(
         books = both_prices or AutoPrices()
         capacity = OnlineCapacity(settings.limits.requests_per_minute, settings.limits.tokens_per_minute, settings.headroom)
         dollars = (ledger_dollars(plan.costs, books.batch), ledger_dollars(plan.costs, books.online))
-        print(format_estimate(estimate(0.0, deadline, capacity, Work(plan.requests, plan.tokens), poll_interval, *dollars)))
+        print(format_estimate(estimate(0.0, deadline, capacity, Work(plan.requests, plan.tokens), *dollars)))
     return EXIT_OK
 
 

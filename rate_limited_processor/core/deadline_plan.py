@@ -9,8 +9,8 @@ Usage::
 
     capacity = OnlineCapacity(requests_per_minute=1_200, tokens_per_minute=None)
     work = Work(lines=400, tokens=24_000)
-    rescue = rescue_at(deadline=60.0, capacity=capacity, work=work, poll_interval=1.0)   # 60 - 20 - margin
-    if decide(now, 60.0, capacity, work, poll_interval=1.0) is Decision.RESCUE: ...
+    rescue = rescue_at(now=0.0, deadline=60.0, capacity=capacity, work=work)   # 60 - 20 s online - the margin
+    if decide(now, 60.0, capacity, work) is Decision.RESCUE: ...
 
 Pure: every function takes `now` (or a deadline) and reads no clock, so the plan is tested in virtual time.
 """
@@ -25,15 +25,18 @@ from .costs import format_dollars
 
 __all__ = [
     "OnlineCapacity", "Work", "Decision", "Route", "Estimate", "Outcome", "margin_seconds", "rescue_at", "decide", "estimate",
-    "format_estimate", "format_outcome", "MIN_MARGIN_SECONDS", "MARGIN_FRACTION", "CANCEL_ALLOWANCE_SECONDS",
+    "format_estimate", "format_outcome", "MIN_MARGIN_SECONDS", "MARGIN_FRACTION", "CANCEL_FRACTION", "MIN_CANCEL_SECONDS", "MAX_CANCEL_SECONDS",
 ]
 
 #: The least margin kept between the rescue's expected end and the deadline: the last answers' latency, a retry.
 MIN_MARGIN_SECONDS = 3.0
 #: And a tenth of the rescue's online time: the limits are reached only on average.
 MARGIN_FRACTION = 0.1
-#: Seconds allowed for a cancelled batch to say it is "cancelled" and its output file to be downloaded.
-CANCEL_ALLOWANCE_SECONDS = 2.0
+#: Time allowed for cancelled batches to end "cancelled" (OpenAI: "up to 10 minutes") and their output to be
+#: downloaded: a twentieth of the time left, at least `MIN_CANCEL_SECONDS`, at most `MAX_CANCEL_SECONDS`.
+CANCEL_FRACTION = 0.05
+MIN_CANCEL_SECONDS = 2.0
+MAX_CANCEL_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,23 +85,25 @@ class Route(enum.Enum):
     ONLINE = "online"
 
 
-def margin_seconds(online_seconds: float, poll_interval: float) -> float:
+def margin_seconds(online_seconds: float, seconds_left: float) -> float:
     """The time kept between the rescue's expected end and the deadline: a tenth of the online time (at least
-    `MIN_MARGIN_SECONDS`), a poll interval (the rescue is seen at the next poll) and the cancel's own time."""
-    return max(MIN_MARGIN_SECONDS, MARGIN_FRACTION * online_seconds) + poll_interval + CANCEL_ALLOWANCE_SECONDS
+    `MIN_MARGIN_SECONDS`), and the time cancelled batches take to end, from the `seconds_left` to the deadline."""
+    cancelling = min(MAX_CANCEL_SECONDS, max(MIN_CANCEL_SECONDS, CANCEL_FRACTION * seconds_left))
+    return max(MIN_MARGIN_SECONDS, MARGIN_FRACTION * online_seconds) + cancelling
 
 
-def rescue_at(deadline: float, capacity: OnlineCapacity, work: Work, poll_interval: float) -> float:
-    """The latest time the rescue of `work` may start and still end before the deadline (-inf: never possible)."""
+def rescue_at(now: float, deadline: float, capacity: OnlineCapacity, work: Work) -> float:
+    """The latest time the rescue of `work` may start and still end before the deadline, as seen at `now` (-inf:
+    never possible). It only moves later as the batches finish lines and as `now` nears the deadline."""
     online = capacity.seconds_for(work)
-    return deadline - online - margin_seconds(online, poll_interval)
+    return deadline - online - margin_seconds(online, deadline - now)
 
 
-def decide(now: float, deadline: float, capacity: OnlineCapacity, work: Work, poll_interval: float) -> Decision:
+def decide(now: float, deadline: float, capacity: OnlineCapacity, work: Work) -> Decision:
     """Whether the unfinished `work` must go online now."""
     if work.lines == 0:
         return Decision.WAIT
-    return Decision.RESCUE if now >= rescue_at(deadline, capacity, work, poll_interval) else Decision.WAIT
+    return Decision.RESCUE if now >= rescue_at(now, deadline, capacity, work) else Decision.WAIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +123,11 @@ class Estimate:
 
 
 def estimate(
-    now: float, deadline: float, capacity: OnlineCapacity, work: Work, poll_interval: float,
-    batch_dollars: float | None, online_dollars: float | None,
+    now: float, deadline: float, capacity: OnlineCapacity, work: Work, batch_dollars: float | None, online_dollars: float | None,
 ) -> Estimate:
     """The plan for `work` at `now`: batches with the rescue behind them, or, with no time for a batch, all online."""
     online = capacity.seconds_for(work)
-    rescue = rescue_at(deadline, capacity, work, poll_interval) - now
+    rescue = rescue_at(now, deadline, capacity, work) - now
     route = Route.BATCH if rescue > 0 or work.lines == 0 else Route.ONLINE
     return Estimate(work, deadline - now, online, rescue, route, batch_dollars, online_dollars)
 

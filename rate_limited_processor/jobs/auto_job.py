@@ -229,10 +229,10 @@ class _AutoJob(_BatchJob):
     def plan(self) -> Estimate:
         ledger = self.auto_lines.ledger()
         dollars = (ledger_dollars(ledger, self.auto_lines.prices), ledger_dollars(ledger, self.auto_lines.online_prices))
-        return estimate(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work(), self.options.poll_interval, *dollars)
+        return estimate(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work(), *dollars)
 
     def _decision(self) -> Decision:
-        return decide(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work(), self.options.poll_interval)
+        return decide(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work())
 
     async def _loop(self, queue: list[Part]) -> None:
         plan = self.plan()
@@ -260,7 +260,7 @@ class _AutoJob(_BatchJob):
                     continue
                 await self._rescue(queue)  # refused with nothing running: the batches cannot take them, online can
                 return
-            rescue = rescue_at(self.deadline, self.capacity, self.auto_lines.work(), self.options.poll_interval)
+            rescue = rescue_at(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work())
             await self.clock.sleep(max(0.0, min(self.options.poll_interval, rescue - self.clock.now())))
             ended = await self._poll()
             self.display.tick()
