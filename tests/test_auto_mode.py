@@ -157,3 +157,32 @@ def test_a_run_killed_at_any_step_is_continued_by_a_rerun_that_pays_for_no_line_
     assert batched + online == Counter(range(LINES))
     assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4), "no part was uploaded or created twice"
     assert stats.stop_reason is None and not sidecar_path(output_path, "deadline").exists()
+
+
+def test_batches_refused_for_the_enqueued_token_limit_wait_for_room_and_still_take_every_line(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(150)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    # A part of 50 lines holds 50 x (27 + 8) = 1,750 tokens as the mock counts them: two fit under the limit, not three.
+    config = MockConfig(requests_per_minute=600, batch_validation_seconds=0.5, batch_processing_seconds=3.0, batch_enqueued_token_limit=3_600)
+    api = MockApi(config)
+
+    stats = run_auto(api, input_path, tmp_path / "results.jsonl", deadline=120.0, rpm=600, max_lines=50)
+
+    refused = [batch for batch in api.batches._batches.values() if batch.errors]
+    assert refused and all(error["code"] == "token_limit_exceeded" for batch in refused for error in batch.errors)
+    batched, online = ways(api, requests)
+    assert batched == Counter(range(150)) and not online and stats.stop_reason is None
+
+
+def test_limits_not_given_are_learned_from_one_small_requests_headers() -> None:
+    from rate_limited_processor.jobs.auto_job import auto_capacity
+
+    api = MockApi(MockConfig(requests_per_minute=600, tokens_per_minute=90_000))
+
+    async def main() -> Any:
+        return await auto_capacity(Settings(request_url=mock_url(), api_key=None), MockTransport(api), model="gpt-4o-mini")
+
+    capacity = run_virtual(main())
+    assert (capacity.requests_per_minute, capacity.tokens_per_minute) == (600, 90_000) and len(api.record) == 1
+    given = run_virtual(auto_capacity(Settings(request_url=mock_url(), api_key=None, max_requests_per_minute=100), MockTransport(api)))
+    assert given.requests_per_minute == 100 and len(api.record) == 1, "limits given: nothing is asked"
