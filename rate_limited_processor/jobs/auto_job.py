@@ -94,11 +94,7 @@ async def run_auto_job(
         root = api_root(settings.request_url)
         state = BatchState.load(sidecar_path(save_path, BATCH_SIDECAR), root)
         deadline_file = sidecar_path(save_path, DEADLINE_SIDECAR)
-        deadline_at = _recorded_deadline(deadline_file) if state.parts else None
-        if deadline_at is None:
-            deadline_at = clock.wall() + deadline_seconds
-            write_json_atomically(deadline_file, {"deadline_at": deadline_at})
-        deadline = clock.now() + (deadline_at - clock.wall())  # on the run's own clock
+        deadline = _deadline(deadline_file, deadline_seconds, clock, recorded=bool(state.parts))
         network = http if http is not None else AiohttpBatchHTTP()
         api = BatchAPI(root, auth_headers(settings), http=network, scrub=scrubber_for(settings), clock=clock)
         stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, batch=True)
@@ -131,6 +127,18 @@ async def run_auto_job(
             if isinstance(network, AiohttpBatchHTTP) and http is None:
                 await network.aclose()
         return stats
+
+
+def _deadline(path: Path, seconds: float, clock: Clock, *, recorded: bool) -> float:
+    """The plan's deadline on the run's own clock: the one an earlier run recorded beside its batches (a rerun
+    continues that plan), else `seconds` from now, recorded before anything is sent."""
+    deadline_at = _recorded_deadline(path) if recorded else None
+    if deadline_at is not None:
+        logger.warning("continuing the plan of an earlier run: its deadline (recorded in %s) is %.0f s from now", path, deadline_at - clock.wall())
+    else:
+        deadline_at = clock.wall() + seconds
+        write_json_atomically(path, {"deadline_at": deadline_at})
+    return clock.now() + (deadline_at - clock.wall())
 
 
 def _recorded_deadline(path: Path) -> float | None:
