@@ -54,6 +54,8 @@ logger = logging.getLogger("rate_limited_processor")
 DEADLINE_SIDECAR = "deadline"
 #: Seconds between asks after batches being cancelled: the rescue waits on them.
 CANCEL_POLL_INTERVAL = 0.5
+#: The least sleep between asks: the rescue time, recomputed, creeps later as the deadline nears.
+MIN_SLEEP = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +271,8 @@ class _AutoJob(_BatchJob):
                 await self._rescue(queue)  # refused with nothing running: the batches cannot take them, online can
                 return
             rescue = rescue_at(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work())
-            await self.clock.sleep(max(0.0, min(self.options.poll_interval, rescue - self.clock.now())))
+            # Woken at the rescue time itself, not a poll later (the time moves a little later as the deadline nears).
+            await self.clock.sleep(min(self.options.poll_interval, max(MIN_SLEEP, rescue - self.clock.now())))
             ended = await self._poll()
             self.display.tick()
             if ended and self.waiting:
