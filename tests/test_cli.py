@@ -141,7 +141,7 @@ DASHED_FLAGS: dict[str, str | None] = {
     "--report-html": "b.html",
     "--max-requests-per-day": "300", "--max-tokens-per-day": "90000",
     "--max-cost-usd": "2.5", "--price-input-per-mtok": "0.15", "--price-output-per-mtok": "0.6", "--mode": "batch",
-    "--batch-max-lines": "500", "--batch-poll-interval": "5", "--batch-fallback": "online",
+    "--batch-max-lines": "500", "--batch-poll-interval": "5", "--batch-fallback": "online", "--deadline": "6h",
 }
 
 

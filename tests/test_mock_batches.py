@@ -176,6 +176,52 @@ def test_cancel_ends_a_running_batch_with_its_lines_cancelled() -> None:
     run_virtual(main())
 
 
+def test_a_stalled_batch_never_ends_and_a_cancel_keeps_the_lines_done_before_and_while_it_was_cancelling() -> None:
+    config = MockConfig(batch_validation_seconds=1.0, batch_processing_seconds=11.0, batch_stall_at=0.5, batch_cancelling_seconds=2.0)
+    api = MockApi(config)
+
+    async def main() -> None:
+        _, file = await upload(api, [batch_line(f"r{i}", body(i)) for i in range(10)])
+        _, batch = await create(api, file["id"])
+        await asyncio.sleep(3.0)  # 2 s of the 10 s pace: 2 lines done
+        _, seen = await call(api, "GET", f"/v1/batches/{batch['id']}")
+        assert (seen["status"], seen["request_counts"]["completed"]) == ("in_progress", 2)
+        await asyncio.sleep(3_600.0)  # stalled at half, it never ends on its own
+        _, seen = await call(api, "GET", f"/v1/batches/{batch['id']}")
+        assert (seen["status"], seen["request_counts"]["completed"], seen["output_file_id"]) == ("in_progress", 5, None)
+        status, cancelling = await call(api, "POST", f"/v1/batches/{batch['id']}/cancel")
+        assert (status, cancelling["status"]) == (200, "cancelling")
+        assert (await call(api, "POST", f"/v1/batches/{batch['id']}/cancel"))[0] == 409
+        await asyncio.sleep(2.0)
+        _, ended = await call(api, "GET", f"/v1/batches/{batch['id']}")
+        _, output = await call(api, "GET", f"/v1/files/{ended['output_file_id']}/content")
+        _, errors = await call(api, "GET", f"/v1/files/{ended['error_file_id']}/content")
+        assert ended["status"] == "cancelled" and ended["request_counts"] == {"total": 10, "completed": 5, "failed": 5}
+        assert [json.loads(row)["custom_id"] for row in output.splitlines()] == [f"r{i}" for i in range(5)]
+        assert {json.loads(row)["error"]["code"] for row in errors.splitlines()} == {"batch_cancelled"}
+        assert api.batches.answered[batch["id"]] == [f"r{i}" for i in range(5)] and api.batches.cancels == [batch["id"]]
+
+    run_virtual(main())
+
+
+def test_a_batch_cancelled_while_running_at_its_pace_keeps_the_lines_done_during_cancelling() -> None:
+    api = MockApi(MockConfig(batch_validation_seconds=0.0, batch_processing_seconds=10.0, batch_cancelling_seconds=3.0))
+
+    async def main() -> None:
+        _, file = await upload(api, [batch_line(f"r{i}", body(i)) for i in range(10)])
+        _, batch = await create(api, file["id"])
+        await asyncio.sleep(4.0)
+        await call(api, "POST", f"/v1/batches/{batch['id']}/cancel")
+        await asyncio.sleep(1.0)
+        _, seen = await call(api, "GET", f"/v1/batches/{batch['id']}")
+        assert (seen["status"], seen["request_counts"]["completed"]) == ("cancelling", 5)
+        await asyncio.sleep(2.0)
+        _, seen = await call(api, "GET", f"/v1/batches/{batch['id']}")
+        assert (seen["status"], seen["request_counts"]["completed"]) == ("cancelled", 7)
+
+    run_virtual(main())
+
+
 async def test_over_a_real_socket_the_client_uploads_creates_finds_and_downloads_and_the_stats_count_batches() -> None:
     async with MockServer(MockConfig(batch_validation_seconds=0.0, batch_processing_seconds=0.0)) as server:
         http = AiohttpBatchHTTP()
@@ -196,4 +242,4 @@ async def test_over_a_real_socket_the_client_uploads_creates_finds_and_downloads
                 stats = await response.json()
         finally:
             await http.aclose()
-    assert stats["batches"] == {"input_files": 1, "created": 1, "by_status": {"completed": 1}}
+    assert stats["batches"] == {"input_files": 1, "created": 1, "cancels": 0, "lines_answered": 1, "by_status": {"completed": 1}}

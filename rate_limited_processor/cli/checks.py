@@ -15,6 +15,7 @@ from ..core.costs import PriceBook
 from ..core.limiter import Limits
 from ..core.retry_policy import RetryPolicy
 from ..files.side_files import JOB_SIDECARS, RunFile, check_apart, job_files
+from ..jobs.auto_job import DEADLINE_SIDECAR, AutoPrices
 from ..jobs.batch_job import SIDECAR_KIND as BATCH_SIDECAR
 from ..jobs.file_job import check_output_path
 from ..jobs.preflight import check_key_for_provider, check_readable, check_request_url, check_writable, first_model
@@ -30,6 +31,15 @@ def prices_from_args(args: argparse.Namespace, request_url: str) -> PriceBook:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def auto_prices_from_args(args: argparse.Namespace, request_url: str) -> AutoPrices:
+    """--mode auto's prices both ways: at batch prices and online."""
+    books = [
+        PriceBook(request_url=request_url, batch=batch, input_per_mtok=args.price_input_per_mtok, output_per_mtok=args.price_output_per_mtok)
+        for batch in (True, False)
+    ]
+    return AutoPrices(*books)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -92,8 +102,18 @@ def _parse_header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def check_deadline(args: argparse.Namespace) -> None:
+    """--mode auto plans for a deadline, and only it has one."""
+    if args.mode == "auto" and args.deadline is None:
+        raise UsageError("--mode auto needs --deadline: when every line must be done, from now (45m, 6h, 2d)")
+    if args.mode != "auto" and args.deadline is not None:
+        raise UsageError("--deadline is for --mode auto: batches, with online as the rescue")
+    if args.mode == "auto" and args.max_cost_usd is not None:
+        raise UsageError("--max_cost_usd is not for --mode auto: the plan itself takes the least cost that meets the deadline")
+
+
 def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
-    """What --mode batch does not do, said before anything is sent."""
+    """What --mode batch (and auto, which sends batches) does not do, said before anything is sent."""
     if args.ordered:
         raise UsageError("--ordered is for --mode online: a batch's results come back when the batch ends")
     for flag in ("--max_requests_per_day", "--max_tokens_per_day"):
@@ -133,7 +153,7 @@ def _check_metrics(args: argparse.Namespace) -> None:
     """--metrics_port needs the metrics extra, and watches an online run."""
     if args.metrics_port is None:
         return
-    if args.mode == "batch":
+    if args.mode != "online":
         raise UsageError("--metrics_port is for --mode online: a batch run waits on the Batch API, with nothing to watch per request")
     from ..ui.metrics import MetricsServer
 
@@ -176,7 +196,9 @@ def check_files_apart(args: argparse.Namespace, requests_path: Path | None, save
     """No file the run writes is another of its files (`side_files`): checked before anything is written."""
     if requests_path is None or save_path is None:  # --show_limits: nothing is written
         return
-    sidecars = (*JOB_SIDECARS, BATCH_SIDECAR) if args.mode == "batch" else JOB_SIDECARS
+    sidecars: tuple[str, ...] = (*JOB_SIDECARS, BATCH_SIDECAR) if args.mode == "batch" else JOB_SIDECARS
+    if args.mode == "auto":
+        sidecars = (*JOB_SIDECARS, BATCH_SIDECAR, DEADLINE_SIDECAR)
     files = job_files(requests_path, save_path, sidecars=sidecars)
     if args.accounts is not None:
         files.append(RunFile("--accounts", Path(args.accounts)))

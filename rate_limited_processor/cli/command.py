@@ -32,7 +32,9 @@ from .checks import (
     _check_key,
     _check_metrics,
     _check_redis_extra,
+    auto_prices_from_args,
     check_budget,
+    check_deadline,
     check_files_apart,
     check_paths,
     prices_from_args,
@@ -113,7 +115,8 @@ class _Command:
             self.prices = prices = prices_from_args(args, settings.request_url)
             check_paths(args, self.requests_path, self.save_path)
             check_input(self.requests_path, settings.request_url, url_given=args.request_url is not None)
-            if args.mode == "batch":
+            check_deadline(args)
+            if args.mode != "online":
                 _check_batch_mode(args, settings.request_url)
             if not args.dry_run:
                 _check_key(settings)
@@ -124,7 +127,11 @@ class _Command:
             return self.refuse(error)
         configure_logging(args.logging_level)
         if args.dry_run:
-            return dry_run(settings, self.requests_path, self.save_path, retry_failed=args.retry_failed, prices=prices, parquet=args.output_format == "parquet")
+            return dry_run(
+                settings, self.requests_path, self.save_path, retry_failed=args.retry_failed, prices=prices, parquet=args.output_format == "parquet",
+                deadline=args.deadline,
+                both_prices=auto_prices_from_args(args, settings.request_url) if args.mode == "auto" else None,
+            )
         show_progress = sys.stderr.isatty() and not args.no_progress
         try:
             stats = asyncio.run(_run(settings, args, self.requests_path, self.save_path, show_progress, prices))

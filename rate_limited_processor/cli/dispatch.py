@@ -21,15 +21,19 @@ from ..config.credentials import scrubber_for
 from ..config.settings import REDIS_URL_VARIABLE, Secret, Settings
 from ..core.budget import Budget
 from ..core.costs import PriceBook
+from ..core.deadline_plan import OnlineCapacity, Work, estimate, format_estimate
 from ..core.stats import RunStats
 from ..engine.intake import with_tier
 from ..files.request_io import read_requests
 from ..files.resume import prepare_results_file
+from ..jobs.auto_job import AutoPrices, auto_capacity, ledger_dollars, run_auto_job
 from ..jobs.batch_job import BatchOptions, run_batch_job
 from ..jobs.file_job import run_file_job, skip_done
 from ..jobs.planning import format_plan, plan_requests
+from ..jobs.preflight import first_model
 from ..providers.token_estimation import TokenEstimator
 from ..ui.report import RunReport
+from .checks import auto_prices_from_args
 
 if TYPE_CHECKING:
     from ..engine.shared_limiter import RedisLimiterFactory
@@ -40,8 +44,10 @@ from .exits import EXIT_OK, EXIT_USAGE, PROG
 
 def dry_run(
     settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool, prices: PriceBook | None = None, parquet: bool = False,
+    deadline: float | None = None, both_prices: AutoPrices | None = None,
 ) -> int:
-    """Plan the job as it would run now (lines with a row in the results file are skipped); send nothing."""
+    """Plan the job as it would run now (lines with a row in the results file are skipped); send nothing. With a
+    `deadline` (--mode auto), the plan's estimate too: the online time at the limits, both costs, the plan."""
     prepare = prepare_results_file
     if parquet:
         from ..files.parquet import prepare_parquet_results as prepare
@@ -56,6 +62,11 @@ def dry_run(
     plan = plan_requests(items, settings.request_url, estimator)
     plan.already_done = done.claimed
     print(format_plan(plan, settings.limits, headroom=settings.headroom, prices=prices))
+    if deadline is not None:
+        books = both_prices or AutoPrices()
+        capacity = OnlineCapacity(settings.limits.requests_per_minute, settings.limits.tokens_per_minute, settings.headroom)
+        dollars = (ledger_dollars(plan.costs, books.batch), ledger_dollars(plan.costs, books.online))
+        print(format_estimate(estimate(0.0, deadline, capacity, Work(plan.requests, plan.tokens), *dollars)))
     return EXIT_OK
 
 
@@ -91,6 +102,15 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
 
         redirect = logging_redirect_tqdm(loggers=[logging.getLogger(PROG)])
     budget = Budget(args.max_cost_usd, prices) if args.max_cost_usd is not None else None
+    if args.mode == "auto":
+        options = BatchOptions(max_lines=args.batch_max_lines, poll_interval=args.batch_poll_interval)
+        capacity = await auto_capacity(settings, model=first_model(requests_path))
+        with redirect:
+            return await run_auto_job(
+                settings, requests_path, save_path, deadline_seconds=args.deadline, options=options, prices=auto_prices_from_args(args, settings.request_url),
+                capacity=capacity, output_format=args.output_format, retry_failed=args.retry_failed, handle_signals=True,
+                show_progress=show_progress, status_interval=args.status_interval or None,
+            )
     if args.mode == "batch":
         options = BatchOptions(max_lines=args.batch_max_lines, poll_interval=args.batch_poll_interval, fallback=args.batch_fallback)
         with redirect:

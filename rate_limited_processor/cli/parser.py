@@ -24,7 +24,7 @@ from ..core.arrivals import ARRIVAL_MODES
 from ..core.limiter import DEFAULT_BURST_SECONDS
 from ..providers.registry import SERVICE_TIERS
 from .exits import EXIT_USAGE, PROG
-from .values import _batch_lines, _fraction, _limit, _logging_level, _non_negative_float, _port, _positive_float, _positive_int
+from .values import _batch_lines, _deadline, _fraction, _limit, _logging_level, _non_negative_float, _port, _positive_float, _positive_int
 
 #: How alike a mistyped flag must be to a real one to be suggested ("--max_request_per_minute").
 _FLAG_SIMILARITY = 0.68
@@ -263,9 +263,13 @@ def _batch_mode(parser: argparse.ArgumentParser) -> None:
     """Online or through the Batch API, and how batches are made and watched."""
     add = parser.add_argument_group("Batch mode").add_argument
     add(
-        "--mode", choices=["online", "batch"], default="online",
+        "--mode", choices=["online", "batch", "auto"], default="online",
         help="online: send each request as fast as the limits allow; batch: send the file through the Batch API (half price, "
-        "results within 24 hours)",
+        "results within 24 hours); auto: batches, with online as the rescue, every line done by --deadline",
+    )
+    add(
+        "--deadline", type=_deadline, default=None, metavar="DURATION",
+        help="with --mode auto, when every line must be done, from now: 45m, 6h, 2d (a rerun keeps the first run's)",
     )
     add(
         "--batch_max_lines", type=_batch_lines, default=config.DEFAULT_BATCH_MAX_LINES,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..base.durations import parse_duration
 from ..config import settings as config
+
+_SECONDS_PER_DAY = 86_400.0
 
 
 def _batch_lines(text: str) -> int:
@@ -13,6 +16,17 @@ def _batch_lines(text: str) -> int:
     if value > config.BATCH_API_MAX_LINES:
         raise argparse.ArgumentTypeError(f"the Batch API takes at most {config.BATCH_API_MAX_LINES:,} lines in a batch, got {text!r}")
     return value
+
+
+def _deadline(text: str) -> float:
+    """A deadline from now: "45m", "6h", "1h30m", "2d" (days, which Go durations lack), or bare seconds."""
+    days, d, rest = text.strip().partition("d")
+    seconds = parse_duration(days) if d and not rest else parse_duration(text)
+    if seconds is not None and d and not rest:
+        seconds *= _SECONDS_PER_DAY
+    if seconds is None or not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 45m, 6h or 2d, got {text!r}")
+    return seconds
 
 
 def _port(text: str) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..base.models import RequestResult, ResultKind
 from .costs import CostLedger, is_flex, model_of, usage_tokens
+from .deadline_plan import Outcome
 from .limiter import Limits
 from .rate_control import ControlReport
 
@@ -142,6 +143,8 @@ class RunStats:
     spent: CostLedger = field(default_factory=CostLedger, repr=False)
     #: Sent through the Batch API (`--mode batch`): no rate limit paced it, and no token was charged to one.
     batch: bool = False
+    #: `--mode auto --deadline`: how the lines went (through batches, online), what that cost, and the batches cancelled.
+    deadline_plan: Outcome | None = None
     meter: RateMeter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -156,6 +156,10 @@ class BatchAPI:
     async def get(self, batch_id: str) -> dict[str, Any]:
         return await self._json("GET", f"/batches/{batch_id}")
 
+    async def cancel(self, batch_id: str) -> dict[str, Any]:
+        """Ask the API to cancel a batch: it is "cancelling", then "cancelled" with an output file of what it finished."""
+        return await self._json("POST", f"/batches/{batch_id}/cancel")
+
     async def download(self, file_id: str, sink: IO[bytes]) -> None:
         """Write a file's content to `sink` (output files can be larger than memory should hold)."""
         start = sink.tell()

@@ -228,11 +228,13 @@ class BatchLines:
                 self.write(RequestResult(item.index, item.body, item.metadata, None, (reason,), 1, ResultKind.FAILED, custom_id=item.custom_id))
         self.pending[part.number].clear()
 
-    async def send_online(self, transport: Transport | SendFunction | None) -> str | None:
+    async def send_online(
+        self, transport: Transport | SendFunction | None, why: str = "that the batches failed or let expire (--batch_fallback online)",
+    ) -> str | None:
         """`--batch_fallback online`: the lines the batches failed or let expire, through the online runner. The
-        reason it stopped, if it did."""
+        reason it stopped, if it did. `why` says, after "sending N lines online", why they go."""
         lines = self.fallback
-        self.display.note(f"sending {len(lines):,} lines online that the batches failed or let expire (--batch_fallback online)")
+        self.display.note(f"sending {len(lines):,} lines online {why}")
         processor = Processor(self.settings, transport=transport, clock=self.clock)
         stopped_for = None
         try:

@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_create_delay", type=float, default=0.0, help="Message Batches: seconds the create's answer is held after the batch exists")
     add("--batch_expired_lines", type=float, default=0.0, help="the Batch API: fraction of lines left to expire; their batch ends expired (default: 0)")
     add(
+        "--batch_stall_at", type=float, default=1.0,
+        help="the Batch API: fraction of a batch's lines done before it stalls; below 1 it never ends on its own (default: 1)",
+    )
+    add("--batch_cancelling_seconds", type=float, default=0.0, help="the Batch API: seconds a cancelled batch is cancelling (default: 0)")
+    add(
         "--batch_enqueued_token_limit", type=int, default=None,
         help="the Batch API: tokens a model's running batches may hold; a batch past it fails with token_limit_exceeded (default: none)",
     )
@@ -177,6 +182,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         batch_never_ends=args.batch_never_ends,
         batch_create_delay=args.batch_create_delay,
         batch_enqueued_token_limit=args.batch_enqueued_token_limit,
+        batch_stall_at=args.batch_stall_at,
+        batch_cancelling_seconds=args.batch_cancelling_seconds,
     )
 
 

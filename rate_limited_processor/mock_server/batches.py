@@ -16,7 +16,10 @@ body naming its model (a Global Batch deployment).
 
 A batch's life runs on the mock's clock: "validating" for `batch_validation_seconds`, then "failed" (a line the
 API would refuse, or the enqueued-token limit reached) or "in_progress", then `batch_processing_seconds` after
-it was created "completed", or "expired" when some lines were drawn to expire. Each line is answered as the
+it was created "completed", or "expired" when some lines were drawn to expire. Its lines are done one by one at an
+even pace meanwhile (`request_counts` shows them); with `batch_stall_at` below 1 it stalls part way and never ends
+on its own. A cancel leaves it "cancelling" for `batch_cancelling_seconds`, then "cancelled": as OpenAI's, its
+output file holds the lines done by then, and the others are in its error file as `batch_cancelled`. Each line is answered as the
 online endpoint answers it (the same echo, the same 400s); `batch_failed_lines` of them get a 500 instead, and
 `batch_expired_lines` none (their error is `batch_expired`). Draws are seeded by the line's custom_id, so a
 rerun sees the same. Strict about shapes: whatever the real API refuses is refused, with its error.
@@ -104,7 +107,7 @@ class _Batch:
 class MockBatches:
     """The files and batches the mock holds, and the answers of their endpoints."""
 
-    __slots__ = ("config", "_clock", "_counter", "_files", "_batches", "_ids", "uploads", "created")
+    __slots__ = ("config", "_clock", "_counter", "_files", "_batches", "_ids", "uploads", "created", "cancels", "answered")
 
     def __init__(self, config: MockConfig, clock: Now) -> None:
         self.config = config
@@ -116,6 +119,9 @@ class MockBatches:
         #: Input files uploaded, and batches created, in order: what a test counts.
         self.uploads: list[str] = []
         self.created: list[str] = []
+        #: Batches asked to cancel, in order; and each ended batch's custom_ids it ran (its output and its 500s).
+        self.cancels: list[str] = []
+        self.answered: dict[str, list[str]] = {}
 
     def __repr__(self) -> str:
         return f"MockBatches({len(self._files)} files, {len(self._batches)} batches)"
@@ -131,7 +137,8 @@ class MockBatches:
         for batch in self._batches.values():
             self._advance(batch)
             statuses[batch.status] = statuses.get(batch.status, 0) + 1
-        return {"input_files": len(self.uploads), "created": len(self.created), "by_status": statuses}
+        answered = sum(len(ids) for ids in self.answered.values())
+        return {"input_files": len(self.uploads), "created": len(self.created), "cancels": len(self.cancels), "lines_answered": answered, "by_status": statuses}
 
     def batch_ids(self) -> list[str]:
         return list(self.created)
@@ -309,20 +316,23 @@ class MockBatches:
 
     def _cancel(self, batch: _Batch) -> Reply:
         self._advance(batch)
-        if batch.status in _DONE:
+        if batch.status in _DONE or batch.status == "cancelling":
             return _error(409, f"Cannot cancel a batch with status '{batch.status}'.", "invalid_request_error", None)
         now = self._clock()
         batch.times["cancelling_at"] = now
-        self._finish(batch, now, "cancelled")
-        return json_reply(200, {**self._object(batch), "status": "cancelling"})
+        batch.status = "cancelling"
+        self.cancels.append(batch.id)
+        return json_reply(200, {**self._object(batch), "status": "cancelling"})  # as the API answers the call, however quick the end
 
     def _advance(self, batch: _Batch) -> None:
-        """Move the batch along its life to where the clock says it is."""
+        """Move the batch along its life to where the clock says it is: its lines are done one by one, at an even
+        pace from validation to `batch_processing_seconds` (up to `batch_stall_at` of them); a cancelled batch is
+        "cancelling" for `batch_cancelling_seconds`, then "cancelled" with the lines done by then in its output."""
         if batch.status in _DONE:
             return
         now = self._clock()
         validated_at = batch.created_at + self.config.batch_validation_seconds
-        if now < validated_at:
+        if now < validated_at and batch.status != "cancelling":
             return
         if batch.errors:
             batch.status = "failed"
@@ -332,23 +342,43 @@ class MockBatches:
             batch.status = "in_progress"
             batch.times["in_progress_at"] = validated_at
             batch.counts["total"] = len(batch.lines)
-        done_at = batch.created_at + max(self.config.batch_processing_seconds, self.config.batch_validation_seconds)
-        if now >= done_at:
-            self._finish(batch, done_at, None)
+        if batch.status == "cancelling":
+            cancelled_at = batch.times["cancelling_at"] + self.config.batch_cancelling_seconds
+            if now >= cancelled_at:
+                self._finish(batch, cancelled_at, "cancelled", self._done_by(batch, cancelled_at))
+            else:
+                batch.counts["completed"] = self._done_by(batch, now)
+            return
+        done = self._done_by(batch, now)
+        batch.counts["completed"] = done
+        if done == len(batch.lines):
+            self._finish(batch, max(validated_at, batch.created_at + self.config.batch_processing_seconds), None, done)
+        elif now >= batch.created_at + _WINDOW_SECONDS:
+            self._finish(batch, batch.created_at + _WINDOW_SECONDS, "expired", done)
 
-    def _finish(self, batch: _Batch, at: float, cancelled: str | None) -> None:
-        """Answer every line, and write the output and error files."""
+    def _done_by(self, batch: _Batch, at: float) -> int:
+        """How many of the batch's lines (the first ones) are done at `at`, stalled at `batch_stall_at` of them."""
+        total = len(batch.lines)
+        validated_at = batch.created_at + self.config.batch_validation_seconds
+        span = batch.created_at + self.config.batch_processing_seconds - validated_at
+        if at < validated_at:
+            return 0
+        pace = total if span <= 0 else int(total * min(1.0, (at - validated_at) / span))
+        return min(pace, int(total * self.config.batch_stall_at + 1e-9))
+
+    def _finish(self, batch: _Batch, at: float, ended: str | None, done: int) -> None:
+        """Answer the first `done` lines, the others as cancelled or expired (`ended`), and write the output and error files."""
         outputs: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         expired_any = False
         endpoint = _ALL_ENDPOINTS[batch.endpoint]
-        for line in batch.lines:
-            fate = cancelled or self._draw(line["custom_id"])
+        for number, line in enumerate(batch.lines):
+            fate = self._draw(line["custom_id"]) if number < done else (ended or "expired")
             row, ok = self._run_line(line, endpoint, fate)
             expired_any |= fate == "expired"
             (outputs if ok else errors).append(row)
         batch.counts = {"total": len(batch.lines), "completed": len(outputs), "failed": len(errors)}
-        status = cancelled or ("expired" if expired_any else "completed")
+        status = ended or ("expired" if expired_any else "completed")
         batch.status = status
         batch.times["finalizing_at"] = at
         batch.times[f"{status}_at"] = at
@@ -356,6 +386,8 @@ class MockBatches:
             batch.output_file_id = self._store(f"batch_{batch.id}_output.jsonl", "batch_output", outputs)
         if errors:
             batch.error_file_id = self._store(f"batch_{batch.id}_error.jsonl", "batch_output", errors)
+        # What a test checks against the online record: the lines this batch ran.
+        self.answered[batch.id] = [line["custom_id"] for number, line in enumerate(batch.lines) if number < done]
 
     def _draw(self, custom_id: str) -> str:
         draw = random.Random(f"{self.config.seed}-{custom_id}").random()

@@ -94,6 +94,12 @@ class MockConfig:
     #: create's answer is held after the batch exists.
     batch_never_ends: bool = False
     batch_create_delay: float = 0.0
+    #: The fraction of a batch's lines it completes (at an even pace from validation to its end) before it makes
+    #: no more progress, as real batches stuck at 95% do: below 1 it never ends on its own (it stays in_progress
+    #: until cancelled, or expires when its 24h window runs out).
+    batch_stall_at: float = 1.0
+    #: Seconds a cancelled batch stays "cancelling" (lines due meanwhile still complete) before it is "cancelled".
+    batch_cancelling_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         _ = self.limits  # Limits checks the rates and burst_seconds
@@ -117,6 +123,8 @@ class MockConfig:
             raise ValueError(f"time_to_first_token and inter_token_gap must be seconds >= 0, got {self.time_to_first_token} and {self.inter_token_gap}")
         if not 0 <= self.batch_validation_seconds <= self.batch_processing_seconds:
             raise ValueError("batch_validation_seconds must be >= 0 and at most batch_processing_seconds")
+        if not (0 <= self.batch_stall_at <= 1 and self.batch_cancelling_seconds >= 0):
+            raise ValueError("batch_stall_at must be a fraction, batch_cancelling_seconds >= 0")
         fractions = (self.batch_failed_lines, self.batch_expired_lines)
         if min(fractions) < 0 or sum(fractions) > 1:
             raise ValueError("batch_failed_lines and batch_expired_lines must be fractions adding up to at most 1")

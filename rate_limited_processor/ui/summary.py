@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from ..core.costs import CostReport, PriceBook, format_dollars
+from ..core.deadline_plan import Outcome, format_outcome
 from ..core.limiter import Limits
 from ..core.rate_control import ControlReport
 from ..core.stats import LaneReport, RunStats
@@ -57,7 +58,9 @@ def format_summary(
     lines.extend(_control_lines(stats, minutes))
     lines.extend(_in_flight_lines(stats))
     lines.extend(_lane_lines(stats))
-    if prices is not None:
+    if stats.deadline_plan is not None:  # priced both ways by the plan (one price book would misprice half the lines)
+        lines.append(f"  {format_outcome(stats.deadline_plan)}")
+    elif prices is not None:
         lines.extend(_cost_lines(stats, prices, max_cost_usd))
     if save_path:
         lines.append(f"  results          {save_path}")
@@ -249,10 +252,23 @@ def summary_record(
         "dropped_accounts": dict(stats.dropped_accounts),
         "failed_earlier": stats.failed_earlier,
         "orphan_rows": stats.orphan_rows,
-        "cost": cost_record(stats, prices, max_cost_usd) if prices is not None else None,
+        "cost": cost_record(stats, prices, max_cost_usd) if prices is not None and stats.deadline_plan is None else None,
+        "deadline_plan": _plan_record(stats.deadline_plan),
         "requests_file": requests_path,
         "results_file": save_path,
     }
+
+
+def _plan_record(plan: Outcome | None) -> dict[str, Any] | None:
+    """`--mode auto`: lines and dollars each way (null dollars: no price known), and the saving against all-online."""
+    if plan is None:
+        return None
+    spent = None if plan.batch_dollars is None or plan.online_dollars is None else plan.batch_dollars + plan.online_dollars
+    saved = None if spent is None or plan.all_online_dollars is None else plan.all_online_dollars - spent
+    rounded = {name: None if value is None else round(value, 6) for name, value in (
+        ("batch_usd", plan.batch_dollars), ("online_usd", plan.online_dollars), ("all_online_usd", plan.all_online_dollars), ("saved_usd", saved),
+    )}
+    return {"batched": plan.batched, "online": plan.online, "cancels": plan.cancels, **rounded}
 
 
 def _control_record(control: ControlReport | None) -> dict[str, Any] | None:

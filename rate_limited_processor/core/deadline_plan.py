@@ -1,0 +1,180 @@
+"""The plan of `--mode auto --deadline`: every line done by the deadline, at the least cost.
+
+Lines go through the Batch API (half price) while the online capacity could still finish what the batches have
+not: the rescue. The rescue must start by `deadline - online time of the unfinished lines at the limits - margin`;
+until then the batches run, and from then their unfinished lines go online (the batches cancelled first, what
+they finished kept). When even all-online cannot end before the deadline at the start, no batch is tried.
+
+Usage::
+
+    capacity = OnlineCapacity(requests_per_minute=1_200, tokens_per_minute=None)
+    work = Work(lines=400, tokens=24_000)
+    rescue = rescue_at(now=0.0, deadline=60.0, capacity=capacity, work=work)   # 60 - 20 s online - the margin
+    if decide(now, 60.0, capacity, work) is Decision.RESCUE: ...
+
+Pure: every function takes `now` (or a deadline) and reads no clock, so the plan is tested in virtual time.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from .costs import format_dollars
+
+__all__ = [
+    "OnlineCapacity", "Work", "Decision", "Route", "Estimate", "Outcome", "margin_seconds", "rescue_at", "decide", "estimate",
+    "format_estimate", "format_outcome", "MIN_MARGIN_SECONDS", "MARGIN_FRACTION", "CANCEL_FRACTION", "MIN_CANCEL_SECONDS", "MAX_CANCEL_SECONDS",
+]
+
+#: The least margin kept between the rescue's expected end and the deadline: the last answers' latency, a retry.
+MIN_MARGIN_SECONDS = 3.0
+#: And a tenth of the rescue's online time: the limits are reached only on average.
+MARGIN_FRACTION = 0.1
+#: Time allowed for cancelled batches to end "cancelled" (OpenAI: "up to 10 minutes") and their output to be
+#: downloaded: a twentieth of the time left, at least `MIN_CANCEL_SECONDS`, at most `MAX_CANCEL_SECONDS`.
+CANCEL_FRACTION = 0.05
+MIN_CANCEL_SECONDS = 2.0
+MAX_CANCEL_SECONDS = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineCapacity:
+    """The account's online limits (given, or learned from its headers); None where there is no limit."""
+
+    requests_per_minute: float | None
+    tokens_per_minute: float | None
+    #: The fraction of the limits the run aims at (`--headroom`).
+    headroom: float = 1.0
+
+    @property
+    def known(self) -> bool:
+        return self.requests_per_minute is not None or self.tokens_per_minute is not None
+
+    def seconds_for(self, work: Work) -> float:
+        """Seconds the work takes online at the limits (0 for no work; infinite when no limit is known)."""
+        if work.lines == 0:
+            return 0.0
+        if not self.known:
+            return math.inf
+        by_requests = 60.0 * work.lines / self.requests_per_minute if self.requests_per_minute else 0.0
+        by_tokens = 60.0 * work.tokens / self.tokens_per_minute if self.tokens_per_minute else 0.0
+        return max(by_requests, by_tokens) / self.headroom
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """Lines still without a row, and their estimated tokens (prompts and completion budgets, as the limits count)."""
+
+    lines: int
+    tokens: int
+
+
+class Decision(enum.Enum):
+    #: The batches may go on: the online capacity can still finish what they have not, before the deadline.
+    WAIT = "wait"
+    #: Now or never: cancel the batches, keep what they finished, and send the rest online.
+    RESCUE = "rescue"
+
+
+class Route(enum.Enum):
+    #: Through batches, with the online rescue behind them.
+    BATCH = "batch"
+    #: All online from the start: the deadline leaves no time to try a batch.
+    ONLINE = "online"
+
+
+def margin_seconds(online_seconds: float, seconds_left: float) -> float:
+    """The time kept between the rescue's expected end and the deadline: a tenth of the online time (at least
+    `MIN_MARGIN_SECONDS`), and the time cancelled batches take to end, from the `seconds_left` to the deadline."""
+    cancelling = min(MAX_CANCEL_SECONDS, max(MIN_CANCEL_SECONDS, CANCEL_FRACTION * seconds_left))
+    return max(MIN_MARGIN_SECONDS, MARGIN_FRACTION * online_seconds) + cancelling
+
+
+def rescue_at(now: float, deadline: float, capacity: OnlineCapacity, work: Work) -> float:
+    """The latest time the rescue of `work` may start and still end before the deadline, as seen at `now` (-inf:
+    never possible). It only moves later as the batches finish lines and as `now` nears the deadline."""
+    online = capacity.seconds_for(work)
+    return deadline - online - margin_seconds(online, deadline - now)
+
+
+def decide(now: float, deadline: float, capacity: OnlineCapacity, work: Work) -> Decision:
+    """Whether the unfinished `work` must go online now."""
+    if work.lines == 0:
+        return Decision.WAIT
+    return Decision.RESCUE if now >= rescue_at(now, deadline, capacity, work) else Decision.WAIT
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What the plan expects, before anything is sent."""
+
+    work: Work
+    #: Seconds until the deadline, and the online time of all the work at the limits (inf: no limit known).
+    seconds_left: float
+    online_seconds: float
+    #: Seconds from now until the rescue must start, were no batch to finish anything.
+    rescue_in: float
+    route: Route
+    #: All the work at batch prices, and online (None: no price known for a model).
+    batch_dollars: float | None
+    online_dollars: float | None
+
+
+def estimate(
+    now: float, deadline: float, capacity: OnlineCapacity, work: Work, batch_dollars: float | None, online_dollars: float | None,
+) -> Estimate:
+    """The plan for `work` at `now`: batches with the rescue behind them, or, with no time for a batch, all online."""
+    online = capacity.seconds_for(work)
+    rescue = rescue_at(now, deadline, capacity, work) - now
+    route = Route.BATCH if rescue > 0 or work.lines == 0 else Route.ONLINE
+    return Estimate(work, deadline - now, online, rescue, route, batch_dollars, online_dollars)
+
+
+def format_estimate(plan: Estimate) -> str:
+    """The estimate in plain words, for the log and the dry run."""
+    work = plan.work
+    online = "unknown (give --max_requests_per_minute)" if math.isinf(plan.online_seconds) else f"{plan.online_seconds:,.0f} s"
+    lines = [
+        f"deadline in {plan.seconds_left:,.0f} s for {work.lines:,} lines (~{work.tokens:,} tokens); all online at the limits: {online}",
+        f"cost: {_dollars(plan.batch_dollars)} through batches, {_dollars(plan.online_dollars)} all online",
+    ]
+    if plan.route is Route.ONLINE:
+        late = "" if plan.online_seconds <= plan.seconds_left else " (even so, the deadline cannot be met at the limits)"
+        lines.append(f"plan: all online now: the deadline leaves no time to try a batch{late}")
+    elif work.lines:
+        lines.append(
+            f"plan: every line through batches; what they have not finished {plan.rescue_in:,.0f} s from now (later as they "
+            "finish lines) is cancelled and sent online"
+        )
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How the lines went: through batches or online, and what they cost (None: no price known)."""
+
+    batched: int
+    batch_dollars: float | None
+    online: int
+    online_dollars: float | None
+    #: The same lines all online, at online prices.
+    all_online_dollars: float | None
+    cancels: int
+
+
+def format_outcome(outcome: Outcome) -> str:
+    """The summary's lines for the plan: each way's lines and cost, and the saving against all-online."""
+    text = (
+        f"deadline plan: {outcome.batched:,} lines through batches ({_dollars(outcome.batch_dollars)}), "
+        f"{outcome.online:,} online ({_dollars(outcome.online_dollars)}); {outcome.cancels} batch cancel(s)"
+    )
+    spent = None if outcome.batch_dollars is None or outcome.online_dollars is None else outcome.batch_dollars + outcome.online_dollars
+    if spent is not None and outcome.all_online_dollars is not None:
+        text += f"; saved {format_dollars(outcome.all_online_dollars - spent)} against all online ({format_dollars(outcome.all_online_dollars)})"
+    return text
+
+
+def _dollars(value: float | None) -> str:
+    return "an unknown cost (no price for the model)" if value is None else format_dollars(value)

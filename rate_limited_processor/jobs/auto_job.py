@@ -1,0 +1,357 @@
+"""`--mode auto --deadline`: every line done by the deadline, at the least cost: through batches, with online as the rescue.
+
+How it goes. The lines are planned into parts as `--mode batch` plans them (`batch_rows.py`, `batch_state.py`), and
+the plan (`core/deadline_plan.py`) says whether a batch can be tried at all. The parts' batches are created and
+asked after as batch mode does (`batch_job.py`'s `_BatchJob`, whose loop this job's replaces); at every poll the
+plan is asked whether the lines still without a row could only just be finished online at the limits, with a
+margin. From that moment (the rescue) every running batch is cancelled, the parts not yet created are not, the
+cancelled batches are waited for and collected (a cancelled batch's output file holds what it finished, and those
+lines keep their answers), and the rest goes through the online runner, so that the last row is written before
+the deadline.
+
+Exactly once. A line is sent online only once its batch has ended and been collected without an answer for it, or
+when its part was never created (a part a killed run may have created unrecorded is looked for by its token first,
+and cancelled). The deadline is recorded beside the results (`<results>.deadline`, epoch seconds) with the batch
+record, so a rerun after kill -9 continues the same plan: it collects the recorded batches, sends online only the
+lines that have no row, and pays for no line twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from ..base import strict_json
+from ..base.atomic_write import write_json_atomically
+from ..base.clock import LOOP_CLOCK, Clock
+from ..base.errors import ResumeError
+from ..base.models import RequestResult
+from ..config.credentials import auth_headers, scrubber_for
+from ..config.settings import Settings
+from ..core.costs import CostLedger, PriceBook, usage_tokens
+from ..core.deadline_plan import Decision, Estimate, OnlineCapacity, Outcome, Route, Work, decide, estimate, format_estimate, rescue_at
+from ..core.stats import RunStats
+from ..files.request_io import OutputFormat, ResultWriter, read_requests
+from ..files.resume import sidecar_path
+from ..files.side_files import JOB_SIDECARS
+from ..providers.endpoints import endpoint_from_url
+from ..transport.http import AiohttpTransport, SendFunction, Transport
+from .batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, BatchHTTP
+from .batch_job import SIDECAR_KIND as BATCH_SIDECAR
+from .batch_job import _BatchJob, api_root
+from .batch_rows import BatchLines, BatchOptions
+from .batch_state import PART_METADATA_KEY, BatchState, Part
+from .pipeline import opened_output, progress_display, skip_done, stop_signals
+from .probe import probe_body, probe_limits
+
+__all__ = ["run_auto_job", "DEADLINE_SIDECAR", "AutoPrices"]
+
+logger = logging.getLogger("rate_limited_processor")
+
+#: The sidecar that holds the plan's deadline (epoch seconds) while its batches are on record: `<results>.deadline`.
+DEADLINE_SIDECAR = "deadline"
+#: Seconds between asks after batches being cancelled: the rescue waits on them.
+CANCEL_POLL_INTERVAL = 0.5
+#: The least sleep between asks: the rescue time, recomputed, creeps later as the deadline nears.
+MIN_SLEEP = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class AutoPrices:
+    """The run's prices both ways: at batch prices and online (None where no price is known)."""
+
+    batch: PriceBook | None = None
+    online: PriceBook | None = None
+
+
+async def run_auto_job(
+    settings: Settings,
+    requests_path: str | Path,
+    save_path: str | Path,
+    *,
+    deadline_seconds: float,
+    options: BatchOptions = BatchOptions(),  # noqa: B008 (frozen: one default for every call)
+    prices: AutoPrices = AutoPrices(),  # noqa: B008
+    capacity: OnlineCapacity | None = None,
+    http: BatchHTTP | None = None,
+    transport: Transport | SendFunction | None = None,
+    clock: Clock = LOOP_CLOCK,
+    output_format: OutputFormat | Literal["auto"] = "auto",
+    retry_failed: bool = False,
+    handle_signals: bool = False,
+    show_progress: bool | None = None,
+    status_interval: float | None = None,
+) -> RunStats:
+    """Every line of `requests_path` without a row in `save_path` done by `deadline_seconds` from now (or by the
+    deadline a killed run recorded), at the least cost. `capacity`: the online limits the rescue counts on (default:
+    the settings' limits). `http`, `transport` and `clock` as for `run_batch_job`. Returns the run's stats, with the
+    plan's outcome in `stats.deadline_plan`."""
+    requests_path, save_path = Path(requests_path), Path(save_path)
+    options = BatchOptions(max_lines=options.max_lines, max_bytes=options.max_bytes, poll_interval=options.poll_interval, fallback="online")
+    capacity = capacity or OnlineCapacity(settings.limits.requests_per_minute, settings.limits.tokens_per_minute, settings.headroom)
+    sidecars = (*JOB_SIDECARS, BATCH_SIDECAR, DEADLINE_SIDECAR)
+    with opened_output(requests_path, save_path, output_format, retry_failed=retry_failed, sidecars=sidecars) as output:
+        root = api_root(settings.request_url)
+        state = BatchState.load(sidecar_path(save_path, BATCH_SIDECAR), root)
+        deadline_file = sidecar_path(save_path, DEADLINE_SIDECAR)
+        deadline = _deadline(deadline_file, deadline_seconds, clock, recorded=bool(state.parts))
+        network = http if http is not None else AiohttpBatchHTTP()
+        api = BatchAPI(root, auth_headers(settings), http=network, scrub=scrubber_for(settings), clock=clock)
+        stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, batch=True)
+        output.count_earlier(stats)
+        display = progress_display(stats, settings, requests_path, show_progress, status_interval, count=True)
+        try:
+            with ResultWriter(save_path, cast(OutputFormat, output.format), index=True) as writer:
+                lines = _AutoLines(settings, requests_path, writer, state, options, prices.batch, clock, stats, display)
+                lines.online_prices = prices.online
+                job = _AutoJob(lines, api, transport, deadline, capacity)
+                with stop_signals(handle_signals, job.stop, job.stop_again):
+                    for item in skip_done(read_requests(requests_path), output.done):
+                        lines.plan(item)
+                    stats.already_done = output.done.claimed
+                    await job.run()
+                    moved = writer.check_moved()
+                    if moved is not None:
+                        logger.error("%s", moved)
+                        stats.stop_reason = stats.stop_reason or moved
+                stats.deadline_plan = lines.outcome(job.cancels)
+                if job.stop_reason is None and not stats.unfinished:
+                    deadline_file.unlink(missing_ok=True)
+                late = clock.now() - deadline
+                if late > 0 and stats.unfinished == 0:
+                    logger.warning("the last row was written %.1f s after the deadline", late)
+        finally:
+            stats.already_done = output.done.claimed
+            stats.finished_at = clock.now()
+            display.close()
+            if isinstance(network, AiohttpBatchHTTP) and http is None:
+                await network.aclose()
+        return stats
+
+
+def _deadline(path: Path, seconds: float, clock: Clock, *, recorded: bool) -> float:
+    """The plan's deadline on the run's own clock: the one an earlier run recorded beside its batches (a rerun
+    continues that plan), else `seconds` from now, recorded before anything is sent."""
+    deadline_at = _recorded_deadline(path) if recorded else None
+    if deadline_at is not None:
+        logger.warning("continuing the plan of an earlier run: its deadline (recorded in %s) is %.0f s from now", path, deadline_at - clock.wall())
+    else:
+        deadline_at = clock.wall() + seconds
+        write_json_atomically(path, {"deadline_at": deadline_at})
+    return clock.now() + (deadline_at - clock.wall())
+
+
+def _recorded_deadline(path: Path) -> float | None:
+    """The deadline a killed run recorded (epoch seconds), or None when there is none."""
+    try:
+        record = strict_json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, strict_json.InvalidJSON) as error:
+        raise ResumeError(f"cannot read the recorded deadline {path}: {error}; it is left untouched (move it aside to start over)") from None
+    value = record.get("deadline_at") if isinstance(record, dict) else None
+    if not isinstance(value, int | float):
+        raise ResumeError(f"{path} is not a deadline record of this tool; it is left untouched (move it aside to start over)")
+    return float(value)
+
+
+class _AutoLines(BatchLines):
+    """Batch mode's lines, counting each row by the way it came (a batch's output, or online) and what it cost."""
+
+    online_prices: PriceBook | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._route: Literal["batch", "online"] | None = None
+        self.counts = {"batch": 0, "online": 0}
+        self.dollars: dict[str, float | None] = {"batch": 0.0, "online": 0.0, "all_online": 0.0}
+
+    def collect(self, *args: Any, **kwargs: Any) -> Any:
+        self._route = "batch"
+        try:
+            return super().collect(*args, **kwargs)
+        finally:
+            self._route = None
+
+    async def send_online(self, transport: Transport | SendFunction | None, why: str = "to meet the deadline (the rescue)") -> str | None:
+        self._route = "online"
+        try:
+            return await super().send_online(transport, why)
+        finally:
+            self._route = None
+
+    def write(self, result: RequestResult) -> None:
+        super().write(result)
+        if self._route is None:
+            return
+        self.counts[self._route] += 1
+        book = self.prices if self._route == "batch" else self.online_prices
+        self._add(self._route, result, book)
+        self._add("all_online", result, self.online_prices)
+
+    def _add(self, key: str, result: RequestResult, book: PriceBook | None) -> None:
+        usage = usage_tokens(result.response)
+        if usage is None or self.dollars[key] is None:
+            return
+        price = book.price(result.request.get("model")) if book is not None else None
+        self.dollars[key] = None if price is None else cast(float, self.dollars[key]) + price.dollars(*usage)
+
+    def outcome(self, cancels: int) -> Outcome:
+        return Outcome(
+            self.counts["batch"], self.dollars["batch"], self.counts["online"], self.dollars["online"], self.dollars["all_online"], cancels,
+        )
+
+    def ledger(self) -> CostLedger:
+        """The estimated tokens of the lines still without a row, per model (each part's average per line)."""
+        ledger = CostLedger()
+        for part in self.state.parts:
+            pending = len(self.pending.get(part.number, ()))
+            if pending:
+                share = pending / max(1, part.count)
+                ledger.add(part.model, int(part.input_tokens * share), int(part.output_tokens * share))
+        return ledger
+
+    def work(self) -> Work:
+        """The lines still without a row, and their estimated tokens (each part's average per line)."""
+        tokens = 0.0
+        per_line = []
+        for part in self.state.parts:
+            average = (part.input_tokens + part.output_tokens) / max(1, part.count)
+            per_line.append(average)
+            tokens += average * len(self.pending.get(part.number, ()))
+        if self.fallback:
+            tokens += len(self.fallback) * (max(per_line) if per_line else 0.0)
+        return Work(self.unfinished, int(tokens))
+
+
+class _AutoJob(_BatchJob):
+    """Batch mode's batches, with the deadline: the rescue cancels them and sends what they have not finished online."""
+
+    def __init__(self, lines: _AutoLines, api: BatchAPI, transport: Transport | SendFunction | None, deadline: float, capacity: OnlineCapacity) -> None:
+        super().__init__(lines, api, None, transport)
+        self.auto_lines = lines
+        self.deadline = deadline
+        self.capacity = capacity
+        self.cancels = 0
+
+    def plan(self) -> Estimate:
+        ledger = self.auto_lines.ledger()
+        dollars = (ledger_dollars(ledger, self.auto_lines.prices), ledger_dollars(ledger, self.auto_lines.online_prices))
+        return estimate(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work(), *dollars)
+
+    def _decision(self) -> Decision:
+        return decide(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work())
+
+    async def _loop(self, queue: list[Part]) -> None:
+        plan = self.plan()
+        self.display.note(format_estimate(plan))
+        if plan.route is Route.ONLINE:
+            self.display.note("the deadline leaves no time to try a batch: every line goes online now")
+            await self._rescue(queue)
+            return
+        while True:
+            while queue and not self.waiting and self.stop_reason is None and self._decision() is Decision.WAIT:
+                await self._submit(queue.pop(0))
+            if self.stop_reason is not None:
+                return
+            if self._decision() is Decision.RESCUE:
+                await self._rescue(queue)
+                return
+            if not self.running:
+                if not queue and not self.waiting:
+                    return
+                again = [part for part in self.waiting if part.number not in self._tried_alone]
+                if again:  # refused for room while others ran: one more try with nothing else enqueued
+                    self._tried_alone.update(part.number for part in again)
+                    queue[:0] = again
+                    self.waiting.clear()
+                    continue
+                await self._rescue(queue)  # refused with nothing running: the batches cannot take them, online can
+                return
+            rescue = rescue_at(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work())
+            # Woken at the rescue time itself, not a poll later (the time moves a little later as the deadline nears).
+            await self.clock.sleep(min(self.options.poll_interval, max(MIN_SLEEP, rescue - self.clock.now())))
+            ended = await self._poll()
+            self.display.tick()
+            if ended and self.waiting:
+                queue[:0] = self.waiting
+                self.waiting.clear()
+
+    async def _rescue(self, queue: list[Part]) -> None:
+        """Cancel the running batches, keep what they finished, and leave the rest to the online runner."""
+        work = self.auto_lines.work()
+        self.display.note(
+            f"rescue: {work.lines:,} lines without a row, {self.deadline - self.clock.now():,.0f} s before the deadline; "
+            f"{len(self.running)} batch(es) cancelled, the rest goes online"
+        )
+        for part in queue + self.waiting:
+            if await self._created_unrecorded(part):
+                continue
+            self.lines.fallback.update(self.lines.pending[part.number])
+            self.lines.pending[part.number].clear()
+            part.done = True
+        queue.clear()
+        self.waiting.clear()
+        self.state.save()
+        for part in self.running:
+            await self._cancel(part)
+        while self.running and self.stop_reason is None:
+            await self.clock.sleep(min(self.options.poll_interval, CANCEL_POLL_INTERVAL))
+            await self._poll()
+        for part in self.waiting:  # refused for room after all: its lines never ran
+            self.lines.fallback.update(self.lines.pending[part.number])
+            self.lines.pending[part.number].clear()
+            part.done = True
+        self.waiting.clear()
+        self.state.save()
+
+    async def _created_unrecorded(self, part: Part) -> bool:
+        """A part a killed run uploaded and perhaps created a batch for, unrecorded: that batch is cancelled and
+        collected, so its lines are not paid for twice. True when there was one."""
+        if part.file_id is None or part.number not in self.recorded:
+            return False
+        found = await self.api.find_batch(PART_METADATA_KEY, part.token)
+        if found is None or found.get("input_file_id") != part.file_id or not isinstance(found.get("id"), str):
+            return False
+        part.batch_ids.append(found["id"])
+        self.running.append(part)
+        return True
+
+    async def _cancel(self, part: Part) -> None:
+        assert part.batch_id is not None
+        try:
+            await self.api.cancel(part.batch_id)
+        except BatchAPIError as error:
+            if error.status not in (400, 404, 409):  # ended already (409), or unknown to the API: the poll says which
+                raise
+            return
+        self.cancels += 1
+        self.display.note(f"{part.describe()}: batch {part.batch_id} cancelled; what it finished is kept")
+
+
+async def auto_capacity(settings: Settings, transport: Transport | None = None, model: str | None = None) -> OnlineCapacity:
+    """The online limits the rescue counts on: the ones given, else learned from one small request's rate-limit
+    headers (as --show_limits asks); a limit neither given nor stated stays unknown (the plan then tries no batch)."""
+    limits = settings.limits
+    if limits.requests_per_minute is not None or limits.tokens_per_minute is not None:
+        return OnlineCapacity(limits.requests_per_minute, limits.tokens_per_minute, settings.headroom)
+    own = transport is None
+    sender = transport if transport is not None else AiohttpTransport(max_connections=1)
+    try:
+        seen = await probe_limits(settings, probe_body(endpoint_from_url(settings.request_url), model), sender)
+    finally:
+        if own:
+            await cast(AiohttpTransport, sender).aclose()
+    if seen.limit_requests is None and seen.limit_tokens is None:
+        logger.warning("the API stated no rate limits (%s): give --max_requests_per_minute for --mode auto to plan a rescue", seen.outcome)
+    return OnlineCapacity(seen.limit_requests, seen.limit_tokens, settings.headroom)
+
+
+def ledger_dollars(ledger: CostLedger, prices: PriceBook | None) -> float | None:
+    """What the ledger's tokens cost at these prices; None when a model has no price."""
+    if prices is None:
+        return None
+    report = ledger.priced(prices)
+    return None if report.unpriced else report.total

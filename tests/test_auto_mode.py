@@ -1,0 +1,188 @@
+"""`--mode auto --deadline` against the strict Files + Batches mock and its online endpoint, in virtual time.
+
+The judges of issue 28 run here on a virtual clock (a minute of batches and online sends takes a fraction of a
+second); tests/test_auto_command.py runs them in wall time through the command.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rate_limited_processor import Settings
+from rate_limited_processor.core.costs import PriceBook
+from rate_limited_processor.core.stats import RunStats
+from rate_limited_processor.files.resume import sidecar_path
+from rate_limited_processor.jobs.auto_job import AutoPrices, run_auto_job
+from rate_limited_processor.jobs.batch_rows import BatchOptions
+from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
+from rate_limited_processor.mock_server.record import request_key
+from tests.helpers import chat_request, mock_url, read_rows, write_jsonl
+from tests.virtual_time import run_virtual
+
+LINES = 400
+PRICES = AutoPrices(
+    PriceBook(batch=True, input_per_mtok=0.15, output_per_mtok=0.60), PriceBook(batch=False, input_per_mtok=0.15, output_per_mtok=0.60),
+)
+
+
+def run_auto(api: MockApi, input_path: Path, output_path: Path, *, deadline: float, rpm: float, http: Any = None, **options: Any) -> RunStats:
+    async def main() -> RunStats:
+        transport = MockTransport(api)
+        settings = Settings(request_url=mock_url(), api_key=None, max_requests_per_minute=rpm)
+        return await run_auto_job(
+            settings, input_path, output_path, deadline_seconds=deadline, options=BatchOptions(poll_interval=1.0, **options),
+            prices=PRICES, http=http or transport, transport=transport, show_progress=False,
+        )
+
+    return run_virtual(main())
+
+
+def line_of(custom_id: str) -> int:
+    """The input line number a custom_id this tool sent names ("line-<n>-<identity>")."""
+    return int(custom_id.split("-")[1])
+
+
+def ways(api: MockApi, requests: list[dict[str, Any]]) -> tuple[Counter[int], Counter[int]]:
+    """From the mock's own records: how many times each line (0-based id) a batch answered, and was answered online."""
+    batched = Counter(line_of(custom_id) - 1 for ids in api.batches.answered.values() for custom_id in ids)
+    by_key = {request_key(request): i for i, request in enumerate(requests)}
+    online = Counter(by_key[key] for key, count in api.record.served_ok_keys().items() for _ in range(count))
+    return batched, online
+
+
+def test_batches_that_end_in_3_s_take_every_line_well_before_a_60_s_deadline(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(requests_per_minute=600, batch_validation_seconds=0.5, batch_processing_seconds=3.0))
+
+    stats = run_auto(api, input_path, output_path, deadline=60.0, rpm=600)
+
+    rows = read_rows(output_path)
+    assert Counter(row[2]["id"] for row in rows) == Counter(range(LINES))
+    batched, online = ways(api, requests)
+    assert sum(batched.values()) >= 0.9 * LINES and not online and not api.batches.cancels
+    assert stats.stop_reason is None and stats.deadline_plan is not None
+    assert (stats.deadline_plan.batched, stats.deadline_plan.online, stats.deadline_plan.cancels) == (LINES, 0, 0)
+    assert stats.deadline_plan.batch_dollars is not None and stats.deadline_plan.all_online_dollars is not None
+    assert abs(stats.deadline_plan.batch_dollars * 2 - stats.deadline_plan.all_online_dollars) < 1e-9, "batch is half price"
+    assert not sidecar_path(output_path, "deadline").exists() and not sidecar_path(output_path, "batches").exists()
+
+
+def test_batches_that_never_end_are_cancelled_in_time_and_what_they_finished_is_not_sent_online(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    config = MockConfig(requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10.0, batch_stall_at=0.5)
+    api = MockApi(config)
+
+    stats = run_auto(api, input_path, output_path, deadline=60.0, rpm=1_200, max_lines=100)
+
+    rows = read_rows(output_path)
+    assert Counter(row[2]["id"] for row in rows) == Counter(range(LINES)), "every line once"
+    batched, online = ways(api, requests)
+    assert not set(batched) & set(online), "no line both in a batch's output and sent online"
+    assert max(batched.values()) == 1 and max(online.values()) == 1
+    assert sum(batched.values()) == LINES // 2 and sum(online.values()) == LINES // 2
+    assert len(api.batches.cancels) == 4
+    assert stats.finished_at is not None and stats.finished_at - stats.started_at < 60.0, "the last row before the deadline"
+    assert stats.deadline_plan is not None and (stats.deadline_plan.batched, stats.deadline_plan.online) == (200, 200)
+
+
+def test_batches_that_do_nothing_at_all_leave_every_line_to_the_rescue_which_still_ends_before_the_deadline(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(requests_per_minute=1_200, batch_processing_seconds=10.0, batch_stall_at=0.0, batch_cancelling_seconds=1.0))
+
+    stats = run_auto(api, input_path, output_path, deadline=60.0, rpm=1_200)
+
+    batched, online = ways(api, requests)
+    assert not batched and online == Counter(range(LINES)) and len(api.batches.cancels) == 1
+    assert stats.finished_at is not None and 50.0 < stats.finished_at - stats.started_at < 60.0
+
+
+def test_a_deadline_too_near_for_any_batch_sends_everything_online_at_once(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(100)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    api = MockApi(MockConfig(requests_per_minute=600, batch_processing_seconds=3.0))
+
+    stats = run_auto(api, input_path, tmp_path / "results.jsonl", deadline=12.0, rpm=600)  # online takes 10 s
+
+    assert not api.batches.uploads and not api.batches.created, "no batch was tried"
+    assert ways(api, requests)[1] == Counter(range(100)) and stats.deadline_plan is not None and stats.deadline_plan.online == 100
+
+
+class Killed(BaseException):
+    """The process dies here: nothing after it runs."""
+
+
+class DiesAt:
+    """The mock, and a process that dies right after the API did the n-th Files or Batches call of a kind (before it hears back)."""
+
+    def __init__(self, api: MockApi, method: str, path_end: str, nth: int) -> None:
+        self.transport = MockTransport(api)
+        self.method, self.path_end, self.nth = method, path_end, nth
+        self.seen = 0
+
+    async def call(self, call: Any, sink: Any = None) -> Any:
+        answer = await self.transport.call(call, sink)
+        if call.method == self.method and call.url.partition("?")[0].endswith(self.path_end):
+            self.seen += 1
+            if self.seen == self.nth:
+                raise Killed
+        return answer
+
+
+@pytest.mark.parametrize("method, path_end, nth", [("POST", "/files", 2), ("POST", "/batches", 2), ("POST", "/cancel", 1), ("POST", "/cancel", 3)])
+def test_a_run_killed_at_any_step_is_continued_by_a_rerun_that_pays_for_no_line_twice(tmp_path: Path, method: str, path_end: str, nth: int) -> None:
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    config = MockConfig(requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10.0, batch_stall_at=0.5)
+    api = MockApi(config)
+
+    with pytest.raises(Killed):
+        run_auto(api, input_path, output_path, deadline=60.0, rpm=1_200, max_lines=100, http=DiesAt(api, method, path_end, nth))
+    assert sidecar_path(output_path, "deadline").exists() and sidecar_path(output_path, "batches").exists()
+    stats = run_auto(api, input_path, output_path, deadline=60.0, rpm=1_200, max_lines=100)
+
+    assert Counter(row[2]["id"] for row in read_rows(output_path)) == Counter(range(LINES))
+    batched, online = ways(api, requests)
+    assert max((batched + online).values()) == 1, "no line was answered twice, by a batch or online"
+    assert batched + online == Counter(range(LINES))
+    assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4), "no part was uploaded or created twice"
+    assert stats.stop_reason is None and not sidecar_path(output_path, "deadline").exists()
+
+
+def test_batches_refused_for_the_enqueued_token_limit_wait_for_room_and_still_take_every_line(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(150)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    # A part of 50 lines holds 50 x (27 + 8) = 1,750 tokens as the mock counts them: two fit under the limit, not three.
+    config = MockConfig(requests_per_minute=600, batch_validation_seconds=0.5, batch_processing_seconds=3.0, batch_enqueued_token_limit=3_600)
+    api = MockApi(config)
+
+    stats = run_auto(api, input_path, tmp_path / "results.jsonl", deadline=120.0, rpm=600, max_lines=50)
+
+    refused = [batch for batch in api.batches._batches.values() if batch.errors]
+    assert refused and all(error["code"] == "token_limit_exceeded" for batch in refused for error in batch.errors)
+    batched, online = ways(api, requests)
+    assert batched == Counter(range(150)) and not online and stats.stop_reason is None
+
+
+def test_limits_not_given_are_learned_from_one_small_requests_headers() -> None:
+    from rate_limited_processor.jobs.auto_job import auto_capacity
+
+    api = MockApi(MockConfig(requests_per_minute=600, tokens_per_minute=90_000))
+
+    async def main() -> Any:
+        return await auto_capacity(Settings(request_url=mock_url(), api_key=None), MockTransport(api), model="gpt-4o-mini")
+
+    capacity = run_virtual(main())
+    assert (capacity.requests_per_minute, capacity.tokens_per_minute) == (600, 90_000) and len(api.record) == 1
+    given = run_virtual(auto_capacity(Settings(request_url=mock_url(), api_key=None, max_requests_per_minute=100), MockTransport(api)))
+    assert given.requests_per_minute == 100 and len(api.record) == 1, "limits given: nothing is asked"

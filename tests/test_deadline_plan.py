@@ -1,0 +1,71 @@
+"""The deadline plan (`core/deadline_plan.py`): pure, on explicit time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rate_limited_processor.core.deadline_plan import (
+    MAX_CANCEL_SECONDS,
+    MIN_CANCEL_SECONDS,
+    MIN_MARGIN_SECONDS,
+    Decision,
+    OnlineCapacity,
+    Outcome,
+    Route,
+    Work,
+    decide,
+    estimate,
+    format_estimate,
+    format_outcome,
+    margin_seconds,
+    rescue_at,
+)
+
+RPM_1200 = OnlineCapacity(requests_per_minute=1_200, tokens_per_minute=None)
+
+
+def test_the_online_time_is_set_by_the_limit_that_binds_and_the_headroom() -> None:
+    assert RPM_1200.seconds_for(Work(400, 10_000)) == 20.0
+    both = OnlineCapacity(requests_per_minute=1_200, tokens_per_minute=60_000)
+    assert both.seconds_for(Work(400, 100_000)) == 100.0, "the token limit binds: 100,000 tokens at 60,000 a minute"
+    assert OnlineCapacity(1_200, None, headroom=0.5).seconds_for(Work(400, 0)) == 40.0
+    assert RPM_1200.seconds_for(Work(0, 0)) == 0.0
+    assert math.isinf(OnlineCapacity(None, None).seconds_for(Work(1, 1)))
+
+
+def test_the_rescue_starts_when_the_unfinished_lines_could_only_just_be_finished_online_with_the_margin() -> None:
+    work = Work(400, 0)
+    assert margin_seconds(20.0, seconds_left=30.0) == MIN_MARGIN_SECONDS + MIN_CANCEL_SECONDS
+    start = rescue_at(0.0, 60.0, RPM_1200, work)
+    assert start == 60.0 - 20.0 - MIN_MARGIN_SECONDS - 3.0, "seen from the start, a twentieth of the 60 s left for the cancel"
+    assert decide(30.0, 60.0, RPM_1200, work) is Decision.WAIT
+    assert decide(35.0, 60.0, RPM_1200, work) is Decision.RESCUE, "60 - 20 online - 3 - 2 for the cancel = 35"
+    assert decide(34.99, 60.0, RPM_1200, work) is Decision.WAIT
+    assert decide(35.0, 60.0, RPM_1200, Work(100, 0)) is Decision.WAIT, "batches finished lines: the rescue may wait longer"
+    assert decide(59.9, 60.0, RPM_1200, Work(0, 0)) is Decision.WAIT, "nothing left: nothing to rescue"
+
+
+def test_the_margin_grows_with_the_online_time_and_the_time_left_for_a_cancel() -> None:
+    assert margin_seconds(3_600.0, seconds_left=7_200.0) == 360.0 + 360.0
+    assert margin_seconds(3_600.0, seconds_left=86_400.0) == 360.0 + MAX_CANCEL_SECONDS, "OpenAI: cancelling takes up to 10 minutes"
+
+
+def test_a_deadline_with_time_for_a_batch_plans_batches_and_one_without_plans_all_online() -> None:
+    roomy = estimate(0.0, 60.0, RPM_1200, Work(400, 24_000), batch_dollars=1.0, online_dollars=2.0)
+    assert roomy.route is Route.BATCH and roomy.rescue_in == pytest.approx(60.0 - 20.0 - 3.0 - 3.0)
+    text = format_estimate(roomy)
+    assert "all online at the limits: 20 s" in text and "$1.00" in text and "$2.00" in text and "through batches" in text
+    tight = estimate(0.0, 24.0, RPM_1200, Work(400, 24_000), batch_dollars=1.0, online_dollars=2.0)
+    assert tight.route is Route.ONLINE and "all online now" in format_estimate(tight)
+    unknown = estimate(0.0, 3_600.0, OnlineCapacity(None, None), Work(10, 10), None, None)
+    assert unknown.route is Route.ONLINE and "give --max_requests_per_minute" in format_estimate(unknown)
+
+
+def test_the_outcome_says_each_way_and_the_saving_against_all_online() -> None:
+    text = format_outcome(Outcome(batched=300, batch_dollars=1.5, online=100, online_dollars=1.0, all_online_dollars=4.0, cancels=2))
+    assert "300 lines through batches ($1.50)" in text and "100 online ($1.00)" in text and "2 batch cancel(s)" in text
+    assert "saved $1.50 against all online ($4.00)" in text
+    unpriced = format_outcome(Outcome(1, None, 0, 0.0, None, 0))
+    assert "unknown cost" in unpriced and "saved" not in unpriced
