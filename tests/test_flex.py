@@ -178,6 +178,18 @@ def test_service_tier_sets_the_tier_on_every_line_that_names_none_and_leaves_the
         Settings(request_url=MOCK_URL, api_key=None, service_tier="cheap")
 
 
+@pytest.mark.parametrize("url", [
+    "https://api.anthropic.com/v1/messages",
+    "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent",
+    "https://res.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21",
+])
+def test_service_tier_is_refused_for_an_api_that_does_not_take_openais_tiers(url: str) -> None:
+    """Anthropic's own service_tier values differ ("standard_only"); Gemini and Azure take none of OpenAI's."""
+    with pytest.raises(ValueError, match="service_tier .* is OpenAI's"):
+        Settings(request_url=url, api_key="k", service_tier="flex")
+    assert Settings(request_url=url, api_key="k").service_tier is None
+
+
 def test_without_the_flag_no_body_gets_a_tier(tmp_path: Path) -> None:
     run(tmp_path, [chat_request(0)])
     [row] = read_rows(tmp_path / "results.jsonl")

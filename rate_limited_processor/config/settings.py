@@ -19,7 +19,15 @@ from typing import Any
 from ..core.arrivals import ARRIVAL_MODES, ArrivalMode
 from ..core.limiter import DEFAULT_BURST_SECONDS, Limits
 from ..core.retry_policy import MAX_ATTEMPTS, RetryPolicy
-from ..providers.registry import DEFAULT_KEY_VARIABLE, DEFAULT_REQUEST_URL, SERVICE_TIERS, former_name, key_from_environment, key_variable_for
+from ..providers.registry import (
+    DEFAULT_KEY_VARIABLE,
+    DEFAULT_REQUEST_URL,
+    SERVICE_TIERS,
+    former_name,
+    key_from_environment,
+    key_variable_for,
+    service_tier_refusal,
+)
 from .scrubber import Scrubber
 
 __all__ = [
@@ -410,6 +418,9 @@ class Settings:
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}")
         if self.service_tier is not None and self.service_tier not in SERVICE_TIERS:
             raise ValueError(f"service_tier must be one of {', '.join(SERVICE_TIERS)}, got {self.service_tier!r}")
+        tier_refusal = service_tier_refusal(self.request_url) if self.service_tier is not None else None
+        if tier_refusal is not None:
+            raise ValueError(tier_refusal)
         if self.request_rate is not None and not 0 < self.request_rate < float("inf"):
             raise ValueError(f"request_rate must be a positive number of requests per second, got {self.request_rate}")
 

@@ -43,6 +43,7 @@ __all__ = [
     "FLEX_REQUEST_TIMEOUT",
     "is_flex",
     "with_service_tier",
+    "service_tier_refusal",
 ]
 
 #: Asked in this order; the last serves any URL (OpenAI-compatible servers).
@@ -77,6 +78,15 @@ def provider_for(url: str) -> Provider:
         if provider.serves(url):
             return provider
     return DEFAULT_PROVIDER
+
+
+def service_tier_refusal(request_url: str) -> str | None:
+    """Why `service_tier` cannot be set for every line sent to this URL, or None when its API takes OpenAI's tiers
+    (OpenAI's, and the OpenAI-compatible servers it stands for: one that does not know the field ignores it)."""
+    provider = provider_for(request_url)
+    if provider is DEFAULT_PROVIDER:
+        return None
+    return f"service_tier ({', '.join(SERVICE_TIERS)}) is OpenAI's; {provider.name}'s API does not take it in every body"
 
 
 def key_variable_for(request_url: str) -> str:
