@@ -30,6 +30,7 @@ __all__ = [
     "EstimationError",
     "TransportError",
     "NoAnswer",
+    "StreamProblem",
 ]
 
 
@@ -99,3 +100,7 @@ class TransportError(ProcessorError):
     def __init__(self, kind: NoAnswer, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class StreamProblem(ValueError):
+    """A streamed answer cannot be an answer: an event that is not JSON, or not an object, or out of its order."""

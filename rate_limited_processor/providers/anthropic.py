@@ -22,10 +22,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from ..base import strict_json
 from ..base.durations import seconds_until
+from ..base.errors import StreamProblem
 from .provider import ErrorDialect, Provider
 from .rate_limits import (
     MIN_STATED_REQUESTS_PER_MINUTE,
@@ -39,6 +41,7 @@ from .rate_limits import (
 __all__ = [
     "PROVIDER", "HOST", "API_KEY_VARIABLE", "VERSION", "CHARACTERS_PER_TOKEN", "serves", "is_anthropic_url", "auth_headers",
     "parse_rate_limits", "states_its_rate_limits", "approximate_tokens", "TOKENIZER_NOTE",
+    "STREAM_EVENTS", "STREAM_END", "MessageStream",
     "BATCHES", "BATCH_MAX_REQUESTS", "BATCH_MAX_BYTES", "CUSTOM_ID", "BATCH_ENDED", "BATCH_STATUSES", "RESULT_TYPES",
     "FILES_BATCHES_REFUSAL", "messages_root", "batch_request", "batch_request_size", "batch_create_body", "batch_ended",
     "batch_total", "batch_created_at", "BatchResult", "read_batch_result",
@@ -122,6 +125,118 @@ ERRORS = ErrorDialect(
     token_limit_words=("input tokens",),
     output_token_words=("output tokens",),  # "... output tokens per minute"
 )
+
+
+#: The types of its stream events (`error` aside, which is an error body).
+STREAM_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop", "ping"})
+#: The event that ends its stream.
+STREAM_END = "message_stop"
+#: A content block's delta, by its type: the field it adds to (named alike in the delta and in the block).
+_BLOCK_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json", "signature_delta": "signature"}
+
+
+class MessageStream:
+    """A streamed Messages answer, folded into the message an unstreamed request gets: `message_start`'s message,
+    each content block's deltas folded in by its index, `message_delta`'s stop reason and usage; `message_stop`
+    ends it (`complete`). Pure; memory: the answer's text, once."""
+
+    __slots__ = ("message", "complete", "_blocks")
+    #: The event that ends the stream, for messages about one that ended without it.
+    end_marker: ClassVar[str] = STREAM_END
+
+    def __init__(self) -> None:
+        self.message: dict[str, Any] | None = None
+        self.complete = False
+        self._blocks: dict[int, dict[str, Any]] = {}
+
+    @property
+    def started(self) -> bool:
+        return self.message is not None
+
+    def answer(self) -> dict[str, Any]:
+        assert self.message is not None
+        return {**self.message, "content": [_finished_block(self._blocks[index]) for index in sorted(self._blocks)]}
+
+    def add(self, kind: str, data: dict[str, Any], number: int) -> bool:
+        """Fold in one event (its type, its data, its number in the stream). Blocks come by index: started, their deltas added, stopped. An event that
+        would leave the answer short or blended (a block's delta before its start, a block or a message started
+        twice) is a problem: the stream is no answer, and the request is sent again as after a cut."""
+        if kind == "message_start":
+            message = data.get("message")
+            if not isinstance(message, dict):
+                raise StreamProblem(f"event {number} (message_start) carries no message object")
+            if self.message is not None:
+                raise StreamProblem(f"event {number} starts a second message")
+            self.message = dict(message)
+            return False
+        if self.message is None:
+            if kind == "ping":
+                return False
+            raise StreamProblem(f"event {number} ({kind}) came before message_start")
+        if kind == "message_stop":
+            self.complete = True
+            return False
+        if kind == "message_delta":
+            self._delta(data.get("delta"), data.get("usage"))
+            return False
+        if kind == "ping" or kind == "content_block_stop":
+            return False
+        index = data.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise StreamProblem(f"event {number} ({kind}) names no content block")
+        if kind == "content_block_start":
+            block = data.get("content_block")
+            if index in self._blocks or not isinstance(block, dict):
+                raise StreamProblem(f"event {number} starts content block {index} {'again' if index in self._blocks else 'with no object'}")
+            self._blocks[index] = dict(block)
+            return False
+        block = self._blocks.get(index)
+        delta = data.get("delta")
+        if block is None or not isinstance(delta, dict):
+            raise StreamProblem(f"event {number} adds to content block {index}, which has not started" if block is None
+                                else f"event {number} carries no delta object")
+        delta_type = delta.get("type")
+        if delta_type == "citations_delta":
+            citations = block.get("citations")
+            block["citations"] = [*(citations if isinstance(citations, list) else ()), delta.get("citation")]
+            return False
+        field = _BLOCK_DELTAS.get(delta_type) if isinstance(delta_type, str) else None
+        piece = delta.get(field) if field is not None else None
+        if field is None or not isinstance(piece, str):
+            return False  # a kind of delta not known here: it adds nothing this tool could rebuild
+        joined = block.get(field)
+        block[field] = (joined if isinstance(joined, str) else "") + piece
+        return bool(piece) and field != "signature"
+
+    def _delta(self, delta: Any, usage: Any) -> None:
+        """The message's stop reason and sequence; its usage, whose counts are the totals so far (not increments).
+        A count left out or null keeps what message_start said."""
+        assert self.message is not None
+        if isinstance(delta, dict):
+            self.message.update((name, value) for name, value in delta.items() if name not in ("content", "usage"))
+        if isinstance(usage, dict):
+            known = self.message.get("usage")
+            counts = dict(known) if isinstance(known, dict) else {}
+            counts.update((name, value) for name, value in usage.items() if value is not None)
+            self.message["usage"] = counts
+
+
+def _finished_block(block: dict[str, Any]) -> dict[str, Any]:
+    """A content block as the unstreamed answer holds it: a tool call's input is the JSON its
+    `partial_json` pieces spell, as an object (`{}` when none came)."""
+    if "partial_json" not in block:
+        return block
+    finished = {name: value for name, value in block.items() if name != "partial_json"}
+    text = block["partial_json"]
+    if not isinstance(text, str):  # only a content_block_start could have put it there, and not as text
+        raise StreamProblem("a tool call's input in the stream is not text")
+    try:
+        finished["input"] = strict_json.loads(text) if text.strip() else {}
+    except strict_json.InvalidJSON as error:
+        raise StreamProblem(f"a tool call's input in the stream is not JSON ({error.reason})") from None
+    return finished
+
+
 
 PROVIDER = Provider(
     name="Anthropic",

@@ -44,6 +44,8 @@ __all__ = [
     "is_flex",
     "with_service_tier",
     "service_tier_refusal",
+    "MESSAGE_STREAM_EVENTS",
+    "MessageStream",
 ]
 
 #: Asked in this order; the last serves any URL (OpenAI-compatible servers).
@@ -67,6 +69,10 @@ with_service_tier = openai.with_service_tier
 #: least `FLEX_REQUEST_TIMEOUT` seconds to answer.
 is_flex = openai.is_flex
 FLEX_REQUEST_TIMEOUT = openai.FLEX_REQUEST_TIMEOUT
+#: A stream of Messages events (Anthropic's, whatever the URL: a gateway may relay them), and how it folds into
+#: the unstreamed answer; OpenAI's chunks and Responses events are the transport's default.
+MESSAGE_STREAM_EVENTS = anthropic.STREAM_EVENTS
+MessageStream = anthropic.MessageStream
 #: The key variable of a URL that names no provider (the command's default).
 DEFAULT_KEY_VARIABLE = DEFAULT_PROVIDER.key_variable
 

@@ -17,9 +17,8 @@ it (httpx-sse, sseclient) are bound to their own HTTP clients, and these rules f
 
 `StreamAssembler` rebuilds chat completions (`choices[i].delta`: strings joined, tool-call deltas merged by
 their index, the role and finish reason kept), legacy completions (`choices[i].text`), the Responses API
-(the `response` of its `response.completed` event) and Anthropic's Messages API (the message of
-`message_start`, each content block's deltas folded in by its index, `message_delta`'s stop reason and
-usage; `message_stop` ends it). `usage` comes from the chunk that carries it, the last with
+(the `response` of its `response.completed` event) and, through the provider that knows its events
+(`providers.registry.MessageStream`, Anthropic's), the Messages API. `usage` comes from the chunk that carries it, the last with
 `stream_options.include_usage`. An error event becomes the answer (`{"error": ...}`), to be judged as any
 error body is. Pure: no I/O, no clock.
 """
@@ -33,7 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..base import strict_json
+from ..base.errors import StreamProblem
 from ..providers.endpoints import Endpoint
+from ..providers.registry import MESSAGE_STREAM_EVENTS, MessageStream
 
 __all__ = [
     "STREAMED_ENDPOINTS",
@@ -55,10 +56,6 @@ EVENT_STREAM = "text/event-stream"
 DONE = "[DONE]"
 #: The Responses API's events that end its stream, each carrying the whole response.
 _RESPONSE_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
-#: The types of Anthropic's stream events (`error` aside, which is an error body).
-_MESSAGE_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop", "ping"})
-#: An Anthropic content block's delta, by its type: the field it adds to (named alike in the delta and in the block).
-_BLOCK_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json", "signature_delta": "signature"}
 _LINE_END = re.compile(r"\r\n|\r|\n")
 #: Keys of a choice's delta that are not text to join.
 _DELTA_SPECIAL = frozenset({"role", "tool_calls", "function_call"})
@@ -149,17 +146,13 @@ class EventStreamParser:
         return ServerSentEvent("\n".join(data), event or "message")
 
 
-class StreamProblem(ValueError):
-    """The stream cannot be an answer: an event that is not JSON, or not an object."""
-
-
 class StreamAssembler:
     """The events of one streamed answer, folded into the answer as the API would have sent it unstreamed.
 
     Memory: the answer's text, once; never the events.
     """
 
-    __slots__ = ("events", "complete", "_top", "_choices", "_usage", "_response", "_error", "_chat", "_message", "_blocks", "_responses")
+    __slots__ = ("events", "complete", "_top", "_choices", "_usage", "_response", "_error", "_chat", "_message", "_responses")
 
     def __init__(self) -> None:
         #: Events read (data events, the end marker included).
@@ -172,8 +165,7 @@ class StreamAssembler:
         self._response: Any = None
         self._error: Any = None
         self._chat = False
-        self._message: dict[str, Any] | None = None  # Anthropic's, from message_start
-        self._blocks: dict[int, dict[str, Any]] = {}  # its content blocks by index, as they stream
+        self._message = MessageStream()  # a Messages stream's (the provider folds its events)
         self._responses = False  # a Responses API stream (its events' types start "response.")
 
     def add(self, event: ServerSentEvent) -> bool:
@@ -197,14 +189,16 @@ class StreamAssembler:
         kind = data.get("type")
         if isinstance(kind, str) and kind.startswith(("response.", "error")):
             return self._responses_event(kind, data)
-        if isinstance(kind, str) and kind in _MESSAGE_EVENTS:
-            return self._message_event(kind, data)
+        if isinstance(kind, str) and kind in MESSAGE_STREAM_EVENTS:
+            output = self._message.add(kind, data, self.events)
+            self.complete = self._message.complete
+            return output
         return self._chunk(data)
 
     @property
     def end_marker(self) -> str:
         """The event that ends this kind of stream, for messages about one that ended without it."""
-        return "message_stop" if self._message is not None else "response.completed" if self._responses else "[DONE]"
+        return self._message.end_marker if self._message.started else "response.completed" if self._responses else "[DONE]"
 
     def answer(self) -> dict[str, Any]:
         """The answer as an unstreamed request gets it (call once the stream is complete)."""
@@ -212,8 +206,8 @@ class StreamAssembler:
             return dict(self._error)
         if self._response is not None:
             return dict(self._response)
-        if self._message is not None:
-            return {**self._message, "content": [_finished_block(self._blocks[index]) for index in sorted(self._blocks)]}
+        if self._message.started:
+            return self._message.answer()
         answer = dict(self._top)
         answer["object"] = "chat.completion" if self._chat else "text_completion"
         answer["choices"] = [self._choices[index].answer(index, chat=self._chat) for index in sorted(self._choices)]
@@ -236,69 +230,6 @@ class StreamAssembler:
             return False
         delta = data.get("delta")
         return kind.endswith(".delta") and isinstance(delta, str) and bool(delta)
-
-    def _message_event(self, kind: str, data: dict[str, Any]) -> bool:
-        """One of Anthropic's events. Blocks come by index: started, their deltas added, stopped. An event that
-        would leave the answer short or blended (a block's delta before its start, a block or a message started
-        twice) is a problem: the stream is no answer, and the request is sent again as after a cut."""
-        if kind == "message_start":
-            message = data.get("message")
-            if not isinstance(message, dict):
-                raise StreamProblem(f"event {self.events} (message_start) carries no message object")
-            if self._message is not None:
-                raise StreamProblem(f"event {self.events} starts a second message")
-            self._message = dict(message)
-            return False
-        if self._message is None:
-            if kind == "ping":
-                return False
-            raise StreamProblem(f"event {self.events} ({kind}) came before message_start")
-        if kind == "message_stop":
-            self.complete = True
-            return False
-        if kind == "message_delta":
-            self._message_delta(data.get("delta"), data.get("usage"))
-            return False
-        if kind == "ping" or kind == "content_block_stop":
-            return False
-        index = data.get("index")
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise StreamProblem(f"event {self.events} ({kind}) names no content block")
-        if kind == "content_block_start":
-            block = data.get("content_block")
-            if index in self._blocks or not isinstance(block, dict):
-                raise StreamProblem(f"event {self.events} starts content block {index} {'again' if index in self._blocks else 'with no object'}")
-            self._blocks[index] = dict(block)
-            return False
-        block = self._blocks.get(index)
-        delta = data.get("delta")
-        if block is None or not isinstance(delta, dict):
-            raise StreamProblem(f"event {self.events} adds to content block {index}, which has not started" if block is None
-                                else f"event {self.events} carries no delta object")
-        delta_type = delta.get("type")
-        if delta_type == "citations_delta":
-            citations = block.get("citations")
-            block["citations"] = [*(citations if isinstance(citations, list) else ()), delta.get("citation")]
-            return False
-        field = _BLOCK_DELTAS.get(delta_type) if isinstance(delta_type, str) else None
-        piece = delta.get(field) if field is not None else None
-        if field is None or not isinstance(piece, str):
-            return False  # a kind of delta not known here: it adds nothing this tool could rebuild
-        joined = block.get(field)
-        block[field] = (joined if isinstance(joined, str) else "") + piece
-        return bool(piece) and field != "signature"
-
-    def _message_delta(self, delta: Any, usage: Any) -> None:
-        """The message's stop reason and sequence; its usage, whose counts are the totals so far (not increments).
-        A count left out or null keeps what message_start said."""
-        assert self._message is not None
-        if isinstance(delta, dict):
-            self._message.update((name, value) for name, value in delta.items() if name not in ("content", "usage"))
-        if isinstance(usage, dict):
-            known = self._message.get("usage")
-            counts = dict(known) if isinstance(known, dict) else {}
-            counts.update((name, value) for name, value in usage.items() if value is not None)
-            self._message["usage"] = counts
 
     def _chunk(self, data: dict[str, Any]) -> bool:
         for name in ("id", "created", "model", "system_fingerprint", "service_tier"):
@@ -417,22 +348,6 @@ class _Choice:
         answer["logprobs"] = self.logprobs
         answer["finish_reason"] = self.finish_reason
         return answer
-
-
-def _finished_block(block: dict[str, Any]) -> dict[str, Any]:
-    """An Anthropic content block as the unstreamed answer holds it: a tool call's input is the JSON its
-    `partial_json` pieces spell, as an object (`{}` when none came)."""
-    if "partial_json" not in block:
-        return block
-    finished = {name: value for name, value in block.items() if name != "partial_json"}
-    text = block["partial_json"]
-    if not isinstance(text, str):  # only a content_block_start could have put it there, and not as text
-        raise StreamProblem("a tool call's input in the stream is not text")
-    try:
-        finished["input"] = strict_json.loads(text) if text.strip() else {}
-    except strict_json.InvalidJSON as error:
-        raise StreamProblem(f"a tool call's input in the stream is not JSON ({error.reason})") from None
-    return finished
 
 
 def _merge_function(merged: dict[str, Any], delta: dict[str, Any]) -> bool:
