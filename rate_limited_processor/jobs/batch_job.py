@@ -294,25 +294,30 @@ class _BatchJob:
                 self.running.remove(part)
                 ended = True
                 self._fail_part(part, (
-                    f"batch {part.batch_id} is not known to the API (HTTP 404: deleted, or created with another key or project), so "
+                    f"batch {part.batch_id} is not known to the API (HTTP 404: deleted, or created with another key, project or workspace), so "
                     "its answers cannot be had; rerun with --retry_failed to send these lines again"
                 ))
                 continue
-            status = batch.get("status")
-            if status in _RUNNING:
-                continue
-            self.running.remove(part)
-            if status == "failed" and _error_codes(batch) & _ROOM_CODES:
-                self.display.note(f"{part.describe()}: batch {part.batch_id} refused for the enqueued-token limit; it waits for an earlier batch to end")
-                self._release(part, 0.0)
-                self.waiting.append(part)
-                continue
-            ended = True
-            if status in _ENDED:
-                await self._collect(part, batch)
-            else:
-                self._fail_part(part, f"batch {part.batch_id} {status}: {_errors_text(batch)}")
+            ended |= await self._look(part, batch)
         return ended
+
+    async def _look(self, part: Part, batch: dict[str, Any]) -> bool:
+        """What the batch's state means for its part: still running, refused for room, ended (collected) or
+        failed. True when it ended or failed (room may have freed)."""
+        status = batch.get("status")
+        if status in _RUNNING:
+            return False
+        self.running.remove(part)
+        if status == "failed" and _error_codes(batch) & _ROOM_CODES:
+            self.display.note(f"{part.describe()}: batch {part.batch_id} refused for the enqueued-token limit; it waits for an earlier batch to end")
+            self._release(part, 0.0)
+            self.waiting.append(part)
+            return False
+        if status in _ENDED:
+            await self._collect(part, batch)
+        else:
+            self._fail_part(part, f"batch {part.batch_id} {status}: {_errors_text(batch)}")
+        return True
 
     async def _collect(self, part: Part, batch: dict[str, Any]) -> None:
         """Download what the batch answered and write a row for each of the part's lines without one."""
@@ -386,27 +391,12 @@ class _MessageBatchJob(_BatchJob):
         self.state.save()  # before the create: a rerun knows to look for a batch it may have made
         return await self.api.create_batch(part, self.lines.content(part), known)
 
-    async def _poll(self) -> bool:
-        ended = False
-        for part in list(self.running):
-            assert part.batch_id is not None
-            try:
-                batch = await self.api.get(part.batch_id)
-            except BatchAPIError as error:
-                if error.status != 404:
-                    raise
-                self.running.remove(part)
-                ended = True
-                self._fail_part(part, (
-                    f"batch {part.batch_id} is not known to the API (HTTP 404: deleted, or created with another key or workspace), so "
-                    "its results cannot be had; rerun with --retry_failed to send these lines again"
-                ))
-                continue
-            if self.api.ended(batch):
-                self.running.remove(part)
-                ended = True
-                await self._collect(part, batch)
-        return ended
+    async def _look(self, part: Part, batch: dict[str, Any]) -> bool:
+        if not self.api.ended(batch):
+            return False
+        self.running.remove(part)
+        await self._collect(part, batch)
+        return True
 
     async def _fetch(self, batch: dict[str, Any], output: IO[bytes], answers: dict[str, int]) -> None:
         await self.api.results(batch, output)
