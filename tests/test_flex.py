@@ -190,6 +190,15 @@ def test_service_tier_is_refused_for_an_api_that_does_not_take_openais_tiers(url
     assert Settings(request_url=url, api_key="k").service_tier is None
 
 
+@pytest.mark.parametrize("endpoint", ["embeddings", "completions"])
+def test_service_tier_is_refused_for_an_endpoint_that_takes_none(endpoint: str) -> None:
+    """Flex and Priority are for chat completions and Responses: set on every embeddings body, each would be refused."""
+    with pytest.raises(ValueError, match=f"service_tier is for chat completions and Responses; {endpoint} takes none"):
+        Settings(request_url=f"https://api.openai.com/v1/{endpoint}", api_key="k", service_tier="flex")
+    for tiered in ("chat/completions", "responses"):
+        assert Settings(request_url=f"https://api.openai.com/v1/{tiered}", api_key="k", service_tier="flex").service_tier == "flex"
+
+
 def test_without_the_flag_no_body_gets_a_tier(tmp_path: Path) -> None:
     run(tmp_path, [chat_request(0)])
     [row] = read_rows(tmp_path / "results.jsonl")

@@ -30,7 +30,7 @@ from .rate_limits import (
 
 __all__ = [
     "PROVIDER", "DEFAULT_URL", "API_KEY_VARIABLE", "CHARACTERS_PER_TOKEN", "parse_rate_limits", "serves", "auth_headers",
-    "SERVICE_TIERS", "FLEX_TIER", "FLEX_REQUEST_TIMEOUT", "NO_CAPACITY_CODE", "is_flex", "with_service_tier",
+    "SERVICE_TIERS", "TIERED_ENDPOINTS", "FLEX_TIER", "FLEX_REQUEST_TIMEOUT", "NO_CAPACITY_CODE", "is_flex", "with_service_tier",
 ]
 
 #: The cookbook script's default endpoint, kept so its users see no change.
@@ -97,6 +97,10 @@ def parse_rate_limits(headers: Mapping[str, str], now: float | None = None) -> R
         remaining_tokens=count_left(headers.get("x-ratelimit-remaining-tokens")) if tokens_known else None,
         unknown=tuple(unknown),
     )
+
+
+#: The endpoints (by path) whose bodies take a `service_tier`: Flex and Priority processing are for these alone.
+TIERED_ENDPOINTS = frozenset({"chat/completions", "responses"})
 
 
 def is_flex(body: Mapping[str, object]) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import anthropic, azure, gemini, openai
-from .endpoints import Endpoint
+from .endpoints import Endpoint, endpoint_from_url
 from .provider import ErrorDialect, Provider
 from .rate_limits import RateLimitReport
 
@@ -88,11 +88,18 @@ def provider_for(url: str) -> Provider:
 
 def service_tier_refusal(request_url: str) -> str | None:
     """Why `service_tier` cannot be set for every line sent to this URL, or None when its API takes OpenAI's tiers
-    (OpenAI's, and the OpenAI-compatible servers it stands for: one that does not know the field ignores it)."""
+    (OpenAI's, and the OpenAI-compatible servers it stands for: one that does not know the field ignores it) and
+    its endpoint is one that takes a tier (chat completions, Responses; embeddings and completions take none)."""
     provider = provider_for(request_url)
-    if provider is DEFAULT_PROVIDER:
-        return None
-    return f"service_tier ({', '.join(SERVICE_TIERS)}) is OpenAI's; {provider.name}'s API does not take it in every body"
+    if provider is not DEFAULT_PROVIDER:
+        return f"service_tier ({', '.join(SERVICE_TIERS)}) is OpenAI's; {provider.name}'s API does not take it in every body"
+    try:
+        endpoint = endpoint_from_url(request_url)
+    except ValueError:
+        return None  # a URL naming no endpoint is refused elsewhere, with its own reason
+    if endpoint.value not in openai.TIERED_ENDPOINTS:
+        return f"service_tier is for chat completions and Responses; {endpoint.value} takes none"
+    return None
 
 
 def key_variable_for(request_url: str) -> str:
