@@ -9,6 +9,7 @@ is looked for, then made once; an id that is not plain stops the run naming the 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shlex
@@ -18,10 +19,13 @@ from typing import Any
 
 import pytest
 
+from rate_limited_processor import Settings
+from rate_limited_processor.config.credentials import scrubber_for
 from rate_limited_processor.jobs.batch_api import BatchAPIError, HTTPCall, checked_id
 from rate_limited_processor.jobs.batch_job import BatchOptions, run_batch_job
 from rate_limited_processor.jobs.batch_rows import say_what_runs
 from rate_limited_processor.jobs.batch_state import BatchState
+from rate_limited_processor.jobs.message_batches import MessageBatchesAPI
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.transport.http import TransportResponse
 from tests import test_azure_batches as azure
@@ -208,3 +212,12 @@ def test_the_mocks_gateway_timeout_makes_the_first_creates_then_answers_504_and_
     assert len(api.message_batches.created) == 3, "the two answered 504 were made all the same"
     with pytest.raises(ValueError, match="batch_create_timeouts"):
         MockConfig(batch_create_timeouts=-1)
+
+
+@pytest.mark.parametrize("tail", ["/batches/msgbatch_01/../../../files/results", "/batches/msgbatch_01/results?after=x", "/batches/msgbatch_01/results/"])
+def test_a_results_url_that_is_not_a_plain_path_under_the_root_is_not_read(tail: str) -> None:
+    root = f"{MOCK_ORIGIN}/v1/messages"
+    api = MessageBatchesAPI(root, {}, http=MockTransport(MockApi()), scrub=scrubber_for(Settings(request_url=anthropic.MESSAGES_URL, api_key=None)))
+
+    with pytest.raises(BatchAPIError, match="without a results_url under"):
+        run_virtual(api.results({"id": "msgbatch_01", "results_url": root + tail}, io.BytesIO()))
