@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import Settings
-from rate_limited_processor.config.credentials import scrubber_for
-from rate_limited_processor.jobs.batch_api import BatchAPIError, HTTPCall, checked_id
+from rate_limited_processor.config.credentials import Scrubber, scrubber_for
+from rate_limited_processor.jobs.batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, HTTPCall, checked_id
 from rate_limited_processor.jobs.batch_job import BatchOptions, run_batch_job
 from rate_limited_processor.jobs.batch_rows import say_what_runs
 from rate_limited_processor.jobs.batch_state import BatchState
 from rate_limited_processor.jobs.message_batches import MessageBatchesAPI
-from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
+from rate_limited_processor.mock_server import MockApi, MockConfig, MockServer, MockTransport
 from rate_limited_processor.transport.http import TransportResponse
 from tests import test_azure_batches as azure
 from tests import test_batch_mode as openai
@@ -221,3 +221,17 @@ def test_a_results_url_that_is_not_a_plain_path_under_the_root_is_not_read(tail:
 
     with pytest.raises(BatchAPIError, match="without a results_url under"):
         run_virtual(api.results({"id": "msgbatch_01", "results_url": root + tail}, io.BytesIO()))
+
+
+async def test_over_a_real_socket_an_upload_and_a_create_answered_the_gateways_504_are_found_not_made_again() -> None:
+    """About 2 s of real time: one backoff (1 s) before each look."""
+    line = json.dumps({"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": chat_request(1)}) + "\n"
+    async with MockServer(MockConfig(batch_create_timeouts=2)) as server:
+        http = AiohttpBatchHTTP()
+        api = BatchAPI(server.base_url, {}, http=http, scrub=Scrubber([]))
+        try:
+            file = await api.upload("rlp-part-1.jsonl", line.encode())
+            batch = await api.create(file["id"], "/v1/chat/completions", {"rate_limited_processor_part": "rlp-part-1"})
+        finally:
+            await http.aclose()
+    assert (server.api.batches.uploads, server.api.batches.created) == ([file["id"]], [batch["id"]])
