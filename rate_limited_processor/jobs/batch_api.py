@@ -13,13 +13,23 @@ fails, naming its status). A call that gets no answer, a 429 or a 5xx is tried a
 `retry-after-ms` or `retry-after` header asks for, up to `MAX_HINTED_CALL_DELAY`), up to `CALL_ATTEMPTS` times; any
 other error status raises `BatchAPIError` with the API's message, scrubbed of credentials. The HTTP itself is behind
 a seam (`BatchHTTP`): aiohttp here, the mock's `MockTransport` in tests.
+
+A call that makes something (an upload, a create) is never tried again blindly: no answer, or a 5xx (a gateway's
+504 often comes after the API made the batch), leaves it unknown whether it was made, so what it may have made is
+looked for first (`_make`), and made again only when none is found. A 429 is tried again at once: the API (or a
+gateway's rate limit in front of it) refused the call before doing it. The one gap left: a batch made but not yet
+listed when it is looked for (listings are not promised to be instant).
+
+Ids the API gives (files, batches) go into URL paths and into the cancel command printed for a user: one that is
+not a plain id (`SAFE_ID`: letters, digits, "_" and "-") is refused, naming the call that gave it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, runtime_checkable
 
@@ -32,7 +42,7 @@ from ..config.credentials import Scrubber
 from ..core.wait_hints import retry_after_seconds
 from ..transport.http import TransportResponse
 
-__all__ = ["HTTPCall", "BatchHTTP", "AiohttpBatchHTTP", "BatchAPI", "BatchAPIError", "CALL_ATTEMPTS", "multipart_form"]
+__all__ = ["HTTPCall", "BatchHTTP", "AiohttpBatchHTTP", "BatchAPI", "BatchAPIError", "CALL_ATTEMPTS", "multipart_form", "SAFE_ID", "checked_id"]
 
 #: Tries of one call to the Files or Batches API before the run stops (no answer, 429, 5xx).
 CALL_ATTEMPTS = 6
@@ -46,17 +56,28 @@ MAX_HINTED_CALL_DELAY = 120.0
 CALL_TIMEOUT = 900.0
 #: Most batches looked through when finding one a killed run created but did not record.
 MAX_BATCHES_SEARCHED = 1_000
+#: What a file or batch id must look like to be put in a URL path or a printed command (OpenAI's "batch_abc123" and
+#: "file-abc123", Azure's "batch_<uuid>", Anthropic's "msgbatch_01...").
+SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
 class BatchAPIError(ProcessorError):
     """The Files or Batches API refused a call, or gave no answer after every try. `status`: the refusal's HTTP
-    status (404: the API does not know the file or batch), None when no answer came. `unanswered`: the call got
-    no answer and was not tried again (asked for by a call that may have been made all the same)."""
+    status (404: the API does not know the file or batch), None when no answer came. `maybe_made`: a call that makes
+    something got no answer or a 5xx, and was not tried again: it may have been made all the same."""
 
-    def __init__(self, message: str, *, status: int | None = None, unanswered: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | None = None, maybe_made: bool = False) -> None:
         super().__init__(message)
         self.status = status
-        self.unanswered = unanswered
+        self.maybe_made = maybe_made
+
+
+def checked_id(value: Any, what: str) -> str:
+    """`value` if it is a plain id (`SAFE_ID`), else BatchAPIError saying `what` it was (and whose answer)."""
+    if isinstance(value, str) and SAFE_ID.fullmatch(value):
+        return value
+    shown = repr(value)[:80] if isinstance(value, str) else type(value).__name__
+    raise BatchAPIError(f"{what} is not a plain id (letters, digits, _ and -): {shown}; it is not used")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,22 +167,36 @@ class BatchAPI:
         return f"BatchAPI({self.root!r})"
 
     async def upload(self, filename: str, content: bytes) -> dict[str, Any]:
+        """POST /files; an upload that may have been made is looked for by its (unique) filename before another."""
         body, content_type = multipart_form({"purpose": "batch"}, "file", filename, content)
-        return await self._json("POST", "/files", body, content_type)
+        return await self._make("/files", body, content_type, lambda: self.find_file(filename))
 
-    async def create(self, input_file_id: str, endpoint: str, metadata: Mapping[str, str]) -> dict[str, Any]:
+    async def create(
+        self, input_file_id: str, endpoint: str, metadata: Mapping[str, str], *, earlier: Collection[str] = (),
+    ) -> dict[str, Any]:
+        """POST /batches; a create that may have been made is looked for by its metadata (the part's token) and its
+        input file, before another. `earlier`: the ids of batches made for it before (refused ones), never taken."""
         payload = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": "24h", "metadata": dict(metadata)}
-        return await self._json("POST", "/batches", json.dumps(payload).encode(), "application/json")
+
+        async def made() -> dict[str, Any] | None:
+            for key, value in metadata.items():
+                found = await self.find_batch(key, value)
+                if found is not None and found.get("input_file_id") == input_file_id and found.get("id") not in earlier:
+                    return found
+            return None
+
+        return await self._make("/batches", json.dumps(payload).encode(), "application/json", made)
 
     async def get(self, batch_id: str) -> dict[str, Any]:
-        return await self._json("GET", f"/batches/{batch_id}")
+        return await self._json("GET", f"/batches/{checked_id(batch_id, 'the batch id asked after')}")
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
         """Ask the API to cancel a batch: it is "cancelling", then "cancelled" with an output file of what it finished."""
-        return await self._json("POST", f"/batches/{batch_id}/cancel")
+        return await self._json("POST", f"/batches/{checked_id(batch_id, 'the batch id to cancel')}/cancel")
 
     async def download(self, file_id: str, sink: IO[bytes]) -> None:
         """Write a file's content to `sink` (output files can be larger than memory should hold)."""
+        checked_id(file_id, "the file id to download")
         start = sink.tell()
 
         def rewind() -> None:  # a try cut short must not leave half a file before the next
@@ -173,7 +208,10 @@ class BatchAPI:
     async def find_file(self, filename: str) -> dict[str, Any] | None:
         """The batch input file of this name, if one was uploaded (by a run killed before it recorded the id)."""
         listing = await self._json("GET", "/files?purpose=batch&limit=10000")
-        return next((file for file in _data(listing) if file.get("filename") == filename), None)
+        found = next((file for file in _data(listing) if file.get("filename") == filename), None)
+        if found is not None:
+            checked_id(found.get("id"), f"GET {self.root}/files: the id of file {filename}")
+        return found
 
     async def find_batch(self, key: str, value: str) -> dict[str, Any] | None:
         """The newest batch whose metadata has `key`: `value`, among the most recent `MAX_BATCHES_SEARCHED`."""
@@ -183,6 +221,7 @@ class BatchAPI:
             for batch in _data(listing):
                 metadata = batch.get("metadata")
                 if isinstance(metadata, dict) and metadata.get(key) == value:
+                    checked_id(batch.get("id"), f"GET {self.root}/batches: the id of the batch with {key} {value}")
                     return batch
             last = listing.get("last_id")
             if not listing.get("has_more") or not isinstance(last, str):
@@ -190,10 +229,33 @@ class BatchAPI:
             after = f"&after={last}"
         return None
 
-    async def _json(
-        self, method: str, path: str, body: bytes = b"", content_type: str | None = None, *, once_unanswered: bool = False,
+    async def _make(
+        self, path: str, body: bytes, content_type: str, made: Callable[[], Awaitable[dict[str, Any] | None]],
     ) -> dict[str, Any]:
-        response = await self._call(method, path, body, content_type, once_unanswered=once_unanswered)
+        """POST `path` to make something (an upload, a batch); when a try may have made it (no answer, a 5xx), what
+        `made` finds is taken instead of trying again. Its id is checked (`SAFE_ID`)."""
+        delay = FIRST_CALL_DELAY
+        for attempt in range(1, CALL_ATTEMPTS + 1):
+            try:
+                answer = await self._json("POST", path, body, content_type, once_unsure=True)
+            except BatchAPIError as error:
+                if not error.maybe_made or attempt == CALL_ATTEMPTS:
+                    raise
+            else:
+                checked_id(answer.get("id"), f"POST {self.root}{path}: the new id in its answer")
+                return answer
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, MAX_CALL_DELAY)
+            found = await made()
+            if found is not None:
+                checked_id(found.get("id"), f"POST {self.root}{path}: the id of what it made unanswered")
+                return found
+        raise AssertionError("unreachable: the last try raises")
+
+    async def _json(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None, *, once_unsure: bool = False,
+    ) -> dict[str, Any]:
+        response = await self._call(method, path, body, content_type, once_unsure=once_unsure)
         try:
             value = strict_json.loads(response.body.decode("utf-8"))
         except (UnicodeDecodeError, strict_json.InvalidJSON) as error:
@@ -204,10 +266,11 @@ class BatchAPI:
 
     async def _call(
         self, method: str, path: str, body: bytes = b"", content_type: str | None = None, *,
-        sink: IO[bytes] | None = None, before_retry: Callable[[], None] | None = None, once_unanswered: bool = False,
+        sink: IO[bytes] | None = None, before_retry: Callable[[], None] | None = None, once_unsure: bool = False,
     ) -> TransportResponse:
-        """The call's 2xx answer; tried again after no answer (unless `once_unanswered`: then BatchAPIError with
-        `unanswered`), a 429 or a 5xx, up to `CALL_ATTEMPTS` times."""
+        """The call's 2xx answer; tried again after no answer, a 429 or a 5xx, up to `CALL_ATTEMPTS` times. With
+        `once_unsure` (a call that makes something), no answer or a 5xx raises BatchAPIError with `maybe_made` at
+        once: it may have been made; a 429 is still tried again (refused before it was done)."""
         headers = dict(self._headers)
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -220,14 +283,16 @@ class BatchAPI:
                 response = await self._http.call(call, sink)
             except TransportError as error:
                 problem = self._scrub(str(error))
-                if once_unanswered:
-                    raise BatchAPIError(f"{where}: no answer ({problem})", unanswered=True) from None
+                if once_unsure:
+                    raise BatchAPIError(f"{where}: no answer ({problem})", maybe_made=True) from None
             else:
                 if 200 <= response.status < 300:
                     return response
                 problem = f"HTTP {response.status}: {self._message(response)}"
                 if response.status != 429 and response.status < 500:
                     raise BatchAPIError(f"{where} failed: {problem}", status=response.status)
+                if once_unsure and response.status >= 500:
+                    raise BatchAPIError(f"{where}: {problem}", status=response.status, maybe_made=True)
                 hint = _server_wait(response)
             if attempt == CALL_ATTEMPTS:
                 break

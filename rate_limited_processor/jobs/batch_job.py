@@ -46,7 +46,7 @@ from ..providers.endpoints import resolve_url
 from ..providers.registry import provider_for
 from ..transport.http import SendFunction, Transport
 from ..ui.display import ProgressDisplay
-from .batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, BatchHTTP
+from .batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, BatchHTTP, checked_id
 from .batch_rows import BatchLines, BatchOptions, Fallback, index_answers, say_what_runs
 from .batch_state import PART_METADATA_KEY, BatchState, Part
 from .message_batches import MessageBatchesAPI, MessageBatchLines, messages_root, owns_answers
@@ -278,7 +278,7 @@ class _BatchJob:
         found = await self.api.find_batch(PART_METADATA_KEY, part.token) if recorded else None
         if found is not None and found.get("input_file_id") == part.file_id and found.get("id") not in part.batch_ids:
             return found
-        return await self.api.create(part.file_id, self.lines.batch_endpoint(part), {PART_METADATA_KEY: part.token})
+        return await self.api.create(part.file_id, self.lines.batch_endpoint(part), {PART_METADATA_KEY: part.token}, earlier=part.batch_ids)
 
     async def _poll(self) -> bool:
         """Ask after every running batch; collect the ones that ended. True when one ended (room may have freed)."""
@@ -423,10 +423,8 @@ def api_root(request_url: str) -> str:
 
 
 def _id_of(value: dict[str, Any], what: str) -> str:
-    identifier = value.get("id")
-    if not isinstance(identifier, str) or not identifier:
-        raise BatchAPIError(f"the API's answer for a new {what} has no id")
-    return identifier
+    """The id of a file or batch the API made (or found): a plain id (`SAFE_ID`), as it goes into URLs and commands."""
+    return checked_id(value.get("id"), f"the id in the API's answer for a new {what}")
 
 
 def _error_codes(batch: dict[str, Any]) -> set[str]:

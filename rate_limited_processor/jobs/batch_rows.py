@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -368,8 +369,8 @@ def say_what_runs(state: BatchState, api_root: str, budget: Budget | None, query
     lines = [f"{len(running)} batch{'es' if len(running) > 1 else ''} left running at the API:"]
     lines.extend(f"  {part.batch_id}: {part.describe()}" for part in running)
     lines.append(f"rerun the same command to collect their results (they are recorded in {state.path}), or cancel them:")
-    def cancel_url(batch_id: str | None) -> str:  # quoted when it has a query (a shell reads & and ?)
-        return f"'{api_root}/batches/{batch_id}/cancel?{query}'" if query else f"{api_root}/batches/{batch_id}/cancel"
+    def cancel_url(batch_id: str | None) -> str:  # shell-quoted: a query's & and ?, and whatever an id holds
+        return shlex.quote(f"{api_root}/batches/{batch_id}/cancel" + (f"?{query}" if query else ""))
 
     lines.extend(f"  curl -X POST {cancel_url(part.batch_id)} {provider_for(api_root).curl_auth()}" for part in running)
     logger.warning("%s", "\n".join(lines))

@@ -18,14 +18,19 @@ listing: each batch's id, `created_at` and `request_counts`. So:
    part's token it was someone else's: it is set aside (`Part.passed_over`), never cancelled, and the part
    looks again, or is created when nothing is left to look at.
 
-Nothing is ever cancelled on a guess, and no line is sent twice: a part is created again only when no batch
-created since its create started could be its. The cost of the rule is a wait: a look-alike batch of someone
-else's (same size, same minutes) is waited for until it ends before the part is sent.
+The same look is made within a run, before a create is tried again after no answer or a 5xx (a gateway's 504 can
+come after the batch was made): `BatchAPI._make`. A 429 is tried again at once (refused, nothing made).
+
+Nothing is ever cancelled on a guess, and a part is created again only when no batch created since its create
+started could be its. The cost of the rule is a wait: a look-alike batch of someone else's (same size, same
+minutes) is waited for until it ends before the part is sent. What it cannot see: a batch made but not yet in the
+listing when it is looked at; its lines would be sent twice (their rows are written once).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import IO, Any
@@ -35,7 +40,7 @@ from ..core.retry_policy import answer_problem
 from ..files.resume import identity_of_item
 from ..providers import anthropic as api_shapes
 from ..providers.endpoints import Endpoint
-from .batch_api import CALL_ATTEMPTS, FIRST_CALL_DELAY, MAX_BATCHES_SEARCHED, MAX_CALL_DELAY, BatchAPI, BatchAPIError
+from .batch_api import MAX_BATCHES_SEARCHED, BatchAPI, BatchAPIError, checked_id
 from .batch_rows import BatchLines
 from .batch_state import Part
 
@@ -46,6 +51,8 @@ CLOCK_SLACK = 300.0
 _PAGE = 100
 #: A custom_id's length but for its line number: "rlp-<16 hex>-part-0001-" and "-<16 hex>" (a part number past 9,999 adds a digit).
 _CUSTOM_ID_LENGTH = len("rlp-0123456789abcdef-part-00001-") + 17
+#: A results URL's path under the root: plain segments only (no "..", no query), so the key goes nowhere unexpected.
+_PLAIN_PATH = re.compile(r"(/[A-Za-z0-9_-]+)+")
 
 
 def messages_root(request_url: str) -> str:
@@ -55,7 +62,8 @@ def messages_root(request_url: str) -> str:
 
 class MessageBatchesAPI(BatchAPI):
     """The Message Batches calls, to one root (".../v1/messages"), with the run's auth headers; the inherited
-    retrying `_call` does the HTTP (no answer, 429, 5xx: tried again; other errors: `BatchAPIError`)."""
+    retrying `_call` does the HTTP (no answer, 429, 5xx: tried again, but a create is looked for first; other
+    errors: `BatchAPIError`)."""
 
     __slots__ = ()
 
@@ -68,30 +76,18 @@ class MessageBatchesAPI(BatchAPI):
         return api_shapes.batch_ended(batch)
 
     async def create_batch(self, part: Part, body: bytes, known: set[str]) -> dict[str, Any]:
-        """POST {root}/batches with the part's requests. A create that gets no answer may have been made all the
-        same: before it is tried again, the batch it may have made is looked for (`unrecorded_batch`)."""
-        delay = FIRST_CALL_DELAY
-        for attempt in range(1, CALL_ATTEMPTS + 1):
-            try:
-                return await self._json("POST", api_shapes.BATCHES, body, "application/json", once_unanswered=True)
-            except BatchAPIError as error:
-                if not error.unanswered or attempt == CALL_ATTEMPTS:
-                    raise
-            await self._clock.sleep(delay)
-            delay = min(delay * 2, MAX_CALL_DELAY)
-            found = await self.unrecorded_batch(part, known)
-            if found is not None:
-                return found
-        raise AssertionError("unreachable: the last try raises")
+        """POST {root}/batches with the part's requests. A create that gets no answer or a 5xx may have been made
+        all the same: before it is tried again, the batch it may have made is looked for (`unrecorded_batch`)."""
+        return await self._make(api_shapes.BATCHES, body, "application/json", lambda: self.unrecorded_batch(part, known))
 
     async def get(self, batch_id: str) -> dict[str, Any]:
-        return await self._json("GET", f"{api_shapes.BATCHES}/{batch_id}")
+        return await self._json("GET", f"{api_shapes.BATCHES}/{checked_id(batch_id, 'the batch id asked after')}")
 
     async def results(self, batch: dict[str, Any], sink: IO[bytes]) -> None:
         """Write an ended batch's results (JSONL) to `sink`. Its `results_url` must be under the root: the key is
         sent nowhere else."""
         url = batch.get("results_url")
-        if not isinstance(url, str) or not url.startswith(self.root + "/"):
+        if not isinstance(url, str) or not url.startswith(self.root + "/") or not _PLAIN_PATH.fullmatch(url[len(self.root) :]):
             raise BatchAPIError(f"batch {batch.get('id')} ended without a results_url under {self.root}")
         start = sink.tell()
 
@@ -130,7 +126,10 @@ class MessageBatchesAPI(BatchAPI):
             batch for batch in await self.created_since(part.create_started_at - CLOCK_SLACK)
             if batch.get("id") not in known and batch.get("id") not in part.passed_over and api_shapes.batch_total(batch) == part.count
         ]
-        return candidates[-1] if candidates else None
+        if not candidates:
+            return None
+        checked_id(candidates[-1].get("id"), f"GET {self.root}{api_shapes.BATCHES}: the id of a batch listed")
+        return candidates[-1]
 
 
 class MessageBatchLines(BatchLines):

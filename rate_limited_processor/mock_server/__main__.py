@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_failed_lines", type=float, default=0.0, help="the Batch API: fraction of lines answered 500 (default: 0)")
     add("--batch_never_ends", action="store_true", help="Message Batches: batches stay in progress until cancelled")
     add("--batch_create_delay", type=float, default=0.0, help="Message Batches: seconds the create's answer is held after the batch exists")
+    add(
+        "--batch_create_timeouts", type=int, default=0,
+        help="batch APIs: the first N uploads or batch creates are made, then answered 504 by a gateway (default: 0)",
+    )
     add("--batch_expired_lines", type=float, default=0.0, help="the Batch API: fraction of lines left to expire; their batch ends expired (default: 0)")
     add(
         "--batch_stall_at", type=float, default=1.0,
@@ -181,6 +185,7 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         batch_expired_lines=args.batch_expired_lines,
         batch_never_ends=args.batch_never_ends,
         batch_create_delay=args.batch_create_delay,
+        batch_create_timeouts=args.batch_create_timeouts,
         batch_enqueued_token_limit=args.batch_enqueued_token_limit,
         batch_stall_at=args.batch_stall_at,
         batch_cancelling_seconds=args.batch_cancelling_seconds,

@@ -159,7 +159,7 @@ class MockApi:
 
     __slots__ = (
         "config", "record", "batches", "message_batches", "gemini_day", "_clock", "_wall", "_faults", "_gate", "_counter", "_latency_rng",
-        "_flex_rng", "_in_flight",
+        "_flex_rng", "_in_flight", "_timeouts_left",
     )
 
     config: MockConfig
@@ -192,6 +192,8 @@ class MockApi:
         self._latency_rng = random.Random(f"latency-{config.seed}")
         self._flex_rng = random.Random(f"flex-{config.seed}")
         self._in_flight: set[asyncio.Task[Any]] = set()
+        #: Creates still to be answered by the gateway's 504 once made (`MockConfig.batch_create_timeouts`).
+        self._timeouts_left = config.batch_create_timeouts
 
     def __repr__(self) -> str:
         return f"MockApi({self.config!r}, {self.record!r})"
@@ -215,7 +217,9 @@ class MockApi:
             auth_failure = self._auth_failure(request)
             if auth_failure is not None:
                 return auth_failure
-            return self.batches.answer(request.method, request.path, request.query, request.headers, request.body)
+            made = len(self.batches.uploads) + len(self.batches.created)
+            reply = self.batches.answer(request.method, request.path, request.query, request.headers, request.body)
+            return self._after_making(reply, made < len(self.batches.uploads) + len(self.batches.created))
         routed = route(request.path)
         if routed is None or request.method != "POST":
             return errors.not_found(request.path)
@@ -261,7 +265,14 @@ class MockApi:
         reply = self.message_batches.answer(request.method, request.path, request.query, request.headers, request.body, origin)
         if len(self.message_batches.created) > created and self.config.batch_create_delay:
             await asyncio.sleep(self.config.batch_create_delay)  # the batch exists; its id is not yet told
-        return reply
+        return self._after_making(reply, len(self.message_batches.created) > created)
+
+    def _after_making(self, reply: Reply, made: bool) -> Reply:
+        """The answer to a call that made a file or batch: its own, or the gateway's 504 while timeouts are due."""
+        if not made or self._timeouts_left <= 0:
+            return reply
+        self._timeouts_left -= 1
+        return errors.html_gateway_timeout()
 
     # --- The request, step by step ---------------------------------------------------------------------
 

@@ -94,6 +94,10 @@ class MockConfig:
     #: create's answer is held after the batch exists.
     batch_never_ends: bool = False
     batch_create_delay: float = 0.0
+    #: The first this many calls that make something at a batch API (an input file uploaded, a batch or a Message
+    #: Batch created) are made, then answered 504 by the gateway in front (nginx's page, as after its
+    #: `proxy_read_timeout`): the client cannot tell it was made.
+    batch_create_timeouts: int = 0
     #: The fraction of a batch's lines it completes (at an even pace from validation to its end) before it makes
     #: no more progress, as real batches stuck at 95% do: below 1 it never ends on its own (it stays in_progress
     #: until cancelled, or expires when its 24h window runs out).
@@ -128,6 +132,8 @@ class MockConfig:
         fractions = (self.batch_failed_lines, self.batch_expired_lines)
         if min(fractions) < 0 or sum(fractions) > 1:
             raise ValueError("batch_failed_lines and batch_expired_lines must be fractions adding up to at most 1")
+        if self.batch_create_timeouts < 0:
+            raise ValueError(f"batch_create_timeouts must not be negative, got {self.batch_create_timeouts}")
         if not self.batch_create_delay >= 0:
             raise ValueError(f"batch_create_delay must be seconds >= 0, got {self.batch_create_delay}")
         if not 0 <= self.flex_unavailable <= 1:

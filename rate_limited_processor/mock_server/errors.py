@@ -30,6 +30,7 @@ __all__ = [
     "server_error",
     "overloaded",
     "html_bad_gateway",
+    "html_gateway_timeout",
     "html_too_many_requests",
     "azure_rate_limited",
     "not_found",
@@ -69,6 +70,10 @@ _TOO_MANY_REQUESTS_HTML = (
 _BAD_GATEWAY_HTML = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n"
+)
+_GATEWAY_TIMEOUT_HTML = (
+    b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n"
+    b"<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
 
 
@@ -199,6 +204,12 @@ def html_too_many_requests() -> Reply:
 def html_bad_gateway() -> Reply:
     """502 with an HTML page: what a proxy in front of the API sends, which a JSON-only client chokes on."""
     return Reply(502, _BAD_GATEWAY_HTML, HTML, {})
+
+
+def html_gateway_timeout() -> Reply:
+    """504 with nginx's HTML page: a gateway that stopped waiting for the API (`proxy_read_timeout`), which may
+    have done the work all the same."""
+    return Reply(504, _GATEWAY_TIMEOUT_HTML, HTML, {})
 
 
 def azure_rate_limited(endpoint: Endpoint, api_version: str = DEFAULT_AZURE_API_VERSION) -> Reply:
