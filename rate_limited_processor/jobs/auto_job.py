@@ -12,7 +12,8 @@ so that the last row is written before the deadline.
 
 Exactly once. A line is sent online only once its batch has ended and been collected without an answer for it, or
 when its part was never created (a part a killed run may have created unrecorded is looked for by its token first,
-and cancelled). The deadline is recorded beside the results (`<results>.deadline`, epoch seconds) with the batch
+and cancelled; a Message Batch, which carries no token, is looked for by its size and time and waited for
+uncancelled, since it may be another's). The deadline is recorded beside the results (`<results>.deadline`, epoch seconds) with the batch
 record, so a rerun after kill -9 continues the same plan: it collects the recorded batches, sends online only the
 lines that have no row, and pays for no line twice.
 """
