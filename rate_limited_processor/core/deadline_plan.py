@@ -168,7 +168,7 @@ def format_estimate(plan: Estimate) -> str:
     """The estimate in plain words, for the log and the dry run."""
     work = plan.work
     unknown = math.isinf(plan.online_seconds)
-    online = "unknown (the limits are not known)" if unknown else f"{plan.online_seconds:,.0f} s"
+    online = "unknown" if unknown else f"{plan.online_seconds:,.0f} s"
     lines = [
         f"deadline in {plan.seconds_left:,.0f} s for {work.lines:,} lines (~{work.tokens:,} tokens); all online at the limits: {online}",
         f"cost: {_dollars(plan.batch_dollars)} through batches, {_dollars(plan.online_dollars)} all online",
@@ -176,7 +176,7 @@ def format_estimate(plan: Estimate) -> str:
     if unknown and work.lines:
         lines.append(
             "limits unknown: a real run learns them from one request's headers first, then plans when the rescue starts "
-            "(give --max_requests_per_minute to plan it here)"
+            "(if the API states none, every line goes online; give --max_requests_per_minute to plan it here)"
         )
         way = "every line through batches, the rescue behind them" if plan.route is Route.BATCH else "all online: the deadline leaves no time for a batch"
         lines.append(f"plan: {way}")
