@@ -39,12 +39,14 @@ def azure_line(i: int) -> dict[str, Any]:
     return {name: value for name, value in chat_request(i).items() if name != "model"}
 
 
-def run_auto(api: MockApi, url: str, key: str | None, input_path: Path, output_path: Path, *, rpm: float, **options: Any) -> RunStats:
+def run_auto(
+    api: MockApi, url: str, key: str | None, input_path: Path, output_path: Path, *, rpm: float, http: Any = None, **options: Any,
+) -> RunStats:
     async def main() -> RunStats:
         transport = MockTransport(api)
         return await run_auto_job(
             Settings(request_url=url, api_key=key, max_requests_per_minute=rpm), input_path, output_path, deadline_seconds=60.0,
-            options=BatchOptions(poll_interval=1.0, **options), http=transport, transport=transport, show_progress=False,
+            options=BatchOptions(poll_interval=1.0, **options), http=http or transport, transport=transport, show_progress=False,
         )
 
     return run_virtual(main())
@@ -107,3 +109,53 @@ def test_batches_that_stall_are_cancelled_in_time_keeping_what_they_finished(tmp
     assert sum(batched.values()) == LINES // 2 and cancels(api) == 4
     assert stats.finished_at is not None and stats.finished_at - stats.started_at < 60.0, "the last row before the deadline"
     assert stats.deadline_plan is not None and (stats.deadline_plan.batched, stats.deadline_plan.online, stats.deadline_plan.cancels) == (200, 200, 4)
+
+
+@pytest.mark.parametrize("method, path_end, nth", [("POST", "/batches", 2), ("POST", "/cancel", 1), ("POST", "/cancel", 3)])
+def test_a_message_batches_run_killed_at_a_create_or_a_cancel_is_continued_by_a_rerun_that_pays_for_no_line_twice(
+    tmp_path: Path, method: str, path_end: str, nth: int,
+) -> None:
+    from tests.test_auto_mode import DiesAt, Killed
+
+    requests = [message_line(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(requests_per_minute=1_200, **STALLING))
+
+    with pytest.raises(Killed):
+        run_auto(api, MESSAGES_URL, None, input_path, output_path, rpm=1_200, max_lines=100, http=DiesAt(api, method, path_end, nth))
+    stats = run_auto(api, MESSAGES_URL, None, input_path, output_path, rpm=1_200, max_lines=100)
+
+    assert Counter(row[2]["id"] for row in read_rows(output_path)) == Counter(range(LINES))
+    batched, online = batched_lines(api), online_lines(api, requests)
+    assert max((batched + online).values()) == 1, "no line was answered twice, by a batch or online"
+    assert batched + online == Counter(range(LINES)) and len(api.message_batches.created) == 4, "no part was created twice"
+    assert stats.stop_reason is None and not sidecar_path(output_path, "deadline").exists()
+
+
+def test_a_rerun_at_the_rescue_waits_for_a_message_batch_a_killed_run_created_unrecorded_and_sends_none_of_its_lines_twice(tmp_path: Path) -> None:
+    """A Message Batch carries no token to be found by: the part's batch, found by its size and time, may be another's,
+    so the rescue does not cancel it; it is waited for, its results read, and only its lines without a result go online."""
+    import json
+    import time
+
+    from tests.test_auto_mode import DiesAt, Killed
+
+    requests = [message_line(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10.0))
+
+    with pytest.raises(Killed):  # the 4th part's batch is created, and the run dies before it hears its id
+        run_auto(api, MESSAGES_URL, None, input_path, output_path, rpm=1_200, max_lines=100, http=DiesAt(api, "POST", "/batches", 4))
+    deadline_file = sidecar_path(output_path, "deadline")
+    deadline_file.write_text(json.dumps({"deadline_at": time.time() + 25.0}))  # the rerun comes late: the rescue is due at once
+    stats = run_auto(api, MESSAGES_URL, None, input_path, output_path, rpm=1_200, max_lines=100)
+
+    batched, online = batched_lines(api), online_lines(api, requests)
+    assert len(api.message_batches.created) == 4, "the part was not created again"
+    unrecorded = api.message_batches._batches[api.message_batches.created[3]]
+    assert unrecorded.cancel_at is None, "a batch found by a guess is not cancelled"
+    assert cancels(api) == 3 and set(range(300, 400)) <= set(batched), "its lines came from its results, none online"
+    assert max((batched + online).values()) == 1 and batched + online == Counter(range(LINES))
+    assert stats.stop_reason is None
