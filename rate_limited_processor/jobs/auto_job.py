@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterable, AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -181,7 +181,10 @@ class _AutoLines(BatchLines):
         finally:
             self._route = route
 
-    async def send_online(self, transport: Transport | SendFunction | None, why: str = "to meet the deadline (the rescue)", source: Any = None) -> str | None:
+    async def send_online(
+        self, transport: Transport | SendFunction | None, why: str = "to meet the deadline (the rescue)",
+        source: AsyncIterable[APIRequest | RejectedLine] | None = None,
+    ) -> str | None:
         self._route = "online"
         try:
             return await super().send_online(transport, why, source)
