@@ -164,6 +164,30 @@ def test_what_auto_mode_needs_or_does_not_do_is_refused_before_anything_is_sent(
     assert code == 2 and message in capsys.readouterr().err
 
 
+def test_the_dry_run_with_the_limits_unknown_says_so_and_plans_batches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rate_limited_processor.cli import main
+
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(0)])
+    command = auto_command(input_path, tmp_path / "results.jsonl", "http://127.0.0.1:9/v1/chat/completions", "1h", 1_200, "--dry_run")
+    code = main([flag for flag in command if flag not in ("--max_requests_per_minute", "1200")])
+    out = capsys.readouterr().out
+    assert code == 0 and "limits unknown" in out and "learns them from one request" in out and "--max_requests_per_minute" in out
+    assert "plan: every line through batches" in out
+    assert "no time to try a batch" not in out and "cannot be met" not in out
+
+
+def test_gemini_which_has_no_batch_api_is_refused_for_auto_mode_before_anything_is_sent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rate_limited_processor.cli import main
+
+    input_path = write_jsonl(tmp_path / "requests.jsonl", [{"contents": [{"parts": [{"text": "hi"}]}]}])
+    url = "http://127.0.0.1:9/v1beta/models/gemini-2.0-flash:generateContent"
+    for extra in ((), ("--dry_run",)):
+        code = main([*auto_command(input_path, tmp_path / "results.jsonl", url, "1h", 60), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "--mode auto: Gemini's :generateContent is not an endpoint of OpenAI's Batch API" in err, err
+    assert not (tmp_path / "results.jsonl").exists() and not sidecar_path(tmp_path / "results.jsonl", "deadline").exists()
+
+
 def test_a_deadline_must_be_a_duration() -> None:
     from rate_limited_processor.cli.parser import build_parser
 

@@ -15,12 +15,14 @@ from rate_limited_processor.core.deadline_plan import (
     Outcome,
     Route,
     Work,
+    cancel_seconds,
     decide,
     estimate,
     format_estimate,
     format_outcome,
     margin_seconds,
     rescue_at,
+    rescue_seconds,
 )
 
 RPM_1200 = OnlineCapacity(requests_per_minute=1_200, tokens_per_minute=None)
@@ -37,30 +39,51 @@ def test_the_online_time_is_set_by_the_limit_that_binds_and_the_headroom() -> No
 
 def test_the_rescue_starts_when_the_unfinished_lines_could_only_just_be_finished_online_with_the_margin() -> None:
     work = Work(400, 0)
-    assert margin_seconds(20.0, seconds_left=30.0) == MIN_MARGIN_SECONDS + MIN_CANCEL_SECONDS
-    start = rescue_at(0.0, 60.0, RPM_1200, work)
-    assert start == 60.0 - 20.0 - MIN_MARGIN_SECONDS - 3.0, "seen from the start, a twentieth of the 60 s left for the cancel"
+    assert rescue_seconds(RPM_1200, work, seconds_left=30.0) == MIN_CANCEL_SECONDS + 20.0 + MIN_MARGIN_SECONDS
+    assert rescue_at(0.0, 60.0, RPM_1200, work) == 60.0 - MIN_CANCEL_SECONDS - 20.0 - MIN_MARGIN_SECONDS
     assert decide(30.0, 60.0, RPM_1200, work) is Decision.WAIT
-    assert decide(35.0, 60.0, RPM_1200, work) is Decision.RESCUE, "60 - 20 online - 3 - 2 for the cancel = 35"
-    assert decide(34.99, 60.0, RPM_1200, work) is Decision.WAIT
-    assert decide(35.0, 60.0, RPM_1200, Work(100, 0)) is Decision.WAIT, "batches finished lines: the rescue may wait longer"
+    assert decide(32.0, 60.0, RPM_1200, work) is Decision.RESCUE, "60 - 5 for the cancel - 20 online - 3 = 32"
+    assert decide(31.99, 60.0, RPM_1200, work) is Decision.WAIT
+    assert decide(32.0, 60.0, RPM_1200, Work(100, 0)) is Decision.WAIT, "batches finished lines: the rescue may wait longer"
     assert decide(59.9, 60.0, RPM_1200, Work(0, 0)) is Decision.WAIT, "nothing left: nothing to rescue"
 
 
+def test_lines_in_no_batch_go_online_during_the_cancel_so_only_the_batches_lines_wait_for_it() -> None:
+    in_batches = Work(400, 0)
+    half_free = Work(400, 0, free_lines=200)
+    all_free = Work(400, 0, free_lines=400)
+    assert rescue_seconds(RPM_1200, all_free, 30.0) == 20.0 + MIN_MARGIN_SECONDS, "no batch to cancel: online time only"
+    assert rescue_seconds(RPM_1200, half_free, 30.0) == 20.0 + MIN_MARGIN_SECONDS, "the 5 s cancel is spent on the free 10 s of lines"
+    assert rescue_seconds(RPM_1200, Work(400, 0, free_lines=40), 30.0) == MIN_CANCEL_SECONDS + 18.0 + MIN_MARGIN_SECONDS, (
+        "2 s of free lines, then an idle wait for the cancel, then 18 s of the batches' lines"
+    )
+    assert rescue_at(0.0, 60.0, RPM_1200, half_free) > rescue_at(0.0, 60.0, RPM_1200, in_batches)
+
+
 def test_the_margin_grows_with_the_online_time_and_the_time_left_for_a_cancel() -> None:
-    assert margin_seconds(3_600.0, seconds_left=7_200.0) == 360.0 + 360.0
-    assert margin_seconds(3_600.0, seconds_left=86_400.0) == 360.0 + MAX_CANCEL_SECONDS, "OpenAI: cancelling takes up to 10 minutes"
+    assert margin_seconds(3_600.0) == 360.0 and margin_seconds(1.0) == MIN_MARGIN_SECONDS
+    assert cancel_seconds(7_200.0) == 360.0 and cancel_seconds(30.0) == MIN_CANCEL_SECONDS
+    assert cancel_seconds(86_400.0) == MAX_CANCEL_SECONDS, "OpenAI: cancelling takes up to 10 minutes"
+    assert rescue_seconds(OnlineCapacity(60, None), Work(3_600, 0), 7_200.0) == 360.0 + 3_600.0 + 360.0
 
 
 def test_a_deadline_with_time_for_a_batch_plans_batches_and_one_without_plans_all_online() -> None:
     roomy = estimate(0.0, 60.0, RPM_1200, Work(400, 24_000), batch_dollars=1.0, online_dollars=2.0)
-    assert roomy.route is Route.BATCH and roomy.rescue_in == pytest.approx(60.0 - 20.0 - 3.0 - 3.0)
+    assert roomy.route is Route.BATCH and roomy.rescue_in == pytest.approx(60.0 - 5.0 - 20.0 - 3.0)
     text = format_estimate(roomy)
     assert "all online at the limits: 20 s" in text and "$1.00" in text and "$2.00" in text and "through batches" in text
     tight = estimate(0.0, 24.0, RPM_1200, Work(400, 24_000), batch_dollars=1.0, online_dollars=2.0)
     assert tight.route is Route.ONLINE and "all online now" in format_estimate(tight)
-    unknown = estimate(0.0, 3_600.0, OnlineCapacity(None, None), Work(10, 10), None, None)
-    assert unknown.route is Route.ONLINE and "give --max_requests_per_minute" in format_estimate(unknown)
+
+
+def test_with_the_limits_unknown_the_plan_says_so_and_plans_batches_when_the_deadline_allows_one() -> None:
+    unknown = estimate(0.0, 3_600.0, OnlineCapacity(None, None), Work(1, 10), None, None)
+    text = format_estimate(unknown)
+    assert unknown.route is Route.BATCH and "plan: every line through batches" in text
+    assert "limits unknown" in text and "learns them from one request" in text and "give --max_requests_per_minute" in text
+    assert "no time to try a batch" not in text and "cannot be met" not in text
+    too_near = estimate(0.0, 6.0, OnlineCapacity(None, None), Work(1, 10), None, None)
+    assert too_near.route is Route.ONLINE and "limits unknown" in format_estimate(too_near) and "cannot be met" not in format_estimate(too_near)
 
 
 def test_the_outcome_says_each_way_and_the_saving_against_all_online() -> None:

@@ -127,7 +127,7 @@ def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
         raise UsageError("--accounts is for --mode online: --mode batch sends the file through one account's Batch API")
     provider = provider_for(request_url)
     if not provider.speaks_batch_api:
-        raise UsageError(f"--mode batch: {provider.batch_api_refusal}")
+        raise UsageError(f"--mode {args.mode}: {provider.batch_api_refusal}")  # auto sends batches too: no batch, no plan
 
 
 def _check_key(settings: Settings) -> None:

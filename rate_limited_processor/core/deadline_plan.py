@@ -1,15 +1,18 @@
 """The plan of `--mode auto --deadline`: every line done by the deadline, at the least cost.
 
 Lines go through the Batch API (half price) while the online capacity could still finish what the batches have
-not: the rescue. The rescue must start by `deadline - online time of the unfinished lines at the limits - margin`;
-until then the batches run, and from then their unfinished lines go online (the batches cancelled first, what
-they finished kept). When even all-online cannot end before the deadline at the start, no batch is tried.
+not: the rescue. At the rescue the running batches are cancelled (what they finished is kept); the lines in no
+running batch (never sent, or waiting for enqueued-token room) go online at once, and a cancelled batch's lines
+once its cancel has ended. So the rescue takes the online time of all the unfinished lines at the limits, or, when
+longer, the time a cancel is allowed plus the online time of the lines in batches; it must start by `deadline -
+that - margin`. When even all-online cannot end before the deadline at the start, no batch is tried. With the
+limits unknown (a real run learns them first), the plan says so and plans batches when the deadline allows any.
 
 Usage::
 
     capacity = OnlineCapacity(requests_per_minute=1_200, tokens_per_minute=None)
     work = Work(lines=400, tokens=24_000)
-    rescue = rescue_at(now=0.0, deadline=60.0, capacity=capacity, work=work)   # 60 - 20 s online - the margin
+    rescue = rescue_at(now=0.0, deadline=60.0, capacity=capacity, work=work)   # 60 - 5 s cancel - 20 s online - 3 s
     if decide(now, 60.0, capacity, work) is Decision.RESCUE: ...
 
 Pure: every function takes `now` (or a deadline) and reads no clock, so the plan is tested in virtual time.
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 from .costs import format_dollars
 
 __all__ = [
-    "OnlineCapacity", "Work", "Decision", "Route", "Estimate", "Outcome", "margin_seconds", "rescue_at", "decide", "estimate",
+    "OnlineCapacity", "Work", "Decision", "Route", "Estimate", "Outcome", "margin_seconds", "cancel_seconds", "rescue_seconds", "rescue_at",
+    "decide", "estimate",
     "format_estimate", "format_outcome", "MIN_MARGIN_SECONDS", "MARGIN_FRACTION", "CANCEL_FRACTION", "MIN_CANCEL_SECONDS", "MAX_CANCEL_SECONDS",
 ]
 
@@ -33,9 +37,10 @@ MIN_MARGIN_SECONDS = 3.0
 #: And a tenth of the rescue's online time: the limits are reached only on average.
 MARGIN_FRACTION = 0.1
 #: Time allowed for cancelled batches to end "cancelled" (OpenAI: "up to 10 minutes") and their output to be
-#: downloaded: a twentieth of the time left, at least `MIN_CANCEL_SECONDS`, at most `MAX_CANCEL_SECONDS`.
+#: downloaded: a twentieth of the time left, at least `MIN_CANCEL_SECONDS`, at most `MAX_CANCEL_SECONDS`. Only the
+#: lines in those batches wait for it: the others go online meanwhile.
 CANCEL_FRACTION = 0.05
-MIN_CANCEL_SECONDS = 2.0
+MIN_CANCEL_SECONDS = 5.0
 MAX_CANCEL_SECONDS = 600.0
 
 
@@ -65,10 +70,19 @@ class OnlineCapacity:
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """Lines still without a row, and their estimated tokens (prompts and completion budgets, as the limits count)."""
+    """Lines still without a row, and their estimated tokens (prompts and completion budgets, as the limits count);
+    of them, the lines in no running batch (`free_lines`, `free_tokens`), which the rescue sends online at once (the
+    rest wait for their batch's cancel to end). By default every line is in a batch, as once they are all sent."""
 
     lines: int
     tokens: int
+    free_lines: int = 0
+    free_tokens: int = 0
+
+    @property
+    def in_batches(self) -> Work:
+        """The lines that go online only once their batch's cancel has ended."""
+        return Work(self.lines - self.free_lines, self.tokens - self.free_tokens)
 
 
 class Decision(enum.Enum):
@@ -85,18 +99,31 @@ class Route(enum.Enum):
     ONLINE = "online"
 
 
-def margin_seconds(online_seconds: float, seconds_left: float) -> float:
+def margin_seconds(online_seconds: float) -> float:
     """The time kept between the rescue's expected end and the deadline: a tenth of the online time (at least
-    `MIN_MARGIN_SECONDS`), and the time cancelled batches take to end, from the `seconds_left` to the deadline."""
-    cancelling = min(MAX_CANCEL_SECONDS, max(MIN_CANCEL_SECONDS, CANCEL_FRACTION * seconds_left))
-    return max(MIN_MARGIN_SECONDS, MARGIN_FRACTION * online_seconds) + cancelling
+    `MIN_MARGIN_SECONDS`)."""
+    return max(MIN_MARGIN_SECONDS, MARGIN_FRACTION * online_seconds)
+
+
+def cancel_seconds(seconds_left: float) -> float:
+    """The time allowed for cancelled batches to end, `seconds_left` before the deadline."""
+    return min(MAX_CANCEL_SECONDS, max(MIN_CANCEL_SECONDS, CANCEL_FRACTION * seconds_left))
+
+
+def rescue_seconds(capacity: OnlineCapacity, work: Work, seconds_left: float) -> float:
+    """How long the rescue of `work` takes, margin included: the lines in no batch go online at once, those in
+    batches once the cancel has ended, all through the same limits; so the online time of all the lines, or, when
+    longer, the cancel and the online time of the lines in batches."""
+    online = capacity.seconds_for(work)
+    behind = work.in_batches
+    waited = cancel_seconds(seconds_left) + capacity.seconds_for(behind) if behind.lines > 0 else 0.0
+    return max(online, waited) + margin_seconds(online)
 
 
 def rescue_at(now: float, deadline: float, capacity: OnlineCapacity, work: Work) -> float:
     """The latest time the rescue of `work` may start and still end before the deadline, as seen at `now` (-inf:
     never possible). It only moves later as the batches finish lines and as `now` nears the deadline."""
-    online = capacity.seconds_for(work)
-    return deadline - online - margin_seconds(online, deadline - now)
+    return deadline - rescue_seconds(capacity, work, deadline - now)
 
 
 def decide(now: float, deadline: float, capacity: OnlineCapacity, work: Work) -> Decision:
@@ -114,7 +141,7 @@ class Estimate:
     #: Seconds until the deadline, and the online time of all the work at the limits (inf: no limit known).
     seconds_left: float
     online_seconds: float
-    #: Seconds from now until the rescue must start, were no batch to finish anything.
+    #: Seconds from now until the rescue must start, were no batch to finish anything (nan: the limits are unknown).
     rescue_in: float
     route: Route
     #: All the work at batch prices, and online (None: no price known for a model).
@@ -125,22 +152,35 @@ class Estimate:
 def estimate(
     now: float, deadline: float, capacity: OnlineCapacity, work: Work, batch_dollars: float | None, online_dollars: float | None,
 ) -> Estimate:
-    """The plan for `work` at `now`: batches with the rescue behind them, or, with no time for a batch, all online."""
+    """The plan for `work` at `now`: batches with the rescue behind them, or, with no time for a batch, all online.
+    With the limits unknown, batches when the deadline leaves time for a batch's cancel at all (the rescue time is
+    set once the limits are known)."""
     online = capacity.seconds_for(work)
-    rescue = rescue_at(now, deadline, capacity, work) - now
-    route = Route.BATCH if rescue > 0 or work.lines == 0 else Route.ONLINE
+    if capacity.known:
+        rescue = rescue_at(now, deadline, capacity, work) - now
+    else:
+        rescue = math.nan if deadline - now > cancel_seconds(deadline - now) + MIN_MARGIN_SECONDS else -math.inf
+    route = Route.BATCH if rescue > 0 or math.isnan(rescue) or work.lines == 0 else Route.ONLINE
     return Estimate(work, deadline - now, online, rescue, route, batch_dollars, online_dollars)
 
 
 def format_estimate(plan: Estimate) -> str:
     """The estimate in plain words, for the log and the dry run."""
     work = plan.work
-    online = "unknown (give --max_requests_per_minute)" if math.isinf(plan.online_seconds) else f"{plan.online_seconds:,.0f} s"
+    unknown = math.isinf(plan.online_seconds)
+    online = "unknown" if unknown else f"{plan.online_seconds:,.0f} s"
     lines = [
         f"deadline in {plan.seconds_left:,.0f} s for {work.lines:,} lines (~{work.tokens:,} tokens); all online at the limits: {online}",
         f"cost: {_dollars(plan.batch_dollars)} through batches, {_dollars(plan.online_dollars)} all online",
     ]
-    if plan.route is Route.ONLINE:
+    if unknown and work.lines:
+        lines.append(
+            "limits unknown: a real run learns them from one request's headers first, then plans when the rescue starts "
+            "(if the API states none, every line goes online; give --max_requests_per_minute to plan it here)"
+        )
+        way = "every line through batches, the rescue behind them" if plan.route is Route.BATCH else "all online: the deadline leaves no time for a batch"
+        lines.append(f"plan: {way}")
+    elif plan.route is Route.ONLINE:
         late = "" if plan.online_seconds <= plan.seconds_left else " (even so, the deadline cannot be met at the limits)"
         lines.append(f"plan: all online now: the deadline leaves no time to try a batch{late}")
     elif work.lines:

@@ -2,23 +2,27 @@
 
 How it goes. The lines are planned into parts as `--mode batch` plans them (`batch_rows.py`, `batch_state.py`), and
 the plan (`core/deadline_plan.py`) says whether a batch can be tried at all. The parts' batches are created and
-asked after as batch mode does (`batch_job.py`'s `_BatchJob`, whose loop this job's replaces); at every poll the
-plan is asked whether the lines still without a row could only just be finished online at the limits, with a
-margin. From that moment (the rescue) every running batch is cancelled, the parts not yet created are not, the
-cancelled batches are waited for and collected (a cancelled batch's output file holds what it finished, and those
-lines keep their answers), and the rest goes through the online runner, so that the last row is written before
-the deadline.
+asked after as batch mode does (`batch_job.py`'s `_BatchJob`, or `_MessageBatchJob` for a Message Batches API,
+whose loop this job's replaces; `BatchWhere` says which, and where, as in batch mode); at every poll the plan is
+asked whether the lines still without a row could only just be finished online at the limits, with a margin.
+From that moment (the rescue) every running batch is cancelled and the parts not yet created are not; the lines in
+no running batch go online at once, and each cancelled batch, once it has ended, is collected (its output holds
+what it finished, and those lines keep their answers) and its other lines join them, through one online runner,
+so that the last row is written before the deadline.
 
 Exactly once. A line is sent online only once its batch has ended and been collected without an answer for it, or
 when its part was never created (a part a killed run may have created unrecorded is looked for by its token first,
-and cancelled). The deadline is recorded beside the results (`<results>.deadline`, epoch seconds) with the batch
+and cancelled; a Message Batch, which carries no token, is looked for by its size and time and waited for
+uncancelled, since it may be another's). The deadline is recorded beside the results (`<results>.deadline`, epoch seconds) with the batch
 record, so a rerun after kill -9 continues the same plan: it collects the recorded batches, sends online only the
 lines that have no row, and pays for no line twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterable, AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -27,8 +31,7 @@ from ..base import strict_json
 from ..base.atomic_write import write_json_atomically
 from ..base.clock import LOOP_CLOCK, Clock
 from ..base.errors import ResumeError
-from ..base.models import RequestResult
-from ..config.credentials import auth_headers, scrubber_for
+from ..base.models import APIRequest, RejectedLine, RequestResult
 from ..config.settings import Settings
 from ..core.costs import CostLedger, PriceBook, usage_tokens
 from ..core.deadline_plan import Decision, Estimate, OnlineCapacity, Outcome, Route, Work, decide, estimate, format_estimate, rescue_at
@@ -40,9 +43,10 @@ from ..providers.endpoints import endpoint_from_url
 from ..transport.http import AiohttpTransport, SendFunction, Transport
 from .batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, BatchHTTP
 from .batch_job import SIDECAR_KIND as BATCH_SIDECAR
-from .batch_job import _BatchJob, api_root
+from .batch_job import BatchWhere, _BatchJob, _MessageBatchJob
 from .batch_rows import BatchLines, BatchOptions
 from .batch_state import PART_METADATA_KEY, BatchState, Part
+from .message_batches import MessageBatchesAPI, MessageBatchLines
 from .pipeline import opened_output, progress_display, skip_done, stop_signals
 from .probe import probe_body, probe_limits
 
@@ -93,20 +97,22 @@ async def run_auto_job(
     capacity = capacity or OnlineCapacity(settings.limits.requests_per_minute, settings.limits.tokens_per_minute, settings.headroom)
     sidecars = (*JOB_SIDECARS, BATCH_SIDECAR, DEADLINE_SIDECAR)
     with opened_output(requests_path, save_path, output_format, retry_failed=retry_failed, sidecars=sidecars) as output:
-        root = api_root(settings.request_url)
-        state = BatchState.load(sidecar_path(save_path, BATCH_SIDECAR), root)
+        where = BatchWhere.of(settings.request_url)
+        state = BatchState.load(sidecar_path(save_path, BATCH_SIDECAR), where.root)
         deadline_file = sidecar_path(save_path, DEADLINE_SIDECAR)
         deadline = _deadline(deadline_file, deadline_seconds, clock, recorded=bool(state.parts))
         network = http if http is not None else AiohttpBatchHTTP()
-        api = BatchAPI(root, auth_headers(settings), http=network, scrub=scrubber_for(settings), clock=clock)
+        api = where.api(settings, network, clock)
         stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, batch=True)
         output.count_earlier(stats)
         display = progress_display(stats, settings, requests_path, show_progress, status_interval, count=True)
         try:
             with ResultWriter(save_path, cast(OutputFormat, output.format), index=True) as writer:
-                lines = _AutoLines(settings, requests_path, writer, state, options, prices.batch, clock, stats, display)
+                lines = (_AutoMessageLines if where.message_batches else _AutoLines)(
+                    settings, requests_path, writer, state, options, prices.batch, clock, stats, display, where.place,
+                )
                 lines.online_prices = prices.online
-                job = _AutoJob(lines, api, transport, deadline, capacity)
+                job = (_AutoMessageJob if where.message_batches else _AutoJob)(lines, api, transport, deadline, capacity)
                 with stop_signals(handle_signals, job.stop, job.stop_again):
                     for item in skip_done(read_requests(requests_path), output.done):
                         lines.plan(item)
@@ -169,16 +175,19 @@ class _AutoLines(BatchLines):
         self.dollars: dict[str, float | None] = {"batch": 0.0, "online": 0.0, "all_online": 0.0}
 
     def collect(self, *args: Any, **kwargs: Any) -> Any:
-        self._route = "batch"
+        route, self._route = self._route, "batch"  # the rescue's online runner may be writing meanwhile
         try:
             return super().collect(*args, **kwargs)
         finally:
-            self._route = None
+            self._route = route
 
-    async def send_online(self, transport: Transport | SendFunction | None, why: str = "to meet the deadline (the rescue)") -> str | None:
+    async def send_online(
+        self, transport: Transport | SendFunction | None, why: str = "to meet the deadline (the rescue)",
+        source: AsyncIterable[APIRequest | RejectedLine] | None = None,
+    ) -> str | None:
         self._route = "online"
         try:
-            return await super().send_online(transport, why)
+            return await super().send_online(transport, why, source)
         finally:
             self._route = None
 
@@ -213,17 +222,29 @@ class _AutoLines(BatchLines):
                 ledger.add(part.model, int(part.input_tokens * share), int(part.output_tokens * share))
         return ledger
 
-    def work(self) -> Work:
-        """The lines still without a row, and their estimated tokens (each part's average per line)."""
-        tokens = 0.0
+    def work(self, free_parts: Collection[int] = ()) -> Work:
+        """The lines still without a row, and their estimated tokens (each part's average per line); of them free:
+        the fallback's and those of `free_parts` (in no running batch, and none about to be sent)."""
+        tokens = free_tokens = 0.0
+        free_lines = len(self.fallback)
         per_line = []
         for part in self.state.parts:
             average = (part.input_tokens + part.output_tokens) / max(1, part.count)
             per_line.append(average)
-            tokens += average * len(self.pending.get(part.number, ()))
+            pending = len(self.pending.get(part.number, ()))
+            tokens += average * pending
+            if part.number in free_parts:
+                free_lines += pending
+                free_tokens += average * pending
         if self.fallback:
-            tokens += len(self.fallback) * (max(per_line) if per_line else 0.0)
-        return Work(self.unfinished, int(tokens))
+            extra = len(self.fallback) * (max(per_line) if per_line else 0.0)
+            tokens += extra
+            free_tokens += extra
+        return Work(self.unfinished, int(tokens), free_lines, int(free_tokens))
+
+
+class _AutoMessageLines(_AutoLines, MessageBatchLines):
+    """`_AutoLines` for a Message Batches API."""
 
 
 class _AutoJob(_BatchJob):
@@ -235,28 +256,38 @@ class _AutoJob(_BatchJob):
         self.deadline = deadline
         self.capacity = capacity
         self.cancels = 0
+        #: Parts whose batch the rescue waits for uncancelled: found by a guess, it may be another's.
+        self.uncancelled: set[int] = set()
 
     def plan(self) -> Estimate:
         ledger = self.auto_lines.ledger()
         dollars = (ledger_dollars(ledger, self.auto_lines.prices), ledger_dollars(ledger, self.auto_lines.online_prices))
         return estimate(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work(), *dollars)
 
-    def _decision(self) -> Decision:
-        return decide(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work())
+    def _work(self, queue: list[Part]) -> Work:
+        """The unfinished lines; free of batches: the waiting parts' and, while those hold it, the queue's."""
+        free = {part.number for part in self.waiting + self.requeued + (queue if self.waiting else [])}
+        return self.auto_lines.work(free)
+
+    def _decision(self, queue: list[Part]) -> Decision:
+        return decide(self.clock.now(), self.deadline, self.capacity, self._work(queue))
 
     async def _loop(self, queue: list[Part]) -> None:
         plan = self.plan()
         self.display.note(format_estimate(plan))
-        if plan.route is Route.ONLINE:
-            self.display.note("the deadline leaves no time to try a batch: every line goes online now")
+        if plan.route is Route.ONLINE or not self.capacity.known:
+            why = "the deadline leaves no time to try a batch" if self.capacity.known else "no online limit is known to plan a rescue by"
+            self.display.note(f"{why}: every line goes online now")
             await self._rescue(queue)
             return
         while True:
-            while queue and not self.waiting and self.stop_reason is None and self._decision() is Decision.WAIT:
+            queue[:0] = self.requeued  # a Message Batch found for a part proved another's: the part is sent again
+            self.requeued.clear()
+            while queue and not self.waiting and self.stop_reason is None and self._decision(queue) is Decision.WAIT:
                 await self._submit(queue.pop(0))
             if self.stop_reason is not None:
                 return
-            if self._decision() is Decision.RESCUE:
+            if self._decision(queue) is Decision.RESCUE:
                 await self._rescue(queue)
                 return
             if not self.running:
@@ -270,7 +301,7 @@ class _AutoJob(_BatchJob):
                     continue
                 await self._rescue(queue)  # refused with nothing running: the batches cannot take them, online can
                 return
-            rescue = rescue_at(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work())
+            rescue = rescue_at(self.clock.now(), self.deadline, self.capacity, self._work(queue))
             # Woken at the rescue time itself, not a poll later (the time moves a little later as the deadline nears).
             await self.clock.sleep(min(self.options.poll_interval, max(MIN_SLEEP, rescue - self.clock.now())))
             ended = await self._poll()
@@ -280,32 +311,69 @@ class _AutoJob(_BatchJob):
                 self.waiting.clear()
 
     async def _rescue(self, queue: list[Part]) -> None:
-        """Cancel the running batches, keep what they finished, and leave the rest to the online runner."""
-        work = self.auto_lines.work()
+        """Cancel the running batches, keep what they finished, and send the rest online: the lines in no running
+        batch at once, a cancelled batch's once it has ended and been collected (never a line a batch answered)."""
+        work = self._work(queue)
         self.display.note(
             f"rescue: {work.lines:,} lines without a row, {self.deadline - self.clock.now():,.0f} s before the deadline; "
             f"{len(self.running)} batch(es) cancelled, the rest goes online"
         )
-        for part in queue + self.waiting:
-            if await self._created_unrecorded(part):
-                continue
-            self.lines.fallback.update(self.lines.pending[part.number])
-            self.lines.pending[part.number].clear()
-            part.done = True
+        for part in queue + self.waiting + self.requeued:
+            if not await self._created_unrecorded(part):
+                self._free(part)
         queue.clear()
         self.waiting.clear()
+        self.requeued.clear()
         self.state.save()
         for part in self.running:
-            await self._cancel(part)
-        while self.running and self.stop_reason is None:
-            await self.clock.sleep(min(self.options.poll_interval, CANCEL_POLL_INTERVAL))
-            await self._poll()
-        for part in self.waiting:  # refused for room after all: its lines never ran
-            self.lines.fallback.update(self.lines.pending[part.number])
-            self.lines.pending[part.number].clear()
-            part.done = True
-        self.waiting.clear()
-        self.state.save()
+            if part.number not in self.uncancelled:
+                await self._cancel(part)
+        more = asyncio.Event()
+        watching = True
+
+        async def watch() -> None:
+            """Ask after the cancelled batches until every one has ended; free each one's unanswered lines."""
+            nonlocal watching
+            try:
+                while self.running and self.stop_reason is None:
+                    await self.clock.sleep(min(self.options.poll_interval, CANCEL_POLL_INTERVAL))
+                    await self._poll()
+                    for part in self.waiting + self.requeued:  # refused for room after all, or proved another's: never ran
+                        self._free(part)
+                    self.waiting.clear()
+                    self.requeued.clear()
+                    self.state.save()
+                    more.set()
+            except BatchAPIError as error:  # the lines already free still go; the batches' are collected by a rerun
+                self.stop_reason = f"{error}; a rerun resumes"
+                logger.error("%s", self.stop_reason)
+            finally:
+                watching = False
+                more.set()
+
+        async def freed() -> AsyncIterator[APIRequest | RejectedLine]:
+            sent: set[int] = set()
+            while True:
+                new = self.lines.fallback - sent
+                sent |= new
+                for item in self.lines.items(new):
+                    yield item
+                if not watching and not self.lines.fallback - sent:
+                    return
+                await more.wait()
+                more.clear()
+
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(watch())
+            stopped = await self.lines.send_online(self.transport, "to meet the deadline (the rescue)", source=freed())
+        if stopped is not None and self.stop_reason is None:
+            self.stop_reason = stopped
+
+    def _free(self, part: Part) -> None:
+        """The part's lines go online: it never ran (or is not this run's to wait on)."""
+        self.lines.fallback.update(self.lines.pending[part.number])
+        self.lines.pending[part.number].clear()
+        part.done = True
 
     async def _created_unrecorded(self, part: Part) -> bool:
         """A part a killed run uploaded and perhaps created a batch for, unrecorded: that batch is cancelled and
@@ -329,6 +397,26 @@ class _AutoJob(_BatchJob):
             return
         self.cancels += 1
         self.display.note(f"{part.describe()}: batch {part.batch_id} cancelled; what it finished is kept")
+
+
+class _AutoMessageJob(_AutoJob, _MessageBatchJob):
+    """`_AutoJob` over a Message Batches API (`_MessageBatchJob`'s calls, this job's loop and rescue)."""
+
+    api: MessageBatchesAPI
+
+    async def _created_unrecorded(self, part: Part) -> bool:
+        """A part a killed run began to create, unrecorded: a batch of its size created since is waited for, not
+        cancelled (found by a guess, it may be another's; its results say), and its lines go online once it ends."""
+        if part.create_started_at is None or part.number not in self.recorded:
+            return False
+        found = await self.api.unrecorded_batch(part, {batch_id for other in self.state.parts for batch_id in other.batch_ids})
+        if found is None or not isinstance(found.get("id"), str):
+            return False
+        part.batch_ids.append(found["id"])
+        self.running.append(part)
+        self.uncancelled.add(part.number)
+        self.display.note(f"{part.describe()}: batch {found['id']} may be the one a stopped run created for it: waited for, not cancelled")
+        return True
 
 
 async def auto_capacity(settings: Settings, transport: Transport | None = None, model: str | None = None) -> OnlineCapacity:

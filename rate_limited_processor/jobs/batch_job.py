@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -43,6 +44,7 @@ from ..files.request_io import OutputFormat, ResultWriter, read_requests
 from ..files.resume import sidecar_path
 from ..files.side_files import JOB_SIDECARS
 from ..providers.endpoints import resolve_url
+from ..providers.provider import BatchPlace
 from ..providers.registry import provider_for
 from ..transport.http import SendFunction, Transport
 from ..ui.display import ProgressDisplay
@@ -52,7 +54,7 @@ from .batch_state import PART_METADATA_KEY, BatchState, Part
 from .message_batches import MessageBatchesAPI, MessageBatchLines, messages_root, owns_answers
 from .pipeline import opened_output, progress_display, skip_done, stop_signals
 
-__all__ = ["BatchOptions", "Fallback", "run_batch_job", "api_root", "SIDECAR_KIND"]
+__all__ = ["BatchOptions", "Fallback", "run_batch_job", "api_root", "SIDECAR_KIND", "BatchWhere"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -92,24 +94,19 @@ async def run_batch_job(
     requests_path, save_path = Path(requests_path), Path(save_path)
     sidecars = (*JOB_SIDECARS, SIDECAR_KIND)
     with opened_output(requests_path, save_path, output_format, retry_failed=retry_failed, sidecars=sidecars) as output:
-        provider = provider_for(settings.request_url)
-        message_batches = provider.message_batches
-        place = provider.batch_place(settings.request_url) if provider.batch_place is not None else None
-        root = messages_root(settings.request_url) if message_batches else place.root if place is not None else api_root(settings.request_url)
-        state = BatchState.load(sidecar_path(save_path, SIDECAR_KIND), root)
+        where = BatchWhere.of(settings.request_url)
+        state = BatchState.load(sidecar_path(save_path, SIDECAR_KIND), where.root)
         network = http if http is not None else AiohttpBatchHTTP()
-        api = (MessageBatchesAPI if message_batches else BatchAPI)(
-            root, auth_headers(settings), http=network, scrub=scrubber_for(settings), clock=clock, query=place.query if place is not None else "",
-        )
+        api = where.api(settings, network, clock)
         stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, batch=True)
         output.count_earlier(stats)
         display = progress_display(stats, settings, requests_path, show_progress, status_interval, count=True)
         try:
             with ResultWriter(save_path, cast(OutputFormat, output.format), index=True) as writer:
-                lines = (MessageBatchLines if message_batches else BatchLines)(
-                    settings, requests_path, writer, state, options, budget.prices if budget is not None else prices, clock, stats, display, place,
+                lines = (MessageBatchLines if where.message_batches else BatchLines)(
+                    settings, requests_path, writer, state, options, budget.prices if budget is not None else prices, clock, stats, display, where.place,
                 )
-                job = (_MessageBatchJob if message_batches else _BatchJob)(lines, api, budget, transport)
+                job = (_MessageBatchJob if where.message_batches else _BatchJob)(lines, api, budget, transport)
                 with stop_signals(handle_signals, job.stop, job.stop_again):
                     for item in skip_done(read_requests(requests_path), output.done):
                         lines.plan(item)
@@ -414,6 +411,31 @@ class _MessageBatchJob(_BatchJob):
         self.display.note(f"{part.describe()}: batch {batch_id} proved another's (none of its results is this part's); the part is sent again")
         self.requeued.append(part)
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWhere:
+    """Where a request URL's batches go, as its provider says: a Message Batches API (`message_batches`), or a Files
+    and Batches API at `root` (`place`: kept elsewhere than OpenAI keeps it, as Azure's is). Shared by batch and auto mode."""
+
+    root: str
+    message_batches: bool
+    place: BatchPlace | None
+
+    @classmethod
+    def of(cls, request_url: str) -> BatchWhere:
+        provider = provider_for(request_url)
+        place = provider.batch_place(request_url) if provider.batch_place is not None else None
+        if provider.message_batches:
+            return cls(messages_root(request_url), True, None)
+        return cls(place.root if place is not None else api_root(request_url), False, place)
+
+    def api(self, settings: Settings, http: BatchHTTP, clock: Clock) -> BatchAPI:
+        """The client of this place's batch calls, with the run's auth headers."""
+        return (MessageBatchesAPI if self.message_batches else BatchAPI)(
+            self.root, auth_headers(settings), http=http, scrub=scrubber_for(settings), clock=clock,
+            query=self.place.query if self.place is not None else "",
+        )
 
 
 def api_root(request_url: str) -> str:

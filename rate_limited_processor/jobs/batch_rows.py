@@ -13,7 +13,7 @@ import json
 import logging
 import shlex
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -231,15 +231,17 @@ class BatchLines:
 
     async def send_online(
         self, transport: Transport | SendFunction | None, why: str = "that the batches failed or let expire (--batch_fallback online)",
+        source: AsyncIterable[APIRequest | RejectedLine] | None = None,
     ) -> str | None:
         """`--batch_fallback online`: the lines the batches failed or let expire, through the online runner. The
-        reason it stopped, if it did. `why` says, after "sending N lines online", why they go."""
+        reason it stopped, if it did. `why` says, after "sending N lines online", why they go. `source`: the lines
+        as they become free to go (each of them in `fallback` by then), instead of those in `fallback` now."""
         lines = self.fallback
         self.display.note(f"sending {len(lines):,} lines online {why}")
         processor = Processor(self.settings, transport=transport, clock=self.clock)
         stopped_for = None
         try:
-            async with processor.run(item for item in self._items(lines)) as results:
+            async with processor.run(source if source is not None else (item for item in self._items(lines))) as results:
                 async for result in results:
                     self.write(result)
                     lines.discard(result.index)

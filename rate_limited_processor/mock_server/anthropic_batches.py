@@ -13,7 +13,10 @@ custom_id (`^[a-zA-Z0-9_-]{1,64}$`, unique in the batch), at most 100,000 reques
 `errored` with invalid_request_error. A batch is `in_progress` for `batch_processing_seconds` after creation,
 then `ended`; `batch_failed_lines` of its requests end errored (api_error) and `batch_expired_lines` expired,
 drawn by seed and custom_id. `batch_never_ends` keeps batches in progress until cancelled (then `canceling`
-for a second, and ended with every request not yet ended canceled). `batch_create_delay` holds the create's answer that
+for `batch_cancelling_seconds`, a second when that is 0, and ended with every request not yet ended canceled);
+`batch_stall_at` below 1 has the batch process its first requests at an even pace up to that fraction and no more
+(it too never ends on its own), and a cancel keeps what was processed by the time the cancel ends, as the real
+API keeps a canceled batch's finished results. `batch_create_delay` holds the create's answer that
 many seconds after the batch exists (a client killed meanwhile never learns its id). Results are served in an
 order shuffled by seed. It says nothing the real API would not say.
 
@@ -50,7 +53,7 @@ MAX_REQUESTS = 100_000
 MAX_BODY_BYTES = 256 * 1024**2
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _WINDOW_SECONDS = 24 * 3600
-#: Seconds a cancelled batch is "canceling" before it ends.
+#: Seconds a cancelled batch is "canceling" before it ends, unless `batch_cancelling_seconds` says.
 _CANCEL_SECONDS = 1.0
 _COUNT_NAMES = ("processing", "succeeded", "errored", "canceled", "expired")
 
@@ -194,13 +197,30 @@ class MockMessageBatches:
         if batch.status == "ended":
             return
         if batch.status == "canceling":
-            if self._clock() >= batch.cancel_clock + _CANCEL_SECONDS:
-                self._end(batch, canceled=True)
-        elif not self.config.batch_never_ends and self._clock() >= batch.created_at + self.config.batch_processing_seconds:
+            ends_at = batch.cancel_clock + (self.config.batch_cancelling_seconds or _CANCEL_SECONDS)
+            if self._clock() >= ends_at:
+                self._end(batch, canceled=True, done=self._done_by(batch, ends_at))
+        elif self._ends_alone and self._clock() >= batch.created_at + self.config.batch_processing_seconds:
             self._end(batch, canceled=False)
 
-    def _end(self, batch: _Batch, *, canceled: bool) -> None:
-        batch.results = [{"custom_id": request["custom_id"], "result": self._run(request, canceled)} for request in batch.requests]
+    @property
+    def _ends_alone(self) -> bool:
+        return not self.config.batch_never_ends and self.config.batch_stall_at >= 1
+
+    def _done_by(self, batch: _Batch, at: float) -> int:
+        """How many of the batch's requests (the first ones) are processed at `at`: none with `batch_never_ends`, else
+        at an even pace over `batch_processing_seconds`, up to `batch_stall_at` of them."""
+        if self.config.batch_never_ends:
+            return 0
+        total = len(batch.requests)
+        span = self.config.batch_processing_seconds
+        pace = total if span <= 0 else int(total * min(1.0, (at - batch.created_at) / span))
+        return min(pace, int(total * self.config.batch_stall_at + 1e-9))
+
+    def _end(self, batch: _Batch, *, canceled: bool, done: int = 0) -> None:
+        batch.results = [
+            {"custom_id": request["custom_id"], "result": self._run(request, canceled and index >= done)} for index, request in enumerate(batch.requests)
+        ]
         self.outcomes.update(line["result"]["type"] for line in batch.results)
         batch.status = "ended"
         batch.ended_wall = self._wall() if canceled else batch.created_wall + self.config.batch_processing_seconds

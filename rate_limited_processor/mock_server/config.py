@@ -100,9 +100,10 @@ class MockConfig:
     batch_create_timeouts: int = 0
     #: The fraction of a batch's lines it completes (at an even pace from validation to its end) before it makes
     #: no more progress, as real batches stuck at 95% do: below 1 it never ends on its own (it stays in_progress
-    #: until cancelled, or expires when its 24h window runs out).
+    #: until cancelled, or expires when its 24h window runs out). Message Batches too.
     batch_stall_at: float = 1.0
-    #: Seconds a cancelled batch stays "cancelling" (lines due meanwhile still complete) before it is "cancelled".
+    #: Seconds a cancelled batch stays "cancelling" (lines due meanwhile still complete) before it is "cancelled"
+    #: (a Message Batch "canceling", then "ended": a second when this is 0).
     batch_cancelling_seconds: float = 0.0
 
     def __post_init__(self) -> None:
