@@ -152,6 +152,7 @@ def test_the_dry_run_estimates_the_online_time_both_costs_and_the_plan(tmp_path:
         (["--deadline", "1h"], "--deadline is for --mode auto"),
         (["--mode", "auto", "--deadline", "1h", "--ordered"], "--ordered is for --mode online"),
         (["--mode", "auto", "--deadline", "1h", "--max_cost_usd", "5"], "--max_cost_usd is not for --mode auto"),
+        (["--mode", "auto", "--deadline", "1h", "--batch_fallback", "none"], "--batch_fallback none is not for --mode auto"),
     ],
 )
 def test_what_auto_mode_needs_or_does_not_do_is_refused_before_anything_is_sent(

@@ -6,6 +6,9 @@ second); tests/test_auto_command.py runs them in wall time through the command.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,10 +16,11 @@ from typing import Any
 import pytest
 
 from rate_limited_processor import Settings
+from rate_limited_processor.base.errors import NoAnswer, TransportError
 from rate_limited_processor.core.costs import PriceBook
 from rate_limited_processor.core.stats import RunStats
 from rate_limited_processor.files.resume import sidecar_path
-from rate_limited_processor.jobs.auto_job import AutoPrices, run_auto_job
+from rate_limited_processor.jobs.auto_job import CANCEL_PATIENCE, AutoPrices, run_auto_job
 from rate_limited_processor.jobs.batch_rows import BatchOptions
 from rate_limited_processor.mock_server import MockApi, MockConfig, MockTransport
 from rate_limited_processor.mock_server.record import request_key
@@ -157,6 +161,105 @@ def test_a_run_killed_at_any_step_is_continued_by_a_rerun_that_pays_for_no_line_
     assert batched + online == Counter(range(LINES))
     assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4), "no part was uploaded or created twice"
     assert stats.stop_reason is None and not sidecar_path(output_path, "deadline").exists()
+
+
+class DiesOnline(MockTransport):
+    """The mock, and a process that dies once it has heard `after` online answers (before it writes the last's row)."""
+
+    def __init__(self, api: MockApi, after: int) -> None:
+        super().__init__(api)
+        self.after, self.answered = after, 0
+
+    async def send(self, request: Any) -> Any:
+        answer = await super().send(request)
+        self.answered += answer.status == 200
+        if self.answered > self.after:
+            raise Killed
+        return answer
+
+
+def test_a_run_killed_in_the_online_rescue_is_continued_online_by_a_rerun_that_would_have_time_for_batches(tmp_path: Path) -> None:
+    """The rescue sent whole parts online, and the process died half way. Its rerun finds the deadline far enough
+    for batches, but those parts' lines go online still: batched, a part would carry lines answered online already
+    (paid twice), and the plan an earlier run chose stands."""
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    first_api = MockApi(MockConfig(requests_per_minute=600, batch_processing_seconds=3.0))
+    settings = Settings(request_url=mock_url(), api_key=None, max_requests_per_minute=600)
+
+    async def first_run() -> RunStats:  # 400 lines at 600 RPM take 40 s online: a 44 s deadline leaves no time for a batch
+        dies = DiesOnline(first_api, 250)
+        return await run_auto_job(
+            settings, input_path, output_path, deadline_seconds=44.0, options=BatchOptions(poll_interval=1.0, max_lines=100),
+            prices=PRICES, http=dies, transport=dies, show_progress=False,
+        )
+
+    with pytest.raises((Killed, BaseExceptionGroup)):
+        run_virtual(first_run())
+    assert not first_api.batches.uploads and 250 <= len(read_rows(output_path)) < LINES
+    # The rerun comes when the deadline is 300 s away: time enough for 3-s batches, were the parts free to take them.
+    sidecar_path(output_path, "deadline").write_text(json.dumps({"deadline_at": time.time() + 300.0}))
+    second_api = MockApi(MockConfig(requests_per_minute=600, batch_processing_seconds=3.0))
+    stats = run_auto(second_api, input_path, output_path, deadline=300.0, rpm=600, max_lines=100)
+
+    assert Counter(row[2]["id"] for row in read_rows(output_path)) == Counter(range(LINES))
+    assert not second_api.batches.uploads and not second_api.batches.created, "no part the rescue sent online was batched"
+    online = ways(first_api, requests)[1] + ways(second_api, requests)[1]
+    # A request in flight when the process died may have been answered unheard, and is sent again (as online).
+    assert set(online) == set(range(LINES)) and sum(online.values()) - LINES <= 3
+    assert stats.stop_reason is None
+
+
+class BatchAPIOutage:
+    """The mock's Files and Batches API, unreachable (connection reset) for the GET calls between `start` and `end`
+    seconds into the run; the online endpoint stays up."""
+
+    def __init__(self, api: MockApi, start: float, end: float) -> None:
+        self.transport = MockTransport(api)
+        self.start, self.end = start, end
+        self.began: float | None = None
+
+    async def call(self, call: Any, sink: Any = None) -> Any:
+        now = asyncio.get_running_loop().time()
+        self.began = now if self.began is None else self.began
+        if call.method == "GET" and self.start <= now - self.began <= self.end:
+            raise TransportError(NoAnswer.BROKEN, "ClientOSError: connection reset")
+        return await self.transport.call(call, sink)
+
+
+def test_a_batch_api_that_stops_answering_for_two_minutes_leaves_the_rescue_to_meet_the_deadline(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10_000.0))
+
+    stats = run_auto(api, input_path, output_path, deadline=600.0, rpm=1_200, http=BatchAPIOutage(api, 30.0, 150.0))
+
+    assert stats.stop_reason is None and Counter(row[2]["id"] for row in read_rows(output_path)) == Counter(range(LINES))
+    assert stats.finished_at is not None and stats.finished_at - stats.started_at <= 600.0
+    batched, online = ways(api, requests)
+    assert max((batched + online).values()) == 1
+
+
+def test_a_batch_stuck_cancelling_is_waited_for_a_bounded_time_and_left_to_a_rerun(tmp_path: Path) -> None:
+    """Its lines are never sent online while it may still answer them; the run stops, saying which batch it waited for."""
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    config = MockConfig(
+        requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10.0, batch_stall_at=0.5,
+        batch_cancelling_seconds=100_000.0,
+    )
+    api = MockApi(config)
+
+    stats = run_auto(api, input_path, output_path, deadline=60.0, rpm=1_200, max_lines=100)
+
+    assert stats.stop_reason is not None and "still not ended" in stats.stop_reason and "a rerun collects them" in stats.stop_reason
+    assert stats.finished_at is not None and stats.finished_at - stats.started_at <= 60.0 + CANCEL_PATIENCE + 5.0
+    batched, online = ways(api, requests)
+    assert not batched and not online, "no line of a batch still cancelling went online"
+    assert sidecar_path(output_path, "batches").exists(), "the record stays for the rerun"
 
 
 def test_batches_refused_for_the_enqueued_token_limit_wait_for_room_and_still_take_every_line(tmp_path: Path) -> None:

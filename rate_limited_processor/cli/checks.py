@@ -108,6 +108,8 @@ def check_deadline(args: argparse.Namespace) -> None:
         raise UsageError("--mode auto needs --deadline: when every line must be done, from now (45m, 6h, 2d)")
     if args.mode != "auto" and args.deadline is not None:
         raise UsageError("--deadline is for --mode auto: batches, with online as the rescue")
+    if args.mode == "auto" and args.batch_fallback == "none":
+        raise UsageError("--batch_fallback none is not for --mode auto: lines a batch failed or let expire go online, as the rescue's do")
     if args.mode == "auto" and args.max_cost_usd is not None:
         raise UsageError("--max_cost_usd is not for --mode auto: the plan itself takes the least cost that meets the deadline")
 

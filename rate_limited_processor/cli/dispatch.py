@@ -112,7 +112,7 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
                 show_progress=show_progress, status_interval=args.status_interval or None,
             )
     if args.mode == "batch":
-        options = BatchOptions(max_lines=args.batch_max_lines, poll_interval=args.batch_poll_interval, fallback=args.batch_fallback)
+        options = BatchOptions(max_lines=args.batch_max_lines, poll_interval=args.batch_poll_interval, fallback=args.batch_fallback or "none")
         with redirect:
             return await run_batch_job(
                 settings, requests_path, save_path, options=options, prices=prices, budget=budget, output_format=args.output_format,

@@ -280,8 +280,9 @@ def _batch_mode(parser: argparse.ArgumentParser) -> None:
         help="with --mode batch, seconds between asks after each batch's progress",
     )
     add(
-        "--batch_fallback", choices=["none", "online"], default="none",
-        help="with --mode batch, lines a batch failed or let expire: failure rows (none), or sent online (online)",
+        "--batch_fallback", choices=["none", "online"], default=None,
+        help="with --mode batch, lines a batch failed or let expire: failure rows (none, the default), or sent online "
+        "(online; --mode auto always sends them online)",
     )
 
 

@@ -58,6 +58,9 @@ logger = logging.getLogger("rate_limited_processor")
 DEADLINE_SIDECAR = "deadline"
 #: Seconds between asks after batches being cancelled: the rescue waits on them.
 CANCEL_POLL_INTERVAL = 0.5
+#: Seconds past the deadline (or the rescue, if later) that cancelled batches are waited for before the run stops
+#: and leaves them to a rerun: OpenAI says a cancel can take up to 10 minutes.
+CANCEL_PATIENCE = 600.0
 #: The least sleep between asks: the rescue time, recomputed, creeps later as the deadline nears.
 MIN_SLEEP = 0.2
 
@@ -304,7 +307,11 @@ class _AutoJob(_BatchJob):
             rescue = rescue_at(self.clock.now(), self.deadline, self.capacity, self._work(queue))
             # Woken at the rescue time itself, not a poll later (the time moves a little later as the deadline nears).
             await self.clock.sleep(min(self.options.poll_interval, max(MIN_SLEEP, rescue - self.clock.now())))
-            ended = await self._poll()
+            try:
+                ended = await self._poll()
+            except BatchAPIError as error:  # the batches are where they were: the rescue, when due, does not need this answer
+                self.display.note(f"the Batch API did not answer ({error}); asked again until the rescue")
+                ended = False
             self.display.tick()
             if ended and self.waiting:
                 queue[:0] = self.waiting
@@ -335,7 +342,16 @@ class _AutoJob(_BatchJob):
             """Ask after the cancelled batches until every one has ended; free each one's unanswered lines."""
             nonlocal watching
             try:
+                give_up_at = max(self.deadline, self.clock.now()) + CANCEL_PATIENCE
                 while self.running and self.stop_reason is None:
+                    if self.clock.now() >= give_up_at:
+                        waited = ", ".join(str(part.batch_id) for part in self.running)
+                        self.stop_reason = (
+                            f"batch(es) {waited} still not ended {CANCEL_PATIENCE:,.0f} s after the deadline, though cancelled; their lines "
+                            "are not sent online while a batch may still answer them: a rerun collects them"
+                        )
+                        logger.error("%s", self.stop_reason)
+                        break
                     await self.clock.sleep(min(self.options.poll_interval, CANCEL_POLL_INTERVAL))
                     await self._poll()
                     for part in self.waiting + self.requeued:  # refused for room after all, or proved another's: never ran
@@ -373,7 +389,7 @@ class _AutoJob(_BatchJob):
         """The part's lines go online: it never ran (or is not this run's to wait on)."""
         self.lines.fallback.update(self.lines.pending[part.number])
         self.lines.pending[part.number].clear()
-        part.done = True
+        part.done = part.online = True  # recorded: a rerun sends its lines online too, never in a batch
 
     async def _created_unrecorded(self, part: Part) -> bool:
         """A part a killed run uploaded and perhaps created a batch for, unrecorded: that batch is cancelled and

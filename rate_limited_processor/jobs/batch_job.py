@@ -166,6 +166,12 @@ class _BatchJob:
                 continue
             if part.batch_id is not None:  # running, or ended with lines still without a row: asked after, collected again
                 self.running.append(part)
+            elif part.online or len(self.lines.pending[part.number]) < part.count:
+                # Sent online by a run that was stopped (some of its lines have rows, and no batch made them): the
+                # rest go online too. Batched now, the lines answered online would be paid for twice.
+                part.online = True
+                self.lines.fallback.update(self.lines.pending[part.number])
+                self.lines.pending[part.number].clear()
             else:
                 queue.append(part)
         try:

@@ -55,6 +55,9 @@ class Part:
     create_started_at: float | None = None
     #: ...and the batches such a look found and proved not its (their results carried none of its custom_ids).
     passed_over: list[str] = field(default_factory=list)
+    #: Its lines went online (`--mode auto`'s rescue) before any batch of it ran: never batched again, so that no
+    #: line answered online is paid for again in a batch.
+    online: bool = False
 
     @property
     def filename(self) -> str:
