@@ -36,18 +36,18 @@ from ..config.settings import Settings
 from ..core.costs import CostLedger, PriceBook, usage_tokens
 from ..core.deadline_plan import Decision, Estimate, OnlineCapacity, Outcome, Route, Work, decide, estimate, format_estimate, rescue_at
 from ..core.stats import RunStats
-from ..files.request_io import OutputFormat, ResultWriter, read_requests
+from ..files.request_io import OutputFormat
 from ..files.resume import sidecar_path
 from ..files.side_files import JOB_SIDECARS
 from ..providers.endpoints import endpoint_from_url
 from ..transport.http import AiohttpTransport, SendFunction, Transport
-from .batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, BatchHTTP
-from .batch_job import SIDECAR_KIND as BATCH_SIDECAR
-from .batch_job import BatchWhere, _BatchJob, _MessageBatchJob
+from .batch_api import BatchAPI, BatchAPIError, BatchHTTP
+from .batch_job import _BatchJob, _MessageBatchJob
 from .batch_rows import BatchLines, BatchOptions
-from .batch_state import PART_METADATA_KEY, BatchState, Part
+from .batch_run import SIDECAR_KIND as BATCH_SIDECAR
+from .batch_run import BatchesJob, BatchRunParts, run_batches
+from .batch_state import PART_METADATA_KEY, Part
 from .message_batches import MessageBatchesAPI, MessageBatchLines
-from .pipeline import opened_output, progress_display, skip_done, stop_signals
 from .probe import probe_body, probe_limits
 
 __all__ = ["run_auto_job", "DEADLINE_SIDECAR", "AutoPrices"]
@@ -95,49 +95,33 @@ async def run_auto_job(
     deadline a killed run recorded), at the least cost. `capacity`: the online limits the rescue counts on (default:
     the settings' limits). `http`, `transport` and `clock` as for `run_batch_job`. Returns the run's stats, with the
     plan's outcome in `stats.deadline_plan`."""
-    requests_path, save_path = Path(requests_path), Path(save_path)
     options = BatchOptions(max_lines=options.max_lines, max_bytes=options.max_bytes, poll_interval=options.poll_interval, fallback="online")
     capacity = capacity or OnlineCapacity(settings.limits.requests_per_minute, settings.limits.tokens_per_minute, settings.headroom)
-    sidecars = (*JOB_SIDECARS, BATCH_SIDECAR, DEADLINE_SIDECAR)
-    with opened_output(requests_path, save_path, output_format, retry_failed=retry_failed, sidecars=sidecars) as output:
-        where = BatchWhere.of(settings.request_url)
-        state = BatchState.load(sidecar_path(save_path, BATCH_SIDECAR), where.root)
-        deadline_file = sidecar_path(save_path, DEADLINE_SIDECAR)
-        deadline = _deadline(deadline_file, deadline_seconds, clock, recorded=bool(state.parts))
-        network = http if http is not None else AiohttpBatchHTTP()
-        api = where.api(settings, network, clock)
-        stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, batch=True)
-        output.count_earlier(stats)
-        display = progress_display(stats, settings, requests_path, show_progress, status_interval, count=True)
-        try:
-            with ResultWriter(save_path, cast(OutputFormat, output.format), index=True) as writer:
-                lines = (_AutoMessageLines if where.message_batches else _AutoLines)(
-                    settings, requests_path, writer, state, options, prices.batch, clock, stats, display, where.place,
-                )
-                lines.online_prices = prices.online
-                job = (_AutoMessageJob if where.message_batches else _AutoJob)(lines, api, transport, deadline, capacity)
-                with stop_signals(handle_signals, job.stop, job.stop_again):
-                    for item in skip_done(read_requests(requests_path), output.done):
-                        lines.plan(item)
-                    stats.already_done = output.done.claimed
-                    await job.run()
-                    moved = writer.check_moved()
-                    if moved is not None:
-                        logger.error("%s", moved)
-                        stats.stop_reason = stats.stop_reason or moved
-                stats.deadline_plan = lines.outcome(job.cancels)
-                if job.stop_reason is None and not stats.unfinished:
-                    deadline_file.unlink(missing_ok=True)
-                late = clock.now() - deadline
-                if late > 0 and stats.unfinished == 0:
-                    logger.warning("the last row was written %.1f s after the deadline", late)
-        finally:
-            stats.already_done = output.done.claimed
-            stats.finished_at = clock.now()
-            display.close()
-            if isinstance(network, AiohttpBatchHTTP) and http is None:
-                await network.aclose()
-        return stats
+    deadline_file = sidecar_path(Path(save_path), DEADLINE_SIDECAR)
+
+    def build(parts: BatchRunParts) -> _AutoJob:
+        deadline = _deadline(deadline_file, deadline_seconds, clock, recorded=bool(parts.state.parts))  # recorded before anything is sent
+        lines = (_AutoMessageLines if parts.where.message_batches else _AutoLines)(
+            settings, Path(requests_path), parts.writer, parts.state, options, prices.batch, clock, parts.stats, parts.display, parts.where.place,
+        )
+        lines.online_prices = prices.online
+        return (_AutoMessageJob if parts.where.message_batches else _AutoJob)(lines, parts.api, transport, deadline, capacity)
+
+    def finish(job: BatchesJob) -> None:
+        auto = cast(_AutoJob, job)
+        stats = auto.stats
+        stats.deadline_plan = auto.auto_lines.outcome(auto.cancels)
+        if auto.stop_reason is None and not stats.unfinished:
+            deadline_file.unlink(missing_ok=True)
+        late = clock.now() - auto.deadline
+        if late > 0 and stats.unfinished == 0:
+            logger.warning("the last row was written %.1f s after the deadline", late)
+
+    return await run_batches(
+        settings, requests_path, save_path, (*JOB_SIDECARS, BATCH_SIDECAR, DEADLINE_SIDECAR), build, finish=finish, http=http, clock=clock,
+        output_format=output_format, retry_failed=retry_failed, handle_signals=handle_signals, show_progress=show_progress,
+        status_interval=status_interval,
+    )
 
 
 def _deadline(path: Path, seconds: float, clock: Clock, *, recorded: bool) -> float:

@@ -29,37 +29,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, cast
-from urllib.parse import urlsplit, urlunsplit
+from typing import IO, Any, Literal
 
 from ..base.clock import LOOP_CLOCK, Clock
-from ..config.credentials import auth_headers, scrubber_for
+from ..config.credentials import scrubber_for
 from ..config.settings import Settings
 from ..core.budget import Budget
 from ..core.costs import PriceBook
 from ..core.stats import RunStats
-from ..files.request_io import OutputFormat, ResultWriter, read_requests
-from ..files.resume import sidecar_path
+from ..files.request_io import OutputFormat
 from ..files.side_files import JOB_SIDECARS
-from ..providers.endpoints import resolve_url
-from ..providers.provider import BatchPlace
-from ..providers.registry import provider_for
 from ..transport.http import SendFunction, Transport
 from ..ui.display import ProgressDisplay
-from .batch_api import AiohttpBatchHTTP, BatchAPI, BatchAPIError, BatchHTTP, checked_id
+from .batch_api import BatchAPI, BatchAPIError, BatchHTTP, checked_id
 from .batch_rows import BatchLines, BatchOptions, Fallback, index_answers, say_what_runs
-from .batch_state import PART_METADATA_KEY, BatchState, Part
-from .message_batches import MessageBatchesAPI, MessageBatchLines, messages_root, owns_answers
-from .pipeline import opened_output, progress_display, skip_done, stop_signals
+from .batch_run import SIDECAR_KIND, BatchRunParts, BatchWhere, api_root, run_batches
+from .batch_state import PART_METADATA_KEY, Part
+from .message_batches import MessageBatchesAPI, MessageBatchLines, owns_answers
 
 __all__ = ["BatchOptions", "Fallback", "run_batch_job", "api_root", "SIDECAR_KIND", "BatchWhere"]
 
 logger = logging.getLogger("rate_limited_processor")
 
-#: The sidecar's name beside the results: `<results>.batches`.
-SIDECAR_KIND = "batches"
 #: How a batch says the enqueued-token limit refused it.
 _ROOM_CODES = frozenset({"token_limit_exceeded"})
 _RUNNING = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
@@ -91,38 +83,18 @@ async def run_batch_job(
     budget, a refusal), and a rerun goes on. Raises what `run_file_job` raises for an output that cannot be used,
     and `ResumeError` for a batch record that is not this tool's or names another API root.
     """
-    requests_path, save_path = Path(requests_path), Path(save_path)
-    sidecars = (*JOB_SIDECARS, SIDECAR_KIND)
-    with opened_output(requests_path, save_path, output_format, retry_failed=retry_failed, sidecars=sidecars) as output:
-        where = BatchWhere.of(settings.request_url)
-        state = BatchState.load(sidecar_path(save_path, SIDECAR_KIND), where.root)
-        network = http if http is not None else AiohttpBatchHTTP()
-        api = where.api(settings, network, clock)
-        stats = RunStats(settings.limits, started_at=clock.now(), clock=clock.now, batch=True)
-        output.count_earlier(stats)
-        display = progress_display(stats, settings, requests_path, show_progress, status_interval, count=True)
-        try:
-            with ResultWriter(save_path, cast(OutputFormat, output.format), index=True) as writer:
-                lines = (MessageBatchLines if where.message_batches else BatchLines)(
-                    settings, requests_path, writer, state, options, budget.prices if budget is not None else prices, clock, stats, display, where.place,
-                )
-                job = (_MessageBatchJob if where.message_batches else _BatchJob)(lines, api, budget, transport)
-                with stop_signals(handle_signals, job.stop, job.stop_again):
-                    for item in skip_done(read_requests(requests_path), output.done):
-                        lines.plan(item)
-                    stats.already_done = output.done.claimed
-                    await job.run()
-                    moved = writer.check_moved()
-                    if moved is not None:
-                        logger.error("%s", moved)
-                        stats.stop_reason = stats.stop_reason or moved
-        finally:
-            stats.already_done = output.done.claimed
-            stats.finished_at = clock.now()
-            display.close()
-            if isinstance(network, AiohttpBatchHTTP) and http is None:
-                await network.aclose()
-        return stats
+    prices = budget.prices if budget is not None else prices
+
+    def build(parts: BatchRunParts) -> _BatchJob:
+        lines = (MessageBatchLines if parts.where.message_batches else BatchLines)(
+            settings, Path(requests_path), parts.writer, parts.state, options, prices, clock, parts.stats, parts.display, parts.where.place,
+        )
+        return (_MessageBatchJob if parts.where.message_batches else _BatchJob)(lines, parts.api, budget, transport)
+
+    return await run_batches(
+        settings, requests_path, save_path, (*JOB_SIDECARS, SIDECAR_KIND), build, http=http, clock=clock, output_format=output_format,
+        retry_failed=retry_failed, handle_signals=handle_signals, show_progress=show_progress, status_interval=status_interval,
+    )
 
 
 class _BatchJob:
@@ -417,37 +389,6 @@ class _MessageBatchJob(_BatchJob):
         self.display.note(f"{part.describe()}: batch {batch_id} proved another's (none of its results is this part's); the part is sent again")
         self.requeued.append(part)
         return False
-
-
-@dataclass(frozen=True, slots=True)
-class BatchWhere:
-    """Where a request URL's batches go, as its provider says: a Message Batches API (`message_batches`), or a Files
-    and Batches API at `root` (`place`: kept elsewhere than OpenAI keeps it, as Azure's is). Shared by batch and auto mode."""
-
-    root: str
-    message_batches: bool
-    place: BatchPlace | None
-
-    @classmethod
-    def of(cls, request_url: str) -> BatchWhere:
-        provider = provider_for(request_url)
-        place = provider.batch_place(request_url) if provider.batch_place is not None else None
-        if provider.message_batches:
-            return cls(messages_root(request_url), True, None)
-        return cls(place.root if place is not None else api_root(request_url), False, place)
-
-    def api(self, settings: Settings, http: BatchHTTP, clock: Clock) -> BatchAPI:
-        """The client of this place's batch calls, with the run's auth headers."""
-        return (MessageBatchesAPI if self.message_batches else BatchAPI)(
-            self.root, auth_headers(settings), http=http, scrub=scrubber_for(settings), clock=clock,
-            query=self.place.query if self.place is not None else "",
-        )
-
-
-def api_root(request_url: str) -> str:
-    """The API root the Files and Batches endpoints hang from: "https://api.openai.com/v1" for any of its endpoints."""
-    parts = urlsplit(resolve_url(request_url, "/v1/batches"))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path.removesuffix("/batches"), "", ""))
 
 
 def _id_of(value: dict[str, Any], what: str) -> str:
