@@ -150,7 +150,8 @@ def test_a_run_killed_at_any_step_is_continued_by_a_rerun_that_pays_for_no_line_
     config = MockConfig(requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10.0, batch_stall_at=0.5)
     api = MockApi(config)
 
-    with pytest.raises(Killed):
+    # (the cancels are made beside the online rescue, in a task group: the death comes out of it as a group)
+    with pytest.raises((Killed, BaseExceptionGroup)):
         run_auto(api, input_path, output_path, deadline=60.0, rpm=1_200, max_lines=100, http=DiesAt(api, method, path_end, nth))
     assert sidecar_path(output_path, "deadline").exists() and sidecar_path(output_path, "batches").exists()
     stats = run_auto(api, input_path, output_path, deadline=60.0, rpm=1_200, max_lines=100)
@@ -260,6 +261,69 @@ def test_a_batch_stuck_cancelling_is_waited_for_a_bounded_time_and_left_to_a_rer
     batched, online = ways(api, requests)
     assert not batched and not online, "no line of a batch still cancelling went online"
     assert sidecar_path(output_path, "batches").exists(), "the record stays for the rerun"
+
+
+class FlakyBatchAPI:
+    """The mock's Files and Batches API, failing the calls `fails(call, seconds into the run)` picks: with no answer
+    (connection reset), or with no answer ever (`hang`); the online endpoint stays up."""
+
+    def __init__(self, api: MockApi, fails: Any, *, hang: bool = False) -> None:
+        self.transport = MockTransport(api)
+        self.fails, self.hang = fails, hang
+        self.began: float | None = None
+
+    async def call(self, call: Any, sink: Any = None) -> Any:
+        now = asyncio.get_running_loop().time()
+        self.began = now if self.began is None else self.began
+        if self.fails(call, now - self.began):
+            if self.hang:
+                await asyncio.sleep(1e9)
+            raise TransportError(NoAnswer.BROKEN, "ClientOSError: connection reset")
+        return await self.transport.call(call, sink)
+
+
+def test_uploads_the_batch_api_never_takes_leave_every_line_to_the_rescue_at_once(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(requests_per_minute=1_200, batch_processing_seconds=3.0))
+    no_uploads = FlakyBatchAPI(api, lambda call, _: call.method == "POST" and call.url.partition("?")[0].endswith("/files"))
+
+    stats = run_auto(api, input_path, output_path, deadline=600.0, rpm=1_200, http=no_uploads)
+
+    assert stats.stop_reason is None and Counter(row[2]["id"] for row in read_rows(output_path)) == Counter(range(LINES))
+    assert stats.finished_at is not None and stats.finished_at - stats.started_at < 120.0, "online at once, not at the rescue time"
+    assert ways(api, requests)[1] == Counter(range(LINES))
+
+
+def test_a_download_that_fails_is_tried_again_at_the_next_poll_not_forgotten(tmp_path: Path) -> None:
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10.0))
+    downloads_fail = FlakyBatchAPI(api, lambda call, seconds: call.method == "GET" and call.url.partition("?")[0].endswith("/content") and seconds <= 60)
+
+    stats = run_auto(api, input_path, output_path, deadline=600.0, rpm=1_200, max_lines=100, http=downloads_fail)
+
+    assert stats.stop_reason is None and Counter(row[2]["id"] for row in read_rows(output_path)) == Counter(range(LINES))
+    assert ways(api, requests) == (Counter(range(LINES)), Counter()), "every line through its batch, once"
+
+
+def test_a_batch_api_that_hangs_holds_the_plan_no_longer_than_the_rescue_time(tmp_path: Path) -> None:
+    """Each call may take 15 minutes and be tried 6 times: unbounded, a hung poll would hold the rescue for hours."""
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10_000.0))
+    hangs = FlakyBatchAPI(api, lambda call, seconds: call.method == "GET" and seconds >= 300, hang=True)
+
+    stats = run_auto(api, input_path, output_path, deadline=600.0, rpm=1_200, http=hangs)
+
+    # The one batch holds every line, and neither cancel nor poll is answered: its lines may not go online (the
+    # batch may still answer them), so the run stops, bounded, and leaves them to a rerun.
+    assert stats.stop_reason is not None and "a rerun collects them" in stats.stop_reason
+    assert stats.finished_at is not None and stats.finished_at - stats.started_at <= 600.0 + CANCEL_PATIENCE + 5.0
+    assert ways(api, requests)[1] == Counter(), "no line of a batch that may still answer it went online"
 
 
 def test_batches_refused_for_the_enqueued_token_limit_wait_for_room_and_still_take_every_line(tmp_path: Path) -> None:

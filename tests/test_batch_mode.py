@@ -141,6 +141,33 @@ def test_a_run_that_dies_before_it_records_an_upload_or_a_batch_never_makes_it_t
     assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4), "the part the dead run sent was found, not sent again"
 
 
+def test_a_batch_made_unrecorded_is_found_even_when_a_line_of_its_part_became_unreadable_before_the_rerun(tmp_path: Path) -> None:
+    """A part with fewer lines to send than it holds (one now a failure row) is still the part a dead run created a
+    batch for: found by its token and collected, none of its lines sent online (nor another batch made)."""
+    requests = [chat_request(i) for i in range(200)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(**QUICK))
+
+    async def first() -> None:
+        dying = DiesAfter(api, "POST", "/v1/batches", nth=2)
+        await run_batch_job(settings_for(), input_path, output_path, options=BatchOptions(max_lines=50, poll_interval=10.0), http=dying, show_progress=False)
+
+    with pytest.raises(Killed):
+        run_virtual(first())
+    lines = input_path.read_text().splitlines()
+    lines[59] = "{damaged"  # line 60, in part 2, whose batch the API made and the dead run never heard of
+    input_path.write_text("\n".join(lines) + "\n")
+
+    run_batch(api, input_path, output_path, max_lines=50)
+
+    rows = read_rows(output_path)
+    answered = [row for row in rows if len(row) > 2]
+    assert len(rows) == 200 and ids_of(answered) == Counter(i for i in range(200) if i != 59), "the damaged line: a failure row"
+    assert (len(api.batches.uploads), len(api.batches.created)) == (4, 4), "part 2's batch was found, not made again"
+    assert api.record.count(200) == 0, "no line went online"
+
+
 def test_a_batch_refused_for_the_enqueued_token_limit_waits_for_an_earlier_one_and_is_created_again_from_its_file(tmp_path: Path) -> None:
     requests = [chat_request(i) for i in range(150)]
     input_path = write_jsonl(tmp_path / "requests.jsonl", requests)

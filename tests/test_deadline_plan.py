@@ -39,7 +39,7 @@ def test_the_online_time_is_set_by_the_limit_that_binds_and_the_headroom() -> No
 
 def test_the_rescue_starts_when_the_unfinished_lines_could_only_just_be_finished_online_with_the_margin() -> None:
     work = Work(400, 0)
-    assert rescue_seconds(RPM_1200, work, seconds_left=30.0) == MIN_CANCEL_SECONDS + 20.0 + MIN_MARGIN_SECONDS
+    assert rescue_seconds(RPM_1200, work, cancel=cancel_seconds(30.0)) == MIN_CANCEL_SECONDS + 20.0 + MIN_MARGIN_SECONDS
     assert rescue_at(0.0, 60.0, RPM_1200, work) == 60.0 - MIN_CANCEL_SECONDS - 20.0 - MIN_MARGIN_SECONDS
     assert decide(30.0, 60.0, RPM_1200, work) is Decision.WAIT
     assert decide(32.0, 60.0, RPM_1200, work) is Decision.RESCUE, "60 - 5 for the cancel - 20 online - 3 = 32"
@@ -52,9 +52,9 @@ def test_lines_in_no_batch_go_online_during_the_cancel_so_only_the_batches_lines
     in_batches = Work(400, 0)
     half_free = Work(400, 0, free_lines=200)
     all_free = Work(400, 0, free_lines=400)
-    assert rescue_seconds(RPM_1200, all_free, 30.0) == 20.0 + MIN_MARGIN_SECONDS, "no batch to cancel: online time only"
-    assert rescue_seconds(RPM_1200, half_free, 30.0) == 20.0 + MIN_MARGIN_SECONDS, "the 5 s cancel is spent on the free 10 s of lines"
-    assert rescue_seconds(RPM_1200, Work(400, 0, free_lines=40), 30.0) == MIN_CANCEL_SECONDS + 18.0 + MIN_MARGIN_SECONDS, (
+    assert rescue_seconds(RPM_1200, all_free, cancel_seconds(30.0)) == 20.0 + MIN_MARGIN_SECONDS, "no batch to cancel: online time only"
+    assert rescue_seconds(RPM_1200, half_free, cancel_seconds(30.0)) == 20.0 + MIN_MARGIN_SECONDS, "the 5 s cancel is spent on the free 10 s of lines"
+    assert rescue_seconds(RPM_1200, Work(400, 0, free_lines=40), cancel_seconds(30.0)) == MIN_CANCEL_SECONDS + 18.0 + MIN_MARGIN_SECONDS, (
         "2 s of free lines, then an idle wait for the cancel, then 18 s of the batches' lines"
     )
     assert rescue_at(0.0, 60.0, RPM_1200, half_free) > rescue_at(0.0, 60.0, RPM_1200, in_batches)
@@ -64,7 +64,7 @@ def test_the_margin_grows_with_the_online_time_and_the_time_left_for_a_cancel() 
     assert margin_seconds(3_600.0) == 360.0 and margin_seconds(1.0) == MIN_MARGIN_SECONDS
     assert cancel_seconds(7_200.0) == 360.0 and cancel_seconds(30.0) == MIN_CANCEL_SECONDS
     assert cancel_seconds(86_400.0) == MAX_CANCEL_SECONDS, "OpenAI: cancelling takes up to 10 minutes"
-    assert rescue_seconds(OnlineCapacity(60, None), Work(3_600, 0), 7_200.0) == 360.0 + 3_600.0 + 360.0
+    assert rescue_seconds(OnlineCapacity(60, None), Work(3_600, 0), cancel_seconds(7_200.0)) == 360.0 + 3_600.0 + 360.0
 
 
 def test_a_deadline_with_time_for_a_batch_plans_batches_and_one_without_plans_all_online() -> None:
@@ -92,3 +92,14 @@ def test_the_outcome_says_each_way_and_the_saving_against_all_online() -> None:
     assert "saved $1.50 against all online ($4.00)" in text
     unpriced = format_outcome(Outcome(1, None, 0, 0.0, None, 0))
     assert "unknown cost" in unpriced and "saved" not in unpriced
+
+
+def test_the_cancel_allowance_is_fixed_when_the_plan_begins_not_shrunk_to_its_floor_as_the_rescue_nears() -> None:
+    """Taken from the time left at each poll, the allowance would be 5 s by the rescue whatever the deadline, and
+    a cancel of a minute (OpenAI: up to 10) would make a 2 h plan late."""
+    work = Work(400, 0)  # 20 s online at 1,200 RPM
+    allowance = cancel_seconds(7_200.0)
+    assert allowance == 360.0
+    assert rescue_at(6_000.0, 7_200.0, RPM_1200, work, allowance) == 7_200.0 - 360.0 - 20.0 - MIN_MARGIN_SECONDS
+    assert decide(6_817.0, 7_200.0, RPM_1200, work, allowance) is Decision.RESCUE
+    assert decide(6_817.0, 7_200.0, RPM_1200, work) is Decision.WAIT, "the allowance from the time left: 19 s, not 360"

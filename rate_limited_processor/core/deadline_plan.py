@@ -110,27 +110,29 @@ def cancel_seconds(seconds_left: float) -> float:
     return min(MAX_CANCEL_SECONDS, max(MIN_CANCEL_SECONDS, CANCEL_FRACTION * seconds_left))
 
 
-def rescue_seconds(capacity: OnlineCapacity, work: Work, seconds_left: float) -> float:
+def rescue_seconds(capacity: OnlineCapacity, work: Work, cancel: float) -> float:
     """How long the rescue of `work` takes, margin included: the lines in no batch go online at once, those in
-    batches once the cancel has ended, all through the same limits; so the online time of all the lines, or, when
-    longer, the cancel and the online time of the lines in batches."""
+    batches once the cancel (`cancel` seconds allowed) has ended, all through the same limits; so the online time of
+    all the lines, or, when longer, the cancel and the online time of the lines in batches."""
     online = capacity.seconds_for(work)
     behind = work.in_batches
-    waited = cancel_seconds(seconds_left) + capacity.seconds_for(behind) if behind.lines > 0 else 0.0
+    waited = cancel + capacity.seconds_for(behind) if behind.lines > 0 else 0.0
     return max(online, waited) + margin_seconds(online)
 
 
-def rescue_at(now: float, deadline: float, capacity: OnlineCapacity, work: Work) -> float:
+def rescue_at(now: float, deadline: float, capacity: OnlineCapacity, work: Work, cancel: float | None = None) -> float:
     """The latest time the rescue of `work` may start and still end before the deadline, as seen at `now` (-inf:
-    never possible). It only moves later as the batches finish lines and as `now` nears the deadline."""
-    return deadline - rescue_seconds(capacity, work, deadline - now)
+    never possible). `cancel`: the seconds allowed for a cancel, fixed when the plan began (None: from the time
+    left now; a run passes its own, else the allowance would shrink to its floor as the rescue nears)."""
+    allowance = cancel_seconds(deadline - now) if cancel is None else cancel
+    return deadline - rescue_seconds(capacity, work, allowance)
 
 
-def decide(now: float, deadline: float, capacity: OnlineCapacity, work: Work) -> Decision:
+def decide(now: float, deadline: float, capacity: OnlineCapacity, work: Work, cancel: float | None = None) -> Decision:
     """Whether the unfinished `work` must go online now."""
     if work.lines == 0:
         return Decision.WAIT
-    return Decision.RESCUE if now >= rescue_at(now, deadline, capacity, work) else Decision.WAIT
+    return Decision.RESCUE if now >= rescue_at(now, deadline, capacity, work, cancel) else Decision.WAIT
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ lines that have no row, and pays for no line twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Collection
 from dataclasses import dataclass
@@ -34,7 +35,19 @@ from ..base.errors import ResumeError
 from ..base.models import APIRequest, RejectedLine, RequestResult
 from ..config.settings import Settings
 from ..core.costs import CostLedger, PriceBook, usage_tokens
-from ..core.deadline_plan import Decision, Estimate, OnlineCapacity, Outcome, Route, Work, decide, estimate, format_estimate, rescue_at
+from ..core.deadline_plan import (
+    Decision,
+    Estimate,
+    OnlineCapacity,
+    Outcome,
+    Route,
+    Work,
+    cancel_seconds,
+    decide,
+    estimate,
+    format_estimate,
+    rescue_at,
+)
 from ..core.stats import RunStats
 from ..files.request_io import OutputFormat
 from ..files.resume import sidecar_path
@@ -245,6 +258,9 @@ class _AutoJob(_BatchJob):
         self.cancels = 0
         #: Parts whose batch the rescue waits for uncancelled: found by a guess, it may be another's.
         self.uncancelled: set[int] = set()
+        #: Seconds allowed for cancelled batches to end: a twentieth of the plan's whole time, fixed now (were it a
+        #: twentieth of the time left, it would be at its 5-s floor by the rescue, however long the deadline).
+        self.cancel_allowance = cancel_seconds(deadline - self.clock.now())
 
     def plan(self) -> Estimate:
         ledger = self.auto_lines.ledger()
@@ -257,7 +273,7 @@ class _AutoJob(_BatchJob):
         return self.auto_lines.work(free)
 
     def _decision(self, queue: list[Part]) -> Decision:
-        return decide(self.clock.now(), self.deadline, self.capacity, self._work(queue))
+        return decide(self.clock.now(), self.deadline, self.capacity, self._work(queue), self.cancel_allowance)
 
     async def _loop(self, queue: list[Part]) -> None:
         plan = self.plan()
@@ -271,7 +287,14 @@ class _AutoJob(_BatchJob):
             queue[:0] = self.requeued  # a Message Batch found for a part proved another's: the part is sent again
             self.requeued.clear()
             while queue and not self.waiting and self.stop_reason is None and self._decision(queue) is Decision.WAIT:
-                await self._submit(queue.pop(0))
+                part = queue.pop(0)
+                try:
+                    await self._submit(part)
+                except BatchAPIError as error:  # no batch for it: online capacity is the plan's rescue, used now
+                    self.display.note(f"{part.describe()}: the Batch API did not take it ({error}); the rescue starts now")
+                    queue.insert(0, part)
+                    await self._rescue(queue)
+                    return
             if self.stop_reason is not None:
                 return
             if self._decision(queue) is Decision.RESCUE:
@@ -288,14 +311,10 @@ class _AutoJob(_BatchJob):
                     continue
                 await self._rescue(queue)  # refused with nothing running: the batches cannot take them, online can
                 return
-            rescue = rescue_at(self.clock.now(), self.deadline, self.capacity, self._work(queue))
+            rescue = rescue_at(self.clock.now(), self.deadline, self.capacity, self._work(queue), self.cancel_allowance)
             # Woken at the rescue time itself, not a poll later (the time moves a little later as the deadline nears).
             await self.clock.sleep(min(self.options.poll_interval, max(MIN_SLEEP, rescue - self.clock.now())))
-            try:
-                ended = await self._poll()
-            except BatchAPIError as error:  # the batches are where they were: the rescue, when due, does not need this answer
-                self.display.note(f"the Batch API did not answer ({error}); asked again until the rescue")
-                ended = False
+            ended = await self._poll_until(rescue)
             self.display.tick()
             if ended and self.waiting:
                 queue[:0] = self.waiting
@@ -309,24 +328,31 @@ class _AutoJob(_BatchJob):
             f"rescue: {work.lines:,} lines without a row, {self.deadline - self.clock.now():,.0f} s before the deadline; "
             f"{len(self.running)} batch(es) cancelled, the rest goes online"
         )
+        give_up_at = max(self.deadline, self.clock.now()) + CANCEL_PATIENCE
         for part in queue + self.waiting + self.requeued:
-            if not await self._created_unrecorded(part):
+            try:
+                async with self._within(give_up_at):
+                    made = await self._created_unrecorded(part)
+            except (BatchAPIError, TimeoutError) as error:  # perhaps a batch of it runs: its lines wait for a rerun
+                self.display.note(f"{part.describe()}: whether a stopped run made a batch of it is not known ({error}); left to a rerun")
+                continue
+            if not made:
                 self._free(part)
         queue.clear()
         self.waiting.clear()
         self.requeued.clear()
         self.state.save()
-        for part in self.running:
-            if part.number not in self.uncancelled:
-                await self._cancel(part)
         more = asyncio.Event()
         watching = True
 
         async def watch() -> None:
-            """Ask after the cancelled batches until every one has ended; free each one's unanswered lines."""
+            """Cancel the running batches, then ask after them until every one has ended; free each one's unanswered
+            lines. Meanwhile the free lines are already going online."""
             nonlocal watching
             try:
-                give_up_at = max(self.deadline, self.clock.now()) + CANCEL_PATIENCE
+                for part in list(self.running):
+                    if part.number not in self.uncancelled:
+                        await self._cancel(part, give_up_at)
                 while self.running and self.stop_reason is None:
                     if self.clock.now() >= give_up_at:
                         waited = ", ".join(str(part.batch_id) for part in self.running)
@@ -337,16 +363,13 @@ class _AutoJob(_BatchJob):
                         logger.error("%s", self.stop_reason)
                         break
                     await self.clock.sleep(min(self.options.poll_interval, CANCEL_POLL_INTERVAL))
-                    await self._poll()
+                    await self._poll_until(give_up_at)
                     for part in self.waiting + self.requeued:  # refused for room after all, or proved another's: never ran
                         self._free(part)
                     self.waiting.clear()
                     self.requeued.clear()
                     self.state.save()
                     more.set()
-            except BatchAPIError as error:  # the lines already free still go; the batches' are collected by a rerun
-                self.stop_reason = f"{error}; a rerun resumes"
-                logger.error("%s", self.stop_reason)
             finally:
                 watching = False
                 more.set()
@@ -358,16 +381,19 @@ class _AutoJob(_BatchJob):
                 sent |= new
                 for item in self.lines.items(new):
                     yield item
-                if not watching and not self.lines.fallback - sent:
+                if (not watching and not self.lines.fallback - sent) or self.lines.online_stopping:
                     return
-                await more.wait()
+                with contextlib.suppress(TimeoutError):  # woken by newly free lines, or to see the runner stopped
+                    async with asyncio.timeout(CANCEL_POLL_INTERVAL):
+                        await more.wait()
                 more.clear()
 
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(watch())
+            watching_task = tasks.create_task(watch())
             stopped = await self.lines.send_online(self.transport, "to meet the deadline (the rescue)", source=freed())
-        if stopped is not None and self.stop_reason is None:
-            self.stop_reason = stopped
+            if stopped is not None:  # the online runner stopped for good (a bad key, no quota): nothing more to wait for
+                self.stop_reason = self.stop_reason or stopped
+                watching_task.cancel()
 
     def _free(self, part: Part) -> None:
         """The part's lines go online: it never ran (or is not this run's to wait on)."""
@@ -387,13 +413,29 @@ class _AutoJob(_BatchJob):
         self.running.append(part)
         return True
 
-    async def _cancel(self, part: Part) -> None:
+    def _within(self, until: float) -> asyncio.Timeout:
+        """A bound on Batch API calls: none may hold the plan past `until` (each call alone may take 15 minutes)."""
+        return asyncio.timeout(max(MIN_SLEEP, until - self.clock.now()))
+
+    async def _poll_until(self, until: float) -> bool:
+        """`_poll`, given up at `until` or when the Batch API does not answer: the batches are where they were, and
+        the plan goes on without this answer (a download that failed leaves its batch to the next poll)."""
+        try:
+            async with self._within(until):
+                return await self._poll()
+        except (BatchAPIError, TimeoutError) as error:
+            self.display.note(f"the Batch API did not answer ({error or 'in time'}); asked again")
+            return False
+
+    async def _cancel(self, part: Part, until: float) -> None:
+        """Cancel the part's batch; one the API will not cancel now is waited for as it is (never sent online)."""
         assert part.batch_id is not None
         try:
-            await self.api.cancel(part.batch_id)
-        except BatchAPIError as error:
-            if error.status not in (400, 404, 409):  # ended already (409), or unknown to the API: the poll says which
-                raise
+            async with self._within(until):
+                await self.api.cancel(part.batch_id)
+        except (BatchAPIError, TimeoutError) as error:
+            if not (isinstance(error, BatchAPIError) and error.status in (400, 404, 409)):  # 409: ended already; the poll says
+                self.display.note(f"{part.describe()}: batch {part.batch_id} could not be cancelled ({error or 'no answer in time'}); waited for")
             return
         self.cancels += 1
         self.display.note(f"{part.describe()}: batch {part.batch_id} cancelled; what it finished is kept")

@@ -138,10 +138,9 @@ class _BatchJob:
                 continue
             if part.batch_id is not None:  # running, or ended with lines still without a row: asked after, collected again
                 self.running.append(part)
-            elif part.online or len(self.lines.pending[part.number]) < part.count:
-                # Sent online by a run that was stopped (some of its lines have rows, and no batch made them): the
-                # rest go online too. Batched now, the lines answered online would be paid for twice.
-                part.online = True
+            elif part.online:
+                # Sent online by a run that was stopped: the rest go online too. Batched now, the lines answered
+                # online would be paid for twice.
                 self.lines.fallback.update(self.lines.pending[part.number])
                 self.lines.pending[part.number].clear()
             else:
@@ -282,16 +281,17 @@ class _BatchJob:
         status = batch.get("status")
         if status in _RUNNING:
             return False
-        self.running.remove(part)
         if status == "failed" and _error_codes(batch) & _ROOM_CODES:
+            self.running.remove(part)
             self.display.note(f"{part.describe()}: batch {part.batch_id} refused for the enqueued-token limit; it waits for an earlier batch to end")
             self._release(part, 0.0)
             self.waiting.append(part)
             return False
         if status in _ENDED:
-            await self._collect(part, batch)
+            await self._collect(part, batch)  # a download that fails leaves the part running: asked after again
         else:
             self._fail_part(part, f"batch {part.batch_id} {status}: {_errors_text(batch)}")
+        self.running.remove(part)
         return True
 
     async def _collect(self, part: Part, batch: dict[str, Any]) -> None:
@@ -369,8 +369,8 @@ class _MessageBatchJob(_BatchJob):
     async def _look(self, part: Part, batch: dict[str, Any]) -> bool:
         if not self.api.ended(batch):
             return False
+        await self._collect(part, batch)  # a download that fails leaves the part running: asked after again
         self.running.remove(part)
-        await self._collect(part, batch)
         return True
 
     async def _fetch(self, batch: dict[str, Any], output: IO[bytes], answers: dict[str, int]) -> None:

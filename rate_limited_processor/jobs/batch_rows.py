@@ -102,6 +102,7 @@ class BatchLines:
         #: Each new line's estimate (all tokens, of them the completion budget), kept from planning for its row.
         self._estimates: dict[int, tuple[int, int, int]] = {}
         self._groups: dict[tuple[str, str | None], _Group] = {}
+        self._online: Processor | None = None
 
     @property
     def unfinished(self) -> int:
@@ -238,7 +239,7 @@ class BatchLines:
         as they become free to go (each of them in `fallback` by then), instead of those in `fallback` now."""
         lines = self.fallback
         self.display.note(f"sending {len(lines):,} lines online {why}")
-        processor = Processor(self.settings, transport=transport, clock=self.clock)
+        processor = self._online = Processor(self.settings, transport=transport, clock=self.clock)
         stopped_for = None
         try:
             async with processor.run(source if source is not None else (item for item in self._items(lines))) as results:
@@ -251,6 +252,11 @@ class BatchLines:
         self.stats.retries += processor.stats.retries
         self.stats.rate_limit_errors += processor.stats.rate_limit_errors
         return stopped_for
+
+    @property
+    def online_stopping(self) -> bool:
+        """The online runner stopped taking lines (a bad key, no quota, Ctrl-C): a source of lines may end now."""
+        return self._online is not None and self._online.stopping
 
     def write(self, result: RequestResult) -> None:
         self.writer.write(result)
