@@ -18,6 +18,7 @@ import pytest
 from rate_limited_processor import Settings
 from rate_limited_processor.base.errors import NoAnswer, TransportError
 from rate_limited_processor.core.costs import PriceBook
+from rate_limited_processor.core.deadline_plan import format_outcome
 from rate_limited_processor.core.stats import RunStats
 from rate_limited_processor.files.resume import sidecar_path
 from rate_limited_processor.jobs.auto_job import CANCEL_PATIENCE, AutoPrices, run_auto_job
@@ -403,3 +404,20 @@ def test_a_cancel_that_takes_5_s_still_leaves_the_last_row_before_the_deadline(t
     batched, online = ways(api, requests)
     assert batched + online == Counter(range(LINES)) and sum(batched.values()) == int(LINES * stall_at) and len(api.batches.cancels) == 4
     assert stats.finished_at is not None and stats.finished_at - stats.started_at < 60.0, "the last row before the deadline"
+
+
+def test_a_plan_that_ends_late_says_so_in_the_summary_not_only_in_a_log_line(tmp_path: Path) -> None:
+    """A 60-s plan allows 5 s for a cancel; one that takes 30 s makes it late, and the outcome says by how much."""
+    requests = [chat_request(i) for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    config = MockConfig(
+        requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10.0, batch_stall_at=0.0, batch_cancelling_seconds=30.0,
+    )
+    api = MockApi(config)
+
+    stats = run_auto(api, input_path, tmp_path / "results.jsonl", deadline=60.0, rpm=1_200, max_lines=100)
+
+    plan = stats.deadline_plan
+    assert plan is not None and stats.finished_at is not None
+    assert plan.late_seconds == pytest.approx(stats.finished_at - stats.started_at - 60.0, abs=0.5) and plan.late_seconds > 5.0
+    assert "LATE: the last row came" in format_outcome(plan)

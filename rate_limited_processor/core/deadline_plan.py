@@ -204,6 +204,8 @@ class Outcome:
     #: The same lines all online, at online prices.
     all_online_dollars: float | None
     cancels: int
+    #: Seconds the last row came after the deadline (0: on time); the plan's margin is an estimate, not a promise.
+    late_seconds: float = 0.0
 
 
 def format_outcome(outcome: Outcome) -> str:
@@ -215,6 +217,8 @@ def format_outcome(outcome: Outcome) -> str:
     spent = None if outcome.batch_dollars is None or outcome.online_dollars is None else outcome.batch_dollars + outcome.online_dollars
     if spent is not None and outcome.all_online_dollars is not None:
         text += f"; saved {format_dollars(outcome.all_online_dollars - spent)} against all online ({format_dollars(outcome.all_online_dollars)})"
+    if outcome.late_seconds > 0:
+        text += f"; LATE: the last row came {outcome.late_seconds:,.1f} s after the deadline"
     return text
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Collection
 from dataclasses import dataclass
@@ -123,11 +124,11 @@ async def run_auto_job(
     def finish(job: BatchesJob) -> None:
         auto = cast(_AutoJob, job)
         stats = auto.stats
-        stats.deadline_plan = auto.auto_lines.outcome(auto.cancels)
+        late = clock.now() - auto.deadline if stats.unfinished == 0 else 0.0
+        stats.deadline_plan = dataclasses.replace(auto.auto_lines.outcome(auto.cancels), late_seconds=max(0.0, late))
         if auto.stop_reason is None and not stats.unfinished:
             deadline_file.unlink(missing_ok=True)
-        late = clock.now() - auto.deadline
-        if late > 0 and stats.unfinished == 0:
+        if late > 0:
             logger.warning("the last row was written %.1f s after the deadline", late)
 
     return await run_batches(

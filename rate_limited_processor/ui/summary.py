@@ -268,7 +268,7 @@ def _plan_record(plan: Outcome | None) -> dict[str, Any] | None:
     rounded = {name: None if value is None else round(value, 6) for name, value in (
         ("batch_usd", plan.batch_dollars), ("online_usd", plan.online_dollars), ("all_online_usd", plan.all_online_dollars), ("saved_usd", saved),
     )}
-    return {"batched": plan.batched, "online": plan.online, "cancels": plan.cancels, **rounded}
+    return {"batched": plan.batched, "online": plan.online, "cancels": plan.cancels, **rounded, "late_seconds": round(plan.late_seconds, 3)}
 
 
 def _control_record(control: ControlReport | None) -> dict[str, Any] | None:
