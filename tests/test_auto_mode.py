@@ -213,19 +213,21 @@ def test_a_run_killed_in_the_online_rescue_is_continued_online_by_a_rerun_that_w
     assert stats.stop_reason is None
 
 
-class BatchAPIOutage:
-    """The mock's Files and Batches API, unreachable (connection reset) for the GET calls between `start` and `end`
-    seconds into the run; the online endpoint stays up."""
+class FlakyBatchAPI:
+    """The mock's Files and Batches API, failing the calls `fails(call, seconds into the run)` picks: with no answer
+    (connection reset), or with no answer ever (`hang`); the online endpoint stays up."""
 
-    def __init__(self, api: MockApi, start: float, end: float) -> None:
+    def __init__(self, api: MockApi, fails: Any, *, hang: bool = False) -> None:
         self.transport = MockTransport(api)
-        self.start, self.end = start, end
+        self.fails, self.hang = fails, hang
         self.began: float | None = None
 
     async def call(self, call: Any, sink: Any = None) -> Any:
         now = asyncio.get_running_loop().time()
         self.began = now if self.began is None else self.began
-        if call.method == "GET" and self.start <= now - self.began <= self.end:
+        if self.fails(call, now - self.began):
+            if self.hang:
+                await asyncio.sleep(1e9)
             raise TransportError(NoAnswer.BROKEN, "ClientOSError: connection reset")
         return await self.transport.call(call, sink)
 
@@ -235,8 +237,9 @@ def test_a_batch_api_that_stops_answering_for_two_minutes_leaves_the_rescue_to_m
     input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
     output_path = tmp_path / "results.jsonl"
     api = MockApi(MockConfig(requests_per_minute=1_200, batch_validation_seconds=0.5, batch_processing_seconds=10_000.0))
+    outage = FlakyBatchAPI(api, lambda call, seconds: call.method == "GET" and 30.0 <= seconds <= 150.0)
 
-    stats = run_auto(api, input_path, output_path, deadline=600.0, rpm=1_200, http=BatchAPIOutage(api, 30.0, 150.0))
+    stats = run_auto(api, input_path, output_path, deadline=600.0, rpm=1_200, http=outage)
 
     assert stats.stop_reason is None and Counter(row[2]["id"] for row in read_rows(output_path)) == Counter(range(LINES))
     assert stats.finished_at is not None and stats.finished_at - stats.started_at <= 600.0
@@ -262,25 +265,6 @@ def test_a_batch_stuck_cancelling_is_waited_for_a_bounded_time_and_left_to_a_rer
     batched, online = ways(api, requests)
     assert not batched and not online, "no line of a batch still cancelling went online"
     assert sidecar_path(output_path, "batches").exists(), "the record stays for the rerun"
-
-
-class FlakyBatchAPI:
-    """The mock's Files and Batches API, failing the calls `fails(call, seconds into the run)` picks: with no answer
-    (connection reset), or with no answer ever (`hang`); the online endpoint stays up."""
-
-    def __init__(self, api: MockApi, fails: Any, *, hang: bool = False) -> None:
-        self.transport = MockTransport(api)
-        self.fails, self.hang = fails, hang
-        self.began: float | None = None
-
-    async def call(self, call: Any, sink: Any = None) -> Any:
-        now = asyncio.get_running_loop().time()
-        self.began = now if self.began is None else self.began
-        if self.fails(call, now - self.began):
-            if self.hang:
-                await asyncio.sleep(1e9)
-            raise TransportError(NoAnswer.BROKEN, "ClientOSError: connection reset")
-        return await self.transport.call(call, sink)
 
 
 def test_uploads_the_batch_api_never_takes_leave_every_line_to_the_rescue_at_once(tmp_path: Path) -> None:
