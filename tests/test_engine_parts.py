@@ -99,3 +99,31 @@ def test_run_stats_keep_the_first_stop_reason_and_count_each_wait_for_a_slot_onc
     assert (stats.in_flight_cap_waits, stats.at_in_flight_cap) == (1, False)
     stats.pace(Limits(100, None), None)
     assert stats.limits.requests_per_minute == 100 and stats.server_token_ratio == 1.0
+
+
+def test_the_run_ends_when_an_attempt_was_cancelled_before_its_first_step() -> None:
+    """An abort (a disk that fills, the caller gone) cancels the attempts in flight; one not yet started never runs
+    its own clean-up. The run's end must not wait on it forever (it spun at 100% CPU: seen in a CI run)."""
+    import asyncio
+
+    from rate_limited_processor.engine.processor import Processor
+
+    async def main() -> None:
+        processor = Processor(Settings(request_url=mock_url(), api_key=None))
+        run = processor._run
+        attempt_ran = False
+
+        async def attempt() -> None:
+            nonlocal attempt_ran
+            attempt_ran = True
+
+        feeder = asyncio.get_running_loop().create_future()
+        feeder.set_result(None)
+        run.feeder = feeder  # type: ignore[assignment]
+        task = asyncio.create_task(attempt())
+        run.in_flight.add(task)
+        task.cancel()  # before its first step: it never runs, so nothing of it takes it out of in_flight
+        await asyncio.wait_for(processor._finish(), timeout=5.0)
+        assert not attempt_ran and not run.in_flight and await run.results.get() is not None
+
+    asyncio.run(main())

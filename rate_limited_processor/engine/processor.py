@@ -278,7 +278,10 @@ class Processor:
                 lane, mark = job.lane, job.mark
                 assert lane is not None and mark is not None and run.tasks is not None
                 lane.sending(mark.sent_at)
-                run.in_flight.add(run.tasks.create_task(attempts.run(job)))
+                attempt = run.tasks.create_task(attempts.run(job))
+                run.in_flight.add(attempt)
+                # Also when it is cancelled before its first step (an abort), when its own `finally` never runs.
+                attempt.add_done_callback(run.in_flight.discard)
         except Exception as error:  # a bug of ours: stop, and say so, rather than leave the consumer waiting
             run.fail_run(f"internal error: {type(error).__name__}: {error}", error)
         finally:
@@ -290,7 +293,8 @@ class Processor:
         assert run.feeder is not None
         await asyncio.wait([run.feeder])
         while run.in_flight:
-            await asyncio.wait(set(run.in_flight))
+            done, _ = await asyncio.wait(set(run.in_flight))
+            run.in_flight.difference_update(done)  # a task done stays out: waiting on it again would spin
         await run.results.put(END)
 
     async def _end(self, transport: Transport) -> None:
