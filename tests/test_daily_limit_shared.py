@@ -52,6 +52,10 @@ async def test_two_processes_on_one_key_keep_one_daily_limit_between_them(tmp_pa
                 "--limit_key", "team", "--max_requests_per_day", "50",
             ))
         results = await asyncio.gather(*runs)
-        assert all(code == 3 and "--max_requests_per_day 50 reached" in stderr for code, _, stderr in results), results
-        sent = [len(read_rows(output)) for output in outputs]
+        sent = [len(read_rows(output)) if output.exists() else 0 for output in outputs]
         assert sum(sent) == 50 and len(server.record.entries) == 50, sent
+        # Which process meets the limit depends on when each started (one may finish its 40 first, on a loaded
+        # machine): each either finished its lines or stopped at the shared limit, and at least one stopped.
+        for (code, _, stderr), rows in zip(results, sent, strict=True):
+            assert (code, rows) == (0, 40) or (code == 3 and "--max_requests_per_day 50 reached" in stderr), (code, rows, stderr[-300:])
+        assert any(code == 3 for code, _, _ in results)
