@@ -85,9 +85,8 @@ class Intake:
 
 def with_tier(item: APIRequest, tier: str | None) -> APIRequest:
     """A request with `service_tier` set to `tier` (`--service_tier`) when its body names none; a line's own stands."""
-    if tier is None or "service_tier" in item.body:
-        return item
-    return dataclasses.replace(item, body=with_service_tier(item.body, tier))
+    body = with_service_tier(item.body, tier)
+    return item if body is item.body else dataclasses.replace(item, body=body)
 
 
 def _invalid(index: int, content: Any, metadata: Any, reason: str, custom_id: str | None, position: int) -> RequestResult:

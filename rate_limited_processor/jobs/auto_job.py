@@ -60,7 +60,7 @@ from .batch_job import _BatchJob, _MessageBatchJob
 from .batch_rows import BatchLines, BatchOptions
 from .batch_run import SIDECAR_KIND as BATCH_SIDECAR
 from .batch_run import BatchesJob, BatchRunParts, run_batches
-from .batch_state import PART_METADATA_KEY, Part
+from .batch_state import Part
 from .message_batches import MessageBatchesAPI, MessageBatchLines
 from .probe import probe_body, probe_limits
 
@@ -125,7 +125,7 @@ async def run_auto_job(
         auto = cast(_AutoJob, job)
         stats = auto.stats
         late = clock.now() - auto.deadline if stats.unfinished == 0 else 0.0
-        stats.deadline_plan = dataclasses.replace(auto.auto_lines.outcome(auto.cancels), late_seconds=max(0.0, late))
+        stats.deadline_plan = dataclasses.replace(auto.lines.outcome(auto.cancels), late_seconds=max(0.0, late))
         if auto.stop_reason is None and not stats.unfinished:
             deadline_file.unlink(missing_ok=True)
         if late > 0:
@@ -251,9 +251,10 @@ class _AutoMessageLines(_AutoLines, MessageBatchLines):
 class _AutoJob(_BatchJob):
     """Batch mode's batches, with the deadline: the rescue cancels them and sends what they have not finished online."""
 
+    lines: _AutoLines
+
     def __init__(self, lines: _AutoLines, api: BatchAPI, transport: Transport | SendFunction | None, deadline: float, capacity: OnlineCapacity) -> None:
         super().__init__(lines, api, None, transport)
-        self.auto_lines = lines
         self.deadline = deadline
         self.capacity = capacity
         self.cancels = 0
@@ -264,14 +265,14 @@ class _AutoJob(_BatchJob):
         self.cancel_allowance = cancel_seconds(deadline - self.clock.now())
 
     def plan(self) -> Estimate:
-        ledger = self.auto_lines.ledger()
-        dollars = (ledger_dollars(ledger, self.auto_lines.prices), ledger_dollars(ledger, self.auto_lines.online_prices))
-        return estimate(self.clock.now(), self.deadline, self.capacity, self.auto_lines.work(), *dollars)
+        ledger = self.lines.ledger()
+        dollars = (ledger_dollars(ledger, self.lines.prices), ledger_dollars(ledger, self.lines.online_prices))
+        return estimate(self.clock.now(), self.deadline, self.capacity, self.lines.work(), *dollars)
 
     def _work(self, queue: list[Part]) -> Work:
         """The unfinished lines; free of batches: the waiting parts' and, while those hold it, the queue's."""
         free = {part.number for part in self.waiting + self.requeued + (queue if self.waiting else [])}
-        return self.auto_lines.work(free)
+        return self.lines.work(free)
 
     def _decision(self, queue: list[Part]) -> Decision:
         return decide(self.clock.now(), self.deadline, self.capacity, self._work(queue), self.cancel_allowance)
@@ -403,14 +404,12 @@ class _AutoJob(_BatchJob):
         part.done = part.online = True  # recorded: a rerun sends its lines online too, never in a batch
 
     async def _created_unrecorded(self, part: Part) -> bool:
-        """A part a killed run uploaded and perhaps created a batch for, unrecorded: that batch is cancelled and
-        collected, so its lines are not paid for twice. True when there was one."""
-        if part.file_id is None or part.number not in self.recorded:
+        """A part a killed run perhaps created a batch for, unrecorded (`_unrecorded`): that batch is watched (and
+        cancelled, at the rescue), so its lines are not paid for twice. True when there was one."""
+        found = await self._unrecorded(part)
+        if found is None:
             return False
-        found = await self.api.find_batch(PART_METADATA_KEY, part.token)
-        if found is None or found.get("input_file_id") != part.file_id or not isinstance(found.get("id"), str):
-            return False
-        part.batch_ids.append(found["id"])
+        part.batch_ids.append(found["id"])  # a plain id: the lookups check what they find
         self.running.append(part)
         return True
 
@@ -448,17 +447,12 @@ class _AutoMessageJob(_AutoJob, _MessageBatchJob):
     api: MessageBatchesAPI
 
     async def _created_unrecorded(self, part: Part) -> bool:
-        """A part a killed run began to create, unrecorded: a batch of its size created since is waited for, not
-        cancelled (found by a guess, it may be another's; its results say), and its lines go online once it ends."""
-        if part.create_started_at is None or part.number not in self.recorded:
+        """As `_AutoJob`'s, but the batch found is waited for, not cancelled: found by a guess, it may be another's
+        (its results say), and the part's lines go online once it ends."""
+        if not await super()._created_unrecorded(part):
             return False
-        found = await self.api.unrecorded_batch(part, {batch_id for other in self.state.parts for batch_id in other.batch_ids})
-        if found is None or not isinstance(found.get("id"), str):
-            return False
-        part.batch_ids.append(found["id"])
-        self.running.append(part)
         self.uncancelled.add(part.number)
-        self.display.note(f"{part.describe()}: batch {found['id']} may be the one a stopped run created for it: waited for, not cancelled")
+        self.display.note(f"{part.describe()}: batch {part.batch_id} may be the one a stopped run created for it: waited for, not cancelled")
         return True
 
 

@@ -41,6 +41,7 @@ from ..base.errors import NoAnswer, ProcessorError, TransportError
 from ..config.credentials import Scrubber
 from ..core.wait_hints import retry_after_seconds
 from ..transport.http import TransportResponse
+from .batch_state import PART_METADATA_KEY, Part
 
 __all__ = ["HTTPCall", "BatchHTTP", "AiohttpBatchHTTP", "BatchAPI", "BatchAPIError", "CALL_ATTEMPTS", "multipart_form", "SAFE_ID", "checked_id"]
 
@@ -177,15 +178,24 @@ class BatchAPI:
         """POST /batches; a create that may have been made is looked for by its metadata (the part's token) and its
         input file, before another. `earlier`: the ids of batches made for it before (refused ones), never taken."""
         payload = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": "24h", "metadata": dict(metadata)}
+        return await self._make("/batches", json.dumps(payload).encode(), "application/json", lambda: self.batch_made(input_file_id, metadata, earlier))
 
-        async def made() -> dict[str, Any] | None:
-            for key, value in metadata.items():
-                found = await self.find_batch(key, value)
-                if found is not None and found.get("input_file_id") == input_file_id and found.get("id") not in earlier:
-                    return found
+    async def made_unheard(self, part: Part, known: set[str]) -> dict[str, Any] | None:
+        """The batch a create for `part` made without its answer being heard (a killed run, a 504): by the part's
+        token in its metadata and its uploaded file. `known`: every batch the record names (unused here: the token
+        tells the part's own)."""
+        if part.file_id is None:
             return None
+        return await self.batch_made(part.file_id, {PART_METADATA_KEY: part.token}, part.batch_ids)
 
-        return await self._make("/batches", json.dumps(payload).encode(), "application/json", made)
+    async def batch_made(self, input_file_id: str, metadata: Mapping[str, str], earlier: Collection[str] = ()) -> dict[str, Any] | None:
+        """The batch a create with this input file and metadata made without its answer being heard (a killed run,
+        a 504), if one was; `earlier`: ids never taken (the part's refused batches)."""
+        for key, value in metadata.items():
+            found = await self.find_batch(key, value)
+            if found is not None and found.get("input_file_id") == input_file_id and found.get("id") not in earlier:
+                return found
+        return None
 
     async def get(self, batch_id: str) -> dict[str, Any]:
         return await self._json("GET", f"/batches/{checked_id(batch_id, 'the batch id asked after')}")
@@ -196,14 +206,17 @@ class BatchAPI:
 
     async def download(self, file_id: str, sink: IO[bytes]) -> None:
         """Write a file's content to `sink` (output files can be larger than memory should hold)."""
-        checked_id(file_id, "the file id to download")
+        await self._download_to(f"/files/{checked_id(file_id, 'the file id to download')}/content", sink)
+
+    async def _download_to(self, path: str, sink: IO[bytes]) -> None:
+        """GET `path` into `sink`, which a try cut short leaves as it found it for the next."""
         start = sink.tell()
 
-        def rewind() -> None:  # a try cut short must not leave half a file before the next
+        def rewind() -> None:
             sink.seek(start)
             sink.truncate()
 
-        await self._call("GET", f"/files/{file_id}/content", sink=sink, before_retry=rewind)
+        await self._call("GET", path, sink=sink, before_retry=rewind)
 
     async def find_file(self, filename: str) -> dict[str, Any] | None:
         """The batch input file of this name, if one was uploaded (by a run killed before it recorded the id)."""

@@ -227,7 +227,7 @@ class _BatchJob:
 
     async def _submit(self, part: Part) -> None:
         """Send the part (`_send`), record its batch, and watch it."""
-        batch = await self._send(part, part.number in self.recorded)
+        batch = await self._send(part)
         part.batch_ids.append(_id_of(batch, "batch"))
         self.state.save()
         self.recorded.add(part.number)  # on record now: a later try of it looks for what this one made
@@ -237,22 +237,23 @@ class _BatchJob:
             self._reserved[part.number] = cost
         self.stats.attempts += len(self.lines.pending[part.number])
         self.running.append(part)
-        via = f" from file {part.file_id}" if part.file_id is not None else ""
-        self.display.note(f"{part.describe()}: batch {part.batch_id} created{via}")
+        self.display.note(f"{part.describe()}: batch {part.batch_id} created" + (f" from file {part.file_id}" if part.file_id is not None else ""))
 
-    async def _send(self, part: Part, recorded: bool) -> dict[str, Any]:
+    async def _send(self, part: Part) -> dict[str, Any]:
         """Upload the part's input file (unless it is on record or was uploaded unrecorded), then create its batch
         (or find the one a killed run created unrecorded)."""
         if part.file_id is None:
-            found = await self.api.find_file(part.filename) if recorded else None
+            found = await self.api.find_file(part.filename) if part.number in self.recorded else None
             if found is None:
                 found = await self.api.upload(part.filename, self.lines.content(part))
             part.file_id = _id_of(found, "file")
             self.state.save()
-        found = await self.api.find_batch(PART_METADATA_KEY, part.token) if recorded else None
-        if found is not None and found.get("input_file_id") == part.file_id and found.get("id") not in part.batch_ids:
-            return found
-        return await self.api.create(part.file_id, self.lines.batch_endpoint(part), {PART_METADATA_KEY: part.token}, earlier=part.batch_ids)
+        metadata = {PART_METADATA_KEY: part.token}
+        return await self._unrecorded(part) or await self.api.create(part.file_id, self.lines.batch_endpoint(part), metadata, earlier=part.batch_ids)
+
+    async def _unrecorded(self, part: Part) -> dict[str, Any] | None:
+        """The batch a killed run made for a part on record before this run sent it, unrecorded (`made_unheard`)."""
+        return await self.api.made_unheard(part, self.state.batch_ids()) if part.number in self.recorded else None
 
     async def _poll(self) -> bool:
         """Ask after every running batch; collect the ones that ended. True when one ended (room may have freed)."""
@@ -354,17 +355,15 @@ class _MessageBatchJob(_BatchJob):
 
     api: MessageBatchesAPI
 
-    async def _send(self, part: Part, recorded: bool) -> dict[str, Any]:
+    async def _send(self, part: Part) -> dict[str, Any]:
         """Create the part's batch, recording first when its create began; or find the one a killed run created."""
-        known = {batch_id for other in self.state.parts for batch_id in other.batch_ids}
-        if recorded and part.create_started_at is not None:
-            found = await self.api.unrecorded_batch(part, known)
-            if found is not None:
-                self.display.note(f"{part.describe()}: batch {found.get('id')} seems the one a stopped run created for it; its results will tell")
-                return found
+        found = await self._unrecorded(part)
+        if found is not None:
+            self.display.note(f"{part.describe()}: batch {found.get('id')} seems the one a stopped run created for it; its results will tell")
+            return found
         part.create_started_at = self.clock.wall()
         self.state.save()  # before the create: a rerun knows to look for a batch it may have made
-        return await self.api.create_batch(part, self.lines.content(part), known)
+        return await self.api.create_batch(part, self.lines.content(part), self.state.batch_ids())
 
     async def _look(self, part: Part, batch: dict[str, Any]) -> bool:
         if not self.api.ended(batch):

@@ -178,7 +178,7 @@ class BatchLines:
     def content(self, part: Part) -> bytes:
         """The part's Batch input file: one line per input line of it, as the Batch API takes them."""
         endpoint = self.batch_endpoint(part)
-        lines = [_batch_line(item, endpoint, self._body_sent(item)) for item in self._items(set(part.line_numbers())) if isinstance(item, APIRequest)]
+        lines = [_batch_line(item, endpoint, self._body_sent(item)) for item in self.items(set(part.line_numbers())) if isinstance(item, APIRequest)]
         return ("\n".join(lines) + "\n").encode()
 
     def batch_endpoint(self, part: Part) -> str:
@@ -200,7 +200,7 @@ class BatchLines:
         endpoint = Endpoint(part.endpoint.removeprefix("/v1/"))
         spent = 0.0
         outcomes: Counter[str] = Counter()
-        expected = {self.custom_id(part, item): item for item in self._items(self.pending[part.number]) if isinstance(item, APIRequest)}
+        expected = {self.custom_id(part, item): item for item in self.items(self.pending[part.number]) if isinstance(item, APIRequest)}
         foreign = sum(1 for custom_id in answers if custom_id not in expected)
         if foreign:  # a mangled or foreign custom_id is nobody's answer, and takes no line's place
             logger.warning("batch %s: %d output lines carry a custom_id this run did not send for them; they are ignored", part.batch_id, foreign)
@@ -222,7 +222,7 @@ class BatchLines:
 
     def fail(self, part: Part, reason: str) -> None:
         """The whole batch failed: its lines end as failures, or go online with the fallback."""
-        for item in self._items(self.pending[part.number]):
+        for item in self.items(self.pending[part.number]):
             self.stats.record_answer(self.clock.now(), rate_limited=False)
             if self.options.fallback == "online" and isinstance(item, APIRequest):
                 self.fallback.add(item.index)
@@ -242,7 +242,7 @@ class BatchLines:
         processor = self._online = Processor(self.settings, transport=transport, clock=self.clock)
         stopped_for = None
         try:
-            async with processor.run(source if source is not None else (item for item in self._items(lines))) as results:
+            async with processor.run(source if source is not None else (item for item in self.items(lines))) as results:
                 async for result in results:
                     self.write(result)
                     lines.discard(result.index)
@@ -288,10 +288,6 @@ class BatchLines:
         return price.dollars(*usage) if price is not None and usage is not None else 0.0
 
     def items(self, lines: set[int]) -> Iterator[APIRequest | RejectedLine]:
-        """The input lines with these numbers, read again."""
-        return self._items(lines)
-
-    def _items(self, lines: set[int]) -> Iterator[APIRequest | RejectedLine]:
         """The input lines with these numbers, read again (only those are parsed)."""
         if not lines:
             return

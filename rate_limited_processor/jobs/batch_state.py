@@ -142,6 +142,10 @@ class BatchState:
         self.parts.append(part)
         return part
 
+    def batch_ids(self) -> set[str]:
+        """Every batch a part of this record names (none of them is another part's, found by listing)."""
+        return {batch_id for part in self.parts for batch_id in part.batch_ids}
+
     def part_holding(self, line: int) -> Part | None:
         """The recorded part (as loaded) that holds this input line, if any."""
         position = bisect.bisect_right(self._starts, line) - 1

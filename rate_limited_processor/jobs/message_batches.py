@@ -80,22 +80,13 @@ class MessageBatchesAPI(BatchAPI):
         all the same: before it is tried again, the batch it may have made is looked for (`unrecorded_batch`)."""
         return await self._make(api_shapes.BATCHES, body, "application/json", lambda: self.unrecorded_batch(part, known))
 
-    async def get(self, batch_id: str) -> dict[str, Any]:
-        return await self._json("GET", f"{api_shapes.BATCHES}/{checked_id(batch_id, 'the batch id asked after')}")
-
     async def results(self, batch: dict[str, Any], sink: IO[bytes]) -> None:
         """Write an ended batch's results (JSONL) to `sink`. Its `results_url` must be under the root: the key is
         sent nowhere else."""
         url = batch.get("results_url")
         if not isinstance(url, str) or not url.startswith(self.root + "/") or not _PLAIN_PATH.fullmatch(url[len(self.root) :]):
             raise BatchAPIError(f"batch {batch.get('id')} ended without a results_url under {self.root}")
-        start = sink.tell()
-
-        def rewind() -> None:
-            sink.seek(start)
-            sink.truncate()
-
-        await self._call("GET", url[len(self.root) :], sink=sink, before_retry=rewind)
+        await self._download_to(url[len(self.root) :], sink)
 
     async def created_since(self, since: float) -> list[dict[str, Any]]:
         """The batches created at `since` (epoch seconds) or later, newest first (among the most recent
@@ -117,6 +108,10 @@ class MessageBatchesAPI(BatchAPI):
                 break
             after = f"&after_id={last}"
         return found
+
+    async def made_unheard(self, part: Part, known: set[str]) -> dict[str, Any] | None:
+        """The batch a create for `part` may have made unheard: none before its create began, else `unrecorded_batch`."""
+        return await self.unrecorded_batch(part, known) if part.create_started_at is not None else None
 
     async def unrecorded_batch(self, part: Part, known: set[str]) -> dict[str, Any] | None:
         """The batch a killed run may have created for `part` without recording it (see the module's docstring):
