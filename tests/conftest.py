@@ -20,8 +20,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def no_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Settings read $OPENAI_API_KEY by default: a developer's real key must not reach a test's mock."""
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
     yield
 
 

@@ -376,7 +376,7 @@ def test_show_limits_when_nothing_answers_exits_3(capsys: pytest.CaptureFixture[
     [
         ("https://api.openai.com/v1/chat/completions", "OPENAI_API_KEY"),
         ("https://api.anthropic.com/v1/messages", "ANTHROPIC_API_KEY"),
-        ("https://my-resource.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-10-21", "OPENAI_API_KEY"),
+        ("https://my-resource.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-10-21", "AZURE_OPENAI_API_KEY"),
     ],
 )
 def test_no_key_for_a_providers_own_api_is_refused_before_sending(

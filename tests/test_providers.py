@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from rate_limited_processor.config import Secret, Settings
 from rate_limited_processor.providers import anthropic, azure, gemini, openai
 from rate_limited_processor.providers.endpoints import Endpoint
 from rate_limited_processor.providers.registry import (
     DEFAULT_PROVIDER,
     auth_headers_for,
+    key_from_environment,
     key_variable_for,
     needs_a_key,
     parse_rate_limit_headers,
@@ -40,7 +42,18 @@ def test_each_provider_puts_the_key_where_its_api_looks() -> None:
     assert auth_headers_for("https://api.anthropic.com/v1/messages", None) == {"anthropic-version": anthropic.VERSION}
     assert auth_headers_for("http://127.0.0.1:8000/v1/embeddings", None) == {}
     assert key_variable_for("https://api.anthropic.com/v1/messages") == "ANTHROPIC_API_KEY"
-    assert key_variable_for("https://x.openai.azure.com/openai/deployments/d/embeddings") == "OPENAI_API_KEY" == DEFAULT_PROVIDER.key_variable
+    assert key_variable_for("https://api.openai.com/v1/embeddings") == "OPENAI_API_KEY" == DEFAULT_PROVIDER.key_variable
+
+
+def test_azure_reads_its_key_from_azure_openai_api_key_then_openai_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    azure = "https://x.openai.azure.com/openai/deployments/d/embeddings"
+    assert key_variable_for(azure) == "AZURE_OPENAI_API_KEY"  # what the "no key" message names
+    assert key_from_environment(azure, {"AZURE_OPENAI_API_KEY": "a", "OPENAI_API_KEY": "o"}) == "a"
+    assert key_from_environment(azure, {"OPENAI_API_KEY": "o"}) == "o"  # as earlier releases read it
+    assert key_from_environment("https://api.openai.com/v1/embeddings", {"AZURE_OPENAI_API_KEY": "a"}) is None
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "from-azure")
+    key = Settings(request_url=azure).api_key
+    assert isinstance(key, Secret) and key.reveal() == "from-azure"
 
 
 def test_only_a_providers_own_host_needs_a_key() -> None:

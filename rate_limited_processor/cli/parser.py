@@ -239,7 +239,10 @@ def _retries(parser: argparse.ArgumentParser) -> None:
 def _accounts_and_providers(parser: argparse.ArgumentParser) -> None:
     """Whose key, which headers, which accounts; and asking the API for its limits."""
     add = parser.add_argument_group("accounts and providers").add_argument
-    add("--api_key", default=None, help=f"API key (default: ${API_KEY_VARIABLE}; prefer the variable: flags show in process lists)")
+    add(
+        "--api_key", default=None,
+        help=f"API key (default: ${API_KEY_VARIABLE}, or the provider's own variable; prefer a variable: flags show in process lists)",
+    )
     add(
         "--accounts", metavar="FILE", default=None,
         help="spread the work over several accounts (organisations, keys), each with its own limits: a JSONL file, one account per "

@@ -307,7 +307,8 @@ def _limit_value(name: str, value: float | str) -> float | None:
 
 
 class _FromEnvironment(enum.Enum):
-    """The default key: read from $OPENAI_API_KEY when the settings are made."""
+    """The default key: read from the URL's provider's variable ($OPENAI_API_KEY for OpenAI) when the settings
+    are made."""
 
     FROM_ENVIRONMENT = "from the environment"
 
@@ -315,7 +316,8 @@ class _FromEnvironment(enum.Enum):
         return "FROM_ENVIRONMENT"
 
 
-#: `Settings.api_key`'s default: the key in $OPENAI_API_KEY, if set. Pass None to send no key at all.
+#: `Settings.api_key`'s default: the key in the URL's provider's variable ($OPENAI_API_KEY for OpenAI), if set.
+#: Pass None to send no key at all.
 FROM_ENVIRONMENT = _FromEnvironment.FROM_ENVIRONMENT
 
 
@@ -325,8 +327,9 @@ class Settings:
 
     #: Where every request is POSTed (OpenAI, Azure or any OpenAI-compatible server).
     request_url: str
-    #: Sent as `Authorization: Bearer …` (or `api-key` for Azure). By default the key in $OPENAI_API_KEY,
-    #: as the command does; None sends no key (a local server). A str is wrapped in a `Secret`.
+    #: Sent as `Authorization: Bearer …` (or the provider's header). By default the key in the URL's provider's
+    #: variable ($OPENAI_API_KEY; $AZURE_OPENAI_API_KEY then $OPENAI_API_KEY for Azure; ...), as the command
+    #: does; None sends no key (a local server). A str is wrapped in a `Secret`.
     api_key: Secret | str | None | _FromEnvironment = FROM_ENVIRONMENT
     #: The limits to stay under. A field left None is learned from the API's x-ratelimit-* headers
     #: (starting conservatively until the first answer); a given one is lowered to what the API reports.

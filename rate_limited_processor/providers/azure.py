@@ -1,9 +1,9 @@
 """Azure OpenAI: OpenAI's API on Azure's hosts, with its own ways.
 
 Its URLs name a deployment (`https://x.openai.azure.com/openai/deployments/{name}/chat/completions?api-version=...`)
-and the key goes in an `api-key` header rather than `Authorization: Bearer` (read from $OPENAI_API_KEY all the
-same). Its rate-limit headers are OpenAI's, with resets in bare seconds (`openai.parse_rate_limits` reads both);
-its errors say "Please retry after 6 seconds", and its API Management gateway "Try again in 20 seconds"; its
+and the key goes in an `api-key` header rather than `Authorization: Bearer`, read from $AZURE_OPENAI_API_KEY (as
+Microsoft's own clients read it), else $OPENAI_API_KEY. Its rate-limit headers are OpenAI's, with resets in bare
+seconds (`openai.parse_rate_limits` reads both); its errors say "Please retry after 6 seconds", and its API Management gateway "Try again in 20 seconds"; its
 429 for tokens says "token rate limit"; a daily quota may ask for a wait of a day ("retry after 86400 seconds"),
 which stops the run (`RetryPolicy.max_server_wait`). Requests without a "model" (a deployment names it) are
 counted with the default encoding and priced as "(no model)".
@@ -73,12 +73,16 @@ def _batch_endpoint(endpoint: str) -> str:
     return endpoint.removeprefix("/v1")
 
 
+#: Where the key is read from: Microsoft's clients' variable, then OpenAI's (which earlier releases read alone).
+API_KEY_VARIABLES = ("AZURE_OPENAI_API_KEY", openai.API_KEY_VARIABLE)
+
 ERRORS = ErrorDialect(token_limit_words=("token rate limit",), wait_words=("retry after",))
 
 PROVIDER = Provider(
     name="Azure OpenAI",
     serves=serves,
-    key_variable=openai.API_KEY_VARIABLE,
+    key_variable=API_KEY_VARIABLES[0],
+    more_key_variables=API_KEY_VARIABLES[1:],
     auth_headers=auth_headers,
     own_hosts=HOST_SUFFIXES,
     parse_rate_limits=openai.parse_rate_limits,
