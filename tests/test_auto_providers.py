@@ -159,3 +159,31 @@ def test_a_rerun_at_the_rescue_waits_for_a_message_batch_a_killed_run_created_un
     assert cancels(api) == 3 and set(range(300, 400)) <= set(batched), "its lines came from its results, none online"
     assert max((batched + online).values()) == 1 and batched + online == Counter(range(LINES))
     assert stats.stop_reason is None
+
+
+def test_a_rescue_on_an_account_whose_output_token_limit_binds_starts_in_time_for_it(tmp_path: Path) -> None:
+    # Anthropic counts output tokens apart (OTPM), charging each request its max_tokens as it is sent. Here the 200
+    # lines the batches leave, answers of 200 output tokens each, take 20 s at 120,000 OTPM, but 2 s at 6,000 RPM: a
+    # plan that counted requests and input tokens alone started the rescue too late for the output-token limit.
+    requests = [{**message_line(i), "max_tokens": 200} for i in range(LINES)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", requests)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(requests_per_minute=6_000, output_tokens_per_minute=120_000, output_burst_seconds=1.0, output_tokens=200, **STALLING))
+
+    async def main() -> RunStats:
+        transport = MockTransport(api)
+        settings = Settings(request_url=MESSAGES_URL, api_key=None, max_requests_per_minute=6_000, max_output_tokens_per_minute=120_000)
+        return await run_auto_job(
+            settings, input_path, output_path, deadline_seconds=60.0,
+            options=BatchOptions(poll_interval=1.0, max_lines=100), http=transport, transport=transport, show_progress=False,
+        )
+
+    stats = run_virtual(main())
+
+    assert Counter(row[2]["id"] for row in read_rows(output_path)) == Counter(range(LINES)), "every line once"
+    batched, online = batched_lines(api), online_lines(api, requests)
+    assert not set(batched) & set(online) and batched + online == Counter(range(LINES))
+    assert stats.finished_at is not None
+    last_row = stats.finished_at - stats.started_at
+    print(f"\n  OTPM-bound rescue: {sum(batched.values())} lines by batches, {sum(online.values())} online, last row at {last_row:.1f} s of 60")
+    assert last_row < 60.0, f"the last row at {last_row:.1f} s, after the deadline"

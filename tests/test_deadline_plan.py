@@ -37,6 +37,19 @@ def test_the_online_time_is_set_by_the_limit_that_binds_and_the_headroom() -> No
     assert math.isinf(OnlineCapacity(None, None).seconds_for(Work(1, 1)))
 
 
+def test_an_output_token_limit_apart_binds_by_the_lines_completion_budgets_in_batches_or_free() -> None:
+    # Anthropic: 400 lines of 50 input tokens and a max_tokens of 200, at 1,200 RPM, 1M input tokens and 120,000
+    # output tokens a minute: 20 s by requests, 1.2 s by input, 40 s by output.
+    anthropic = OnlineCapacity(1_200, 1_000_000, output_tokens_per_minute=120_000)
+    work = Work(400, 20_000, output_tokens=80_000)
+    assert anthropic.seconds_for(work) == 40.0
+    assert OnlineCapacity(1_200, 1_000_000).seconds_for(work) == 20.0, "no output limit: the requests bind"
+    assert OnlineCapacity(None, None, output_tokens_per_minute=120_000).known
+    half_free = Work(400, 20_000, free_lines=200, free_tokens=10_000, output_tokens=80_000, free_output_tokens=40_000)
+    assert anthropic.seconds_for(half_free.in_batches) == 20.0, "the batches' lines: half the budgets"
+    assert rescue_seconds(anthropic, work, cancel=5.0) == 5.0 + 40.0 + 4.0, "the margin: a tenth of 40 s"
+
+
 def test_the_rescue_starts_when_the_unfinished_lines_could_only_just_be_finished_online_with_the_margin() -> None:
     work = Work(400, 0)
     assert rescue_seconds(RPM_1200, work, cancel=cancel_seconds(30.0)) == MIN_CANCEL_SECONDS + 20.0 + MIN_MARGIN_SECONDS

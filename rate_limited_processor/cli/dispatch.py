@@ -64,9 +64,10 @@ def dry_run(
     print(format_plan(plan, settings.limits, headroom=settings.headroom, prices=prices))
     if deadline is not None:
         books = both_prices or AutoPrices()
-        capacity = OnlineCapacity(settings.limits.requests_per_minute, settings.limits.tokens_per_minute, settings.headroom)
+        limits = settings.limits
+        capacity = OnlineCapacity(limits.requests_per_minute, limits.tokens_per_minute, settings.headroom, limits.output_tokens_per_minute)
         dollars = (ledger_dollars(plan.costs, books.batch), ledger_dollars(plan.costs, books.online))
-        print(format_estimate(estimate(0.0, deadline, capacity, Work(plan.requests, plan.tokens), *dollars)))
+        print(format_estimate(estimate(0.0, deadline, capacity, Work(plan.requests, plan.tokens, output_tokens=plan.output_tokens), *dollars)))
     return EXIT_OK
 
 

@@ -52,37 +52,45 @@ class OnlineCapacity:
     tokens_per_minute: float | None
     #: The fraction of the limits the run aims at (`--headroom`).
     headroom: float = 1.0
+    #: A limit on output tokens apart (Anthropic's OTPM), which the online run charges each request's budget.
+    output_tokens_per_minute: float | None = None
 
     @property
     def known(self) -> bool:
-        return self.requests_per_minute is not None or self.tokens_per_minute is not None
+        return self.requests_per_minute is not None or self.tokens_per_minute is not None or self.output_tokens_per_minute is not None
 
     def seconds_for(self, work: Work) -> float:
-        """Seconds the work takes online at the limits (0 for no work; infinite when no limit is known)."""
+        """Seconds the work takes online at the limits, the tightest of them (0 for no work; infinite when no limit
+        is known)."""
         if work.lines == 0:
             return 0.0
         if not self.known:
             return math.inf
         by_requests = 60.0 * work.lines / self.requests_per_minute if self.requests_per_minute else 0.0
         by_tokens = 60.0 * work.tokens / self.tokens_per_minute if self.tokens_per_minute else 0.0
-        return max(by_requests, by_tokens) / self.headroom
+        by_output = 60.0 * work.output_tokens / self.output_tokens_per_minute if self.output_tokens_per_minute else 0.0
+        return max(by_requests, by_tokens, by_output) / self.headroom
 
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """Lines still without a row, and their estimated tokens (prompts and completion budgets, as the limits count);
-    of them, the lines in no running batch (`free_lines`, `free_tokens`), which the rescue sends online at once (the
-    rest wait for their batch's cancel to end). By default every line is in a batch, as once they are all sent."""
+    """Lines still without a row, and their estimated tokens as the token limit counts them (OpenAI's: prompts and
+    completion budgets; Anthropic's: prompts) and their completion budgets (`output_tokens`, for a limit on output
+    apart); of them, the lines in no running batch (`free_lines`, `free_tokens`, `free_output_tokens`), which the
+    rescue sends online at once (the rest wait for their batch's cancel to end). By default every line is in a
+    batch, as once they are all sent."""
 
     lines: int
     tokens: int
     free_lines: int = 0
     free_tokens: int = 0
+    output_tokens: int = 0
+    free_output_tokens: int = 0
 
     @property
     def in_batches(self) -> Work:
         """The lines that go online only once their batch's cancel has ended."""
-        return Work(self.lines - self.free_lines, self.tokens - self.free_tokens)
+        return Work(self.lines - self.free_lines, self.tokens - self.free_tokens, output_tokens=self.output_tokens - self.free_output_tokens)
 
 
 class Decision(enum.Enum):

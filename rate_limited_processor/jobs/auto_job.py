@@ -110,7 +110,9 @@ async def run_auto_job(
     the settings' limits). `http`, `transport` and `clock` as for `run_batch_job`. Returns the run's stats, with the
     plan's outcome in `stats.deadline_plan`."""
     options = BatchOptions(max_lines=options.max_lines, max_bytes=options.max_bytes, poll_interval=options.poll_interval, fallback="online")
-    capacity = capacity or OnlineCapacity(settings.limits.requests_per_minute, settings.limits.tokens_per_minute, settings.headroom)
+    capacity = capacity or OnlineCapacity(
+        settings.limits.requests_per_minute, settings.limits.tokens_per_minute, settings.headroom, settings.limits.output_tokens_per_minute,
+    )
     deadline_file = sidecar_path(Path(save_path), DEADLINE_SIDECAR)
 
     def build(parts: BatchRunParts) -> _AutoJob:
@@ -224,24 +226,30 @@ class _AutoLines(BatchLines):
         return ledger
 
     def work(self, free_parts: Collection[int] = ()) -> Work:
-        """The lines still without a row, and their estimated tokens (each part's average per line); of them free:
-        the fallback's and those of `free_parts` (in no running batch, and none about to be sent)."""
-        tokens = free_tokens = 0.0
+        """The lines still without a row, their estimated tokens as the token limit counts them and their completion
+        budgets (each part's average per line); of them free: the fallback's and those of `free_parts` (in no
+        running batch, and none about to be sent)."""
+        endpoint = endpoint_from_url(self.settings.request_url)
+        tokens = free_tokens = output = free_output = 0.0
         free_lines = len(self.fallback)
-        per_line = []
+        per_line: list[tuple[float, float]] = []
         for part in self.state.parts:
-            average = (part.input_tokens + part.output_tokens) / max(1, part.count)
+            count = max(1, part.count)
+            average = (endpoint.charged_tokens(part.input_tokens, part.output_tokens) / count, part.output_tokens / count)
             per_line.append(average)
             pending = len(self.pending.get(part.number, ()))
-            tokens += average * pending
+            tokens += average[0] * pending
+            output += average[1] * pending
             if part.number in free_parts:
                 free_lines += pending
-                free_tokens += average * pending
-        if self.fallback:
-            extra = len(self.fallback) * (max(per_line) if per_line else 0.0)
-            tokens += extra
-            free_tokens += extra
-        return Work(self.unfinished, int(tokens), free_lines, int(free_tokens))
+                free_tokens += average[0] * pending
+                free_output += average[1] * pending
+        if self.fallback and per_line:  # lines of no part yet: counted as the heaviest part's
+            tokens += len(self.fallback) * max(charged for charged, _ in per_line)
+            free_tokens += len(self.fallback) * max(charged for charged, _ in per_line)
+            output += len(self.fallback) * max(budget for _, budget in per_line)
+            free_output += len(self.fallback) * max(budget for _, budget in per_line)
+        return Work(self.unfinished, int(tokens), free_lines, int(free_tokens), int(output), int(free_output))
 
 
 class _AutoMessageLines(_AutoLines, MessageBatchLines):
@@ -460,8 +468,8 @@ async def auto_capacity(settings: Settings, transport: Transport | None = None, 
     """The online limits the rescue counts on: the ones given, else learned from one small request's rate-limit
     headers (as --show_limits asks); a limit neither given nor stated stays unknown (the plan then tries no batch)."""
     limits = settings.limits
-    if limits.requests_per_minute is not None or limits.tokens_per_minute is not None:
-        return OnlineCapacity(limits.requests_per_minute, limits.tokens_per_minute, settings.headroom)
+    if limits.requests_per_minute is not None or limits.tokens_per_minute is not None or limits.output_tokens_per_minute is not None:
+        return OnlineCapacity(limits.requests_per_minute, limits.tokens_per_minute, settings.headroom, limits.output_tokens_per_minute)
     own = transport is None
     sender = transport if transport is not None else AiohttpTransport(max_connections=1)
     try:
@@ -469,9 +477,9 @@ async def auto_capacity(settings: Settings, transport: Transport | None = None, 
     finally:
         if own:
             await cast(AiohttpTransport, sender).aclose()
-    if seen.limit_requests is None and seen.limit_tokens is None:
+    if seen.limit_requests is None and seen.limit_tokens is None and seen.limit_output_tokens is None:
         logger.warning("the API stated no rate limits (%s): give --max_requests_per_minute for --mode auto to plan a rescue", seen.outcome)
-    return OnlineCapacity(seen.limit_requests, seen.limit_tokens, settings.headroom)
+    return OnlineCapacity(seen.limit_requests, seen.limit_tokens, settings.headroom, seen.limit_output_tokens)
 
 
 def ledger_dollars(ledger: CostLedger, prices: PriceBook | None) -> float | None:
