@@ -104,8 +104,9 @@ async def test_ctrl_c_finishes_in_flight_requests_writes_them_and_exits_3_then_a
         # The ~30 requests in flight (0.3 s latency at 100/s) were finished and written, not abandoned...
         answered = [entry for entry in server.record if entry.outcome == 200]
         assert {request_key(row[0]) for row in rows} == {entry.key for entry in answered}
-        # ...and nothing new was sent once the signal had been handled.
-        late = [entry for entry in server.record if entry.arrived_at > interrupted_at + 0.1]
+        # ...and nothing new was sent once the signal had been handled (within half a second of being sent: a loaded
+        # machine may take a while to run the process's handler, and sends already on their way still arrive).
+        late = [entry for entry in server.record if entry.arrived_at > interrupted_at + 0.5]
         assert late == []
 
         second = await start(argv)

@@ -181,7 +181,9 @@ async def test_concurrent_callers_across_connections_stay_within_the_shared_rate
     finally:
         for shared in callers:
             await shared.aclose()
-    assert time.monotonic() - started == pytest.approx(3.0, abs=0.4)
+    # 60 at 20 a second from empty buckets: 3 s, never less; a loaded machine (two test workers on two cores) may
+    # add some, a limiter pacing at two thirds of the rate would take 4.5 s.
+    assert 2.6 <= time.monotonic() - started <= 4.0
     admitted_at.sort()
     for i, start in enumerate(admitted_at):  # any 1-second window: at most 20 + a bucket of 20
         assert sum(1 for t in admitted_at[i:] if t < start + 1.0) <= 40
