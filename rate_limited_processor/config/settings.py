@@ -20,6 +20,8 @@ from ..core.arrivals import ARRIVAL_MODES, ArrivalMode
 from ..core.limiter import DEFAULT_BURST_SECONDS, Limits
 from ..core.retry_policy import MAX_ATTEMPTS, RetryPolicy
 from ..providers.registry import (
+    BATCH_API_MAX_BYTES,
+    BATCH_API_MAX_LINES,
     DEFAULT_KEY_VARIABLE,
     DEFAULT_REQUEST_URL,
     SERVICE_TIERS,
@@ -72,9 +74,8 @@ DEFAULT_ORDERED_WINDOW = 10_000
 DEFAULT_LOGGING_LEVEL = "WARNING"
 #: Seconds between the command's one-line status lines when it draws no progress bar (cron, nohup, a pipe).
 DEFAULT_STATUS_INTERVAL = 30.0
-#: The Batch API's own limits on one batch's input file (https://platform.openai.com/docs/guides/batch).
-BATCH_API_MAX_LINES = 50_000
-BATCH_API_MAX_BYTES = 200 * 1024**2
+# The Batch API's own limits on one batch's input file (`BATCH_API_MAX_LINES`, `BATCH_API_MAX_BYTES`) are its
+# provider's: imported from the providers' registry, and still exported from here.
 #: With --mode batch: lines per batch (the API's most), and seconds between asks after each batch's progress.
 DEFAULT_BATCH_MAX_LINES = BATCH_API_MAX_LINES
 DEFAULT_BATCH_POLL_INTERVAL = 30.0

@@ -8,6 +8,10 @@ Usage::
     batch = await api.get(batch["id"])                                               # GET /batches/{id}
     await api.download(batch["output_file_id"], sink)                                # GET /files/{id}/content
 
+The API's shapes (paths, listings, the upload's fields, the create body, statuses) are `providers/openai.py`'s;
+here are the calls (`BatchAPI`), and the HTTP they go over. Azure's place for the same API is its own
+(`providers/azure.py`'s `batch_place`: the root and query given here).
+
 Every call goes to the API root's origin, the only one the key is sent to; a redirect is not followed (it
 fails, naming its status). A call that gets no answer, a 429 or a 5xx is tried again after a backoff (or the wait its
 `retry-after-ms` or `retry-after` header asks for, up to `MAX_HINTED_CALL_DELAY`), up to `CALL_ATTEMPTS` times; any
@@ -26,12 +30,12 @@ not a plain id (`SAFE_ID`: letters, digits, "_" and "-") is refused, naming the 
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -40,10 +44,12 @@ from ..base.clock import LOOP_CLOCK, Clock
 from ..base.errors import NoAnswer, ProcessorError, TransportError
 from ..config.credentials import Scrubber
 from ..core.wait_hints import retry_after_seconds
+from ..providers import openai as api_shapes
+from ..providers.endpoints import resolve_url
 from ..transport.http import TransportResponse
 from .batch_state import PART_METADATA_KEY, Part
 
-__all__ = ["HTTPCall", "BatchHTTP", "AiohttpBatchHTTP", "BatchAPI", "BatchAPIError", "CALL_ATTEMPTS", "multipart_form", "SAFE_ID", "checked_id"]
+__all__ = ["HTTPCall", "BatchHTTP", "AiohttpBatchHTTP", "BatchAPI", "BatchAPIError", "CALL_ATTEMPTS", "multipart_form", "SAFE_ID", "checked_id", "api_root"]
 
 #: Tries of one call to the Files or Batches API before the run stops (no answer, 429, 5xx).
 CALL_ATTEMPTS = 6
@@ -167,18 +173,44 @@ class BatchAPI:
     def __repr__(self) -> str:
         return f"BatchAPI({self.root!r})"
 
+    # What a batch's state says (`providers/openai.py` reads it; a Message Batches API has its own `ended`).
+
+    @staticmethod
+    def running(batch: dict[str, Any]) -> bool:
+        return api_shapes.batch_running(batch)
+
+    @staticmethod
+    def ended(batch: dict[str, Any]) -> bool:
+        """Whether a batch has ended with files to collect (completed, expired or cancelled; not failed)."""
+        return api_shapes.batch_ended(batch)
+
+    @staticmethod
+    def refused_for_room(batch: dict[str, Any]) -> bool:
+        """Whether a batch failed for the enqueued-token limit (it can be created again once an earlier one ends)."""
+        return api_shapes.batch_refused_for_room(batch)
+
+    @staticmethod
+    def failure(batch: dict[str, Any]) -> str:
+        """Why a batch failed, as its errors say."""
+        return api_shapes.batch_errors_text(batch)
+
+    @staticmethod
+    def result_files(batch: dict[str, Any]) -> list[str]:
+        """The ids of an ended batch's files to download: its output file, then its error file (those it has)."""
+        return api_shapes.result_file_ids(batch)
+
     async def upload(self, filename: str, content: bytes) -> dict[str, Any]:
         """POST /files; an upload that may have been made is looked for by its (unique) filename before another."""
-        body, content_type = multipart_form({"purpose": "batch"}, "file", filename, content)
-        return await self._make("/files", body, content_type, lambda: self.find_file(filename))
+        body, content_type = multipart_form(api_shapes.upload_fields(), api_shapes.UPLOAD_FILE_FIELD, filename, content)
+        return await self._make(api_shapes.FILES, body, content_type, lambda: self.find_file(filename))
 
     async def create(
         self, input_file_id: str, endpoint: str, metadata: Mapping[str, str], *, earlier: Collection[str] = (),
     ) -> dict[str, Any]:
         """POST /batches; a create that may have been made is looked for by its metadata (the part's token) and its
         input file, before another. `earlier`: the ids of batches made for it before (refused ones), never taken."""
-        payload = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": "24h", "metadata": dict(metadata)}
-        return await self._make("/batches", json.dumps(payload).encode(), "application/json", lambda: self.batch_made(input_file_id, metadata, earlier))
+        body = api_shapes.batch_create_body(input_file_id, endpoint, metadata)
+        return await self._make(api_shapes.BATCHES, body, "application/json", lambda: self.batch_made(input_file_id, metadata, earlier))
 
     async def made_unheard(self, part: Part, known: set[str]) -> dict[str, Any] | None:
         """The batch a create for `part` made without its answer being heard (a killed run, a 504): by the part's
@@ -198,15 +230,15 @@ class BatchAPI:
         return None
 
     async def get(self, batch_id: str) -> dict[str, Any]:
-        return await self._json("GET", f"/batches/{checked_id(batch_id, 'the batch id asked after')}")
+        return await self._json("GET", api_shapes.batch_path(checked_id(batch_id, "the batch id asked after")))
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
         """Ask the API to cancel a batch: it is "cancelling", then "cancelled" with an output file of what it finished."""
-        return await self._json("POST", f"/batches/{checked_id(batch_id, 'the batch id to cancel')}/cancel")
+        return await self._json("POST", api_shapes.batch_cancel_path(checked_id(batch_id, "the batch id to cancel")))
 
     async def download(self, file_id: str, sink: IO[bytes]) -> None:
         """Write a file's content to `sink` (output files can be larger than memory should hold)."""
-        await self._download_to(f"/files/{checked_id(file_id, 'the file id to download')}/content", sink)
+        await self._download_to(api_shapes.file_content_path(checked_id(file_id, "the file id to download")), sink)
 
     async def _download_to(self, path: str, sink: IO[bytes]) -> None:
         """GET `path` into `sink`, which a try cut short leaves as it found it for the next."""
@@ -220,26 +252,26 @@ class BatchAPI:
 
     async def find_file(self, filename: str) -> dict[str, Any] | None:
         """The batch input file of this name, if one was uploaded (by a run killed before it recorded the id)."""
-        listing = await self._json("GET", "/files?purpose=batch&limit=10000")
+        listing = await self._json("GET", api_shapes.FILES_LISTING)
         found = next((file for file in _data(listing) if file.get("filename") == filename), None)
         if found is not None:
-            checked_id(found.get("id"), f"GET {self.root}/files: the id of file {filename}")
+            checked_id(found.get("id"), f"GET {self.root}{api_shapes.FILES}: the id of file {filename}")
         return found
 
     async def find_batch(self, key: str, value: str) -> dict[str, Any] | None:
         """The newest batch whose metadata has `key`: `value`, among the most recent `MAX_BATCHES_SEARCHED`."""
-        after = ""
-        for _ in range(MAX_BATCHES_SEARCHED // 100):
-            listing = await self._json("GET", f"/batches?limit=100{after}")
+        after: str | None = None
+        for _ in range(MAX_BATCHES_SEARCHED // api_shapes.BATCHES_PAGE):
+            listing = await self._json("GET", api_shapes.batches_listing(after))
             for batch in _data(listing):
                 metadata = batch.get("metadata")
                 if isinstance(metadata, dict) and metadata.get(key) == value:
-                    checked_id(batch.get("id"), f"GET {self.root}/batches: the id of the batch with {key} {value}")
+                    checked_id(batch.get("id"), f"GET {self.root}{api_shapes.BATCHES}: the id of the batch with {key} {value}")
                     return batch
             last = listing.get("last_id")
             if not listing.get("has_more") or not isinstance(last, str):
                 return None
-            after = f"&after={last}"
+            after = last
         return None
 
     async def _make(
@@ -322,6 +354,12 @@ class BatchAPI:
         except (strict_json.InvalidJSON, AttributeError):
             message = None
         return self._scrub(message if isinstance(message, str) else text[:500] or "(no body)")
+
+
+def api_root(request_url: str) -> str:
+    """The API root the Files and Batches endpoints hang from: "https://api.openai.com/v1" for any of its endpoints."""
+    parts = urlsplit(resolve_url(request_url, api_shapes.BATCHES_URL))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.removesuffix(api_shapes.BATCHES), "", ""))
 
 
 def _server_wait(response: TransportResponse) -> float | None:

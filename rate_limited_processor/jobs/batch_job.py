@@ -52,12 +52,6 @@ __all__ = ["BatchOptions", "Fallback", "run_batch_job", "api_root", "SIDECAR_KIN
 
 logger = logging.getLogger("rate_limited_processor")
 
-#: How a batch says the enqueued-token limit refused it.
-_ROOM_CODES = frozenset({"token_limit_exceeded"})
-_RUNNING = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
-_ENDED = frozenset({"completed", "expired", "cancelled"})
-
-
 async def run_batch_job(
     settings: Settings,
     requests_path: str | Path,
@@ -279,19 +273,18 @@ class _BatchJob:
     async def _look(self, part: Part, batch: dict[str, Any]) -> bool:
         """What the batch's state means for its part: still running, refused for room, ended (collected) or
         failed. True when it ended or failed (room may have freed)."""
-        status = batch.get("status")
-        if status in _RUNNING:
+        if self.api.running(batch):
             return False
-        if status == "failed" and _error_codes(batch) & _ROOM_CODES:
+        if self.api.refused_for_room(batch):
             self.running.remove(part)
             self.display.note(f"{part.describe()}: batch {part.batch_id} refused for the enqueued-token limit; it waits for an earlier batch to end")
             self._release(part, 0.0)
             self.waiting.append(part)
             return False
-        if status in _ENDED:
+        if self.api.ended(batch):
             await self._collect(part, batch)  # a download that fails leaves the part running: asked after again
         else:
-            self._fail_part(part, f"batch {part.batch_id} {status}: {_errors_text(batch)}")
+            self._fail_part(part, f"batch {part.batch_id} {batch.get('status')}: {self.api.failure(batch)}")
         self.running.remove(part)
         return True
 
@@ -311,12 +304,10 @@ class _BatchJob:
 
     async def _fetch(self, batch: dict[str, Any], output: IO[bytes], answers: dict[str, int]) -> None:
         """Download what an ended batch answered into `output`, indexing each answer by its custom_id."""
-        for name in ("output_file_id", "error_file_id"):
-            file_id = batch.get(name)
-            if isinstance(file_id, str):
-                start = output.seek(0, 2)
-                await self.api.download(file_id, output)
-                index_answers(output, start, answers)
+        for file_id in self.api.result_files(batch):
+            start = output.seek(0, 2)
+            await self.api.download(file_id, output)
+            index_answers(output, start, answers)
 
     def _owns(self, part: Part, batch: dict[str, Any], answers: dict[str, int]) -> bool:
         """Whether the batch's answers are the part's (a batch found by its metadata always is)."""
@@ -393,19 +384,3 @@ class _MessageBatchJob(_BatchJob):
 def _id_of(value: dict[str, Any], what: str) -> str:
     """The id of a file or batch the API made (or found): a plain id (`SAFE_ID`), as it goes into URLs and commands."""
     return checked_id(value.get("id"), f"the id in the API's answer for a new {what}")
-
-
-def _error_codes(batch: dict[str, Any]) -> set[str]:
-    errors = batch.get("errors")
-    data = errors.get("data") if isinstance(errors, dict) else None
-    return {error["code"] for error in data or () if isinstance(error, dict) and isinstance(error.get("code"), str)}
-
-
-def _errors_text(batch: dict[str, Any]) -> str:
-    errors = batch.get("errors")
-    data = errors.get("data") if isinstance(errors, dict) else None
-    texts = [
-        f"{error.get('code')}: {error.get('message')}" + (f" (line {error['line']} of its file)" if error.get("line") else "")
-        for error in data or () if isinstance(error, dict)
-    ]
-    return "; ".join(texts[:3]) or "no reason given"

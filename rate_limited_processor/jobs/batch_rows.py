@@ -3,7 +3,8 @@ answered, and each given its row, from its batch's answer or, with the online fa
 and, for a run that stops first, how to collect or cancel the batches it leaves running.
 
 Each custom_id sent is "line-<line number>-<the line's identity>", so an answer is matched to its line, and a
-line edited since its batch was created is not given another line's answer.
+line edited since its batch was created is not given another line's answer. The input file's line and the output
+file's line are shaped and read by `providers/openai.py`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..base.clock import Clock
 from ..base.errors import InvalidRequest, RunStopped
 from ..base.models import APIRequest, RejectedLine, RequestResult, ResultKind
 from ..config.credentials import scrubber_for
-from ..config.settings import BATCH_API_MAX_BYTES, DEFAULT_BATCH_MAX_LINES, DEFAULT_BATCH_POLL_INTERVAL, Settings
+from ..config.settings import DEFAULT_BATCH_MAX_LINES, DEFAULT_BATCH_POLL_INTERVAL, Settings
 from ..core.budget import Budget
 from ..core.costs import PriceBook, format_dollars, usage_tokens
 from ..core.retry_policy import answer_problem
@@ -31,6 +32,7 @@ from ..core.stats import RunStats
 from ..engine.processor import Processor
 from ..files.request_io import ResultWriter, parse_request_line
 from ..files.resume import identity_of_item
+from ..providers import openai as api_shapes
 from ..providers.endpoints import Endpoint, check_request
 from ..providers.provider import BatchPlace
 from ..providers.registry import provider_for
@@ -46,16 +48,13 @@ logger = logging.getLogger("rate_limited_processor")
 
 Fallback = Literal["none", "online"]
 
-#: A line's answer that another try (online) could change: the batch ran out of time, or the server failed.
-_RETRYABLE_CODES = frozenset({"batch_expired", "batch_cancelled"})
-
 
 @dataclass(frozen=True, slots=True)
 class BatchOptions:
     """How a file is cut into batches, how often they are asked after, and what becomes of lines they fail."""
 
     max_lines: int = DEFAULT_BATCH_MAX_LINES
-    max_bytes: int = BATCH_API_MAX_BYTES
+    max_bytes: int = api_shapes.BATCH_MAX_BYTES
     poll_interval: float = DEFAULT_BATCH_POLL_INTERVAL
     fallback: Fallback = "none"
 
@@ -149,7 +148,7 @@ class BatchLines:
 
     def group_key(self, endpoint: Endpoint, model: str | None) -> tuple[str, str | None]:
         """What lines of one part share: the endpoint's path and the model (a batch takes one of each)."""
-        return (f"/v1/{endpoint.value}", model)
+        return (api_shapes.batch_endpoint(endpoint.value), model)
 
     def line_size(self, item: APIRequest, endpoint: str) -> int:
         """The bytes the line takes in its part's upload."""
@@ -197,7 +196,7 @@ class BatchLines:
     def collect(self, part: Part, batch: dict[str, Any], output: IO[bytes], answers: dict[str, int]) -> tuple[float, Counter[str]]:
         """A row for each of the part's lines without one, from the batch's downloaded `output` (`answers`: custom_id ->
         offset): the dollars they cost, and how many ended how."""
-        endpoint = Endpoint(part.endpoint.removeprefix("/v1/"))
+        endpoint = Endpoint(api_shapes.endpoint_of_batch(part.endpoint))
         spent = 0.0
         outcomes: Counter[str] = Counter()
         expected = {self.custom_id(part, item): item for item in self.items(self.pending[part.number]) if isinstance(item, APIRequest)}
@@ -315,28 +314,22 @@ def _result(
             "since the batch was created?); rerun with --retry_failed to send it again"
         )
         return replace(failed, errors=(reason,)), True
-    response, error = answer.get("response"), answer.get("error")
-    if isinstance(response, dict) and isinstance(response.get("status_code"), int):
-        status, body = response["status_code"], response.get("body")
-        request_id = response.get("request_id") if isinstance(response.get("request_id"), str) else None
-        if 200 <= status < 300 and isinstance(body, dict) and answer_problem(endpoint, body) is None:
-            return replace(failed, response=body, kind=ResultKind.SUCCEEDED, status=status, request_id=request_id), False
-        reason = f"HTTP {status} {_message_of(body)}"
-        return replace(failed, errors=(reason,), status=status, request_id=request_id, error_body=body), status == 429 or status >= 500
-    code = error.get("code") if isinstance(error, dict) else None
-    return replace(failed, errors=(f"{code or 'error'}: {_message_of({'error': error})}",)), code in _RETRYABLE_CODES
+    read = api_shapes.read_batch_answer(answer)
+    status, body = read.status, read.body
+    if status is not None and 200 <= status < 300 and isinstance(body, dict) and answer_problem(endpoint, body) is None:
+        return replace(failed, response=body, kind=ResultKind.SUCCEEDED, status=status, request_id=read.request_id), False
+    return replace(failed, errors=(read.reason,), status=status, request_id=read.request_id, error_body=body), read.retryable
 
 
 def _batch_line(item: APIRequest, endpoint: str, body: dict[str, Any] | None = None) -> str:
-    body = item.body if body is None else body
-    return json.dumps({"custom_id": _custom_id(item), "method": "POST", "url": endpoint, "body": body}, ensure_ascii=False, separators=(",", ":"))
+    line = api_shapes.batch_line(_custom_id(item), endpoint, item.body if body is None else body)
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
 def _batch_line_size(item: APIRequest, endpoint: str) -> int:
     """The bytes `_batch_line` takes, newline included, without hashing the line for its custom_id."""
     body = json.dumps(item.body, ensure_ascii=False, separators=(",", ":")).encode()
-    custom_id = len(f"line-{item.index}-") + 16
-    return len(body) + custom_id + len(endpoint) + len('{"custom_id":"","method":"POST","url":"","body":}') + 1
+    return api_shapes.batch_line_size(len(f"line-{item.index}-") + 16, endpoint, body)
 
 
 def _custom_id(item: APIRequest) -> str:
@@ -357,14 +350,6 @@ def index_answers(file: IO[bytes], start: int, answers: dict[str, int]) -> None:
         offset += len(raw)
 
 
-def _message_of(body: Any) -> str:
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        kind = error.get("type") or error.get("code") or ""
-        return f"{kind}: {error.get('message', '')}".strip(": ")
-    return "(no error message)"
-
-
 def say_what_runs(state: BatchState, api_root: str, budget: Budget | None, query: str = "") -> None:
     """How to collect or cancel the batches left running (never the key: the variable it comes from)."""
     running = [part for part in state.parts if not part.done and part.batch_id is not None]
@@ -374,7 +359,7 @@ def say_what_runs(state: BatchState, api_root: str, budget: Budget | None, query
     lines.extend(f"  {part.batch_id}: {part.describe()}" for part in running)
     lines.append(f"rerun the same command to collect their results (they are recorded in {state.path}), or cancel them:")
     def cancel_url(batch_id: str | None) -> str:  # shell-quoted: a query's & and ?, and whatever an id holds
-        return shlex.quote(f"{api_root}/batches/{batch_id}/cancel" + (f"?{query}" if query else ""))
+        return shlex.quote(api_root + api_shapes.batch_cancel_path(str(batch_id)) + (f"?{query}" if query else ""))
 
     lines.extend(f"  curl -X POST {cancel_url(part.batch_id)} {provider_for(api_root).curl_auth()}" for part in running)
     logger.warning("%s", "\n".join(lines))

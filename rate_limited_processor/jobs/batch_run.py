@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from ..base.clock import Clock
 from ..config.credentials import auth_headers, scrubber_for
@@ -17,11 +16,10 @@ from ..config.settings import Settings
 from ..core.stats import RunStats
 from ..files.request_io import OutputFormat, ResultWriter, read_requests
 from ..files.resume import sidecar_path
-from ..providers.endpoints import resolve_url
 from ..providers.provider import BatchPlace
 from ..providers.registry import provider_for
 from ..ui.display import ProgressDisplay
-from .batch_api import AiohttpBatchHTTP, BatchAPI, BatchHTTP
+from .batch_api import AiohttpBatchHTTP, BatchAPI, BatchHTTP, api_root
 from .batch_rows import BatchLines
 from .batch_state import BatchState
 from .message_batches import MessageBatchesAPI, messages_root
@@ -71,12 +69,6 @@ class BatchWhere:
             self.root, auth_headers(settings), http=http, scrub=scrubber_for(settings), clock=clock,
             query=self.place.query if self.place is not None else "",
         )
-
-
-def api_root(request_url: str) -> str:
-    """The API root the Files and Batches endpoints hang from: "https://api.openai.com/v1" for any of its endpoints."""
-    parts = urlsplit(resolve_url(request_url, "/v1/batches"))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path.removesuffix("/batches"), "", ""))
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,8 @@ __all__ = [
     "former_name",
     "SERVICE_TIERS",
     "FLEX_REQUEST_TIMEOUT",
+    "BATCH_API_MAX_LINES",
+    "BATCH_API_MAX_BYTES",
     "is_flex",
     "with_service_tier",
     "service_tier_refusal",
@@ -69,6 +71,9 @@ with_service_tier = openai.with_service_tier
 #: least `FLEX_REQUEST_TIMEOUT` seconds to answer.
 is_flex = openai.is_flex
 FLEX_REQUEST_TIMEOUT = openai.FLEX_REQUEST_TIMEOUT
+#: The most lines, and bytes, one batch's input file takes in OpenAI's Files and Batches API (`--batch_max_lines`).
+BATCH_API_MAX_LINES = openai.BATCH_MAX_LINES
+BATCH_API_MAX_BYTES = openai.BATCH_MAX_BYTES
 #: A stream of Messages events (Anthropic's, whatever the URL: a gateway may relay them), and how it folds into
 #: the unstreamed answer; OpenAI's chunks and Responses events are the transport's default.
 MESSAGE_STREAM_EVENTS = anthropic.STREAM_EVENTS
