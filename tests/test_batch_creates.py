@@ -235,3 +235,37 @@ async def test_over_a_real_socket_an_upload_and_a_create_answered_the_gateways_5
         finally:
             await http.aclose()
     assert (server.api.batches.uploads, server.api.batches.created) == ([file["id"]], [batch["id"]])
+
+
+class ListsForever:
+    """A server whose batch listing always says there is more, after a cursor it makes up; every URL is recorded."""
+
+    def __init__(self, last_id: str, data: list[dict[str, Any]]) -> None:
+        self.last_id, self.data = last_id, data
+        self.urls: list[str] = []
+
+    async def call(self, call: Any, sink: Any = None) -> TransportResponse:
+        self.urls.append(call.url)
+        body = {"object": "list", "data": self.data, "has_more": True, "last_id": self.last_id, "first_id": None}
+        return TransportResponse(200, {"content-type": "application/json"}, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("which", ["openai", "anthropic"])
+def test_a_listing_cursor_that_is_not_a_plain_id_goes_in_no_url(which: str) -> None:
+    http = ListsForever("x&purpose=../../v1/evil", [{"id": "batch_1", "created_at": "2026-12-06T00:00:00Z", "metadata": {}}])
+    scrub = Scrubber([])
+
+    async def look() -> Any:
+        if which == "openai":
+            return await BatchAPI(MOCK_ORIGIN + "/v1", {}, http=http, scrub=scrub).find_batch("rlp_part", "token")
+        return await MessageBatchesAPI(MOCK_ORIGIN + "/v1/messages", {}, http=http, scrub=scrub).created_since(0.0)
+
+    with pytest.raises(BatchAPIError, match="the listing's last_id is not a plain id"):
+        run_virtual(look())
+    assert len(http.urls) == 1 and not any("evil" in url for url in http.urls)
+    http.last_id = "batch_0"  # a plain cursor is followed, page after page, up to the search's bound
+    try:
+        run_virtual(look())
+    except BatchAPIError:
+        pytest.fail("a plain cursor refused")
+    assert len(http.urls) > 2 and http.urls[-1].endswith("batch_0")

@@ -271,7 +271,7 @@ class BatchAPI:
             last = listing.get("last_id")
             if not listing.get("has_more") or not isinstance(last, str):
                 return None
-            after = last
+            after = checked_id(last, f"GET {self.root}{api_shapes.BATCHES}: the listing's last_id")  # it goes in the next URL
         return None
 
     async def _make(

@@ -48,7 +48,6 @@ __all__ = ["MessageBatchesAPI", "MessageBatchLines", "messages_root", "owns_answ
 
 #: Seconds this machine's clock and the API's may disagree by, when listing the batches created since a create began.
 CLOCK_SLACK = 300.0
-_PAGE = 100
 #: A custom_id's length but for its line number: "rlp-<16 hex>-part-0001-" and "-<16 hex>" (a part number past 9,999 adds a digit).
 _CUSTOM_ID_LENGTH = len("rlp-0123456789abcdef-part-00001-") + 17
 #: A results URL's path under the root: plain segments only (no "..", no query), so the key goes nowhere unexpected.
@@ -92,9 +91,9 @@ class MessageBatchesAPI(BatchAPI):
         """The batches created at `since` (epoch seconds) or later, newest first (among the most recent
         `MAX_BATCHES_SEARCHED`)."""
         found: list[dict[str, Any]] = []
-        after = ""
-        for _ in range(MAX_BATCHES_SEARCHED // _PAGE):
-            listing = await self._json("GET", f"{api_shapes.BATCHES}?limit={_PAGE}{after}")
+        after: str | None = None
+        for _ in range(MAX_BATCHES_SEARCHED // api_shapes.BATCHES_PAGE):
+            listing = await self._json("GET", api_shapes.batches_listing(after))
             data = listing.get("data")
             for batch in data if isinstance(data, list) else []:
                 created = api_shapes.batch_created_at(batch) if isinstance(batch, dict) else None
@@ -106,7 +105,7 @@ class MessageBatchesAPI(BatchAPI):
             last = listing.get("last_id")
             if not listing.get("has_more") or not isinstance(last, str):
                 break
-            after = f"&after_id={last}"
+            after = checked_id(last, f"GET {self.root}{api_shapes.BATCHES}: the listing's last_id")  # it goes in the next URL
         return found
 
     async def made_unheard(self, part: Part, known: set[str]) -> dict[str, Any] | None:

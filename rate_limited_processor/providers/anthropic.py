@@ -42,7 +42,7 @@ __all__ = [
     "PROVIDER", "HOST", "API_KEY_VARIABLE", "VERSION", "CHARACTERS_PER_TOKEN", "serves", "is_anthropic_url", "auth_headers",
     "parse_rate_limits", "states_its_rate_limits", "approximate_tokens", "TOKENIZER_NOTE",
     "STREAM_EVENTS", "STREAM_END", "MessageStream",
-    "BATCHES", "BATCH_MAX_REQUESTS", "BATCH_MAX_BYTES", "CUSTOM_ID", "BATCH_ENDED", "BATCH_STATUSES", "RESULT_TYPES",
+    "BATCHES", "BATCHES_PAGE", "batches_listing", "BATCH_MAX_REQUESTS", "BATCH_MAX_BYTES", "CUSTOM_ID", "BATCH_ENDED", "BATCH_STATUSES", "RESULT_TYPES",
     "FILES_BATCHES_REFUSAL", "messages_root", "batch_request", "batch_request_size", "batch_create_body", "batch_ended",
     "batch_total", "batch_created_at", "BatchResult", "read_batch_result",
 ]
@@ -260,6 +260,8 @@ PROVIDER = Provider(
 
 #: Its batch API's collection, under the API root ("https://api.anthropic.com/v1/messages" + this).
 BATCHES = "/batches"
+#: Batches per page of the batches listing (newest first).
+BATCHES_PAGE = 100
 #: The most requests, and bytes of the create call's body, one batch takes.
 BATCH_MAX_REQUESTS = 100_000
 BATCH_MAX_BYTES = 256 * 1024**2
@@ -283,6 +285,11 @@ def messages_root(request_url: str) -> str:
     path = parts.path.rstrip("/")
     path = path if path.endswith("/v1/messages") else "/v1/messages"
     return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def batches_listing(after_id: str | None = None) -> str:
+    """One page of the batches listing, newest first; after the batch `after_id` (a page's `last_id`) when given."""
+    return f"{BATCHES}?limit={BATCHES_PAGE}" + (f"&after_id={after_id}" if after_id is not None else "")
 
 
 def batch_request(custom_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
