@@ -173,31 +173,15 @@ class BatchAPI:
     def __repr__(self) -> str:
         return f"BatchAPI({self.root!r})"
 
-    # What a batch's state says (`providers/openai.py` reads it; a Message Batches API has its own `ended`).
-
-    @staticmethod
-    def running(batch: dict[str, Any]) -> bool:
-        return api_shapes.batch_running(batch)
-
-    @staticmethod
-    def ended(batch: dict[str, Any]) -> bool:
-        """Whether a batch has ended with files to collect (completed, expired or cancelled; not failed)."""
-        return api_shapes.batch_ended(batch)
-
-    @staticmethod
-    def refused_for_room(batch: dict[str, Any]) -> bool:
-        """Whether a batch failed for the enqueued-token limit (it can be created again once an earlier one ends)."""
-        return api_shapes.batch_refused_for_room(batch)
-
-    @staticmethod
-    def failure(batch: dict[str, Any]) -> str:
-        """Why a batch failed, as its errors say."""
-        return api_shapes.batch_errors_text(batch)
-
-    @staticmethod
-    def result_files(batch: dict[str, Any]) -> list[str]:
-        """The ids of an ended batch's files to download: its output file, then its error file (those it has)."""
-        return api_shapes.result_file_ids(batch)
+    # What a batch's state says, as `providers/openai.py` reads it (a Message Batches API has its own `ended`): whether
+    # it runs; has ended with files to collect (completed, expired or cancelled; not failed); failed for the
+    # enqueued-token limit (it can be created again once an earlier one ends); why it failed; and the ids of its
+    # files to download (output, then errors).
+    running = staticmethod(api_shapes.batch_running)
+    ended = staticmethod(api_shapes.batch_ended)
+    refused_for_room = staticmethod(api_shapes.batch_refused_for_room)
+    failure = staticmethod(api_shapes.batch_errors_text)
+    result_files = staticmethod(api_shapes.result_file_ids)
 
     async def upload(self, filename: str, content: bytes) -> dict[str, Any]:
         """POST /files; an upload that may have been made is looked for by its (unique) filename before another."""

@@ -69,10 +69,8 @@ class MessageBatchesAPI(BatchAPI):
     def __repr__(self) -> str:
         return f"MessageBatchesAPI({self.root!r})"
 
-    @staticmethod
-    def ended(batch: dict[str, Any]) -> bool:
-        """Whether a batch has ended (every request succeeded, errored, was canceled or expired)."""
-        return api_shapes.batch_ended(batch)
+    #: Whether a batch has ended (every request succeeded, errored, was canceled or expired).
+    ended = staticmethod(api_shapes.batch_ended)
 
     async def create_batch(self, part: Part, body: bytes, known: set[str]) -> dict[str, Any]:
         """POST {root}/batches with the part's requests. A create that gets no answer or a 5xx may have been made
