@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 from .base import strict_json
 from .base.errors import RunStopped, UsageError
 from .base.models import RequestResult
-from .config.settings import Account, Settings, key_variable_for
+from .config.settings import Account, Settings, key_variable_holding
 
 if TYPE_CHECKING:
     import ray.data
@@ -99,8 +99,8 @@ class PortableSettings:
     @classmethod
     def of(cls, settings: Settings, *, key_variable: str | None = None) -> PortableSettings:
         """The portable form of `settings`. Its key must be one the workers can read from `key_variable` (by
-        default the URL's usual variable): a key given only in code is refused, as it cannot travel."""
-        variable = key_variable or key_variable_for(settings.request_url)
+        default the variable the URL's key is read from here): a key given only in code is refused, as it cannot travel."""
+        variable = key_variable or key_variable_holding(settings.request_url, os.environ)
         key = settings.key
         if key is not None and os.environ.get(variable, "").strip() != key.reveal():
             raise UsageError(

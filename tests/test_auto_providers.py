@@ -187,3 +187,18 @@ def test_a_rescue_on_an_account_whose_output_token_limit_binds_starts_in_time_fo
     last_row = stats.finished_at - stats.started_at
     print(f"\n  OTPM-bound rescue: {sum(batched.values())} lines by batches, {sum(online.values())} online, last row at {last_row:.1f} s of 60")
     assert last_row < 60.0, f"the last row at {last_row:.1f} s, after the deadline"
+
+
+def test_batch_input_lines_against_the_api_root_are_planned_by_their_own_endpoint(tmp_path: Path) -> None:
+    # Lines in the Batch API's own shape carry their url: the --request_url may be the API root, which names no
+    # endpoint. The plan counts each part's tokens as its lines' endpoint does (it raised UnsupportedEndpoint).
+    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": chat_request(i)} for i in range(50)]
+    input_path = write_jsonl(tmp_path / "requests.jsonl", lines)
+    output_path = tmp_path / "results.jsonl"
+    api = MockApi(MockConfig(requests_per_minute=600, **ENDING))
+
+    stats = run_auto(api, f"{MOCK_ORIGIN}/v1", None, input_path, output_path, rpm=600)
+
+    assert stats.stop_reason is None and stats.deadline_plan is not None and stats.deadline_plan.batched == 50
+    # The output keeps the input's shape: the Batch API's output lines, one per custom_id.
+    assert Counter(row["custom_id"] for row in read_rows(output_path)) == Counter(f"c{i}" for i in range(50))

@@ -12,6 +12,7 @@ from rate_limited_processor.providers.registry import (
     auth_headers_for,
     key_from_environment,
     key_variable_for,
+    key_variable_holding,
     needs_a_key,
     parse_rate_limit_headers,
     provider_for,
@@ -51,6 +52,11 @@ def test_azure_reads_its_key_from_azure_openai_api_key_then_openai_api_key(monke
     assert key_from_environment(azure, {"AZURE_OPENAI_API_KEY": "a", "OPENAI_API_KEY": "o"}) == "a"
     assert key_from_environment(azure, {"OPENAI_API_KEY": "o"}) == "o"  # as earlier releases read it
     assert key_from_environment("https://api.openai.com/v1/embeddings", {"AZURE_OPENAI_API_KEY": "a"}) is None
+    # Where a message or a printed command names the key's variable, it names the one that holds it.
+    assert key_variable_holding(azure, {"OPENAI_API_KEY": "o"}) == "OPENAI_API_KEY"
+    assert key_variable_holding(azure, {"AZURE_OPENAI_API_KEY": "a", "OPENAI_API_KEY": "o"}) == "AZURE_OPENAI_API_KEY"
+    assert key_variable_holding(azure, {}) == "AZURE_OPENAI_API_KEY"
+    assert provider_for(azure).curl_auth("OPENAI_API_KEY") == '-H "api-key: $OPENAI_API_KEY"'
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "from-azure")
     key = Settings(request_url=azure).api_key
     assert isinstance(key, Secret) and key.reveal() == "from-azure"

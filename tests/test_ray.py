@@ -76,6 +76,17 @@ def test_settings_with_a_key_cannot_be_pickled_but_their_portable_form_can_and_h
         portable.settings()
 
 
+@pytest.mark.parametrize("variables", [("OPENAI_API_KEY",), ("AZURE_OPENAI_API_KEY",), ("AZURE_OPENAI_API_KEY", "OPENAI_API_KEY")])
+def test_an_azure_key_travels_in_the_variable_it_was_read_from(monkeypatch: pytest.MonkeyPatch, variables: tuple[str, ...]) -> None:
+    for variable in variables:
+        monkeypatch.setenv(variable, f"key-in-{variable}-0123456789")
+    settings = Settings(request_url="https://x.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21")
+    portable = PortableSettings.of(settings)
+    assert portable.key_variable == variables[0]  # Azure's own first, else OpenAI's (as earlier releases read it)
+    key = portable.settings().key
+    assert key is not None and key.reveal() == f"key-in-{variables[0]}-0123456789"
+
+
 def test_a_key_given_only_in_code_is_refused_as_it_cannot_reach_the_workers() -> None:
     settings = Settings(request_url="https://api.openai.com/v1/chat/completions", api_key="sk-only-in-this-process-1234567890")
     with pytest.raises(UsageError, match=r"set it in \$OPENAI_API_KEY on every worker") as refused:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -213,15 +214,14 @@ async def three_processes(tmp_path: Path, server: MockServer, *extra: str, patie
         input_path = write_jsonl(tmp_path / f"part{part}.jsonl", [chat_request(i) for i in range(part * 300, (part + 1) * 300)])
         argv = command(input_path, tmp_path / f"out{part}.jsonl", server.url("chat/completions"), *extra)
         procs.append(await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
-    deadline = time.monotonic() + patience
-    codes: list[int | None] = []
-    for proc in procs:
-        try:
-            codes.append(await asyncio.wait_for(proc.wait(), timeout=max(0.0, deadline - time.monotonic())))
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            codes.append(None)
+    waits = [asyncio.ensure_future(proc.wait()) for proc in procs]
+    await asyncio.wait(waits, timeout=patience)
+    codes: list[int | None] = [wait.result() if wait.done() else None for wait in waits]
+    for proc, wait in zip(procs, waits, strict=True):
+        if not wait.done():
+            with contextlib.suppress(ProcessLookupError):  # it may end between the two
+                proc.kill()
+            await wait
     # Whole rows only: a killed process may have left its last one torn.
     lines = [line for part in range(3) for line in (tmp_path / f"out{part}.jsonl").read_text(encoding="utf-8").split("\n")[:-1]]
     return codes, [json.loads(line) for line in lines]

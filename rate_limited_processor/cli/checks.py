@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..base.errors import UsageError
 from ..config import settings as config
-from ..config.settings import DEFAULT_REQUEST_URL, FROM_ENVIRONMENT, REDIS_URL_VARIABLE, Settings, key_variable_for
+from ..config.settings import DEFAULT_REQUEST_URL, FROM_ENVIRONMENT, REDIS_URL_VARIABLE, Settings, key_variable_holding
 from ..core.budget import Budget
 from ..core.costs import PriceBook
 from ..core.limiter import Limits
@@ -90,7 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     except ValueError as error:
         message = str(error)
         if message.startswith("api_key "):  # say where the key came from: the flag, or the variable
-            message = ("--api_key" if args.api_key else f"${key_variable_for(request_url)}") + message.removeprefix("api_key")
+            message = ("--api_key" if args.api_key else f"${key_variable_holding(request_url, os.environ)}") + message.removeprefix("api_key")
         raise UsageError(message) from None
     return settings
 

@@ -24,6 +24,7 @@ from .settings import (
     Secret,
     Settings,
     key_variable_for,
+    key_variable_holding,
     read_accounts,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "FROM_ENVIRONMENT",
     "API_KEY_VARIABLE",
     "key_variable_for",
+    "key_variable_holding",
     "DEFAULT_REQUEST_URL",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_REQUEST_TIMEOUT",

@@ -28,6 +28,7 @@ from ..providers.registry import (
     former_name,
     key_from_environment,
     key_variable_for,
+    key_variable_holding,
     service_tier_refusal,
 )
 from .scrubber import Scrubber
@@ -40,6 +41,7 @@ __all__ = [
     "FROM_ENVIRONMENT",
     "API_KEY_VARIABLE",
     "key_variable_for",
+    "key_variable_holding",
     "DEFAULT_REQUEST_URL",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_REQUEST_TIMEOUT",

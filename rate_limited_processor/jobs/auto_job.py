@@ -226,16 +226,15 @@ class _AutoLines(BatchLines):
         return ledger
 
     def work(self, free_parts: Collection[int] = ()) -> Work:
-        """The lines still without a row, their estimated tokens as the token limit counts them and their completion
-        budgets (each part's average per line); of them free: the fallback's and those of `free_parts` (in no
+        """The lines still without a row, their estimated tokens as the token limit counts them and as an output limit
+        apart does (each part's average per line, as its endpoint counts them); of them free: the fallback's and those of `free_parts` (in no
         running batch, and none about to be sent)."""
-        endpoint = endpoint_from_url(self.settings.request_url)
         tokens = free_tokens = output = free_output = 0.0
         free_lines = len(self.fallback)
         per_line: list[tuple[float, float]] = []
         for part in self.state.parts:
-            count = max(1, part.count)
-            average = (endpoint.charged_tokens(part.input_tokens, part.output_tokens) / count, part.output_tokens / count)
+            count, endpoint = max(1, part.count), self.endpoint_of(part)
+            average = (endpoint.charged_tokens(part.input_tokens, part.output_tokens) / count, endpoint.reserved_output(part.output_tokens) / count)
             per_line.append(average)
             pending = len(self.pending.get(part.number, ()))
             tokens += average[0] * pending

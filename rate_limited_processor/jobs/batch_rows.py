@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shlex
 from collections import Counter
 from collections.abc import AsyncIterable, Iterator
@@ -35,7 +36,7 @@ from ..files.resume import identity_of_item
 from ..providers import openai as api_shapes
 from ..providers.endpoints import Endpoint, check_request
 from ..providers.provider import BatchPlace
-from ..providers.registry import provider_for
+from ..providers.registry import key_variable_holding, provider_for
 from ..providers.token_estimation import TokenEstimator
 from ..transport.http import SendFunction, Transport
 from ..ui.display import ProgressDisplay
@@ -150,6 +151,11 @@ class BatchLines:
         """What lines of one part share: the endpoint's path and the model (a batch takes one of each)."""
         return (api_shapes.batch_endpoint(endpoint.value), model)
 
+    @staticmethod
+    def endpoint_of(part: Part) -> Endpoint:
+        """The endpoint of the part's lines (each part holds one: its group key's)."""
+        return Endpoint(api_shapes.endpoint_of_batch(part.endpoint))
+
     def line_size(self, item: APIRequest, endpoint: str) -> int:
         """The bytes the line takes in its part's upload."""
         return _batch_line_size(item, endpoint)
@@ -196,7 +202,7 @@ class BatchLines:
     def collect(self, part: Part, batch: dict[str, Any], output: IO[bytes], answers: dict[str, int]) -> tuple[float, Counter[str]]:
         """A row for each of the part's lines without one, from the batch's downloaded `output` (`answers`: custom_id ->
         offset): the dollars they cost, and how many ended how."""
-        endpoint = Endpoint(api_shapes.endpoint_of_batch(part.endpoint))
+        endpoint = self.endpoint_of(part)
         spent = 0.0
         outcomes: Counter[str] = Counter()
         expected = {self.custom_id(part, item): item for item in self.items(self.pending[part.number]) if isinstance(item, APIRequest)}
@@ -361,7 +367,8 @@ def say_what_runs(state: BatchState, api_root: str, budget: Budget | None, query
     def cancel_url(batch_id: str | None) -> str:  # shell-quoted: a query's & and ?, and whatever an id holds
         return shlex.quote(api_root + api_shapes.batch_cancel_path(str(batch_id)) + (f"?{query}" if query else ""))
 
-    lines.extend(f"  curl -X POST {cancel_url(part.batch_id)} {provider_for(api_root).curl_auth()}" for part in running)
+    auth = provider_for(api_root).curl_auth(key_variable_holding(api_root, os.environ))
+    lines.extend(f"  curl -X POST {cancel_url(part.batch_id)} {auth}" for part in running)
     logger.warning("%s", "\n".join(lines))
     if budget is not None and budget.in_flight:
         logger.warning("those batches may still cost up to %s (estimated)", format_dollars(budget.in_flight))

@@ -34,7 +34,7 @@ class JobPlan:
     """What a run of these requests would send."""
 
     requests: int = 0
-    #: Tokens as the token limit counts them, and the completion budgets alone (for a limit on output apart).
+    #: Tokens as the token limit counts them, and as an output-token limit apart counts them (Anthropic's).
     tokens: int = 0
     output_tokens: int = 0
     largest_request: int = 0
@@ -70,7 +70,7 @@ def plan_requests(items: Iterable[APIRequest | RejectedLine], request_url: str, 
         plan.costs.add(model_of(item.body), input_tokens=prompt, output_tokens=completion, flex=is_flex(item.body))
         plan.requests += 1
         plan.tokens += tokens
-        plan.output_tokens += completion
+        plan.output_tokens += endpoint.reserved_output(completion)
         plan.largest_request = max(plan.largest_request, tokens)
         plan.by_endpoint[endpoint] += 1
     return plan

@@ -57,6 +57,11 @@ class Endpoint(enum.Enum):
         budget; Anthropic's input-token limit counts the prompt alone (its output tokens are limited apart)."""
         return prompt_tokens if self is _MESSAGES or self is _GENERATE_CONTENT else prompt_tokens + completion_tokens
 
+    def reserved_output(self, completion_tokens: int) -> int:
+        """What a request counts against an output-token limit when sent: Anthropic's whole completion budget
+        (`max_tokens`, refunded to what the answer used when it comes back); 0 where no such limit exists."""
+        return completion_tokens if self is _MESSAGES else 0
+
     @property
     def batch_api_refusal(self) -> str | None:
         """Why OpenAI's Files and Batches API (`--mode batch`) cannot take this endpoint's requests; None when it can."""

@@ -168,9 +168,10 @@ class Provider:
     def speaks_batch_api(self) -> bool:
         return self.batch_api_refusal is None
 
-    def curl_auth(self) -> str:
-        """Its auth headers as curl options, the key left in its variable: for a command to copy (never the key)."""
-        return " ".join(f'-H "{name}: {value}"' for name, value in self.auth_headers(f"${self.key_variable}").items())
+    def curl_auth(self, variable: str | None = None) -> str:
+        """Its auth headers as curl options, the key left in its variable (`variable`, default its own): for a
+        command to copy (never the key)."""
+        return " ".join(f'-H "{name}: {value}"' for name, value in self.auth_headers(f"${variable or self.key_variable}").items())
 
     def owns_host(self, url: str) -> bool:
         """The URL is on this provider's own API host (not a gateway, not a local server)."""

@@ -25,6 +25,7 @@ __all__ = [
     "ERRORS",
     "provider_for",
     "key_variable_for",
+    "key_variable_holding",
     "key_from_environment",
     "wait_in_body",
     "usage_in_answer",
@@ -112,13 +113,17 @@ def key_variable_for(request_url: str) -> str:
     return provider_for(request_url).key_variable
 
 
-def key_from_environment(request_url: str, environment: Mapping[str, str]) -> str | None:
-    """The key for this URL from the environment: its provider's variable, else its others in turn (Gemini's)."""
+def key_variable_holding(request_url: str, environment: Mapping[str, str]) -> str:
+    """The variable this URL's key is read from in this environment: its provider's, else the first of its others
+    that is set (Gemini's $GOOGLE_API_KEY, Azure's $OPENAI_API_KEY); the provider's own when none is."""
     provider = provider_for(request_url)
-    for variable in (provider.key_variable, *provider.more_key_variables):
-        if environment.get(variable):
-            return environment[variable]
-    return None
+    variables = (provider.key_variable, *provider.more_key_variables)
+    return next((variable for variable in variables if environment.get(variable)), variables[0])
+
+
+def key_from_environment(request_url: str, environment: Mapping[str, str]) -> str | None:
+    """The key for this URL from the environment (`key_variable_holding`); None when no variable holds one."""
+    return environment.get(key_variable_holding(request_url, environment)) or None
 
 
 #: The providers that say a wait in their error bodies, apart from their words.

@@ -248,7 +248,7 @@ def warn_once_per_machine(message: str) -> None:
 def output_reservation(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
     """Output tokens reserved against an output-token limit when the request is sent: Anthropic's `max_tokens`
     (refunded to what the answer used when it comes back). 0 where no such limit exists."""
-    return completion_budget(endpoint, body) if endpoint.is_anthropic else 0
+    return endpoint.reserved_output(completion_budget(endpoint, body))
 
 
 def completion_budget(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
