@@ -173,10 +173,11 @@ class BatchAPI:
     def __repr__(self) -> str:
         return f"BatchAPI({self.root!r})"
 
-    # What a batch's state says, as `providers/openai.py` reads it (a Message Batches API has its own `ended`): whether
-    # it runs; has ended with files to collect (completed, expired or cancelled; not failed); failed for the
+    # What a batch's state says, as `providers/openai.py` reads it (a Message Batches API has its own `status` and
+    # `ended`): its status, for a message; whether it runs; has ended with files to collect (completed, expired or cancelled; not failed); failed for the
     # enqueued-token limit (it can be created again once an earlier one ends); why it failed; and the ids of its
     # files to download (output, then errors).
+    status = staticmethod(api_shapes.batch_status)
     running = staticmethod(api_shapes.batch_running)
     ended = staticmethod(api_shapes.batch_ended)
     refused_for_room = staticmethod(api_shapes.batch_refused_for_room)
@@ -209,7 +210,7 @@ class BatchAPI:
         a 504), if one was; `earlier`: ids never taken (the part's refused batches)."""
         for key, value in metadata.items():
             found = await self.find_batch(key, value)
-            if found is not None and found.get("input_file_id") == input_file_id and found.get("id") not in earlier:
+            if found is not None and api_shapes.batch_input_file(found) == input_file_id and found.get("id") not in earlier:
                 return found
         return None
 
@@ -237,7 +238,7 @@ class BatchAPI:
     async def find_file(self, filename: str) -> dict[str, Any] | None:
         """The batch input file of this name, if one was uploaded (by a run killed before it recorded the id)."""
         listing = await self._json("GET", api_shapes.FILES_LISTING)
-        found = next((file for file in _data(listing) if file.get("filename") == filename), None)
+        found = next((file for file in _data(listing) if api_shapes.file_name(file) == filename), None)
         if found is not None:
             checked_id(found.get("id"), f"GET {self.root}{api_shapes.FILES}: the id of file {filename}")
         return found
@@ -248,8 +249,7 @@ class BatchAPI:
         for _ in range(MAX_BATCHES_SEARCHED // api_shapes.BATCHES_PAGE):
             listing = await self._json("GET", api_shapes.batches_listing(after))
             for batch in _data(listing):
-                metadata = batch.get("metadata")
-                if isinstance(metadata, dict) and metadata.get(key) == value:
+                if api_shapes.batch_metadata(batch).get(key) == value:
                     checked_id(batch.get("id"), f"GET {self.root}{api_shapes.BATCHES}: the id of the batch with {key} {value}")
                     return batch
             last = listing.get("last_id")

@@ -284,7 +284,7 @@ class _BatchJob:
         if self.api.ended(batch):
             await self._collect(part, batch)  # a download that fails leaves the part running: asked after again
         else:
-            self._fail_part(part, f"batch {part.batch_id} {batch.get('status')}: {self.api.failure(batch)}")
+            self._fail_part(part, f"batch {part.batch_id} {self.api.status(batch)}: {self.api.failure(batch)}")
         self.running.remove(part)
         return True
 
@@ -300,7 +300,7 @@ class _BatchJob:
         part.done = not self.lines.pending[part.number]
         self.state.save()
         counts = ", ".join(f"{count:,} {outcome}" for outcome, count in outcomes.items()) or "no rows to write"
-        self.display.note(f"{part.describe()}: batch {part.batch_id} {batch.get('status') or batch.get('processing_status')}: {counts}")
+        self.display.note(f"{part.describe()}: batch {part.batch_id} {self.api.status(batch)}: {counts}")
 
     async def _fetch(self, batch: dict[str, Any], output: IO[bytes], answers: dict[str, int]) -> None:
         """Download what an ended batch answered into `output`, indexing each answer by its custom_id."""

@@ -316,7 +316,7 @@ def _result(
     )
     if answer is None:  # none, or only one for the line as it was (edited since): another try can have it
         reason = (
-            f"batch {batch.get('id')} ended ({batch.get('status')}) without an answer for this line as it is now (was it edited "
+            f"batch {batch.get('id')} ended ({api_shapes.batch_status(batch)}) without an answer for this line as it is now (was it edited "
             "since the batch was created?); rerun with --retry_failed to send it again"
         )
         return replace(failed, errors=(reason,)), True

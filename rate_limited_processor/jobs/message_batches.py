@@ -71,6 +71,7 @@ class MessageBatchesAPI(BatchAPI):
 
     #: Whether a batch has ended (every request succeeded, errored, was canceled or expired).
     ended = staticmethod(api_shapes.batch_ended)
+    status = staticmethod(api_shapes.batch_status)
 
     async def create_batch(self, part: Part, body: bytes, known: set[str]) -> dict[str, Any]:
         """POST {root}/batches with the part's requests. A create that gets no answer or a 5xx may have been made

@@ -43,7 +43,7 @@ __all__ = [
     "parse_rate_limits", "states_its_rate_limits", "approximate_tokens", "TOKENIZER_NOTE",
     "STREAM_EVENTS", "STREAM_END", "MessageStream",
     "BATCHES", "BATCHES_PAGE", "batches_listing", "BATCH_MAX_REQUESTS", "BATCH_MAX_BYTES", "CUSTOM_ID", "BATCH_ENDED", "BATCH_STATUSES", "RESULT_TYPES",
-    "FILES_BATCHES_REFUSAL", "messages_root", "batch_request", "batch_request_size", "batch_create_body", "batch_ended",
+    "FILES_BATCHES_REFUSAL", "messages_root", "batch_request", "batch_request_size", "batch_create_body", "batch_ended", "batch_status",
     "batch_total", "batch_created_at", "BatchResult", "read_batch_result",
 ]
 
@@ -309,6 +309,11 @@ def batch_create_body(requests_json: list[bytes]) -> bytes:
 
 def batch_ended(batch: Mapping[str, Any]) -> bool:
     return batch.get("processing_status") == BATCH_ENDED
+
+
+def batch_status(batch: Mapping[str, Any]) -> str:
+    """Its `processing_status`, for a message ("in_progress", "canceling", "ended")."""
+    return str(batch.get("processing_status"))
 
 
 def batch_total(batch: Mapping[str, Any]) -> int:

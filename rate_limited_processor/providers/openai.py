@@ -44,8 +44,8 @@ __all__ = [
     "FILES", "BATCHES", "BATCHES_URL", "BATCH_MAX_LINES", "BATCH_MAX_BYTES", "FILES_LISTING", "BATCHES_PAGE", "UPLOAD_FILE_FIELD",
     "COMPLETION_WINDOW", "BATCH_RUNNING", "BATCH_ENDED", "BATCH_FAILED", "NO_ROOM_CODES", "RESULT_FILES", "batch_endpoint",
     "endpoint_of_batch", "batch_path", "batch_cancel_path", "file_content_path", "batches_listing", "upload_fields", "batch_create_body",
-    "batch_line", "batch_line_size", "batch_running", "batch_ended", "batch_refused_for_room", "batch_error_codes", "batch_errors_text",
-    "result_file_ids", "BatchAnswer", "read_batch_answer", "error_message",
+    "batch_line", "batch_line_size", "batch_status", "batch_input_file", "batch_metadata", "file_name", "batch_running", "batch_ended",
+    "batch_refused_for_room", "batch_error_codes", "batch_errors_text", "result_file_ids", "BatchAnswer", "read_batch_answer", "error_message",
 ]
 
 #: The cookbook script's default endpoint, kept so its users see no change.
@@ -252,6 +252,27 @@ def batch_line(custom_id: str, url: str, body: Mapping[str, Any]) -> dict[str, A
 def batch_line_size(custom_id_length: int, url: str, body_json: bytes) -> int:
     """The bytes `batch_line` takes in the input file as compact JSON, newline included, from the body's compact JSON."""
     return len(body_json) + custom_id_length + len(url) + _LINE_SHAPE + 1
+
+
+def batch_status(batch: Mapping[str, Any]) -> str:
+    """Its `status`, for a message ("in_progress", "completed", ...)."""
+    return str(batch.get("status"))
+
+
+def batch_input_file(batch: Mapping[str, Any]) -> Any:
+    """The id of the input file it was created from."""
+    return batch.get("input_file_id")
+
+
+def batch_metadata(batch: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The metadata it was created with (empty when it has none that reads)."""
+    metadata = batch.get("metadata")
+    return metadata if isinstance(metadata, Mapping) else {}
+
+
+def file_name(file: Mapping[str, Any]) -> Any:
+    """An uploaded file's name, as the files listing gives it."""
+    return file.get("filename")
 
 
 def batch_running(batch: Mapping[str, Any]) -> bool:
