@@ -94,6 +94,8 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
         (["--request_rate", "0"], "expected a positive number"),
         (["--report", "r.jsonl"], "is the same file as the input (--requests_filepath)"),
         (["--report_html", "missing_dir/page.html"], "--report_html"),
+        (["--mode", "batch", "--batch_max_lines", "100001"], "no batch API takes more than 100,000 requests in a batch"),
+        (["--mode", "batch", "--batch_max_lines", "50001"], "--batch_max_lines 50,001: OpenAI's batch API takes at most 50,000 requests"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
@@ -396,3 +398,16 @@ def test_no_key_for_a_providers_own_api_is_refused_before_sending(
 
     _check_key(settings_from_args(with_header))
     _check_key(settings_from_args(build_parser().parse_args(["--requests_filepath", "r.jsonl", "--request_url", "http://127.0.0.1:9/v1/chat/completions"])))
+
+
+def test_a_batch_holds_by_default_the_most_its_api_takes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rate_limited_processor.providers.registry import batch_max_lines
+
+    assert batch_max_lines("https://api.openai.com/v1/chat/completions") == 50_000
+    assert batch_max_lines("https://x.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21") == 50_000
+    assert batch_max_lines("https://api.anthropic.com/v1/messages") == 100_000
+    requests = tmp_path / "r.jsonl"
+    requests.write_text('{"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}\n')
+    argv = ["--requests_filepath", str(requests), "--mode", "batch", "--dry_run", "--request_url", "https://api.anthropic.com/v1/messages"]
+    code, err = run_main([*argv, "--batch_max_lines", "100000"], capsys)
+    assert code == 0, err  # Anthropic's Message Batches take 100,000 requests, more than OpenAI's 50,000 lines

@@ -19,7 +19,7 @@ from ..jobs.auto_job import DEADLINE_SIDECAR, AutoPrices
 from ..jobs.batch_job import SIDECAR_KIND as BATCH_SIDECAR
 from ..jobs.file_job import check_output_path
 from ..jobs.preflight import check_key_for_provider, check_readable, check_request_url, check_writable, first_model
-from ..providers.registry import provider_for
+from ..providers.registry import batch_max_lines, provider_for
 
 
 def prices_from_args(args: argparse.Namespace, request_url: str) -> PriceBook:
@@ -130,6 +130,9 @@ def _check_batch_mode(args: argparse.Namespace, request_url: str) -> None:
     provider = provider_for(request_url)
     if not provider.speaks_batch_api:
         raise UsageError(f"--mode {args.mode}: {provider.batch_api_refusal}")  # auto sends batches too: no batch, no plan
+    most = batch_max_lines(request_url)
+    if args.batch_max_lines is not None and args.batch_max_lines > most:
+        raise UsageError(f"--batch_max_lines {args.batch_max_lines:,}: {provider.name}'s batch API takes at most {most:,} requests in a batch")
 
 
 def _check_key(settings: Settings) -> None:

@@ -275,8 +275,8 @@ def _batch_mode(parser: argparse.ArgumentParser) -> None:
         help="with --mode auto, when every line must be done, from now: 45m, 6h, 2d (a rerun keeps the first run's)",
     )
     add(
-        "--batch_max_lines", type=_batch_lines, default=config.DEFAULT_BATCH_MAX_LINES,
-        help="with --mode batch, the most lines in one batch (the API's own limit is 50,000 lines and 200 MB)",
+        "--batch_max_lines", type=_batch_lines, default=None,
+        help="with --mode batch, the most lines in one batch (default: the API's most, 50,000 for OpenAI and Azure, 100,000 for Anthropic)",
     )
     add(
         "--batch_poll_interval", type=_positive_float, default=config.DEFAULT_BATCH_POLL_INTERVAL, metavar="SECONDS",

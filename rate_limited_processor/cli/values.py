@@ -6,15 +6,15 @@ import argparse
 import logging
 
 from ..base.durations import parse_duration
-from ..config import settings as config
+from ..providers.registry import LARGEST_BATCH_MAX_LINES
 
 _SECONDS_PER_DAY = 86_400.0
 
 
 def _batch_lines(text: str) -> int:
     value = _positive_int(text)
-    if value > config.BATCH_API_MAX_LINES:
-        raise argparse.ArgumentTypeError(f"the Batch API takes at most {config.BATCH_API_MAX_LINES:,} lines in a batch, got {text!r}")
+    if value > LARGEST_BATCH_MAX_LINES:  # the URL's own API's most is checked once the URL is known
+        raise argparse.ArgumentTypeError(f"no batch API takes more than {LARGEST_BATCH_MAX_LINES:,} requests in a batch, got {text!r}")
     return value
 
 

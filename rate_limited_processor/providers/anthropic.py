@@ -238,6 +238,10 @@ def _finished_block(block: dict[str, Any]) -> dict[str, Any]:
 
 
 
+#: The most requests, and bytes of the create call's body, one of its Message Batches takes.
+BATCH_MAX_REQUESTS = 100_000
+BATCH_MAX_BYTES = 256 * 1024**2
+
 PROVIDER = Provider(
     name="Anthropic",
     serves=serves,
@@ -252,6 +256,7 @@ PROVIDER = Provider(
     probe_bodies={"messages": {"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}},
     limits_output_tokens=True,
     message_batches=True,
+    batch_max_lines=BATCH_MAX_REQUESTS,
     price_provider="anthropic",
 )
 
@@ -262,9 +267,6 @@ PROVIDER = Provider(
 BATCHES = "/batches"
 #: Batches per page of the batches listing (newest first).
 BATCHES_PAGE = 100
-#: The most requests, and bytes of the create call's body, one batch takes.
-BATCH_MAX_REQUESTS = 100_000
-BATCH_MAX_BYTES = 256 * 1024**2
 #: What a request's custom_id must match; custom_ids are unique within a batch.
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 #: A batch's `processing_status`es: it runs until "ended" (a cancel passes through "canceling").

@@ -144,6 +144,8 @@ class Provider:
     #: Its `--mode batch` is a Message Batches API (requests in the create call, results by URL), not OpenAI's
     #: Files and Batches endpoints.
     message_batches: bool = False
+    #: The most requests one of its batches takes (None: OpenAI's, `registry.BATCH_API_MAX_LINES`).
+    batch_max_lines: int | None = None
     #: Where its Files and Batches API is for a request URL, when not OpenAI's way (None: the URL's root).
     batch_place: Callable[[str], BatchPlace | None] | None = None
     #: Its id in the price data (`genai-prices`), for a URL the price data does not recognise.

@@ -44,6 +44,8 @@ __all__ = [
     "FLEX_REQUEST_TIMEOUT",
     "BATCH_API_MAX_LINES",
     "BATCH_API_MAX_BYTES",
+    "LARGEST_BATCH_MAX_LINES",
+    "batch_max_lines",
     "is_flex",
     "with_service_tier",
     "service_tier_refusal",
@@ -75,6 +77,13 @@ FLEX_REQUEST_TIMEOUT = openai.FLEX_REQUEST_TIMEOUT
 #: The most lines, and bytes, one batch's input file takes in OpenAI's Files and Batches API (`--batch_max_lines`).
 BATCH_API_MAX_LINES = openai.BATCH_MAX_LINES
 BATCH_API_MAX_BYTES = openai.BATCH_MAX_BYTES
+#: The most requests any provider's batch takes (Anthropic's 100,000): a larger --batch_max_lines is no one's.
+LARGEST_BATCH_MAX_LINES = max(provider.batch_max_lines or BATCH_API_MAX_LINES for provider in PROVIDERS)
+
+
+def batch_max_lines(request_url: str) -> int:
+    """The most requests one batch takes at this URL's batch API (OpenAI's and Azure's 50,000; Anthropic's 100,000)."""
+    return provider_for(request_url).batch_max_lines or BATCH_API_MAX_LINES
 #: A stream of Messages events (Anthropic's, whatever the URL: a gateway may relay them), and how it folds into
 #: the unstreamed answer; OpenAI's chunks and Responses events are the transport's default.
 MESSAGE_STREAM_EVENTS = anthropic.STREAM_EVENTS
