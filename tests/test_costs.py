@@ -239,3 +239,5 @@ def test_a_dry_run_in_batch_mode_prices_at_batch_prices(tmp_path: Path, capsys: 
     stdout = capsys.readouterr().out
     assert code == 0 and "at batch prices" in stdout and "$0.075" in stdout
     assert dollars_after(stdout, "cost (USD)") == pytest.approx(list_price_estimate(requests) / 2, rel=0.2)
+    # No rate limit paces a batch: the plan asks for none.
+    assert "within the batch API's 24-hour window" in stdout and "--max_requests_per_minute" not in stdout

@@ -129,7 +129,7 @@ class _Command:
         if args.dry_run:
             return dry_run(
                 settings, self.requests_path, self.save_path, retry_failed=args.retry_failed, prices=prices, parquet=args.output_format == "parquet",
-                deadline=args.deadline,
+                deadline=args.deadline, batch=args.mode == "batch",
                 both_prices=auto_prices_from_args(args, settings.request_url) if args.mode == "auto" else None,
             )
         show_progress = sys.stderr.isatty() and not args.no_progress

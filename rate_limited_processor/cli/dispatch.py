@@ -45,7 +45,7 @@ from .exits import EXIT_OK, EXIT_USAGE, PROG
 
 def dry_run(
     settings: Settings, requests_path: Path, save_path: Path, *, retry_failed: bool, prices: PriceBook | None = None, parquet: bool = False,
-    deadline: float | None = None, both_prices: AutoPrices | None = None,
+    deadline: float | None = None, both_prices: AutoPrices | None = None, batch: bool = False,
 ) -> int:
     """Plan the job as it would run now (lines with a row in the results file are skipped); send nothing. With a
     `deadline` (--mode auto), the plan's estimate too: the online time at the limits, both costs, the plan."""
@@ -62,7 +62,7 @@ def dry_run(
     items = (with_tier(item, tier) if isinstance(item, APIRequest) else item for item in skip_done(read_requests(requests_path), done))
     plan = plan_requests(items, settings.request_url, estimator)
     plan.already_done = done.claimed
-    print(format_plan(plan, settings.limits, headroom=settings.headroom, prices=prices))
+    print(format_plan(plan, settings.limits, headroom=settings.headroom, prices=prices, batch=batch))
     if deadline is not None:
         books = both_prices or AutoPrices()
         limits = settings.limits

@@ -140,7 +140,7 @@ def _input_and_output(parser: argparse.ArgumentParser) -> None:
     add("--save_filepath", metavar="FILE", default=None, help="where results are appended (default: <input stem>_results.jsonl beside the input)")
     add(
         "--request_url", default=None, metavar="URL",
-        help=f"endpoint every request is POSTed to (OpenAI, Azure or OpenAI-compatible) (default: {DEFAULT_REQUEST_URL}, the cookbook's: "
+        help=f"endpoint every request is POSTed to (OpenAI, Azure, Anthropic, Gemini or OpenAI-compatible) (default: {DEFAULT_REQUEST_URL}, the cookbook's: "
         "the embeddings endpoint); for Batch input, lines' own urls replace its endpoint part, and an API root such as "
         "https://api.openai.com/v1 will do",
     )
@@ -246,7 +246,7 @@ def _accounts_and_providers(parser: argparse.ArgumentParser) -> None:
     add(
         "--accounts", metavar="FILE", default=None,
         help="spread the work over several accounts (organisations, keys), each with its own limits: a JSONL file, one account per "
-        "line: {\"name\": ..., \"api_key_env\": VARIABLE, \"max_requests_per_minute\": ..., \"headers\": {...}}; see the README",
+        "line: {\"name\": ..., \"api_key_env\": VARIABLE, \"max_requests_per_minute\": ..., \"headers\": {...}}; see docs/providers-and-accounts.md",
     )
     add(
         "--show_limits", action="store_true",

@@ -82,8 +82,9 @@ def _count_problem(plan: JobPlan, reason: str) -> None:
         plan.problems.append(reason)
 
 
-def format_plan(plan: JobPlan, limits: Limits, *, headroom: float = 1.0, prices: PriceBook | None = None) -> str:
-    """The dry run's report. Limits left to `auto` are not known before the API answers."""
+def format_plan(plan: JobPlan, limits: Limits, *, headroom: float = 1.0, prices: PriceBook | None = None, batch: bool = False) -> str:
+    """The dry run's report. Limits left to `auto` are not known before the API answers; `batch` (--mode batch):
+    no rate limit paces the lines, the Batch API's own window does."""
     lines = ["", "rate_limited_processor dry run: nothing was sent"]
     endpoints = ", ".join(f"{count:,} /{endpoint.value}" for endpoint, count in plan.by_endpoint.most_common())
     lines.append(f"  requests         {plan.requests:,} to send" + (f" ({endpoints})" if endpoints else ""))
@@ -98,6 +99,9 @@ def format_plan(plan: JobPlan, limits: Limits, *, headroom: float = 1.0, prices:
     lines.append(f"  tokens           {plan.tokens:,} estimated (prompt + completion budget); {average:,.0f} per request, largest {plan.largest_request:,}")
     if prices is not None:
         lines.extend(_cost_lines(plan, prices))
+    if batch:
+        lines.append("  expected time    within the batch API's 24-hour window (no rate limit paces a batch)")
+        return "\n".join(lines)
     effective = Limits(_scaled(limits.requests_per_minute, headroom), _scaled(limits.tokens_per_minute, headroom), limits.burst_seconds)
     by_requests, by_tokens = plan.minutes(effective)
     at = f" (with {headroom:.0%} headroom)" if headroom < 1 else ""
