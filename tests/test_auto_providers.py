@@ -202,3 +202,18 @@ def test_batch_input_lines_against_the_api_root_are_planned_by_their_own_endpoin
     assert stats.stop_reason is None and stats.deadline_plan is not None and stats.deadline_plan.batched == 50
     # The output keeps the input's shape: the Batch API's output lines, one per custom_id.
     assert Counter(row["custom_id"] for row in read_rows(output_path)) == Counter(f"c{i}" for i in range(50))
+
+
+def test_with_limits_given_but_no_output_limit_the_output_limit_the_api_states_is_learned() -> None:
+    # Anthropic states its output-token limit in its headers; a user who gives the request limit (as the README
+    # asks for auto mode) still gets a plan that counts it, each limit the lower of given and stated.
+    from rate_limited_processor.jobs.auto_job import auto_capacity
+
+    api = MockApi(MockConfig(requests_per_minute=1_000, tokens_per_minute=400_000, output_tokens_per_minute=80_000))
+    settings = Settings(request_url=MESSAGES_URL, api_key=None, max_requests_per_minute=6_000)
+    capacity = run_virtual(auto_capacity(settings, MockTransport(api), model="claude-haiku-4-5"))
+    assert (capacity.requests_per_minute, capacity.tokens_per_minute, capacity.output_tokens_per_minute) == (1_000, 400_000, 80_000)
+    assert len(api.record) == 1, "one small request asked"
+    told = Settings(request_url=MESSAGES_URL, api_key=None, max_requests_per_minute=600, max_output_tokens_per_minute=50_000)
+    capacity = run_virtual(auto_capacity(told, MockTransport(api), model="claude-haiku-4-5"))
+    assert (capacity.requests_per_minute, capacity.output_tokens_per_minute) == (600, 50_000) and len(api.record) == 1, "all told: nothing asked"
