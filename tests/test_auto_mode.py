@@ -327,7 +327,7 @@ def test_batches_refused_for_the_enqueued_token_limit_wait_for_room_and_still_ta
 
 
 def test_limits_not_given_are_learned_from_one_small_requests_headers() -> None:
-    from rate_limited_processor.jobs.auto_job import auto_capacity
+    from rate_limited_processor.jobs.probe import auto_capacity
 
     api = MockApi(MockConfig(requests_per_minute=600, tokens_per_minute=90_000))
 

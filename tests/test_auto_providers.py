@@ -207,7 +207,7 @@ def test_batch_input_lines_against_the_api_root_are_planned_by_their_own_endpoin
 def test_with_limits_given_but_no_output_limit_the_output_limit_the_api_states_is_learned() -> None:
     # Anthropic states its output-token limit in its headers; a user who gives the request limit (as the README
     # asks for auto mode) still gets a plan that counts it, each limit the lower of given and stated.
-    from rate_limited_processor.jobs.auto_job import auto_capacity
+    from rate_limited_processor.jobs.probe import auto_capacity
 
     api = MockApi(MockConfig(requests_per_minute=1_000, tokens_per_minute=400_000, output_tokens_per_minute=80_000))
     settings = Settings(request_url=MESSAGES_URL, api_key=None, max_requests_per_minute=6_000)

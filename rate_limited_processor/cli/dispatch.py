@@ -26,11 +26,12 @@ from ..core.stats import RunStats
 from ..engine.intake import with_tier
 from ..files.request_io import read_requests
 from ..files.resume import prepare_results_file
-from ..jobs.auto_job import AutoPrices, auto_capacity, ledger_dollars, run_auto_job
+from ..jobs.auto_job import AutoPrices, ledger_dollars, run_auto_job
 from ..jobs.batch_job import BatchOptions, run_batch_job
 from ..jobs.file_job import run_file_job, skip_done
 from ..jobs.planning import format_plan, plan_requests
 from ..jobs.preflight import first_model
+from ..jobs.probe import auto_capacity
 from ..providers.registry import batch_max_lines
 from ..providers.token_estimation import TokenEstimator
 from ..ui.report import RunReport

@@ -53,9 +53,7 @@ from ..core.stats import RunStats
 from ..files.request_io import OutputFormat
 from ..files.resume import sidecar_path
 from ..files.side_files import JOB_SIDECARS
-from ..providers.endpoints import endpoint_from_url
-from ..providers.registry import provider_for
-from ..transport.http import AiohttpTransport, SendFunction, Transport
+from ..transport.http import SendFunction, Transport
 from .batch_api import BatchAPI, BatchAPIError, BatchHTTP
 from .batch_job import _BatchJob, _MessageBatchJob
 from .batch_rows import BatchLines, BatchOptions
@@ -63,7 +61,6 @@ from .batch_run import SIDECAR_KIND as BATCH_SIDECAR
 from .batch_run import BatchesJob, BatchRunParts, run_batches
 from .batch_state import Part
 from .message_batches import MessageBatchesAPI, MessageBatchLines
-from .probe import probe_body, probe_limits
 
 __all__ = ["run_auto_job", "DEADLINE_SIDECAR", "AutoPrices"]
 
@@ -462,36 +459,6 @@ class _AutoMessageJob(_AutoJob, _MessageBatchJob):
         self.uncancelled.add(part.number)
         self.display.note(f"{part.describe()}: batch {part.batch_id} may be the one a stopped run created for it: waited for, not cancelled")
         return True
-
-
-async def auto_capacity(settings: Settings, transport: Transport | None = None, model: str | None = None) -> OnlineCapacity:
-    """The online limits the rescue counts on: the ones given, else learned from one small request's rate-limit
-    headers (as --show_limits asks); a limit neither given nor stated stays unknown (the plan then tries no batch).
-    Where the API limits output tokens apart (Anthropic) and no output limit is given, the request is made even
-    with other limits given: the output limit often binds, and each limit is then the lower of given and stated, as
-    the online run takes them."""
-    limits = settings.limits
-    given = (limits.requests_per_minute, limits.tokens_per_minute, limits.output_tokens_per_minute)
-    output_unknown = provider_for(settings.request_url).limits_output_tokens and limits.output_tokens_per_minute is None
-    if any(limit is not None for limit in given) and not output_unknown:
-        return OnlineCapacity(limits.requests_per_minute, limits.tokens_per_minute, settings.headroom, limits.output_tokens_per_minute)
-    own = transport is None
-    sender = transport if transport is not None else AiohttpTransport(max_connections=1)
-    try:
-        seen = await probe_limits(settings, probe_body(endpoint_from_url(settings.request_url), model), sender)
-    finally:
-        if own:
-            await cast(AiohttpTransport, sender).aclose()
-    stated = (seen.limit_requests, seen.limit_tokens, seen.limit_output_tokens)
-    if all(limit is None for limit in (*given, *stated)):
-        logger.warning("the API stated no rate limits (%s): give --max_requests_per_minute for --mode auto to plan a rescue", seen.outcome)
-    requests, tokens, output = (_lower(mine, theirs) for mine, theirs in zip(given, stated, strict=True))
-    return OnlineCapacity(requests, tokens, settings.headroom, output)
-
-
-def _lower(given: float | None, stated: float | None) -> float | None:
-    """The limit the online run keeps: the lower of the given and the stated, or whichever is known."""
-    return stated if given is None else given if stated is None else min(given, stated)
 
 
 def ledger_dollars(ledger: CostLedger, prices: PriceBook | None) -> float | None:

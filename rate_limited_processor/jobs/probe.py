@@ -4,25 +4,30 @@ OpenAI has no endpoint that lists an account's limits, but every answer carries 
 `x-ratelimit-*` headers (limits, what remains, when the bucket is full again). So one request is sent,
 the cheapest the URL's endpoint takes (a 1-token chat completion, a one-word embedding), and the headers
 of its answer are put in plain words. Limits are per model, so the model matters: the input file's first
-model when there is an input file, else a small default.
+model when there is an input file, else a small default. `--mode auto` asks the same way for the online capacity
+its plan counts on (`auto_capacity`), where the limits are not given.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..base.errors import TransportError
 from ..config.credentials import auth_headers, scrubber_for
 from ..config.settings import Settings
+from ..core.deadline_plan import OnlineCapacity
 from ..core.retry_policy import Verdict, classify
-from ..providers.endpoints import Endpoint
-from ..providers.registry import PROBE_BODIES, parse_rate_limit_headers
-from ..transport.http import Transport, TransportRequest, outcome_of, outcome_of_error
+from ..providers.endpoints import Endpoint, endpoint_from_url
+from ..providers.registry import PROBE_BODIES, parse_rate_limit_headers, provider_for
+from ..transport.http import AiohttpTransport, Transport, TransportRequest, outcome_of, outcome_of_error
 from ..ui.text import format_duration
 
-__all__ = ["PROBE_BODIES", "LimitsSeen", "probe_body", "probe_limits", "format_limits"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["PROBE_BODIES", "LimitsSeen", "probe_body", "probe_limits", "format_limits", "auto_capacity"]
 
 #: Seconds the one request may take: a probe should not hang for the run's 10-minute default.
 PROBE_TIMEOUT = 60.0
@@ -125,3 +130,33 @@ def format_limits(seen: LimitsSeen, *, url: str, model: str | None, default_mode
     if model and default_model:
         lines.append("  (limits are per model; with --requests_filepath, the file's first model is asked about)")
     return "\n".join(lines)
+
+
+async def auto_capacity(settings: Settings, transport: Transport | None = None, model: str | None = None) -> OnlineCapacity:
+    """The online limits the rescue counts on: the ones given, else learned from one small request's rate-limit
+    headers (as --show_limits asks); a limit neither given nor stated stays unknown (the plan then tries no batch).
+    Where the API limits output tokens apart (Anthropic) and no output limit is given, the request is made even
+    with other limits given: the output limit often binds, and each limit is then the lower of given and stated, as
+    the online run takes them."""
+    limits = settings.limits
+    given = (limits.requests_per_minute, limits.tokens_per_minute, limits.output_tokens_per_minute)
+    output_unknown = provider_for(settings.request_url).limits_output_tokens and limits.output_tokens_per_minute is None
+    if any(limit is not None for limit in given) and not output_unknown:
+        return OnlineCapacity(limits.requests_per_minute, limits.tokens_per_minute, settings.headroom, limits.output_tokens_per_minute)
+    own = transport is None
+    sender = transport if transport is not None else AiohttpTransport(max_connections=1)
+    try:
+        seen = await probe_limits(settings, probe_body(endpoint_from_url(settings.request_url), model), sender)
+    finally:
+        if own:
+            await cast(AiohttpTransport, sender).aclose()
+    stated = (seen.limit_requests, seen.limit_tokens, seen.limit_output_tokens)
+    if all(limit is None for limit in (*given, *stated)):
+        logger.warning("the API stated no rate limits (%s): give --max_requests_per_minute for --mode auto to plan a rescue", seen.outcome)
+    requests, tokens, output = (_lower(mine, theirs) for mine, theirs in zip(given, stated, strict=True))
+    return OnlineCapacity(requests, tokens, settings.headroom, output)
+
+
+def _lower(given: float | None, stated: float | None) -> float | None:
+    """The limit the online run keeps: the lower of the given and the stated, or whichever is known."""
+    return stated if given is None else given if stated is None else min(given, stated)
