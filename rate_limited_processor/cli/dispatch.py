@@ -66,8 +66,7 @@ def dry_run(
     print(format_plan(plan, settings.limits, headroom=settings.headroom, prices=prices, batch=batch))
     if deadline is not None:
         books = both_prices or AutoPrices()
-        limits = settings.limits
-        capacity = OnlineCapacity(limits.requests_per_minute, limits.tokens_per_minute, settings.headroom, limits.output_tokens_per_minute)
+        capacity = OnlineCapacity.of(settings.limits, settings.headroom)
         dollars = (ledger_dollars(plan.costs, books.batch), ledger_dollars(plan.costs, books.online))
         print(format_estimate(estimate(0.0, deadline, capacity, Work(plan.requests, plan.tokens, output_tokens=plan.output_tokens), *dollars)))
     return EXIT_OK

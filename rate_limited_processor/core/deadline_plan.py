@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 from .costs import format_dollars
+from .limiter import Limits
 
 __all__ = [
     "OnlineCapacity", "Work", "Decision", "Route", "Estimate", "Outcome", "margin_seconds", "cancel_seconds", "rescue_seconds", "rescue_at",
@@ -54,6 +55,11 @@ class OnlineCapacity:
     headroom: float = 1.0
     #: A limit on output tokens apart (Anthropic's OTPM), which the online run charges each request's budget.
     output_tokens_per_minute: float | None = None
+
+    @classmethod
+    def of(cls, limits: Limits, headroom: float = 1.0) -> OnlineCapacity:
+        """The capacity of a run at these limits (given, or stated), aiming at `headroom` of them."""
+        return cls(limits.requests_per_minute, limits.tokens_per_minute, headroom, limits.output_tokens_per_minute)
 
     @property
     def known(self) -> bool:

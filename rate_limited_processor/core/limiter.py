@@ -77,6 +77,20 @@ class Limits:
         """Seconds of the output-token rate its bucket holds."""
         return self.output_burst_seconds if self.output_burst_seconds is not None else self.burst_seconds
 
+    def lower(self, other: Limits) -> Limits:
+        """Each limit the lower of these and `other`'s (None where neither gives one), with these bursts."""
+
+        def lower(a: float | None, b: float | None) -> float | None:
+            known = [value for value in (a, b) if value is not None]
+            return min(known) if known else None
+
+        return Limits(
+            lower(self.requests_per_minute, other.requests_per_minute),
+            lower(self.tokens_per_minute, other.tokens_per_minute),
+            burst_seconds=self.burst_seconds,
+            output_tokens_per_minute=lower(self.output_tokens_per_minute, other.output_tokens_per_minute),
+        )
+
 
 #: No limit at all: the library's way to say so (None means "not given": learned where the run learns).
 UNLIMITED = Limits(math.inf, math.inf)

@@ -197,7 +197,7 @@ class Lanes:
     def _new_lane(self, account: Account, model: str) -> Lane:
         settings = self._settings
         # A limit given for the run caps every account's too; the account's own, where given, is lower or equal.
-        given = _lower_limits(settings.limits, account.limits)
+        given = settings.limits.lower(account.limits)
         output_limit = provider_for(settings.request_url).limits_output_tokens
         tuner = LimitTuner(given, headroom=settings.headroom, output_limit=output_limit)
         now = self._clock.now()
@@ -206,21 +206,6 @@ class Lanes:
         limiter = self._make_limiter(account, model, applied)
         headers = headers_for(settings.request_url, account.key, {**settings.extra_headers, **account.headers})
         return Lane(account, model, limiter, tuner, control, applied, headers)
-
-
-def _lower_limits(run: Limits, account: Limits) -> Limits:
-    """Each limit the lower of the run's and the account's (None where neither gives one)."""
-
-    def lower(a: float | None, b: float | None) -> float | None:
-        known = [value for value in (a, b) if value is not None]
-        return min(known) if known else None
-
-    return Limits(
-        lower(run.requests_per_minute, account.requests_per_minute),
-        lower(run.tokens_per_minute, account.tokens_per_minute),
-        burst_seconds=run.burst_seconds,
-        output_tokens_per_minute=lower(run.output_tokens_per_minute, account.output_tokens_per_minute),
-    )
 
 
 def _combined(limits: list[Limits]) -> Limits:

@@ -108,9 +108,7 @@ async def run_auto_job(
     the settings' limits). `http`, `transport` and `clock` as for `run_batch_job`. Returns the run's stats, with the
     plan's outcome in `stats.deadline_plan`."""
     options = BatchOptions(max_lines=options.max_lines, max_bytes=options.max_bytes, poll_interval=options.poll_interval, fallback="online")
-    capacity = capacity or OnlineCapacity(
-        settings.limits.requests_per_minute, settings.limits.tokens_per_minute, settings.headroom, settings.limits.output_tokens_per_minute,
-    )
+    capacity = capacity or OnlineCapacity.of(settings.limits, settings.headroom)
     deadline_file = sidecar_path(Path(save_path), DEADLINE_SIDECAR)
 
     def build(parts: BatchRunParts) -> _AutoJob:

@@ -19,6 +19,7 @@ from ..base.errors import TransportError
 from ..config.credentials import auth_headers, scrubber_for
 from ..config.settings import Settings
 from ..core.deadline_plan import OnlineCapacity
+from ..core.limiter import Limits
 from ..core.retry_policy import Verdict, classify
 from ..providers.endpoints import Endpoint, endpoint_from_url
 from ..providers.registry import PROBE_BODIES, parse_rate_limit_headers, provider_for
@@ -139,10 +140,10 @@ async def auto_capacity(settings: Settings, transport: Transport | None = None, 
     with other limits given: the output limit often binds, and each limit is then the lower of given and stated, as
     the online run takes them."""
     limits = settings.limits
-    given = (limits.requests_per_minute, limits.tokens_per_minute, limits.output_tokens_per_minute)
     output_unknown = provider_for(settings.request_url).limits_output_tokens and limits.output_tokens_per_minute is None
-    if any(limit is not None for limit in given) and not output_unknown:
-        return OnlineCapacity(limits.requests_per_minute, limits.tokens_per_minute, settings.headroom, limits.output_tokens_per_minute)
+    given = OnlineCapacity.of(limits, settings.headroom)
+    if given.known and not output_unknown:
+        return given
     own = transport is None
     sender = transport if transport is not None else AiohttpTransport(max_connections=1)
     try:
@@ -150,13 +151,8 @@ async def auto_capacity(settings: Settings, transport: Transport | None = None, 
     finally:
         if own:
             await cast(AiohttpTransport, sender).aclose()
-    stated = (seen.limit_requests, seen.limit_tokens, seen.limit_output_tokens)
-    if all(limit is None for limit in (*given, *stated)):
+    stated = Limits(seen.limit_requests, seen.limit_tokens, output_tokens_per_minute=seen.limit_output_tokens)
+    capacity = OnlineCapacity.of(limits.lower(stated), settings.headroom)
+    if not capacity.known:
         logger.warning("the API stated no rate limits (%s): give --max_requests_per_minute for --mode auto to plan a rescue", seen.outcome)
-    requests, tokens, output = (_lower(mine, theirs) for mine, theirs in zip(given, stated, strict=True))
-    return OnlineCapacity(requests, tokens, settings.headroom, output)
-
-
-def _lower(given: float | None, stated: float | None) -> float | None:
-    """The limit the online run keeps: the lower of the given and the stated, or whichever is known."""
-    return stated if given is None else given if stated is None else min(given, stated)
+    return capacity
