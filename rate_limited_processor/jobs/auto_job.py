@@ -107,7 +107,7 @@ async def run_auto_job(
     deadline a killed run recorded), at the least cost. `capacity`: the online limits the rescue counts on (default:
     the settings' limits). `http`, `transport` and `clock` as for `run_batch_job`. Returns the run's stats, with the
     plan's outcome in `stats.deadline_plan`."""
-    options = BatchOptions(max_lines=options.max_lines, max_bytes=options.max_bytes, poll_interval=options.poll_interval, fallback="online")
+    options = dataclasses.replace(options, fallback="online")
     capacity = capacity or OnlineCapacity.of(settings.limits, settings.headroom)
     deadline_file = sidecar_path(Path(save_path), DEADLINE_SIDECAR)
 
@@ -223,8 +223,8 @@ class _AutoLines(BatchLines):
 
     def work(self, free_parts: Collection[int] = ()) -> Work:
         """The lines still without a row, their estimated tokens as the token limit counts them and as an output limit
-        apart does (each part's average per line, as its endpoint counts them); of them free: the fallback's and those of `free_parts` (in no
-        running batch, and none about to be sent)."""
+        apart does (each part's average per line, as its endpoint counts them); of them free: the fallback's and those
+        of `free_parts` (in no running batch, and none about to be sent)."""
         tokens = free_tokens = output = free_output = 0.0
         free_lines = len(self.fallback)
         per_line: list[tuple[float, float]] = []
@@ -240,10 +240,10 @@ class _AutoLines(BatchLines):
                 free_tokens += average[0] * pending
                 free_output += average[1] * pending
         if self.fallback and per_line:  # lines of no part yet: counted as the heaviest part's
-            tokens += len(self.fallback) * max(charged for charged, _ in per_line)
-            free_tokens += len(self.fallback) * max(charged for charged, _ in per_line)
-            output += len(self.fallback) * max(budget for _, budget in per_line)
-            free_output += len(self.fallback) * max(budget for _, budget in per_line)
+            heaviest_tokens = len(self.fallback) * max(charged for charged, _ in per_line)
+            heaviest_output = len(self.fallback) * max(budget for _, budget in per_line)
+            tokens, free_tokens = tokens + heaviest_tokens, free_tokens + heaviest_tokens
+            output, free_output = output + heaviest_output, free_output + heaviest_output
         return Work(self.unfinished, int(tokens), free_lines, int(free_tokens), int(output), int(free_output))
 
 

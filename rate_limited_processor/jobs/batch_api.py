@@ -174,9 +174,9 @@ class BatchAPI:
         return f"BatchAPI({self.root!r})"
 
     # What a batch's state says, as `providers/openai.py` reads it (a Message Batches API has its own `status` and
-    # `ended`): its status, for a message; whether it runs; has ended with files to collect (completed, expired or cancelled; not failed); failed for the
-    # enqueued-token limit (it can be created again once an earlier one ends); why it failed; and the ids of its
-    # files to download (output, then errors).
+    # `ended`): its status, for a message; whether it runs; has ended with files to collect (completed, expired or
+    # cancelled; not failed); failed for the enqueued-token limit (it can be created again once an earlier one ends);
+    # why it failed; and the ids of its files to download (output, then errors).
     status = staticmethod(api_shapes.batch_status)
     running = staticmethod(api_shapes.batch_running)
     ended = staticmethod(api_shapes.batch_ended)
@@ -263,8 +263,7 @@ class BatchAPI:
     ) -> dict[str, Any]:
         """POST `path` to make something (an upload, a batch); when a try may have made it (no answer, a 5xx), what
         `made` finds is taken instead of trying again. Its id is checked (`SAFE_ID`)."""
-        delay = FIRST_CALL_DELAY
-        for attempt in range(1, CALL_ATTEMPTS + 1):
+        for attempt, delay in enumerate(_delays(), start=1):
             try:
                 answer = await self._json("POST", path, body, content_type, once_unsure=True)
             except BatchAPIError as error:
@@ -274,7 +273,6 @@ class BatchAPI:
                 checked_id(answer.get("id"), f"POST {self.root}{path}: the new id in its answer")
                 return answer
             await self._clock.sleep(delay)
-            delay = min(delay * 2, MAX_CALL_DELAY)
             found = await made()
             if found is not None:
                 checked_id(found.get("id"), f"POST {self.root}{path}: the id of what it made unanswered")
