@@ -43,7 +43,7 @@ from ..ui.display import ProgressDisplay
 from .batch_state import BatchState, Part
 from .pipeline import invalid_row
 
-__all__ = ["BatchOptions", "Fallback", "BatchLines", "index_answers", "say_what_runs"]
+__all__ = ["BatchOptions", "Fallback", "BatchLines", "index_answers", "say_what_runs", "failure_row"]
 
 logger = logging.getLogger("rate_limited_processor")
 
@@ -305,15 +305,21 @@ class BatchLines:
                     return
 
 
+def failure_row(item: APIRequest, estimate: tuple[int, int, int]) -> RequestResult:
+    """The row a batch's line starts from, with its estimate (charged, prompt, completion): a failure, one attempt,
+    no errors yet; its answer, or why it has none, is put in."""
+    tokens, prompt, completion = estimate
+    return RequestResult(
+        item.index, item.body, item.metadata, None, (), 1, ResultKind.FAILED, estimated_tokens=tokens,
+        estimated_output_tokens=completion, custom_id=item.custom_id, estimated_prompt_tokens=prompt,
+    )
+
+
 def _result(
     item: APIRequest, endpoint: Endpoint, answer: dict[str, Any] | None, batch: dict[str, Any], estimate: tuple[int, int, int],
 ) -> tuple[RequestResult, bool]:
     """A line's row from its Batch output line, and whether another try could change it (for the fallback)."""
-    tokens, prompt, completion = estimate
-    failed = RequestResult(
-        item.index, item.body, item.metadata, None, (), 1, ResultKind.FAILED, estimated_tokens=tokens,
-        estimated_output_tokens=completion, custom_id=item.custom_id, estimated_prompt_tokens=prompt,
-    )
+    failed = failure_row(item, estimate)
     if answer is None:  # none, or only one for the line as it was (edited since): another try can have it
         reason = (
             f"batch {batch.get('id')} ended ({api_shapes.batch_status(batch)}) without an answer for this line as it is now (was it edited "

@@ -41,7 +41,7 @@ from ..files.resume import identity_of_item
 from ..providers import anthropic as api_shapes
 from ..providers.endpoints import Endpoint
 from .batch_api import MAX_BATCHES_SEARCHED, BatchAPI, BatchAPIError, checked_id
-from .batch_rows import BatchLines
+from .batch_rows import BatchLines, failure_row
 from .batch_state import Part
 
 __all__ = ["MessageBatchesAPI", "MessageBatchLines", "messages_root", "owns_answers", "CLOCK_SLACK"]
@@ -152,11 +152,7 @@ class MessageBatchLines(BatchLines):
     def read_result(
         self, item: APIRequest, endpoint: Endpoint, answer: dict[str, Any] | None, batch: dict[str, Any], estimate: tuple[int, int, int],
     ) -> tuple[RequestResult, bool]:
-        tokens, prompt, completion = estimate
-        failed = RequestResult(
-            item.index, item.body, item.metadata, None, (), 1, ResultKind.FAILED, estimated_tokens=tokens,
-            estimated_output_tokens=completion, custom_id=item.custom_id, estimated_prompt_tokens=prompt,
-        )
+        failed = failure_row(item, estimate)
         if answer is None:
             reason = (
                 f"batch {batch.get('id')} ended without a result for this line as it is now (was it edited since the batch was "
