@@ -15,8 +15,9 @@ from ..core.costs import PriceBook
 from ..core.limiter import Limits
 from ..core.retry_policy import RetryPolicy
 from ..files.side_files import JOB_SIDECARS, RunFile, check_apart, job_files
-from ..jobs.auto_job import DEADLINE_SIDECAR, AutoPrices
-from ..jobs.batch_job import SIDECAR_KIND as BATCH_SIDECAR
+from ..jobs.auto_job import SIDECARS as AUTO_SIDECARS
+from ..jobs.auto_job import AutoPrices
+from ..jobs.batch_job import SIDECARS as BATCH_SIDECARS
 from ..jobs.file_job import check_output_path
 from ..jobs.preflight import check_key_for_provider, check_readable, check_request_url, check_writable, first_model
 from ..providers.registry import batch_max_lines, provider_for
@@ -201,9 +202,7 @@ def check_files_apart(args: argparse.Namespace, requests_path: Path | None, save
     """No file the run writes is another of its files (`side_files`): checked before anything is written."""
     if requests_path is None or save_path is None:  # --show_limits: nothing is written
         return
-    sidecars: tuple[str, ...] = (*JOB_SIDECARS, BATCH_SIDECAR) if args.mode == "batch" else JOB_SIDECARS
-    if args.mode == "auto":
-        sidecars = (*JOB_SIDECARS, BATCH_SIDECAR, DEADLINE_SIDECAR)
+    sidecars = {"online": JOB_SIDECARS, "batch": BATCH_SIDECARS, "auto": AUTO_SIDECARS}[args.mode]
     files = job_files(requests_path, save_path, sidecars=sidecars)
     if args.accounts is not None:
         files.append(RunFile("--accounts", Path(args.accounts)))

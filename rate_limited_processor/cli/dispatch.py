@@ -104,8 +104,9 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
 
         redirect = logging_redirect_tqdm(loggers=[logging.getLogger(PROG)])
     budget = Budget(args.max_cost_usd, prices) if args.max_cost_usd is not None else None
+    max_lines = args.batch_max_lines or batch_max_lines(settings.request_url)  # the URL's batch API's most by default
     if args.mode == "auto":
-        options = BatchOptions(max_lines=args.batch_max_lines or batch_max_lines(settings.request_url), poll_interval=args.batch_poll_interval)
+        options = BatchOptions(max_lines=max_lines, poll_interval=args.batch_poll_interval)
         capacity = await auto_capacity(settings, model=first_model(requests_path))
         with redirect:
             return await run_auto_job(
@@ -114,10 +115,7 @@ async def _run(settings: Settings, args: argparse.Namespace, requests_path: Path
                 show_progress=show_progress, status_interval=args.status_interval or None,
             )
     if args.mode == "batch":
-        options = BatchOptions(
-            max_lines=args.batch_max_lines or batch_max_lines(settings.request_url), poll_interval=args.batch_poll_interval,
-            fallback=args.batch_fallback or "none",
-        )
+        options = BatchOptions(max_lines=max_lines, poll_interval=args.batch_poll_interval, fallback=args.batch_fallback or "none")
         with redirect:
             return await run_batch_job(
                 settings, requests_path, save_path, options=options, prices=prices, budget=budget, output_format=args.output_format,

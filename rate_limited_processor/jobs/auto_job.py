@@ -62,12 +62,14 @@ from .batch_run import BatchesJob, BatchRunParts, run_batches
 from .batch_state import Part
 from .message_batches import MessageBatchesAPI, MessageBatchLines
 
-__all__ = ["run_auto_job", "DEADLINE_SIDECAR", "AutoPrices"]
+__all__ = ["run_auto_job", "DEADLINE_SIDECAR", "SIDECARS", "AutoPrices"]
 
 logger = logging.getLogger("rate_limited_processor")
 
 #: The sidecar that holds the plan's deadline (epoch seconds) while its batches are on record: `<results>.deadline`.
 DEADLINE_SIDECAR = "deadline"
+#: The files kept beside the results by an auto mode run: an online run's, the batch record, and the deadline.
+SIDECARS = (*JOB_SIDECARS, BATCH_SIDECAR, DEADLINE_SIDECAR)
 #: Seconds between asks after batches being cancelled: the rescue waits on them.
 CANCEL_POLL_INTERVAL = 0.5
 #: Seconds past the deadline (or the rescue, if later) that cancelled batches are waited for before the run stops
@@ -130,7 +132,7 @@ async def run_auto_job(
             logger.warning("the last row was written %.1f s after the deadline", late)
 
     return await run_batches(
-        settings, requests_path, save_path, (*JOB_SIDECARS, BATCH_SIDECAR, DEADLINE_SIDECAR), build, finish=finish, http=http, clock=clock,
+        settings, requests_path, save_path, SIDECARS, build, finish=finish, http=http, clock=clock,
         output_format=output_format, retry_failed=retry_failed, handle_signals=handle_signals, show_progress=show_progress,
         status_interval=status_interval,
     )

@@ -48,9 +48,12 @@ from .batch_run import SIDECAR_KIND, BatchRunParts, BatchWhere, api_root, run_ba
 from .batch_state import PART_METADATA_KEY, Part
 from .message_batches import MessageBatchesAPI, MessageBatchLines, owns_answers
 
-__all__ = ["BatchOptions", "Fallback", "run_batch_job", "api_root", "SIDECAR_KIND", "BatchWhere"]
+__all__ = ["BatchOptions", "Fallback", "run_batch_job", "api_root", "SIDECAR_KIND", "SIDECARS", "BatchWhere"]
 
 logger = logging.getLogger("rate_limited_processor")
+
+#: The files kept beside the results by a batch mode run: an online run's, and the batch record.
+SIDECARS = (*JOB_SIDECARS, SIDECAR_KIND)
 
 async def run_batch_job(
     settings: Settings,
@@ -86,7 +89,7 @@ async def run_batch_job(
         return (_MessageBatchJob if parts.where.message_batches else _BatchJob)(lines, parts.api, budget, transport)
 
     return await run_batches(
-        settings, requests_path, save_path, (*JOB_SIDECARS, SIDECAR_KIND), build, http=http, clock=clock, output_format=output_format,
+        settings, requests_path, save_path, SIDECARS, build, http=http, clock=clock, output_format=output_format,
         retry_failed=retry_failed, handle_signals=handle_signals, show_progress=show_progress, status_interval=status_interval,
     )
 
